@@ -1,0 +1,117 @@
+#include "mh_resolver.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+
+struct mh_resolver_t {
+    zsock_t *sock;
+    zlist_t *specs;     /* of char*: the endpoints as configured */
+    zhashx_t *connected; /* "tcp://ip:port" -> spec it came from */
+};
+
+mh_resolver_t *mh_resolver_new(zsock_t *sock, const char *spec)
+{
+    if (!spec || !*spec)
+        return NULL;
+    mh_resolver_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->sock = sock;
+    self->specs = zlist_new();
+    zlist_autofree(self->specs);
+    self->connected = zhashx_new();
+    zhashx_set_destructor(self->connected, (zhashx_destructor_fn *)zstr_free);
+    zhashx_set_duplicator(self->connected, (zhashx_duplicator_fn *)strdup);
+    char *copy = strdup(spec), *save = NULL;
+    for (char *tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+        if (strncmp(tok, "tcp://", 6) != 0 && strncmp(tok, "ipc://", 6) != 0 &&
+            strncmp(tok, "inproc://", 9) != 0) {
+            free(copy);
+            mh_resolver_destroy(&self);
+            return NULL;
+        }
+        zlist_append(self->specs, tok);
+    }
+    free(copy);
+    if (zlist_size(self->specs) == 0)
+        mh_resolver_destroy(&self);
+    return self;
+}
+
+void mh_resolver_destroy(mh_resolver_t **self_p)
+{
+    mh_resolver_t *self = *self_p;
+    if (!self)
+        return;
+    zlist_destroy(&self->specs);
+    zhashx_destroy(&self->connected);
+    free(self);
+    *self_p = NULL;
+}
+
+/* Adds the addresses `spec` stands for to `want`. -errno if it can't resolve. */
+static int s_expand(const char *spec, zhashx_t *want)
+{
+    if (strncmp(spec, "tcp://", 6) != 0) {
+        zhashx_insert(want, spec, (void *)spec);
+        return 0;
+    }
+    const char *hp = spec + 6, *colon = strrchr(hp, ':');
+    if (!colon)
+        return -EINVAL;
+    char host[256];
+    size_t hl = (size_t)(colon - hp);
+    if (hl == 0 || hl >= sizeof host)
+        return -EINVAL;
+    memcpy(host, hp, hl);
+    host[hl] = 0;
+    struct in_addr a4;
+    if (inet_pton(AF_INET, host, &a4) == 1 || host[0] == '[') {
+        zhashx_insert(want, spec, (void *)spec);
+        return 0;
+    }
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0)
+        return -EHOSTUNREACH;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        char ip[INET_ADDRSTRLEN], ep[300];
+        inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, ip, sizeof ip);
+        snprintf(ep, sizeof ep, "tcp://%s%s", ip, colon);
+        zhashx_insert(want, ep, (void *)spec);
+    }
+    freeaddrinfo(res);
+    return 0;
+}
+
+int mh_resolver_refresh(mh_resolver_t *self)
+{
+    zhashx_t *want = zhashx_new();
+    zhashx_set_duplicator(want, (zhashx_duplicator_fn *)strdup);
+    zhashx_set_destructor(want, (zhashx_destructor_fn *)zstr_free);
+    int failures = 0;
+    for (const char *spec = zlist_first(self->specs); spec; spec = zlist_next(self->specs))
+        if (s_expand(spec, want) < 0) {
+            failures++;
+            /* Keep what this spec had before. */
+            for (const char *v = zhashx_first(self->connected); v; v = zhashx_next(self->connected))
+                if (strcmp(v, spec) == 0)
+                    zhashx_insert(want, zhashx_cursor(self->connected), (void *)v);
+        }
+    /* Disconnect what is gone, connect what is new. */
+    zlistx_t *gone = zhashx_keys(self->connected);
+    for (const char *ep = zlistx_first(gone); ep; ep = zlistx_next(gone))
+        if (!zhashx_lookup(want, ep)) {
+            zsock_disconnect(self->sock, "%s", ep);
+            zhashx_delete(self->connected, ep);
+        }
+    zlistx_destroy(&gone);
+    for (const char *spec = zhashx_first(want); spec; spec = zhashx_next(want)) {
+        const char *ep = zhashx_cursor(want);
+        if (!zhashx_lookup(self->connected, ep) && zsock_connect(self->sock, "%s", ep) == 0)
+            zhashx_insert(self->connected, ep, (void *)spec);
+    }
+    zhashx_destroy(&want);
+    int n = (int)zhashx_size(self->connected);
+    return n == 0 && failures ? -EHOSTUNREACH : n;
+}

@@ -1,0 +1,20 @@
+/* mh_resolver — connects a socket to every address a service name resolves
+ * to, and keeps it so: `--scale ingest=3` in compose or a Kubernetes headless
+ * Service returns several A records, and each gets a connection.
+ *
+ * The spec is a comma-separated list of endpoints, e.g.
+ * "tcp://ingest:5560" or "tcp://127.0.0.1:5560,tcp://127.0.0.1:5561". */
+#pragma once
+#include <czmq.h>
+
+typedef struct mh_resolver_t mh_resolver_t;
+
+/* `sock` is borrowed and must outlive the resolver. NULL on a bad spec. */
+mh_resolver_t *mh_resolver_new(zsock_t *sock, const char *spec);
+void mh_resolver_destroy(mh_resolver_t **self_p);
+
+/* Resolves every name and connects to new addresses, disconnecting from
+ * addresses that are gone. A name that fails to resolve keeps its previous
+ * addresses (DNS hiccups must not cut traffic). Returns the number of
+ * connected endpoints, or a negative errno if none could be resolved yet. */
+int mh_resolver_refresh(mh_resolver_t *self);

@@ -1,0 +1,798 @@
+/* The gateway actor.
+ *
+ * Threads: Paho's receive thread calls s_on_message, which copies the topic
+ * and payload onto an inproc PUSH socket and returns; everything else happens
+ * in the actor thread. When the actor cannot keep up (ingest slow, window
+ * full) it stops reading that socket, the inproc queue fills, s_on_message
+ * returns 0 ("not received") and Paho hands the message again later: the
+ * broker keeps what we cannot take, nothing is dropped here.
+ *
+ * Delivery: a point is "held" from the moment Paho acknowledged its MQTT
+ * message until ingest acknowledges its batch after commit. Unacknowledged
+ * batches stay in the window and are re-sent after ack_timeout (to any ingest
+ * replica). On $TERM the gateway unsubscribes, takes what is still in
+ * flight, flushes, and waits for every ack before it exits. */
+#include "gw_service.h"
+#include "gw_validate.h"
+#include "mh_envelope.h"
+#include "mh_resolver.h"
+#include "mh_time.h"
+#include "telemetry.pb-c.h"
+
+#include <MQTTAsync.h>
+#include <inttypes.h>
+
+#define S_CFG(field) offsetof(gw_config_t, field)
+
+const mh_cfg_opt_t gw_config_options[] = {
+    MH_CFG_COMMON(gw_config_t, "127.0.0.1:9101"),
+    {"mqtt-url", "MH_MQTT_URL", MH_CFG_STR, "tcp://127.0.0.1:1883", S_CFG(mqtt_url),
+     "MQTT broker URL"},
+    {"client-id", "MH_GATEWAY_CLIENT_ID", MH_CFG_STR, "", S_CFG(client_id),
+     "MQTT client id (default: unique per process)"},
+    {"share-group", "MH_SHARE_GROUP", MH_CFG_STR, "gateway", S_CFG(share_group),
+     "shared-subscription group the gateways split the load in"},
+    {"mqtt-version", "MH_MQTT_VERSION", MH_CFG_INT, "5", S_CFG(mqtt_version),
+     "MQTT protocol version towards the broker (5, or 4 for 3.1.1)"},
+    {"ingest-endpoint", "MH_INGEST_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5560",
+     S_CFG(ingest_endpoint), "ingest ROUTER endpoint(s); names resolve to every replica"},
+    {"events-bind", "MH_GATEWAY_EVENTS_BIND", MH_CFG_STR, "tcp://127.0.0.1:5571",
+     S_CFG(events_bind), "where the gateway's event PUB socket binds (empty: none)"},
+    {"batch-max-points", "MH_BATCH_MAX_POINTS", MH_CFG_INT, "5000", S_CFG(batch_max_points),
+     "points per telemetry batch at most"},
+    {"batch-linger", "MH_BATCH_LINGER", MH_CFG_DURATION, "5ms", S_CFG(batch_linger_ms),
+     "how long a partial batch waits for more points"},
+    {"window", "MH_WINDOW", MH_CFG_INT, "64", S_CFG(window),
+     "unacknowledged batches held at most; beyond it the gateway stops taking MQTT messages"},
+    {"ack-timeout", "MH_ACK_TIMEOUT", MH_CFG_DURATION, "5s", S_CFG(ack_timeout_ms),
+     "re-send a batch not acknowledged within this time"},
+    {"drain-timeout", "MH_DRAIN_TIMEOUT", MH_CFG_DURATION, "60s", S_CFG(drain_timeout_ms),
+     "on SIGTERM, wait at most this long for ingest to acknowledge everything"},
+    {"resolve-interval", "MH_RESOLVE_INTERVAL", MH_CFG_DURATION, "10s",
+     S_CFG(resolve_interval_ms), "how often service names are resolved again"},
+    MH_CFG_END,
+};
+
+const mh_service_def_t gw_service_def = {
+    .name = "gateway",
+    .summary = "Motehub gateway: MQTT device traffic in, validated batches to ingest.",
+    .options = gw_config_options,
+    .config_size = sizeof(gw_config_t),
+    .actor = gw_actor,
+};
+
+/* A sent, unacknowledged batch. */
+typedef struct {
+    zframe_t *frame; /* the packed envelope, kept for re-sending */
+    int64_t sent_ms; /* monotonic; 0 = not sent yet (queue was full) */
+    uint32_t points, attempts;
+} s_pending_t;
+
+/* The batch being filled: narrow points with offsets into a string arena. */
+typedef struct {
+    uint32_t dev_off, met_off;
+    int64_t ts_ms;
+    double value;
+} s_item_t;
+
+typedef struct {
+    mh_service_ctx_t *ctx;
+    gw_config_t *cfg;
+    zsock_t *pipe;
+
+    MQTTAsync mqtt;
+    zsock_t *in_push; /* used only by Paho's thread after start-up */
+    zsock_t *in_pull;
+    int mqtt_connected, mqtt_subscribed, unsubscribed; /* atomics, set by Paho callbacks */
+
+    zsock_t *dealer; /* to ingest */
+    mh_resolver_t *resolver;
+    zsock_t *pub; /* events, may be NULL */
+
+    gw_points_t scratch; /* one message's points while validating */
+    s_item_t *items;
+    size_t nitems, cap_items;
+    char *arena;
+    size_t arena_len, arena_cap;
+    uint32_t batch_messages;
+    int64_t batch_started_ms; /* monotonic, of the first point */
+
+    zhashx_t *window; /* batch id -> s_pending_t */
+    uint64_t batch_seq;
+    char id_prefix[48];
+
+    /* metrics */
+    mh_counter_t *m_received[3], *m_rejected[GW_REASON_COUNT], *m_points, *m_batches_sent,
+        *m_batches_resent, *m_batches_acked, *m_points_stored, *m_points_dropped_ingest,
+        *m_points_dropped_old, *m_points_lost_shutdown, *m_deferred, *m_bad_internal;
+    mh_gauge_t *m_window, *m_connected;
+    mh_ratelimit_t rl_reject, rl_warn;
+} gw_t;
+
+static const char *s_kind_names[] = {"telemetry", "telemetry_pb", "status"};
+
+/* ---- Paho callbacks (Paho's thread) ---- */
+
+static int s_on_message(void *context, char *topic, int topic_len, MQTTAsync_message *msg)
+{
+    gw_t *self = context;
+    size_t tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic);
+    zmsg_t *m = zmsg_new();
+    zmsg_addmem(m, topic, tlen);
+    zmsg_addmem(m, msg->payload, (size_t)msg->payloadlen);
+    /* Blocks up to the socket's send timeout when the actor is behind. */
+    if (zmsg_send(&m, self->in_push) != 0) {
+        zmsg_destroy(&m);
+        mh_counter_inc(self->m_deferred);
+        return 0; /* not taken: Paho will offer it again */
+    }
+    MQTTAsync_freeMessage(&msg);
+    MQTTAsync_free(topic);
+    return 1;
+}
+
+static void s_on_subscribed(void *context, MQTTAsync_successData5 *resp)
+{
+    gw_t *self = context;
+    int ok = 1;
+    for (int i = 0; i < resp->alt.sub.reasonCodeCount; i++)
+        if (resp->alt.sub.reasonCodes[i] >= 0x80)
+            ok = 0;
+    if (resp->alt.sub.reasonCodeCount == 0 && resp->reasonCode >= 0x80)
+        ok = 0;
+    __atomic_store_n(&self->mqtt_subscribed, ok, __ATOMIC_RELEASE);
+    if (!ok)
+        mh_error("broker refused a subscription");
+}
+
+static void s_on_subscribed3(void *context, MQTTAsync_successData *resp)
+{
+    (void)resp;
+    gw_t *self = context;
+    __atomic_store_n(&self->mqtt_subscribed, 1, __ATOMIC_RELEASE);
+}
+
+static void s_on_sub_failed(void *context, MQTTAsync_failureData5 *resp)
+{
+    (void)context;
+    mh_error("subscribe failed: %s", resp && resp->message ? resp->message : "no reason");
+}
+
+static void s_on_sub_failed3(void *context, MQTTAsync_failureData *resp)
+{
+    (void)context;
+    mh_error("subscribe failed: %s", resp && resp->message ? resp->message : "no reason");
+}
+
+static void s_subscribe(gw_t *self)
+{
+    static const char *suffixes[] = {"telemetry", "telemetry/pb", "status"};
+    char bufs[3][160];
+    char *topics[3];
+    int qos[3] = {1, 1, 1};
+    for (int i = 0; i < 3; i++) {
+        if (*self->cfg->share_group)
+            snprintf(bufs[i], sizeof bufs[i], "$share/%s/devices/+/%s", self->cfg->share_group,
+                     suffixes[i]);
+        else
+            snprintf(bufs[i], sizeof bufs[i], "devices/+/%s", suffixes[i]);
+        topics[i] = bufs[i];
+    }
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    ro.context = self;
+    if (self->cfg->mqtt_version == 5) {
+        ro.onSuccess5 = s_on_subscribed;
+        ro.onFailure5 = s_on_sub_failed;
+    } else {
+        ro.onSuccess = s_on_subscribed3;
+        ro.onFailure = s_on_sub_failed3;
+    }
+    int rc = MQTTAsync_subscribeMany(self->mqtt, 3, topics, qos, &ro);
+    if (rc != MQTTASYNC_SUCCESS)
+        mh_error("subscribe failed to start: %s", MQTTAsync_strerror(rc));
+}
+
+/* Called on the first connect and on every automatic reconnect; the session
+ * is clean, so subscriptions are made again each time. */
+static void s_on_connected(void *context, char *cause)
+{
+    (void)cause;
+    gw_t *self = context;
+    __atomic_store_n(&self->mqtt_connected, 1, __ATOMIC_RELEASE);
+    mh_info("connected to %s", self->cfg->mqtt_url);
+    s_subscribe(self);
+}
+
+static void s_on_connection_lost(void *context, char *cause)
+{
+    gw_t *self = context;
+    __atomic_store_n(&self->mqtt_connected, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&self->mqtt_subscribed, 0, __ATOMIC_RELEASE);
+    mh_warn("lost the broker connection (%s), reconnecting", cause ? cause : "no reason");
+}
+
+static void s_on_unsubscribed(void *context, MQTTAsync_successData5 *resp)
+{
+    (void)resp;
+    gw_t *self = context;
+    __atomic_store_n(&self->unsubscribed, 1, __ATOMIC_RELEASE);
+}
+
+static void s_on_unsubscribed3(void *context, MQTTAsync_successData *resp)
+{
+    (void)resp;
+    gw_t *self = context;
+    __atomic_store_n(&self->unsubscribed, 1, __ATOMIC_RELEASE);
+}
+
+static void s_on_connect_failed5(void *context, MQTTAsync_failureData5 *resp)
+{
+    gw_t *self = context;
+    mh_log_limited(&self->rl_warn, MH_LOG_WARN, "cannot connect to %s (%s), retrying",
+                   self->cfg->mqtt_url, resp && resp->message ? resp->message : "no reason");
+}
+
+static void s_on_connect_failed3(void *context, MQTTAsync_failureData *resp)
+{
+    gw_t *self = context;
+    mh_log_limited(&self->rl_warn, MH_LOG_WARN, "cannot connect to %s (%s), retrying",
+                   self->cfg->mqtt_url, resp && resp->message ? resp->message : "no reason");
+}
+
+/* ---- the batch ---- */
+
+static int s_arena_add(gw_t *self, const char *s, uint32_t *off_out)
+{
+    size_t len = strlen(s) + 1;
+    if (self->arena_len + len > self->arena_cap) {
+        size_t cap = self->arena_cap * 2 + len + 4096;
+        char *a = realloc(self->arena, cap);
+        if (!a)
+            return -1;
+        self->arena = a;
+        self->arena_cap = cap;
+    }
+    memcpy(self->arena + self->arena_len, s, len);
+    *off_out = (uint32_t)self->arena_len;
+    self->arena_len += len;
+    return 0;
+}
+
+/* Moves one validated message's points into the batch. */
+static int s_batch_add(gw_t *self, const char *device)
+{
+    if (self->nitems + self->scratch.n > self->cap_items) {
+        size_t cap = (self->cap_items ? self->cap_items * 2 : 1024) + self->scratch.n;
+        s_item_t *v = realloc(self->items, cap * sizeof *v);
+        if (!v)
+            return -1;
+        self->items = v;
+        self->cap_items = cap;
+    }
+    uint32_t dev_off;
+    if (s_arena_add(self, device, &dev_off) < 0)
+        return -1;
+    /* Consecutive points of one message usually share metric names with
+     * other messages; a tiny cache would help, but the arena is cheap. */
+    for (size_t i = 0; i < self->scratch.n; i++) {
+        const gw_point_t *p = &self->scratch.v[i];
+        uint32_t met_off;
+        if (s_arena_add(self, gw_point_metric(&self->scratch, p), &met_off) < 0)
+            return -1;
+        self->items[self->nitems++] = (s_item_t){dev_off, met_off, p->ts_ms, p->value};
+    }
+    if (self->batch_messages++ == 0)
+        self->batch_started_ms = mh_mono_ms();
+    return 0;
+}
+
+static void s_send_pending(gw_t *self, const char *batch_id, s_pending_t *p)
+{
+    zframe_t *copy = zframe_dup(p->frame);
+    void *raw = zsock_resolve(self->dealer);
+    if (zmq_send(raw, zframe_data(copy), zframe_size(copy), ZMQ_DONTWAIT) >= 0) {
+        p->sent_ms = mh_mono_ms();
+        if (p->attempts++ > 0) {
+            mh_counter_inc(self->m_batches_resent);
+            mh_log_limited(&self->rl_warn, MH_LOG_WARN,
+                           "batch %s not acknowledged in time, sent again (attempt %u)", batch_id,
+                           p->attempts);
+        } else {
+            mh_counter_inc(self->m_batches_sent);
+        }
+    } else {
+        p->sent_ms = 0; /* no ingest reachable yet; the cron tries again */
+    }
+    zframe_destroy(&copy);
+}
+
+static void s_flush(gw_t *self)
+{
+    if (!self->nitems)
+        return;
+    size_t n = self->nitems;
+    Mh__Point *pts = calloc(n, sizeof *pts);
+    Mh__Point **ptrs = calloc(n, sizeof *ptrs);
+    if (!pts || !ptrs) {
+        free(pts);
+        free(ptrs);
+        return; /* try again on the next tick */
+    }
+    for (size_t i = 0; i < n; i++) {
+        mh__point__init(&pts[i]);
+        pts[i].device_id = self->arena + self->items[i].dev_off;
+        pts[i].metric = self->arena + self->items[i].met_off;
+        pts[i].ts_ms = self->items[i].ts_ms;
+        pts[i].value = self->items[i].value;
+        ptrs[i] = &pts[i];
+    }
+    char batch_id[80];
+    snprintf(batch_id, sizeof batch_id, "%s-%" PRIu64, self->id_prefix, ++self->batch_seq);
+    Mh__TelemetryBatch b = MH__TELEMETRY_BATCH__INIT;
+    b.batch_id = batch_id;
+    b.points = ptrs;
+    b.n_points = n;
+    b.messages = self->batch_messages;
+    b.received_ms = mh_now_ms() - (mh_mono_ms() - self->batch_started_ms);
+    zframe_t *frame = mh_envelope_pack("telemetry.batch", NULL, &b.base);
+    free(pts);
+    free(ptrs);
+    if (!frame)
+        return;
+    s_pending_t *p = calloc(1, sizeof *p);
+    p->frame = frame;
+    p->points = (uint32_t)n;
+    zhashx_insert(self->window, batch_id, p);
+    p = zhashx_lookup(self->window, batch_id);
+    s_send_pending(self, batch_id, p);
+    self->nitems = 0;
+    self->arena_len = 0;
+    self->batch_messages = 0;
+    mh_gauge_set(self->m_window, (double)zhashx_size(self->window));
+}
+
+static void s_pending_destroy(void **item)
+{
+    s_pending_t *p = *item;
+    if (p) {
+        zframe_destroy(&p->frame);
+        free(p);
+        *item = NULL;
+    }
+}
+
+/* ---- handling device messages ---- */
+
+static void s_reject(gw_t *self, const char *device, const char *topic, gw_reason_t r,
+                     const char *detail)
+{
+    mh_counter_inc(self->m_rejected[r]);
+    mh_log_limited(&self->rl_reject, MH_LOG_WARN,
+                   "rejected message, ignoring (device=%s topic=%.128s reason=%s: %s)",
+                   *device ? device : "-", topic, gw_reason_name(r), detail);
+    if (self->pub) {
+        Mh__DeviceRejected ev = MH__DEVICE_REJECTED__INIT;
+        ev.device_id = (char *)device;
+        ev.reason = (char *)gw_reason_name(r);
+        ev.detail = (char *)detail;
+        ev.topic = (char *)topic;
+        mh_event_publish(self->pub, "device.rejected", &ev.base);
+    }
+}
+
+static void s_handle(gw_t *self, zmsg_t *m)
+{
+    zframe_t *ft = zmsg_first(m), *fp = zmsg_next(m);
+    if (!ft || !fp) {
+        mh_counter_inc(self->m_bad_internal);
+        return;
+    }
+    char topic[512];
+    size_t tlen = zframe_size(ft) < sizeof topic - 1 ? zframe_size(ft) : sizeof topic - 1;
+    memcpy(topic, zframe_data(ft), tlen);
+    topic[tlen] = 0;
+    char device[GW_MAX_ID + 1] = "";
+    char detail[256] = "";
+    gw_topic_kind_t kind;
+    gw_reason_t r = gw_topic_parse((const char *)zframe_data(ft), zframe_size(ft), device, &kind);
+    if (r) {
+        s_reject(self, device, topic, r, "topic is not one of the protocol's");
+        return;
+    }
+    mh_counter_inc(self->m_received[kind]);
+    const char *payload = (const char *)zframe_data(fp);
+    size_t plen = zframe_size(fp);
+    int64_t now = mh_now_ms();
+    gw_points_reset(&self->scratch);
+    switch (kind) {
+    case GW_TOPIC_TELEMETRY:
+        r = gw_validate_telemetry_json(payload, plen, now, &self->scratch, detail, sizeof detail);
+        break;
+    case GW_TOPIC_TELEMETRY_PB:
+        r = gw_validate_telemetry_pb((const uint8_t *)payload, plen, now, &self->scratch, detail,
+                                     sizeof detail);
+        break;
+    case GW_TOPIC_STATUS: {
+        bool online;
+        r = gw_validate_status(payload, plen, &online, detail, sizeof detail);
+        /* Forwarding to twin comes with the twin service. */
+        break;
+    }
+    }
+    if (r) {
+        s_reject(self, device, topic, r, detail);
+        return;
+    }
+    if (self->scratch.n) {
+        if (s_batch_add(self, device) < 0) {
+            mh_error("out of memory adding points; message from %s lost", device);
+            return;
+        }
+        mh_counter_add(self->m_points, self->scratch.n);
+    }
+}
+
+/* ---- acknowledgements from ingest ---- */
+
+static void s_on_ack(gw_t *self, zframe_t *frame)
+{
+    Mh__Envelope *env = mh_envelope_unpack(frame);
+    Mh__TelemetryAck *ack = NULL;
+    if (!env || strcmp(env->type, "telemetry.ack") != 0 ||
+        !(ack = mh__telemetry_ack__unpack(NULL, env->body.len, env->body.data))) {
+        mh_counter_inc(self->m_bad_internal);
+        mh_log_limited(&self->rl_warn, MH_LOG_WARN, "malformed message from ingest, ignoring");
+        mh_envelope_free(&env);
+        return;
+    }
+    s_pending_t *p = zhashx_lookup(self->window, ack->batch_id);
+    if (p) {
+        mh_counter_inc(self->m_batches_acked);
+        if (ack->status == MH__TELEMETRY_ACK__STATUS__REJECTED) {
+            mh_counter_add(self->m_points_dropped_ingest, p->points);
+            mh_log_limited(&self->rl_warn, MH_LOG_ERROR, "ingest refused batch %s (%u points): %s",
+                           ack->batch_id, p->points, ack->error);
+        } else {
+            mh_counter_add(self->m_points_stored, ack->stored);
+            mh_counter_add(self->m_points_dropped_old, ack->dropped);
+        }
+        zhashx_delete(self->window, ack->batch_id);
+        mh_gauge_set(self->m_window, (double)zhashx_size(self->window));
+    }
+    mh__telemetry_ack__free_unpacked(ack, NULL);
+    mh_envelope_free(&env);
+}
+
+static void s_resend_expired(gw_t *self)
+{
+    int64_t now = mh_mono_ms();
+    for (s_pending_t *p = zhashx_first(self->window); p; p = zhashx_next(self->window))
+        if (p->sent_ms == 0 || now - p->sent_ms >= self->cfg->ack_timeout_ms)
+            s_send_pending(self, zhashx_cursor(self->window), p);
+}
+
+/* ---- set-up and tear-down ---- */
+
+static int s_mqtt_start(gw_t *self)
+{
+    const char *cid = *self->cfg->client_id ? self->cfg->client_id : self->ctx->instance;
+    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+    co.MQTTVersion = self->cfg->mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
+    int rc = MQTTAsync_createWithOptions(&self->mqtt, self->cfg->mqtt_url, cid,
+                                         MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+    if (rc != MQTTASYNC_SUCCESS) {
+        mh_error("bad MQTT settings (%s): %s", self->cfg->mqtt_url, MQTTAsync_strerror(rc));
+        return -1;
+    }
+    MQTTAsync_setCallbacks(self->mqtt, self, s_on_connection_lost, s_on_message, NULL);
+    MQTTAsync_setConnected(self->mqtt, self, s_on_connected);
+    MQTTAsync_connectOptions opts;
+    if (self->cfg->mqtt_version == 5) {
+        opts = (MQTTAsync_connectOptions)MQTTAsync_connectOptions_initializer5;
+        opts.cleanstart = 1;
+        opts.onFailure5 = s_on_connect_failed5;
+    } else {
+        opts = (MQTTAsync_connectOptions)MQTTAsync_connectOptions_initializer;
+        opts.cleansession = 1;
+        opts.onFailure = s_on_connect_failed3;
+    }
+    opts.keepAliveInterval = 20;
+    opts.automaticReconnect = 1;
+    opts.minRetryInterval = 1;
+    opts.maxRetryInterval = 10;
+    opts.maxInflight = 1000;
+    opts.context = self;
+    rc = MQTTAsync_connect(self->mqtt, &opts);
+    if (rc != MQTTASYNC_SUCCESS) {
+        mh_error("cannot start connecting to %s: %s", self->cfg->mqtt_url, MQTTAsync_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+static void s_mqtt_unsubscribe(gw_t *self)
+{
+    static const char *suffixes[] = {"telemetry", "telemetry/pb", "status"};
+    char bufs[3][160];
+    char *topics[3];
+    for (int i = 0; i < 3; i++) {
+        if (*self->cfg->share_group)
+            snprintf(bufs[i], sizeof bufs[i], "$share/%s/devices/+/%s", self->cfg->share_group,
+                     suffixes[i]);
+        else
+            snprintf(bufs[i], sizeof bufs[i], "devices/+/%s", suffixes[i]);
+        topics[i] = bufs[i];
+    }
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    ro.context = self;
+    if (self->cfg->mqtt_version == 5)
+        ro.onSuccess5 = s_on_unsubscribed;
+    else
+        ro.onSuccess = s_on_unsubscribed3;
+    if (MQTTAsync_unsubscribeMany(self->mqtt, 3, topics, &ro) != MQTTASYNC_SUCCESS)
+        __atomic_store_n(&self->unsubscribed, 1, __ATOMIC_RELEASE);
+}
+
+static void s_mqtt_stop(gw_t *self)
+{
+    if (!self->mqtt)
+        return;
+    if (MQTTAsync_isConnected(self->mqtt)) {
+        MQTTAsync_disconnectOptions dopts = MQTTAsync_disconnectOptions_initializer;
+        dopts.timeout = 2000;
+        MQTTAsync_disconnect(self->mqtt, &dopts);
+        int64_t deadline = mh_mono_ms() + 3000;
+        while (MQTTAsync_isConnected(self->mqtt) && mh_mono_ms() < deadline)
+            zclock_sleep(10);
+    }
+    /* After destroy no callback runs, so in_push is ours again. */
+    MQTTAsync_destroy(&self->mqtt);
+}
+
+static void s_register_metrics(gw_t *self)
+{
+    mh_metrics_t *m = self->ctx->metrics;
+    char labels[64];
+    for (int i = 0; i < 3; i++) {
+        snprintf(labels, sizeof labels, "kind=\"%s\"", s_kind_names[i]);
+        self->m_received[i] = mh_metrics_counter(m, "mh_gateway_messages_received_total",
+                                                 "Device messages received, by topic kind", labels);
+    }
+    for (int r = 1; r < GW_REASON_COUNT; r++) {
+        snprintf(labels, sizeof labels, "reason=\"%s\"", gw_reason_name((gw_reason_t)r));
+        self->m_rejected[r] = mh_metrics_counter(m, "mh_gateway_messages_rejected_total",
+                                                 "Device messages refused, by reason", labels);
+    }
+    self->m_points = mh_metrics_counter(m, "mh_gateway_points_accepted_total",
+                                        "Telemetry points accepted from devices", NULL);
+    self->m_batches_sent =
+        mh_metrics_counter(m, "mh_gateway_batches_sent_total", "Batches sent to ingest", NULL);
+    self->m_batches_resent = mh_metrics_counter(
+        m, "mh_gateway_batches_resent_total", "Batches sent again after the ack timeout", NULL);
+    self->m_batches_acked = mh_metrics_counter(m, "mh_gateway_batches_acked_total",
+                                               "Batches acknowledged by ingest", NULL);
+    self->m_points_stored = mh_metrics_counter(m, "mh_gateway_points_stored_total",
+                                               "Points ingest confirmed as committed", NULL);
+    self->m_points_dropped_ingest =
+        mh_metrics_counter(m, "mh_gateway_points_dropped_total",
+                           "Points that will not be stored, by reason", "reason=\"ingest_rejected\"");
+    self->m_points_dropped_old =
+        mh_metrics_counter(m, "mh_gateway_points_dropped_total",
+                           "Points that will not be stored, by reason", "reason=\"too_old\"");
+    self->m_points_lost_shutdown =
+        mh_metrics_counter(m, "mh_gateway_points_dropped_total",
+                           "Points that will not be stored, by reason", "reason=\"drain_timeout\"");
+    self->m_deferred = mh_metrics_counter(
+        m, "mh_gateway_backpressure_total",
+        "MQTT messages handed back to Paho because the gateway was full (not lost)", NULL);
+    self->m_bad_internal = mh_metrics_counter(m, "mh_gateway_internal_malformed_total",
+                                              "Malformed internal messages ignored", NULL);
+    self->m_window = mh_metrics_gauge(m, "mh_gateway_window_batches",
+                                      "Batches sent and not yet acknowledged", NULL);
+    self->m_connected =
+        mh_metrics_gauge(m, "mh_gateway_mqtt_connected", "1 while connected to the broker", NULL);
+}
+
+static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
+{
+    gw_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->ctx = ctx;
+    self->cfg = ctx->cfg;
+    self->pipe = pipe;
+    self->rl_reject = (mh_ratelimit_t)MH_RATELIMIT_INIT(1000, 10);
+    self->rl_warn = (mh_ratelimit_t)MH_RATELIMIT_INIT(1000, 5);
+    s_register_metrics(self);
+    char tid[33];
+    mh_trace_id_new(tid);
+    snprintf(self->id_prefix, sizeof self->id_prefix, "g%.16s", tid);
+    self->window = zhashx_new();
+    zhashx_set_destructor(self->window, s_pending_destroy);
+
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://gw-in-%p", (void *)self);
+    self->in_pull = zsock_new_pull(NULL);
+    zsock_set_rcvhwm(self->in_pull, 2000);
+    if (zsock_bind(self->in_pull, "%s", ep) < 0)
+        return self;
+    self->in_push = zsock_new_push(ep);
+    zsock_set_sndhwm(self->in_push, 2000);
+    zsock_set_sndtimeo(self->in_push, 200);
+
+    self->dealer = zsock_new(ZMQ_DEALER);
+    zsock_set_sndhwm(self->dealer, (int)self->cfg->window + 16);
+    zsock_set_linger(self->dealer, 0);
+    zsock_set_reconnect_ivl(self->dealer, 100);
+    zsock_set_reconnect_ivl_max(self->dealer, 2000);
+    self->resolver = mh_resolver_new(self->dealer, self->cfg->ingest_endpoint);
+    if (*self->cfg->events_bind) {
+        self->pub = zsock_new(ZMQ_PUB);
+        zsock_set_sndhwm(self->pub, 10000);
+        if (zsock_bind(self->pub, "%s", self->cfg->events_bind) < 0) {
+            mh_error("cannot bind events on %s: %s", self->cfg->events_bind, zmq_strerror(errno));
+            zsock_destroy(&self->pub);
+        }
+    }
+    return self;
+}
+
+static void s_destroy(gw_t **self_p)
+{
+    gw_t *self = *self_p;
+    if (!self)
+        return;
+    s_mqtt_stop(self);
+    zsock_destroy(&self->in_push);
+    zsock_destroy(&self->in_pull);
+    mh_resolver_destroy(&self->resolver);
+    zsock_destroy(&self->dealer);
+    zsock_destroy(&self->pub);
+    zhashx_destroy(&self->window);
+    gw_points_free(&self->scratch);
+    free(self->items);
+    free(self->arena);
+    free(self);
+    *self_p = NULL;
+}
+
+/* Reads what Paho handed over; returns false when it should stop reading
+ * (batch full and no room in the window). */
+static bool s_take_messages(gw_t *self, int max)
+{
+    for (int i = 0; i < max; i++) {
+        if ((int64_t)self->nitems >= self->cfg->batch_max_points) {
+            if ((int64_t)zhashx_size(self->window) >= self->cfg->window)
+                return false;
+            s_flush(self);
+        }
+        zmsg_t *m = NULL;
+        if (zsock_events(self->in_pull) & ZMQ_POLLIN)
+            m = zmsg_recv(self->in_pull);
+        if (!m)
+            break;
+        s_handle(self, m);
+        zmsg_destroy(&m);
+    }
+    return true;
+}
+
+static bool s_window_full(gw_t *self)
+{
+    return (int64_t)zhashx_size(self->window) >= self->cfg->window &&
+           (int64_t)self->nitems >= self->cfg->batch_max_points;
+}
+
+void gw_actor(zsock_t *pipe, void *args)
+{
+    mh_service_ctx_t *ctx = args;
+    gw_t *self = s_new(pipe, ctx);
+    if (!self || !self->in_push || !self->resolver) {
+        if (self && !self->resolver)
+            mh_error("bad ingest endpoint \"%s\"", ctx->cfg ? self->cfg->ingest_endpoint : "");
+        s_destroy(&self);
+        mh_actor_failed(pipe);
+        return;
+    }
+    if (mh_resolver_refresh(self->resolver) < 0)
+        mh_warn("cannot resolve %s yet, will keep trying", self->cfg->ingest_endpoint);
+    if (s_mqtt_start(self) < 0) {
+        s_destroy(&self);
+        mh_actor_failed(pipe);
+        return;
+    }
+    mh_actor_ready(pipe);
+
+    enum { RUNNING, UNSUBSCRIBING, DRAINING } phase = RUNNING;
+    int64_t next_resolve = mh_mono_ms() + self->cfg->resolve_interval_ms;
+    int64_t next_cron = 0, phase_deadline = 0, last_message = 0;
+    int64_t tick = self->cfg->batch_linger_ms > 0 ? self->cfg->batch_linger_ms : 1;
+    for (;;) {
+        bool can_take = phase != DRAINING && !s_window_full(self);
+        zmq_pollitem_t items[] = {
+            {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
+            {zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0},
+            {zsock_resolve(self->in_pull), 0, ZMQ_POLLIN, 0},
+        };
+        if (zmq_poll(items, can_take ? 3 : 2, tick) < 0 && errno != EINTR)
+            break;
+        if (items[0].revents & ZMQ_POLLIN) {
+            char *cmd = zstr_recv(pipe);
+            bool term = cmd && strcmp(cmd, "$TERM") == 0;
+            zstr_free(&cmd);
+            if (term && phase == RUNNING) {
+                mh_info("stopping: unsubscribing, then draining %zu unacknowledged batches",
+                        zhashx_size(self->window));
+                s_mqtt_unsubscribe(self);
+                phase = UNSUBSCRIBING;
+                phase_deadline = mh_mono_ms() + 5000;
+                last_message = mh_mono_ms();
+            }
+        }
+        while (zsock_events(self->dealer) & ZMQ_POLLIN) {
+            zframe_t *f = zframe_recv(self->dealer);
+            if (!f)
+                break;
+            s_on_ack(self, f);
+            zframe_destroy(&f);
+        }
+        if (can_take && (items[2].revents & ZMQ_POLLIN)) {
+            s_take_messages(self, 2000);
+            last_message = mh_mono_ms();
+        }
+
+        int64_t now = mh_mono_ms();
+        if (self->nitems && now - self->batch_started_ms >= self->cfg->batch_linger_ms &&
+            (int64_t)zhashx_size(self->window) < self->cfg->window)
+            s_flush(self);
+        if (now >= next_cron) {
+            next_cron = now + 100;
+            s_resend_expired(self);
+            mh_http_heartbeat(ctx->http);
+            int up = __atomic_load_n(&self->mqtt_subscribed, __ATOMIC_ACQUIRE);
+            mh_gauge_set(self->m_connected, __atomic_load_n(&self->mqtt_connected, __ATOMIC_ACQUIRE));
+            mh_http_set_ready(ctx->http, up && phase == RUNNING);
+        }
+        if (now >= next_resolve) {
+            next_resolve = now + self->cfg->resolve_interval_ms;
+            mh_resolver_refresh(self->resolver);
+        }
+        if (phase == UNSUBSCRIBING) {
+            /* In-flight messages still arrive after the UNSUBACK; wait for
+             * a quiet moment before closing the session. */
+            bool unsub = __atomic_load_n(&self->unsubscribed, __ATOMIC_ACQUIRE);
+            if ((unsub && now - last_message > 300) || now > phase_deadline) {
+                s_mqtt_stop(self);
+                s_take_messages(self, INT32_MAX); /* whatever Paho handed over last */
+                phase = DRAINING;
+                phase_deadline = now + self->cfg->drain_timeout_ms;
+            }
+        }
+        if (phase == DRAINING) {
+            if (self->nitems && (int64_t)zhashx_size(self->window) < self->cfg->window)
+                s_flush(self);
+            /* Messages may still sit in the inproc queue when the batch was full. */
+            if (zsock_events(self->in_pull) & ZMQ_POLLIN && !s_window_full(self))
+                s_take_messages(self, 2000);
+            bool empty = !self->nitems && zhashx_size(self->window) == 0 &&
+                         !(zsock_events(self->in_pull) & ZMQ_POLLIN);
+            if (empty)
+                break;
+            if (now > phase_deadline) {
+                uint64_t lost = self->nitems;
+                for (s_pending_t *p = zhashx_first(self->window); p; p = zhashx_next(self->window))
+                    lost += p->points;
+                mh_counter_add(self->m_points_lost_shutdown, lost);
+                mh_error("drain timed out: %" PRIu64 " points not acknowledged by ingest", lost);
+                break;
+            }
+        }
+    }
+    mh_info("drained: %" PRIu64 " messages received, %" PRIu64 " points accepted, %" PRIu64
+            " stored, %" PRIu64 " batches re-sent",
+            mh_counter_get(self->m_received[0]) + mh_counter_get(self->m_received[1]) +
+                mh_counter_get(self->m_received[2]),
+            mh_counter_get(self->m_points), mh_counter_get(self->m_points_stored),
+            mh_counter_get(self->m_batches_resent));
+    s_destroy(&self);
+}

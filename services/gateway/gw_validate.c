@@ -1,0 +1,322 @@
+#include "gw_validate.h"
+#include "telemetry.pb-c.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *s_reason_names[GW_REASON_COUNT] = {
+    "ok",          "bad_topic",    "bad_device_id", "too_large",  "bad_json",
+    "bad_shape",   "too_many_samples", "empty",     "bad_metric_name", "bad_value",
+    "bad_ts",      "future_ts",    "bad_seq",       "bad_protobuf", "bad_status",
+};
+
+const char *gw_reason_name(gw_reason_t r)
+{
+    return r < GW_REASON_COUNT ? s_reason_names[r] : "unknown";
+}
+
+static bool s_charset(const char *s, size_t len, const char *extra)
+{
+    if (len < 1 || len > GW_MAX_ID)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              (c && strchr(extra, c))))
+            return false;
+    }
+    return true;
+}
+
+bool gw_device_id_valid(const char *id, size_t len)
+{
+    return s_charset(id, len, "._-");
+}
+
+bool gw_metric_name_valid(const char *name, size_t len)
+{
+    return s_charset(name, len, "_.");
+}
+
+gw_reason_t gw_topic_parse(const char *topic, size_t len, char *id_out, gw_topic_kind_t *kind)
+{
+    static const char prefix[] = "devices/";
+    if (len <= sizeof prefix - 1 || memcmp(topic, prefix, sizeof prefix - 1) != 0)
+        return GW_BAD_TOPIC;
+    const char *id = topic + sizeof prefix - 1, *end = topic + len;
+    const char *slash = memchr(id, '/', (size_t)(end - id));
+    if (!slash)
+        return GW_BAD_TOPIC;
+    size_t idlen = (size_t)(slash - id);
+    if (!gw_device_id_valid(id, idlen))
+        return GW_BAD_DEVICE_ID;
+    const char *rest = slash + 1;
+    size_t rlen = (size_t)(end - rest);
+#define S_IS(lit) (rlen == sizeof(lit) - 1 && memcmp(rest, lit, rlen) == 0)
+    if (S_IS("telemetry"))
+        *kind = GW_TOPIC_TELEMETRY;
+    else if (S_IS("telemetry/pb"))
+        *kind = GW_TOPIC_TELEMETRY_PB;
+    else if (S_IS("status"))
+        *kind = GW_TOPIC_STATUS;
+    else
+        return GW_BAD_TOPIC;
+#undef S_IS
+    memcpy(id_out, id, idlen);
+    id_out[idlen] = 0;
+    return GW_OK;
+}
+
+void gw_points_reset(gw_points_t *p)
+{
+    p->n = 0;
+    p->arena_len = 0;
+}
+
+void gw_points_free(gw_points_t *p)
+{
+    free(p->v);
+    free(p->arena);
+    *p = (gw_points_t){0};
+}
+
+static int s_push(gw_points_t *p, const char *metric, size_t mlen, int64_t ts, double value)
+{
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 256;
+        gw_point_t *v = realloc(p->v, cap * sizeof *v);
+        if (!v)
+            return -1;
+        p->v = v;
+        p->cap = cap;
+    }
+    if (p->arena_len + mlen + 1 > p->arena_cap) {
+        size_t cap = (p->arena_cap ? p->arena_cap * 2 : 4096) + mlen + 1;
+        char *a = realloc(p->arena, cap);
+        if (!a)
+            return -1;
+        p->arena = a;
+        p->arena_cap = cap;
+    }
+    p->v[p->n++] = (gw_point_t){(uint32_t)p->arena_len, ts, value};
+    memcpy(p->arena + p->arena_len, metric, mlen);
+    p->arena[p->arena_len + mlen] = 0;
+    p->arena_len += mlen + 1;
+    return 0;
+}
+
+#define S_DETAIL(...)                                                                              \
+    do {                                                                                           \
+        if (detail)                                                                                \
+            snprintf(detail, detail_len, __VA_ARGS__);                                             \
+    } while (0)
+
+static gw_reason_t s_check_ts(json_int_t ts, int64_t now_ms, size_t idx, char *detail,
+                              size_t detail_len)
+{
+    if (ts < 0) {
+        S_DETAIL("sample %zu: ts is negative", idx);
+        return GW_BAD_TS;
+    }
+    if (ts > now_ms + GW_MAX_FUTURE_MS) {
+        S_DETAIL("sample %zu: ts %lld is more than 1 hour in the future", idx, (long long)ts);
+        return GW_FUTURE_TS;
+    }
+    return GW_OK;
+}
+
+static gw_reason_t s_sample_json(json_t *s, size_t idx, int64_t now_ms, gw_points_t *out,
+                                 char *detail, size_t detail_len)
+{
+    if (!json_is_object(s)) {
+        S_DETAIL("sample %zu is not a JSON object", idx);
+        return GW_BAD_SHAPE;
+    }
+    int64_t ts = now_ms;
+    json_t *jts = json_object_get(s, "ts");
+    if (jts) {
+        if (!json_is_integer(jts)) {
+            S_DETAIL("sample %zu: ts must be an integer (ms since epoch)", idx);
+            return GW_BAD_TS;
+        }
+        gw_reason_t r = s_check_ts(json_integer_value(jts), now_ms, idx, detail, detail_len);
+        if (r)
+            return r;
+        ts = json_integer_value(jts);
+    }
+    json_t *jseq = json_object_get(s, "seq");
+    if (jseq && (!json_is_integer(jseq) || json_integer_value(jseq) < 0)) {
+        S_DETAIL("sample %zu: seq must be a non-negative integer", idx);
+        return GW_BAD_SEQ;
+    }
+    size_t metrics = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach(s, key, val)
+    {
+        if (strcmp(key, "ts") == 0 || strcmp(key, "seq") == 0)
+            continue;
+        size_t klen = strlen(key);
+        if (!gw_metric_name_valid(key, klen)) {
+            S_DETAIL("sample %zu: metric name \"%.64s\" is not 1-64 of A-Z a-z 0-9 _ .", idx, key);
+            return GW_BAD_METRIC_NAME;
+        }
+        double v;
+        if (json_is_boolean(val))
+            v = json_is_true(val) ? 1.0 : 0.0;
+        else if (json_is_number(val))
+            v = json_number_value(val);
+        else {
+            S_DETAIL("sample %zu: metric \"%s\" must be a number or a boolean", idx, key);
+            return GW_BAD_VALUE;
+        }
+        if (!isfinite(v)) {
+            S_DETAIL("sample %zu: metric \"%s\" is not finite", idx, key);
+            return GW_BAD_VALUE;
+        }
+        if (s_push(out, key, klen, ts, v) < 0) {
+            S_DETAIL("out of memory");
+            return GW_TOO_LARGE;
+        }
+        metrics++;
+    }
+    if (!metrics) {
+        S_DETAIL("sample %zu has no metric", idx);
+        return GW_EMPTY;
+    }
+    return GW_OK;
+}
+
+gw_reason_t gw_validate_telemetry_json(const char *payload, size_t len, int64_t now_ms,
+                                       gw_points_t *out, char *detail, size_t detail_len)
+{
+    if (len > GW_MAX_PAYLOAD) {
+        S_DETAIL("payload of %zu bytes is over 256 KiB", len);
+        return GW_TOO_LARGE;
+    }
+    json_error_t err;
+    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &err);
+    if (!root) {
+        S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
+        return GW_BAD_JSON;
+    }
+    size_t mark_n = out->n, mark_arena = out->arena_len;
+    gw_reason_t r = GW_OK;
+    if (json_is_array(root)) {
+        size_t n = json_array_size(root);
+        if (n == 0) {
+            S_DETAIL("empty array of samples");
+            r = GW_EMPTY;
+        } else if (n > GW_MAX_SAMPLES) {
+            S_DETAIL("%zu samples, at most %d per message", n, GW_MAX_SAMPLES);
+            r = GW_TOO_MANY_SAMPLES;
+        }
+        for (size_t i = 0; r == GW_OK && i < n; i++)
+            r = s_sample_json(json_array_get(root, i), i, now_ms, out, detail, detail_len);
+    } else if (json_is_object(root)) {
+        r = s_sample_json(root, 0, now_ms, out, detail, detail_len);
+    } else {
+        S_DETAIL("payload must be a sample object or an array of them");
+        r = GW_BAD_SHAPE;
+    }
+    json_decref(root);
+    if (r != GW_OK) {
+        out->n = mark_n;
+        out->arena_len = mark_arena;
+    }
+    return r;
+}
+
+gw_reason_t gw_validate_telemetry_pb(const uint8_t *payload, size_t len, int64_t now_ms,
+                                     gw_points_t *out, char *detail, size_t detail_len)
+{
+    if (len > GW_MAX_PAYLOAD) {
+        S_DETAIL("payload of %zu bytes is over 256 KiB", len);
+        return GW_TOO_LARGE;
+    }
+    Mh__DeviceTelemetry *t = mh__device_telemetry__unpack(NULL, len, payload);
+    if (!t) {
+        S_DETAIL("payload is not a DeviceTelemetry protobuf");
+        return GW_BAD_PROTOBUF;
+    }
+    size_t mark_n = out->n, mark_arena = out->arena_len;
+    gw_reason_t r = GW_OK;
+    if (t->n_samples == 0) {
+        S_DETAIL("no samples");
+        r = GW_EMPTY;
+    } else if (t->n_samples > GW_MAX_SAMPLES) {
+        S_DETAIL("%zu samples, at most %d per message", t->n_samples, GW_MAX_SAMPLES);
+        r = GW_TOO_MANY_SAMPLES;
+    }
+    for (size_t i = 0; r == GW_OK && i < t->n_samples; i++) {
+        Mh__DeviceSample *s = t->samples[i];
+        int64_t ts = s->ts ? s->ts : now_ms;
+        if ((r = s_check_ts(ts, now_ms, i, detail, detail_len)))
+            break;
+        if (s->n_metrics == 0) {
+            S_DETAIL("sample %zu has no metric", i);
+            r = GW_EMPTY;
+            break;
+        }
+        for (size_t j = 0; r == GW_OK && j < s->n_metrics; j++) {
+            Mh__DeviceMetric *m = s->metrics[j];
+            size_t nlen = strlen(m->name);
+            double v;
+            if (!gw_metric_name_valid(m->name, nlen) || strcmp(m->name, "ts") == 0 ||
+                strcmp(m->name, "seq") == 0) {
+                S_DETAIL("sample %zu: metric name \"%.64s\" is not valid", i, m->name);
+                r = GW_BAD_METRIC_NAME;
+            } else if (m->value_case == MH__DEVICE_METRIC__VALUE_NUMBER) {
+                v = m->number;
+            } else if (m->value_case == MH__DEVICE_METRIC__VALUE_FLAG) {
+                v = m->flag ? 1.0 : 0.0;
+            } else {
+                S_DETAIL("sample %zu: metric \"%s\" has no value", i, m->name);
+                r = GW_BAD_VALUE;
+            }
+            if (r == GW_OK && !isfinite(v)) {
+                S_DETAIL("sample %zu: metric \"%s\" is not finite", i, m->name);
+                r = GW_BAD_VALUE;
+            }
+            if (r == GW_OK && s_push(out, m->name, nlen, ts, v) < 0)
+                r = GW_TOO_LARGE;
+        }
+    }
+    mh__device_telemetry__free_unpacked(t, NULL);
+    if (r != GW_OK) {
+        out->n = mark_n;
+        out->arena_len = mark_arena;
+    }
+    return r;
+}
+
+gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, char *detail,
+                               size_t detail_len)
+{
+    if (len > GW_MAX_PAYLOAD)
+        return GW_TOO_LARGE;
+    json_error_t err;
+    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &err);
+    if (!root) {
+        S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
+        return GW_BAD_JSON;
+    }
+    gw_reason_t r = GW_OK;
+    const char *state = json_string_value(json_object_get(root, "state"));
+    json_t *fw = json_object_get(root, "firmware"), *ip = json_object_get(root, "ip");
+    if (!json_is_object(root) || !state ||
+        (strcmp(state, "online") != 0 && strcmp(state, "offline") != 0)) {
+        S_DETAIL("status needs \"state\": \"online\" or \"offline\"");
+        r = GW_BAD_STATUS;
+    } else if ((fw && !json_is_string(fw)) || (ip && !json_is_string(ip))) {
+        S_DETAIL("\"firmware\" and \"ip\" must be strings");
+        r = GW_BAD_STATUS;
+    } else {
+        *online = strcmp(state, "online") == 0;
+    }
+    json_decref(root);
+    return r;
+}

@@ -1,0 +1,83 @@
+/* gw_validate — the device protocol's rules for topics, telemetry and status
+ * (shared/spec/device-protocol.md). Pure functions: no I/O, no globals, so
+ * they are unit-tested directly and fuzzed. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GW_MAX_PAYLOAD (256 * 1024)
+#define GW_MAX_SAMPLES 1000
+#define GW_MAX_ID 64
+#define GW_MAX_FUTURE_MS (3600 * 1000)
+
+/* Why a message was refused; each has a metric label (gw_reason_name). */
+typedef enum {
+    GW_OK = 0,
+    GW_BAD_TOPIC,        /* not a topic of the protocol */
+    GW_BAD_DEVICE_ID,    /* id not 1-64 of A-Z a-z 0-9 . _ - */
+    GW_TOO_LARGE,        /* payload over 256 KiB */
+    GW_BAD_JSON,         /* not JSON, not UTF-8, duplicate keys */
+    GW_BAD_SHAPE,        /* not an object / array of objects */
+    GW_TOO_MANY_SAMPLES, /* over 1,000 samples */
+    GW_EMPTY,            /* no sample, or a sample with no metric */
+    GW_BAD_METRIC_NAME,  /* name not 1-64 of A-Z a-z 0-9 _ . */
+    GW_BAD_VALUE,        /* value not a finite number or a boolean */
+    GW_BAD_TS,           /* ts not a non-negative integer */
+    GW_FUTURE_TS,        /* ts more than 1 hour ahead */
+    GW_BAD_SEQ,          /* seq not a non-negative integer */
+    GW_BAD_PROTOBUF,     /* /pb payload does not decode */
+    GW_BAD_STATUS,       /* status payload malformed */
+    GW_REASON_COUNT
+} gw_reason_t;
+
+const char *gw_reason_name(gw_reason_t r);
+
+typedef enum {
+    GW_TOPIC_TELEMETRY,
+    GW_TOPIC_TELEMETRY_PB,
+    GW_TOPIC_STATUS,
+} gw_topic_kind_t;
+
+bool gw_device_id_valid(const char *id, size_t len);
+bool gw_metric_name_valid(const char *name, size_t len);
+
+/* Splits "devices/{id}/{rest}". On success copies the id (NUL-terminated)
+ * into id_out[GW_MAX_ID + 1] and sets *kind. */
+gw_reason_t gw_topic_parse(const char *topic, size_t len, char *id_out, gw_topic_kind_t *kind);
+
+/* One accepted point. `metric` points into gw_points_t's string arena. */
+typedef struct {
+    uint32_t metric_off; /* offset into the arena */
+    int64_t ts_ms;
+    double value;
+} gw_point_t;
+
+/* Accumulates the points of accepted messages. On rejection nothing a call
+ * added remains. */
+typedef struct {
+    gw_point_t *v;
+    size_t n, cap;
+    char *arena; /* NUL-terminated metric names */
+    size_t arena_len, arena_cap;
+} gw_points_t;
+
+void gw_points_reset(gw_points_t *p);
+void gw_points_free(gw_points_t *p);
+static inline const char *gw_point_metric(const gw_points_t *p, const gw_point_t *pt)
+{
+    return p->arena + pt->metric_off;
+}
+
+/* Validates a JSON telemetry payload; on GW_OK appends its points to `out`.
+ * Samples without ts get `now_ms`. `detail` (may be NULL) receives a short
+ * human explanation of a rejection. */
+gw_reason_t gw_validate_telemetry_json(const char *payload, size_t len, int64_t now_ms,
+                                       gw_points_t *out, char *detail, size_t detail_len);
+/* Same for the protobuf form (devices/{id}/telemetry/pb). */
+gw_reason_t gw_validate_telemetry_pb(const uint8_t *payload, size_t len, int64_t now_ms,
+                                     gw_points_t *out, char *detail, size_t detail_len);
+
+/* Validates a status payload; *online set from "state". */
+gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, char *detail,
+                               size_t detail_len);

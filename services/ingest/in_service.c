@@ -1,0 +1,358 @@
+/* The ingest actor. One PostgreSQL connection per process; throughput comes
+ * from group commit (every batch waiting on the socket goes into one
+ * transaction) and from running more replicas. */
+#include "in_service.h"
+#include "in_store.h"
+#include "mh_envelope.h"
+#include "mh_time.h"
+#include "telemetry.pb-c.h"
+
+#include <inttypes.h>
+
+#define S_CFG(field) offsetof(in_config_t, field)
+
+const mh_cfg_opt_t in_config_options[] = {
+    MH_CFG_COMMON(in_config_t, "127.0.0.1:9102"),
+    {"pg-url", "MH_PG_URL", MH_CFG_STR, "postgresql://postgres@127.0.0.1:5433/motehub",
+     S_CFG(pg_url), "PostgreSQL connection string"},
+    {"bind", "MH_INGEST_BIND", MH_CFG_STR, "tcp://127.0.0.1:5560", S_CFG(bind),
+     "where the ROUTER for telemetry batches binds"},
+    {"events-bind", "MH_INGEST_EVENTS_BIND", MH_CFG_STR, "tcp://127.0.0.1:5572",
+     S_CFG(events_bind), "where the event PUB socket binds (empty: none)"},
+    {"group-max", "MH_INGEST_GROUP_MAX", MH_CFG_INT, "64", S_CFG(group_max),
+     "batches committed together in one transaction at most"},
+    {"retention-raw", "MH_RETENTION_RAW", MH_CFG_DURATION, "7d", S_CFG(retention_raw_ms),
+     "how long raw points are kept (older samples are dropped on arrival)"},
+    {"retention-1m", "MH_RETENTION_1M", MH_CFG_DURATION, "90d", S_CFG(retention_1m_ms),
+     "how long 1-minute rollups are kept"},
+    {"retention-1h", "MH_RETENTION_1H", MH_CFG_DURATION, "730d", S_CFG(retention_1h_ms),
+     "how long 1-hour rollups are kept"},
+    {"rollup-interval", "MH_ROLLUP_INTERVAL", MH_CFG_DURATION, "10s", S_CFG(rollup_interval_ms),
+     "how often stale rollup buckets are recomputed"},
+    {"rollup-grace", "MH_ROLLUP_GRACE", MH_CFG_DURATION, "2s", S_CFG(rollup_grace_ms),
+     "a minute is rolled up this long after it ends"},
+    {"maintain-interval", "MH_MAINTAIN_INTERVAL", MH_CFG_DURATION, "1h",
+     S_CFG(maintain_interval_ms), "how often partitions are created ahead and retention applied"},
+    {"dedupe-window", "MH_DEDUPE_WINDOW", MH_CFG_DURATION, "2d", S_CFG(dedupe_ms),
+     "how long committed batch ids are remembered for exactly-once"},
+    MH_CFG_END,
+};
+
+const mh_service_def_t in_service_def = {
+    .name = "ingest",
+    .summary = "Motehub ingest: telemetry batches into PostgreSQL, exactly once.",
+    .options = in_config_options,
+    .config_size = sizeof(in_config_t),
+    .actor = in_actor,
+};
+
+static const double s_ms_bounds[] = {1,   2,   3,   5,    7,    10,   15,   20,    30,   40,
+                                     50,  75,  100, 150,  200,  300,  500,  750,   1000, 2000,
+                                     5000, 10000, 30000, 60000, 300000, 3600000};
+#define S_NBOUNDS (sizeof s_ms_bounds / sizeof s_ms_bounds[0])
+
+typedef struct {
+    zframe_t *routing;
+    Mh__TelemetryBatch *batch;
+    char trace_id[33];
+} s_req_t;
+
+typedef struct {
+    mh_service_ctx_t *ctx;
+    in_config_t *cfg;
+    in_store_t *store;
+    zsock_t *router, *pub;
+    s_req_t *reqs;
+    in_item_t *items;
+    mh_counter_t *m_stored, *m_duplicate, *m_rejected, *m_points, *m_dropped_old, *m_commits,
+        *m_db_errors, *m_rollups, *m_malformed;
+    mh_histogram_t *m_lag, *m_commit_ms;
+    mh_gauge_t *m_connected;
+    mh_ratelimit_t rl;
+    int64_t next_connect, connect_backoff;
+} in_t;
+
+static void s_ack(in_t *self, s_req_t *r, Mh__TelemetryAck__Status status, uint32_t stored,
+                  uint32_t dropped, const char *error)
+{
+    Mh__TelemetryAck ack = MH__TELEMETRY_ACK__INIT;
+    ack.batch_id = r->batch ? r->batch->batch_id : "";
+    ack.status = status;
+    ack.stored = stored;
+    ack.dropped = dropped;
+    ack.error = (char *)(error ? error : "");
+    /* A gateway that went away leaves nothing to route to; that is fine. */
+    mh_envelope_send(self->router, r->routing, "telemetry.ack", r->trace_id, &ack.base, true);
+}
+
+static void s_release(s_req_t *r)
+{
+    zframe_destroy(&r->routing);
+    if (r->batch)
+        mh__telemetry_batch__free_unpacked(r->batch, NULL);
+    r->batch = NULL;
+}
+
+/* Receives one request; returns false when nothing usable was read. */
+static bool s_recv(in_t *self, s_req_t *r)
+{
+    zmsg_t *m = zmsg_recv(self->router);
+    if (!m)
+        return false;
+    r->routing = zmsg_pop(m);
+    zframe_t *body = zmsg_pop(m);
+    zmsg_destroy(&m);
+    Mh__Envelope *env = body ? mh_envelope_unpack(body) : NULL;
+    zframe_destroy(&body);
+    r->batch = NULL;
+    if (env && strcmp(env->type, "telemetry.batch") == 0)
+        r->batch = mh__telemetry_batch__unpack(NULL, env->body.len, env->body.data);
+    snprintf(r->trace_id, sizeof r->trace_id, "%s", env ? env->trace_id : "");
+    mh_envelope_free(&env);
+    if (!r->batch || !r->batch->batch_id || !*r->batch->batch_id) {
+        mh_counter_inc(self->m_malformed);
+        mh_log_limited(&self->rl, MH_LOG_WARN, "malformed message on the telemetry socket, ignoring");
+        if (r->routing && r->batch)
+            s_ack(self, r, MH__TELEMETRY_ACK__STATUS__REJECTED, 0, 0, "malformed batch");
+        s_release(r);
+        return false;
+    }
+    return true;
+}
+
+static void s_account(in_t *self, s_req_t *r, in_item_t *it, int64_t now)
+{
+    if (it->outcome == IN_STORED) {
+        mh_counter_inc(self->m_stored);
+        mh_counter_add(self->m_points, it->stored);
+        mh_counter_add(self->m_dropped_old, it->dropped);
+        for (size_t j = 0; j < r->batch->n_points; j++)
+            mh_histogram_observe(self->m_lag, (double)(now - r->batch->points[j]->ts_ms));
+        s_ack(self, r, MH__TELEMETRY_ACK__STATUS__STORED, it->stored, it->dropped, NULL);
+    } else if (it->outcome == IN_DUPLICATE) {
+        mh_counter_inc(self->m_duplicate);
+        s_ack(self, r, MH__TELEMETRY_ACK__STATUS__DUPLICATE, 0, 0, NULL);
+    }
+}
+
+/* Writes a group; on a data error, writes the batches one at a time so one
+ * bad batch cannot hold the others back. Unacked on a database outage: the
+ * gateways re-send. */
+static void s_write_group(in_t *self, size_t n)
+{
+    char err[512];
+    for (size_t i = 0; i < n; i++)
+        self->items[i] = (in_item_t){.batch = self->reqs[i].batch};
+    int64_t t0 = mh_mono_ms();
+    int rc = in_store_write(self->store, self->items, n, err, sizeof err);
+    if (rc == 0) {
+        int64_t now = mh_now_ms();
+        mh_histogram_observe(self->m_commit_ms, (double)(mh_mono_ms() - t0));
+        mh_counter_inc(self->m_commits);
+        Mh__TelemetryStored ev = MH__TELEMETRY_STORED__INIT;
+        for (size_t i = 0; i < n; i++) {
+            s_account(self, &self->reqs[i], &self->items[i], now);
+            if (self->items[i].outcome == IN_STORED) {
+                ev.batches++;
+                ev.messages += self->reqs[i].batch->messages;
+                ev.points += self->items[i].stored;
+                ev.dropped += self->items[i].dropped;
+            }
+        }
+        if (self->pub && ev.batches)
+            mh_event_publish(self->pub, "telemetry.stored", &ev.base);
+        return;
+    }
+    mh_counter_inc(self->m_db_errors);
+    if (rc == -EIO) {
+        mh_log_limited(&self->rl, MH_LOG_ERROR, "database unavailable, batches left to re-send: %s",
+                       err);
+        return;
+    }
+    if (n == 1) {
+        mh_counter_inc(self->m_rejected);
+        mh_log_limited(&self->rl, MH_LOG_ERROR, "batch %s refused by the database: %s",
+                       self->reqs[0].batch->batch_id, err);
+        s_ack(self, &self->reqs[0], MH__TELEMETRY_ACK__STATUS__REJECTED, 0, 0, err);
+        return;
+    }
+    s_req_t *reqs = self->reqs;
+    for (size_t i = 0; i < n; i++) {
+        self->reqs = &reqs[i];
+        s_write_group(self, 1);
+    }
+    self->reqs = reqs;
+}
+
+static void s_register_metrics(in_t *self)
+{
+    mh_metrics_t *m = self->ctx->metrics;
+    const char *bh = "Telemetry batches handled, by outcome";
+    self->m_stored = mh_metrics_counter(m, "mh_ingest_batches_total", bh, "outcome=\"stored\"");
+    self->m_duplicate =
+        mh_metrics_counter(m, "mh_ingest_batches_total", bh, "outcome=\"duplicate\"");
+    self->m_rejected = mh_metrics_counter(m, "mh_ingest_batches_total", bh, "outcome=\"rejected\"");
+    self->m_points =
+        mh_metrics_counter(m, "mh_ingest_points_stored_total", "Points committed", NULL);
+    self->m_dropped_old = mh_metrics_counter(m, "mh_ingest_points_dropped_total",
+                                             "Points not stored, by reason", "reason=\"too_old\"");
+    self->m_commits = mh_metrics_counter(m, "mh_ingest_commits_total", "Transactions committed",
+                                         NULL);
+    self->m_db_errors = mh_metrics_counter(m, "mh_ingest_db_errors_total",
+                                           "Failed database writes (retried or refused)", NULL);
+    self->m_rollups = mh_metrics_counter(m, "mh_ingest_rollup_buckets_total",
+                                         "Rollup buckets recomputed", NULL);
+    self->m_malformed = mh_metrics_counter(m, "mh_ingest_malformed_total",
+                                           "Malformed messages on the telemetry socket", NULL);
+    self->m_lag = mh_metrics_histogram(
+        m, "mh_ingest_point_lag_ms",
+        "Time from a sample's timestamp to its commit, in milliseconds", NULL, s_ms_bounds,
+        S_NBOUNDS);
+    self->m_commit_ms = mh_metrics_histogram(m, "mh_ingest_commit_ms",
+                                             "Time to write and commit one group, in milliseconds",
+                                             NULL, s_ms_bounds, S_NBOUNDS);
+    self->m_connected = mh_metrics_gauge(m, "mh_ingest_db_connected",
+                                         "1 while connected to PostgreSQL with the schema ready",
+                                         NULL);
+}
+
+static void s_destroy(in_t **self_p)
+{
+    in_t *self = *self_p;
+    if (!self)
+        return;
+    in_store_destroy(&self->store);
+    zsock_destroy(&self->router);
+    zsock_destroy(&self->pub);
+    free(self->reqs);
+    free(self->items);
+    free(self);
+    *self_p = NULL;
+}
+
+static in_t *s_new(mh_service_ctx_t *ctx)
+{
+    in_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->ctx = ctx;
+    self->cfg = ctx->cfg;
+    self->rl = (mh_ratelimit_t)MH_RATELIMIT_INIT(1000, 5);
+    s_register_metrics(self);
+    if (self->cfg->group_max < 1)
+        self->cfg->group_max = 1;
+    self->reqs = calloc((size_t)self->cfg->group_max, sizeof *self->reqs);
+    self->items = calloc((size_t)self->cfg->group_max, sizeof *self->items);
+    in_retention_t ret = {self->cfg->retention_raw_ms, self->cfg->retention_1m_ms,
+                          self->cfg->retention_1h_ms, self->cfg->rollup_grace_ms,
+                          self->cfg->dedupe_ms};
+    self->store = in_store_new(self->cfg->pg_url, &ret);
+    self->router = zsock_new(ZMQ_ROUTER);
+    zsock_set_rcvhwm(self->router, 10000);
+    zsock_set_sndhwm(self->router, 10000);
+    zsock_set_router_mandatory(self->router, 0);
+    if (!self->reqs || !self->items || !self->store ||
+        zsock_bind(self->router, "%s", self->cfg->bind) < 0) {
+        mh_error("cannot bind %s: %s", self->cfg->bind, zmq_strerror(zmq_errno()));
+        s_destroy(&self);
+        return NULL;
+    }
+    if (*self->cfg->events_bind) {
+        self->pub = zsock_new(ZMQ_PUB);
+        if (zsock_bind(self->pub, "%s", self->cfg->events_bind) < 0) {
+            mh_error("cannot bind events on %s: %s", self->cfg->events_bind,
+                     zmq_strerror(zmq_errno()));
+            s_destroy(&self);
+            return NULL;
+        }
+    }
+    return self;
+}
+
+static void s_try_connect(in_t *self)
+{
+    int64_t now = mh_mono_ms();
+    if (in_store_connected(self->store) || now < self->next_connect)
+        return;
+    char err[512];
+    if (in_store_connect(self->store, err, sizeof err) == 0) {
+        mh_info("connected to PostgreSQL, schema ready");
+        self->connect_backoff = 0;
+    } else {
+        self->connect_backoff = self->connect_backoff ? self->connect_backoff * 2 : 250;
+        if (self->connect_backoff > 5000)
+            self->connect_backoff = 5000;
+        self->next_connect = now + self->connect_backoff;
+        mh_log_limited(&self->rl, MH_LOG_WARN, "%s; retrying", err);
+    }
+}
+
+/* Takes every batch waiting on the socket (up to group_max) and writes them. */
+static void s_drain_socket(in_t *self)
+{
+    size_t n = 0;
+    while ((int64_t)n < self->cfg->group_max && (zsock_events(self->router) & ZMQ_POLLIN))
+        if (s_recv(self, &self->reqs[n]))
+            n++;
+    if (n)
+        s_write_group(self, n);
+    for (size_t i = 0; i < n; i++)
+        s_release(&self->reqs[i]);
+}
+
+void in_actor(zsock_t *pipe, void *args)
+{
+    mh_service_ctx_t *ctx = args;
+    in_t *self = s_new(ctx);
+    if (!self) {
+        mh_actor_failed(pipe);
+        return;
+    }
+    s_try_connect(self);
+    mh_actor_ready(pipe);
+    int64_t next_rollup = 0, next_maintain = mh_mono_ms() + self->cfg->maintain_interval_ms;
+    bool stopping = false;
+    while (!stopping) {
+        bool db = in_store_connected(self->store);
+        zmq_pollitem_t items[] = {
+            {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
+            {zsock_resolve(self->router), 0, ZMQ_POLLIN, 0},
+        };
+        /* While the database is away, leave batches queued (or with the
+         * gateways, who re-send); reading them would only drop them. */
+        if (zmq_poll(items, db ? 2 : 1, 100) < 0 && errno != EINTR)
+            break;
+        if (items[0].revents & ZMQ_POLLIN) {
+            char *cmd = zstr_recv(pipe);
+            stopping = !cmd || strcmp(cmd, "$TERM") == 0;
+            zstr_free(&cmd);
+        }
+        if (db && (items[1].revents & ZMQ_POLLIN))
+            s_drain_socket(self);
+        s_try_connect(self);
+        int64_t now = mh_mono_ms();
+        mh_http_heartbeat(ctx->http);
+        db = in_store_connected(self->store);
+        mh_http_set_ready(ctx->http, db && !stopping);
+        mh_gauge_set(self->m_connected, db);
+        char err[512];
+        if (db && now >= next_rollup) {
+            int done = 0;
+            if (in_store_rollup(self->store, &done, err, sizeof err) < 0)
+                mh_log_limited(&self->rl, MH_LOG_WARN, "rollup failed, will retry: %s", err);
+            mh_counter_add(self->m_rollups, (uint64_t)done);
+            next_rollup = mh_mono_ms() + self->cfg->rollup_interval_ms;
+        }
+        if (db && now >= next_maintain) {
+            if (in_store_maintain(self->store, err, sizeof err) < 0)
+                mh_log_limited(&self->rl, MH_LOG_WARN, "maintenance failed, will retry: %s", err);
+            next_maintain = mh_mono_ms() + self->cfg->maintain_interval_ms;
+        }
+    }
+    /* Write what already arrived before leaving; the rest is with the
+     * gateways, which re-send it to another replica or to our successor. */
+    if (in_store_connected(self->store))
+        for (int i = 0; i < 100 && (zsock_events(self->router) & ZMQ_POLLIN); i++)
+            s_drain_socket(self);
+    s_destroy(&self);
+}

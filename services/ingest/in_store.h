@@ -1,0 +1,60 @@
+/* in_store — ingest's PostgreSQL side: schema, partitions, retention, the
+ * exactly-once batch write (COPY + batch ids in one transaction) and the
+ * rollups.
+ *
+ * Tables (schema "ingest"):
+ *   telemetry_raw  (device_id, metric, ts, value)      daily partitions
+ *   rollup_1m      (device_id, metric, bucket, min, max, sum, count)  7-day partitions
+ *   rollup_1h      (same)                              30-day partitions
+ *   batches        (batch_id, committed_at)            ids of committed batches
+ *   rollup_dirty   (id, tier, bucket)                  buckets whose rollup is stale
+ *
+ * Rollups are recomputed from the tier below for each dirty bucket, so they
+ * are exact whatever order or lateness the data has, and any replica may run
+ * the job (an advisory lock makes it one at a time). */
+#pragma once
+#include "telemetry.pb-c.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int64_t raw_ms, m1_ms, h1_ms; /* retention per tier */
+    int64_t rollup_grace_ms;      /* a minute is rolled up this long after it ends */
+    int64_t dedupe_ms;            /* how long batch ids are remembered */
+} in_retention_t;
+
+typedef struct in_store_t in_store_t;
+
+/* One incoming batch and what became of it. */
+typedef enum { IN_STORED, IN_DUPLICATE, IN_REJECTED } in_outcome_t;
+typedef struct {
+    Mh__TelemetryBatch *batch; /* borrowed */
+    in_outcome_t outcome;      /* out */
+    uint32_t stored, dropped;  /* out: points written, points outside retention */
+} in_item_t;
+
+in_store_t *in_store_new(const char *pg_url, const in_retention_t *ret);
+void in_store_destroy(in_store_t **self_p);
+
+/* Connects if not connected, migrates the schema and creates partitions.
+ * Returns 0, or -EIO (message in `err`). */
+int in_store_connect(in_store_t *self, char *err, size_t errlen);
+bool in_store_connected(in_store_t *self);
+
+/* Writes the batches of `items` in one transaction; a batch id already
+ * committed is IN_DUPLICATE and writes nothing. Returns 0 when committed;
+ * -EIO when the database is unreachable (nothing committed; try again);
+ * -EINVAL when the data was refused (nothing committed; the caller writes
+ * the batches one by one to find the bad one). */
+int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size_t errlen);
+
+/* Partitions ahead, retention (drops whole partitions), old batch ids. */
+int in_store_maintain(in_store_t *self, char *err, size_t errlen);
+
+/* Recomputes dirty rollup buckets; *done_out = buckets recomputed.
+ * Returns 0 or a negative errno. */
+int in_store_rollup(in_store_t *self, int *done_out, char *err, size_t errlen);
+
+/* Points older than this (ms since epoch) are dropped as too old. */
+int64_t in_store_oldest_ms(in_store_t *self);
