@@ -134,8 +134,7 @@ int mh_config_load(const mh_cfg_opt_t *table, void *cfg, int argc, char **argv, 
         const char *env = o->env ? getenv(o->env) : NULL;
         const char *val = env ? env : (o->def ? o->def : (o->type == MH_CFG_STR ? "" : "0"));
         if (s_set(o, cfg, val) < 0) {
-            fprintf(stderr, "%s: invalid value \"%s\" for %s\n", prog, val,
-                    env ? o->env : o->flag);
+            fprintf(stderr, "%s: invalid value \"%s\" for %s\n", prog, val, env ? o->env : o->flag);
             return -EINVAL;
         }
     }

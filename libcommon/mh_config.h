@@ -26,7 +26,10 @@ typedef struct {
     const char *help;
 } mh_cfg_opt_t;
 
-#define MH_CFG_END {NULL, NULL, 0, NULL, 0, NULL}
+#define MH_CFG_END                                                                                 \
+    {                                                                                              \
+        NULL, NULL, 0, NULL, 0, NULL                                                               \
+    }
 
 /* Fills `cfg` from the table. Returns 0 to run, 1 when --help or --version
  * was printed (exit 0), or -EINVAL after printing the problem to stderr

@@ -1,13 +1,14 @@
 #include "mh_envelope.h"
 #include "mh_time.h"
 
-#include <openssl/rand.h>
 #include <stdio.h>
+#include <sys/random.h>
 
 void mh_trace_id_new(char out[33])
 {
+    /* The kernel's generator: no per-thread library state to clean up. */
     unsigned char raw[16];
-    if (RAND_bytes(raw, sizeof raw) != 1)
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw)
         for (size_t i = 0; i < sizeof raw; i++)
             raw[i] = (unsigned char)random();
     for (size_t i = 0; i < sizeof raw; i++)
@@ -44,8 +45,8 @@ zframe_t *mh_envelope_pack(const char *type, const char *trace_id, const Protobu
 
 Mh__Envelope *mh_envelope_unpack(const zframe_t *frame)
 {
-    Mh__Envelope *env = mh__envelope__unpack(NULL, zframe_size((zframe_t *)frame),
-                                             zframe_data((zframe_t *)frame));
+    Mh__Envelope *env =
+        mh__envelope__unpack(NULL, zframe_size((zframe_t *)frame), zframe_data((zframe_t *)frame));
     if (env && (env->schema_version == 0 || env->schema_version > MH_SCHEMA_VERSION)) {
         mh__envelope__free_unpacked(env, NULL);
         return NULL;

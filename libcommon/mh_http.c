@@ -69,10 +69,9 @@ static enum MHD_Result s_handle(void *cls, struct MHD_Connection *conn, const ch
     }
     if (strcmp(url, "/healthz") == 0) {
         int64_t age = mh_mono_ms() - __atomic_load_n(&self->heartbeat_ms, __ATOMIC_RELAXED);
-        return age < 10000
-                   ? s_reply(conn, 200, "text/plain", "ok\n", MHD_RESPMEM_PERSISTENT)
-                   : s_reply(conn, 503, "text/plain", "service loop stalled\n",
-                             MHD_RESPMEM_PERSISTENT);
+        return age < 10000 ? s_reply(conn, 200, "text/plain", "ok\n", MHD_RESPMEM_PERSISTENT)
+                           : s_reply(conn, 503, "text/plain", "service loop stalled\n",
+                                     MHD_RESPMEM_PERSISTENT);
     }
     if (strcmp(url, "/readyz") == 0)
         return __atomic_load_n(&self->ready, __ATOMIC_RELAXED)

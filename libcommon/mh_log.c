@@ -34,9 +34,10 @@ static void s_vlog(mh_log_level_t level, uint64_t suppressed, const char *fmt, v
     time_t secs = (time_t)(now / 1000);
     struct tm tm;
     gmtime_r(&secs, &tm);
-    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s %s: ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (int)(now % 1000), s_level_names[level], s_name);
+    int n = snprintf(line, sizeof line,
+                     "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s %s: ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(now % 1000),
+                     s_level_names[level], s_name);
     if (n < 0 || (size_t)n >= sizeof line)
         return;
     int m = vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);

@@ -18,8 +18,8 @@ int mh_log_level_parse(const char *s, mh_log_level_t *out);
 
 void mh_log(mh_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define mh_debug(...) mh_log(MH_LOG_DEBUG, __VA_ARGS__)
-#define mh_info(...) mh_log(MH_LOG_INFO, __VA_ARGS__)
-#define mh_warn(...) mh_log(MH_LOG_WARN, __VA_ARGS__)
+#define mh_info(...)  mh_log(MH_LOG_INFO, __VA_ARGS__)
+#define mh_warn(...)  mh_log(MH_LOG_WARN, __VA_ARGS__)
 #define mh_error(...) mh_log(MH_LOG_ERROR, __VA_ARGS__)
 
 /* A token bucket for noisy log lines: at most `burst` lines per `interval_ms`;
@@ -34,7 +34,10 @@ typedef struct {
     int lock; /* spin flag, see mh_log.c */
 } mh_ratelimit_t;
 
-#define MH_RATELIMIT_INIT(interval_ms_, burst_) {.interval_ms = (interval_ms_), .burst = (burst_)}
+#define MH_RATELIMIT_INIT(interval_ms_, burst_)                                                    \
+    {                                                                                              \
+        .interval_ms = (interval_ms_), .burst = (burst_)                                           \
+    }
 
 /* Returns true when a line may be printed now; *suppressed_out gets the number
  * of lines dropped since the last printed one. */

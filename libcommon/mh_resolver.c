@@ -6,7 +6,7 @@
 
 struct mh_resolver_t {
     zsock_t *sock;
-    zlist_t *specs;     /* of char*: the endpoints as configured */
+    zlist_t *specs;      /* of char*: the endpoints as configured */
     zhashx_t *connected; /* "tcp://ip:port" -> spec it came from */
 };
 

@@ -28,10 +28,16 @@ typedef struct {
 } mh_common_cfg_t;
 
 #define MH_CFG_COMMON(type, http_default)                                                          \
-    {"log-level", "MH_LOG_LEVEL", MH_CFG_STR, "info", offsetof(type, common.log_level),            \
+    {"log-level",                                                                                  \
+     "MH_LOG_LEVEL",                                                                               \
+     MH_CFG_STR,                                                                                   \
+     "info",                                                                                       \
+     offsetof(type, common.log_level),                                                             \
      "debug, info, warn or error"},                                                                \
-        {"http-listen", "MH_HTTP_LISTEN", MH_CFG_STR, http_default,                                \
-         offsetof(type, common.http_listen), "address of /metrics, /healthz and /readyz"}
+    {                                                                                              \
+        "http-listen", "MH_HTTP_LISTEN", MH_CFG_STR, http_default,                                 \
+            offsetof(type, common.http_listen), "address of /metrics, /healthz and /readyz"        \
+    }
 
 typedef struct {
     const char *name;

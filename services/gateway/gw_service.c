@@ -48,8 +48,8 @@ const mh_cfg_opt_t gw_config_options[] = {
      "re-send a batch not acknowledged within this time"},
     {"drain-timeout", "MH_DRAIN_TIMEOUT", MH_CFG_DURATION, "60s", S_CFG(drain_timeout_ms),
      "on SIGTERM, wait at most this long for ingest to acknowledge everything"},
-    {"resolve-interval", "MH_RESOLVE_INTERVAL", MH_CFG_DURATION, "10s",
-     S_CFG(resolve_interval_ms), "how often service names are resolved again"},
+    {"resolve-interval", "MH_RESOLVE_INTERVAL", MH_CFG_DURATION, "10s", S_CFG(resolve_interval_ms),
+     "how often service names are resolved again"},
     MH_CFG_END,
 };
 
@@ -567,15 +567,15 @@ static void s_register_metrics(gw_t *self)
                                         "Telemetry points accepted from devices", NULL);
     self->m_batches_sent =
         mh_metrics_counter(m, "mh_gateway_batches_sent_total", "Batches sent to ingest", NULL);
-    self->m_batches_resent = mh_metrics_counter(
-        m, "mh_gateway_batches_resent_total", "Batches sent again after the ack timeout", NULL);
+    self->m_batches_resent = mh_metrics_counter(m, "mh_gateway_batches_resent_total",
+                                                "Batches sent again after the ack timeout", NULL);
     self->m_batches_acked = mh_metrics_counter(m, "mh_gateway_batches_acked_total",
                                                "Batches acknowledged by ingest", NULL);
     self->m_points_stored = mh_metrics_counter(m, "mh_gateway_points_stored_total",
                                                "Points ingest confirmed as committed", NULL);
-    self->m_points_dropped_ingest =
-        mh_metrics_counter(m, "mh_gateway_points_dropped_total",
-                           "Points that will not be stored, by reason", "reason=\"ingest_rejected\"");
+    self->m_points_dropped_ingest = mh_metrics_counter(m, "mh_gateway_points_dropped_total",
+                                                       "Points that will not be stored, by reason",
+                                                       "reason=\"ingest_rejected\"");
     self->m_points_dropped_old =
         mh_metrics_counter(m, "mh_gateway_points_dropped_total",
                            "Points that will not be stored, by reason", "reason=\"too_old\"");
@@ -750,7 +750,8 @@ void gw_actor(zsock_t *pipe, void *args)
             s_resend_expired(self);
             mh_http_heartbeat(ctx->http);
             int up = __atomic_load_n(&self->mqtt_subscribed, __ATOMIC_ACQUIRE);
-            mh_gauge_set(self->m_connected, __atomic_load_n(&self->mqtt_connected, __ATOMIC_ACQUIRE));
+            mh_gauge_set(self->m_connected,
+                         __atomic_load_n(&self->mqtt_connected, __ATOMIC_ACQUIRE));
             mh_http_set_ready(ctx->http, up && phase == RUNNING);
         }
         if (now >= next_resolve) {

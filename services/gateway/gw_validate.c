@@ -8,9 +8,9 @@
 #include <string.h>
 
 static const char *s_reason_names[GW_REASON_COUNT] = {
-    "ok",          "bad_topic",    "bad_device_id", "too_large",  "bad_json",
-    "bad_shape",   "too_many_samples", "empty",     "bad_metric_name", "bad_value",
-    "bad_ts",      "future_ts",    "bad_seq",       "bad_protobuf", "bad_status",
+    "ok",        "bad_topic",        "bad_device_id", "too_large",       "bad_json",
+    "bad_shape", "too_many_samples", "empty",         "bad_metric_name", "bad_value",
+    "bad_ts",    "future_ts",        "bad_seq",       "bad_protobuf",    "bad_status",
 };
 
 const char *gw_reason_name(gw_reason_t r)
@@ -198,7 +198,7 @@ gw_reason_t gw_validate_telemetry_json(const char *payload, size_t len, int64_t 
         return GW_TOO_LARGE;
     }
     json_error_t err;
-    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &err);
+    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
     if (!root) {
         S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
         return GW_BAD_JSON;
@@ -299,7 +299,7 @@ gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, ch
     if (len > GW_MAX_PAYLOAD)
         return GW_TOO_LARGE;
     json_error_t err;
-    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &err);
+    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
     if (!root) {
         S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
         return GW_BAD_JSON;

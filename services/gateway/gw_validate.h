@@ -6,9 +6,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define GW_MAX_PAYLOAD (256 * 1024)
-#define GW_MAX_SAMPLES 1000
-#define GW_MAX_ID 64
+#define GW_MAX_PAYLOAD   (256 * 1024)
+#define GW_MAX_SAMPLES   1000
+#define GW_MAX_ID        64
 #define GW_MAX_FUTURE_MS (3600 * 1000)
 
 /* Why a message was refused; each has a metric label (gw_reason_name). */

@@ -17,8 +17,8 @@ const mh_cfg_opt_t in_config_options[] = {
      S_CFG(pg_url), "PostgreSQL connection string"},
     {"bind", "MH_INGEST_BIND", MH_CFG_STR, "tcp://127.0.0.1:5560", S_CFG(bind),
      "where the ROUTER for telemetry batches binds"},
-    {"events-bind", "MH_INGEST_EVENTS_BIND", MH_CFG_STR, "tcp://127.0.0.1:5572",
-     S_CFG(events_bind), "where the event PUB socket binds (empty: none)"},
+    {"events-bind", "MH_INGEST_EVENTS_BIND", MH_CFG_STR, "tcp://127.0.0.1:5572", S_CFG(events_bind),
+     "where the event PUB socket binds (empty: none)"},
     {"group-max", "MH_INGEST_GROUP_MAX", MH_CFG_INT, "64", S_CFG(group_max),
      "batches committed together in one transaction at most"},
     {"retention-raw", "MH_RETENTION_RAW", MH_CFG_DURATION, "7d", S_CFG(retention_raw_ms),
@@ -46,9 +46,9 @@ const mh_service_def_t in_service_def = {
     .actor = in_actor,
 };
 
-static const double s_ms_bounds[] = {1,   2,   3,   5,    7,    10,   15,   20,    30,   40,
-                                     50,  75,  100, 150,  200,  300,  500,  750,   1000, 2000,
-                                     5000, 10000, 30000, 60000, 300000, 3600000};
+static const double s_ms_bounds[] = {1,    2,    3,    5,     7,     10,    15,     20,     30,
+                                     40,   50,   75,   100,   150,   200,   300,    500,    750,
+                                     1000, 2000, 5000, 10000, 30000, 60000, 300000, 3600000};
 #define S_NBOUNDS (sizeof s_ms_bounds / sizeof s_ms_bounds[0])
 
 typedef struct {
@@ -111,7 +111,8 @@ static bool s_recv(in_t *self, s_req_t *r)
     mh_envelope_free(&env);
     if (!r->batch || !r->batch->batch_id || !*r->batch->batch_id) {
         mh_counter_inc(self->m_malformed);
-        mh_log_limited(&self->rl, MH_LOG_WARN, "malformed message on the telemetry socket, ignoring");
+        mh_log_limited(&self->rl, MH_LOG_WARN,
+                       "malformed message on the telemetry socket, ignoring");
         if (r->routing && r->batch)
             s_ack(self, r, MH__TELEMETRY_ACK__STATUS__REJECTED, 0, 0, "malformed batch");
         s_release(r);
@@ -196,24 +197,23 @@ static void s_register_metrics(in_t *self)
         mh_metrics_counter(m, "mh_ingest_points_stored_total", "Points committed", NULL);
     self->m_dropped_old = mh_metrics_counter(m, "mh_ingest_points_dropped_total",
                                              "Points not stored, by reason", "reason=\"too_old\"");
-    self->m_commits = mh_metrics_counter(m, "mh_ingest_commits_total", "Transactions committed",
-                                         NULL);
+    self->m_commits =
+        mh_metrics_counter(m, "mh_ingest_commits_total", "Transactions committed", NULL);
     self->m_db_errors = mh_metrics_counter(m, "mh_ingest_db_errors_total",
                                            "Failed database writes (retried or refused)", NULL);
-    self->m_rollups = mh_metrics_counter(m, "mh_ingest_rollup_buckets_total",
-                                         "Rollup buckets recomputed", NULL);
+    self->m_rollups =
+        mh_metrics_counter(m, "mh_ingest_rollup_buckets_total", "Rollup buckets recomputed", NULL);
     self->m_malformed = mh_metrics_counter(m, "mh_ingest_malformed_total",
                                            "Malformed messages on the telemetry socket", NULL);
-    self->m_lag = mh_metrics_histogram(
-        m, "mh_ingest_point_lag_ms",
-        "Time from a sample's timestamp to its commit, in milliseconds", NULL, s_ms_bounds,
-        S_NBOUNDS);
+    self->m_lag =
+        mh_metrics_histogram(m, "mh_ingest_point_lag_ms",
+                             "Time from a sample's timestamp to its commit, in milliseconds", NULL,
+                             s_ms_bounds, S_NBOUNDS);
     self->m_commit_ms = mh_metrics_histogram(m, "mh_ingest_commit_ms",
                                              "Time to write and commit one group, in milliseconds",
                                              NULL, s_ms_bounds, S_NBOUNDS);
-    self->m_connected = mh_metrics_gauge(m, "mh_ingest_db_connected",
-                                         "1 while connected to PostgreSQL with the schema ready",
-                                         NULL);
+    self->m_connected = mh_metrics_gauge(
+        m, "mh_ingest_db_connected", "1 while connected to PostgreSQL with the schema ready", NULL);
 }
 
 static void s_destroy(in_t **self_p)

@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define S_DAY_MS (86400LL * 1000)
-#define S_PG_EPOCH_MS 946684800000LL /* 2000-01-01 in Unix ms */
-#define S_LOCK_MIGRATE 727274000
-#define S_LOCK_ROLLUP 727274001
+#define S_DAY_MS        (86400LL * 1000)
+#define S_PG_EPOCH_MS   946684800000LL /* 2000-01-01 in Unix ms */
+#define S_LOCK_MIGRATE  727274000
+#define S_LOCK_ROLLUP   727274001
 #define S_LOCK_MAINTAIN 727274002
 
 struct in_store_t {
@@ -35,7 +35,8 @@ static const char *s_schema_sql =
     "  ts timestamptz NOT NULL, value double precision NOT NULL"
     ") PARTITION BY RANGE (ts);"
     "CREATE INDEX IF NOT EXISTS telemetry_raw_ts ON ingest.telemetry_raw USING brin (ts);"
-    "CREATE INDEX IF NOT EXISTS telemetry_raw_device ON ingest.telemetry_raw (device_id, metric, ts);"
+    "CREATE INDEX IF NOT EXISTS telemetry_raw_device ON ingest.telemetry_raw (device_id, metric, "
+    "ts);"
     "CREATE TABLE IF NOT EXISTS ingest.rollup_1m ("
     "  device_id text NOT NULL, metric text NOT NULL, bucket timestamptz NOT NULL,"
     "  min double precision NOT NULL, max double precision NOT NULL,"
@@ -43,10 +44,12 @@ static const char *s_schema_sql =
     "  PRIMARY KEY (device_id, metric, bucket)"
     ") PARTITION BY RANGE (bucket);"
     "CREATE INDEX IF NOT EXISTS rollup_1m_bucket ON ingest.rollup_1m USING brin (bucket);"
-    "CREATE TABLE IF NOT EXISTS ingest.rollup_1h (LIKE ingest.rollup_1m) PARTITION BY RANGE (bucket);"
+    "CREATE TABLE IF NOT EXISTS ingest.rollup_1h (LIKE ingest.rollup_1m) PARTITION BY RANGE "
+    "(bucket);"
     "DO $$ BEGIN"
     "  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'rollup_1h_pkey') THEN"
-    "    ALTER TABLE ingest.rollup_1h ADD CONSTRAINT rollup_1h_pkey PRIMARY KEY (device_id, metric, bucket);"
+    "    ALTER TABLE ingest.rollup_1h ADD CONSTRAINT rollup_1h_pkey PRIMARY KEY (device_id, "
+    "metric, bucket);"
     "  END IF;"
     "END $$;"
     "CREATE INDEX IF NOT EXISTS rollup_1h_bucket ON ingest.rollup_1h USING brin (bucket);"
@@ -66,7 +69,8 @@ static const char *s_schema_sql =
     "  WHILE s < hi LOOP"
     "    n := parent || '_p' || to_char(s, 'YYYYMMDD');"
     "    IF to_regclass(format('ingest.%I', n)) IS NULL THEN"
-    "      EXECUTE format('CREATE TABLE ingest.%I PARTITION OF ingest.%I FOR VALUES FROM (%L) TO (%L)',"
+    "      EXECUTE format('CREATE TABLE ingest.%I PARTITION OF ingest.%I FOR VALUES FROM (%L) TO "
+    "(%L)',"
     "                     n, parent, s, s + w);"
     "      made := made + 1;"
     "    END IF;"
@@ -80,7 +84,8 @@ static const char *s_schema_sql =
     "DECLARE r record; s timestamptz; dropped int := 0;"
     "BEGIN"
     "  FOR r IN SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-    "           JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace ns ON ns.oid = p.relnamespace"
+    "           JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace ns ON ns.oid = "
+    "p.relnamespace"
     "           WHERE ns.nspname = 'ingest' AND p.relname = parent LOOP"
     "    s := to_timestamp(substring(r.relname FROM '_p([0-9]{8})$'), 'YYYYMMDD');"
     "    IF s IS NOT NULL AND s + make_interval(days => width_days) <= cutoff THEN"
@@ -231,8 +236,8 @@ int in_store_maintain(in_store_t *self, char *err, size_t errlen)
     const char *lp[] = {lock};
     if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN", 0, NULL, err, errlen))
         return s_fail(self);
-    PGresult *res = s_exec(self, PGRES_TUPLES_OK, "SELECT pg_try_advisory_xact_lock($1::bigint)",
-                           1, lp, err, errlen);
+    PGresult *res = s_exec(self, PGRES_TUPLES_OK, "SELECT pg_try_advisory_xact_lock($1::bigint)", 1,
+                           lp, err, errlen);
     if (!res)
         return s_fail(self);
     bool mine = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
@@ -257,8 +262,8 @@ int in_store_maintain(in_store_t *self, char *err, size_t errlen)
             return s_fail(self);
         const char *dp[] = {tiers[i].table, width, cutoff};
         if (!s_ok(self, PGRES_TUPLES_OK,
-                  "SELECT ingest.drop_partitions($1, $2::int, to_timestamp($3::bigint / 1000.0))", 3,
-                  dp, err, errlen))
+                  "SELECT ingest.drop_partitions($1, $2::int, to_timestamp($3::bigint / 1000.0))",
+                  3, dp, err, errlen))
             return s_fail(self);
     }
     char dedupe[32];
@@ -476,8 +481,8 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
 
 /* Recomputes up to `limit` dirty buckets of one tier from the tier below. */
 static int s_rollup_tier(in_store_t *self, const char *tier, const char *select_dirty,
-                         const char *clear, const char *recompute, const char *mark_next,
-                         int *done, char *err, size_t errlen)
+                         const char *clear, const char *recompute, const char *mark_next, int *done,
+                         char *err, size_t errlen)
 {
     char grace[32];
     snprintf(grace, sizeof grace, "%" PRId64, self->ret.rollup_grace_ms);
@@ -513,10 +518,16 @@ int in_store_rollup(in_store_t *self, int *done_out, char *err, size_t errlen)
     char lock[32];
     snprintf(lock, sizeof lock, "%d", S_LOCK_ROLLUP);
     const char *lp[] = {lock};
-    if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN", 0, NULL, err, errlen))
+    /* One snapshot for the whole job: the raw rows a recompute reads and the
+     * dirty markers it then deletes must be the same set. Under READ
+     * COMMITTED a batch committing between the two would lose its marker
+     * without being counted. Only this job deletes markers or writes
+     * rollups (advisory lock), so REPEATABLE READ cannot conflict. */
+    if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN ISOLATION LEVEL REPEATABLE READ", 0, NULL, err,
+              errlen))
         return s_fail(self);
-    PGresult *res = s_exec(self, PGRES_TUPLES_OK, "SELECT pg_try_advisory_xact_lock($1::bigint)",
-                           1, lp, err, errlen);
+    PGresult *res = s_exec(self, PGRES_TUPLES_OK, "SELECT pg_try_advisory_xact_lock($1::bigint)", 1,
+                           lp, err, errlen);
     if (!res)
         return s_fail(self);
     bool mine = strcmp(PQgetvalue(res, 0, 0), "t") == 0;

@@ -1,0 +1,69 @@
+/* mh_agent — the reference device agent: a small library that speaks the
+ * Motehub device protocol (shared/spec/device-protocol.md) over Paho MQTT C,
+ * so firmware writers start from working code.
+ *
+ * One agent = one device = one MQTT connection (client id = device id).
+ * On connect it publishes {"state":"online"} to devices/{id}/status and sets
+ * the last will {"state":"offline"}; it reconnects on its own with
+ * exponential backoff (1 s doubling to 60 s, with jitter).
+ *
+ * Thread-safety: the publish functions may be called from any one thread;
+ * counters are atomics. Callbacks run on Paho's thread. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mh_agent_t mh_agent_t;
+
+typedef struct {
+    const char *url;       /* broker, e.g. "tcp://127.0.0.1:1883" */
+    const char *device_id; /* 1-64 of A-Z a-z 0-9 . _ - */
+    int mqtt_version;      /* 5 (default when 0) or 4 for 3.1.1 */
+    int keepalive_s;       /* default 30 */
+    int max_inflight;      /* QoS1 messages unacknowledged at most; default 100 */
+    const char *firmware;  /* reported in the status message; may be NULL */
+} mh_agent_opts_t;
+
+/* One telemetry sample: up to 16 metrics; ts 0 = let the gateway stamp it. */
+typedef struct {
+    int64_t ts;
+    int64_t seq; /* < 0 = omit */
+    size_t n;
+    struct {
+        const char *name;
+        double value;
+        bool is_bool;
+    } m[16];
+} mh_sample_t;
+
+mh_agent_t *mh_agent_new(const mh_agent_opts_t *opts);
+/* Disconnects cleanly (no last will) and frees. */
+void mh_agent_destroy(mh_agent_t **self_p);
+
+/* Starts connecting; returns at once. 0 or a negative errno. */
+int mh_agent_connect(mh_agent_t *self);
+bool mh_agent_connected(mh_agent_t *self);
+/* Waits up to timeout_ms for the connection; true when connected. */
+bool mh_agent_wait_connected(mh_agent_t *self, int timeout_ms);
+/* Drops the connection without a clean disconnect, so the broker sends the
+ * last will (a simulated power loss). */
+void mh_agent_kill_connection(mh_agent_t *self);
+
+/* Publishes to devices/{id}/{subtopic}. Returns 0, -EAGAIN when
+ * max_inflight QoS1 messages are unacknowledged, -ENOTCONN, or -EIO. */
+int mh_agent_publish(mh_agent_t *self, const char *subtopic, const void *payload, size_t len,
+                     int qos);
+/* Publishes samples as the JSON telemetry message (one object, or an array
+ * when n > 1). */
+int mh_agent_publish_samples(mh_agent_t *self, const mh_sample_t *samples, size_t n, int qos);
+
+/* Messages acknowledged by the broker (QoS1) and sent (QoS0). */
+uint64_t mh_agent_delivered(mh_agent_t *self);
+/* Messages accepted by mh_agent_publish. */
+uint64_t mh_agent_published(mh_agent_t *self);
+/* Waits until every published QoS1 message is acknowledged. */
+bool mh_agent_wait_delivered(mh_agent_t *self, int timeout_ms);
+
+/* Builds the JSON for samples; caller frees. Exposed for tests. */
+char *mh_agent_samples_json(const mh_sample_t *samples, size_t n);

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Local mode: builds Motehub and runs the whole platform on this machine,
+# with no containers: mosquitto on 127.0.0.1:1883, a private PostgreSQL on
+# 127.0.0.1:5433 (data in .local/, git-ignored), every service, and motesim
+# with 1,000 devices. Ctrl-C stops everything it started.
+#
+# Overridable: MH_MQTT_PORT, MH_PG_PORT, MOTESIM_DEVICES, MOTESIM_INTERVAL.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+mqtt_port=${MH_MQTT_PORT:-1883}
+pg_port=${MH_PG_PORT:-5433}
+devices=${MOTESIM_DEVICES:-1000}
+interval=${MOTESIM_INTERVAL:-5s}
+state="$root/.local"
+logs="$state/logs"
+
+tools/install-deps.sh
+[ -f build/build.ninja ] || meson setup build --buildtype=release >/dev/null
+ninja -C build >/dev/null
+mkdir -p "$logs"
+chmod 755 "$state" "$logs"
+
+pids=()
+stop() {
+    trap - INT TERM EXIT
+    echo
+    echo "stopping..."
+    for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    tests/lib/pg-cluster.sh stop "$state/pg"
+    echo "stopped."
+}
+trap stop INT TERM EXIT
+
+tests/lib/pg-cluster.sh start "$state/pg" "$pg_port"
+psql="psql -h 127.0.0.1 -p $pg_port -U postgres"
+$psql -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'motehub'" | grep -q 1 \
+    || $psql -d postgres -qc "CREATE DATABASE motehub"
+
+cat >"$state/mosquitto.conf" <<CONF
+listener $mqtt_port 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 100000
+set_tcp_nodelay true
+log_dest stderr
+log_type error
+log_type warning
+CONF
+[ "$(id -u)" = 0 ] && echo "user root" >>"$state/mosquitto.conf"
+mosquitto -c "$state/mosquitto.conf" >"$logs/mosquitto.log" 2>&1 & pids+=($!)
+
+export MH_MQTT_URL="tcp://127.0.0.1:$mqtt_port"
+export MH_PG_URL="postgresql://postgres@127.0.0.1:$pg_port/motehub"
+build/services/ingest/motehub-ingest >"$logs/ingest.log" 2>&1 & pids+=($!)
+build/services/gateway/motehub-gateway >"$logs/gateway.log" 2>&1 & pids+=($!)
+
+wait_ready() {
+    for _ in $(seq 1 100); do
+        curl -fs "http://$1/readyz" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    echo "$2 did not become ready; see $logs/$2.log" >&2
+    exit 1
+}
+wait_ready 127.0.0.1:9102 ingest
+wait_ready 127.0.0.1:9101 gateway
+
+build/tools/motesim/motesim --devices="$devices" --interval="$interval" --report=30s \
+    >"$logs/motesim.log" 2>&1 & pids+=($!)
+
+cat <<INFO
+
+Motehub is running locally.
+  MQTT broker      $MH_MQTT_URL   (devices publish to devices/<id>/telemetry)
+  PostgreSQL       $MH_PG_URL
+  gateway          http://127.0.0.1:9101/metrics  /healthz  /readyz
+  ingest           http://127.0.0.1:9102/metrics  /healthz  /readyz
+  motesim          $devices devices, one message every $interval each
+  logs             $logs/
+
+Look at the stored telemetry:
+  $psql motehub -c "SELECT device_id, metric, ts, value FROM ingest.telemetry_raw ORDER BY ts DESC LIMIT 10"
+  $psql motehub -c "SELECT * FROM ingest.rollup_1m ORDER BY bucket DESC LIMIT 10"
+Publish a sample yourself:
+  mosquitto_pub -p $mqtt_port -q 1 -t devices/my-device/telemetry -m '{"temperature":21.5}'
+
+Press Ctrl-C to stop everything.
+INFO
+wait -n "${pids[@]}" || true
+echo "a process exited; see $logs/" >&2

@@ -1,0 +1,453 @@
+#include "mh_test.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t mht_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void mht_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int mht_free_port(void)
+{
+    /* Ports handed out in this process are remembered, so two calls never
+     * return the same one before either is bound. */
+    static int used[256], nused;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof sa;
+        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+            getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
+            close(fd);
+            continue;
+        }
+        close(fd);
+        int port = ntohs(sa.sin_port), dup = 0;
+        for (int i = 0; i < nused; i++)
+            dup |= used[i] == port;
+        if (dup)
+            continue;
+        if (nused < 256)
+            used[nused++] = port;
+        return port;
+    }
+    fail_msg("no free port");
+    return -1;
+}
+
+static char s_artifacts[512];
+
+const char *mht_artifacts(void)
+{
+    if (!*s_artifacts) {
+        const char *base = getenv("MH_TEST_ARTIFACTS");
+        char exe[256] = "test";
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (n > 0) {
+            exe[n] = 0;
+            char *slash = strrchr(exe, '/');
+            memmove(exe, slash ? slash + 1 : exe, strlen(slash ? slash + 1 : exe) + 1);
+        }
+        snprintf(s_artifacts, sizeof s_artifacts, "%s/%s", base ? base : "/tmp/motehub-tests", exe);
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "mkdir -p '%s'", s_artifacts);
+        if (system(cmd) != 0)
+            fail_msg("cannot create %s", s_artifacts);
+        chmod(s_artifacts, 0777);
+    }
+    return s_artifacts;
+}
+
+const char *mht_build_path(const char *rel, char *buf, size_t len)
+{
+    const char *root = getenv("MH_BUILD_ROOT");
+    snprintf(buf, len, "%s/%s", root ? root : ".", rel);
+    return buf;
+}
+
+pid_t mht_spawn(const char *name, char *const argv[])
+{
+    char log[700];
+    snprintf(log, sizeof log, "%s/%s.log", mht_artifacts(), name);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        setpgid(0, 0);
+        execvp(argv[0], argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    if (pid < 0)
+        fail_msg("fork: %s", strerror(errno));
+    return pid;
+}
+
+bool mht_alive(pid_t pid)
+{
+    int status;
+    return pid > 0 && waitpid(pid, &status, WNOHANG) == 0;
+}
+
+int mht_stop(pid_t pid, int sig, int timeout_ms)
+{
+    if (pid <= 0)
+        return -1;
+    kill(pid, sig);
+    int64_t deadline = mht_now_ms() + timeout_ms;
+    int status;
+    while (mht_now_ms() < deadline) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return status;
+        if (r < 0)
+            return -1;
+        mht_sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -1;
+}
+
+static bool s_port_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    close(fd);
+    return ok;
+}
+
+void mht_broker_start(mht_broker_t *b)
+{
+    b->port = mht_free_port();
+    snprintf(b->url, sizeof b->url, "tcp://127.0.0.1:%d", b->port);
+    char conf[700];
+    snprintf(conf, sizeof conf, "%s/mosquitto-%d.conf", mht_artifacts(), b->port);
+    FILE *f = fopen(conf, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\n",
+            b->port);
+    if (getuid() == 0)
+        fprintf(f, "user root\n");
+    fclose(f);
+    char *argv[] = {"mosquitto", "-c", conf, NULL};
+    b->pid = mht_spawn("mosquitto", argv);
+    int64_t deadline = mht_now_ms() + 10000;
+    while (!s_port_open(b->port)) {
+        if (mht_now_ms() > deadline || !mht_alive(b->pid))
+            fail_msg("mosquitto did not start on port %d (see %s)", b->port, mht_artifacts());
+        mht_sleep_ms(10);
+    }
+}
+
+void mht_broker_stop(mht_broker_t *b)
+{
+    mht_stop(b->pid, SIGTERM, 5000);
+    b->pid = 0;
+}
+
+/* ---- PostgreSQL ---- */
+
+static char s_pg_base[256];
+static char s_pg_dir[600];
+
+static void s_pg_cluster_stop(void)
+{
+    char cmd[900];
+    snprintf(cmd, sizeof cmd, "'%s/tests/lib/pg-cluster.sh' stop '%s'",
+             getenv("MH_SOURCE_ROOT") ? getenv("MH_SOURCE_ROOT") : ".", s_pg_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "stopping the test cluster failed\n");
+}
+
+/* The suite's cluster comes from tests/run.sh (MH_TEST_PG); a test run on
+ * its own starts a private one and stops it at exit. */
+static const char *s_pg_cluster(void)
+{
+    if (*s_pg_base)
+        return s_pg_base;
+    const char *env = getenv("MH_TEST_PG");
+    if (env && *env) {
+        snprintf(s_pg_base, sizeof s_pg_base, "%s", env);
+        return s_pg_base;
+    }
+    int port = mht_free_port();
+    snprintf(s_pg_dir, sizeof s_pg_dir, "%s/pg", mht_artifacts());
+    char cmd[900];
+    snprintf(cmd, sizeof cmd, "'%s/tests/lib/pg-cluster.sh' start '%s' %d",
+             getenv("MH_SOURCE_ROOT") ? getenv("MH_SOURCE_ROOT") : ".", s_pg_dir, port);
+    if (system(cmd) != 0)
+        fail_msg("cannot start PostgreSQL: %s", cmd);
+    atexit(s_pg_cluster_stop);
+    snprintf(s_pg_base, sizeof s_pg_base, "host=127.0.0.1 port=%d user=postgres", port);
+    return s_pg_base;
+}
+
+void mht_db_create(mht_db_t *db)
+{
+    static int seq;
+    const char *base = s_pg_cluster();
+    snprintf(db->name, sizeof db->name, "t_%d_%d_%ld", (int)getpid(), ++seq, (long)time(NULL));
+    char url[300];
+    snprintf(url, sizeof url, "%s dbname=postgres", base);
+    PGconn *admin = PQconnectdb(url);
+    if (PQstatus(admin) != CONNECTION_OK)
+        fail_msg("cannot connect to the test cluster: %s", PQerrorMessage(admin));
+    char sql[128];
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", db->name); /* name made above, not input */
+    PGresult *r = PQexec(admin, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        fail_msg("CREATE DATABASE: %s", PQerrorMessage(admin));
+    PQclear(r);
+    PQfinish(admin);
+    snprintf(db->url, sizeof db->url, "%s dbname=%s", base, db->name);
+    db->conn = PQconnectdb(db->url);
+    if (PQstatus(db->conn) != CONNECTION_OK)
+        fail_msg("cannot connect to %s: %s", db->name, PQerrorMessage(db->conn));
+    PQclear(PQexec(db->conn, "SET TIME ZONE 'UTC'"));
+}
+
+void mht_db_drop(mht_db_t *db)
+{
+    if (db->conn)
+        PQfinish(db->conn);
+    db->conn = NULL;
+    char url[300], sql[128];
+    snprintf(url, sizeof url, "%s dbname=postgres", s_pg_cluster());
+    PGconn *admin = PQconnectdb(url);
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", db->name);
+    PQclear(PQexec(admin, sql));
+    PQfinish(admin);
+}
+
+double mht_db_num(mht_db_t *db, const char *sql)
+{
+    PGresult *r = PQexec(db->conn, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) < 1) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(r));
+        PQclear(r);
+        fail_msg("query failed: %s: %s", sql, msg);
+    }
+    double v = PQgetisnull(r, 0, 0) ? NAN : strtod(PQgetvalue(r, 0, 0), NULL);
+    PQclear(r);
+    return v;
+}
+
+double mht_db_wait_num(mht_db_t *db, const char *sql, double want, int timeout_ms)
+{
+    int64_t deadline = mht_now_ms() + timeout_ms;
+    double v;
+    for (;;) {
+        PGresult *r = PQexec(db->conn, sql);
+        v = NAN;
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
+            v = strtod(PQgetvalue(r, 0, 0), NULL);
+        PQclear(r);
+        if (v == want || mht_now_ms() > deadline)
+            return v;
+        mht_sleep_ms(50);
+    }
+}
+
+/* ---- HTTP ---- */
+
+typedef struct {
+    char *buf;
+    size_t len;
+} s_body_t;
+
+static size_t s_write(char *data, size_t size, size_t n, void *userp)
+{
+    s_body_t *b = userp;
+    char *nb = realloc(b->buf, b->len + size * n + 1);
+    if (!nb)
+        return 0;
+    b->buf = nb;
+    memcpy(b->buf + b->len, data, size * n);
+    b->len += size * n;
+    b->buf[b->len] = 0;
+    return size * n;
+}
+
+int mht_http_get(int port, const char *path, char **body)
+{
+    char url[300];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    CURL *c = curl_easy_init();
+    s_body_t b = {calloc(1, 1), 0};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    long status = 0;
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    if (body)
+        *body = b.buf;
+    else
+        free(b.buf);
+    return (int)status;
+}
+
+double mht_metric(int http_port, const char *name, const char *labels)
+{
+    char *body = NULL;
+    double v = NAN;
+    if (mht_http_get(http_port, "/metrics", &body) == 200) {
+        char want[512];
+        if (labels && *labels)
+            snprintf(want, sizeof want, "\n%s{%s} ", name, labels);
+        else
+            snprintf(want, sizeof want, "\n%s ", name);
+        char *p = strstr(body, want);
+        if (p)
+            v = strtod(p + strlen(want), NULL);
+    }
+    free(body);
+    return v;
+}
+
+bool mht_wait_ready(int http_port, int timeout_ms)
+{
+    int64_t deadline = mht_now_ms() + timeout_ms;
+    while (mht_now_ms() < deadline) {
+        if (mht_http_get(http_port, "/readyz", NULL) == 200)
+            return true;
+        mht_sleep_ms(50);
+    }
+    return false;
+}
+
+/* ---- services ---- */
+
+static void s_args_extra(char **argv, int *argc, const char *const *extra)
+{
+    for (; extra && *extra; extra++)
+        argv[(*argc)++] = (char *)*extra;
+    argv[*argc] = NULL;
+}
+
+void mht_ingest_start(mht_service_t *s, const char *name, const mht_db_t *db, int port,
+                      const char *const *extra)
+{
+    static char bin[512];
+    char a_http[64], a_bind[64], a_ev[64], a_pg[300];
+    if (!s->http_port)
+        s->http_port = mht_free_port();
+    s->port = port ? port : mht_free_port();
+    if (!s->events_port)
+        s->events_port = mht_free_port();
+    snprintf(s->name, sizeof s->name, "%s", name);
+    snprintf(s->endpoint, sizeof s->endpoint, "tcp://127.0.0.1:%d", s->port);
+    snprintf(a_http, sizeof a_http, "--http-listen=127.0.0.1:%d", s->http_port);
+    snprintf(a_bind, sizeof a_bind, "--bind=tcp://127.0.0.1:%d", s->port);
+    snprintf(a_ev, sizeof a_ev, "--events-bind=tcp://127.0.0.1:%d", s->events_port);
+    snprintf(a_pg, sizeof a_pg, "--pg-url=%s", db->url);
+    char *argv[32] = {(char *)mht_build_path("services/ingest/motehub-ingest", bin, sizeof bin),
+                      a_http,
+                      a_bind,
+                      a_ev,
+                      a_pg,
+                      "--rollup-interval=200ms",
+                      "--rollup-grace=0s"};
+    int argc = 7;
+    s_args_extra(argv, &argc, extra);
+    s->pid = mht_spawn(name, argv);
+    if (!mht_wait_ready(s->http_port, 20000))
+        fail_msg("%s did not become ready (see %s/%s.log)", name, mht_artifacts(), name);
+}
+
+void mht_gateway_start(mht_service_t *s, const char *name, const mht_broker_t *b,
+                       const char *ingest_endpoint, const char *const *extra)
+{
+    static char bin[512];
+    char a_http[64], a_mqtt[96], a_ing[128], a_ev[64];
+    s->http_port = mht_free_port();
+    s->events_port = mht_free_port();
+    snprintf(s->name, sizeof s->name, "%s", name);
+    snprintf(a_http, sizeof a_http, "--http-listen=127.0.0.1:%d", s->http_port);
+    snprintf(a_mqtt, sizeof a_mqtt, "--mqtt-url=%s", b->url);
+    snprintf(a_ing, sizeof a_ing, "--ingest-endpoint=%s", ingest_endpoint);
+    snprintf(a_ev, sizeof a_ev, "--events-bind=tcp://127.0.0.1:%d", s->events_port);
+    char *argv[32] = {(char *)mht_build_path("services/gateway/motehub-gateway", bin, sizeof bin),
+                      a_http, a_mqtt, a_ing, a_ev};
+    int argc = 5;
+    s_args_extra(argv, &argc, extra);
+    s->pid = mht_spawn(name, argv);
+    if (!mht_wait_ready(s->http_port, 20000))
+        fail_msg("%s did not become ready (see %s/%s.log)", name, mht_artifacts(), name);
+}
+
+int mht_mosquitto_pub(const mht_broker_t *b, const char *version, const char *topic,
+                      const char *payload, int qos)
+{
+    char port[16], q[4];
+    snprintf(port, sizeof port, "%d", b->port);
+    snprintf(q, sizeof q, "%d", qos);
+    /* The kernel limits one argument to 128 KiB: larger payloads go by file. */
+    char file[700];
+    const char *how = "-m", *what = payload;
+    if (strlen(payload) > 64 * 1024) {
+        snprintf(file, sizeof file, "%s/payload-%d.bin", mht_artifacts(), (int)getpid());
+        FILE *f = fopen(file, "wb");
+        if (!f)
+            return -1;
+        fwrite(payload, 1, strlen(payload), f);
+        fclose(f);
+        how = "-f";
+        what = file;
+    }
+    char *argv[] = {"mosquitto_pub", "-h", "127.0.0.1", "-p", port,          "-V",
+                    (char *)version, "-q", q,           "-t", (char *)topic, (char *)how,
+                    (char *)what,    "-i", "mht-pub",   NULL};
+    pid_t pid = mht_spawn("mosquitto_pub", argv);
+    int status;
+    int64_t deadline = mht_now_ms() + 10000;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (mht_now_ms() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return -1;
+        }
+        mht_sleep_ms(5);
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}

@@ -1,0 +1,86 @@
+/* mh_test — what the integration tests share: real mosquitto and PostgreSQL
+ * on free loopback ports, the real service binaries as child processes,
+ * and small helpers to read /metrics and query the database.
+ * Every wait has a deadline; nothing sleeps blindly. */
+#pragma once
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* cmocka pulls these in; the tests include cmocka after this header. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+int64_t mht_now_ms(void);
+void mht_sleep_ms(int ms);
+int mht_free_port(void);
+/* Folder for this test's logs and files (created). */
+const char *mht_artifacts(void);
+/* Path of a built program, relative to the build root ("services/gateway/motehub-gateway"). */
+const char *mht_build_path(const char *rel, char *buf, size_t len);
+
+/* Child processes; output goes to artifacts/<name>.log. argv ends with NULL. */
+pid_t mht_spawn(const char *name, char *const argv[]);
+/* Sends `sig`, waits up to timeout_ms; returns the exit status (as from
+ * waitpid) or -1 if it had to be SIGKILLed. */
+int mht_stop(pid_t pid, int sig, int timeout_ms);
+bool mht_alive(pid_t pid);
+
+/* A mosquitto broker on a free port. */
+typedef struct {
+    pid_t pid;
+    int port;
+    char url[64];
+} mht_broker_t;
+void mht_broker_start(mht_broker_t *b);
+void mht_broker_stop(mht_broker_t *b);
+
+/* A fresh database in the suite's PostgreSQL cluster (started on demand). */
+typedef struct {
+    PGconn *conn;
+    char url[256];
+    char name[64];
+} mht_db_t;
+void mht_db_create(mht_db_t *db);
+void mht_db_drop(mht_db_t *db);
+/* Runs a query that returns one number; fails the test on error. */
+double mht_db_num(mht_db_t *db, const char *sql);
+/* Polls `sql` until it returns `want` or the deadline passes; returns the last value. */
+double mht_db_wait_num(mht_db_t *db, const char *sql, double want, int timeout_ms);
+
+/* HTTP GET to 127.0.0.1:port/path; returns the status, body in *body (free it). */
+int mht_http_get(int port, const char *path, char **body);
+/* Reads one sample from a service's /metrics; NAN if absent. */
+double mht_metric(int http_port, const char *name, const char *labels);
+/* Waits until /readyz answers 200. */
+bool mht_wait_ready(int http_port, int timeout_ms);
+
+/* The services as processes, on free ports. */
+typedef struct {
+    pid_t pid;
+    int http_port, port, events_port;
+    char endpoint[64];
+    char name[32];
+} mht_service_t;
+/* extra: further "--flag=value" arguments, NULL-terminated (may be NULL). */
+void mht_ingest_start(mht_service_t *s, const char *name, const mht_db_t *db, int port,
+                      const char *const *extra);
+void mht_gateway_start(mht_service_t *s, const char *name, const mht_broker_t *b,
+                       const char *ingest_endpoint, const char *const *extra);
+
+/* Publishes with mosquitto_pub; returns its exit code. version "mqttv311" or "mqttv5". */
+int mht_mosquitto_pub(const mht_broker_t *b, const char *version, const char *topic,
+                      const char *payload, int qos);
+
+/* Runs cmocka tests with TAP output (counted by tests/run.sh). */
+#define MHT_RUN(tests)                                                                             \
+    (cmocka_set_message_output(CM_OUTPUT_TAP), cmocka_run_group_tests(tests, NULL, NULL))

@@ -1,0 +1,233 @@
+/* Delivery guarantees under failure (DESIGN.md, "Delivery guarantees"):
+ *  - ingest SIGKILLed and restarted mid-stream: every sample stored once;
+ *  - a gateway SIGTERMed mid-stream: nothing it received is lost;
+ *  - two gateways on the shared subscription: the load splits, nothing twice. */
+#include "mh_test.h"
+
+#include "mh_agent.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <time.h>
+
+#define S_DEVICES 10
+
+typedef struct {
+    const char *url;
+    const char *prefix;
+    int devices, per_device;
+    int64_t base_ts;
+    volatile int sent; /* messages acknowledged by the broker, all devices */
+    volatile int done;
+    int failed;
+} s_load_t;
+
+static int64_t s_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Publishes per_device QoS1 messages from each device, round robin, each a
+ * sample of 3 metrics with a unique ts, at a steady pace. */
+static void *s_publisher(void *arg)
+{
+    s_load_t *l = arg;
+    mh_agent_t *agents[64];
+    for (int d = 0; d < l->devices; d++) {
+        char id[64];
+        snprintf(id, sizeof id, "%s-%d", l->prefix, d);
+        mh_agent_opts_t o = {.url = l->url, .device_id = id, .max_inflight = 50};
+        agents[d] = mh_agent_new(&o);
+        mh_agent_connect(agents[d]);
+        if (!mh_agent_wait_connected(agents[d], 5000))
+            l->failed = 1;
+    }
+    for (int i = 0; i < l->per_device && !l->failed; i++) {
+        for (int d = 0; d < l->devices; d++) {
+            mh_sample_t s = {.ts = l->base_ts + i, .seq = i, .n = 3};
+            s.m[0].name = "temp";
+            s.m[0].value = 20 + i % 7;
+            s.m[1].name = "hum";
+            s.m[1].value = 40 + d;
+            s.m[2].name = "vbat";
+            s.m[2].value = 3.3;
+            int rc;
+            int64_t deadline = mht_now_ms() + 30000;
+            while ((rc = mh_agent_publish_samples(agents[d], &s, 1, 1)) == -EAGAIN &&
+                   mht_now_ms() < deadline)
+                mht_sleep_ms(1);
+            if (rc != 0)
+                l->failed = 1;
+        }
+        if (i % 10 == 0)
+            mht_sleep_ms(5); /* a steady stream rather than one burst */
+        int delivered = 0;
+        for (int d = 0; d < l->devices; d++)
+            delivered += (int)mh_agent_delivered(agents[d]) - 1; /* minus the status message */
+        l->sent = delivered;
+    }
+    for (int d = 0; d < l->devices; d++) {
+        if (!mh_agent_wait_delivered(agents[d], 30000))
+            l->failed = 1;
+        mh_agent_destroy(&agents[d]);
+    }
+    l->sent = l->devices * l->per_device;
+    l->done = 1;
+    return NULL;
+}
+
+static void s_wait_sent(s_load_t *l, int n)
+{
+    int64_t deadline = mht_now_ms() + 30000;
+    while (l->sent < n && !l->done && mht_now_ms() < deadline)
+        mht_sleep_ms(5);
+}
+
+static void s_expect_exactly_once(mht_db_t *db, const char *prefix, int messages)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id LIKE '%s-%%'", prefix);
+    double got = mht_db_wait_num(db, sql, messages * 3, 60000);
+    snprintf(
+        sql, sizeof sql,
+        "SELECT count(*) FROM (SELECT DISTINCT device_id, metric, ts FROM ingest.telemetry_raw "
+        "WHERE device_id LIKE '%s-%%') d",
+        prefix);
+    double distinct = mht_db_num(db, sql);
+    if (got != messages * 3 || distinct != messages * 3)
+        fail_msg("want %d samples stored once; stored %.0f rows, %.0f distinct", messages * 3, got,
+                 distinct);
+}
+
+static void test_ingest_sigkill_mid_stream(void **state)
+{
+    (void)state;
+    mht_broker_t b;
+    mht_db_t db;
+    mht_service_t ing = {0}, gw;
+    mht_broker_start(&b);
+    mht_db_create(&db);
+    mht_ingest_start(&ing, "ingest-kill", &db, 0, NULL);
+    const char *gx[] = {"--ack-timeout=1s", NULL};
+    mht_gateway_start(&gw, "gateway-kill", &b, ing.endpoint, gx);
+
+    s_load_t l = {.url = b.url,
+                  .prefix = "kill",
+                  .devices = S_DEVICES,
+                  .per_device = 500,
+                  .base_ts = s_wall_ms() - 600000};
+    pthread_t th;
+    pthread_create(&th, NULL, s_publisher, &l);
+    s_wait_sent(&l, 1500);
+    /* SIGKILL: no chance to finish anything */
+    mht_stop(ing.pid, SIGKILL, 1000);
+    s_wait_sent(&l, 3000);
+    /* Down for longer than the gateway's ack timeout, so batches are re-sent. */
+    mht_sleep_ms(2500);
+    int port = ing.port;
+    mht_ingest_start(&ing, "ingest-kill-2", &db, port, NULL);
+    pthread_join(th, NULL);
+    assert_false(l.failed);
+    s_expect_exactly_once(&db, "kill", S_DEVICES * 500);
+    assert_true(mht_metric(gw.http_port, "mh_gateway_batches_resent_total", NULL) > 0);
+
+    assert_int_equal(mht_stop(gw.pid, SIGTERM, 20000), 0);
+    assert_int_equal(mht_stop(ing.pid, SIGTERM, 20000), 0);
+    mht_broker_stop(&b);
+    mht_db_drop(&db);
+}
+
+static void test_gateway_sigterm_loses_nothing(void **state)
+{
+    (void)state;
+    mht_broker_t b;
+    mht_db_t db;
+    mht_service_t ing = {0}, g1, g2;
+    mht_broker_start(&b);
+    mht_db_create(&db);
+    mht_ingest_start(&ing, "ingest-term", &db, 0, NULL);
+    mht_gateway_start(&g1, "gateway-term-1", &b, ing.endpoint, NULL);
+    mht_gateway_start(&g2, "gateway-term-2", &b, ing.endpoint, NULL);
+
+    s_load_t l = {.url = b.url,
+                  .prefix = "term",
+                  .devices = S_DEVICES,
+                  .per_device = 500,
+                  .base_ts = s_wall_ms() - 600000};
+    pthread_t th;
+    pthread_create(&th, NULL, s_publisher, &l);
+    s_wait_sent(&l, 2000);
+    /* a rolling restart: g1 drains while g2 keeps taking traffic */
+    int st = mht_stop(g1.pid, SIGTERM, 30000);
+    assert_int_equal(st, 0);
+    pthread_join(th, NULL);
+    assert_false(l.failed);
+    s_expect_exactly_once(&db, "term", S_DEVICES * 500);
+
+    char path[700], *log = NULL;
+    snprintf(path, sizeof path, "%s/gateway-term-1.log", mht_artifacts());
+    FILE *f = fopen(path, "r");
+    size_t cap = 0;
+    assert_non_null(f);
+    log = calloc(1, 1 << 20);
+    cap = fread(log, 1, (1 << 20) - 1, f);
+    fclose(f);
+    (void)cap;
+    assert_non_null(strstr(log, "drained:"));
+    assert_non_null(strstr(log, "stopped cleanly"));
+    free(log);
+
+    assert_int_equal(mht_stop(g2.pid, SIGTERM, 20000), 0);
+    assert_int_equal(mht_stop(ing.pid, SIGTERM, 20000), 0);
+    mht_broker_stop(&b);
+    mht_db_drop(&db);
+}
+
+static void test_two_gateways_split_the_load(void **state)
+{
+    (void)state;
+    mht_broker_t b;
+    mht_db_t db;
+    mht_service_t ing = {0}, g1, g2;
+    mht_broker_start(&b);
+    mht_db_create(&db);
+    mht_ingest_start(&ing, "ingest-split", &db, 0, NULL);
+    mht_gateway_start(&g1, "gateway-split-1", &b, ing.endpoint, NULL);
+    mht_gateway_start(&g2, "gateway-split-2", &b, ing.endpoint, NULL);
+
+    s_load_t l = {.url = b.url,
+                  .prefix = "split",
+                  .devices = S_DEVICES,
+                  .per_device = 200,
+                  .base_ts = s_wall_ms() - 600000};
+    s_publisher(&l);
+    assert_false(l.failed);
+    s_expect_exactly_once(&db, "split", S_DEVICES * 200);
+    double r1 =
+        mht_metric(g1.http_port, "mh_gateway_messages_received_total", "kind=\"telemetry\"");
+    double r2 =
+        mht_metric(g2.http_port, "mh_gateway_messages_received_total", "kind=\"telemetry\"");
+    print_message("# gateway 1 took %.0f messages, gateway 2 took %.0f\n", r1, r2);
+    assert_true(r1 + r2 == S_DEVICES * 200);
+    /* mosquitto's shared subscriptions go round robin: near 50/50 */
+    assert_true(r1 >= S_DEVICES * 200 * 0.3 && r2 >= S_DEVICES * 200 * 0.3);
+
+    assert_int_equal(mht_stop(g1.pid, SIGTERM, 20000), 0);
+    assert_int_equal(mht_stop(g2.pid, SIGTERM, 20000), 0);
+    assert_int_equal(mht_stop(ing.pid, SIGTERM, 20000), 0);
+    mht_broker_stop(&b);
+    mht_db_drop(&db);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ingest_sigkill_mid_stream),
+        cmocka_unit_test(test_gateway_sigterm_loses_nothing),
+        cmocka_unit_test(test_two_gateways_split_the_load),
+    };
+    return MHT_RUN(tests);
+}

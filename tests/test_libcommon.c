@@ -1,0 +1,259 @@
+/* Unit tests of libcommon: config table, metrics, envelope, resolver, rate limiting. */
+#include "mh_test.h"
+
+#include "mh_config.h"
+#include "mh_envelope.h"
+#include "mh_log.h"
+#include "mh_metrics.h"
+#include "mh_resolver.h"
+#include "telemetry.pb-c.h"
+
+#include <errno.h>
+#include <math.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+typedef struct {
+    char *name;
+    int64_t count;
+    int64_t wait_ms;
+    bool flag;
+    double ratio;
+} s_cfg_t;
+
+static const mh_cfg_opt_t s_table[] = {
+    {"name", "MHT_NAME", MH_CFG_STR, "default", offsetof(s_cfg_t, name), "a name"},
+    {"count", "MHT_COUNT", MH_CFG_INT, "3", offsetof(s_cfg_t, count), "a count"},
+    {"wait", "MHT_WAIT", MH_CFG_DURATION, "5s", offsetof(s_cfg_t, wait_ms), "a wait"},
+    {"flag", "MHT_FLAG", MH_CFG_BOOL, "false", offsetof(s_cfg_t, flag), "a flag"},
+    {"ratio", "MHT_RATIO", MH_CFG_DOUBLE, "0.5", offsetof(s_cfg_t, ratio), "a ratio"},
+    MH_CFG_END,
+};
+
+static void test_config_defaults_env_flags(void **state)
+{
+    (void)state;
+    s_cfg_t c = {0};
+    char *argv0[] = {"prog", NULL};
+    unsetenv("MHT_NAME");
+    unsetenv("MHT_COUNT");
+    assert_int_equal(mh_config_load(s_table, &c, 1, argv0, "prog", ""), 0);
+    assert_string_equal(c.name, "default");
+    assert_int_equal(c.count, 3);
+    assert_int_equal(c.wait_ms, 5000);
+    assert_false(c.flag);
+    assert_true(fabs(c.ratio - 0.5) < 1e-9);
+    mh_config_free(s_table, &c);
+
+    /* environment beats default, flag beats environment */
+    setenv("MHT_NAME", "from-env", 1);
+    setenv("MHT_COUNT", "7", 1);
+    char *argv1[] = {"prog", "--count=9", "--wait", "2m", "--flag=yes", NULL};
+    assert_int_equal(mh_config_load(s_table, &c, 5, argv1, "prog", ""), 0);
+    assert_string_equal(c.name, "from-env");
+    assert_int_equal(c.count, 9);
+    assert_int_equal(c.wait_ms, 120000);
+    assert_true(c.flag);
+    mh_config_free(s_table, &c);
+    unsetenv("MHT_NAME");
+    unsetenv("MHT_COUNT");
+}
+
+static void test_config_errors(void **state)
+{
+    (void)state;
+    s_cfg_t c = {0};
+    char *unknown[] = {"prog", "--nope=1", NULL};
+    assert_int_equal(mh_config_load(s_table, &c, 2, unknown, "prog", ""), -EINVAL);
+    mh_config_free(s_table, &c);
+    char *bad_int[] = {"prog", "--count=12x", NULL};
+    assert_int_equal(mh_config_load(s_table, &c, 2, bad_int, "prog", ""), -EINVAL);
+    mh_config_free(s_table, &c);
+    char *stray[] = {"prog", "stray", NULL};
+    assert_int_equal(mh_config_load(s_table, &c, 2, stray, "prog", ""), -EINVAL);
+    mh_config_free(s_table, &c);
+    setenv("MHT_WAIT", "soon", 1);
+    char *argv0[] = {"prog", NULL};
+    assert_int_equal(mh_config_load(s_table, &c, 1, argv0, "prog", ""), -EINVAL);
+    mh_config_free(s_table, &c);
+    unsetenv("MHT_WAIT");
+    char *help[] = {"prog", "--help", NULL};
+    /* help goes to stdout, which carries this program's TAP report */
+    fflush(stdout);
+    int saved = dup(1), devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    int rc = mh_config_load(s_table, &c, 2, help, "prog", "summary");
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    close(devnull);
+    assert_int_equal(rc, 1);
+    mh_config_free(s_table, &c);
+}
+
+static void test_config_durations(void **state)
+{
+    (void)state;
+    int64_t ms;
+    assert_int_equal(mh_config_parse_duration("250ms", &ms), 0);
+    assert_int_equal(ms, 250);
+    assert_int_equal(mh_config_parse_duration("7d", &ms), 0);
+    assert_int_equal(ms, 7LL * 86400 * 1000);
+    assert_int_equal(mh_config_parse_duration("1.5h", &ms), 0);
+    assert_int_equal(ms, 5400000);
+    assert_int_equal(mh_config_parse_duration("42", &ms), 0);
+    assert_int_equal(ms, 42);
+    assert_int_equal(mh_config_parse_duration("-1s", &ms), -EINVAL);
+    assert_int_equal(mh_config_parse_duration("5 parsecs", &ms), -EINVAL);
+    assert_int_equal(mh_config_parse_duration("", &ms), -EINVAL);
+    bool b;
+    assert_int_equal(mh_config_parse_bool("On", &b), 0);
+    assert_true(b);
+    assert_int_equal(mh_config_parse_bool("maybe", &b), -EINVAL);
+}
+
+static void test_metrics_render(void **state)
+{
+    (void)state;
+    mh_metrics_t *m = mh_metrics_new();
+    mh_counter_t *a = mh_metrics_counter(m, "mh_x_total", "Things", "reason=\"a\"");
+    mh_counter_t *b = mh_metrics_counter(m, "mh_x_total", "Things", "reason=\"b\"");
+    assert_ptr_equal(a, mh_metrics_counter(m, "mh_x_total", "Things", "reason=\"a\""));
+    mh_counter_add(a, 5);
+    mh_counter_inc(b);
+    mh_gauge_set(mh_metrics_gauge(m, "mh_g", "A gauge", NULL), 2.5);
+    double bounds[] = {10, 20, 50};
+    mh_histogram_t *h = mh_metrics_histogram(m, "mh_lat_ms", "Latency", NULL, bounds, 3);
+    for (int i = 0; i < 90; i++)
+        mh_histogram_observe(h, 5);
+    for (int i = 0; i < 10; i++)
+        mh_histogram_observe(h, 40);
+    char *text = mh_metrics_render(m);
+    assert_non_null(strstr(text, "# TYPE mh_x_total counter\n"));
+    double v;
+    assert_int_equal(mh_metrics_text_value(text, "mh_x_total", "reason=\"a\"", &v), 0);
+    assert_true(v == 5);
+    assert_int_equal(mh_metrics_text_value(text, "mh_x_total", "reason=\"b\"", &v), 0);
+    assert_true(v == 1);
+    assert_int_equal(mh_metrics_text_value(text, "mh_g", NULL, &v), 0);
+    assert_true(v == 2.5);
+    assert_int_equal(mh_metrics_text_value(text, "mh_lat_ms_bucket", "le=\"10\"", &v), 0);
+    assert_true(v == 90);
+    assert_int_equal(mh_metrics_text_value(text, "mh_lat_ms_bucket", "le=\"+Inf\"", &v), 0);
+    assert_true(v == 100);
+    assert_int_equal(mh_metrics_text_value(text, "mh_lat_ms_count", NULL, &v), 0);
+    assert_true(v == 100);
+    assert_int_equal(mh_metrics_text_value(text, "mh_missing", NULL, &v), -ENOENT);
+    /* The family header appears once even with two label sets. */
+    const char *first = strstr(text, "# HELP mh_x_total");
+    assert_null(strstr(first + 1, "# HELP mh_x_total"));
+    free(text);
+    /* p50 inside the first bucket, p99 inside (20, 50] */
+    assert_true(mh_histogram_quantile(h, 0.5) <= 10);
+    double p99 = mh_histogram_quantile(h, 0.99);
+    assert_true(p99 > 20 && p99 <= 50);
+    mh_metrics_destroy(&m);
+    assert_null(m);
+    mh_counter_inc(NULL); /* NULL-safe */
+}
+
+static void test_envelope_roundtrip(void **state)
+{
+    (void)state;
+    Mh__Point pt = MH__POINT__INIT;
+    pt.device_id = "dev-1";
+    pt.metric = "temp";
+    pt.ts_ms = 1700000000000;
+    pt.value = 21.5;
+    Mh__Point *pts[] = {&pt};
+    Mh__TelemetryBatch b = MH__TELEMETRY_BATCH__INIT;
+    b.batch_id = "g1-1";
+    b.points = pts;
+    b.n_points = 1;
+    zframe_t *f = mh_envelope_pack("telemetry.batch", "0123456789abcdef0123456789abcdef", &b.base);
+    assert_non_null(f);
+    Mh__Envelope *env = mh_envelope_unpack(f);
+    assert_non_null(env);
+    assert_string_equal(env->type, "telemetry.batch");
+    assert_string_equal(env->trace_id, "0123456789abcdef0123456789abcdef");
+    assert_int_equal(env->schema_version, MH_SCHEMA_VERSION);
+    assert_true(env->ts_ms > 1700000000000);
+    Mh__TelemetryBatch *back = mh__telemetry_batch__unpack(NULL, env->body.len, env->body.data);
+    assert_non_null(back);
+    assert_string_equal(back->points[0]->device_id, "dev-1");
+    assert_true(back->points[0]->value == 21.5);
+    mh__telemetry_batch__free_unpacked(back, NULL);
+    mh_envelope_free(&env);
+    assert_null(env);
+    zframe_destroy(&f);
+
+    /* garbage and envelopes from a newer schema are refused */
+    zframe_t *junk = zframe_new("\xff\xff\xff\xff garbage", 12);
+    assert_null(mh_envelope_unpack(junk));
+    zframe_destroy(&junk);
+    Mh__Envelope future = MH__ENVELOPE__INIT;
+    future.schema_version = MH_SCHEMA_VERSION + 1;
+    future.type = "telemetry.batch";
+    uint8_t buf[64];
+    size_t n = mh__envelope__pack(&future, buf);
+    zframe_t *ff = zframe_new(buf, n);
+    assert_null(mh_envelope_unpack(ff));
+    zframe_destroy(&ff);
+}
+
+static void test_resolver(void **state)
+{
+    (void)state;
+    zsock_t *pull = zsock_new(ZMQ_PULL);
+    int port = zsock_bind(pull, "tcp://127.0.0.1:*");
+    assert_true(port > 0);
+    zsock_t *push = zsock_new(ZMQ_PUSH);
+    char spec[64];
+    snprintf(spec, sizeof spec, "tcp://localhost:%d", port);
+    mh_resolver_t *r = mh_resolver_new(push, spec);
+    assert_non_null(r);
+    assert_int_equal(mh_resolver_refresh(r), 1);
+    assert_int_equal(mh_resolver_refresh(r), 1); /* idempotent */
+    zstr_send(push, "hello");
+    zsock_set_rcvtimeo(pull, 2000);
+    char *got = zstr_recv(pull);
+    assert_non_null(got);
+    assert_string_equal(got, "hello");
+    zstr_free(&got);
+    mh_resolver_destroy(&r);
+    assert_null(mh_resolver_new(push, "http://nope:1"));
+    assert_null(mh_resolver_new(push, ""));
+    /* a name that does not resolve is not fatal */
+    r = mh_resolver_new(push, "tcp://no-such-host.invalid:5560");
+    assert_non_null(r);
+    assert_true(mh_resolver_refresh(r) < 0);
+    mh_resolver_destroy(&r);
+    zsock_destroy(&push);
+    zsock_destroy(&pull);
+}
+
+static void test_ratelimit(void **state)
+{
+    (void)state;
+    mh_ratelimit_t rl = MH_RATELIMIT_INIT(60000, 3);
+    uint64_t sup;
+    int ok = 0;
+    for (int i = 0; i < 10; i++)
+        ok += mh_ratelimit_ok(&rl, &sup);
+    assert_int_equal(ok, 3);
+    assert_int_equal(rl.suppressed, 7);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_defaults_env_flags),
+        cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_config_durations),
+        cmocka_unit_test(test_metrics_render),
+        cmocka_unit_test(test_envelope_roundtrip),
+        cmocka_unit_test(test_resolver),
+        cmocka_unit_test(test_ratelimit),
+    };
+    return MHT_RUN(tests);
+}

@@ -1,0 +1,436 @@
+/* The telemetry path end to end, with real mosquitto, PostgreSQL, ingest and
+ * gateway processes: what a device publishes lands as rows; rollups agree
+ * with the raw rows; every malformed message is refused, counted and stores
+ * nothing; the daemons stay up. */
+#include "mh_test.h"
+
+#include "mh_agent.h"
+#include "mh_envelope.h"
+#include "telemetry.pb-c.h"
+
+#include <czmq.h>
+#include <inttypes.h>
+#include <math.h>
+#include <time.h>
+
+static mht_broker_t s_broker;
+static mht_db_t s_db;
+static mht_service_t s_ingest, s_gw;
+
+static int64_t s_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int s_setup(void **state)
+{
+    (void)state;
+    mht_broker_start(&s_broker);
+    mht_db_create(&s_db);
+    mht_ingest_start(&s_ingest, "ingest", &s_db, 0, NULL);
+    mht_gateway_start(&s_gw, "gateway", &s_broker, s_ingest.endpoint, NULL);
+    /* the gateway is ready once subscribed */
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    assert_true(mht_stop(s_gw.pid, SIGTERM, 20000) == 0);
+    assert_true(mht_stop(s_ingest.pid, SIGTERM, 20000) == 0);
+    mht_broker_stop(&s_broker);
+    if (!getenv("MHT_KEEP_DB"))
+        mht_db_drop(&s_db);
+    return 0;
+}
+
+static double s_q(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static double s_q(const char *fmt, ...)
+{
+    char sql[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    return mht_db_num(&s_db, sql);
+}
+
+static double s_wait(double want, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static double s_wait(double want, const char *fmt, ...)
+{
+    char sql[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    return mht_db_wait_num(&s_db, sql, want, 20000);
+}
+
+static void test_mosquitto_pub_lands_as_rows(void **state)
+{
+    (void)state;
+    int64_t ts = s_wall_ms() - 60000;
+    char payload[256];
+    /* MQTT 3.1.1, one sample */
+    snprintf(payload, sizeof payload, "{\"ts\":%" PRId64 ",\"seq\":1,\"temp\":21.5,\"door\":true}",
+             ts);
+    assert_int_equal(
+        mht_mosquitto_pub(&s_broker, "mqttv311", "devices/e2e-311/telemetry", payload, 1), 0);
+    /* MQTT 5, an array of samples */
+    snprintf(payload, sizeof payload,
+             "[{\"ts\":%" PRId64 ",\"hum\":40},{\"ts\":%" PRId64 ",\"hum\":41.25}]", ts, ts + 1000);
+    assert_int_equal(mht_mosquitto_pub(&s_broker, "mqttv5", "devices/e2e-5/telemetry", payload, 1),
+                     0);
+
+    assert_int_equal(
+        s_wait(2, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-311'"), 2);
+    assert_int_equal(s_q("SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-311' "
+                         "AND metric = 'temp' AND value = 21.5 AND ts = to_timestamp(%" PRId64
+                         " / 1000.0)",
+                         ts),
+                     1);
+    assert_int_equal(s_q("SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-311' "
+                         "AND metric = 'door' AND value = 1"),
+                     1);
+    assert_int_equal(
+        s_wait(2, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-5'"), 2);
+    assert_int_equal(s_q("SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-5' AND "
+                         "metric = 'hum' "
+                         "AND value = 41.25 AND ts = to_timestamp(%" PRId64 " / 1000.0)",
+                         ts + 1000),
+                     1);
+
+    /* no ts: the gateway's receive time, within a few seconds of now */
+    int64_t before = s_wall_ms();
+    assert_int_equal(
+        mht_mosquitto_pub(&s_broker, "mqttv5", "devices/e2e-nots/telemetry", "{\"x\":7}", 1), 0);
+    assert_int_equal(
+        s_wait(1, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-nots'"), 1);
+    double t = s_q("SELECT extract(epoch FROM ts) * 1000 FROM ingest.telemetry_raw WHERE device_id "
+                   "= 'e2e-nots'");
+    assert_true(t >= (double)before - 1000 && t <= (double)s_wall_ms() + 1000);
+}
+
+static void test_protobuf_topic(void **state)
+{
+    (void)state;
+    Mh__DeviceMetric m = MH__DEVICE_METRIC__INIT;
+    m.name = "pressure";
+    m.value_case = MH__DEVICE_METRIC__VALUE_NUMBER;
+    m.number = 1013.25;
+    Mh__DeviceMetric *ms[] = {&m};
+    Mh__DeviceSample s = MH__DEVICE_SAMPLE__INIT;
+    s.ts = s_wall_ms() - 5000;
+    s.metrics = ms;
+    s.n_metrics = 1;
+    Mh__DeviceSample *ss[] = {&s};
+    Mh__DeviceTelemetry t = MH__DEVICE_TELEMETRY__INIT;
+    t.samples = ss;
+    t.n_samples = 1;
+    uint8_t buf[256];
+    size_t n = mh__device_telemetry__pack(&t, buf);
+    char path[700];
+    snprintf(path, sizeof path, "%s/sample.pb", mht_artifacts());
+    FILE *f = fopen(path, "wb");
+    fwrite(buf, 1, n, f);
+    fclose(f);
+    char port[16];
+    snprintf(port, sizeof port, "%d", s_broker.port);
+    char *argv[] = {"mosquitto_pub",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    port,
+                    "-q",
+                    "1",
+                    "-t",
+                    "devices/e2e-pb/telemetry/pb",
+                    "-f",
+                    path,
+                    NULL};
+    pid_t pid = mht_spawn("mosquitto_pub", argv);
+    int st;
+    waitpid(pid, &st, 0);
+    assert_int_equal(s_wait(1,
+                            "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-pb' "
+                            "AND metric = 'pressure' AND value = 1013.25"),
+                     1);
+}
+
+/* Samples spread over three closed hours; the rollups must equal aggregates
+ * of the raw rows, bucket by bucket. */
+static void test_rollups_agree_with_raw(void **state)
+{
+    (void)state;
+    mh_agent_opts_t o = {.url = s_broker.url, .device_id = "roll-1"};
+    mh_agent_t *a = mh_agent_new(&o);
+    assert_int_equal(mh_agent_connect(a), 0);
+    assert_true(mh_agent_wait_connected(a, 5000));
+    int64_t start = (s_wall_ms() / 3600000 - 3) * 3600000; /* three hours ago, on the hour */
+    mh_sample_t batch[500];
+    int total = 0;
+    for (int msg = 0; msg < 10; msg++) {
+        for (int i = 0; i < 500; i++) {
+            int k = msg * 500 + i;
+            batch[i] = (mh_sample_t){.ts = start + (int64_t)k * 2000 + 17, .seq = k, .n = 2};
+            batch[i].m[0].name = "temp";
+            batch[i].m[0].value = 20 + sin(k / 50.0) * 5;
+            batch[i].m[1].name = "ok";
+            batch[i].m[1].value = k % 3 == 0;
+            batch[i].m[1].is_bool = true;
+        }
+        while (mh_agent_publish_samples(a, batch, 500, 1) == -EAGAIN)
+            mht_sleep_ms(5);
+        total += 1000;
+    }
+    assert_true(mh_agent_wait_delivered(a, 10000));
+    mh_agent_destroy(&a);
+    assert_int_equal(
+        s_wait(total, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'roll-1'"),
+        total);
+    /* every bucket holding this device's samples processed (the open
+     * minute of earlier tests' samples is rolled up only once it closes) */
+    assert_int_equal(mht_db_wait_num(&s_db,
+                                     "SELECT count(*) FROM ingest.rollup_dirty WHERE bucket <= "
+                                     "(SELECT max(ts) FROM ingest.telemetry_raw WHERE "
+                                     "device_id = 'roll-1')",
+                                     0, 30000),
+                     0);
+    int minutes = (int)s_q("SELECT count(DISTINCT date_trunc('minute', ts)) FROM "
+                           "ingest.telemetry_raw WHERE device_id = 'roll-1'");
+    assert_true(minutes > 150);
+    assert_int_equal(s_q("SELECT count(*) FROM ingest.rollup_1m WHERE device_id = 'roll-1'"),
+                     minutes * 2);
+    /* 1m vs raw: no bucket differs */
+    assert_int_equal(
+        s_q("SELECT count(*) FROM ("
+            " SELECT device_id, metric, date_trunc('minute', ts) b, min(value) mn, max(value) mx,"
+            "  sum(value) s, count(*) c FROM ingest.telemetry_raw WHERE device_id = 'roll-1' GROUP "
+            "BY 1,2,3) r"
+            " FULL JOIN (SELECT * FROM ingest.rollup_1m WHERE device_id = 'roll-1') m"
+            " ON m.device_id = r.device_id AND m.metric = r.metric AND m.bucket = r.b"
+            " WHERE m.bucket IS NULL OR r.b IS NULL OR m.min <> r.mn OR m.max <> r.mx"
+            " OR abs(m.sum - r.s) > 1e-6 OR m.count <> r.c"),
+        0);
+    /* 1h vs raw */
+    assert_int_equal(
+        s_q("SELECT count(*) FROM ("
+            " SELECT device_id, metric, date_trunc('hour', ts) b, min(value) mn, max(value) mx,"
+            "  sum(value) s, count(*) c FROM ingest.telemetry_raw WHERE device_id = 'roll-1' GROUP "
+            "BY 1,2,3) r"
+            " FULL JOIN (SELECT * FROM ingest.rollup_1h WHERE device_id = 'roll-1') m"
+            " ON m.device_id = r.device_id AND m.metric = r.metric AND m.bucket = r.b"
+            " WHERE m.bucket IS NULL OR r.b IS NULL OR m.min <> r.mn OR m.max <> r.mx"
+            " OR abs(m.sum - r.s) > 1e-6 OR m.count <> r.c"),
+        0);
+    assert_true(s_q("SELECT count(*) FROM ingest.rollup_1h WHERE device_id = 'roll-1'") >= 4);
+
+    /* a late sample for a rolled-up minute: the minute and its hour follow */
+    char payload[128];
+    snprintf(payload, sizeof payload, "{\"ts\":%" PRId64 ",\"temp\":1000}", start + 1);
+    assert_int_equal(mht_mosquitto_pub(&s_broker, "mqttv5", "devices/roll-1/telemetry", payload, 1),
+                     0);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT max FROM ingest.rollup_1h WHERE device_id = 'roll-1' AND metric = 'temp' "
+             "AND bucket = to_timestamp(%" PRId64 " / 1000.0)",
+             start);
+    assert_true(mht_db_wait_num(&s_db, sql, 1000, 20000) == 1000);
+}
+
+static double s_rejected(const char *reason)
+{
+    char labels[64];
+    snprintf(labels, sizeof labels, "reason=\"%s\"", reason);
+    return mht_metric(s_gw.http_port, "mh_gateway_messages_rejected_total", labels);
+}
+
+/* Every malformed case of the spec through a real broker. */
+static void test_malformed_rejected_counted_nothing_stored(void **state)
+{
+    (void)state;
+    char future[96], big[80];
+    snprintf(future, sizeof future, "{\"ts\":%" PRId64 ",\"a\":1}", s_wall_ms() + 2 * 3600000);
+    struct {
+        const char *topic, *payload, *reason;
+    } cases[] = {
+        {"devices/bad-1/telemetry", "not json", "bad_json"},
+        {"devices/bad-2/telemetry", "{\"a\":1,\"a\":2}", "bad_json"},
+        {"devices/bad-3/telemetry", "[1,2,3]", "bad_shape"},
+        {"devices/bad-4/telemetry", "{}", "empty"},
+        {"devices/bad-5/telemetry", "{\"bad name\":1}", "bad_metric_name"},
+        {"devices/bad-6/telemetry", "{\"a\":\"text\"}", "bad_value"},
+        {"devices/bad-7/telemetry", "{\"ts\":\"yesterday\",\"a\":1}", "bad_ts"},
+        {"devices/bad-8/telemetry", future, "future_ts"},
+        {"devices/bad-9/telemetry", "{\"seq\":-3,\"a\":1}", "bad_seq"},
+        {"devices/bad-10/telemetry/pb", "\xff\xff\xff\xff", "bad_protobuf"},
+        {"devices/bad-11/status", "{\"state\":\"dancing\"}", "bad_status"},
+        {"devices/bad id/telemetry", "{\"a\":1}", "bad_device_id"},
+    };
+    size_t n = sizeof cases / sizeof cases[0];
+    double before[32];
+    for (size_t i = 0; i < n; i++) {
+        before[i] = s_rejected(cases[i].reason);
+        if (isnan(before[i]))
+            fail_msg("no counter for reason %s", cases[i].reason);
+    }
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(
+            mht_mosquitto_pub(&s_broker, "mqttv5", cases[i].topic, cases[i].payload, 1), 0);
+        /* wait for this message's counter before the next, so counts are exact */
+        int64_t deadline = mht_now_ms() + 10000;
+        double want = before[i] + 1;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(cases[j].reason, cases[i].reason) == 0)
+                want++;
+        while (s_rejected(cases[i].reason) < want && mht_now_ms() < deadline)
+            mht_sleep_ms(20);
+        if (s_rejected(cases[i].reason) != want)
+            fail_msg("%s on %s not counted as %s", cases[i].payload, cases[i].topic,
+                     cases[i].reason);
+    }
+    /* 1,001 samples and a payload over 256 KiB */
+    size_t cap = 300 * 1024;
+    char *p = malloc(cap), *w = p;
+    *w++ = '[';
+    for (int i = 0; i < 1001; i++)
+        w += sprintf(w, "%s{\"v\":%d}", i ? "," : "", i);
+    strcpy(w, "]");
+    double b1 = s_rejected("too_many_samples"), b2 = s_rejected("too_large");
+    assert_int_equal(mht_mosquitto_pub(&s_broker, "mqttv5", "devices/bad-12/telemetry", p, 1), 0);
+    memset(p, ' ', cap - 1);
+    p[0] = '{';
+    memcpy(p + cap - 8, "\"a\":1}", 7);
+    assert_int_equal(mht_mosquitto_pub(&s_broker, "mqttv5", "devices/bad-13/telemetry", p, 1), 0);
+    free(p);
+    int64_t deadline = mht_now_ms() + 10000;
+    while ((s_rejected("too_many_samples") < b1 + 1 || s_rejected("too_large") < b2 + 1) &&
+           mht_now_ms() < deadline)
+        mht_sleep_ms(20);
+    assert_true(s_rejected("too_many_samples") == b1 + 1);
+    assert_true(s_rejected("too_large") == b2 + 1);
+    (void)big;
+
+    /* the gateway is alive and still stores good data; nothing bad was stored */
+    assert_int_equal(mht_http_get(s_gw.http_port, "/healthz", NULL), 200);
+    assert_true(mht_alive(s_gw.pid));
+    assert_int_equal(
+        mht_mosquitto_pub(&s_broker, "mqttv5", "devices/good-after/telemetry", "{\"a\":1}", 1), 0);
+    assert_int_equal(
+        s_wait(1, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'good-after'"), 1);
+    assert_int_equal(s_q("SELECT count(*) FROM ingest.telemetry_raw WHERE device_id LIKE 'bad%%'"),
+                     0);
+}
+
+/* Samples older than the raw retention are dropped and counted at ingest. */
+static void test_too_old_dropped_and_counted(void **state)
+{
+    (void)state;
+    double before =
+        mht_metric(s_ingest.http_port, "mh_ingest_points_dropped_total", "reason=\"too_old\"");
+    char payload[160];
+    int64_t now = s_wall_ms();
+    snprintf(payload, sizeof payload, "[{\"ts\":%" PRId64 ",\"a\":1},{\"ts\":%" PRId64 ",\"a\":2}]",
+             (int64_t)(now - 8LL * 86400000), now - 1000);
+    assert_int_equal(mht_mosquitto_pub(&s_broker, "mqttv5", "devices/old-1/telemetry", payload, 1),
+                     0);
+    assert_int_equal(
+        s_wait(1, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'old-1'"), 1);
+    assert_int_equal(s_q("SELECT value FROM ingest.telemetry_raw WHERE device_id = 'old-1'"), 2);
+    int64_t deadline = mht_now_ms() + 5000;
+    while (mht_metric(s_ingest.http_port, "mh_ingest_points_dropped_total", "reason=\"too_old\"") <
+               before + 1 &&
+           mht_now_ms() < deadline)
+        mht_sleep_ms(20);
+    assert_true(mht_metric(s_ingest.http_port, "mh_ingest_points_dropped_total",
+                           "reason=\"too_old\"") == before + 1);
+}
+
+/* Straight to ingest's socket: a re-sent batch id is stored once and
+ * acknowledged as a duplicate; garbage does not hurt it. */
+static void test_ingest_batch_stored_once(void **state)
+{
+    (void)state;
+    zsock_t *d = zsock_new(ZMQ_DEALER);
+    zsock_set_rcvtimeo(d, 10000);
+    assert_int_equal(zsock_connect(d, "%s", s_ingest.endpoint), 0);
+    /* garbage first */
+    zstr_send(d, "this is not an envelope");
+    Mh__Point p = MH__POINT__INIT;
+    p.device_id = "direct-1";
+    p.metric = "m";
+    p.ts_ms = s_wall_ms() - 1000;
+    p.value = 3;
+    Mh__Point *pts[] = {&p};
+    Mh__TelemetryBatch b = MH__TELEMETRY_BATCH__INIT;
+    b.batch_id = "test-direct-batch-1";
+    b.points = pts;
+    b.n_points = 1;
+    b.messages = 1;
+    Mh__TelemetryAck__Status want[] = {MH__TELEMETRY_ACK__STATUS__STORED,
+                                       MH__TELEMETRY_ACK__STATUS__DUPLICATE};
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(mh_envelope_send(d, NULL, "telemetry.batch", NULL, &b.base, false), 0);
+        zframe_t *f = zframe_recv(d);
+        assert_non_null(f);
+        Mh__Envelope *env = mh_envelope_unpack(f);
+        assert_non_null(env);
+        assert_string_equal(env->type, "telemetry.ack");
+        Mh__TelemetryAck *ack = mh__telemetry_ack__unpack(NULL, env->body.len, env->body.data);
+        assert_non_null(ack);
+        assert_string_equal(ack->batch_id, "test-direct-batch-1");
+        assert_int_equal(ack->status, want[i]);
+        mh__telemetry_ack__free_unpacked(ack, NULL);
+        mh_envelope_free(&env);
+        zframe_destroy(&f);
+    }
+    assert_int_equal(s_q("SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'direct-1'"),
+                     1);
+    assert_true(mht_alive(s_ingest.pid));
+    zsock_destroy(&d);
+}
+
+/* Partitions exist ahead of time; retention drops whole partitions. */
+static void test_partitions_and_retention(void **state)
+{
+    (void)state;
+    assert_int_equal(s_q("SELECT count(*) FROM pg_class WHERE relname = 'telemetry_raw_p' || "
+                         "to_char(now() AT TIME ZONE 'UTC' + interval '1 day', 'YYYYMMDD')"),
+                     1);
+    /* an old partition, as a long-running system would have */
+    s_q("SELECT ingest.ensure_partitions('telemetry_raw', 1, now() - interval '20 days', now() - "
+        "interval '19 days')");
+    assert_int_equal(s_q("SELECT count(*) FROM pg_class WHERE relname = 'telemetry_raw_p' || "
+                         "to_char(now() AT TIME ZONE 'UTC' - interval '20 days', 'YYYYMMDD')"),
+                     1);
+    mht_service_t second = {0};
+    const char *extra[] = {"--maintain-interval=200ms", NULL};
+    mht_ingest_start(&second, "ingest-retention", &s_db, 0, extra);
+    assert_int_equal(
+        mht_db_wait_num(&s_db,
+                        "SELECT count(*) FROM pg_class WHERE relname = 'telemetry_raw_p' || "
+                        "to_char(now() AT TIME ZONE 'UTC' - interval '20 days', 'YYYYMMDD')",
+                        0, 10000),
+        0);
+    /* rollup tiers keep longer: their 20-day-old partitions are kept */
+    assert_true(s_q("SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
+                    "WHERE p.relname = 'rollup_1m'") >= 13);
+    assert_int_equal(mht_stop(second.pid, SIGTERM, 10000), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mosquitto_pub_lands_as_rows),
+        cmocka_unit_test(test_protobuf_topic),
+        cmocka_unit_test(test_rollups_agree_with_raw),
+        cmocka_unit_test(test_malformed_rejected_counted_nothing_stored),
+        cmocka_unit_test(test_too_old_dropped_and_counted),
+        cmocka_unit_test(test_ingest_batch_stored_once),
+        cmocka_unit_test(test_partitions_and_retention),
+    };
+    cmocka_set_message_output(CM_OUTPUT_TAP);
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
