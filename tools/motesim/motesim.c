@@ -31,6 +31,7 @@ typedef struct {
     int64_t qos;
     int64_t mqtt_version;
     int64_t samples;
+    int64_t metrics;
     double connect_rate;
     int64_t report_ms;
     bool stamp;
@@ -53,6 +54,8 @@ static const mh_cfg_opt_t s_options[] = {
     {"mqtt-version", "MOTESIM_MQTT_VERSION", MH_CFG_INT, "5", S_CFG(mqtt_version),
      "5, or 4 for MQTT 3.1.1"},
     {"samples", "MOTESIM_SAMPLES", MH_CFG_INT, "1", S_CFG(samples), "samples per message"},
+    {"metrics", "MOTESIM_METRICS", MH_CFG_INT, "5", S_CFG(metrics),
+     "metrics per sample, 1-5: temperature, humidity, battery, rssi, door_open"},
     {"connect-rate", "MOTESIM_CONNECT_RATE", MH_CFG_DOUBLE, "500", S_CFG(connect_rate),
      "new connections per second at most"},
     {"report", "MOTESIM_REPORT", MH_CFG_DURATION, "10s", S_CFG(report_ms),
@@ -85,7 +88,7 @@ static double s_rand(void)
     return (double)random() / RAND_MAX;
 }
 
-static void s_fill(s_device_t *d, mh_sample_t *s, int64_t ts)
+static void s_fill(s_device_t *d, mh_sample_t *s, int64_t ts, size_t metrics)
 {
     double hour = fmod((double)ts / 3600000.0, 24.0);
     s->ts = ts;
@@ -108,6 +111,7 @@ static void s_fill(s_device_t *d, mh_sample_t *s, int64_t ts)
     s->m[4].name = "door_open";
     s->m[4].value = d->door;
     s->m[4].is_bool = true;
+    s->n = metrics;
 }
 
 int main(int argc, char **argv)
@@ -120,8 +124,9 @@ int main(int argc, char **argv)
         return rc > 0 ? 0 : 2;
     }
     mh_log_init("motesim", MH_LOG_INFO);
-    if (cfg.devices < 1 || cfg.samples < 1 || cfg.samples > 1000 || cfg.qos < 0 || cfg.qos > 1) {
-        mh_error("--devices must be >= 1, --samples 1..1000, --qos 0 or 1");
+    if (cfg.devices < 1 || cfg.samples < 1 || cfg.samples > 1000 || cfg.metrics < 1 ||
+        cfg.metrics > 5 || cfg.qos < 0 || cfg.qos > 1) {
+        mh_error("--devices must be >= 1, --samples 1..1000, --metrics 1..5, --qos 0 or 1");
         mh_config_free(s_options, &cfg);
         return 2;
     }
@@ -185,7 +190,7 @@ int main(int argc, char **argv)
                     ts = d->last_ts + 1;
                 if (ts)
                     d->last_ts = ts;
-                s_fill(d, &samples[k], ts);
+                s_fill(d, &samples[k], ts, (size_t)cfg.metrics);
             }
             int r = mh_agent_publish_samples(d->agent, samples, (size_t)cfg.samples, (int)cfg.qos);
             if (r == 0) {

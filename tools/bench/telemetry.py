@@ -1,0 +1,311 @@
+#!/usr/bin/env python3
+"""Telemetry-path benchmark: the real pipeline (motesim -> mosquitto ->
+gateway(s) -> ingest(s) -> PostgreSQL) at fixed QoS1 rates, 3 metrics per
+message, and for each rate the bare-broker baseline (the same publishers to a
+mosquitto_sub that discards), so the ratio shows.
+
+Prints per rate: delivered msg/s, p50/p99 latency from publish to committed
+row (from ingest's mh_ingest_point_lag_ms histogram; motesim stamps each
+sample with its publish time), lost and duplicated samples, and CPU seconds
+per 1,000 messages for each process.
+
+    tools/bench/telemetry.py --rates 5000,10000,20000,30000 --duration 30
+    tools/bench/telemetry.py --rates 30000 --gateways 2 --ingests 2
+
+Everything runs on 127.0.0.1 on free ports and stops at the end.
+"""
+import argparse, os, re, signal, socket, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+METRICS = 3
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+def postgres_pids():
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/comm") as f:
+                    if f.read().strip() == "postgres":
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+def postgres_cpu(baseline):
+    """CPU of all postgres processes; processes that ended keep what they had."""
+    total = 0.0
+    for pid in postgres_pids():
+        total += cpu_seconds(pid) - baseline.get(pid, 0.0)
+    return total
+
+
+def http_get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return r.read().decode()
+
+
+def histogram(text, name):
+    """Cumulative buckets [(le, count)] of a Prometheus histogram."""
+    out = []
+    for m in re.finditer(r'^%s_bucket\{le="([^"]+)"\} (\S+)$' % name, text, re.M):
+        le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+        out.append((le, float(m.group(2))))
+    return out
+
+
+def quantile(before, after, q):
+    buckets = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return float("nan")
+    rank, prev_le, prev_c = q * total, 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / max(c - prev_c, 1e-9))
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+class Stack:
+    def __init__(self, args, work):
+        self.args, self.work, self.procs = args, work, []
+        self.bin = os.path.join(ROOT, args.build)
+
+    def spawn(self, name, argv):
+        log = open(os.path.join(self.work, name + ".log"), "ab")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, timeout=30):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in reversed(list(self.procs)):
+            self.stop(p)
+
+
+def psql(pg_port, sql):
+    return subprocess.check_output(
+        ["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "-d", "bench", "-Atqc", sql],
+        text=True).strip()
+
+
+def wait_ready(port, what, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            http_get(port, "/readyz")
+            return
+        except Exception:
+            time.sleep(0.1)
+    sys.exit(f"{what} did not become ready")
+
+
+def run_publishers(stack, broker_port, rate, tag):
+    a = stack.args
+    per_rate, per_dev = rate / a.publishers, a.devices // a.publishers
+    pubs = []
+    for i in range(a.publishers):
+        pubs.append(stack.spawn(f"motesim-{tag}-{i}", [
+            os.path.join(stack.bin, "tools/motesim/motesim"),
+            f"--mqtt-url=tcp://127.0.0.1:{broker_port}", f"--prefix=b{tag}p{i}",
+            f"--devices={per_dev}", f"--rate={per_rate}", f"--duration={a.duration}s",
+            f"--metrics={METRICS}", "--report=0", "--connect-rate=2000"]))
+    return pubs
+
+
+def publisher_results(stack, pubs, tag):
+    acked = published = 0
+    for i, p in enumerate(pubs):
+        p.wait()
+        stack.procs.remove(p)
+        with open(os.path.join(stack.work, f"motesim-{tag}-{i}.log")) as f:
+            m = re.findall(r"published=(\d+) acked=(\d+)", f.read())
+        if m:
+            published += int(m[-1][0])
+            acked += int(m[-1][1])
+    return published, acked
+
+
+def baseline(stack, broker, broker_port, rate):
+    """Same publishers, a subscriber that discards."""
+    out = os.path.join(stack.work, f"sub-{rate}.out")
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker_port), "-q", "1",
+                            "-t", "devices/+/telemetry", "-i", f"sink-{rate}"],
+                           stdout=open(out, "wb"), stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    c0 = {"mosquitto": cpu_seconds(broker.pid), "sink": cpu_seconds(sub.pid)}
+    t0 = time.time()
+    pubs = run_publishers(stack, broker_port, rate, f"base{rate}")
+    pub_cpu = {}
+    while any(p.poll() is None for p in pubs):
+        for p in pubs:
+            if p.poll() is None:
+                pub_cpu[p.pid] = cpu_seconds(p.pid)
+        time.sleep(0.2)
+    published, acked = publisher_results(stack, pubs, f"base{rate}")
+    time.sleep(1)
+    elapsed = time.time() - t0 - 1
+    cpu = {"mosquitto": cpu_seconds(broker.pid) - c0["mosquitto"],
+           "sink": cpu_seconds(sub.pid) - c0["sink"], "motesim": sum(pub_cpu.values())}
+    sub.send_signal(signal.SIGTERM)
+    sub.wait()
+    got = sum(1 for _ in open(out, "rb"))
+    return {"published": published, "acked": acked, "received": got,
+            "rate": got / max(elapsed - 0, 1e-9), "cpu": cpu}
+
+
+def pipeline(stack, broker, broker_port, pg_port, rate):
+    a = stack.args
+    psql(pg_port, "TRUNCATE ingest.telemetry_raw, ingest.rollup_1m, ingest.rollup_1h, "
+                  "ingest.batches, ingest.rollup_dirty")
+    ingests, gateways, endpoints = [], [], []
+    for i in range(a.ingests):
+        port, http = free_port(), free_port()
+        endpoints.append(f"tcp://127.0.0.1:{port}")
+        extra = [] if a.raw_index else []
+        p = stack.spawn(f"ingest-{rate}-{i}", [
+            os.path.join(stack.bin, "services/ingest/motehub-ingest"), f"--http-listen=127.0.0.1:{http}",
+            f"--bind=tcp://127.0.0.1:{port}", "--events-bind=",
+            f"--pg-url=host=127.0.0.1 port={pg_port} user=postgres dbname=bench"] + extra)
+        wait_ready(http, "ingest")
+        ingests.append((p, http))
+    for i in range(a.gateways):
+        http = free_port()
+        p = stack.spawn(f"gateway-{rate}-{i}", [
+            os.path.join(stack.bin, "services/gateway/motehub-gateway"), f"--http-listen=127.0.0.1:{http}",
+            f"--mqtt-url=tcp://127.0.0.1:{broker_port}", f"--ingest-endpoint={','.join(endpoints)}",
+            "--events-bind="])
+        wait_ready(http, "gateway")
+        gateways.append((p, http))
+    hist0 = [histogram(http_get(h, "/metrics"), "mh_ingest_point_lag_ms") for _, h in ingests]
+    pg0 = {pid: cpu_seconds(pid) for pid in postgres_pids()}
+    c0 = {"mosquitto": cpu_seconds(broker.pid)}
+    for i, (p, _) in enumerate(gateways):
+        c0[f"gateway{i}"] = cpu_seconds(p.pid)
+    for i, (p, _) in enumerate(ingests):
+        c0[f"ingest{i}"] = cpu_seconds(p.pid)
+    t0 = time.time()
+    pubs = run_publishers(stack, broker_port, rate, f"pipe{rate}")
+    pub_cpu = {}
+    while any(p.poll() is None for p in pubs):
+        for p in pubs:
+            if p.poll() is None:
+                pub_cpu[p.pid] = cpu_seconds(p.pid)
+        time.sleep(0.2)
+    published, acked = publisher_results(stack, pubs, f"pipe{rate}")
+    # wait until the rows stop growing (the pipeline drained)
+    last, last_change = -1, time.time()
+    while time.time() - last_change < 3 and time.time() - t0 < a.duration + 120:
+        n = int(psql(pg_port, "SELECT count(*) FROM ingest.telemetry_raw"))
+        if n != last:
+            last, last_change = n, time.time()
+        time.sleep(0.5)
+    drained = last_change - t0
+    cpu = {"mosquitto": cpu_seconds(broker.pid) - c0["mosquitto"], "motesim": sum(pub_cpu.values()),
+           "postgres": postgres_cpu(pg0)}
+    for i, (p, _) in enumerate(gateways):
+        cpu[f"gateway{i}"] = cpu_seconds(p.pid) - c0[f"gateway{i}"]
+    for i, (p, _) in enumerate(ingests):
+        cpu[f"ingest{i}"] = cpu_seconds(p.pid) - c0[f"ingest{i}"]
+    hist1 = [histogram(http_get(h, "/metrics"), "mh_ingest_point_lag_ms") for _, h in ingests]
+    merged0 = [(b[0][0], sum(x[i][1] for x in hist0)) for i, b in enumerate(zip(*hist0))] if hist0 else []
+    merged1 = [(b[0][0], sum(x[i][1] for x in hist1)) for i, b in enumerate(zip(*hist1))] if hist1 else []
+    rows = int(psql(pg_port, "SELECT count(*) FROM ingest.telemetry_raw"))
+    distinct = int(psql(pg_port, "SELECT count(*) FROM (SELECT DISTINCT device_id, metric, ts "
+                                 "FROM ingest.telemetry_raw) d"))
+    for p, _ in gateways + ingests:
+        stack.stop(p)
+    return {"published": published, "acked": acked, "rows": rows, "distinct": distinct,
+            "lost": acked * METRICS - distinct, "dup": rows - distinct,
+            "rate": distinct / METRICS / max(drained, a.duration),
+            "p50": quantile(merged0, merged1, 0.5), "p99": quantile(merged0, merged1, 0.99),
+            "cpu": cpu}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="5000,10000,20000,30000")
+    ap.add_argument("--duration", type=int, default=30)
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--publishers", type=int, default=2, help="motesim processes")
+    ap.add_argument("--gateways", type=int, default=1)
+    ap.add_argument("--ingests", type=int, default=1)
+    ap.add_argument("--raw-index", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--build", default="build")
+    args = ap.parse_args()
+    subprocess.check_call([os.path.join(ROOT, "tools/install-deps.sh")])
+    if not os.path.exists(os.path.join(ROOT, args.build, "build.ninja")):
+        subprocess.check_call(["meson", "setup", args.build, "--buildtype=release"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL)
+    subprocess.check_call(["ninja", "-C", args.build], cwd=ROOT, stdout=subprocess.DEVNULL)
+    work = tempfile.mkdtemp(prefix="motehub-bench-")
+    os.chmod(work, 0o755)
+    stack = Stack(args, work)
+    pg_port, broker_port = free_port(), free_port()
+    pgdir = os.path.join(work, "pg")
+    subprocess.check_call([os.path.join(ROOT, "tests/lib/pg-cluster.sh"), "start", pgdir, str(pg_port)])
+    try:
+        subprocess.check_call(["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "-d",
+                               "postgres", "-qc", "CREATE DATABASE bench"])
+        conf = os.path.join(work, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
+                    "log_dest stderr\nlog_type error\n" + ("user root\n" if os.getuid() == 0 else ""))
+        broker = stack.spawn("mosquitto", ["mosquitto", "-c", conf])
+        time.sleep(0.5)
+        print(f"# {args.devices} devices in {args.publishers} motesim processes, QoS1, {METRICS} metrics "
+              f"per message, {args.duration} s per rate, {args.gateways} gateway(s), {args.ingests} ingest(s); "
+              f"logs in {work}")
+        for rate in [int(r) for r in args.rates.split(",")]:
+            if not args.no_baseline:
+                b = baseline(stack, broker, broker_port, rate)
+                per_k = b["acked"] / 1000 or 1
+                print(f"baseline rate={rate}: delivered {b['rate']:.0f} msg/s "
+                      f"(published {b['published']}, received {b['received']}); CPU s/1k msgs: "
+                      + ", ".join(f"{k} {v / per_k:.3f}" for k, v in b["cpu"].items()), flush=True)
+            r = pipeline(stack, broker, broker_port, pg_port, rate)
+            per_k = r["acked"] / 1000 or 1
+            print(f"pipeline rate={rate}: delivered {r['rate']:.0f} msg/s, latency p50 {r['p50']:.1f} ms "
+                  f"p99 {r['p99']:.1f} ms, lost {r['lost']} dup {r['dup']} samples "
+                  f"(acked {r['acked']} msgs, {r['distinct']} samples stored); CPU s/1k msgs: "
+                  + ", ".join(f"{k} {v / per_k:.3f}" for k, v in r["cpu"].items()), flush=True)
+    finally:
+        stack.stop_all()
+        subprocess.call([os.path.join(ROOT, "tests/lib/pg-cluster.sh"), "stop", pgdir])
+
+
+if __name__ == "__main__":
+    main()
