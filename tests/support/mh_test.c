@@ -223,7 +223,7 @@ void mht_db_create(mht_db_t *db)
     static int seq;
     const char *base = s_pg_cluster();
     snprintf(db->name, sizeof db->name, "t_%d_%d_%ld", (int)getpid(), ++seq, (long)time(NULL));
-    char url[300];
+    char url[512];
     snprintf(url, sizeof url, "%s dbname=postgres", base);
     PGconn *admin = PQconnectdb(url);
     if (PQstatus(admin) != CONNECTION_OK)
@@ -247,7 +247,7 @@ void mht_db_drop(mht_db_t *db)
     if (db->conn)
         PQfinish(db->conn);
     db->conn = NULL;
-    char url[300], sql[128];
+    char url[512], sql[128];
     snprintf(url, sizeof url, "%s dbname=postgres", s_pg_cluster());
     PGconn *admin = PQconnectdb(url);
     snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", db->name);
@@ -307,7 +307,7 @@ static size_t s_write(char *data, size_t size, size_t n, void *userp)
 
 int mht_http_get(int port, const char *path, char **body)
 {
-    char url[300];
+    char url[512];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
     CURL *c = curl_easy_init();
     s_body_t b = {calloc(1, 1), 0};
@@ -369,7 +369,7 @@ void mht_ingest_start(mht_service_t *s, const char *name, const mht_db_t *db, in
                       const char *const *extra)
 {
     static char bin[512];
-    char a_http[64], a_bind[64], a_ev[64], a_pg[300];
+    char a_http[64], a_bind[64], a_ev[64], a_pg[600];
     if (!s->http_port)
         s->http_port = mht_free_port();
     s->port = port ? port : mht_free_port();

@@ -47,7 +47,7 @@ void mht_broker_stop(mht_broker_t *b);
 /* A fresh database in the suite's PostgreSQL cluster (started on demand). */
 typedef struct {
     PGconn *conn;
-    char url[256];
+    char url[512];
     char name[64];
 } mht_db_t;
 void mht_db_create(mht_db_t *db);

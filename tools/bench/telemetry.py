@@ -175,31 +175,29 @@ def baseline(stack, broker, broker_port, rate):
         time.sleep(0.2)
     published, acked = publisher_results(stack, pubs, f"base{rate}")
     time.sleep(1)
-    elapsed = time.time() - t0 - 1
     cpu = {"mosquitto": cpu_seconds(broker.pid) - c0["mosquitto"],
            "sink": cpu_seconds(sub.pid) - c0["sink"], "motesim": sum(pub_cpu.values())}
     sub.send_signal(signal.SIGTERM)
     sub.wait()
     got = sum(1 for _ in open(out, "rb"))
     return {"published": published, "acked": acked, "received": got,
-            "rate": got / max(elapsed - 0, 1e-9), "cpu": cpu}
+            "rate": got / stack.args.duration, "cpu": cpu}
 
 
 def pipeline(stack, broker, broker_port, pg_port, rate):
     a = stack.args
-    psql(pg_port, "TRUNCATE ingest.telemetry_raw, ingest.rollup_1m, ingest.rollup_1h, "
-                  "ingest.batches, ingest.rollup_dirty")
     ingests, gateways, endpoints = [], [], []
     for i in range(a.ingests):
         port, http = free_port(), free_port()
         endpoints.append(f"tcp://127.0.0.1:{port}")
-        extra = [] if a.raw_index else []
         p = stack.spawn(f"ingest-{rate}-{i}", [
             os.path.join(stack.bin, "services/ingest/motehub-ingest"), f"--http-listen=127.0.0.1:{http}",
             f"--bind=tcp://127.0.0.1:{port}", "--events-bind=",
-            f"--pg-url=host=127.0.0.1 port={pg_port} user=postgres dbname=bench"] + extra)
+            f"--pg-url=host=127.0.0.1 port={pg_port} user=postgres dbname=bench"])
         wait_ready(http, "ingest")
         ingests.append((p, http))
+    psql(pg_port, "TRUNCATE ingest.telemetry_raw, ingest.rollup_1m, ingest.rollup_1h, "
+                  "ingest.batches, ingest.rollup_dirty")
     for i in range(a.gateways):
         http = free_port()
         p = stack.spawn(f"gateway-{rate}-{i}", [
@@ -224,6 +222,7 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
                 pub_cpu[p.pid] = cpu_seconds(p.pid)
         time.sleep(0.2)
     published, acked = publisher_results(stack, pubs, f"pipe{rate}")
+    pub_end = time.time()
     # wait until the rows stop growing (the pipeline drained)
     last, last_change = -1, time.time()
     while time.time() - last_change < 3 and time.time() - t0 < a.duration + 120:
@@ -231,7 +230,7 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
         if n != last:
             last, last_change = n, time.time()
         time.sleep(0.5)
-    drained = last_change - t0
+    tail = max(0.0, last_change - pub_end)
     cpu = {"mosquitto": cpu_seconds(broker.pid) - c0["mosquitto"], "motesim": sum(pub_cpu.values()),
            "postgres": postgres_cpu(pg0)}
     for i, (p, _) in enumerate(gateways):
@@ -244,11 +243,12 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
     rows = int(psql(pg_port, "SELECT count(*) FROM ingest.telemetry_raw"))
     distinct = int(psql(pg_port, "SELECT count(*) FROM (SELECT DISTINCT device_id, metric, ts "
                                  "FROM ingest.telemetry_raw) d"))
+    span = float(psql(pg_port, "SELECT extract(epoch FROM max(ts) - min(ts)) FROM ingest.telemetry_raw") or 1)
     for p, _ in gateways + ingests:
         stack.stop(p)
     return {"published": published, "acked": acked, "rows": rows, "distinct": distinct,
             "lost": acked * METRICS - distinct, "dup": rows - distinct,
-            "rate": distinct / METRICS / max(drained, a.duration),
+            "rate": distinct / METRICS / max(span, 1e-9), "tail": tail,
             "p50": quantile(merged0, merged1, 0.5), "p99": quantile(merged0, merged1, 0.99),
             "cpu": cpu}
 
@@ -261,7 +261,6 @@ def main():
     ap.add_argument("--publishers", type=int, default=2, help="motesim processes")
     ap.add_argument("--gateways", type=int, default=1)
     ap.add_argument("--ingests", type=int, default=1)
-    ap.add_argument("--raw-index", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--build", default="build")
     args = ap.parse_args()
@@ -300,7 +299,8 @@ def main():
             per_k = r["acked"] / 1000 or 1
             print(f"pipeline rate={rate}: delivered {r['rate']:.0f} msg/s, latency p50 {r['p50']:.1f} ms "
                   f"p99 {r['p99']:.1f} ms, lost {r['lost']} dup {r['dup']} samples "
-                  f"(acked {r['acked']} msgs, {r['distinct']} samples stored); CPU s/1k msgs: "
+                  f"(acked {r['acked']} msgs, {r['distinct']} samples stored, last commit {r['tail']:.1f} s "
+                  f"after publishing ended); CPU s/1k msgs: "
                   + ", ".join(f"{k} {v / per_k:.3f}" for k, v in r["cpu"].items()), flush=True)
     finally:
         stack.stop_all()
