@@ -30,6 +30,7 @@ stop() {
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     tests/lib/pg-cluster.sh stop "$state/pg"
     echo "stopped."
+    exit 0
 }
 trap stop INT TERM EXIT
 

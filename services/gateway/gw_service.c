@@ -164,20 +164,31 @@ static void s_on_sub_failed3(void *context, MQTTAsync_failureData *resp)
     mh_error("subscribe failed: %s", resp && resp->message ? resp->message : "no reason");
 }
 
-static void s_subscribe(gw_t *self)
+/* The topic filters the gateway takes, shared or plain. */
+#define S_NTOPICS 3
+typedef struct {
+    char buf[S_NTOPICS][160];
+    char *ptr[S_NTOPICS];
+} s_topics_t;
+
+static void s_topics(gw_t *self, s_topics_t *t)
 {
-    static const char *suffixes[] = {"telemetry", "telemetry/pb", "status"};
-    char bufs[3][160];
-    char *topics[3];
-    int qos[3] = {1, 1, 1};
-    for (int i = 0; i < 3; i++) {
+    static const char *suffixes[S_NTOPICS] = {"telemetry", "telemetry/pb", "status"};
+    for (int i = 0; i < S_NTOPICS; i++) {
         if (*self->cfg->share_group)
-            snprintf(bufs[i], sizeof bufs[i], "$share/%s/devices/+/%s", self->cfg->share_group,
+            snprintf(t->buf[i], sizeof t->buf[i], "$share/%s/devices/+/%s", self->cfg->share_group,
                      suffixes[i]);
         else
-            snprintf(bufs[i], sizeof bufs[i], "devices/+/%s", suffixes[i]);
-        topics[i] = bufs[i];
+            snprintf(t->buf[i], sizeof t->buf[i], "devices/+/%s", suffixes[i]);
+        t->ptr[i] = t->buf[i];
     }
+}
+
+static void s_subscribe(gw_t *self)
+{
+    s_topics_t t;
+    s_topics(self, &t);
+    int qos[S_NTOPICS] = {1, 1, 1};
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     ro.context = self;
     if (self->cfg->mqtt_version == 5) {
@@ -187,7 +198,7 @@ static void s_subscribe(gw_t *self)
         ro.onSuccess = s_on_subscribed3;
         ro.onFailure = s_on_sub_failed3;
     }
-    int rc = MQTTAsync_subscribeMany(self->mqtt, 3, topics, qos, &ro);
+    int rc = MQTTAsync_subscribeMany(self->mqtt, S_NTOPICS, t.ptr, qos, &ro);
     if (rc != MQTTASYNC_SUCCESS)
         mh_error("subscribe failed to start: %s", MQTTAsync_strerror(rc));
 }
@@ -512,24 +523,15 @@ static int s_mqtt_start(gw_t *self)
 
 static void s_mqtt_unsubscribe(gw_t *self)
 {
-    static const char *suffixes[] = {"telemetry", "telemetry/pb", "status"};
-    char bufs[3][160];
-    char *topics[3];
-    for (int i = 0; i < 3; i++) {
-        if (*self->cfg->share_group)
-            snprintf(bufs[i], sizeof bufs[i], "$share/%s/devices/+/%s", self->cfg->share_group,
-                     suffixes[i]);
-        else
-            snprintf(bufs[i], sizeof bufs[i], "devices/+/%s", suffixes[i]);
-        topics[i] = bufs[i];
-    }
+    s_topics_t t;
+    s_topics(self, &t);
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     ro.context = self;
     if (self->cfg->mqtt_version == 5)
         ro.onSuccess5 = s_on_unsubscribed;
     else
         ro.onSuccess = s_on_unsubscribed3;
-    if (MQTTAsync_unsubscribeMany(self->mqtt, 3, topics, &ro) != MQTTASYNC_SUCCESS)
+    if (MQTTAsync_unsubscribeMany(self->mqtt, S_NTOPICS, t.ptr, &ro) != MQTTASYNC_SUCCESS)
         __atomic_store_n(&self->unsubscribed, 1, __ATOMIC_RELEASE);
 }
 

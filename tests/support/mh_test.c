@@ -87,8 +87,24 @@ const char *mht_build_path(const char *rel, char *buf, size_t len)
     return buf;
 }
 
+/* Every child is remembered, so a test that fails half-way (cmocka jumps
+ * out of it) still leaves no process behind when the program exits. */
+static pid_t s_children[256];
+static int s_nchildren;
+
+static void s_kill_children(void)
+{
+    for (int i = 0; i < s_nchildren; i++)
+        if (mht_alive(s_children[i])) {
+            kill(s_children[i], SIGKILL);
+            waitpid(s_children[i], NULL, 0);
+        }
+}
+
 pid_t mht_spawn(const char *name, char *const argv[])
 {
+    if (s_nchildren == 0)
+        atexit(s_kill_children);
     char log[700];
     snprintf(log, sizeof log, "%s/%s.log", mht_artifacts(), name);
     fflush(NULL);
@@ -109,6 +125,8 @@ pid_t mht_spawn(const char *name, char *const argv[])
     }
     if (pid < 0)
         fail_msg("fork: %s", strerror(errno));
+    if (s_nchildren < 256)
+        s_children[s_nchildren++] = pid;
     return pid;
 }
 
