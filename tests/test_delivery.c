@@ -102,19 +102,47 @@ static void s_expect_exactly_once(mht_db_t *db, const char *prefix, int messages
                  distinct);
 }
 
+/* A broker, a fresh database, one ingest and `ngw` gateways. */
+typedef struct {
+    mht_broker_t b;
+    mht_db_t db;
+    mht_service_t ing, gw[2];
+    int ngw;
+} s_stack_t;
+
+static void s_stack_up(s_stack_t *st, const char *tag, int ngw, const char *const *gw_extra)
+{
+    char name[64];
+    *st = (s_stack_t){.ngw = ngw};
+    mht_broker_start(&st->b);
+    mht_db_create(&st->db);
+    snprintf(name, sizeof name, "ingest-%s", tag);
+    mht_ingest_start(&st->ing, name, &st->db, 0, NULL);
+    for (int i = 0; i < ngw; i++) {
+        snprintf(name, sizeof name, "gateway-%s-%d", tag, i + 1);
+        mht_gateway_start(&st->gw[i], name, &st->b, st->ing.endpoint, gw_extra);
+    }
+}
+
+/* Every service still running must stop cleanly on SIGTERM. */
+static void s_stack_down(s_stack_t *st)
+{
+    for (int i = 0; i < st->ngw; i++)
+        if (st->gw[i].pid)
+            assert_int_equal(mht_stop(st->gw[i].pid, SIGTERM, 20000), 0);
+    assert_int_equal(mht_stop(st->ing.pid, SIGTERM, 20000), 0);
+    mht_broker_stop(&st->b);
+    mht_db_drop(&st->db);
+}
+
 static void test_ingest_sigkill_mid_stream(void **state)
 {
     (void)state;
-    mht_broker_t b;
-    mht_db_t db;
-    mht_service_t ing = {0}, gw;
-    mht_broker_start(&b);
-    mht_db_create(&db);
-    mht_ingest_start(&ing, "ingest-kill", &db, 0, NULL);
+    s_stack_t st;
     const char *gx[] = {"--ack-timeout=1s", NULL};
-    mht_gateway_start(&gw, "gateway-kill", &b, ing.endpoint, gx);
+    s_stack_up(&st, "kill", 1, gx);
 
-    s_load_t l = {.url = b.url,
+    s_load_t l = {.url = st.b.url,
                   .prefix = "kill",
                   .devices = S_DEVICES,
                   .per_device = 500,
@@ -123,36 +151,25 @@ static void test_ingest_sigkill_mid_stream(void **state)
     pthread_create(&th, NULL, s_publisher, &l);
     s_wait_sent(&l, 1500);
     /* SIGKILL: no chance to finish anything */
-    mht_stop(ing.pid, SIGKILL, 1000);
+    mht_stop(st.ing.pid, SIGKILL, 1000);
     s_wait_sent(&l, 3000);
     /* Down for longer than the gateway's ack timeout, so batches are re-sent. */
     mht_sleep_ms(2500);
-    int port = ing.port;
-    mht_ingest_start(&ing, "ingest-kill-2", &db, port, NULL);
+    mht_ingest_start(&st.ing, "ingest-kill-2", &st.db, st.ing.port, NULL);
     pthread_join(th, NULL);
     assert_false(l.failed);
-    s_expect_exactly_once(&db, "kill", S_DEVICES * 500);
-    assert_true(mht_metric(gw.http_port, "mh_gateway_batches_resent_total", NULL) > 0);
-
-    assert_int_equal(mht_stop(gw.pid, SIGTERM, 20000), 0);
-    assert_int_equal(mht_stop(ing.pid, SIGTERM, 20000), 0);
-    mht_broker_stop(&b);
-    mht_db_drop(&db);
+    s_expect_exactly_once(&st.db, "kill", S_DEVICES * 500);
+    assert_true(mht_metric(st.gw[0].http_port, "mh_gateway_batches_resent_total", NULL) > 0);
+    s_stack_down(&st);
 }
 
 static void test_gateway_sigterm_loses_nothing(void **state)
 {
     (void)state;
-    mht_broker_t b;
-    mht_db_t db;
-    mht_service_t ing = {0}, g1, g2;
-    mht_broker_start(&b);
-    mht_db_create(&db);
-    mht_ingest_start(&ing, "ingest-term", &db, 0, NULL);
-    mht_gateway_start(&g1, "gateway-term-1", &b, ing.endpoint, NULL);
-    mht_gateway_start(&g2, "gateway-term-2", &b, ing.endpoint, NULL);
+    s_stack_t st;
+    s_stack_up(&st, "term", 2, NULL);
 
-    s_load_t l = {.url = b.url,
+    s_load_t l = {.url = st.b.url,
                   .prefix = "term",
                   .devices = S_DEVICES,
                   .per_device = 500,
@@ -160,66 +177,50 @@ static void test_gateway_sigterm_loses_nothing(void **state)
     pthread_t th;
     pthread_create(&th, NULL, s_publisher, &l);
     s_wait_sent(&l, 2000);
-    /* a rolling restart: g1 drains while g2 keeps taking traffic */
-    int st = mht_stop(g1.pid, SIGTERM, 30000);
-    assert_int_equal(st, 0);
+    /* a rolling restart: gateway 1 drains while gateway 2 keeps taking traffic */
+    assert_int_equal(mht_stop(st.gw[0].pid, SIGTERM, 30000), 0);
+    st.gw[0].pid = 0;
     pthread_join(th, NULL);
     assert_false(l.failed);
-    s_expect_exactly_once(&db, "term", S_DEVICES * 500);
+    s_expect_exactly_once(&st.db, "term", S_DEVICES * 500);
 
-    char path[700], *log = NULL;
+    char path[700];
     snprintf(path, sizeof path, "%s/gateway-term-1.log", mht_artifacts());
     FILE *f = fopen(path, "r");
-    size_t cap = 0;
     assert_non_null(f);
-    log = calloc(1, 1 << 20);
-    cap = fread(log, 1, (1 << 20) - 1, f);
+    char *log = calloc(1, 1 << 20);
+    size_t n = fread(log, 1, (1 << 20) - 1, f);
     fclose(f);
-    (void)cap;
+    assert_true(n > 0);
     assert_non_null(strstr(log, "drained:"));
     assert_non_null(strstr(log, "stopped cleanly"));
     free(log);
-
-    assert_int_equal(mht_stop(g2.pid, SIGTERM, 20000), 0);
-    assert_int_equal(mht_stop(ing.pid, SIGTERM, 20000), 0);
-    mht_broker_stop(&b);
-    mht_db_drop(&db);
+    s_stack_down(&st);
 }
 
 static void test_two_gateways_split_the_load(void **state)
 {
     (void)state;
-    mht_broker_t b;
-    mht_db_t db;
-    mht_service_t ing = {0}, g1, g2;
-    mht_broker_start(&b);
-    mht_db_create(&db);
-    mht_ingest_start(&ing, "ingest-split", &db, 0, NULL);
-    mht_gateway_start(&g1, "gateway-split-1", &b, ing.endpoint, NULL);
-    mht_gateway_start(&g2, "gateway-split-2", &b, ing.endpoint, NULL);
+    s_stack_t st;
+    s_stack_up(&st, "split", 2, NULL);
 
-    s_load_t l = {.url = b.url,
+    s_load_t l = {.url = st.b.url,
                   .prefix = "split",
                   .devices = S_DEVICES,
                   .per_device = 200,
                   .base_ts = s_wall_ms() - 600000};
     s_publisher(&l);
     assert_false(l.failed);
-    s_expect_exactly_once(&db, "split", S_DEVICES * 200);
+    s_expect_exactly_once(&st.db, "split", S_DEVICES * 200);
     double r1 =
-        mht_metric(g1.http_port, "mh_gateway_messages_received_total", "kind=\"telemetry\"");
+        mht_metric(st.gw[0].http_port, "mh_gateway_messages_received_total", "kind=\"telemetry\"");
     double r2 =
-        mht_metric(g2.http_port, "mh_gateway_messages_received_total", "kind=\"telemetry\"");
+        mht_metric(st.gw[1].http_port, "mh_gateway_messages_received_total", "kind=\"telemetry\"");
     print_message("# gateway 1 took %.0f messages, gateway 2 took %.0f\n", r1, r2);
     assert_true(r1 + r2 == S_DEVICES * 200);
     /* mosquitto's shared subscriptions go round robin: near 50/50 */
     assert_true(r1 >= S_DEVICES * 200 * 0.3 && r2 >= S_DEVICES * 200 * 0.3);
-
-    assert_int_equal(mht_stop(g1.pid, SIGTERM, 20000), 0);
-    assert_int_equal(mht_stop(g2.pid, SIGTERM, 20000), 0);
-    assert_int_equal(mht_stop(ing.pid, SIGTERM, 20000), 0);
-    mht_broker_stop(&b);
-    mht_db_drop(&db);
+    s_stack_down(&st);
 }
 
 int main(void)
