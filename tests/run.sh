@@ -47,6 +47,17 @@ for mode in "${modes[@]}"; do
     logs+=("$build/meson-logs/testlog.json")
 done
 
+echo "== fuzzing the device-message validators (libFuzzer, 30 s)"
+fuzz_log="$work/fuzz.json"
+if tests/fuzz/run.sh build-test-plain 30 >"$work/fuzz.txt" 2>&1; then
+    cat "$work/fuzz.txt"
+    echo '{"name":"fuzz-validate","result":"OK","stdout":""}' >"$fuzz_log"
+else
+    tail -40 "$work/fuzz.txt"
+    echo '{"name":"fuzz-validate","result":"FAIL","stdout":""}' >"$fuzz_log"
+fi
+logs+=("$fuzz_log")
+
 echo "== formatting (clang-format)"
 fmt_log="$work/format.json"
 if files=$(git ls-files '*.c' '*.h') && clang-format --dry-run -Werror $files >"$work/format.txt" 2>&1; then

@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages Motehub builds, tests and runs with, if any
 # is missing. Used by deploy/local/up.sh and tests/run.sh.
 set -euo pipefail
-pkgs=(build-essential pkg-config meson ninja-build clang-format
+pkgs=(build-essential pkg-config meson ninja-build clang-format clang libclang-rt-14-dev
       libzmq3-dev libczmq-dev libpaho-mqtt-dev librdkafka-dev libpq-dev libprotobuf-c-dev
       protobuf-c-compiler libssl-dev libjansson-dev libmicrohttpd-dev libcmocka-dev
       libcurl4-openssl-dev postgresql-15 mosquitto mosquitto-clients python3 curl)

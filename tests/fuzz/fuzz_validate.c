@@ -1,0 +1,55 @@
+/* libFuzzer target for the gateway's validators: whatever a device sends
+ * must give a verdict, never a crash, a leak or undefined behaviour, and a
+ * refusal must leave the points buffer as it was.
+ * The first byte picks the validator; the rest is the input. */
+#include "gw_validate.h"
+
+#include <assert.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    const uint8_t *in = data + 1;
+    size_t n = size - 1;
+    gw_points_t p = {0};
+    char detail[256];
+    const int64_t now = 1800000000000LL;
+    /* one accepted point first, to check that a refusal keeps it */
+    assert(gw_validate_telemetry_json("{\"keep\":1}", 10, now, &p, NULL, 0) == GW_OK);
+    gw_reason_t r = GW_OK;
+    switch (data[0] % 4) {
+    case 0: {
+        char id[GW_MAX_ID + 1];
+        gw_topic_kind_t kind;
+        if (gw_topic_parse((const char *)in, n, id, &kind) == GW_OK)
+            assert(gw_device_id_valid(id, strlen(id)));
+        break;
+    }
+    case 1:
+        r = gw_validate_telemetry_json((const char *)in, n, now, &p, detail, sizeof detail);
+        break;
+    case 2:
+        r = gw_validate_telemetry_pb(in, n, now, &p, detail, sizeof detail);
+        break;
+    case 3: {
+        bool online;
+        gw_validate_status((const char *)in, n, &online, detail, sizeof detail);
+        break;
+    }
+    }
+    if (r != GW_OK)
+        assert(p.n == 1);
+    for (size_t i = 0; i < p.n; i++) {
+        const char *m = gw_point_metric(&p, &p.v[i]);
+        assert(gw_metric_name_valid(m, strlen(m)));
+        assert(p.v[i].ts_ms <= now + GW_MAX_FUTURE_MS);
+    }
+    gw_points_free(&p);
+    return 0;
+}
