@@ -133,6 +133,15 @@ void mh_agent_destroy(mh_agent_t **self_p)
     *self_p = NULL;
 }
 
+void mh_agent_disconnect_begin(mh_agent_t *self)
+{
+    if (self->client && MQTTAsync_isConnected(self->client)) {
+        MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
+        d.timeout = 1000;
+        MQTTAsync_disconnect(self->client, &d);
+    }
+}
+
 int mh_agent_connect(mh_agent_t *self)
 {
     MQTTAsync_connectOptions opts;

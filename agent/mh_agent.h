@@ -40,6 +40,9 @@ typedef struct {
 mh_agent_t *mh_agent_new(const mh_agent_opts_t *opts);
 /* Disconnects cleanly (no last will) and frees. */
 void mh_agent_destroy(mh_agent_t **self_p);
+/* Starts a clean disconnect without waiting for it; for many agents, call
+ * this on each, then mh_agent_destroy on each, so they close in parallel. */
+void mh_agent_disconnect_begin(mh_agent_t *self);
 
 /* Starts connecting; returns at once. 0 or a negative errno. */
 int mh_agent_connect(mh_agent_t *self);

@@ -219,13 +219,19 @@ int main(int argc, char **argv)
     }
     int64_t elapsed = mh_mono_ms() - start;
     uint64_t delivered = 0;
+    /* Wait for the last acknowledgements, then close every connection at
+     * once rather than one after another. */
+    int64_t deadline = mh_mono_ms() + 5000;
+    for (size_t i = 0; i < n; i++)
+        mh_agent_wait_delivered(devs[i].agent, (int)fmax(0, (double)(deadline - mh_mono_ms())));
     for (size_t i = 0; i < n; i++) {
-        mh_agent_wait_delivered(devs[i].agent, 5000);
         /* minus the status message each sent on connect */
         uint64_t d = mh_agent_delivered(devs[i].agent);
         delivered += d ? d - 1 : 0;
-        mh_agent_destroy(&devs[i].agent);
+        mh_agent_disconnect_begin(devs[i].agent);
     }
+    for (size_t i = 0; i < n; i++)
+        mh_agent_destroy(&devs[i].agent);
     printf("motesim: devices=%zu published=%" PRIu64 " acked=%" PRIu64 " failed=%" PRIu64
            " elapsed_ms=%" PRId64 " rate=%.1f\n",
            n, published, delivered, failed, elapsed,
