@@ -1,0 +1,218 @@
+#include "tw_doc.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define S_WHY(...)                                                                                 \
+    do {                                                                                           \
+        if (why)                                                                                   \
+            snprintf(why, why_len, __VA_ARGS__);                                                   \
+    } while (0)
+
+json_t *tw_doc_new(json_t *tags, int64_t now_ms)
+{
+    json_t *t = tags ? json_deep_copy(tags) : json_object();
+    return json_pack("{s:{s:{},s:{},s:{}}, s:{s:{},s:{}}, s:o, s:I, s:I}", "state", "desired",
+                     "reported", "delta", "metadata", "desired", "reported", "tags", t, "version",
+                     (json_int_t)1, "timestamp", (json_int_t)now_ms);
+}
+
+void tw_merge_patch(json_t **target, json_t *patch)
+{
+    if (!json_is_object(patch)) {
+        json_decref(*target);
+        *target = json_deep_copy(patch);
+        return;
+    }
+    if (!json_is_object(*target)) {
+        json_decref(*target);
+        *target = json_object();
+    }
+    const char *key;
+    json_t *value;
+    json_object_foreach(patch, key, value)
+    {
+        if (json_is_null(value)) {
+            json_object_del(*target, key);
+            continue;
+        }
+        json_t *cur = json_incref(json_object_get(*target, key));
+        tw_merge_patch(&cur, value);
+        json_object_set_new(*target, key, cur);
+    }
+}
+
+json_t *tw_delta(json_t *desired, json_t *reported)
+{
+    json_t *delta = json_object();
+    const char *key;
+    json_t *d;
+    json_object_foreach(desired, key, d)
+    {
+        json_t *r = json_object_get(reported, key);
+        if (json_is_object(d) && json_is_object(r)) {
+            json_t *sub = tw_delta(d, r);
+            if (json_object_size(sub))
+                json_object_set_new(delta, key, sub);
+            else
+                json_decref(sub);
+        } else if (!r || !json_equal(d, r)) {
+            json_object_set(delta, key, d);
+        }
+    }
+    return delta;
+}
+
+int tw_depth(json_t *v)
+{
+    int best = 0;
+    if (json_is_object(v)) {
+        const char *key;
+        json_t *child;
+        json_object_foreach(v, key, child)
+        {
+            int d = 1 + tw_depth(child);
+            best = d > best ? d : best;
+        }
+    } else if (json_is_array(v)) {
+        /* arrays add no key to the path, but their objects do */
+        size_t i;
+        json_t *child;
+        json_array_foreach(v, i, child)
+        {
+            int d = tw_depth(child);
+            best = d > best ? d : best;
+        }
+    }
+    return best;
+}
+
+size_t tw_size(json_t *v)
+{
+    return json_dumpb(v, NULL, 0, JSON_COMPACT);
+}
+
+json_t *tw_doc_delta(json_t *doc)
+{
+    return json_object_get(json_object_get(doc, "state"), "delta");
+}
+
+int64_t tw_doc_version(json_t *doc)
+{
+    return json_integer_value(json_object_get(doc, "version"));
+}
+
+/* Checks the limits of a section after a patch. */
+static tw_status_t s_limits(json_t *section, size_t max, const char *name, char *why,
+                            size_t why_len)
+{
+    if (tw_depth(section) > TW_MAX_DEPTH) {
+        S_WHY("%s is nested deeper than %d levels", name, TW_MAX_DEPTH);
+        return TW_TOO_LARGE;
+    }
+    if (tw_size(section) > max) {
+        S_WHY("%s would be %zu bytes, over the %zu-byte limit", name, tw_size(section), max);
+        return TW_TOO_LARGE;
+    }
+    return TW_OK;
+}
+
+static void s_bump(json_t *doc, int64_t now_ms)
+{
+    json_t *state = json_object_get(doc, "state");
+    json_object_set_new(
+        state, "delta",
+        tw_delta(json_object_get(state, "desired"), json_object_get(state, "reported")));
+    json_object_set_new(doc, "version", json_integer(tw_doc_version(doc) + 1));
+    json_object_set_new(doc, "timestamp", json_integer(now_ms));
+}
+
+/* Patches one section of `doc` (state.desired, state.reported or tags) on a
+ * copy; keys whose stored metadata timestamp is newer than `ts` are skipped
+ * when `ordered`. Commits the copy only if the limits hold. */
+static tw_status_t s_patch_section(json_t *doc, const char *section, json_t *patch, int64_t ts,
+                                   bool ordered, size_t max, bool *changed, char *why,
+                                   size_t why_len)
+{
+    if (!json_is_object(patch)) {
+        S_WHY("%s must be a JSON object", section);
+        return TW_BAD_REQUEST;
+    }
+    bool is_tags = strcmp(section, "tags") == 0;
+    json_t *parent = is_tags ? doc : json_object_get(doc, "state");
+    json_t *meta = is_tags ? NULL : json_object_get(json_object_get(doc, "metadata"), section);
+    json_t *copy = json_deep_copy(json_object_get(parent, section));
+    json_t *applied = json_object();
+    const char *key;
+    json_t *value;
+    json_object_foreach(patch, key, value)
+    {
+        json_int_t stored =
+            json_integer_value(json_object_get(json_object_get(meta, key), "timestamp"));
+        if (ordered && meta && stored > ts)
+            continue; /* an older update arriving late */
+        json_object_set(applied, key, value);
+    }
+    json_t *before = json_deep_copy(copy);
+    tw_merge_patch(&copy, applied);
+    tw_status_t st = s_limits(copy, max, section, why, why_len);
+    if (st == TW_OK && !json_equal(before, copy)) {
+        json_object_set(parent, section, copy);
+        if (meta)
+            json_object_foreach(applied, key, value)
+            {
+                if (json_is_null(value))
+                    json_object_del(meta, key);
+                else
+                    json_object_set_new(meta, key, json_pack("{s:I}", "timestamp", (json_int_t)ts));
+            }
+        *changed = true;
+    }
+    json_decref(before);
+    json_decref(copy);
+    json_decref(applied);
+    return st;
+}
+
+tw_status_t tw_apply_reported(json_t *doc, json_t *patch, int64_t ts, int64_t expected_version,
+                              bool *changed, char *why, size_t why_len)
+{
+    *changed = false;
+    if (expected_version >= 0 && expected_version != tw_doc_version(doc)) {
+        S_WHY("version %lld does not match the stored version %lld", (long long)expected_version,
+              (long long)tw_doc_version(doc));
+        return TW_CONFLICT;
+    }
+    tw_status_t st =
+        s_patch_section(doc, "reported", patch, ts, true, TW_MAX_STATE, changed, why, why_len);
+    if (st == TW_OK && *changed)
+        s_bump(doc, ts);
+    return st;
+}
+
+tw_status_t tw_apply_operator(json_t *doc, json_t *desired, json_t *tags, int64_t now_ms,
+                              bool *changed, char *why, size_t why_len)
+{
+    *changed = false;
+    if (!desired && !tags) {
+        S_WHY("the patch needs \"desired\" and/or \"tags\"");
+        return TW_BAD_REQUEST;
+    }
+    /* Check both on a scratch copy first, so a refused tags patch cannot
+     * leave an applied desired patch behind. */
+    json_t *scratch = json_deep_copy(doc);
+    bool c1 = false, c2 = false;
+    tw_status_t st = TW_OK;
+    if (desired)
+        st = s_patch_section(scratch, "desired", desired, now_ms, false, TW_MAX_STATE, &c1, why,
+                             why_len);
+    if (st == TW_OK && tags)
+        st = s_patch_section(scratch, "tags", tags, now_ms, false, TW_MAX_TAGS, &c2, why, why_len);
+    if (st == TW_OK && (c1 || c2)) {
+        s_bump(scratch, now_ms);
+        json_object_update(doc, scratch);
+        *changed = true;
+    }
+    json_decref(scratch);
+    return st;
+}
