@@ -84,6 +84,23 @@ static void s_on_delivered(void *ctx, MQTTAsync_token token)
         ;
 }
 
+/* Creates the Paho client with this agent's settings and callbacks;
+ * self->client is NULL on failure. */
+static int s_create_client(mh_agent_t *self)
+{
+    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+    co.MQTTVersion = self->mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
+    co.maxBufferedMessages = self->max_inflight;
+    if (MQTTAsync_createWithOptions(&self->client, self->url, self->device_id,
+                                    MQTTCLIENT_PERSISTENCE_NONE, NULL, &co) != MQTTASYNC_SUCCESS) {
+        self->client = NULL;
+        return -EIO;
+    }
+    MQTTAsync_setCallbacks(self->client, self, s_on_lost, s_on_message, s_on_delivered);
+    MQTTAsync_setConnected(self->client, self, s_on_connected);
+    return 0;
+}
+
 mh_agent_t *mh_agent_new(const mh_agent_opts_t *o)
 {
     mh_agent_t *self = calloc(1, sizeof *self);
@@ -96,17 +113,10 @@ mh_agent_t *mh_agent_new(const mh_agent_opts_t *o)
     self->keepalive = o->keepalive_s ? o->keepalive_s : 30;
     self->max_inflight = o->max_inflight ? o->max_inflight : 100;
     snprintf(self->status_topic, sizeof self->status_topic, "devices/%s/status", o->device_id);
-    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
-    co.MQTTVersion = self->mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
-    co.maxBufferedMessages = self->max_inflight;
-    if (MQTTAsync_createWithOptions(&self->client, self->url, self->device_id,
-                                    MQTTCLIENT_PERSISTENCE_NONE, NULL, &co) != MQTTASYNC_SUCCESS) {
-        self->client = NULL;
+    if (s_create_client(self) < 0) {
         mh_agent_destroy(&self);
         return NULL;
     }
-    MQTTAsync_setCallbacks(self->client, self, s_on_lost, s_on_message, s_on_delivered);
-    MQTTAsync_setConnected(self->client, self, s_on_connected);
     return self;
 }
 
@@ -189,16 +199,7 @@ void mh_agent_kill_connection(mh_agent_t *self)
      * publishes the will. Re-create so the agent can connect again. */
     __atomic_store_n(&self->connected, 0, __ATOMIC_RELEASE);
     MQTTAsync_destroy(&self->client);
-    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
-    co.MQTTVersion = self->mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
-    co.maxBufferedMessages = self->max_inflight;
-    if (MQTTAsync_createWithOptions(&self->client, self->url, self->device_id,
-                                    MQTTCLIENT_PERSISTENCE_NONE, NULL, &co) == MQTTASYNC_SUCCESS) {
-        MQTTAsync_setCallbacks(self->client, self, s_on_lost, s_on_message, s_on_delivered);
-        MQTTAsync_setConnected(self->client, self, s_on_connected);
-    } else {
-        self->client = NULL;
-    }
+    s_create_client(self);
 }
 
 int mh_agent_publish(mh_agent_t *self, const char *subtopic, const void *payload, size_t len,

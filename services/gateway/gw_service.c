@@ -374,9 +374,16 @@ static void s_pending_destroy(void **item)
 
 /* ---- handling device messages ---- */
 
-static void s_reject(gw_t *self, const char *device, const char *topic, gw_reason_t r,
+/* Counts, logs and publishes a refusal. The topic is copied into a string
+ * only here, off the path of accepted messages. */
+static void s_reject(gw_t *self, const char *device, zframe_t *topic_frame, gw_reason_t r,
                      const char *detail)
 {
+    char topic[512];
+    size_t tlen =
+        zframe_size(topic_frame) < sizeof topic - 1 ? zframe_size(topic_frame) : sizeof topic - 1;
+    memcpy(topic, zframe_data(topic_frame), tlen);
+    topic[tlen] = 0;
     mh_counter_inc(self->m_rejected[r]);
     mh_log_limited(&self->rl_reject, MH_LOG_WARN,
                    "rejected message, ignoring (device=%s topic=%.128s reason=%s: %s)",
@@ -398,16 +405,13 @@ static void s_handle(gw_t *self, zmsg_t *m)
         mh_counter_inc(self->m_bad_internal);
         return;
     }
-    char topic[512];
-    size_t tlen = zframe_size(ft) < sizeof topic - 1 ? zframe_size(ft) : sizeof topic - 1;
-    memcpy(topic, zframe_data(ft), tlen);
-    topic[tlen] = 0;
-    char device[GW_MAX_ID + 1] = "";
-    char detail[256] = "";
+    char device[GW_MAX_ID + 1];
+    char detail[256];
+    device[0] = detail[0] = 0;
     gw_topic_kind_t kind;
     gw_reason_t r = gw_topic_parse((const char *)zframe_data(ft), zframe_size(ft), device, &kind);
     if (r) {
-        s_reject(self, device, topic, r, "topic is not one of the protocol's");
+        s_reject(self, device, ft, r, "topic is not one of the protocol's");
         return;
     }
     mh_counter_inc(self->m_received[kind]);
@@ -431,7 +435,7 @@ static void s_handle(gw_t *self, zmsg_t *m)
     }
     }
     if (r) {
-        s_reject(self, device, topic, r, detail);
+        s_reject(self, device, ft, r, detail);
         return;
     }
     if (self->scratch.n) {

@@ -1,4 +1,5 @@
 #include "mh_test.h"
+#include "mh_metrics.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -349,16 +350,9 @@ double mht_metric(int http_port, const char *name, const char *labels)
 {
     char *body = NULL;
     double v = NAN;
-    if (mht_http_get(http_port, "/metrics", &body) == 200) {
-        char want[512];
-        if (labels && *labels)
-            snprintf(want, sizeof want, "\n%s{%s} ", name, labels);
-        else
-            snprintf(want, sizeof want, "\n%s ", name);
-        char *p = strstr(body, want);
-        if (p)
-            v = strtod(p + strlen(want), NULL);
-    }
+    if (mht_http_get(http_port, "/metrics", &body) == 200 &&
+        mh_metrics_text_value(body, name, labels, &v) < 0)
+        v = NAN;
     free(body);
     return v;
 }
