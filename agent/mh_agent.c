@@ -2,6 +2,7 @@
 
 #include <MQTTAsync.h>
 #include <errno.h>
+#include <pthread.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,13 +10,31 @@
 #include <time.h>
 #include <unistd.h>
 
+#define S_MAX_HANDLERS 32
+#define S_SEEN_IDS     256
+
 struct mh_agent_t {
     MQTTAsync client;
     char *device_id, *url, *firmware;
     int mqtt_version, keepalive, max_inflight;
     int connected;
-    uint64_t published, delivered, inflight;
+    uint64_t published, delivered, inflight, commands_handled;
     char status_topic[96];
+    size_t prefix_len; /* strlen("devices/{id}/") */
+
+    pthread_mutex_t lock; /* handlers and the seen-id ring */
+    mh_agent_message_fn *on_message;
+    void *on_message_ud;
+    mh_agent_delta_fn *on_delta;
+    void *on_delta_ud;
+    struct {
+        char *name;
+        mh_agent_command_fn *fn;
+        void *ud;
+    } handlers[S_MAX_HANDLERS];
+    size_t nhandlers;
+    char seen_ids[S_SEEN_IDS][65];
+    size_t seen_next;
 };
 
 static void s_sleep_ms(int ms)
@@ -46,12 +65,58 @@ static void s_announce(mh_agent_t *self)
     MQTTAsync_sendMessage(self->client, self->status_topic, &m, NULL);
 }
 
+static void s_on_subscribed5(void *ctx, MQTTAsync_successData5 *r)
+{
+    (void)r;
+    mh_agent_t *self = ctx;
+    __atomic_store_n(&self->connected, 1, __ATOMIC_RELEASE);
+    s_announce(self);
+}
+
+static void s_on_subscribed3(void *ctx, MQTTAsync_successData *r)
+{
+    (void)r;
+    mh_agent_t *self = ctx;
+    __atomic_store_n(&self->connected, 1, __ATOMIC_RELEASE);
+    s_announce(self);
+}
+
+static void s_on_sub_failed5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    (void)r;
+    s_on_subscribed5(ctx, NULL); /* announce anyway: telemetry still works */
+}
+
+static void s_on_sub_failed3(void *ctx, MQTTAsync_failureData *r)
+{
+    (void)r;
+    s_on_subscribed3(ctx, NULL);
+}
+
+/* Subscribes to what the cloud sends this device, then announces online. */
 static void s_on_connected(void *ctx, char *cause)
 {
     (void)cause;
     mh_agent_t *self = ctx;
-    __atomic_store_n(&self->connected, 1, __ATOMIC_RELEASE);
-    s_announce(self);
+    static const char *subs[] = {"twin/get/+", "twin/update/+", "twin/delta", "commands"};
+    char buf[4][160];
+    char *topics[4];
+    int qos[4] = {1, 1, 1, 1};
+    for (int i = 0; i < 4; i++) {
+        snprintf(buf[i], sizeof buf[i], "devices/%s/%s", self->device_id, subs[i]);
+        topics[i] = buf[i];
+    }
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    ro.context = self;
+    if (self->mqtt_version == 5) {
+        ro.onSuccess5 = s_on_subscribed5;
+        ro.onFailure5 = s_on_sub_failed5;
+    } else {
+        ro.onSuccess = s_on_subscribed3;
+        ro.onFailure = s_on_sub_failed3;
+    }
+    if (MQTTAsync_subscribeMany(self->client, 4, topics, qos, &ro) != MQTTASYNC_SUCCESS)
+        s_on_subscribed3(self, NULL);
 }
 
 static void s_on_lost(void *ctx, char *cause)
@@ -64,13 +129,179 @@ static void s_on_lost(void *ctx, char *cause)
     __atomic_store_n(&self->inflight, 0, __ATOMIC_RELEASE);
 }
 
+static void s_send(mh_agent_t *self, const char *sub, json_t *v)
+{
+    char *text = json_dumps(v, JSON_COMPACT);
+    if (text) {
+        char topic[160];
+        snprintf(topic, sizeof topic, "devices/%s/%s", self->device_id, sub);
+        MQTTAsync_message m = MQTTAsync_message_initializer;
+        m.payload = text;
+        m.payloadlen = (int)strlen(text);
+        m.qos = 1;
+        MQTTAsync_sendMessage(self->client, topic, &m, NULL);
+        free(text);
+    }
+}
+
+/* True when `id` was handled before; remembers it otherwise. */
+static bool s_seen_before(mh_agent_t *self, const char *id)
+{
+    for (size_t i = 0; i < S_SEEN_IDS; i++)
+        if (strcmp(self->seen_ids[i], id) == 0)
+            return true;
+    snprintf(self->seen_ids[self->seen_next], sizeof self->seen_ids[0], "%s", id);
+    self->seen_next = (self->seen_next + 1) % S_SEEN_IDS;
+    return false;
+}
+
+static void s_command(mh_agent_t *self, const char *payload, size_t len)
+{
+    json_t *cmd = json_loadb(payload, len, 0, NULL);
+    const char *id = json_string_value(json_object_get(cmd, "id"));
+    const char *name = json_string_value(json_object_get(cmd, "name"));
+    if (!id || !name || strlen(id) > 64) {
+        json_decref(cmd);
+        return;
+    }
+    pthread_mutex_lock(&self->lock);
+    bool dup = s_seen_before(self, id);
+    mh_agent_command_fn *fn = NULL;
+    void *ud = NULL;
+    for (size_t i = 0; i < self->nhandlers; i++)
+        if (strcmp(self->handlers[i].name, name) == 0) {
+            fn = self->handlers[i].fn;
+            ud = self->handlers[i].ud;
+        }
+    pthread_mutex_unlock(&self->lock);
+    if (dup) {
+        json_decref(cmd);
+        return;
+    }
+    json_t *result = NULL;
+    mh_cmd_outcome_t outcome = MH_CMD_REJECTED;
+    if (fn)
+        outcome = fn(self, id, json_object_get(cmd, "params"), &result, ud);
+    else
+        result = json_pack("{s:s}", "error", "no handler for this command");
+    __atomic_add_fetch(&self->commands_handled, 1, __ATOMIC_RELAXED);
+    if (outcome != MH_CMD_PENDING)
+        mh_agent_ack(self, id, outcome, result);
+    json_decref(result);
+    json_decref(cmd);
+}
+
 static int s_on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
 {
-    (void)ctx;
-    (void)tlen;
+    mh_agent_t *self = ctx;
+    size_t len = tlen > 0 ? (size_t)tlen : strlen(topic);
+    const char *sub = len > self->prefix_len ? topic + self->prefix_len : "";
+    char subtopic[64];
+    snprintf(subtopic, sizeof subtopic, "%.*s", (int)(len - (size_t)(sub - topic)), sub);
+    pthread_mutex_lock(&self->lock);
+    mh_agent_message_fn *raw = self->on_message;
+    void *raw_ud = self->on_message_ud;
+    mh_agent_delta_fn *delta = self->on_delta;
+    void *delta_ud = self->on_delta_ud;
+    pthread_mutex_unlock(&self->lock);
+    if (raw)
+        raw(self, subtopic, m->payload, (size_t)m->payloadlen, raw_ud);
+    if (strcmp(subtopic, "commands") == 0) {
+        s_command(self, m->payload, (size_t)m->payloadlen);
+    } else if (strcmp(subtopic, "twin/delta") == 0 && delta) {
+        json_t *d = json_loadb(m->payload, (size_t)m->payloadlen, 0, NULL);
+        if (json_is_object(json_object_get(d, "state")))
+            delta(self, json_object_get(d, "state"),
+                  json_integer_value(json_object_get(d, "version")), delta_ud);
+        json_decref(d);
+    }
     MQTTAsync_freeMessage(&m);
     MQTTAsync_free(topic);
     return 1;
+}
+
+int mh_agent_ack(mh_agent_t *self, const char *id, mh_cmd_outcome_t outcome, json_t *result)
+{
+    static const char *names[] = {"succeeded", "failed", "rejected"};
+    if (outcome > MH_CMD_REJECTED)
+        return -EINVAL;
+    json_t *ack = json_pack("{s:s,s:s}", "id", id, "status", names[outcome]);
+    if (result)
+        json_object_set(ack, "result", result);
+    s_send(self, "commands/ack", ack);
+    json_decref(ack);
+    return 0;
+}
+
+void mh_agent_on_message(mh_agent_t *self, mh_agent_message_fn *fn, void *ud)
+{
+    pthread_mutex_lock(&self->lock);
+    self->on_message = fn;
+    self->on_message_ud = ud;
+    pthread_mutex_unlock(&self->lock);
+}
+
+void mh_agent_on_delta(mh_agent_t *self, mh_agent_delta_fn *fn, void *ud)
+{
+    pthread_mutex_lock(&self->lock);
+    self->on_delta = fn;
+    self->on_delta_ud = ud;
+    pthread_mutex_unlock(&self->lock);
+}
+
+int mh_agent_on_command(mh_agent_t *self, const char *name, mh_agent_command_fn *fn, void *ud)
+{
+    int rc = 0;
+    pthread_mutex_lock(&self->lock);
+    size_t i = 0;
+    while (i < self->nhandlers && strcmp(self->handlers[i].name, name) != 0)
+        i++;
+    if (i == self->nhandlers) {
+        if (i == S_MAX_HANDLERS || !(self->handlers[i].name = strdup(name)))
+            rc = -ENOMEM;
+        else
+            self->nhandlers++;
+    }
+    if (rc == 0) {
+        self->handlers[i].fn = fn;
+        self->handlers[i].ud = ud;
+    }
+    pthread_mutex_unlock(&self->lock);
+    return rc;
+}
+
+uint64_t mh_agent_commands_handled(mh_agent_t *self)
+{
+    return __atomic_load_n(&self->commands_handled, __ATOMIC_RELAXED);
+}
+
+const char *mh_agent_id(mh_agent_t *self)
+{
+    return self->device_id;
+}
+
+int mh_agent_report(mh_agent_t *self, json_t *reported, const char *client_token)
+{
+    json_t *msg = json_pack("{s:{s:O}}", "state", "reported", reported);
+    if (client_token)
+        json_object_set_new(msg, "clientToken", json_string(client_token));
+    char *text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    if (!text)
+        return -ENOMEM;
+    int rc = mh_agent_publish(self, "twin/update", text, strlen(text), 1);
+    free(text);
+    return rc;
+}
+
+int mh_agent_twin_get(mh_agent_t *self, const char *client_token)
+{
+    char payload[128];
+    if (client_token)
+        snprintf(payload, sizeof payload, "{\"clientToken\":\"%.64s\"}", client_token);
+    else
+        snprintf(payload, sizeof payload, "{}");
+    return mh_agent_publish(self, "twin/get", payload, strlen(payload), 1);
 }
 
 static void s_on_delivered(void *ctx, MQTTAsync_token token)
@@ -113,11 +344,25 @@ mh_agent_t *mh_agent_new(const mh_agent_opts_t *o)
     self->keepalive = o->keepalive_s ? o->keepalive_s : 30;
     self->max_inflight = o->max_inflight ? o->max_inflight : 100;
     snprintf(self->status_topic, sizeof self->status_topic, "devices/%s/status", o->device_id);
+    self->prefix_len = strlen("devices/") + strlen(o->device_id) + 1;
+    pthread_mutex_init(&self->lock, NULL);
     if (s_create_client(self) < 0) {
         mh_agent_destroy(&self);
         return NULL;
     }
     return self;
+}
+
+/* A clean goodbye: {"state":"offline"} (the last will is only for
+ * unclean ends), then DISCONNECT, which lets in-flight messages finish. */
+static void s_say_offline(mh_agent_t *self)
+{
+    static const char payload[] = "{\"state\":\"offline\"}";
+    MQTTAsync_message m = MQTTAsync_message_initializer;
+    m.payload = (void *)payload;
+    m.payloadlen = (int)sizeof payload - 1;
+    m.qos = 1;
+    MQTTAsync_sendMessage(self->client, self->status_topic, &m, NULL);
 }
 
 void mh_agent_destroy(mh_agent_t **self_p)
@@ -127,6 +372,7 @@ void mh_agent_destroy(mh_agent_t **self_p)
         return;
     if (self->client) {
         if (MQTTAsync_isConnected(self->client)) {
+            s_say_offline(self);
             MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
             d.timeout = 1000;
             MQTTAsync_disconnect(self->client, &d);
@@ -136,6 +382,9 @@ void mh_agent_destroy(mh_agent_t **self_p)
         }
         MQTTAsync_destroy(&self->client);
     }
+    for (size_t i = 0; i < self->nhandlers; i++)
+        free(self->handlers[i].name);
+    pthread_mutex_destroy(&self->lock);
     free(self->device_id);
     free(self->url);
     free(self->firmware);
@@ -146,6 +395,7 @@ void mh_agent_destroy(mh_agent_t **self_p)
 void mh_agent_disconnect_begin(mh_agent_t *self)
 {
     if (self->client && MQTTAsync_isConnected(self->client)) {
+        s_say_offline(self);
         MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
         d.timeout = 1000;
         MQTTAsync_disconnect(self->client, &d);
@@ -195,9 +445,20 @@ bool mh_agent_wait_connected(mh_agent_t *self, int timeout_ms)
 
 void mh_agent_kill_connection(mh_agent_t *self)
 {
-    /* Destroying without DISCONNECT closes the socket; the broker then
-     * publishes the will. Re-create so the agent can connect again. */
+    /* Paho always says DISCONNECT when it closes, which suppresses the
+     * will; MQTT 5's reason code 0x04 asks the broker to send it anyway,
+     * as on a power loss. (On 3.1.1 this is a clean disconnect.) Then
+     * re-create the client so the agent can connect again. */
     __atomic_store_n(&self->connected, 0, __ATOMIC_RELEASE);
+    if (self->client && MQTTAsync_isConnected(self->client)) {
+        MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
+        d.reasonCode = MQTTREASONCODE_DISCONNECT_WITH_WILL_MESSAGE;
+        d.timeout = 0;
+        MQTTAsync_disconnect(self->client, &d);
+        int64_t deadline = s_mono_ms() + 1000;
+        while (MQTTAsync_isConnected(self->client) && s_mono_ms() < deadline)
+            s_sleep_ms(2);
+    }
     MQTTAsync_destroy(&self->client);
     s_create_client(self);
 }

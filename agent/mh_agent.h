@@ -3,13 +3,21 @@
  * so firmware writers start from working code.
  *
  * One agent = one device = one MQTT connection (client id = device id).
- * On connect it publishes {"state":"online"} to devices/{id}/status and sets
- * the last will {"state":"offline"}; it reconnects on its own with
- * exponential backoff (1 s doubling to 60 s, with jitter).
+ * On connect it subscribes to its twin and command topics, then publishes
+ * {"state":"online"} to devices/{id}/status (so nothing the cloud sends on
+ * coming online is missed), with the last will {"state":"offline"}; it
+ * reconnects on its own with exponential backoff (1 s doubling to 60 s).
+ *
+ * Twin: mh_agent_report sends reported state, mh_agent_twin_get asks for
+ * the document, and a delta handler receives desired changes. Commands: a
+ * handler per command name; the agent acks with the handler's outcome,
+ * rejects names it has no handler for, and ignores a command id it has
+ * already handled (delivery is at-least-once).
  *
  * Thread-safety: the publish functions may be called from any one thread;
  * counters are atomics. Callbacks run on Paho's thread. */
 #pragma once
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,7 +46,7 @@ typedef struct {
 } mh_sample_t;
 
 mh_agent_t *mh_agent_new(const mh_agent_opts_t *opts);
-/* Disconnects cleanly (no last will) and frees. */
+/* Says {"state":"offline"}, disconnects cleanly (no last will) and frees. */
 void mh_agent_destroy(mh_agent_t **self_p);
 /* Starts a clean disconnect without waiting for it; for many agents, call
  * this on each, then mh_agent_destroy on each, so they close in parallel. */
@@ -49,8 +57,8 @@ int mh_agent_connect(mh_agent_t *self);
 bool mh_agent_connected(mh_agent_t *self);
 /* Waits up to timeout_ms for the connection; true when connected. */
 bool mh_agent_wait_connected(mh_agent_t *self, int timeout_ms);
-/* Drops the connection without a clean disconnect, so the broker sends the
- * last will (a simulated power loss). */
+/* Drops the connection so that the broker sends the last will (a simulated
+ * power loss; MQTT 5 only, see the source). */
 void mh_agent_kill_connection(mh_agent_t *self);
 
 /* Publishes to devices/{id}/{subtopic}. Returns 0, -EAGAIN when
@@ -67,6 +75,38 @@ uint64_t mh_agent_delivered(mh_agent_t *self);
 uint64_t mh_agent_published(mh_agent_t *self);
 /* Waits until every published QoS1 message is acknowledged. */
 bool mh_agent_wait_delivered(mh_agent_t *self, int timeout_ms);
+
+/* ---- twin and commands ---- */
+
+/* Every message the cloud sends the device, before the agent's own
+ * handling: `subtopic` is the part after devices/{id}/. */
+typedef void(mh_agent_message_fn)(mh_agent_t *agent, const char *subtopic, const char *payload,
+                                  size_t len, void *ud);
+void mh_agent_on_message(mh_agent_t *self, mh_agent_message_fn *fn, void *ud);
+
+/* twin/delta: `state` holds the desired keys that differ from reported. */
+typedef void(mh_agent_delta_fn)(mh_agent_t *agent, json_t *state, int64_t version, void *ud);
+void mh_agent_on_delta(mh_agent_t *self, mh_agent_delta_fn *fn, void *ud);
+
+/* The outcome of a command handler. */
+typedef enum { MH_CMD_SUCCEEDED, MH_CMD_FAILED, MH_CMD_REJECTED, MH_CMD_PENDING } mh_cmd_outcome_t;
+/* Runs on Paho's thread; may set *result to a new JSON object (taken). */
+typedef mh_cmd_outcome_t(mh_agent_command_fn)(mh_agent_t *agent, const char *id, json_t *params,
+                                              json_t **result, void *ud);
+/* Registers the handler for command `name` (replacing any). 0 or -ENOMEM. */
+int mh_agent_on_command(mh_agent_t *self, const char *name, mh_agent_command_fn *fn, void *ud);
+/* A handler that returns MH_CMD_PENDING (long-running work) acks later
+ * with this; `result` (may be NULL) is borrowed. */
+int mh_agent_ack(mh_agent_t *self, const char *id, mh_cmd_outcome_t outcome, json_t *result);
+/* Commands handled (distinct ids). */
+uint64_t mh_agent_commands_handled(mh_agent_t *self);
+
+/* twin/update with {"state":{"reported":reported}} (borrowed), and
+ * clientToken when not NULL. */
+int mh_agent_report(mh_agent_t *self, json_t *reported, const char *client_token);
+/* twin/get; the answer arrives on twin/get/accepted (see mh_agent_on_message). */
+int mh_agent_twin_get(mh_agent_t *self, const char *client_token);
+const char *mh_agent_id(mh_agent_t *self);
 
 /* Builds the JSON for samples; caller frees. Exposed for tests. */
 char *mh_agent_samples_json(const mh_sample_t *samples, size_t n);

@@ -225,7 +225,7 @@ static void test_status(void **state)
     (void)state;
     bool online = false;
     char d[128];
-#define S(x) gw_validate_status(x, strlen(x), &online, d, sizeof d)
+#define S(x) gw_validate_status(x, strlen(x), &online, NULL, d, sizeof d)
     assert_int_equal(S("{\"state\":\"online\",\"firmware\":\"1.0.0\",\"ip\":\"10.0.0.1\"}"), GW_OK);
     assert_true(online);
     assert_int_equal(S("{\"state\":\"offline\"}"), GW_OK);

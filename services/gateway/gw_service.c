@@ -13,11 +13,13 @@
  * replica). On $TERM the gateway unsubscribes, takes what is still in
  * flight, flushes, and waits for every ack before it exits. */
 #include "gw_service.h"
+#include "gw_registry.h"
 #include "gw_validate.h"
 #include "mh_envelope.h"
 #include "mh_resolver.h"
 #include "mh_time.h"
 #include "telemetry.pb-c.h"
+#include "twin.pb-c.h"
 
 #include <MQTTAsync.h>
 #include <inttypes.h>
@@ -50,6 +52,21 @@ const mh_cfg_opt_t gw_config_options[] = {
      "on SIGTERM, wait at most this long for ingest to acknowledge everything"},
     {"resolve-interval", "MH_RESOLVE_INTERVAL", MH_CFG_DURATION, "10s", S_CFG(resolve_interval_ms),
      "how often service names are resolved again"},
+    {"twin-endpoint", "MH_TWIN_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5580", S_CFG(twin_endpoint),
+     "twin's PULL for device messages (empty: twin topics are not taken)"},
+    {"twin-rpc-endpoint", "MH_TWIN_RPC_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5581",
+     S_CFG(twin_rpc_endpoint), "twin's RPC ROUTER, for the registered device ids"},
+    {"twin-events-endpoint", "MH_TWIN_EVENTS_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5573",
+     S_CFG(twin_events_endpoint), "twin's event PUB, to keep the registered ids current"},
+    {"downlink-bind", "MH_DOWNLINK_BIND", MH_CFG_STR, "tcp://127.0.0.1:5590", S_CFG(downlink_bind),
+     "where the PULL for downlink publishes from twin and ota binds (empty: none)"},
+    {"check-registered", "MH_CHECK_REGISTERED", MH_CFG_BOOL, "true", S_CFG(check_registered),
+     "drop messages from device ids twin does not know (the gateway subscribes only once the"
+     " registered ids are loaded)"},
+    {"registry-refresh", "MH_REGISTRY_REFRESH", MH_CFG_DURATION, "5m", S_CFG(registry_refresh_ms),
+     "how often the registered ids are loaded again in full (events keep them current between)"},
+    {"seen-interval", "MH_SEEN_INTERVAL", MH_CFG_DURATION, "10s", S_CFG(seen_interval_ms),
+     "a device's telemetry tells twin it was seen at most this often"},
     MH_CFG_END,
 };
 
@@ -84,10 +101,26 @@ typedef struct {
     zsock_t *in_push; /* used only by Paho's thread after start-up */
     zsock_t *in_pull;
     int mqtt_connected, mqtt_subscribed, unsubscribed; /* atomics, set by Paho callbacks */
+    int may_subscribe;                                 /* atomic: registry loaded (or unchecked) */
+    bool bind_failed;
 
     zsock_t *dealer; /* to ingest */
     mh_resolver_t *resolver;
     zsock_t *pub; /* events, may be NULL */
+
+    /* twin */
+    zsock_t *twin_push; /* device messages to twin, may be NULL */
+    mh_resolver_t *twin_resolver;
+    zsock_t *downlink;       /* PULL, may be NULL */
+    zlist_t *dl_queue;       /* Mh__Publish* waiting for Paho to take them */
+    gw_registry_t *registry; /* NULL when not checking */
+    zhashx_t *seen;          /* device -> monotonic ms it was last reported seen */
+    struct s_seen_item {
+        char id[GW_MAX_ID + 1];
+        int64_t ms;
+    } * seen_pending; /* devices to report, with the time they were heard */
+    size_t nseen;
+    int64_t seen_flushed, seen_pruned;
 
     gw_points_t scratch; /* one message's points while validating */
     s_item_t *items;
@@ -102,14 +135,17 @@ typedef struct {
     char id_prefix[48];
 
     /* metrics */
-    mh_counter_t *m_received[3], *m_rejected[GW_REASON_COUNT], *m_points, *m_batches_sent,
-        *m_batches_resent, *m_batches_acked, *m_points_stored, *m_points_dropped_ingest,
-        *m_points_dropped_old, *m_points_lost_shutdown, *m_deferred, *m_bad_internal;
+    mh_counter_t *m_received[GW_TOPIC_COUNT], *m_forwarded, *m_forward_dropped, *m_downlink_sent,
+        *m_downlink_dropped, *m_downlink_retried, *m_rejected[GW_REASON_COUNT], *m_points,
+        *m_batches_sent, *m_batches_resent, *m_batches_acked, *m_points_stored,
+        *m_points_dropped_ingest, *m_points_dropped_old, *m_points_lost_shutdown, *m_deferred,
+        *m_bad_internal;
     mh_gauge_t *m_window, *m_connected;
     mh_ratelimit_t rl_reject, rl_warn;
 } gw_t;
 
-static const char *s_kind_names[] = {"telemetry", "telemetry_pb", "status"};
+static const char *s_kind_names[GW_TOPIC_COUNT] = {"telemetry", "telemetry_pb", "status",
+                                                   "twin_get",  "twin_update",  "command_ack"};
 
 /* ---- Paho callbacks (Paho's thread) ---- */
 
@@ -164,23 +200,29 @@ static void s_on_sub_failed3(void *context, MQTTAsync_failureData *resp)
     mh_error("subscribe failed: %s", resp && resp->message ? resp->message : "no reason");
 }
 
-/* The topic filters the gateway takes, shared or plain. */
-#define S_NTOPICS 3
+/* The topic filters the gateway takes, shared or plain: telemetry and
+ * status always, the twin topics when a twin endpoint is set. */
+#define S_NTOPICS 6
 typedef struct {
     char buf[S_NTOPICS][160];
     char *ptr[S_NTOPICS];
+    int qos[S_NTOPICS];
+    int n;
 } s_topics_t;
 
 static void s_topics(gw_t *self, s_topics_t *t)
 {
-    static const char *suffixes[S_NTOPICS] = {"telemetry", "telemetry/pb", "status"};
-    for (int i = 0; i < S_NTOPICS; i++) {
+    static const char *suffixes[S_NTOPICS] = {"telemetry", "telemetry/pb", "status",
+                                              "twin/get",  "twin/update",  "commands/ack"};
+    t->n = *self->cfg->twin_endpoint ? S_NTOPICS : 3;
+    for (int i = 0; i < t->n; i++) {
         if (*self->cfg->share_group)
             snprintf(t->buf[i], sizeof t->buf[i], "$share/%s/devices/+/%s", self->cfg->share_group,
                      suffixes[i]);
         else
             snprintf(t->buf[i], sizeof t->buf[i], "devices/+/%s", suffixes[i]);
         t->ptr[i] = t->buf[i];
+        t->qos[i] = 1;
     }
 }
 
@@ -188,7 +230,6 @@ static void s_subscribe(gw_t *self)
 {
     s_topics_t t;
     s_topics(self, &t);
-    int qos[S_NTOPICS] = {1, 1, 1};
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     ro.context = self;
     if (self->cfg->mqtt_version == 5) {
@@ -198,7 +239,7 @@ static void s_subscribe(gw_t *self)
         ro.onSuccess = s_on_subscribed3;
         ro.onFailure = s_on_sub_failed3;
     }
-    int rc = MQTTAsync_subscribeMany(self->mqtt, S_NTOPICS, t.ptr, qos, &ro);
+    int rc = MQTTAsync_subscribeMany(self->mqtt, t.n, t.ptr, t.qos, &ro);
     if (rc != MQTTASYNC_SUCCESS)
         mh_error("subscribe failed to start: %s", MQTTAsync_strerror(rc));
 }
@@ -209,9 +250,12 @@ static void s_on_connected(void *context, char *cause)
 {
     (void)cause;
     gw_t *self = context;
-    __atomic_store_n(&self->mqtt_connected, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&self->mqtt_connected, 1, __ATOMIC_SEQ_CST);
     mh_info("connected to %s", self->cfg->mqtt_url);
-    s_subscribe(self);
+    /* Until the registered ids are loaded, take nothing: the actor
+     * subscribes once they are (see s_registry_ready). */
+    if (__atomic_load_n(&self->may_subscribe, __ATOMIC_SEQ_CST))
+        s_subscribe(self);
 }
 
 static void s_on_connection_lost(void *context, char *cause)
@@ -398,6 +442,152 @@ static void s_reject(gw_t *self, const char *device, zframe_t *topic_frame, gw_r
     }
 }
 
+/* ---- twin: forwarding, seen, downlink ---- */
+
+static void s_forward(gw_t *self, const char *type, const ProtobufCMessage *body)
+{
+    if (mh_envelope_send(self->twin_push, NULL, type, NULL, body, true) == 0) {
+        mh_counter_inc(self->m_forwarded);
+    } else {
+        mh_counter_inc(self->m_forward_dropped);
+        mh_log_limited(&self->rl_warn, MH_LOG_WARN,
+                       "twin is not taking device messages (queue full); one dropped");
+    }
+}
+
+static void s_forward_message(gw_t *self, const char *device, Mh__DeviceMessage__Kind kind,
+                              const char *payload, size_t plen, int64_t now, bool online,
+                              const char *firmware)
+{
+    Mh__DeviceMessage dm = MH__DEVICE_MESSAGE__INIT;
+    dm.device_id = (char *)device;
+    dm.kind = kind;
+    dm.payload.data = (uint8_t *)payload;
+    dm.payload.len = plen;
+    dm.received_ms = now;
+    dm.online = online;
+    dm.firmware = (char *)(firmware ? firmware : "");
+    s_forward(self, "device.message", &dm.base);
+    /* The message itself tells twin the device was seen. */
+    zhashx_update(self->seen, device, (void *)(uintptr_t)mh_mono_ms());
+}
+
+#define S_SEEN_BATCH 1000
+
+static void s_seen_flush(gw_t *self)
+{
+    size_t n = self->nseen;
+    if (!n)
+        return;
+    char *ids[S_SEEN_BATCH];
+    int64_t ms[S_SEEN_BATCH];
+    for (size_t i = 0; i < n; i++) {
+        ids[i] = self->seen_pending[i].id;
+        ms[i] = self->seen_pending[i].ms;
+    }
+    Mh__DeviceSeen ev = MH__DEVICE_SEEN__INIT;
+    ev.device_ids = ids;
+    ev.n_device_ids = n;
+    ev.seen_ms = ms;
+    ev.n_seen_ms = n;
+    ev.ts_ms = mh_now_ms();
+    s_forward(self, "device.seen", &ev.base);
+    self->nseen = 0;
+}
+
+/* Telemetry tells twin a device is alive, at most once per seen-interval. */
+static void s_seen(gw_t *self, const char *device, int64_t received_ms)
+{
+    int64_t now = mh_mono_ms();
+    uintptr_t last = (uintptr_t)zhashx_lookup(self->seen, device);
+    if (last && now - (int64_t)last < self->cfg->seen_interval_ms)
+        return;
+    zhashx_update(self->seen, device, (void *)(uintptr_t)now);
+    snprintf(self->seen_pending[self->nseen].id, sizeof self->seen_pending[0].id, "%s", device);
+    self->seen_pending[self->nseen++].ms = received_ms;
+    if (self->nseen >= S_SEEN_BATCH)
+        s_seen_flush(self);
+}
+
+static void s_seen_prune(gw_t *self)
+{
+    int64_t now = mh_mono_ms();
+    zlistx_t *old = zlistx_new();
+    for (void *v = zhashx_first(self->seen); v; v = zhashx_next(self->seen))
+        if (now - (int64_t)(uintptr_t)v >= self->cfg->seen_interval_ms)
+            zlistx_add_end(old, (void *)zhashx_cursor(self->seen));
+    for (const char *k = zlistx_first(old); k; k = zlistx_next(old))
+        zhashx_delete(self->seen, k);
+    zlistx_destroy(&old);
+}
+
+static void s_publish_free(Mh__Publish *p)
+{
+    free(p->topic);
+    free(p->payload.data);
+    free(p);
+}
+
+/* Hands queued downlink publishes to Paho, in order, while it takes them. */
+static void s_downlink_pump(gw_t *self)
+{
+    Mh__Publish *p;
+    while ((p = zlist_first(self->dl_queue))) {
+        if (!__atomic_load_n(&self->mqtt_connected, __ATOMIC_ACQUIRE))
+            return;
+        MQTTAsync_message msg = MQTTAsync_message_initializer;
+        msg.payload = p->payload.data;
+        msg.payloadlen = (int)p->payload.len;
+        msg.qos = p->qos > 1 ? 1 : (int)p->qos;
+        int rc = MQTTAsync_sendMessage(self->mqtt, p->topic, &msg, NULL);
+        if (rc != MQTTASYNC_SUCCESS) {
+            mh_counter_inc(self->m_downlink_retried);
+            return; /* Paho is full or reconnecting: try again on the next tick */
+        }
+        mh_counter_inc(self->m_downlink_sent);
+        zlist_pop(self->dl_queue);
+        s_publish_free(p);
+    }
+}
+
+static void s_on_downlink(gw_t *self)
+{
+    zframe_t *f = zframe_recv(self->downlink);
+    if (!f)
+        return;
+    Mh__Envelope *env = mh_envelope_unpack(f);
+    zframe_destroy(&f);
+    Mh__Downlink *dl = NULL;
+    if (env && strcmp(env->type, "downlink") == 0)
+        dl = mh__downlink__unpack(NULL, env->body.len, env->body.data);
+    mh_envelope_free(&env);
+    if (!dl) {
+        mh_counter_inc(self->m_bad_internal);
+        mh_log_limited(&self->rl_warn, MH_LOG_WARN, "malformed downlink message, ignoring");
+        return;
+    }
+    for (size_t i = 0; i < dl->n_publishes; i++) {
+        Mh__Publish *in = dl->publishes[i];
+        if (zlist_size(self->dl_queue) >= 100000) {
+            mh_counter_inc(self->m_downlink_dropped);
+            mh_log_limited(&self->rl_warn, MH_LOG_WARN,
+                           "downlink queue full (broker unreachable?); publish to %s dropped",
+                           in->topic);
+            continue;
+        }
+        Mh__Publish *p = calloc(1, sizeof *p);
+        mh__publish__init(p);
+        p->topic = strdup(in->topic);
+        p->payload.data = malloc(in->payload.len + 1);
+        memcpy(p->payload.data, in->payload.data, in->payload.len);
+        p->payload.len = in->payload.len;
+        p->qos = in->qos;
+        zlist_append(self->dl_queue, p);
+    }
+    mh__downlink__free_unpacked(dl, NULL);
+    s_downlink_pump(self);
+}
+
 static void s_handle(gw_t *self, zmsg_t *m)
 {
     zframe_t *ft = zmsg_first(m), *fp = zmsg_next(m);
@@ -415,6 +605,10 @@ static void s_handle(gw_t *self, zmsg_t *m)
         return;
     }
     mh_counter_inc(self->m_received[kind]);
+    if (self->registry && !gw_registry_has(self->registry, device)) {
+        s_reject(self, device, ft, GW_UNREGISTERED, "the device is not registered");
+        return;
+    }
     const char *payload = (const char *)zframe_data(fp);
     size_t plen = zframe_size(fp);
     int64_t now = mh_now_ms();
@@ -428,11 +622,31 @@ static void s_handle(gw_t *self, zmsg_t *m)
                                      sizeof detail);
         break;
     case GW_TOPIC_STATUS: {
-        bool online;
-        r = gw_validate_status(payload, plen, &online, detail, sizeof detail);
-        /* Forwarding to twin comes with the twin service. */
+        bool online = false;
+        char firmware[GW_MAX_FIRMWARE + 1];
+        r = gw_validate_status(payload, plen, &online, firmware, detail, sizeof detail);
+        if (!r && self->twin_push)
+            s_forward_message(self, device, MH__DEVICE_MESSAGE__KIND__STATUS, payload, plen, now,
+                              online, firmware);
         break;
     }
+    case GW_TOPIC_TWIN_GET:
+    case GW_TOPIC_TWIN_UPDATE:
+    case GW_TOPIC_COMMAND_ACK:
+        /* Twin validates these and answers the device on .../rejected. */
+        if (plen > GW_MAX_PAYLOAD) {
+            snprintf(detail, sizeof detail, "payload of %zu bytes is over the limit", plen);
+            r = GW_TOO_LARGE;
+        } else if (self->twin_push) {
+            Mh__DeviceMessage__Kind k =
+                kind == GW_TOPIC_TWIN_GET      ? MH__DEVICE_MESSAGE__KIND__TWIN_GET
+                : kind == GW_TOPIC_TWIN_UPDATE ? MH__DEVICE_MESSAGE__KIND__TWIN_UPDATE
+                                               : MH__DEVICE_MESSAGE__KIND__COMMAND_ACK;
+            s_forward_message(self, device, k, payload, plen, now, false, NULL);
+        }
+        break;
+    default:
+        break;
     }
     if (r) {
         s_reject(self, device, ft, r, detail);
@@ -444,6 +658,8 @@ static void s_handle(gw_t *self, zmsg_t *m)
             return;
         }
         mh_counter_add(self->m_points, self->scratch.n);
+        if (self->twin_push)
+            s_seen(self, device, now);
     }
 }
 
@@ -535,7 +751,7 @@ static void s_mqtt_unsubscribe(gw_t *self)
         ro.onSuccess5 = s_on_unsubscribed;
     else
         ro.onSuccess = s_on_unsubscribed3;
-    if (MQTTAsync_unsubscribeMany(self->mqtt, S_NTOPICS, t.ptr, &ro) != MQTTASYNC_SUCCESS)
+    if (MQTTAsync_unsubscribeMany(self->mqtt, t.n, t.ptr, &ro) != MQTTASYNC_SUCCESS)
         __atomic_store_n(&self->unsubscribed, 1, __ATOMIC_RELEASE);
 }
 
@@ -559,7 +775,7 @@ static void s_register_metrics(gw_t *self)
 {
     mh_metrics_t *m = self->ctx->metrics;
     char labels[64];
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < GW_TOPIC_COUNT; i++) {
         snprintf(labels, sizeof labels, "kind=\"%s\"", s_kind_names[i]);
         self->m_received[i] = mh_metrics_counter(m, "mh_gateway_messages_received_total",
                                                  "Device messages received, by topic kind", labels);
@@ -593,6 +809,18 @@ static void s_register_metrics(gw_t *self)
         "MQTT messages handed back to Paho because the gateway was full (not lost)", NULL);
     self->m_bad_internal = mh_metrics_counter(m, "mh_gateway_internal_malformed_total",
                                               "Malformed internal messages ignored", NULL);
+    self->m_forwarded = mh_metrics_counter(m, "mh_gateway_twin_forwarded_total",
+                                           "Device messages and seen reports sent to twin", NULL);
+    self->m_forward_dropped =
+        mh_metrics_counter(m, "mh_gateway_twin_dropped_total",
+                           "Device messages for twin dropped because its queue was full", NULL);
+    self->m_downlink_sent = mh_metrics_counter(m, "mh_gateway_downlink_published_total",
+                                               "Downlink messages handed to the broker", NULL);
+    self->m_downlink_dropped = mh_metrics_counter(m, "mh_gateway_downlink_dropped_total",
+                                                  "Downlink messages dropped (queue full)", NULL);
+    self->m_downlink_retried = mh_metrics_counter(
+        m, "mh_gateway_downlink_deferred_total",
+        "Times the broker connection could not take a downlink message yet (retried)", NULL);
     self->m_window = mh_metrics_gauge(m, "mh_gateway_window_batches",
                                       "Batches sent and not yet acknowledged", NULL);
     self->m_connected =
@@ -632,6 +860,32 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     zsock_set_reconnect_ivl(self->dealer, 100);
     zsock_set_reconnect_ivl_max(self->dealer, 2000);
     self->resolver = mh_resolver_new(self->dealer, self->cfg->ingest_endpoint);
+    self->seen = zhashx_new();
+    self->seen_pending = calloc(S_SEEN_BATCH, sizeof *self->seen_pending);
+    self->dl_queue = zlist_new();
+    if (*self->cfg->twin_endpoint) {
+        self->twin_push = zsock_new(ZMQ_PUSH);
+        zsock_set_sndhwm(self->twin_push, 100000);
+        zsock_set_linger(self->twin_push, 2000);
+        zsock_set_reconnect_ivl(self->twin_push, 100);
+        zsock_set_reconnect_ivl_max(self->twin_push, 2000);
+        self->twin_resolver = mh_resolver_new(self->twin_push, self->cfg->twin_endpoint);
+    }
+    if (self->cfg->check_registered)
+        self->registry =
+            gw_registry_new(self->cfg->twin_rpc_endpoint, self->cfg->twin_events_endpoint,
+                            self->cfg->registry_refresh_ms, ctx->metrics);
+    self->may_subscribe = !self->cfg->check_registered;
+    if (*self->cfg->downlink_bind) {
+        self->downlink = zsock_new(ZMQ_PULL);
+        zsock_set_rcvhwm(self->downlink, 10000);
+        if (zsock_bind(self->downlink, "%s", self->cfg->downlink_bind) < 0) {
+            mh_error("cannot bind the downlink PULL on %s: %s", self->cfg->downlink_bind,
+                     zmq_strerror(errno));
+            zsock_destroy(&self->downlink);
+            self->bind_failed = true;
+        }
+    }
     if (*self->cfg->events_bind) {
         self->pub = zsock_new(ZMQ_PUB);
         zsock_set_sndhwm(self->pub, 10000);
@@ -654,6 +908,16 @@ static void s_destroy(gw_t **self_p)
     mh_resolver_destroy(&self->resolver);
     zsock_destroy(&self->dealer);
     zsock_destroy(&self->pub);
+    gw_registry_destroy(&self->registry);
+    mh_resolver_destroy(&self->twin_resolver);
+    zsock_destroy(&self->twin_push);
+    zsock_destroy(&self->downlink);
+    Mh__Publish *p;
+    while (self->dl_queue && (p = zlist_pop(self->dl_queue)))
+        s_publish_free(p);
+    zlist_destroy(&self->dl_queue);
+    zhashx_destroy(&self->seen);
+    free(self->seen_pending);
     zhashx_destroy(&self->window);
     gw_points_free(&self->scratch);
     free(self->items);
@@ -689,11 +953,21 @@ static bool s_window_full(gw_t *self)
            (int64_t)self->nitems >= self->cfg->batch_max_points;
 }
 
+static uint64_t s_received_total(gw_t *self)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < GW_TOPIC_COUNT; i++)
+        n += mh_counter_get(self->m_received[i]);
+    return n;
+}
+
 void gw_actor(zsock_t *pipe, void *args)
 {
     mh_service_ctx_t *ctx = args;
     gw_t *self = s_new(pipe, ctx);
-    if (!self || !self->in_push || !self->resolver) {
+    if (!self || !self->in_push || !self->resolver || self->bind_failed ||
+        (*self->cfg->twin_endpoint && !self->twin_resolver) ||
+        (self->cfg->check_registered && !self->registry)) {
         if (self && !self->resolver)
             mh_error("bad ingest endpoint \"%s\"", ctx->cfg ? self->cfg->ingest_endpoint : "");
         s_destroy(&self);
@@ -702,6 +976,8 @@ void gw_actor(zsock_t *pipe, void *args)
     }
     if (mh_resolver_refresh(self->resolver) < 0)
         mh_warn("cannot resolve %s yet, will keep trying", self->cfg->ingest_endpoint);
+    if (self->twin_resolver && mh_resolver_refresh(self->twin_resolver) < 0)
+        mh_warn("cannot resolve %s yet, will keep trying", self->cfg->twin_endpoint);
     if (s_mqtt_start(self) < 0) {
         s_destroy(&self);
         mh_actor_failed(pipe);
@@ -715,13 +991,34 @@ void gw_actor(zsock_t *pipe, void *args)
     int64_t tick = self->cfg->batch_linger_ms > 0 ? self->cfg->batch_linger_ms : 1;
     for (;;) {
         bool can_take = phase != DRAINING && !s_window_full(self);
-        zmq_pollitem_t items[] = {
+        zmq_pollitem_t items[6] = {
             {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
             {zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0},
-            {zsock_resolve(self->in_pull), 0, ZMQ_POLLIN, 0},
         };
-        if (zmq_poll(items, can_take ? 3 : 2, tick) < 0 && errno != EINTR)
+        int nitems = 2;
+        if (self->downlink)
+            items[nitems++] = (zmq_pollitem_t){zsock_resolve(self->downlink), 0, ZMQ_POLLIN, 0};
+        if (self->registry) {
+            items[nitems++] =
+                (zmq_pollitem_t){zsock_resolve(gw_registry_rpc(self->registry)), 0, ZMQ_POLLIN, 0};
+            items[nitems++] = (zmq_pollitem_t){zsock_resolve(gw_registry_events(self->registry)), 0,
+                                               ZMQ_POLLIN, 0};
+        }
+        int in_idx = nitems;
+        if (can_take)
+            items[nitems++] = (zmq_pollitem_t){zsock_resolve(self->in_pull), 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(items, nitems, tick) < 0 && errno != EINTR)
             break;
+        for (int i = 0; self->downlink && i < 1000 && (zsock_events(self->downlink) & ZMQ_POLLIN);
+             i++)
+            s_on_downlink(self);
+        if (self->registry) {
+            while (zsock_events(gw_registry_rpc(self->registry)) & ZMQ_POLLIN)
+                gw_registry_on_rpc(self->registry);
+            for (int i = 0;
+                 i < 10000 && (zsock_events(gw_registry_events(self->registry)) & ZMQ_POLLIN); i++)
+                gw_registry_on_event(self->registry);
+        }
         if (items[0].revents & ZMQ_POLLIN) {
             char *cmd = zstr_recv(pipe);
             bool term = cmd && strcmp(cmd, "$TERM") == 0;
@@ -742,7 +1039,7 @@ void gw_actor(zsock_t *pipe, void *args)
             s_on_ack(self, f);
             zframe_destroy(&f);
         }
-        if (can_take && (items[2].revents & ZMQ_POLLIN)) {
+        if (can_take && (items[in_idx].revents & ZMQ_POLLIN)) {
             s_take_messages(self, 2000);
             last_message = mh_mono_ms();
         }
@@ -754,6 +1051,21 @@ void gw_actor(zsock_t *pipe, void *args)
         if (now >= next_cron) {
             next_cron = now + 100;
             s_resend_expired(self);
+            s_downlink_pump(self);
+            s_seen_flush(self);
+            if (now - self->seen_pruned > 60000) {
+                self->seen_pruned = now;
+                s_seen_prune(self);
+            }
+            if (self->registry) {
+                gw_registry_tick(self->registry);
+                if (gw_registry_loaded(self->registry) &&
+                    !__atomic_load_n(&self->may_subscribe, __ATOMIC_SEQ_CST) && phase == RUNNING) {
+                    __atomic_store_n(&self->may_subscribe, 1, __ATOMIC_SEQ_CST);
+                    if (__atomic_load_n(&self->mqtt_connected, __ATOMIC_SEQ_CST))
+                        s_subscribe(self);
+                }
+            }
             mh_http_heartbeat(ctx->http);
             int up = __atomic_load_n(&self->mqtt_subscribed, __ATOMIC_ACQUIRE);
             mh_gauge_set(self->m_connected,
@@ -763,6 +1075,8 @@ void gw_actor(zsock_t *pipe, void *args)
         if (now >= next_resolve) {
             next_resolve = now + self->cfg->resolve_interval_ms;
             mh_resolver_refresh(self->resolver);
+            if (self->twin_resolver)
+                mh_resolver_refresh(self->twin_resolver);
         }
         if (phase == UNSUBSCRIBING) {
             /* In-flight messages still arrive after the UNSUBACK; wait for
@@ -783,8 +1097,13 @@ void gw_actor(zsock_t *pipe, void *args)
                 s_take_messages(self, 2000);
             bool empty = !self->nitems && zhashx_size(self->window) == 0 &&
                          !(zsock_events(self->in_pull) & ZMQ_POLLIN);
-            if (empty)
+            if (empty) {
+                s_seen_flush(self);
+                if (zlist_size(self->dl_queue))
+                    mh_warn("stopping with %zu downlink messages not published",
+                            zlist_size(self->dl_queue));
                 break;
+            }
             if (now > phase_deadline) {
                 uint64_t lost = self->nitems;
                 for (s_pending_t *p = zhashx_first(self->window); p; p = zhashx_next(self->window))
@@ -797,9 +1116,7 @@ void gw_actor(zsock_t *pipe, void *args)
     }
     mh_info("drained: %" PRIu64 " messages received, %" PRIu64 " points accepted, %" PRIu64
             " stored, %" PRIu64 " batches re-sent",
-            mh_counter_get(self->m_received[0]) + mh_counter_get(self->m_received[1]) +
-                mh_counter_get(self->m_received[2]),
-            mh_counter_get(self->m_points), mh_counter_get(self->m_points_stored),
-            mh_counter_get(self->m_batches_resent));
+            s_received_total(self), mh_counter_get(self->m_points),
+            mh_counter_get(self->m_points_stored), mh_counter_get(self->m_batches_resent));
     s_destroy(&self);
 }

@@ -1,6 +1,8 @@
 /* gw_service — the gateway actor: MQTT (Paho async, MQTT 5, shared
  * subscriptions) in, validated telemetry batches out to ingest with
- * acknowledgement, re-sending and a bounded window. */
+ * acknowledgement, re-sending and a bounded window; status, twin and
+ * command-ack messages forwarded to twin; downlink publishes from twin and
+ * ota out to devices at QoS1; messages from unregistered devices dropped. */
 #pragma once
 #include "mh_service.h"
 
@@ -18,6 +20,13 @@ typedef struct {
     int64_t ack_timeout_ms;
     int64_t drain_timeout_ms;
     int64_t resolve_interval_ms;
+    char *twin_endpoint;
+    char *twin_rpc_endpoint;
+    char *twin_events_endpoint;
+    char *downlink_bind;
+    bool check_registered;
+    int64_t registry_refresh_ms;
+    int64_t seen_interval_ms;
 } gw_config_t;
 
 extern const mh_cfg_opt_t gw_config_options[];

@@ -8,9 +8,10 @@
 #include <string.h>
 
 static const char *s_reason_names[GW_REASON_COUNT] = {
-    "ok",        "bad_topic",        "bad_device_id", "too_large",       "bad_json",
-    "bad_shape", "too_many_samples", "empty",         "bad_metric_name", "bad_value",
-    "bad_ts",    "future_ts",        "bad_seq",       "bad_protobuf",    "bad_status",
+    "ok",           "bad_topic",        "bad_device_id", "too_large",       "bad_json",
+    "bad_shape",    "too_many_samples", "empty",         "bad_metric_name", "bad_value",
+    "bad_ts",       "future_ts",        "bad_seq",       "bad_protobuf",    "bad_status",
+    "unregistered",
 };
 
 const char *gw_reason_name(gw_reason_t r)
@@ -62,6 +63,12 @@ gw_reason_t gw_topic_parse(const char *topic, size_t len, char *id_out, gw_topic
         *kind = GW_TOPIC_TELEMETRY_PB;
     else if (S_IS("status"))
         *kind = GW_TOPIC_STATUS;
+    else if (S_IS("twin/get"))
+        *kind = GW_TOPIC_TWIN_GET;
+    else if (S_IS("twin/update"))
+        *kind = GW_TOPIC_TWIN_UPDATE;
+    else if (S_IS("commands/ack"))
+        *kind = GW_TOPIC_COMMAND_ACK;
     else
         return GW_BAD_TOPIC;
 #undef S_IS
@@ -293,9 +300,11 @@ gw_reason_t gw_validate_telemetry_pb(const uint8_t *payload, size_t len, int64_t
     return r;
 }
 
-gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, char *detail,
-                               size_t detail_len)
+gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, char *firmware,
+                               char *detail, size_t detail_len)
 {
+    if (firmware)
+        *firmware = 0;
     if (len > GW_MAX_PAYLOAD)
         return GW_TOO_LARGE;
     json_error_t err;
@@ -314,8 +323,13 @@ gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, ch
     } else if ((fw && !json_is_string(fw)) || (ip && !json_is_string(ip))) {
         S_DETAIL("\"firmware\" and \"ip\" must be strings");
         r = GW_BAD_STATUS;
+    } else if (fw && json_string_length(fw) > GW_MAX_FIRMWARE) {
+        S_DETAIL("\"firmware\" is at most %d bytes", GW_MAX_FIRMWARE);
+        r = GW_BAD_STATUS;
     } else {
         *online = strcmp(state, "online") == 0;
+        if (fw && firmware)
+            snprintf(firmware, GW_MAX_FIRMWARE + 1, "%s", json_string_value(fw));
     }
     json_decref(root);
     return r;

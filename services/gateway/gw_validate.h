@@ -28,6 +28,7 @@ typedef enum {
     GW_BAD_SEQ,          /* seq not a non-negative integer */
     GW_BAD_PROTOBUF,     /* /pb payload does not decode */
     GW_BAD_STATUS,       /* status payload malformed */
+    GW_UNREGISTERED,     /* the device id is not registered */
     GW_REASON_COUNT
 } gw_reason_t;
 
@@ -37,6 +38,10 @@ typedef enum {
     GW_TOPIC_TELEMETRY,
     GW_TOPIC_TELEMETRY_PB,
     GW_TOPIC_STATUS,
+    GW_TOPIC_TWIN_GET, /* forwarded to twin, which validates and answers */
+    GW_TOPIC_TWIN_UPDATE,
+    GW_TOPIC_COMMAND_ACK,
+    GW_TOPIC_COUNT
 } gw_topic_kind_t;
 
 bool gw_device_id_valid(const char *id, size_t len);
@@ -78,6 +83,8 @@ gw_reason_t gw_validate_telemetry_json(const char *payload, size_t len, int64_t 
 gw_reason_t gw_validate_telemetry_pb(const uint8_t *payload, size_t len, int64_t now_ms,
                                      gw_points_t *out, char *detail, size_t detail_len);
 
-/* Validates a status payload; *online set from "state". */
-gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, char *detail,
-                               size_t detail_len);
+/* Validates a status payload; *online set from "state", and `firmware`
+ * (GW_MAX_FIRMWARE + 1 bytes, may be NULL) from "firmware" ("" when absent). */
+#define GW_MAX_FIRMWARE 64
+gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, char *firmware,
+                               char *detail, size_t detail_len);

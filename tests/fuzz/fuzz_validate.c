@@ -39,7 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     case 3: {
         bool online;
-        gw_validate_status((const char *)in, n, &online, detail, sizeof detail);
+        char fw[GW_MAX_FIRMWARE + 1];
+        gw_validate_status((const char *)in, n, &online, fw, detail, sizeof detail);
         break;
     }
     }

@@ -419,9 +419,16 @@ void mht_gateway_start(mht_service_t *s, const char *name, const mht_broker_t *b
     snprintf(a_mqtt, sizeof a_mqtt, "--mqtt-url=%s", b->url);
     snprintf(a_ing, sizeof a_ing, "--ingest-endpoint=%s", ingest_endpoint);
     snprintf(a_ev, sizeof a_ev, "--events-bind=tcp://127.0.0.1:%d", s->events_port);
-    char *argv[32] = {(char *)mht_build_path("services/gateway/motehub-gateway", bin, sizeof bin),
-                      a_http, a_mqtt, a_ing, a_ev};
-    int argc = 5;
+    /* Telemetry tests run without twin; twin tests override these. */
+    char *argv[40] = {(char *)mht_build_path("services/gateway/motehub-gateway", bin, sizeof bin),
+                      a_http,
+                      a_mqtt,
+                      a_ing,
+                      a_ev,
+                      "--check-registered=false",
+                      "--twin-endpoint=",
+                      "--downlink-bind="};
+    int argc = 8;
     s_args_extra(argv, &argc, extra);
     s->pid = mht_spawn(name, argv);
     if (!mht_wait_ready(s->http_port, 20000))
@@ -462,4 +469,42 @@ int mht_mosquitto_pub(const mht_broker_t *b, const char *version, const char *to
         mht_sleep_ms(5);
     }
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+void mht_twin_start(mht_service_t *s, const char *name, const mht_db_t *db,
+                    const char *downlink_endpoint, const char *const *extra)
+{
+    static char bin[512];
+    char a_http[64], a_bind[96], a_rpc[96], a_ev[96], a_pg[600], a_dl[160];
+    if (!s->http_port)
+        s->http_port = mht_free_port();
+    if (!s->port)
+        s->port = mht_free_port();
+    if (!s->rpc_port)
+        s->rpc_port = mht_free_port();
+    if (!s->events_port)
+        s->events_port = mht_free_port();
+    snprintf(s->name, sizeof s->name, "%s", name);
+    snprintf(s->endpoint, sizeof s->endpoint, "tcp://127.0.0.1:%d", s->port);
+    snprintf(s->rpc_endpoint, sizeof s->rpc_endpoint, "tcp://127.0.0.1:%d", s->rpc_port);
+    snprintf(s->events_endpoint, sizeof s->events_endpoint, "tcp://127.0.0.1:%d", s->events_port);
+    snprintf(a_http, sizeof a_http, "--http-listen=127.0.0.1:%d", s->http_port);
+    snprintf(a_bind, sizeof a_bind, "--bind=%s", s->endpoint);
+    snprintf(a_rpc, sizeof a_rpc, "--rpc-bind=%s", s->rpc_endpoint);
+    snprintf(a_ev, sizeof a_ev, "--events-bind=%s", s->events_endpoint);
+    snprintf(a_pg, sizeof a_pg, "--pg-url=%s", db->url);
+    snprintf(a_dl, sizeof a_dl, "--downlink-endpoint=%s", downlink_endpoint);
+    char *argv[40] = {(char *)mht_build_path("services/twin/motehub-twin", bin, sizeof bin),
+                      a_http,
+                      a_bind,
+                      a_rpc,
+                      a_ev,
+                      a_pg,
+                      a_dl,
+                      "--sweep-interval=100ms"};
+    int argc = 8;
+    s_args_extra(argv, &argc, extra);
+    s->pid = mht_spawn(name, argv);
+    if (!mht_wait_ready(s->http_port, 20000))
+        fail_msg("%s did not become ready (see %s/%s.log)", name, mht_artifacts(), name);
 }

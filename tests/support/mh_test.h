@@ -67,8 +67,8 @@ bool mht_wait_ready(int http_port, int timeout_ms);
 /* The services as processes, on free ports. */
 typedef struct {
     pid_t pid;
-    int http_port, port, events_port;
-    char endpoint[64];
+    int http_port, port, events_port, rpc_port;
+    char endpoint[64], rpc_endpoint[64], events_endpoint[64];
     char name[32];
 } mht_service_t;
 /* extra: further "--flag=value" arguments, NULL-terminated (may be NULL). */
@@ -76,6 +76,11 @@ void mht_ingest_start(mht_service_t *s, const char *name, const mht_db_t *db, in
                       const char *const *extra);
 void mht_gateway_start(mht_service_t *s, const char *name, const mht_broker_t *b,
                        const char *ingest_endpoint, const char *const *extra);
+
+/* Twin, sending downlinks to `downlink_endpoint` (a gateway's --downlink-bind).
+ * Ports left 0 in *s are picked free. */
+void mht_twin_start(mht_service_t *s, const char *name, const mht_db_t *db,
+                    const char *downlink_endpoint, const char *const *extra);
 
 /* Publishes with mosquitto_pub; returns its exit code. version "mqttv311" or "mqttv5". */
 int mht_mosquitto_pub(const mht_broker_t *b, const char *version, const char *topic,

@@ -1,0 +1,172 @@
+#include "mh_pg.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct mh_pg_t {
+    PGconn *conn;
+    char *url, *schema;
+    int64_t lock_key;
+    bool migrated;
+    char sqlstate[8];
+};
+
+mh_pg_t *mh_pg_new(const char *url, const char *schema_sql, int64_t lock_key)
+{
+    mh_pg_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->url = strdup(url);
+    self->schema = strdup(schema_sql ? schema_sql : "");
+    self->lock_key = lock_key;
+    if (!self->url || !self->schema)
+        mh_pg_destroy(&self);
+    return self;
+}
+
+void mh_pg_destroy(mh_pg_t **self_p)
+{
+    mh_pg_t *self = *self_p;
+    if (!self)
+        return;
+    if (self->conn)
+        PQfinish(self->conn);
+    free(self->url);
+    free(self->schema);
+    free(self);
+    *self_p = NULL;
+}
+
+bool mh_pg_ready(mh_pg_t *self)
+{
+    return self->conn && PQstatus(self->conn) == CONNECTION_OK && self->migrated;
+}
+
+PGconn *mh_pg_conn(mh_pg_t *self)
+{
+    return self->conn;
+}
+
+static void s_trim(char *s)
+{
+    size_t l = strlen(s);
+    while (l && (s[l - 1] == '\n' || s[l - 1] == ' '))
+        s[--l] = 0;
+}
+
+PGresult *mh_pg_exec(mh_pg_t *self, ExecStatusType want, const char *sql, int nparams,
+                     const char *const *params, char *err, size_t errlen)
+{
+    self->sqlstate[0] = 0;
+    if (!self->conn) {
+        if (err)
+            snprintf(err, errlen, "not connected to PostgreSQL");
+        return NULL;
+    }
+    PGresult *res = PQexecParams(self->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) == want)
+        return res;
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    snprintf(self->sqlstate, sizeof self->sqlstate, "%s", st ? st : "");
+    if (err) {
+        const char *m = res ? PQresultErrorMessage(res) : "";
+        snprintf(err, errlen, "%s", *m ? m : PQerrorMessage(self->conn));
+        s_trim(err);
+    }
+    PQclear(res);
+    if (PQstatus(self->conn) != CONNECTION_OK)
+        self->migrated = false;
+    return NULL;
+}
+
+bool mh_pg_ok(mh_pg_t *self, const char *sql, int nparams, const char *const *params, char *err,
+              size_t errlen)
+{
+    PGresult *res = mh_pg_exec(self, PGRES_COMMAND_OK, sql, nparams, params, err, errlen);
+    if (!res) {
+        /* Statements that return rows are fine too. */
+        return false;
+    }
+    PQclear(res);
+    return true;
+}
+
+bool mh_pg_begin(mh_pg_t *self, char *err, size_t errlen)
+{
+    return mh_pg_ok(self, "BEGIN", 0, NULL, err, errlen);
+}
+
+bool mh_pg_commit(mh_pg_t *self, char *err, size_t errlen)
+{
+    bool ok = mh_pg_ok(self, "COMMIT", 0, NULL, err, errlen);
+    if (!ok)
+        mh_pg_rollback(self);
+    return ok;
+}
+
+void mh_pg_rollback(mh_pg_t *self)
+{
+    if (self->conn && PQstatus(self->conn) == CONNECTION_OK &&
+        PQtransactionStatus(self->conn) != PQTRANS_IDLE)
+        PQclear(PQexec(self->conn, "ROLLBACK"));
+}
+
+bool mh_pg_lost(mh_pg_t *self)
+{
+    return !self->conn || PQstatus(self->conn) != CONNECTION_OK;
+}
+
+const char *mh_pg_sqlstate(mh_pg_t *self)
+{
+    return self->sqlstate;
+}
+
+bool mh_pg_retryable(mh_pg_t *self)
+{
+    return strcmp(self->sqlstate, "40P01") == 0 || strcmp(self->sqlstate, "40001") == 0;
+}
+
+int mh_pg_connect(mh_pg_t *self, char *err, size_t errlen)
+{
+    if (mh_pg_ready(self))
+        return 0;
+    if (self->conn)
+        PQfinish(self->conn);
+    self->migrated = false;
+    self->conn = PQconnectdb(self->url);
+    if (PQstatus(self->conn) != CONNECTION_OK) {
+        if (err) {
+            snprintf(err, errlen, "cannot connect to PostgreSQL: %s", PQerrorMessage(self->conn));
+            s_trim(err);
+        }
+        PQfinish(self->conn);
+        self->conn = NULL;
+        return -EIO;
+    }
+    if (!mh_pg_ok(self, "SET TIME ZONE 'UTC'", 0, NULL, err, errlen))
+        return -EIO;
+    char lock[32];
+    snprintf(lock, sizeof lock, "%" PRId64, self->lock_key);
+    const char *p[] = {lock};
+    PGresult *res =
+        mh_pg_exec(self, PGRES_TUPLES_OK, "SELECT pg_advisory_lock($1::bigint)", 1, p, err, errlen);
+    if (!res)
+        return -EIO;
+    PQclear(res);
+    res = PQexec(self->conn, self->schema);
+    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!ok && err) {
+        snprintf(err, errlen, "schema migration failed: %s", PQerrorMessage(self->conn));
+        s_trim(err);
+    }
+    PQclear(res);
+    PQclear(PQexecParams(self->conn, "SELECT pg_advisory_unlock($1::bigint)", 1, NULL, p, NULL,
+                         NULL, 0));
+    if (!ok)
+        return -EIO;
+    self->migrated = true;
+    return 0;
+}

@@ -1,0 +1,42 @@
+/* mh_pg — one PostgreSQL connection as the services use it: connect,
+ * migrate the service's schema idempotently under an advisory lock (replicas
+ * start together), run parameterised statements, and tell a lost connection
+ * from a failed statement. Not thread-safe: one per actor. */
+#pragma once
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mh_pg_t mh_pg_t;
+
+/* `schema_sql` runs on every (re)connection and must be idempotent;
+ * `lock_key` names the advisory lock that serialises it across replicas. */
+mh_pg_t *mh_pg_new(const char *url, const char *schema_sql, int64_t lock_key);
+void mh_pg_destroy(mh_pg_t **self_p);
+
+/* Connected with the schema in place? */
+bool mh_pg_ready(mh_pg_t *self);
+/* Connects and migrates when not ready. 0, or -EIO with err filled. */
+int mh_pg_connect(mh_pg_t *self, char *err, size_t errlen);
+PGconn *mh_pg_conn(mh_pg_t *self);
+
+/* Runs `sql` with text parameters (NULL entries are SQL NULL). Returns the
+ * result when its status is `want`; else NULL with err filled (err may be
+ * NULL), the SQLSTATE kept for mh_pg_sqlstate. */
+PGresult *mh_pg_exec(mh_pg_t *self, ExecStatusType want, const char *sql, int nparams,
+                     const char *const *params, char *err, size_t errlen);
+/* Same for statements whose result is not needed. */
+bool mh_pg_ok(mh_pg_t *self, const char *sql, int nparams, const char *const *params, char *err,
+              size_t errlen);
+bool mh_pg_begin(mh_pg_t *self, char *err, size_t errlen);
+bool mh_pg_commit(mh_pg_t *self, char *err, size_t errlen);
+/* Rolls back if a transaction is open and the connection is alive. */
+void mh_pg_rollback(mh_pg_t *self);
+
+/* After a failure: was the connection lost (the caller retries later), or
+ * did the statement fail (SQLSTATE, e.g. "40P01" deadlock)? */
+bool mh_pg_lost(mh_pg_t *self);
+const char *mh_pg_sqlstate(mh_pg_t *self);
+/* Deadlock or serialisation failure: the transaction may simply be retried. */
+bool mh_pg_retryable(mh_pg_t *self);
