@@ -2,7 +2,8 @@
 # Local mode: builds Motehub and runs the whole platform on this machine,
 # with no containers: mosquitto on 127.0.0.1:1883, a private PostgreSQL on
 # 127.0.0.1:5433 (data in .local/, git-ignored), every service, and motesim
-# with 1,000 devices. Ctrl-C stops everything it started.
+# with 1,000 devices (registered with twin, reporting their twins, taking
+# commands, a few of them flapping). Ctrl-C stops everything it started.
 #
 # Overridable: MH_MQTT_PORT, MH_PG_PORT, MOTESIM_DEVICES, MOTESIM_INTERVAL.
 set -euo pipefail
@@ -55,6 +56,7 @@ mosquitto -c "$state/mosquitto.conf" >"$logs/mosquitto.log" 2>&1 & pids+=($!)
 export MH_MQTT_URL="tcp://127.0.0.1:$mqtt_port"
 export MH_PG_URL="postgresql://postgres@127.0.0.1:$pg_port/motehub"
 build/services/ingest/motehub-ingest >"$logs/ingest.log" 2>&1 & pids+=($!)
+build/services/twin/motehub-twin >"$logs/twin.log" 2>&1 & pids+=($!)
 build/services/gateway/motehub-gateway >"$logs/gateway.log" 2>&1 & pids+=($!)
 
 wait_ready() {
@@ -66,9 +68,13 @@ wait_ready() {
     exit 1
 }
 wait_ready 127.0.0.1:9102 ingest
+wait_ready 127.0.0.1:9103 twin
 wait_ready 127.0.0.1:9101 gateway
 
+# motesim registers its devices with twin first (the gateway drops messages
+# from unregistered ids), then connects them.
 build/tools/motesim/motesim --devices="$devices" --interval="$interval" --report=30s \
+    --register=tcp://127.0.0.1:5581 --flap-fraction=0.01 --flap-interval=60s \
     >"$logs/motesim.log" 2>&1 & pids+=($!)
 
 cat <<INFO
@@ -78,14 +84,18 @@ Motehub is running locally.
   PostgreSQL       $MH_PG_URL
   gateway          http://127.0.0.1:9101/metrics  /healthz  /readyz
   ingest           http://127.0.0.1:9102/metrics  /healthz  /readyz
-  motesim          $devices devices, one message every $interval each
+  twin             http://127.0.0.1:9103/metrics  /healthz  /readyz   (RPC tcp://127.0.0.1:5581)
+  motesim          $devices devices (sim-0000...), one message every $interval each
   logs             $logs/
 
 Look at the stored telemetry:
   $psql motehub -c "SELECT device_id, metric, ts, value FROM ingest.telemetry_raw ORDER BY ts DESC LIMIT 10"
   $psql motehub -c "SELECT * FROM ingest.rollup_1m ORDER BY bucket DESC LIMIT 10"
-Publish a sample yourself:
-  mosquitto_pub -p $mqtt_port -q 1 -t devices/my-device/telemetry -m '{"temperature":21.5}'
+Look at the twins and the command queue:
+  $psql motehub -c "SELECT id, online, firmware, version, doc->'state'->'reported' FROM twin.devices LIMIT 5"
+  $psql motehub -c "SELECT device_id, name, status FROM twin.commands ORDER BY seq DESC LIMIT 10"
+Publish a sample yourself (as a registered simulated device):
+  mosquitto_pub -p $mqtt_port -q 1 -t devices/sim-0000/telemetry -m '{"temperature":21.5}'
 
 Press Ctrl-C to stop everything.
 INFO

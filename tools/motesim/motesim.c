@@ -4,11 +4,24 @@
  * per device (or a total rate) with realistic, varying metrics: temperature
  * on a daily curve with noise, humidity, a draining battery, a noisy rssi,
  * a door contact. Devices connect at a bounded rate and reconnect with
- * backoff (the agent's). Ctrl-C stops it and prints what it published. */
+ * backoff (the agent's).
+ *
+ * Twin: on every connect a device reports firmware, location, battery and
+ * rssi; it applies the desired keys it knows ("interval" in seconds, "led")
+ * and reports them back; it acks the commands "reboot", "ping" and "blink"
+ * (others are rejected by the agent). --flap-* takes devices offline (last
+ * will) and back. --twin-rate drives twin updates and measures the time
+ * from twin/update to update/accepted. --register registers the devices
+ * through twin's RPC first. Ctrl-C stops it and prints what it did. */
 #include "mh_agent.h"
 #include "mh_config.h"
+#include "mh_envelope.h"
 #include "mh_log.h"
 #include "mh_time.h"
+#include "twin.pb-c.h"
+
+#include <czmq.h>
+#include <pthread.h>
 
 #include <errno.h>
 #include <inttypes.h>
@@ -36,6 +49,14 @@ typedef struct {
     int64_t report_ms;
     bool stamp;
     char *firmware;
+    bool twin;
+    char *register_rpc;
+    double twin_rate;
+    double flap_fraction;
+    int64_t flap_interval_ms;
+    int64_t flap_down_ms;
+    int64_t wait_commands;
+    int64_t queue_commands;
 } sim_config_t;
 
 #define S_CFG(f) offsetof(sim_config_t, f)
@@ -64,11 +85,33 @@ static const mh_cfg_opt_t s_options[] = {
      "put the publish time in each sample's ts (used to measure latency)"},
     {"firmware", "MOTESIM_FIRMWARE", MH_CFG_STR, "1.0.0", S_CFG(firmware),
      "firmware version the devices report"},
+    {"twin", "MOTESIM_TWIN", MH_CFG_BOOL, "true", S_CFG(twin),
+     "report firmware, location, battery and rssi to the twin on every connect"},
+    {"register", "MOTESIM_REGISTER", MH_CFG_STR, "", S_CFG(register_rpc),
+     "twin RPC endpoint to register the devices at first (e.g. tcp://127.0.0.1:5581)"},
+    {"twin-rate", "MOTESIM_TWIN_RATE", MH_CFG_DOUBLE, "0", S_CFG(twin_rate),
+     "twin updates per second across devices; latency to update/accepted is measured"},
+    {"flap-fraction", "MOTESIM_FLAP_FRACTION", MH_CFG_DOUBLE, "0", S_CFG(flap_fraction),
+     "share of devices (0..1) that drop off (last will) every --flap-interval"},
+    {"flap-interval", "MOTESIM_FLAP_INTERVAL", MH_CFG_DURATION, "60s", S_CFG(flap_interval_ms),
+     "how often devices flap"},
+    {"flap-down", "MOTESIM_FLAP_DOWN", MH_CFG_DURATION, "5s", S_CFG(flap_down_ms),
+     "how long a flapping device stays offline"},
+    {"wait-commands", "MOTESIM_WAIT_COMMANDS", MH_CFG_INT, "0", S_CFG(wait_commands),
+     "stop once this many commands were handled in all (0: no) and print when"},
+    {"queue-commands", "MOTESIM_QUEUE_COMMANDS", MH_CFG_INT, "0", S_CFG(queue_commands),
+     "before connecting, send this many \"ping\" commands (round-robin over the devices) through"
+     " the --register endpoint, then wait for all of them (a reconnect-storm benchmark)"},
     MH_CFG_END,
 };
 
 typedef struct {
     mh_agent_t *agent;
+    int64_t interval_ms; /* desired "interval" when set, else the global one (0) */
+    int led;
+    bool was_connected;
+    int64_t down_until; /* flapping: reconnect at this time */
+    uint64_t reports;   /* twin updates sent (QoS1, counted in the agent's delivered) */
     int64_t next_ms;
     int64_t seq, last_ts;
     double temp_bias, battery, rssi;
@@ -114,6 +157,206 @@ static void s_fill(s_device_t *d, mh_sample_t *s, int64_t ts, size_t metrics)
     s->n = metrics;
 }
 
+/* ---- twin behaviour (Paho's thread for the callbacks) ---- */
+
+static pthread_mutex_t s_lat_lock = PTHREAD_MUTEX_INITIALIZER;
+static double *s_lat;
+static size_t s_nlat, s_caplat;
+static uint64_t s_accepted, s_rejected, s_commands;
+static int64_t s_first_cmd_ms, s_last_cmd_ms, s_start_wall;
+
+static void s_report_state(s_device_t *d, const char *firmware, bool full)
+{
+    json_t *rep = json_object();
+    if (full) {
+        json_object_set_new(rep, "firmware", json_string(firmware));
+        /* a stable position per device, around Europe */
+        unsigned h = 2166136261u;
+        for (const char *p = mh_agent_id(d->agent); *p; p++)
+            h = (h ^ (unsigned char)*p) * 16777619u;
+        json_object_set_new(rep, "location",
+                            json_pack("{s:f,s:f}", "lat", 40 + (h % 2000) / 100.0, "lon",
+                                      -5 + ((h / 2000) % 3000) / 100.0));
+    }
+    json_object_set_new(rep, "battery", json_real(round(d->battery * 10) / 10));
+    json_object_set_new(rep, "rssi", json_integer((json_int_t)round(d->rssi)));
+    if (mh_agent_report(d->agent, rep, NULL) == 0)
+        __atomic_add_fetch(&d->reports, 1, __ATOMIC_RELAXED);
+    json_decref(rep);
+}
+
+static void s_on_delta(mh_agent_t *a, json_t *state, int64_t version, void *ud)
+{
+    (void)version;
+    s_device_t *d = ud;
+    json_t *applied = json_object();
+    json_t *iv = json_object_get(state, "interval"), *led = json_object_get(state, "led");
+    if (json_is_number(iv) && json_number_value(iv) >= 1 && json_number_value(iv) <= 86400) {
+        __atomic_store_n(&d->interval_ms, (int64_t)(json_number_value(iv) * 1000),
+                         __ATOMIC_RELAXED);
+        json_object_set(applied, "interval", iv);
+    }
+    if (json_is_boolean(led)) {
+        d->led = json_is_true(led);
+        json_object_set(applied, "led", led);
+    }
+    if (json_object_size(applied) && mh_agent_report(a, applied, NULL) == 0)
+        __atomic_add_fetch(&d->reports, 1, __ATOMIC_RELAXED);
+    json_decref(applied);
+}
+
+static mh_cmd_outcome_t s_on_command(mh_agent_t *a, const char *id, json_t *params, json_t **result,
+                                     void *ud)
+{
+    (void)a;
+    (void)id;
+    (void)params;
+    (void)ud;
+    int64_t now = mh_now_ms();
+    pthread_mutex_lock(&s_lat_lock);
+    if (!s_commands++)
+        s_first_cmd_ms = now - s_start_wall;
+    s_last_cmd_ms = now - s_start_wall;
+    pthread_mutex_unlock(&s_lat_lock);
+    *result = json_pack("{s:I}", "at", (json_int_t)now);
+    return MH_CMD_SUCCEEDED;
+}
+
+/* Latency of twin updates: the clientToken carries the send time in µs. */
+static void s_on_message(mh_agent_t *a, const char *sub, const char *payload, size_t len, void *ud)
+{
+    (void)a;
+    (void)ud;
+    bool acc = strcmp(sub, "twin/update/accepted") == 0;
+    if (!acc && strcmp(sub, "twin/update/rejected") != 0)
+        return;
+    json_t *v = json_loadb(payload, len, 0, NULL);
+    const char *tok = json_string_value(json_object_get(v, "clientToken"));
+    if (tok && strncmp(tok, "b", 1) == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        double now_us = (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+        double ms = (now_us - strtod(tok + 1, NULL)) / 1000.0;
+        pthread_mutex_lock(&s_lat_lock);
+        if (acc) {
+            s_accepted++;
+            if (s_nlat == s_caplat) {
+                s_caplat = s_caplat ? s_caplat * 2 : 65536;
+                s_lat = realloc(s_lat, s_caplat * sizeof *s_lat);
+            }
+            s_lat[s_nlat++] = ms;
+        } else {
+            s_rejected++;
+        }
+        pthread_mutex_unlock(&s_lat_lock);
+    }
+    json_decref(v);
+}
+
+static int s_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Registers every device through twin's RPC; 409 (already there) is fine. */
+static int s_register_all(const char *endpoint, const char *prefix, size_t n)
+{
+    zsock_t *rpc = zsock_new_dealer(endpoint);
+    if (!rpc)
+        return -1;
+    zsock_set_rcvtimeo(rpc, 10000);
+    size_t done = 0, created = 0, window = 0, sent = 0;
+    int rc = 0;
+    while (done < n) {
+        while (sent < n && window < 200) {
+            char id[80], rid[32];
+            snprintf(id, sizeof id, "%s-%04zu", prefix, sent);
+            snprintf(rid, sizeof rid, "%zu", sent);
+            Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
+            q.request_id = rid;
+            q.method = MH__TWIN_REQUEST__METHOD__REGISTER;
+            q.device_id = id;
+            q.tags_json = "{\"sim\":true}";
+            mh_envelope_send(rpc, NULL, "twin.request", NULL, &q.base, false);
+            sent++;
+            window++;
+        }
+        zframe_t *f = zframe_recv(rpc);
+        if (!f) {
+            mh_error("twin at %s did not answer registrations", endpoint);
+            rc = -1;
+            break;
+        }
+        Mh__Envelope *env = mh_envelope_unpack(f);
+        Mh__TwinReply *r = env ? mh__twin_reply__unpack(NULL, env->body.len, env->body.data) : NULL;
+        if (r && r->status == 201)
+            created++;
+        else if (!r || r->status != 409) {
+            mh_error("registration refused: %u %s", r ? r->status : 0, r ? r->message : "");
+            rc = -1;
+        }
+        if (r)
+            mh__twin_reply__free_unpacked(r, NULL);
+        mh_envelope_free(&env);
+        zframe_destroy(&f);
+        done++;
+        window--;
+    }
+    zsock_destroy(&rpc);
+    mh_info("registered %zu devices (%zu new)", done, created);
+    return rc;
+}
+
+/* Sends `total` commands round-robin over the devices through twin's RPC. */
+static int s_queue_commands(const char *endpoint, const char *prefix, size_t n, int64_t total)
+{
+    zsock_t *rpc = zsock_new_dealer(endpoint);
+    if (!rpc)
+        return -1;
+    zsock_set_rcvtimeo(rpc, 10000);
+    int64_t sent = 0, done = 0, window = 0;
+    int rc = 0;
+    int64_t t0 = mh_mono_ms();
+    while (done < total) {
+        while (sent < total && window < 200) {
+            char id[80], rid[32];
+            snprintf(id, sizeof id, "%s-%04zu", prefix, (size_t)sent % n);
+            snprintf(rid, sizeof rid, "%" PRId64, sent);
+            Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
+            q.request_id = rid;
+            q.method = MH__TWIN_REQUEST__METHOD__SEND_COMMAND;
+            q.device_id = id;
+            q.command_name = "ping";
+            q.ttl_s = 3600;
+            q.timeout_s = 600;
+            mh_envelope_send(rpc, NULL, "twin.request", NULL, &q.base, false);
+            sent++;
+            window++;
+        }
+        zframe_t *f = zframe_recv(rpc);
+        if (!f) {
+            rc = -1;
+            break;
+        }
+        Mh__Envelope *env = mh_envelope_unpack(f);
+        Mh__TwinReply *r = env ? mh__twin_reply__unpack(NULL, env->body.len, env->body.data) : NULL;
+        if (!r || r->status != 202) {
+            mh_error("command refused: %u %s", r ? r->status : 0, r ? r->message : "");
+            rc = -1;
+        }
+        if (r)
+            mh__twin_reply__free_unpacked(r, NULL);
+        mh_envelope_free(&env);
+        zframe_destroy(&f);
+        done++;
+        window--;
+    }
+    zsock_destroy(&rpc);
+    mh_info("queued %" PRId64 " commands in %" PRId64 " ms", done, mh_mono_ms() - t0);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     sim_config_t cfg = {0};
@@ -129,6 +372,21 @@ int main(int argc, char **argv)
         mh_error("--devices must be >= 1, --samples 1..1000, --metrics 1..5, --qos 0 or 1");
         mh_config_free(s_options, &cfg);
         return 2;
+    }
+    if (*cfg.register_rpc &&
+        s_register_all(cfg.register_rpc, cfg.prefix, (size_t)cfg.devices) < 0) {
+        mh_config_free(s_options, &cfg);
+        return 1;
+    }
+    if (cfg.queue_commands > 0) {
+        if (!*cfg.register_rpc || s_queue_commands(cfg.register_rpc, cfg.prefix,
+                                                   (size_t)cfg.devices, cfg.queue_commands) < 0) {
+            mh_error("--queue-commands needs a working --register endpoint");
+            mh_config_free(s_options, &cfg);
+            return 1;
+        }
+        if (!cfg.wait_commands)
+            cfg.wait_commands = cfg.queue_commands;
     }
     struct sigaction sa = {.sa_handler = s_on_signal};
     sigaction(SIGINT, &sa, NULL);
@@ -156,6 +414,11 @@ int main(int argc, char **argv)
             mh_error("cannot create device %s (bad --mqtt-url?)", id);
             return 1;
         }
+        mh_agent_on_delta(devs[i].agent, s_on_delta, &devs[i]);
+        mh_agent_on_command(devs[i].agent, "reboot", s_on_command, &devs[i]);
+        mh_agent_on_command(devs[i].agent, "ping", s_on_command, &devs[i]);
+        mh_agent_on_command(devs[i].agent, "blink", s_on_command, &devs[i]);
+        mh_agent_on_message(devs[i].agent, s_on_message, &devs[i]);
         devs[i].temp_bias = (s_rand() - 0.5) * 6;
         devs[i].battery = 60 + s_rand() * 40;
         devs[i].rssi = -60 - s_rand() * 30;
@@ -166,12 +429,72 @@ int main(int argc, char **argv)
             interval, 1000.0 * (double)n / (double)interval, cfg.mqtt_url);
 
     size_t connected_started = 0;
-    uint64_t published = 0, failed = 0, last_published = 0;
+    uint64_t published = 0, failed = 0, last_published = 0, twin_sent = 0;
     int64_t next_report = start + cfg.report_ms, last_report = start;
+    int64_t next_flap = start + cfg.flap_interval_ms;
+    double twin_credit = 0;
+    int64_t last_twin = start;
+    size_t twin_next = 0;
+    s_start_wall = mh_now_ms();
+    int64_t commands_done_ms = -1;
     while (!s_stop) {
         int64_t now = mh_mono_ms();
         if (cfg.duration_ms && now - start >= cfg.duration_ms)
             break;
+        if (cfg.wait_commands > 0 &&
+            __atomic_load_n(&s_commands, __ATOMIC_RELAXED) >= (uint64_t)cfg.wait_commands) {
+            commands_done_ms = now - start;
+            break;
+        }
+        /* twin: report on every (re)connect; flapping devices come back */
+        for (size_t i = 0; i < connected_started; i++) {
+            s_device_t *d = &devs[i];
+            bool up = mh_agent_connected(d->agent);
+            if (up && !d->was_connected && cfg.twin)
+                s_report_state(d, cfg.firmware, true);
+            d->was_connected = up;
+            if (d->down_until && now >= d->down_until) {
+                d->down_until = 0;
+                mh_agent_connect(d->agent);
+            }
+        }
+        if (cfg.flap_fraction > 0 && now >= next_flap) {
+            next_flap = now + cfg.flap_interval_ms;
+            size_t k = 0;
+            for (size_t i = 0; i < connected_started; i++)
+                if (!devs[i].down_until && mh_agent_connected(devs[i].agent) &&
+                    s_rand() < cfg.flap_fraction) {
+                    mh_agent_kill_connection(devs[i].agent);
+                    devs[i].was_connected = false;
+                    devs[i].down_until = now + cfg.flap_down_ms;
+                    k++;
+                }
+            mh_info("flapping: %zu devices dropped off for %" PRId64 " ms", k, cfg.flap_down_ms);
+        }
+        if (cfg.twin_rate > 0) {
+            twin_credit += (double)(now - last_twin) * cfg.twin_rate / 1000.0;
+            last_twin = now;
+            if (twin_credit > cfg.twin_rate)
+                twin_credit = cfg.twin_rate; /* no bursts after a stall */
+            for (size_t tries = 0; twin_credit >= 1 && tries < n; tries++) {
+                s_device_t *d = &devs[twin_next];
+                twin_next = (twin_next + 1) % n;
+                if (!mh_agent_connected(d->agent))
+                    continue;
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                char tok[40];
+                snprintf(tok, sizeof tok, "b%.0f",
+                         (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3);
+                json_t *rep = json_pack("{s:I}", "counter", (json_int_t)twin_sent);
+                if (mh_agent_report(d->agent, rep, tok) == 0) {
+                    __atomic_add_fetch(&d->reports, 1, __ATOMIC_RELAXED);
+                    twin_sent++;
+                    twin_credit -= 1;
+                }
+                json_decref(rep);
+            }
+        }
         /* connect at the configured rate */
         size_t want =
             (size_t)fmin((double)n, (double)(now - start) / 1000.0 * cfg.connect_rate + 1);
@@ -193,14 +516,17 @@ int main(int argc, char **argv)
                 s_fill(d, &samples[k], ts, (size_t)cfg.metrics);
             }
             int r = mh_agent_publish_samples(d->agent, samples, (size_t)cfg.samples, (int)cfg.qos);
+            int64_t iv = __atomic_load_n(&d->interval_ms, __ATOMIC_RELAXED);
+            if (!iv)
+                iv = interval;
             if (r == 0) {
                 published++;
-                d->next_ms += interval;
-                if (d->next_ms < now - 5 * interval)
+                d->next_ms += iv;
+                if (d->next_ms < now - 5 * iv)
                     d->next_ms = now; /* fell far behind: do not burst */
             } else if (r != -EAGAIN) {
                 failed++;
-                d->next_ms = now + interval;
+                d->next_ms = now + iv;
             }
         }
         if (cfg.report_ms && now >= next_report) {
@@ -225,9 +551,11 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < n; i++)
         mh_agent_wait_delivered(devs[i].agent, (int)fmax(0, (double)(deadline - mh_mono_ms())));
     for (size_t i = 0; i < n; i++) {
-        /* minus the status message each sent on connect */
+        /* minus the status message each sent on connect, twin reports and
+         * command acks */
         uint64_t d = mh_agent_delivered(devs[i].agent);
-        delivered += d ? d - 1 : 0;
+        uint64_t other = 1 + devs[i].reports + mh_agent_commands_handled(devs[i].agent);
+        delivered += d > other ? d - other : 0;
         mh_agent_disconnect_begin(devs[i].agent);
     }
     for (size_t i = 0; i < n; i++)
@@ -236,6 +564,21 @@ int main(int argc, char **argv)
            " elapsed_ms=%" PRId64 " rate=%.1f\n",
            n, published, delivered, failed, elapsed,
            (double)published * 1000.0 / (double)(elapsed ? elapsed : 1));
+    if (cfg.twin_rate > 0) {
+        pthread_mutex_lock(&s_lat_lock);
+        qsort(s_lat, s_nlat, sizeof *s_lat, s_cmp_double);
+        double p50 = s_nlat ? s_lat[s_nlat / 2] : 0, p99 = s_nlat ? s_lat[s_nlat * 99 / 100] : 0;
+        printf("motesim: twin_updates sent=%" PRIu64 " accepted=%" PRIu64 " rejected=%" PRIu64
+               " rate=%.1f p50_ms=%.2f p99_ms=%.2f\n",
+               twin_sent, s_accepted, s_rejected,
+               (double)s_accepted * 1000.0 / (double)(elapsed ? elapsed : 1), p50, p99);
+        pthread_mutex_unlock(&s_lat_lock);
+    }
+    if (cfg.wait_commands > 0 || s_commands)
+        printf("motesim: commands handled=%" PRIu64 " first_ms=%" PRId64 " last_ms=%" PRId64
+               " all_done_ms=%" PRId64 "\n",
+               s_commands, s_first_cmd_ms, s_last_cmd_ms, commands_done_ms);
+    free(s_lat);
     free(devs);
     free(samples);
     mh_config_free(s_options, &cfg);

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Twin benchmark, through MQTT end to end (motesim -> mosquitto -> gateway ->
+twin -> PostgreSQL -> twin -> gateway -> mosquitto -> motesim):
+
+1. Twin updates per second at 1,000 devices, with p50/p99 from publishing
+   twin/update to receiving update/accepted (motesim puts the send time in
+   the clientToken), at each offered rate.
+2. Delivery of 10,000 queued commands to 1,000 offline devices that then
+   connect at once: time from the first connect to the last command handled.
+
+    tools/bench/twin.py --rates 2000,5000,8000 --duration 20
+    tools/bench/twin.py --twins 2
+
+Everything runs on 127.0.0.1 on free ports and stops at the end.
+"""
+import argparse, os, re, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from telemetry import ROOT, Stack, cpu_seconds, free_port, postgres_cpu, postgres_pids, wait_ready  # noqa: E402
+
+
+def motesim(stack, name, args):
+    p = stack.spawn(name, [os.path.join(stack.bin, "tools/motesim/motesim")] + args)
+    cpu = 0.0
+    while p.poll() is None:
+        cpu = cpu_seconds(p.pid)
+        time.sleep(0.2)
+    stack.procs.remove(p)
+    with open(os.path.join(stack.work, name + ".log")) as f:
+        return f.read(), cpu
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="2000,5000,8000")
+    ap.add_argument("--duration", type=int, default=20)
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--commands", type=int, default=10000)
+    ap.add_argument("--twins", type=int, default=1, help="twin replicas")
+    ap.add_argument("--build", default="build")
+    args = ap.parse_args()
+    subprocess.check_call([os.path.join(ROOT, "tools/install-deps.sh")])
+    if not os.path.exists(os.path.join(ROOT, args.build, "build.ninja")):
+        subprocess.check_call(["meson", "setup", args.build, "--buildtype=release"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL)
+    subprocess.check_call(["ninja", "-C", args.build], cwd=ROOT, stdout=subprocess.DEVNULL)
+    work = tempfile.mkdtemp(prefix="motehub-bench-twin-")
+    os.chmod(work, 0o755)
+    stack = Stack(args, work)
+    pg_port, broker_port = free_port(), free_port()
+    pgdir = os.path.join(work, "pg")
+    pg_url = f"host=127.0.0.1 port={pg_port} user=postgres dbname=bench"
+    subprocess.check_call([os.path.join(ROOT, "tests/lib/pg-cluster.sh"), "start", pgdir, str(pg_port)])
+    try:
+        subprocess.check_call(["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "-d",
+                               "postgres", "-qc", "CREATE DATABASE bench"])
+        conf = os.path.join(work, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
+                    "log_dest stderr\nlog_type error\n" + ("user root\n" if os.getuid() == 0 else ""))
+        broker = stack.spawn("mosquitto", ["mosquitto", "-c", conf])
+        time.sleep(0.5)
+        ing_port, ing_http = free_port(), free_port()
+        stack.spawn("ingest", [os.path.join(stack.bin, "services/ingest/motehub-ingest"),
+                               f"--http-listen=127.0.0.1:{ing_http}", f"--bind=tcp://127.0.0.1:{ing_port}",
+                               "--events-bind=", f"--pg-url={pg_url}"])
+        wait_ready(ing_http, "ingest")
+        dl = f"tcp://127.0.0.1:{free_port()}"
+        twins = []
+        for i in range(args.twins):
+            port, rpc, ev, http = free_port(), free_port(), free_port(), free_port()
+            p = stack.spawn(f"twin-{i}", [
+                os.path.join(stack.bin, "services/twin/motehub-twin"), f"--http-listen=127.0.0.1:{http}",
+                f"--bind=tcp://127.0.0.1:{port}", f"--rpc-bind=tcp://127.0.0.1:{rpc}",
+                f"--events-bind=tcp://127.0.0.1:{ev}", f"--downlink-endpoint={dl}", f"--pg-url={pg_url}"])
+            wait_ready(http, "twin")
+            twins.append((p, port, rpc, ev, http))
+        rpc_ep = f"tcp://127.0.0.1:{twins[0][2]}"
+        gw_http = free_port()
+        gw = stack.spawn("gateway", [
+            os.path.join(stack.bin, "services/gateway/motehub-gateway"), f"--http-listen=127.0.0.1:{gw_http}",
+            f"--mqtt-url=tcp://127.0.0.1:{broker_port}", f"--ingest-endpoint=tcp://127.0.0.1:{ing_port}",
+            "--events-bind=", f"--downlink-bind={dl}",
+            "--twin-endpoint=" + ",".join(f"tcp://127.0.0.1:{t[1]}" for t in twins),
+            f"--twin-rpc-endpoint={rpc_ep}",
+            "--twin-events-endpoint=" + ",".join(f"tcp://127.0.0.1:{t[3]}" for t in twins)])
+        wait_ready(gw_http, "gateway")
+        print(f"# {args.devices} devices (one motesim process, MQTT 5, QoS1), {args.twins} twin replica(s), "
+              f"1 gateway, PostgreSQL 15; logs in {work}", flush=True)
+        common = [f"--mqtt-url=tcp://127.0.0.1:{broker_port}", f"--devices={args.devices}",
+                  "--interval=24h", "--report=0", "--connect-rate=5000", f"--register={rpc_ep}"]
+        for rate in [int(r) for r in args.rates.split(",")]:
+            c0 = {"gateway": cpu_seconds(gw.pid), "mosquitto": cpu_seconds(broker.pid)}
+            for i, t in enumerate(twins):
+                c0[f"twin{i}"] = cpu_seconds(t[0].pid)
+            pg0 = {pid: cpu_seconds(pid) for pid in postgres_pids()}
+            out, sim_cpu = motesim(stack, f"motesim-updates-{rate}",
+                                   common + [f"--prefix=u{rate}", f"--twin-rate={rate}",
+                                             f"--duration={args.duration + 3}s"])
+            m = re.search(r"twin_updates sent=(\d+) accepted=(\d+) rejected=(\d+) rate=(\S+) "
+                          r"p50_ms=(\S+) p99_ms=(\S+)", out)
+            if not m:
+                sys.exit(f"motesim printed no result; see {work}")
+            cpu = {"gateway": cpu_seconds(gw.pid) - c0["gateway"],
+                   "mosquitto": cpu_seconds(broker.pid) - c0["mosquitto"],
+                   "postgres": postgres_cpu(pg0), "motesim": sim_cpu}
+            for i, t in enumerate(twins):
+                cpu[f"twin{i}"] = cpu_seconds(t[0].pid) - c0[f"twin{i}"]
+            acc = int(m.group(2))
+            per_k = acc / 1000 or 1
+            print(f"updates offered={rate}/s: sent {m.group(1)}, accepted {acc}, rejected {m.group(3)}; "
+                  f"{acc / (args.duration + 3):.0f} updates/s over the run; p50 {float(m.group(5)):.1f} ms, "
+                  f"p99 {float(m.group(6)):.1f} ms; CPU s/1k updates: "
+                  + ", ".join(f"{k} {v / per_k:.3f}" for k, v in cpu.items()), flush=True)
+        out, _ = motesim(stack, "motesim-commands",
+                         common + ["--prefix=c", "--twin=false", "--connect-rate=100000",
+                                   f"--queue-commands={args.commands}", "--duration=300s"])
+        m = re.search(r"commands handled=(\d+) first_ms=(-?\d+) last_ms=(-?\d+) all_done_ms=(-?\d+)", out)
+        q = re.search(r"queued (\d+) commands in (\d+) ms", out)
+        if not m:
+            sys.exit(f"motesim printed no command result; see {work}")
+        print(f"commands: {q.group(1) if q else '?'} queued in {q.group(2) if q else '?'} ms for "
+              f"{args.devices} offline devices; after connecting all at once, the first was handled at "
+              f"{m.group(2)} ms and the last ({m.group(1)} handled) at {m.group(3)} ms", flush=True)
+    finally:
+        stack.stop_all()
+        subprocess.call([os.path.join(ROOT, "tests/lib/pg-cluster.sh"), "stop", pgdir])
+
+
+if __name__ == "__main__":
+    main()
