@@ -1044,6 +1044,8 @@ void gw_actor(zsock_t *pipe, void *args)
             last_message = mh_mono_ms();
         }
 
+        if (zlist_size(self->dl_queue))
+            s_downlink_pump(self);
         int64_t now = mh_mono_ms();
         if (self->nitems && now - self->batch_started_ms >= self->cfg->batch_linger_ms &&
             (int64_t)zhashx_size(self->window) < self->cfg->window)
