@@ -1,4 +1,5 @@
 #include "in_store.h"
+#include "mh_pg.h"
 #include "mh_time.h"
 
 #include <endian.h>
@@ -16,10 +17,8 @@
 #define S_LOCK_MAINTAIN 727274002
 
 struct in_store_t {
-    char *url;
+    mh_pg_t *pg; /* connection, migration, statements */
     in_retention_t ret;
-    PGconn *conn;
-    bool migrated;
     /* the COPY buffer, reused */
     char *buf;
     size_t len, cap;
@@ -99,7 +98,7 @@ static const char *s_schema_sql =
 in_store_t *in_store_new(const char *pg_url, const in_retention_t *ret)
 {
     in_store_t *self = calloc(1, sizeof *self);
-    if (!self || !(self->url = strdup(pg_url))) {
+    if (!self || !(self->pg = mh_pg_new(pg_url, s_schema_sql, S_LOCK_MIGRATE))) {
         free(self);
         return NULL;
     }
@@ -112,9 +111,7 @@ void in_store_destroy(in_store_t **self_p)
     in_store_t *self = *self_p;
     if (!self)
         return;
-    if (self->conn)
-        PQfinish(self->conn);
-    free(self->url);
+    mh_pg_destroy(&self->pg);
     free(self->buf);
     free(self);
     *self_p = NULL;
@@ -122,38 +119,25 @@ void in_store_destroy(in_store_t **self_p)
 
 bool in_store_connected(in_store_t *self)
 {
-    return self->conn && PQstatus(self->conn) == CONNECTION_OK && self->migrated;
+    return mh_pg_ready(self->pg);
+}
+
+/* Runs a statement with text parameters; returns the result when its status
+ * is `want`, else NULL (error in err). */
+static PGresult *s_exec(in_store_t *self, ExecStatusType want, const char *sql, int nparams,
+                        const char *const *params, char *err, size_t errlen)
+{
+    return mh_pg_exec(self->pg, want, sql, nparams, params, err, errlen);
 }
 
 static void s_err(char *err, size_t errlen, const char *what, PGconn *conn)
 {
     if (!err)
         return;
-    const char *msg = conn ? PQerrorMessage(conn) : "";
-    snprintf(err, errlen, "%s: %s", what, msg);
+    snprintf(err, errlen, "%s: %s", what, conn ? PQerrorMessage(conn) : "");
     size_t l = strlen(err);
     while (l && (err[l - 1] == '\n' || err[l - 1] == ' '))
         err[--l] = 0;
-}
-
-/* Runs a statement with text parameters; returns the result when its status
- * is `want`, else NULL (result cleared, error in err). */
-static PGresult *s_exec(in_store_t *self, ExecStatusType want, const char *sql, int nparams,
-                        const char *const *params, char *err, size_t errlen)
-{
-    PGresult *res = PQexecParams(self->conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != want) {
-        if (err) {
-            const char *m = PQresultErrorMessage(res);
-            snprintf(err, errlen, "%s", *m ? m : PQerrorMessage(self->conn));
-            size_t l = strlen(err);
-            while (l && (err[l - 1] == '\n' || err[l - 1] == ' '))
-                err[--l] = 0;
-        }
-        PQclear(res);
-        return NULL;
-    }
-    return res;
 }
 
 static bool s_ok(in_store_t *self, ExecStatusType want, const char *sql, int nparams,
@@ -166,53 +150,24 @@ static bool s_ok(in_store_t *self, ExecStatusType want, const char *sql, int npa
 
 static void s_rollback(in_store_t *self)
 {
-    if (PQstatus(self->conn) == CONNECTION_OK)
-        PQclear(PQexec(self->conn, "ROLLBACK"));
+    mh_pg_rollback(self->pg);
 }
 
 /* -EIO when the connection is gone, else -EINVAL (the statement failed). */
 static int s_fail(in_store_t *self)
 {
-    if (PQstatus(self->conn) != CONNECTION_OK) {
-        self->migrated = false;
+    if (mh_pg_lost(self->pg))
         return -EIO;
-    }
     s_rollback(self);
     return -EINVAL;
 }
 
 int in_store_connect(in_store_t *self, char *err, size_t errlen)
 {
-    if (in_store_connected(self))
+    if (mh_pg_ready(self->pg))
         return 0;
-    if (self->conn)
-        PQfinish(self->conn);
-    self->migrated = false;
-    self->conn = PQconnectdb(self->url);
-    if (PQstatus(self->conn) != CONNECTION_OK) {
-        s_err(err, errlen, "cannot connect to PostgreSQL", self->conn);
-        PQfinish(self->conn);
-        self->conn = NULL;
+    if (mh_pg_connect(self->pg, err, errlen) < 0)
         return -EIO;
-    }
-    if (!s_ok(self, PGRES_COMMAND_OK, "SET TIME ZONE 'UTC'", 0, NULL, err, errlen))
-        return -EIO;
-    /* Migrate under a session advisory lock: replicas start together. */
-    char lock[32];
-    snprintf(lock, sizeof lock, "%d", S_LOCK_MIGRATE);
-    const char *p[] = {lock};
-    if (!s_ok(self, PGRES_TUPLES_OK, "SELECT pg_advisory_lock($1::bigint)", 1, p, err, errlen))
-        return -EIO;
-    PGresult *res = PQexec(self->conn, s_schema_sql);
-    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        s_err(err, errlen, "schema migration failed", self->conn);
-    PQclear(res);
-    PQclear(PQexecParams(self->conn, "SELECT pg_advisory_unlock($1::bigint)", 1, NULL, p, NULL,
-                         NULL, 0));
-    if (!ok)
-        return -EIO;
-    self->migrated = true;
     return in_store_maintain(self, err, errlen) < 0 ? -EIO : 0;
 }
 
@@ -340,7 +295,7 @@ static int s_copy_flush(in_store_t *self)
 {
     if (!self->len)
         return 0;
-    int rc = PQputCopyData(self->conn, self->buf, (int)self->len);
+    int rc = PQputCopyData(mh_pg_conn(self->pg), self->buf, (int)self->len);
     self->len = 0;
     return rc == 1 ? 0 : -EIO;
 }
@@ -386,10 +341,11 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
         items[i].stored = items[i].dropped = 0;
         PQclear(res);
     }
-    PGresult *res = PQexec(self->conn, "COPY ingest.telemetry_raw (device_id, metric, ts, value) "
-                                       "FROM STDIN (FORMAT binary)");
+    PGresult *res =
+        PQexec(mh_pg_conn(self->pg), "COPY ingest.telemetry_raw (device_id, metric, ts, value) "
+                                     "FROM STDIN (FORMAT binary)");
     if (PQresultStatus(res) != PGRES_COPY_IN) {
-        s_err(err, errlen, "COPY failed to start", self->conn);
+        s_err(err, errlen, "COPY failed to start", mh_pg_conn(self->pg));
         PQclear(res);
         return s_fail(self);
     }
@@ -424,16 +380,16 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
         s_put16(self, -1);
         rc = s_copy_flush(self);
     }
-    if (PQputCopyEnd(self->conn, rc == 0 ? NULL : "client error") != 1) {
-        s_err(err, errlen, "COPY failed", self->conn);
+    if (PQputCopyEnd(mh_pg_conn(self->pg), rc == 0 ? NULL : "client error") != 1) {
+        s_err(err, errlen, "COPY failed", mh_pg_conn(self->pg));
         return s_fail(self);
     }
-    res = PQgetResult(self->conn);
+    res = PQgetResult(mh_pg_conn(self->pg));
     bool copied = PQresultStatus(res) == PGRES_COMMAND_OK;
     if (!copied)
-        s_err(err, errlen, "COPY failed", self->conn);
+        s_err(err, errlen, "COPY failed", mh_pg_conn(self->pg));
     PQclear(res);
-    while ((res = PQgetResult(self->conn)))
+    while ((res = PQgetResult(mh_pg_conn(self->pg))))
         PQclear(res);
     if (!copied)
         return s_fail(self);
