@@ -451,6 +451,7 @@ typedef struct {
     json_t *acks;   /* [{id, device_id, status, result}] */
     s_out_t out;
     int64_t now;
+    mh_counter_t *m_online;
 } s_batch_t;
 
 static void s_dev_free(void **item)
@@ -491,6 +492,7 @@ static void s_set_online(s_batch_t *b, s_dev_t *d, const char *source, int64_t t
     if (!d->online) {
         d->online = true;
         d->came_online = true;
+        mh_counter_inc(b->m_online);
         s_connectivity_event(b, d, source, ts);
     }
     snprintf(d->source, sizeof d->source, "%s", source);
@@ -991,7 +993,7 @@ static bool s_store(tw_t *self, s_batch_t *b, char *err, size_t errlen)
 /* One attempt at a batch: everything in one transaction. */
 static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_out_t *out, char *err, size_t errlen)
 {
-    s_batch_t b = {.now = mh_now_ms(), .acks = json_array()};
+    s_batch_t b = {.now = mh_now_ms(), .acks = json_array(), .m_online = self->m_online};
     b.devs = zhashx_new();
     zhashx_set_destructor(b.devs, s_dev_free);
     b.out = *out;
