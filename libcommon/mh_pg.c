@@ -1,4 +1,5 @@
 #include "mh_pg.h"
+#include "mh_time.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -12,6 +13,7 @@ struct mh_pg_t {
     int64_t lock_key;
     bool migrated;
     char sqlstate[8];
+    int64_t next_try, backoff; /* monotonic ms */
 };
 
 mh_pg_t *mh_pg_new(const char *url, const char *schema_sql, int64_t lock_key)
@@ -129,10 +131,26 @@ bool mh_pg_retryable(mh_pg_t *self)
     return strcmp(self->sqlstate, "40P01") == 0 || strcmp(self->sqlstate, "40001") == 0;
 }
 
+static int s_connect(mh_pg_t *self, char *err, size_t errlen);
+
 int mh_pg_connect(mh_pg_t *self, char *err, size_t errlen)
 {
     if (mh_pg_ready(self))
         return 0;
+    int64_t now = mh_mono_ms();
+    if (now < self->next_try)
+        return -EAGAIN;
+    if (s_connect(self, err, errlen) == 0) {
+        self->backoff = 0;
+        return 1;
+    }
+    self->backoff = self->backoff ? (self->backoff * 2 > 5000 ? 5000 : self->backoff * 2) : 250;
+    self->next_try = now + self->backoff;
+    return -EIO;
+}
+
+static int s_connect(mh_pg_t *self, char *err, size_t errlen)
+{
     if (self->conn)
         PQfinish(self->conn);
     self->migrated = false;

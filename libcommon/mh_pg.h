@@ -17,7 +17,10 @@ void mh_pg_destroy(mh_pg_t **self_p);
 
 /* Connected with the schema in place? */
 bool mh_pg_ready(mh_pg_t *self);
-/* Connects and migrates when not ready. 0, or -EIO with err filled. */
+/* Connects and migrates when not ready, at most as often as its backoff
+ * allows (250 ms doubling to 5 s after failures). Returns 0 when already
+ * ready, 1 when it connected now, -EAGAIN while backing off, or -EIO with
+ * err filled. Call it freely from a service loop. */
 int mh_pg_connect(mh_pg_t *self, char *err, size_t errlen);
 PGconn *mh_pg_conn(mh_pg_t *self);
 

@@ -69,7 +69,6 @@ typedef struct {
     mh_histogram_t *m_lag, *m_commit_ms;
     mh_gauge_t *m_connected;
     mh_ratelimit_t rl;
-    int64_t next_connect, connect_backoff;
 } in_t;
 
 static void s_ack(in_t *self, s_req_t *r, Mh__TelemetryAck__Status status, uint32_t stored,
@@ -271,20 +270,12 @@ static in_t *s_new(mh_service_ctx_t *ctx)
 
 static void s_try_connect(in_t *self)
 {
-    int64_t now = mh_mono_ms();
-    if (in_store_connected(self->store) || now < self->next_connect)
-        return;
     char err[512];
-    if (in_store_connect(self->store, err, sizeof err) == 0) {
+    int rc = in_store_connect(self->store, err, sizeof err);
+    if (rc == 1)
         mh_info("connected to PostgreSQL, schema ready");
-        self->connect_backoff = 0;
-    } else {
-        self->connect_backoff = self->connect_backoff ? self->connect_backoff * 2 : 250;
-        if (self->connect_backoff > 5000)
-            self->connect_backoff = 5000;
-        self->next_connect = now + self->connect_backoff;
+    else if (rc == -EIO)
         mh_log_limited(&self->rl, MH_LOG_WARN, "%s; retrying", err);
-    }
 }
 
 /* Takes every batch waiting on the socket (up to group_max) and writes them. */

@@ -164,11 +164,10 @@ static int s_fail(in_store_t *self)
 
 int in_store_connect(in_store_t *self, char *err, size_t errlen)
 {
-    if (mh_pg_ready(self->pg))
-        return 0;
-    if (mh_pg_connect(self->pg, err, errlen) < 0)
-        return -EIO;
-    return in_store_maintain(self, err, errlen) < 0 ? -EIO : 0;
+    int rc = mh_pg_connect(self->pg, err, errlen);
+    if (rc <= 0)
+        return rc;
+    return in_store_maintain(self, err, errlen) < 0 ? -EIO : 1;
 }
 
 int64_t in_store_oldest_ms(in_store_t *self)

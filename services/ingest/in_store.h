@@ -37,8 +37,9 @@ typedef struct {
 in_store_t *in_store_new(const char *pg_url, const in_retention_t *ret);
 void in_store_destroy(in_store_t **self_p);
 
-/* Connects if not connected, migrates the schema and creates partitions.
- * Returns 0, or -EIO (message in `err`). */
+/* Connects if not connected (with mh_pg's backoff), migrates the schema and
+ * creates partitions. Returns 0 when already connected, 1 when connected
+ * now, -EAGAIN while backing off, or -EIO (message in `err`). */
 int in_store_connect(in_store_t *self, char *err, size_t errlen);
 bool in_store_connected(in_store_t *self);
 

@@ -140,7 +140,6 @@ typedef struct {
     mh_histogram_t *m_batch_ms, *m_rpc_ms;
     mh_gauge_t *m_db;
     mh_ratelimit_t rl_warn, rl_db;
-    int64_t next_connect, backoff;
 } tw_t;
 
 /* ---- small helpers ---- */
@@ -1963,18 +1962,12 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
 
 static void s_connect_db(tw_t *self)
 {
-    int64_t now = mh_mono_ms();
-    if (mh_pg_ready(self->pg) || now < self->next_connect)
-        return;
     char err[512];
-    if (mh_pg_connect(self->pg, err, sizeof err) == 0) {
+    int rc = mh_pg_connect(self->pg, err, sizeof err);
+    if (rc == 1)
         mh_info("connected to PostgreSQL, schema ready");
-        self->backoff = 0;
-    } else {
-        self->backoff = self->backoff ? (self->backoff * 2 > 5000 ? 5000 : self->backoff * 2) : 100;
-        self->next_connect = now + self->backoff;
+    else if (rc == -EIO)
         mh_log_limited(&self->rl_db, MH_LOG_WARN, "%s; retrying", err);
-    }
 }
 
 /* Reads up to batch_max waiting device messages into `pending`. */
