@@ -259,41 +259,46 @@ static int s_cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Registers every device through twin's RPC; 409 (already there) is fine. */
-static int s_register_all(const char *endpoint, const char *prefix, size_t n)
+/* Fills request `i` of a pipelined run; `id` is room for the device id. */
+typedef void(s_fill_fn)(Mh__TwinRequest *q, size_t i, char *id, size_t idlen, void *ud);
+
+/* Sends `total` requests to twin's RPC with at most 200 unanswered, and
+ * counts the answers: `*n_ok` with status `ok`; `also_ok` (0: none) is
+ * accepted without counting. Returns -1 when an answer is something else or
+ * twin stops answering for 10 s. */
+static int s_rpc_pipeline(const char *endpoint, size_t total, s_fill_fn *fill, void *ud,
+                          uint32_t ok, uint32_t also_ok, size_t *n_ok)
 {
     zsock_t *rpc = zsock_new_dealer(endpoint);
     if (!rpc)
         return -1;
     zsock_set_rcvtimeo(rpc, 10000);
-    size_t done = 0, created = 0, window = 0, sent = 0;
+    size_t sent = 0, done = 0, window = 0;
     int rc = 0;
-    while (done < n) {
-        while (sent < n && window < 200) {
+    *n_ok = 0;
+    while (done < total) {
+        while (sent < total && window < 200) {
             char id[80], rid[32];
-            snprintf(id, sizeof id, "%s-%04zu", prefix, sent);
             snprintf(rid, sizeof rid, "%zu", sent);
             Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
             q.request_id = rid;
-            q.method = MH__TWIN_REQUEST__METHOD__REGISTER;
-            q.device_id = id;
-            q.tags_json = "{\"sim\":true}";
+            fill(&q, sent, id, sizeof id, ud);
             mh_envelope_send(rpc, NULL, "twin.request", NULL, &q.base, false);
             sent++;
             window++;
         }
         zframe_t *f = zframe_recv(rpc);
         if (!f) {
-            mh_error("twin at %s did not answer registrations", endpoint);
+            mh_error("twin at %s did not answer", endpoint);
             rc = -1;
             break;
         }
         Mh__Envelope *env = mh_envelope_unpack(f);
         Mh__TwinReply *r = env ? mh__twin_reply__unpack(NULL, env->body.len, env->body.data) : NULL;
-        if (r && r->status == 201)
-            created++;
-        else if (!r || r->status != 409) {
-            mh_error("registration refused: %u %s", r ? r->status : 0, r ? r->message : "");
+        if (r && r->status == ok)
+            (*n_ok)++;
+        else if (!r || !also_ok || r->status != also_ok) {
+            mh_error("request refused: %u %s", r ? r->status : 0, r ? r->message : "");
             rc = -1;
         }
         if (r)
@@ -304,56 +309,52 @@ static int s_register_all(const char *endpoint, const char *prefix, size_t n)
         window--;
     }
     zsock_destroy(&rpc);
-    mh_info("registered %zu devices (%zu new)", done, created);
+    return rc;
+}
+
+typedef struct {
+    const char *prefix;
+    size_t n;
+} s_fleet_t;
+
+static void s_fill_register(Mh__TwinRequest *q, size_t i, char *id, size_t idlen, void *ud)
+{
+    const s_fleet_t *f = ud;
+    snprintf(id, idlen, "%s-%04zu", f->prefix, i);
+    q->method = MH__TWIN_REQUEST__METHOD__REGISTER;
+    q->device_id = id;
+    q->tags_json = "{\"sim\":true}";
+}
+
+static void s_fill_command(Mh__TwinRequest *q, size_t i, char *id, size_t idlen, void *ud)
+{
+    const s_fleet_t *f = ud;
+    snprintf(id, idlen, "%s-%04zu", f->prefix, i % f->n);
+    q->method = MH__TWIN_REQUEST__METHOD__SEND_COMMAND;
+    q->device_id = id;
+    q->command_name = "ping";
+    q->ttl_s = 3600;
+    q->timeout_s = 600;
+}
+
+/* Registers every device through twin's RPC; 409 (already there) is fine. */
+static int s_register_all(const char *endpoint, const char *prefix, size_t n)
+{
+    s_fleet_t f = {prefix, n};
+    size_t created = 0;
+    int rc = s_rpc_pipeline(endpoint, n, s_fill_register, &f, 201, 409, &created);
+    mh_info("registered %zu devices (%zu new)", n, created);
     return rc;
 }
 
 /* Sends `total` commands round-robin over the devices through twin's RPC. */
 static int s_queue_commands(const char *endpoint, const char *prefix, size_t n, int64_t total)
 {
-    zsock_t *rpc = zsock_new_dealer(endpoint);
-    if (!rpc)
-        return -1;
-    zsock_set_rcvtimeo(rpc, 10000);
-    int64_t sent = 0, done = 0, window = 0;
-    int rc = 0;
+    s_fleet_t f = {prefix, n};
+    size_t queued = 0;
     int64_t t0 = mh_mono_ms();
-    while (done < total) {
-        while (sent < total && window < 200) {
-            char id[80], rid[32];
-            snprintf(id, sizeof id, "%s-%04zu", prefix, (size_t)sent % n);
-            snprintf(rid, sizeof rid, "%" PRId64, sent);
-            Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
-            q.request_id = rid;
-            q.method = MH__TWIN_REQUEST__METHOD__SEND_COMMAND;
-            q.device_id = id;
-            q.command_name = "ping";
-            q.ttl_s = 3600;
-            q.timeout_s = 600;
-            mh_envelope_send(rpc, NULL, "twin.request", NULL, &q.base, false);
-            sent++;
-            window++;
-        }
-        zframe_t *f = zframe_recv(rpc);
-        if (!f) {
-            rc = -1;
-            break;
-        }
-        Mh__Envelope *env = mh_envelope_unpack(f);
-        Mh__TwinReply *r = env ? mh__twin_reply__unpack(NULL, env->body.len, env->body.data) : NULL;
-        if (!r || r->status != 202) {
-            mh_error("command refused: %u %s", r ? r->status : 0, r ? r->message : "");
-            rc = -1;
-        }
-        if (r)
-            mh__twin_reply__free_unpacked(r, NULL);
-        mh_envelope_free(&env);
-        zframe_destroy(&f);
-        done++;
-        window--;
-    }
-    zsock_destroy(&rpc);
-    mh_info("queued %" PRId64 " commands in %" PRId64 " ms", done, mh_mono_ms() - t0);
+    int rc = s_rpc_pipeline(endpoint, (size_t)total, s_fill_command, &f, 202, 0, &queued);
+    mh_info("queued %zu commands in %" PRId64 " ms", queued, mh_mono_ms() - t0);
     return rc;
 }
 
