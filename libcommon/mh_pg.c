@@ -188,3 +188,26 @@ static int s_connect(mh_pg_t *self, char *err, size_t errlen)
     self->migrated = true;
     return 0;
 }
+
+char *mh_pg_text_array(const char *const *items, size_t n)
+{
+    size_t len = 3;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(items[i]) + 3;
+    char *s = malloc(len), *p = s;
+    if (!s)
+        return NULL;
+    *p++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            *p++ = ',';
+        *p++ = '"';
+        size_t l = strlen(items[i]);
+        memcpy(p, items[i], l);
+        p += l;
+        *p++ = '"';
+    }
+    *p++ = '}';
+    *p = 0;
+    return s;
+}

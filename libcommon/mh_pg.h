@@ -43,3 +43,8 @@ bool mh_pg_lost(mh_pg_t *self);
 const char *mh_pg_sqlstate(mh_pg_t *self);
 /* Deadlock or serialisation failure: the transaction may simply be retried. */
 bool mh_pg_retryable(mh_pg_t *self);
+
+/* A text[] literal ({"a","b"}) for parameters like `= ANY($1::text[])`.
+ * The strings must not contain '"' or '\\' (device ids, UUIDs). Caller
+ * frees; NULL when out of memory. */
+char *mh_pg_text_array(const char *const *items, size_t n);

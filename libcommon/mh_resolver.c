@@ -115,3 +115,18 @@ int mh_resolver_refresh(mh_resolver_t *self)
     int n = (int)zhashx_size(self->connected);
     return n == 0 && failures ? -EHOSTUNREACH : n;
 }
+
+zsock_t *mh_push_new(const char *spec, mh_resolver_t **resolver_out)
+{
+    zsock_t *push = zsock_new(ZMQ_PUSH);
+    if (!push)
+        return NULL;
+    zsock_set_sndhwm(push, 100000);
+    zsock_set_linger(push, 2000);
+    zsock_set_reconnect_ivl(push, 100);
+    zsock_set_reconnect_ivl_max(push, 2000);
+    *resolver_out = mh_resolver_new(push, spec);
+    if (!*resolver_out)
+        zsock_destroy(&push);
+    return push;
+}

@@ -18,3 +18,9 @@ void mh_resolver_destroy(mh_resolver_t **self_p);
  * addresses (DNS hiccups must not cut traffic). Returns the number of
  * connected endpoints, or a negative errno if none could be resolved yet. */
 int mh_resolver_refresh(mh_resolver_t *self);
+
+/* A PUSH socket for fan-out to every replica of a service (device messages
+ * to twin or ota, downlinks to the gateways): deep send queue, 2 s linger,
+ * fast reconnects, with its resolver in *resolver_out. NULL on a bad spec
+ * (nothing to free then). */
+zsock_t *mh_push_new(const char *spec, mh_resolver_t **resolver_out);

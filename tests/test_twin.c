@@ -139,7 +139,7 @@ static bool s_wait_status(const char *id, const char *want, int timeout_ms)
 static void s_wait_registered(double n)
 {
     int64_t deadline = mht_now_ms() + 10000;
-    while (mht_metric(s_gw.http_port, "mh_gateway_registered_devices", NULL) < n) {
+    while (mht_metric(s_gw.http_port, "mh_gateway_registry_devices", NULL) < n) {
         if (mht_now_ms() > deadline)
             fail_msg("the gateway's registry did not reach %.0f devices", n);
         mht_sleep_ms(20);
@@ -148,7 +148,7 @@ static void s_wait_registered(double n)
 
 static double s_registered_now(void)
 {
-    return mht_metric(s_gw.http_port, "mh_gateway_registered_devices", NULL);
+    return mht_metric(s_gw.http_port, "mh_gateway_registry_devices", NULL);
 }
 
 static void s_register_known(const char *id, const char *tags)

@@ -13,7 +13,7 @@
  * replica). On $TERM the gateway unsubscribes, takes what is still in
  * flight, flushes, and waits for every ack before it exits. */
 #include "gw_service.h"
-#include "gw_registry.h"
+#include "mh_idset.h"
 #include "gw_validate.h"
 #include "mh_envelope.h"
 #include "mh_resolver.h"
@@ -60,6 +60,8 @@ const mh_cfg_opt_t gw_config_options[] = {
      S_CFG(twin_events_endpoint), "twin's event PUB, to keep the registered ids current"},
     {"downlink-bind", "MH_DOWNLINK_BIND", MH_CFG_STR, "tcp://127.0.0.1:5590", S_CFG(downlink_bind),
      "where the PULL for downlink publishes from twin and ota binds (empty: none)"},
+    {"ota-endpoint", "MH_OTA_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5582", S_CFG(ota_endpoint),
+     "ota's PULL for OTA status messages (empty: ota/status is not taken)"},
     {"check-registered", "MH_CHECK_REGISTERED", MH_CFG_BOOL, "true", S_CFG(check_registered),
      "drop messages from device ids twin does not know (the gateway subscribes only once the"
      " registered ids are loaded)"},
@@ -110,11 +112,13 @@ typedef struct {
 
     /* twin */
     zsock_t *twin_push; /* device messages to twin, may be NULL */
+    zsock_t *ota_push;  /* OTA status messages to ota, may be NULL */
+    mh_resolver_t *ota_resolver;
     mh_resolver_t *twin_resolver;
-    zsock_t *downlink;       /* PULL, may be NULL */
-    zlist_t *dl_queue;       /* Mh__Publish* waiting for Paho to take them */
-    gw_registry_t *registry; /* NULL when not checking */
-    zhashx_t *seen;          /* device -> monotonic ms it was last reported seen */
+    zsock_t *downlink;    /* PULL, may be NULL */
+    zlist_t *dl_queue;    /* Mh__Publish* waiting for Paho to take them */
+    mh_idset_t *registry; /* NULL when not checking */
+    zhashx_t *seen;       /* device -> monotonic ms it was last reported seen */
     struct s_seen_item {
         char id[GW_MAX_ID + 1];
         int64_t ms;
@@ -144,8 +148,8 @@ typedef struct {
     mh_ratelimit_t rl_reject, rl_warn;
 } gw_t;
 
-static const char *s_kind_names[GW_TOPIC_COUNT] = {"telemetry", "telemetry_pb", "status",
-                                                   "twin_get",  "twin_update",  "command_ack"};
+static const char *s_kind_names[GW_TOPIC_COUNT] = {
+    "telemetry", "telemetry_pb", "status", "twin_get", "twin_update", "command_ack", "ota_status"};
 
 /* ---- Paho callbacks (Paho's thread) ---- */
 
@@ -201,8 +205,9 @@ static void s_on_sub_failed3(void *context, MQTTAsync_failureData *resp)
 }
 
 /* The topic filters the gateway takes, shared or plain: telemetry and
- * status always, the twin topics when a twin endpoint is set. */
-#define S_NTOPICS 6
+ * status always, the twin topics when a twin endpoint is set, ota/status
+ * when an ota endpoint is. */
+#define S_NTOPICS 7
 typedef struct {
     char buf[S_NTOPICS][160];
     char *ptr[S_NTOPICS];
@@ -212,9 +217,13 @@ typedef struct {
 
 static void s_topics(gw_t *self, s_topics_t *t)
 {
-    static const char *suffixes[S_NTOPICS] = {"telemetry", "telemetry/pb", "status",
-                                              "twin/get",  "twin/update",  "commands/ack"};
-    t->n = *self->cfg->twin_endpoint ? S_NTOPICS : 3;
+    static const char *all[S_NTOPICS] = {"telemetry",   "telemetry/pb", "status",    "twin/get",
+                                         "twin/update", "commands/ack", "ota/status"};
+    const char *suffixes[S_NTOPICS];
+    t->n = 0;
+    for (int i = 0; i < S_NTOPICS; i++)
+        if (i < 3 || (i < 6 && *self->cfg->twin_endpoint) || (i == 6 && *self->cfg->ota_endpoint))
+            suffixes[t->n++] = all[i];
     for (int i = 0; i < t->n; i++) {
         if (*self->cfg->share_group)
             snprintf(t->buf[i], sizeof t->buf[i], "$share/%s/devices/+/%s", self->cfg->share_group,
@@ -444,15 +453,21 @@ static void s_reject(gw_t *self, const char *device, zframe_t *topic_frame, gw_r
 
 /* ---- twin: forwarding, seen, downlink ---- */
 
-static void s_forward(gw_t *self, const char *type, const ProtobufCMessage *body)
+static void s_forward_to(gw_t *self, zsock_t *push, const char *who, const char *type,
+                         const ProtobufCMessage *body)
 {
-    if (mh_envelope_send(self->twin_push, NULL, type, NULL, body, true) == 0) {
+    if (mh_envelope_send(push, NULL, type, NULL, body, true) == 0) {
         mh_counter_inc(self->m_forwarded);
     } else {
         mh_counter_inc(self->m_forward_dropped);
         mh_log_limited(&self->rl_warn, MH_LOG_WARN,
-                       "twin is not taking device messages (queue full); one dropped");
+                       "%s is not taking device messages (queue full); one dropped", who);
     }
+}
+
+static void s_forward(gw_t *self, const char *type, const ProtobufCMessage *body)
+{
+    s_forward_to(self, self->twin_push, "twin", type, body);
 }
 
 static void s_forward_message(gw_t *self, const char *device, Mh__DeviceMessage__Kind kind,
@@ -605,7 +620,7 @@ static void s_handle(gw_t *self, zmsg_t *m)
         return;
     }
     mh_counter_inc(self->m_received[kind]);
-    if (self->registry && !gw_registry_has(self->registry, device)) {
+    if (self->registry && !mh_idset_has(self->registry, device)) {
         s_reject(self, device, ft, GW_UNREGISTERED, "the device is not registered");
         return;
     }
@@ -644,6 +659,20 @@ static void s_handle(gw_t *self, zmsg_t *m)
                                                : MH__DEVICE_MESSAGE__KIND__COMMAND_ACK;
             s_forward_message(self, device, k, payload, plen, now, false, NULL);
         }
+        break;
+    case GW_TOPIC_OTA_STATUS:
+        r = gw_validate_ota_status(payload, plen, detail, sizeof detail);
+        if (!r && self->ota_push) {
+            Mh__DeviceMessage dm = MH__DEVICE_MESSAGE__INIT;
+            dm.device_id = device;
+            dm.kind = MH__DEVICE_MESSAGE__KIND__OTA_STATUS;
+            dm.payload.data = (uint8_t *)payload;
+            dm.payload.len = plen;
+            dm.received_ms = now;
+            s_forward_to(self, self->ota_push, "ota", "device.message", &dm.base);
+        }
+        if (!r && self->twin_push)
+            s_seen(self, device, now);
         break;
     default:
         break;
@@ -863,18 +892,18 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     self->seen = zhashx_new();
     self->seen_pending = calloc(S_SEEN_BATCH, sizeof *self->seen_pending);
     self->dl_queue = zlist_new();
-    if (*self->cfg->twin_endpoint) {
-        self->twin_push = zsock_new(ZMQ_PUSH);
-        zsock_set_sndhwm(self->twin_push, 100000);
-        zsock_set_linger(self->twin_push, 2000);
-        zsock_set_reconnect_ivl(self->twin_push, 100);
-        zsock_set_reconnect_ivl_max(self->twin_push, 2000);
-        self->twin_resolver = mh_resolver_new(self->twin_push, self->cfg->twin_endpoint);
-    }
+    if (*self->cfg->twin_endpoint)
+        self->twin_push = mh_push_new(self->cfg->twin_endpoint, &self->twin_resolver);
+    if (*self->cfg->ota_endpoint)
+        self->ota_push = mh_push_new(self->cfg->ota_endpoint, &self->ota_resolver);
     if (self->cfg->check_registered)
         self->registry =
-            gw_registry_new(self->cfg->twin_rpc_endpoint, self->cfg->twin_events_endpoint,
-                            self->cfg->registry_refresh_ms, ctx->metrics);
+            mh_idset_new(&(mh_idset_opts_t){.rpc_endpoint = self->cfg->twin_rpc_endpoint,
+                                            .events_endpoint = self->cfg->twin_events_endpoint,
+                                            .refresh_ms = self->cfg->registry_refresh_ms,
+                                            .metric_prefix = "mh_gateway_registry",
+                                            .what = "registered devices"},
+                         ctx->metrics);
     self->may_subscribe = !self->cfg->check_registered;
     if (*self->cfg->downlink_bind) {
         self->downlink = zsock_new(ZMQ_PULL);
@@ -908,9 +937,11 @@ static void s_destroy(gw_t **self_p)
     mh_resolver_destroy(&self->resolver);
     zsock_destroy(&self->dealer);
     zsock_destroy(&self->pub);
-    gw_registry_destroy(&self->registry);
+    mh_idset_destroy(&self->registry);
     mh_resolver_destroy(&self->twin_resolver);
     zsock_destroy(&self->twin_push);
+    mh_resolver_destroy(&self->ota_resolver);
+    zsock_destroy(&self->ota_push);
     zsock_destroy(&self->downlink);
     Mh__Publish *p;
     while (self->dl_queue && (p = zlist_pop(self->dl_queue)))
@@ -967,6 +998,7 @@ void gw_actor(zsock_t *pipe, void *args)
     gw_t *self = s_new(pipe, ctx);
     if (!self || !self->in_push || !self->resolver || self->bind_failed ||
         (*self->cfg->twin_endpoint && !self->twin_resolver) ||
+        (*self->cfg->ota_endpoint && !self->ota_resolver) ||
         (self->cfg->check_registered && !self->registry)) {
         if (self && !self->resolver)
             mh_error("bad ingest endpoint \"%s\"", ctx->cfg ? self->cfg->ingest_endpoint : "");
@@ -978,6 +1010,8 @@ void gw_actor(zsock_t *pipe, void *args)
         mh_warn("cannot resolve %s yet, will keep trying", self->cfg->ingest_endpoint);
     if (self->twin_resolver && mh_resolver_refresh(self->twin_resolver) < 0)
         mh_warn("cannot resolve %s yet, will keep trying", self->cfg->twin_endpoint);
+    if (self->ota_resolver && mh_resolver_refresh(self->ota_resolver) < 0)
+        mh_warn("cannot resolve %s yet, will keep trying", self->cfg->ota_endpoint);
     if (s_mqtt_start(self) < 0) {
         s_destroy(&self);
         mh_actor_failed(pipe);
@@ -1000,9 +1034,9 @@ void gw_actor(zsock_t *pipe, void *args)
             items[nitems++] = (zmq_pollitem_t){zsock_resolve(self->downlink), 0, ZMQ_POLLIN, 0};
         if (self->registry) {
             items[nitems++] =
-                (zmq_pollitem_t){zsock_resolve(gw_registry_rpc(self->registry)), 0, ZMQ_POLLIN, 0};
-            items[nitems++] = (zmq_pollitem_t){zsock_resolve(gw_registry_events(self->registry)), 0,
-                                               ZMQ_POLLIN, 0};
+                (zmq_pollitem_t){zsock_resolve(mh_idset_rpc(self->registry)), 0, ZMQ_POLLIN, 0};
+            items[nitems++] =
+                (zmq_pollitem_t){zsock_resolve(mh_idset_events(self->registry)), 0, ZMQ_POLLIN, 0};
         }
         int in_idx = nitems;
         if (can_take)
@@ -1013,11 +1047,11 @@ void gw_actor(zsock_t *pipe, void *args)
              i++)
             s_on_downlink(self);
         if (self->registry) {
-            while (zsock_events(gw_registry_rpc(self->registry)) & ZMQ_POLLIN)
-                gw_registry_on_rpc(self->registry);
+            while (zsock_events(mh_idset_rpc(self->registry)) & ZMQ_POLLIN)
+                mh_idset_on_rpc(self->registry);
             for (int i = 0;
-                 i < 10000 && (zsock_events(gw_registry_events(self->registry)) & ZMQ_POLLIN); i++)
-                gw_registry_on_event(self->registry);
+                 i < 10000 && (zsock_events(mh_idset_events(self->registry)) & ZMQ_POLLIN); i++)
+                mh_idset_on_event(self->registry);
         }
         if (items[0].revents & ZMQ_POLLIN) {
             char *cmd = zstr_recv(pipe);
@@ -1060,8 +1094,8 @@ void gw_actor(zsock_t *pipe, void *args)
                 s_seen_prune(self);
             }
             if (self->registry) {
-                gw_registry_tick(self->registry);
-                if (gw_registry_loaded(self->registry) &&
+                mh_idset_tick(self->registry);
+                if (mh_idset_loaded(self->registry) &&
                     !__atomic_load_n(&self->may_subscribe, __ATOMIC_SEQ_CST) && phase == RUNNING) {
                     __atomic_store_n(&self->may_subscribe, 1, __ATOMIC_SEQ_CST);
                     if (__atomic_load_n(&self->mqtt_connected, __ATOMIC_SEQ_CST))
@@ -1079,6 +1113,8 @@ void gw_actor(zsock_t *pipe, void *args)
             mh_resolver_refresh(self->resolver);
             if (self->twin_resolver)
                 mh_resolver_refresh(self->twin_resolver);
+            if (self->ota_resolver)
+                mh_resolver_refresh(self->ota_resolver);
         }
         if (phase == UNSUBSCRIBING) {
             /* In-flight messages still arrive after the UNSUBACK; wait for

@@ -24,6 +24,7 @@ typedef struct {
     char *twin_rpc_endpoint;
     char *twin_events_endpoint;
     char *downlink_bind;
+    char *ota_endpoint;
     bool check_registered;
     int64_t registry_refresh_ms;
     int64_t seen_interval_ms;

@@ -11,7 +11,7 @@ static const char *s_reason_names[GW_REASON_COUNT] = {
     "ok",           "bad_topic",        "bad_device_id", "too_large",       "bad_json",
     "bad_shape",    "too_many_samples", "empty",         "bad_metric_name", "bad_value",
     "bad_ts",       "future_ts",        "bad_seq",       "bad_protobuf",    "bad_status",
-    "unregistered",
+    "unregistered", "bad_ota_status",
 };
 
 const char *gw_reason_name(gw_reason_t r)
@@ -69,6 +69,8 @@ gw_reason_t gw_topic_parse(const char *topic, size_t len, char *id_out, gw_topic
         *kind = GW_TOPIC_TWIN_UPDATE;
     else if (S_IS("commands/ack"))
         *kind = GW_TOPIC_COMMAND_ACK;
+    else if (S_IS("ota/status"))
+        *kind = GW_TOPIC_OTA_STATUS;
     else
         return GW_BAD_TOPIC;
 #undef S_IS
@@ -331,6 +333,40 @@ gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, ch
         if (fw && firmware)
             snprintf(firmware, GW_MAX_FIRMWARE + 1, "%s", json_string_value(fw));
     }
+    json_decref(root);
+    return r;
+}
+
+gw_reason_t gw_validate_ota_status(const char *payload, size_t len, char *detail, size_t detail_len)
+{
+    if (len > GW_MAX_PAYLOAD)
+        return GW_TOO_LARGE;
+    json_error_t err;
+    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+    if (!root) {
+        S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
+        return GW_BAD_JSON;
+    }
+    gw_reason_t r = GW_BAD_OTA_STATUS;
+    json_t *job = json_object_get(root, "jobId"), *state = json_object_get(root, "state");
+    json_t *progress = json_object_get(root, "progress"), *ver = json_object_get(root, "version");
+    json_t *error = json_object_get(root, "error");
+    const char *st = json_string_value(state);
+    if (!json_is_object(root) || !json_is_string(job) || json_string_length(job) == 0 ||
+        json_string_length(job) > 64)
+        S_DETAIL("ota/status needs \"jobId\": the job's id");
+    else if (!st || (strcmp(st, "downloading") && strcmp(st, "installing") &&
+                     strcmp(st, "succeeded") && strcmp(st, "failed")))
+        S_DETAIL("\"state\" is downloading, installing, succeeded or failed");
+    else if (progress && (!json_is_number(progress) || json_number_value(progress) < 0 ||
+                          json_number_value(progress) > 100))
+        S_DETAIL("\"progress\" is a number from 0 to 100");
+    else if (ver && (!json_is_string(ver) || json_string_length(ver) > GW_MAX_FIRMWARE))
+        S_DETAIL("\"version\" is a string of at most %d bytes", GW_MAX_FIRMWARE);
+    else if (error && (!json_is_string(error) || json_string_length(error) > 1024))
+        S_DETAIL("\"error\" is a string of at most 1024 bytes");
+    else
+        r = GW_OK;
     json_decref(root);
     return r;
 }

@@ -29,6 +29,7 @@ typedef enum {
     GW_BAD_PROTOBUF,     /* /pb payload does not decode */
     GW_BAD_STATUS,       /* status payload malformed */
     GW_UNREGISTERED,     /* the device id is not registered */
+    GW_BAD_OTA_STATUS,   /* ota/status payload malformed */
     GW_REASON_COUNT
 } gw_reason_t;
 
@@ -41,6 +42,7 @@ typedef enum {
     GW_TOPIC_TWIN_GET, /* forwarded to twin, which validates and answers */
     GW_TOPIC_TWIN_UPDATE,
     GW_TOPIC_COMMAND_ACK,
+    GW_TOPIC_OTA_STATUS, /* forwarded to ota */
     GW_TOPIC_COUNT
 } gw_topic_kind_t;
 
@@ -86,5 +88,10 @@ gw_reason_t gw_validate_telemetry_pb(const uint8_t *payload, size_t len, int64_t
 /* Validates a status payload; *online set from "state", and `firmware`
  * (GW_MAX_FIRMWARE + 1 bytes, may be NULL) from "firmware" ("" when absent). */
 #define GW_MAX_FIRMWARE 64
+/* devices/{id}/ota/status: {"jobId":"…","state":"downloading|installing|
+ * succeeded|failed","progress":0-100,"version":"…","error":"…"}; jobId and
+ * state required, the rest optional. */
+gw_reason_t gw_validate_ota_status(const char *payload, size_t len, char *detail,
+                                   size_t detail_len);
 gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, char *firmware,
                                char *detail, size_t detail_len);

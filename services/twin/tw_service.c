@@ -171,29 +171,6 @@ static json_t *s_ms_or_null(PGresult *res, int row, int col)
 
 /* `{"a","b"}`: a text[] literal of device or command ids; both are plain
  * ASCII without quotes or backslashes (validated before they get here). */
-static char *s_array_literal(const char *const *ids, size_t n)
-{
-    size_t len = 3;
-    for (size_t i = 0; i < n; i++)
-        len += strlen(ids[i]) + 3;
-    char *s = malloc(len), *p = s;
-    if (!s)
-        return NULL;
-    *p++ = '{';
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            *p++ = ',';
-        *p++ = '"';
-        size_t l = strlen(ids[i]);
-        memcpy(p, ids[i], l);
-        p += l;
-        *p++ = '"';
-    }
-    *p++ = '}';
-    *p = 0;
-    return s;
-}
-
 static bool s_command_name_valid(const char *s)
 {
     /* Same alphabet as device ids: names become handler keys on devices. */
@@ -374,7 +351,7 @@ static bool s_deliver(tw_t *self, s_out_t *o, const char *const *devices, size_t
 {
     if (!n)
         return true;
-    char *lit = s_array_literal(devices, n);
+    char *lit = mh_pg_text_array(devices, n);
     const char *p[] = {lit};
     PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
                                "SELECT id, device_id, name, params::text, expires_ms"
@@ -413,7 +390,7 @@ static bool s_deliver(tw_t *self, s_out_t *o, const char *const *devices, size_t
         size_t cnt = pass ? nexp : nsent;
         if (!cnt)
             continue;
-        char *ids = s_array_literal(pass ? expired : sent, cnt);
+        char *ids = mh_pg_text_array(pass ? expired : sent, cnt);
         const char *up[] = {ids, now_s};
         ok = mh_pg_ok(self->pg,
                       pass ? "UPDATE twin.commands SET status = 'expired', completed_ms = $2"
@@ -892,7 +869,7 @@ static bool s_load(tw_t *self, s_batch_t *b, s_msg_t *v, size_t n, char *err, si
     const char **arr = calloc(nk + 1, sizeof *arr);
     for (const char *key = zlistx_first(keys); key; key = zlistx_next(keys))
         arr[k++] = key;
-    char *lit = s_array_literal(arr, nk);
+    char *lit = mh_pg_text_array(arr, nk);
     free(arr);
     const char *p[] = {lit};
     PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
@@ -1670,11 +1647,17 @@ static void s_rpc_list_ids(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
     uint32_t limit = q->limit && q->limit <= 100000 ? q->limit : 10000;
     char lim[16], err[512];
     snprintf(lim, sizeof lim, "%u", limit);
-    const char *p[] = {q->cursor, lim};
+    if (*q->status && strcmp(q->status, "online") && strcmp(q->status, "offline")) {
+        s_fail(r, 400, "bad_request", "\"status\" is online or offline");
+        return;
+    }
+    const char *p[] = {q->cursor, lim,
+                       *q->status ? (strcmp(q->status, "online") == 0 ? "t" : "f") : NULL};
     PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT id FROM twin.devices WHERE id > $1 ORDER BY id"
+                               "SELECT id FROM twin.devices WHERE id > $1"
+                               " AND ($3::boolean IS NULL OR online = $3) ORDER BY id"
                                " LIMIT $2::int",
-                               2, p, err, sizeof err);
+                               3, p, err, sizeof err);
     if (!res)
         return s_db_fail(self, r, err);
     int rows = PQntuples(res);
@@ -1929,12 +1912,7 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
     zsock_set_rcvhwm(self->pull, 100000);
     self->router = zsock_new(ZMQ_ROUTER);
     zsock_set_router_mandatory(self->router, 0);
-    self->push = zsock_new(ZMQ_PUSH);
-    zsock_set_sndhwm(self->push, 100000);
-    zsock_set_linger(self->push, 2000);
-    zsock_set_reconnect_ivl(self->push, 100);
-    zsock_set_reconnect_ivl_max(self->push, 2000);
-    self->resolver = mh_resolver_new(self->push, self->cfg->downlink_endpoint);
+    self->push = mh_push_new(self->cfg->downlink_endpoint, &self->resolver);
     if (!self->pending || !self->pg || !self->resolver) {
         mh_error("bad settings (downlink endpoint \"%s\")", self->cfg->downlink_endpoint);
         s_destroy(&self);

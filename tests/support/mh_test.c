@@ -427,8 +427,9 @@ void mht_gateway_start(mht_service_t *s, const char *name, const mht_broker_t *b
                       a_ev,
                       "--check-registered=false",
                       "--twin-endpoint=",
-                      "--downlink-bind="};
-    int argc = 8;
+                      "--downlink-bind=",
+                      "--ota-endpoint="};
+    int argc = 9;
     s_args_extra(argv, &argc, extra);
     s->pid = mht_spawn(name, argv);
     if (!mht_wait_ready(s->http_port, 20000))

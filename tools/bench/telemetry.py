@@ -210,7 +210,7 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
         p = stack.spawn(f"gateway-{rate}-{i}", [
             os.path.join(stack.bin, "services/gateway/motehub-gateway"), f"--http-listen=127.0.0.1:{http}",
             f"--mqtt-url=tcp://127.0.0.1:{broker_port}", f"--ingest-endpoint={','.join(endpoints)}",
-            "--events-bind=", "--check-registered=false", "--twin-endpoint=", "--downlink-bind="])
+            "--events-bind=", "--check-registered=false", "--twin-endpoint=", "--downlink-bind=", "--ota-endpoint="])
         wait_ready(http, "gateway")
         gateways.append((p, http))
     hist0 = [histogram(http_get(h, "/metrics"), "mh_ingest_point_lag_ms") for _, h in ingests]

@@ -1,4 +1,4 @@
-#include "gw_registry.h"
+#include "mh_idset.h"
 #include "mh_envelope.h"
 #include "mh_log.h"
 #include "mh_resolver.h"
@@ -10,11 +10,12 @@
 #define S_PAGE        10000
 #define S_RPC_TIMEOUT 5000
 
-struct gw_registry_t {
+struct mh_idset_t {
     zsock_t *dealer, *sub;
     mh_resolver_t *rpc_resolver, *ev_resolver;
     zhashx_t *live, *building; /* id -> (void *)1 */
-    bool loaded;
+    bool loaded, online_only;
+    char what[64];
     int64_t refresh_ms, next_load, sent_ms, next_resolve;
     char cursor[80];
     char req_id[40];
@@ -24,13 +25,14 @@ struct gw_registry_t {
     mh_ratelimit_t rl;
 };
 
-gw_registry_t *gw_registry_new(const char *rpc_endpoint, const char *events_endpoint,
-                               int64_t refresh_ms, mh_metrics_t *m)
+mh_idset_t *mh_idset_new(const mh_idset_opts_t *o, mh_metrics_t *m)
 {
-    gw_registry_t *self = calloc(1, sizeof *self);
+    mh_idset_t *self = calloc(1, sizeof *self);
     if (!self)
         return NULL;
-    self->refresh_ms = refresh_ms > 0 ? refresh_ms : 300000;
+    self->refresh_ms = o->refresh_ms > 0 ? o->refresh_ms : 300000;
+    self->online_only = o->online_only;
+    snprintf(self->what, sizeof self->what, "%s", o->what ? o->what : "devices");
     self->rl = (mh_ratelimit_t)MH_RATELIMIT_INIT(5000, 2);
     self->live = zhashx_new();
     self->dealer = zsock_new(ZMQ_DEALER);
@@ -38,30 +40,39 @@ gw_registry_t *gw_registry_new(const char *rpc_endpoint, const char *events_endp
     zsock_set_sndhwm(self->dealer, 16);
     self->sub = zsock_new(ZMQ_SUB);
     zsock_set_rcvhwm(self->sub, 100000);
-    zsock_set_subscribe(self->sub, "device.registered");
+    if (self->online_only) {
+        zsock_set_subscribe(self->sub, "device.online");
+        zsock_set_subscribe(self->sub, "device.offline");
+    } else {
+        zsock_set_subscribe(self->sub, "device.registered");
+    }
     zsock_set_subscribe(self->sub, "device.deleted");
-    self->rpc_resolver = mh_resolver_new(self->dealer, rpc_endpoint);
-    self->ev_resolver = mh_resolver_new(self->sub, events_endpoint);
+    self->rpc_resolver = mh_resolver_new(self->dealer, o->rpc_endpoint);
+    self->ev_resolver = mh_resolver_new(self->sub, o->events_endpoint);
     if (!self->rpc_resolver || !self->ev_resolver) {
-        gw_registry_destroy(&self);
+        mh_idset_destroy(&self);
         return NULL;
     }
     mh_resolver_refresh(self->rpc_resolver);
     mh_resolver_refresh(self->ev_resolver);
     self->next_resolve = mh_mono_ms() + 10000;
-    self->m_size = mh_metrics_gauge(m, "mh_gateway_registered_devices",
-                                    "Registered device ids in the gateway's cache", NULL);
-    self->m_loads = mh_metrics_counter(m, "mh_gateway_registry_loads_total",
-                                       "Complete loads of the registered ids from twin", NULL);
-    self->m_events =
-        mh_metrics_counter(m, "mh_gateway_registry_events_total",
-                           "Registrations and deletions applied from twin's events", NULL);
+    const char *pre = o->metric_prefix ? o->metric_prefix : "mh_idset";
+    char name[128], help[160];
+    snprintf(name, sizeof name, "%s_devices", pre);
+    snprintf(help, sizeof help, "Device ids in the cache of %s", self->what);
+    self->m_size = mh_metrics_gauge(m, name, help, NULL);
+    snprintf(name, sizeof name, "%s_loads_total", pre);
+    snprintf(help, sizeof help, "Complete loads of the %s from twin", self->what);
+    self->m_loads = mh_metrics_counter(m, name, help, NULL);
+    snprintf(name, sizeof name, "%s_events_total", pre);
+    snprintf(help, sizeof help, "Changes to the %s applied from twin's events", self->what);
+    self->m_events = mh_metrics_counter(m, name, help, NULL);
     return self;
 }
 
-void gw_registry_destroy(gw_registry_t **self_p)
+void mh_idset_destroy(mh_idset_t **self_p)
 {
-    gw_registry_t *self = *self_p;
+    mh_idset_t *self = *self_p;
     if (!self)
         return;
     mh_resolver_destroy(&self->rpc_resolver);
@@ -74,45 +85,46 @@ void gw_registry_destroy(gw_registry_t **self_p)
     *self_p = NULL;
 }
 
-zsock_t *gw_registry_rpc(gw_registry_t *self)
+zsock_t *mh_idset_rpc(mh_idset_t *self)
 {
     return self->dealer;
 }
 
-zsock_t *gw_registry_events(gw_registry_t *self)
+zsock_t *mh_idset_events(mh_idset_t *self)
 {
     return self->sub;
 }
 
-bool gw_registry_loaded(gw_registry_t *self)
+bool mh_idset_loaded(mh_idset_t *self)
 {
     return self->loaded;
 }
 
-bool gw_registry_has(gw_registry_t *self, const char *id)
+bool mh_idset_has(mh_idset_t *self, const char *id)
 {
     return zhashx_lookup(self->live, id) != NULL;
 }
 
-size_t gw_registry_size(gw_registry_t *self)
+size_t mh_idset_size(mh_idset_t *self)
 {
     return zhashx_size(self->live);
 }
 
-static void s_request(gw_registry_t *self)
+static void s_request(mh_idset_t *self)
 {
     snprintf(self->req_id, sizeof self->req_id, "reg-%" PRIu64, ++self->seq);
     Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
     q.request_id = self->req_id;
     q.method = MH__TWIN_REQUEST__METHOD__LIST_IDS;
     q.cursor = self->cursor;
+    q.status = self->online_only ? "online" : "";
     q.limit = S_PAGE;
     q.deadline_ms = mh_now_ms() + S_RPC_TIMEOUT;
     mh_envelope_send(self->dealer, NULL, "twin.request", NULL, &q.base, true);
     self->sent_ms = mh_mono_ms();
 }
 
-void gw_registry_tick(gw_registry_t *self)
+void mh_idset_tick(mh_idset_t *self)
 {
     int64_t now = mh_mono_ms();
     if (!self->building && now >= self->next_load) {
@@ -120,8 +132,8 @@ void gw_registry_tick(gw_registry_t *self)
         self->cursor[0] = 0;
         s_request(self);
     } else if (self->building && now - self->sent_ms > S_RPC_TIMEOUT) {
-        mh_log_limited(&self->rl, MH_LOG_WARN,
-                       "twin did not answer for the registered ids; asking again");
+        mh_log_limited(&self->rl, MH_LOG_WARN, "twin did not answer for the %s; asking again",
+                       self->what);
         s_request(self);
     }
     if (now >= self->next_resolve) {
@@ -131,7 +143,7 @@ void gw_registry_tick(gw_registry_t *self)
     }
 }
 
-void gw_registry_on_rpc(gw_registry_t *self)
+void mh_idset_on_rpc(mh_idset_t *self)
 {
     zframe_t *f = zframe_recv(self->dealer);
     if (!f)
@@ -148,7 +160,7 @@ void gw_registry_on_rpc(gw_registry_t *self)
         return; /* an answer to a request we gave up on */
     }
     if (r->status != 200) {
-        mh_log_limited(&self->rl, MH_LOG_WARN, "twin cannot list registered ids yet (%u %s)",
+        mh_log_limited(&self->rl, MH_LOG_WARN, "twin cannot list the %s yet (%u %s)", self->what,
                        r->status, r->message);
         self->sent_ms = mh_mono_ms() - S_RPC_TIMEOUT + 1000; /* ask again in a second */
         mh__twin_reply__free_unpacked(r, NULL);
@@ -164,7 +176,7 @@ void gw_registry_on_rpc(gw_registry_t *self)
         self->live = self->building;
         self->building = NULL;
         if (!self->loaded)
-            mh_info("registered devices loaded: %zu", zhashx_size(self->live));
+            mh_info("%s loaded: %zu", self->what, zhashx_size(self->live));
         self->loaded = true;
         self->next_load = mh_mono_ms() + self->refresh_ms;
         mh_counter_inc(self->m_loads);
@@ -173,7 +185,7 @@ void gw_registry_on_rpc(gw_registry_t *self)
     mh__twin_reply__free_unpacked(r, NULL);
 }
 
-void gw_registry_on_event(gw_registry_t *self)
+void mh_idset_on_event(mh_idset_t *self)
 {
     zmsg_t *m = zmsg_recv(self->sub);
     if (!m)
@@ -181,26 +193,42 @@ void gw_registry_on_event(gw_registry_t *self)
     char *type = zmsg_popstr(m);
     zframe_t *f = zmsg_pop(m);
     Mh__Envelope *env = f ? mh_envelope_unpack(f) : NULL;
-    if (env && type && strcmp(type, "device.registered") == 0) {
-        Mh__DeviceRegistered *ev =
-            mh__device_registered__unpack(NULL, env->body.len, env->body.data);
-        if (ev) {
-            zhashx_insert(self->live, ev->device_id, (void *)1);
-            if (self->building)
-                zhashx_insert(self->building, ev->device_id, (void *)1);
-            mh_counter_inc(self->m_events);
-            mh__device_registered__free_unpacked(ev, NULL);
-        }
+    const char *id = NULL;
+    bool add = false;
+    Mh__DeviceRegistered *reg = NULL;
+    Mh__DeviceDeleted *del = NULL;
+    Mh__DeviceConnectivity *conn = NULL;
+    if (env && type && strcmp(type, "device.registered") == 0 && !self->online_only) {
+        reg = mh__device_registered__unpack(NULL, env->body.len, env->body.data);
+        id = reg ? reg->device_id : NULL;
+        add = true;
     } else if (env && type && strcmp(type, "device.deleted") == 0) {
-        Mh__DeviceDeleted *ev = mh__device_deleted__unpack(NULL, env->body.len, env->body.data);
-        if (ev) {
-            zhashx_delete(self->live, ev->device_id);
-            if (self->building)
-                zhashx_delete(self->building, ev->device_id);
-            mh_counter_inc(self->m_events);
-            mh__device_deleted__free_unpacked(ev, NULL);
-        }
+        del = mh__device_deleted__unpack(NULL, env->body.len, env->body.data);
+        id = del ? del->device_id : NULL;
+    } else if (env && type && self->online_only &&
+               (strcmp(type, "device.online") == 0 || strcmp(type, "device.offline") == 0)) {
+        conn = mh__device_connectivity__unpack(NULL, env->body.len, env->body.data);
+        id = conn ? conn->device_id : NULL;
+        add = conn && conn->online;
     }
+    if (id) {
+        if (add) {
+            zhashx_insert(self->live, id, (void *)1);
+            if (self->building)
+                zhashx_insert(self->building, id, (void *)1);
+        } else {
+            zhashx_delete(self->live, id);
+            if (self->building)
+                zhashx_delete(self->building, id);
+        }
+        mh_counter_inc(self->m_events);
+    }
+    if (reg)
+        mh__device_registered__free_unpacked(reg, NULL);
+    if (del)
+        mh__device_deleted__free_unpacked(del, NULL);
+    if (conn)
+        mh__device_connectivity__free_unpacked(conn, NULL);
     mh_gauge_set(self->m_size, (double)zhashx_size(self->live));
     mh_envelope_free(&env);
     zframe_destroy(&f);
