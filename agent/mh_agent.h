@@ -108,5 +108,44 @@ int mh_agent_report(mh_agent_t *self, json_t *reported, const char *client_token
 int mh_agent_twin_get(mh_agent_t *self, const char *client_token);
 const char *mh_agent_id(mh_agent_t *self);
 
+/* ---- OTA ---- */
+
+/* A job from devices/{id}/ota (shared/spec/device-protocol.md). */
+typedef struct {
+    const char *job_id, *rollout, *action, *version, *url, *sha256, *signature;
+    int64_t size; /* -1 when the job names no image (a rollback to a kept slot) */
+} mh_ota_job_t;
+
+/* Installs an image the agent has downloaded and verified (size, SHA-256,
+ * the fleet's signature); `image` is NULL for a rollback job without one.
+ * Runs on one of the agent's OTA worker threads. Returns MH_CMD_SUCCEEDED,
+ * MH_CMD_FAILED (with `error` filled), or MH_CMD_PENDING and later
+ * mh_agent_ota_done. */
+typedef mh_cmd_outcome_t(mh_agent_install_fn)(mh_agent_t *agent, const mh_ota_job_t *job,
+                                              const uint8_t *image, size_t len, char *error,
+                                              size_t errlen, void *ud);
+/* Takes OTA jobs: `public_key_pem` is the fleet's signing key the device is
+ * provisioned with. The agent reports downloading, installing, then
+ * succeeded (and the new "firmware" in the twin and on later connects) or
+ * failed with the reason; a bad image is never handed to `fn`. A repeated
+ * job id is not run again (the final status is repeated instead). Without
+ * this call jobs are answered "failed". 0, or -EINVAL for a bad key. */
+int mh_agent_on_ota(mh_agent_t *self, const char *public_key_pem, mh_agent_install_fn *fn,
+                    void *ud);
+/* Finishes a job whose install returned MH_CMD_PENDING. */
+int mh_agent_ota_done(mh_agent_t *self, const char *job_id, bool ok, const char *error);
+/* The running firmware (as given in the options, then as installed);
+ * copied into buf. */
+const char *mh_agent_firmware(mh_agent_t *self, char *buf, size_t len);
+/* Distinct jobs received, and jobs received again after the device had
+ * answered them. */
+uint64_t mh_agent_ota_jobs(mh_agent_t *self);
+uint64_t mh_agent_ota_repeats(mh_agent_t *self);
+/* QoS1 messages the OTA handling published (statuses, firmware reports). */
+uint64_t mh_agent_ota_messages(mh_agent_t *self);
+/* OTA worker threads shared by every agent in the process (default 4);
+ * call before the first job arrives. */
+void mh_agent_ota_workers(int n);
+
 /* Builds the JSON for samples; caller frees. Exposed for tests. */
 char *mh_agent_samples_json(const mh_sample_t *samples, size_t n);

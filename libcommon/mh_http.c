@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,7 +15,22 @@ struct mh_http_t {
     mh_metrics_t *metrics;
     int ready;
     int64_t heartbeat_ms;
+    pthread_rwlock_t lock; /* guards the handler */
+    char prefix[64];
+    mh_http_handler_fn *fn;
+    void *ud;
 };
+
+void mh_http_set_handler(mh_http_t *self, const char *prefix, mh_http_handler_fn *fn, void *ud)
+{
+    if (!self)
+        return;
+    pthread_rwlock_wrlock(&self->lock);
+    snprintf(self->prefix, sizeof self->prefix, "%s", prefix ? prefix : "");
+    self->fn = fn;
+    self->ud = ud;
+    pthread_rwlock_unlock(&self->lock);
+}
 
 int mh_split_hostport(const char *s, char **host_out, int *port_out)
 {
@@ -61,6 +78,13 @@ static enum MHD_Result s_handle(void *cls, struct MHD_Connection *conn, const ch
     mh_http_t *self = cls;
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return s_reply(conn, 405, "text/plain", "method not allowed\n", MHD_RESPMEM_PERSISTENT);
+    pthread_rwlock_rdlock(&self->lock);
+    if (self->fn && *self->prefix && strncmp(url, self->prefix, strlen(self->prefix)) == 0) {
+        enum MHD_Result ret = (enum MHD_Result)self->fn(self->ud, conn, method, url);
+        pthread_rwlock_unlock(&self->lock);
+        return ret;
+    }
+    pthread_rwlock_unlock(&self->lock);
     if (strcmp(url, "/metrics") == 0) {
         char *text = mh_metrics_render(self->metrics);
         if (!text)
@@ -105,10 +129,12 @@ mh_http_t *mh_http_new(const char *listen, mh_metrics_t *metrics)
         return NULL;
     self->metrics = metrics;
     self->heartbeat_ms = mh_mono_ms();
+    pthread_rwlock_init(&self->lock, NULL);
     self->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, 0, NULL, NULL,
                                     s_handle, self, MHD_OPTION_SOCK_ADDR, &sa,
                                     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
     if (!self->daemon) {
+        pthread_rwlock_destroy(&self->lock);
         free(self);
         errno = EADDRINUSE;
         return NULL;
@@ -122,6 +148,7 @@ void mh_http_destroy(mh_http_t **self_p)
     if (!self)
         return;
     MHD_stop_daemon(self->daemon);
+    pthread_rwlock_destroy(&self->lock);
     free(self);
     *self_p = NULL;
 }

@@ -20,5 +20,14 @@ void mh_http_set_ready(mh_http_t *self, bool ready);
 /* Called by the service loop at least every few seconds. */
 void mh_http_heartbeat(mh_http_t *self);
 
+/* A service's own GET/HEAD paths (ota's firmware images): `fn` runs on the
+ * HTTP thread for every URL that starts with `prefix` and returns an
+ * MHD_Result (enum MHD_Result as int). Pass fn NULL to remove it; removal
+ * waits for a call in progress. One handler per server. */
+struct MHD_Connection;
+typedef int(mh_http_handler_fn)(void *ud, struct MHD_Connection *conn, const char *method,
+                                const char *url);
+void mh_http_set_handler(mh_http_t *self, const char *prefix, mh_http_handler_fn *fn, void *ud);
+
 /* Parses "HOST:PORT" into a host copy (caller frees) and a port. 0 / -EINVAL. */
 int mh_split_hostport(const char *s, char **host_out, int *port_out);

@@ -62,13 +62,21 @@ static void s_trim(char *s)
 PGresult *mh_pg_exec(mh_pg_t *self, ExecStatusType want, const char *sql, int nparams,
                      const char *const *params, char *err, size_t errlen)
 {
+    return mh_pg_exec_bin(self, want, sql, nparams, params, NULL, NULL, 0, err, errlen);
+}
+
+PGresult *mh_pg_exec_bin(mh_pg_t *self, ExecStatusType want, const char *sql, int nparams,
+                         const char *const *params, const int *lengths, const int *formats,
+                         int result_format, char *err, size_t errlen)
+{
     self->sqlstate[0] = 0;
     if (!self->conn) {
         if (err)
             snprintf(err, errlen, "not connected to PostgreSQL");
         return NULL;
     }
-    PGresult *res = PQexecParams(self->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    PGresult *res =
+        PQexecParams(self->conn, sql, nparams, NULL, params, lengths, formats, result_format);
     if (PQresultStatus(res) == want)
         return res;
     const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;

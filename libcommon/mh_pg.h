@@ -29,6 +29,11 @@ PGconn *mh_pg_conn(mh_pg_t *self);
  * NULL), the SQLSTATE kept for mh_pg_sqlstate. */
 PGresult *mh_pg_exec(mh_pg_t *self, ExecStatusType want, const char *sql, int nparams,
                      const char *const *params, char *err, size_t errlen);
+/* The same with binary parameters (formats[i] = 1, lengths[i] bytes) or a
+ * binary result (result_format = 1), e.g. for bytea. */
+PGresult *mh_pg_exec_bin(mh_pg_t *self, ExecStatusType want, const char *sql, int nparams,
+                         const char *const *params, const int *lengths, const int *formats,
+                         int result_format, char *err, size_t errlen);
 /* Same for statements whose result is not needed. */
 bool mh_pg_ok(mh_pg_t *self, const char *sql, int nparams, const char *const *params, char *err,
               size_t errlen);

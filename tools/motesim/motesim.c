@@ -57,6 +57,10 @@ typedef struct {
     int64_t flap_down_ms;
     int64_t wait_commands;
     int64_t queue_commands;
+    char *ota_key;
+    char *ota_fail;
+    int64_t ota_install_ms;
+    int64_t ota_workers;
 } sim_config_t;
 
 #define S_CFG(f) offsetof(sim_config_t, f)
@@ -102,6 +106,16 @@ static const mh_cfg_opt_t s_options[] = {
     {"queue-commands", "MOTESIM_QUEUE_COMMANDS", MH_CFG_INT, "0", S_CFG(queue_commands),
      "before connecting, send this many \"ping\" commands (round-robin over the devices) through"
      " the --register endpoint, then wait for all of them (a reconnect-storm benchmark)"},
+    {"ota-key", "MOTESIM_OTA_KEY", MH_CFG_STR, "", S_CFG(ota_key),
+     "the fleet's Ed25519 public key (PEM file) the devices verify images with; without it"
+     " OTA jobs fail"},
+    {"ota-fail", "MOTESIM_OTA_FAIL", MH_CFG_STR, "", S_CFG(ota_fail),
+     "VERSION:SHARE[,...]: installing VERSION fails on that share of the devices (the same"
+     " devices every run)"},
+    {"ota-install-time", "MOTESIM_OTA_INSTALL_TIME", MH_CFG_DURATION, "1s", S_CFG(ota_install_ms),
+     "how long installing an image takes"},
+    {"ota-workers", "MOTESIM_OTA_WORKERS", MH_CFG_INT, "8", S_CFG(ota_workers),
+     "threads downloading and verifying images for all devices"},
     MH_CFG_END,
 };
 
@@ -253,6 +267,101 @@ static void s_on_message(mh_agent_t *a, const char *sub, const char *payload, si
     json_decref(v);
 }
 
+/* ---- OTA behaviour ---- */
+
+static sim_config_t *s_cfg;
+static uint64_t s_ota_ok, s_ota_failed;
+typedef struct s_install_t {
+    mh_agent_t *agent;
+    char job[72];
+    int64_t due;
+    struct s_install_t *next;
+} s_install_t;
+static s_install_t *s_installs; /* under s_lat_lock */
+
+/* Does installing `version` fail on this device? The same answer every run. */
+static bool s_ota_fails(const char *device, const char *version)
+{
+    const char *p = s_cfg->ota_fail;
+    size_t vl = strlen(version);
+    while (p && *p) {
+        const char *colon = strchr(p, ':'), *comma = strchr(p, ',');
+        if (!colon)
+            break;
+        if ((size_t)(colon - p) == vl && strncmp(p, version, vl) == 0) {
+            double share = strtod(colon + 1, NULL);
+            unsigned h = 2166136261u;
+            for (const char *c = device; *c; c++)
+                h = (h ^ (unsigned char)*c) * 16777619u;
+            for (const char *c = version; *c; c++)
+                h = (h ^ (unsigned char)*c) * 16777619u;
+            h ^= h >> 15;
+            h *= 2246822519u;
+            h ^= h >> 13;
+            return (double)(h % 1000000) / 1e6 < share;
+        }
+        p = comma ? comma + 1 : NULL;
+    }
+    return false;
+}
+
+static mh_cmd_outcome_t s_on_install(mh_agent_t *a, const mh_ota_job_t *job, const uint8_t *image,
+                                     size_t len, char *error, size_t errlen, void *ud)
+{
+    (void)image;
+    (void)len;
+    (void)ud;
+    if (strcmp(job->action, "install") == 0 && s_ota_fails(mh_agent_id(a), job->version)) {
+        snprintf(error, errlen, "simulated install failure of %s", job->version);
+        __atomic_add_fetch(&s_ota_failed, 1, __ATOMIC_RELAXED);
+        return MH_CMD_FAILED;
+    }
+    if (s_cfg->ota_install_ms <= 0) {
+        __atomic_add_fetch(&s_ota_ok, 1, __ATOMIC_RELAXED);
+        return MH_CMD_SUCCEEDED;
+    }
+    s_install_t *in = calloc(1, sizeof *in);
+    if (!in) {
+        snprintf(error, errlen, "out of memory");
+        return MH_CMD_FAILED;
+    }
+    in->agent = a;
+    snprintf(in->job, sizeof in->job, "%s", job->job_id);
+    in->due = mh_mono_ms() + s_cfg->ota_install_ms;
+    pthread_mutex_lock(&s_lat_lock);
+    in->next = s_installs;
+    s_installs = in;
+    pthread_mutex_unlock(&s_lat_lock);
+    return MH_CMD_PENDING;
+}
+
+/* Finishes installs whose time has come (all of them when `all`). */
+static void s_ota_due(int64_t now, bool all)
+{
+    pthread_mutex_lock(&s_lat_lock);
+    s_install_t **pp = &s_installs, *done = NULL;
+    while (*pp) {
+        s_install_t *in = *pp;
+        if (all || in->due <= now) {
+            *pp = in->next;
+            in->next = done;
+            done = in;
+        } else {
+            pp = &in->next;
+        }
+    }
+    pthread_mutex_unlock(&s_lat_lock);
+    while (done) {
+        s_install_t *in = done;
+        done = in->next;
+        if (!all) {
+            mh_agent_ota_done(in->agent, in->job, true, NULL);
+            __atomic_add_fetch(&s_ota_ok, 1, __ATOMIC_RELAXED);
+        }
+        free(in);
+    }
+}
+
 static int s_cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -400,6 +509,18 @@ int main(int argc, char **argv)
         interval = 1;
     size_t n = (size_t)cfg.devices;
     s_device_t *devs = calloc(n, sizeof *devs);
+    s_cfg = &cfg;
+    mh_agent_ota_workers((int)cfg.ota_workers);
+    char *ota_pem = NULL;
+    if (*cfg.ota_key) {
+        FILE *f = fopen(cfg.ota_key, "r");
+        size_t cap = 0;
+        if (!f || getdelim(&ota_pem, &cap, 0, f) < 0) {
+            mh_error("cannot read --ota-key %s", cfg.ota_key);
+            return 1;
+        }
+        fclose(f);
+    }
     mh_sample_t *samples = calloc((size_t)cfg.samples, sizeof *samples);
     int64_t start = mh_mono_ms();
     for (size_t i = 0; i < n; i++) {
@@ -420,6 +541,10 @@ int main(int argc, char **argv)
         mh_agent_on_command(devs[i].agent, "ping", s_on_command, &devs[i]);
         mh_agent_on_command(devs[i].agent, "blink", s_on_command, &devs[i]);
         mh_agent_on_message(devs[i].agent, s_on_message, &devs[i]);
+        if (ota_pem && mh_agent_on_ota(devs[i].agent, ota_pem, s_on_install, &devs[i]) < 0) {
+            mh_error("%s is not an Ed25519 public key in PEM", cfg.ota_key);
+            return 1;
+        }
         devs[i].temp_bias = (s_rand() - 0.5) * 6;
         devs[i].battery = 60 + s_rand() * 40;
         devs[i].rssi = -60 - s_rand() * 30;
@@ -441,6 +566,7 @@ int main(int argc, char **argv)
     bool twin_go = false;
     while (!s_stop) {
         int64_t now = mh_mono_ms();
+        s_ota_due(now, false);
         if (cfg.duration_ms && now - start >= cfg.duration_ms)
             break;
         if (cfg.wait_commands > 0 &&
@@ -459,8 +585,10 @@ int main(int argc, char **argv)
             s_device_t *d = &devs[i];
             bool up = mh_agent_connected(d->agent);
             up_now += up;
-            if (up && !d->was_connected && cfg.twin)
-                s_report_state(d, cfg.firmware, true);
+            if (up && !d->was_connected && cfg.twin) {
+                char fw[80];
+                s_report_state(d, mh_agent_firmware(d->agent, fw, sizeof fw), true);
+            }
             d->was_connected = up;
             if (d->down_until && now >= d->down_until) {
                 d->down_until = 0;
@@ -574,12 +702,20 @@ int main(int argc, char **argv)
         /* minus the status message each sent on connect, twin reports and
          * command acks */
         uint64_t d = mh_agent_delivered(devs[i].agent);
-        uint64_t other = 1 + devs[i].reports + mh_agent_commands_handled(devs[i].agent);
+        uint64_t other = 1 + devs[i].reports + mh_agent_commands_handled(devs[i].agent) +
+                         mh_agent_ota_messages(devs[i].agent);
         delivered += d > other ? d - other : 0;
         mh_agent_disconnect_begin(devs[i].agent);
     }
+    s_ota_due(0, true);
+    uint64_t ota_jobs = 0, ota_repeats = 0;
+    for (size_t i = 0; i < n; i++) {
+        ota_jobs += mh_agent_ota_jobs(devs[i].agent);
+        ota_repeats += mh_agent_ota_repeats(devs[i].agent);
+    }
     for (size_t i = 0; i < n; i++)
         mh_agent_destroy(&devs[i].agent);
+    free(ota_pem);
     printf("motesim: devices=%zu published=%" PRIu64 " acked=%" PRIu64 " failed=%" PRIu64
            " elapsed_ms=%" PRId64 " rate=%.1f\n",
            n, published, delivered, failed, elapsed,
@@ -600,6 +736,10 @@ int main(int argc, char **argv)
         printf("motesim: commands handled=%" PRIu64 " first_ms=%" PRId64 " last_ms=%" PRId64
                " all_done_ms=%" PRId64 "\n",
                s_commands, s_first_cmd_ms, s_last_cmd_ms, commands_done_ms);
+    if (ota_jobs)
+        printf("motesim: ota jobs=%" PRIu64 " installed=%" PRIu64 " simulated_failures=%" PRIu64
+               " repeats=%" PRIu64 "\n",
+               ota_jobs, s_ota_ok, s_ota_failed, ota_repeats);
     free(s_lat);
     free(devs);
     free(samples);
