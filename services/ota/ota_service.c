@@ -1052,6 +1052,12 @@ typedef struct {
     int64_t ts;
 } s_status_t;
 
+static void s_free_item(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
 static int s_state_rank(const char *s)
 {
     return strcmp(s, "downloading") == 0 ? 1 : strcmp(s, "installing") == 0 ? 2 : 3;
@@ -1062,7 +1068,7 @@ static int s_state_rank(const char *s)
 static int s_status_batch(ota_t *self, zmsg_t **msgs, size_t n)
 {
     zhashx_t *by_job = zhashx_new();
-    zhashx_set_destructor(by_job, (zhashx_destructor_fn *)free);
+    zhashx_set_destructor(by_job, s_free_item);
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) {
         zframe_t *f = zmsg_first(msgs[i]);

@@ -82,6 +82,16 @@ void mht_gateway_start(mht_service_t *s, const char *name, const mht_broker_t *b
 void mht_twin_start(mht_service_t *s, const char *name, const mht_db_t *db,
                     const char *downlink_endpoint, const char *const *extra);
 
+/* ota, with the twin it asks for devices and the gateway it sends jobs
+ * through; images are served from its HTTP port. Ports left 0 are picked
+ * free (kept on a restart with the same *s). */
+void mht_ota_start(mht_service_t *s, const char *name, const mht_db_t *db,
+                   const char *downlink_endpoint, const mht_service_t *twin,
+                   const char *signing_key, const char *const *extra);
+
+/* Runs a shell command (sh -c) and returns its exit status. */
+int mht_shell(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* Publishes with mosquitto_pub; returns its exit code. version "mqttv311" or "mqttv5". */
 int mht_mosquitto_pub(const mht_broker_t *b, const char *version, const char *topic,
                       const char *payload, int qos);

@@ -1,0 +1,566 @@
+/* OTA end to end: real mosquitto and PostgreSQL, the real gateway, twin and
+ * ota, and motesim's devices (the reference agent: download, verify size,
+ * SHA-256 and the Ed25519 signature, install, report). Operators act
+ * through ota's RPC. Each test checks what a firmware team would: which
+ * devices got which job when, what they run afterwards, and what the
+ * rollout says. */
+#include "mh_test.h"
+
+#include "mh_envelope.h"
+#include "ota.pb-c.h"
+#include "ota_image.h"
+#include "ota_plan.h"
+
+#include <curl/curl.h>
+#include <czmq.h>
+#include <jansson.h>
+#include <time.h>
+
+static mht_broker_t s_broker;
+static mht_db_t s_db;
+static mht_service_t s_twin, s_gw, s_ingest, s_ota;
+static zsock_t *s_rpc;
+static char s_downlink[64], s_key[512], s_pub[512];
+static const char *const s_ota_extra[] = {"--resend-after=3s", NULL};
+
+/* ---- operator side ---- */
+
+static Mh__OtaReply *s_call(Mh__OtaRequest *q)
+{
+    static int seq;
+    char rid[32];
+    snprintf(rid, sizeof rid, "t-%d", ++seq);
+    q->request_id = rid;
+    assert_int_equal(mh_envelope_send(s_rpc, NULL, "ota.request", NULL, &q->base, false), 0);
+    for (;;) {
+        zsock_set_rcvtimeo(s_rpc, 15000);
+        zframe_t *f = zframe_recv(s_rpc);
+        if (!f)
+            fail_msg("ota did not answer the RPC in 15 s");
+        Mh__Envelope *env = mh_envelope_unpack(f);
+        zframe_destroy(&f);
+        assert_non_null(env);
+        Mh__OtaReply *r = mh__ota_reply__unpack(NULL, env->body.len, env->body.data);
+        mh_envelope_free(&env);
+        assert_non_null(r);
+        if (strcmp(r->request_id, rid) == 0)
+            return r;
+        mh__ota_reply__free_unpacked(r, NULL);
+    }
+}
+
+static uint32_t s_upload(const char *version, const uint8_t *image, size_t len)
+{
+    Mh__OtaRequest q = MH__OTA_REQUEST__INIT;
+    q.method = MH__OTA_REQUEST__METHOD__UPLOAD_FIRMWARE;
+    q.version = (char *)version;
+    q.hardware = "sim-1";
+    q.image.data = (uint8_t *)image;
+    q.image.len = len;
+    Mh__OtaReply *r = s_call(&q);
+    uint32_t st = r->status;
+    mh__ota_reply__free_unpacked(r, NULL);
+    return st;
+}
+
+/* An image of `len` bytes whose content depends on the version. */
+static void s_upload_version(const char *version, size_t len)
+{
+    uint8_t *img = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        img[i] = (uint8_t)(i * 31 + (unsigned char)version[i % strlen(version)]);
+    assert_int_equal(s_upload(version, img, len), 201);
+    free(img);
+}
+
+/* Creates a rollout; returns its id (static buffer) or fails. */
+static const char *s_create(const char *spec)
+{
+    static char id[64];
+    Mh__OtaRequest q = MH__OTA_REQUEST__INIT;
+    q.method = MH__OTA_REQUEST__METHOD__CREATE_ROLLOUT;
+    q.body_json = (char *)spec;
+    Mh__OtaReply *r = s_call(&q);
+    if (r->status != 201)
+        fail_msg("rollout refused: %u %s", r->status, r->message);
+    json_t *v = json_loads(r->body_json, 0, NULL);
+    snprintf(id, sizeof id, "%s", json_string_value(json_object_get(v, "id")));
+    assert_string_equal(json_string_value(json_object_get(v, "state")), "scheduled");
+    json_decref(v);
+    mh__ota_reply__free_unpacked(r, NULL);
+    return id;
+}
+
+static Mh__OtaReply *s_control(Mh__OtaRequest__Method m, const char *id)
+{
+    Mh__OtaRequest q = MH__OTA_REQUEST__INIT;
+    q.method = m;
+    q.rollout_id = (char *)id;
+    return s_call(&q);
+}
+
+static json_t *s_rollout(const char *id)
+{
+    Mh__OtaReply *r = s_control(MH__OTA_REQUEST__METHOD__GET_ROLLOUT, id);
+    assert_int_equal(r->status, 200);
+    json_t *v = json_loads(r->body_json, 0, NULL);
+    mh__ota_reply__free_unpacked(r, NULL);
+    assert_non_null(v);
+    return v;
+}
+
+/* Waits for the rollout to reach `state`; returns its JSON. */
+static json_t *s_wait_state(const char *id, const char *state, int timeout_ms)
+{
+    int64_t deadline = mht_now_ms() + timeout_ms;
+    for (;;) {
+        json_t *v = s_rollout(id);
+        const char *st = json_string_value(json_object_get(v, "state"));
+        if (strcmp(st, state) == 0)
+            return v;
+        if (mht_now_ms() > deadline) {
+            char *text = json_dumps(v, JSON_COMPACT);
+            fail_msg("rollout %s is %s, not %s, after %d ms: %.2000s", id, st, state, timeout_ms,
+                     text);
+        }
+        json_decref(v);
+        mht_sleep_ms(200);
+    }
+}
+
+static int64_t s_wave_num(json_t *rollout, int k, const char *key)
+{
+    return json_integer_value(
+        json_object_get(json_array_get(json_object_get(rollout, "waves"), (size_t)k), key));
+}
+
+static double s_num(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static double s_num(const char *fmt, ...)
+{
+    char sql[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    return mht_db_num(&s_db, sql);
+}
+
+/* ---- devices: motesim ---- */
+
+static pid_t s_fleet(const char *name, const char *prefix, int n, const char *firmware,
+                     const char *fail, const char *install_time)
+{
+    static char bin[512];
+    char a_url[96], a_pre[64], a_n[32], a_reg[128], a_fw[64], a_key[600], a_fail[96], a_it[64];
+    snprintf(a_url, sizeof a_url, "--mqtt-url=%s", s_broker.url);
+    snprintf(a_pre, sizeof a_pre, "--prefix=%s", prefix);
+    snprintf(a_n, sizeof a_n, "--devices=%d", n);
+    snprintf(a_reg, sizeof a_reg, "--register=%s", s_twin.rpc_endpoint);
+    snprintf(a_fw, sizeof a_fw, "--firmware=%s", firmware);
+    snprintf(a_key, sizeof a_key, "--ota-key=%s", s_pub);
+    snprintf(a_fail, sizeof a_fail, "--ota-fail=%s", fail ? fail : "");
+    snprintf(a_it, sizeof a_it, "--ota-install-time=%s", install_time);
+    char *argv[] = {(char *)mht_build_path("tools/motesim/motesim", bin, sizeof bin),
+                    a_url,
+                    a_pre,
+                    a_n,
+                    a_reg,
+                    a_fw,
+                    a_key,
+                    a_fail,
+                    a_it,
+                    "--interval=60s",
+                    "--report=5s",
+                    NULL};
+    pid_t pid = mht_spawn(name, argv);
+    /* Registered, connected and reporting their firmware to the twin. */
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM twin.devices WHERE id LIKE '%s-%%' AND firmware = '%s'"
+             " AND online",
+             prefix, firmware);
+    double got = mht_db_wait_num(&s_db, sql, n, 30000);
+    if (got != n)
+        fail_msg("only %.0f of %d %s devices came online on %s", got, n, prefix, firmware);
+    return pid;
+}
+
+/* Stops motesim and returns the OTA repeats it saw (-1 if it said nothing). */
+static long s_fleet_stop(const char *name, pid_t pid)
+{
+    mht_stop(pid, SIGINT, 20000);
+    char path[700], line[512];
+    snprintf(path, sizeof path, "%s/%s.log", mht_artifacts(), name);
+    FILE *f = fopen(path, "r");
+    long repeats = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "motesim: ota jobs=");
+        if (p && (p = strstr(p, "repeats=")))
+            repeats = strtol(p + 8, NULL, 10);
+    }
+    if (f)
+        fclose(f);
+    return repeats;
+}
+
+static int s_setup(void **state)
+{
+    (void)state;
+    snprintf(s_key, sizeof s_key, "%s/fleet-signing.pem", mht_artifacts());
+    snprintf(s_pub, sizeof s_pub, "%s/fleet-signing.pub.pem", mht_artifacts());
+    if (mht_shell("openssl genpkey -algorithm ed25519 -out '%s' 2>/dev/null && "
+                  "openssl pkey -in '%s' -pubout -out '%s' 2>/dev/null",
+                  s_key, s_key, s_pub) != 0)
+        fail_msg("cannot make a signing key with openssl");
+    mht_broker_start(&s_broker);
+    mht_db_create(&s_db);
+    snprintf(s_downlink, sizeof s_downlink, "tcp://127.0.0.1:%d", mht_free_port());
+    mht_twin_start(&s_twin, "twin", &s_db, s_downlink, NULL);
+    s_ota.port = mht_free_port();
+    char a_twin[100], a_rpc[100], a_ev[100], a_dl[100], a_ota[100];
+    snprintf(a_twin, sizeof a_twin, "--twin-endpoint=%s", s_twin.endpoint);
+    snprintf(a_rpc, sizeof a_rpc, "--twin-rpc-endpoint=%s", s_twin.rpc_endpoint);
+    snprintf(a_ev, sizeof a_ev, "--twin-events-endpoint=%s", s_twin.events_endpoint);
+    snprintf(a_dl, sizeof a_dl, "--downlink-bind=%s", s_downlink);
+    snprintf(a_ota, sizeof a_ota, "--ota-endpoint=tcp://127.0.0.1:%d", s_ota.port);
+    const char *gw_extra[] = {"--check-registered=true", a_twin, a_rpc, a_ev, a_dl, a_ota, NULL};
+    mht_ingest_start(&s_ingest, "ingest", &s_db, 0, NULL);
+    mht_gateway_start(&s_gw, "gateway", &s_broker, s_ingest.endpoint, gw_extra);
+    mht_ota_start(&s_ota, "ota", &s_db, s_downlink, &s_twin, s_key, s_ota_extra);
+    s_rpc = zsock_new_dealer(s_ota.rpc_endpoint);
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    zsock_destroy(&s_rpc);
+    int so = mht_stop(s_ota.pid, SIGTERM, 20000);
+    int sg = mht_stop(s_gw.pid, SIGTERM, 20000);
+    int st = mht_stop(s_twin.pid, SIGTERM, 20000);
+    mht_stop(s_ingest.pid, SIGTERM, 20000);
+    mht_broker_stop(&s_broker);
+    mht_db_drop(&s_db);
+    if (!WIFEXITED(so) || WEXITSTATUS(so) || !WIFEXITED(sg) || WEXITSTATUS(sg) || !WIFEXITED(st) ||
+        WEXITSTATUS(st)) {
+        fprintf(stderr, "a daemon did not exit cleanly (ota %d, gateway %d, twin %d)\n", so, sg,
+                st);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- tests ---- */
+
+/* 200 devices, no failures: three waves of 2, 18 and 180 in hash order,
+ * each started only once the one before reached its success threshold,
+ * every device on the new version, the rollout completed. */
+static void test_rollout_completes(void **state)
+{
+    (void)state;
+    s_upload_version("a-1.0", 3000);
+    s_upload_version("a-2.0", 200 * 1024);
+    pid_t sim = s_fleet("sim-a", "a", 200, "a-1.0", NULL, "100ms");
+    const char *id = s_create("{\"firmware\":\"a-2.0\",\"target\":{\"firmware\":\"a-1.0\"},"
+                              "\"waves\":[{\"percent\":1},{\"percent\":10},{\"percent\":100}],"
+                              "\"soakSeconds\":1,\"jobTimeoutSeconds\":60,\"maxPerMinute\":6000}");
+    json_t *r = s_wait_state(id, "completed", 120000);
+    int64_t want[3] = {2, 18, 180};
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(s_wave_num(r, k, "targeted"), want[k]);
+        assert_int_equal(s_wave_num(r, k, "sent"), want[k]);
+        assert_int_equal(s_wave_num(r, k, "succeeded"), want[k]);
+        assert_int_equal(s_wave_num(r, k, "failed") + s_wave_num(r, k, "timedOut"), 0);
+    }
+    json_decref(r);
+    /* In order: wave k+1 started after 95 % of wave k had succeeded and
+     * had soaked a second, and no job of wave k+1 left before. */
+    for (int k = 0; k < 2; k++) {
+        double ok_at =
+            s_num("SELECT finished_ms FROM ota.jobs WHERE rollout_id = '%s' AND wave = %d"
+                  " ORDER BY finished_ms OFFSET ceil(0.95 * %" PRId64 ") - 1 LIMIT 1",
+                  id, k, want[k]);
+        double next_start = s_num(
+            "SELECT started_ms FROM ota.waves WHERE rollout_id = '%s' AND idx = %d", id, k + 1);
+        double first_sent = s_num("SELECT min(sent_ms) FROM ota.jobs WHERE rollout_id = '%s'"
+                                  " AND wave = %d",
+                                  id, k + 1);
+        assert_true(next_start >= ok_at + 1000);
+        assert_true(first_sent >= next_start);
+    }
+    /* The canary is the first devices by the stable hash of their ids. */
+    char *ids[200];
+    for (int i = 0; i < 200; i++)
+        assert_true(asprintf(&ids[i], "a-%04d", i) > 0);
+    ota_order_devices(ids, NULL, 200);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(s_num("SELECT wave FROM ota.jobs WHERE rollout_id = '%s'"
+                               " AND device_id = '%s'",
+                               id, ids[i]),
+                         0);
+    for (int i = 0; i < 200; i++)
+        free(ids[i]);
+    /* Every device runs the new version, by its own report in the twin. */
+    assert_int_equal(mht_db_wait_num(&s_db,
+                                     "SELECT count(*) FROM twin.devices WHERE id LIKE 'a-%'"
+                                     " AND firmware = 'a-2.0'",
+                                     200, 10000),
+                     200);
+    assert_int_equal(s_fleet_stop("sim-a", sim), 0);
+}
+
+/* The new version fails on half the devices: the rollout stops in the
+ * canary, every device that took it goes back to its previous version,
+ * and no device outside the canary ever got a job. */
+static void test_failure_rolls_back(void **state)
+{
+    (void)state;
+    s_upload_version("b-1.0", 4000);
+    s_upload_version("b-2.0", 4000);
+    pid_t sim = s_fleet("sim-b", "b", 200, "b-1.0", "b-2.0:0.5", "300ms");
+    const char *id = s_create("{\"firmware\":\"b-2.0\",\"target\":{\"firmware\":\"b-1.0\"},"
+                              "\"waves\":[{\"percent\":10},{\"percent\":50},{\"percent\":100}],"
+                              "\"soakSeconds\":0,\"failureThreshold\":0.05,"
+                              "\"onFailure\":\"rollback\",\"maxPerMinute\":60000}");
+    json_t *r = s_wait_state(id, "rolled_back", 60000);
+    assert_non_null(strstr(json_string_value(json_object_get(r, "reason")), "wave 1"));
+    assert_true(s_wave_num(r, 0, "failed") > 0);
+    assert_int_equal(s_wave_num(r, 1, "sent"), 0);
+    assert_int_equal(s_wave_num(r, 2, "sent"), 0);
+    json_decref(r);
+    assert_int_equal(s_num("SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s' AND wave > 0"
+                           " AND (sent_ms IS NOT NULL OR status <> 'cancelled')",
+                           id),
+                     0);
+    /* Every device that took b-2.0 got a rollback job to b-1.0 and ran it. */
+    double took = s_num("SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
+                        " AND action = 'install' AND status = 'succeeded'",
+                        id);
+    assert_true(took >= 0);
+    assert_int_equal(mht_db_wait_num(&s_db,
+                                     "SELECT count(*) FROM ota.jobs WHERE action = 'rollback'"
+                                     " AND status = 'succeeded' AND to_version = 'b-1.0'",
+                                     took, 20000),
+                     took);
+    assert_int_equal(s_num("SELECT count(*) FROM ota.jobs i WHERE i.rollout_id = '%s'"
+                           " AND i.action = 'install' AND i.status = 'succeeded'"
+                           " AND NOT EXISTS (SELECT 1 FROM ota.jobs b WHERE"
+                           " b.rollout_id = i.rollout_id AND b.device_id = i.device_id"
+                           " AND b.action = 'rollback')",
+                           id),
+                     0);
+    /* And they all run b-1.0 again. */
+    assert_int_equal(mht_db_wait_num(&s_db,
+                                     "SELECT count(*) FROM twin.devices WHERE id LIKE 'b-%'"
+                                     " AND firmware = 'b-1.0'",
+                                     200, 10000),
+                     200);
+    s_fleet_stop("sim-b", sim);
+}
+
+/* One byte of the stored image changed: every device refuses it (SHA-256
+ * and signature no longer match) and the jobs count as failed. */
+static void test_tampered_image(void **state)
+{
+    (void)state;
+    s_upload_version("c-1.0", 1000);
+    s_upload_version("c-2.0", 50000);
+    assert_int_equal(mht_db_num(&s_db, "WITH u AS (UPDATE ota.firmware SET image = set_byte(image,"
+                                       " 1234, get_byte(image, 1234) # 1) WHERE version = 'c-2.0'"
+                                       " RETURNING 1) SELECT count(*) FROM u"),
+                     1);
+    pid_t sim = s_fleet("sim-c", "c", 20, "c-1.0", NULL, "0");
+    const char *id = s_create("{\"firmware\":\"c-2.0\",\"target\":{\"firmware\":\"c-1.0\"},"
+                              "\"waves\":[{\"percent\":100}],\"failureThreshold\":1,"
+                              "\"onFailure\":\"pause\",\"maxPerMinute\":60000}");
+    json_t *r = s_wait_state(id, "completed", 60000);
+    assert_int_equal(s_wave_num(r, 0, "targeted"), 20);
+    assert_int_equal(s_wave_num(r, 0, "failed"), 20);
+    assert_int_equal(s_wave_num(r, 0, "succeeded"), 0);
+    json_decref(r);
+    assert_int_equal(s_num("SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
+                           " AND error LIKE 'SHA-256%%does not match%%'",
+                           id),
+                     20);
+    assert_int_equal(s_num("SELECT count(*) FROM twin.devices WHERE id LIKE 'c-%%'"
+                           " AND firmware = 'c-1.0'"),
+                     20);
+    s_fleet_stop("sim-c", sim);
+}
+
+/* ota SIGKILLed in the middle of a rollout and started again: the rollout
+ * completes, and no device got a job again after it had answered it. */
+static void test_kill_and_resume(void **state)
+{
+    (void)state;
+    s_upload_version("d-1.0", 1000);
+    s_upload_version("d-2.0", 20000);
+    pid_t sim = s_fleet("sim-d", "d", 200, "d-1.0", NULL, "1s");
+    const char *id = s_create("{\"firmware\":\"d-2.0\",\"target\":{\"firmware\":\"d-1.0\"},"
+                              "\"waves\":[{\"percent\":1},{\"percent\":10},{\"percent\":100}],"
+                              "\"soakSeconds\":0,\"maxPerMinute\":1200}");
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT least(count(*), 60) FROM ota.jobs WHERE rollout_id = '%s'"
+             " AND status = 'succeeded'",
+             id);
+    assert_int_equal(mht_db_wait_num(&s_db, sql, 60, 60000), 60);
+    int st = mht_stop(s_ota.pid, SIGKILL, 5000);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    mht_sleep_ms(1500);
+    mht_ota_start(&s_ota, "ota", &s_db, s_downlink, &s_twin, s_key, s_ota_extra);
+    json_t *r = s_wait_state(id, "completed", 120000);
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(s_wave_num(r, k, "succeeded"), s_wave_num(r, k, "targeted"));
+    json_decref(r);
+    /* Sent again only while unanswered: never after ota had the device's
+     * answer; and every repeat a device saw is one of those re-sends (an
+     * answer lost with the killed process). */
+    assert_int_equal(s_num("SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
+                           " AND sends > 1 AND last_sent_ms > answered_ms",
+                           id),
+                     0);
+    double resent = s_num("SELECT coalesce(sum(sends - 1), 0) FROM ota.jobs"
+                          " WHERE rollout_id = '%s'",
+                          id);
+    long repeats = s_fleet_stop("sim-d", sim);
+    assert_true(repeats >= 0 && repeats <= resent);
+}
+
+/* Bad rollouts and uploads get a clear error and create nothing. */
+static void test_bad_requests(void **state)
+{
+    (void)state;
+    s_upload_version("e-1.0", 100);
+    double before = s_num("SELECT count(*) FROM ota.rollouts");
+    static const struct {
+        const char *spec;
+        uint32_t status;
+        const char *says;
+    } cases[] = {
+        {"{\"firmware\":\"no-such\"}", 404, "no firmware"},
+        {"{\"firmware\":\"e-1.0\",\"waves\":[{\"percent\":10},{\"percent\":50}]}", 400,
+         "last must be 100"},
+        {"{\"firmware\":\"e-1.0\",\"waves\":[{\"percent\":50},{\"percent\":10},"
+         "{\"percent\":100}]}",
+         400, "rise"},
+        {"{\"firmware\":\"e-1.0\",\"waves\":[]}", 400, "waves"},
+        {"{\"firmware\":\"e-1.0\",\"successThreshold\":1.5}", 400, "successThreshold"},
+        {"{\"firmware\":\"e-1.0\",\"failureThreshold\":-0.1}", 400, "failureThreshold"},
+        {"{\"firmware\":\"e-1.0\",\"soakSeconds\":-1}", 400, "soakSeconds"},
+        {"{\"firmware\":\"e-1.0\",\"jobTimeoutSeconds\":0}", 400, "jobTimeoutSeconds"},
+        {"{\"firmware\":\"e-1.0\",\"onFailure\":\"explode\"}", 400, "onFailure"},
+        {"{\"firmware\":\"e-1.0\",\"colour\":\"red\"}", 400, "unknown field"},
+        {"{\"firmware\":\"e-1.0\",\"target\":{\"tags\":{\"model\":1}}}", 400, "target.tags"},
+        {"{\"firmware\":", 400, "invalid JSON"},
+        {"[]", 400, "object"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        Mh__OtaRequest q = MH__OTA_REQUEST__INIT;
+        q.method = MH__OTA_REQUEST__METHOD__CREATE_ROLLOUT;
+        q.body_json = (char *)cases[i].spec;
+        Mh__OtaReply *r = s_call(&q);
+        if (r->status != cases[i].status || !strstr(r->message, cases[i].says))
+            fail_msg("%s: got %u \"%s\", wanted %u mentioning \"%s\"", cases[i].spec, r->status,
+                     r->message, cases[i].status, cases[i].says);
+        mh__ota_reply__free_unpacked(r, NULL);
+    }
+    assert_int_equal(s_num("SELECT count(*) FROM ota.rollouts"), before);
+    /* Uploads: a version once, names checked, no empty image. */
+    uint8_t img[16] = {1, 2, 3};
+    assert_int_equal(s_upload("e-1.0", img, sizeof img), 409);
+    assert_int_equal(s_upload("bad version", img, sizeof img), 400);
+    assert_int_equal(s_upload("e-9.0", img, 0), 400);
+    /* Unknown rollouts and controls that do not apply. */
+    Mh__OtaReply *r = s_control(MH__OTA_REQUEST__METHOD__GET_ROLLOUT, "0000-nope");
+    assert_int_equal(r->status, 404);
+    mh__ota_reply__free_unpacked(r, NULL);
+    const char *id = s_create("{\"firmware\":\"e-1.0\",\"target\":{\"firmware\":\"none\"}}");
+    json_decref(s_wait_state(id, "completed", 20000)); /* nothing matches */
+    r = s_control(MH__OTA_REQUEST__METHOD__PAUSE_ROLLOUT, id);
+    assert_int_equal(r->status, 409);
+    assert_string_equal(r->error_code, "conflict");
+    mh__ota_reply__free_unpacked(r, NULL);
+}
+
+/* Devices download from pre-signed links: the whole image, a range to
+ * resume, and nothing without a valid signature or after expiry. */
+static size_t s_collect(char *p, size_t sz, size_t n, void *ud)
+{
+    zchunk_t *c = ud;
+    zchunk_extend(c, p, sz * n);
+    return sz * n;
+}
+
+static long s_fetch(const char *path, const char *range, zchunk_t *into)
+{
+    char url[1024];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", s_ota.http_port, path);
+    CURL *c = curl_easy_init();
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, into);
+    if (range)
+        curl_easy_setopt(c, CURLOPT_RANGE, range);
+    long code = 0;
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_cleanup(c);
+    return code;
+}
+
+static void test_download_links(void **state)
+{
+    (void)state;
+    s_upload_version("f-1.0", 100000);
+    char secret[128], link[512];
+    PGresult *res = PQexec(s_db.conn, "SELECT value FROM ota.settings WHERE key = 'url_secret'");
+    assert_int_equal(PQntuples(res), 1);
+    snprintf(secret, sizeof secret, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    res = PQexecParams(s_db.conn, "SELECT image FROM ota.firmware WHERE version = 'f-1.0'", 0, NULL,
+                       NULL, NULL, NULL, 1);
+    assert_int_equal(PQgetlength(res, 0, 0), 100000);
+    const uint8_t *img = (const uint8_t *)PQgetvalue(res, 0, 0);
+    int64_t exp = (int64_t)time(NULL) + 600;
+    ota_link(secret, "f-1.0", exp, link, sizeof link);
+    zchunk_t *c = zchunk_new(NULL, 0);
+    assert_int_equal(s_fetch(link, NULL, c), 200);
+    assert_int_equal(zchunk_size(c), 100000);
+    assert_memory_equal(zchunk_data(c), img, 100000);
+    zchunk_destroy(&c);
+    c = zchunk_new(NULL, 0);
+    assert_int_equal(s_fetch(link, "60000-", c), 206);
+    assert_int_equal(zchunk_size(c), 40000);
+    assert_memory_equal(zchunk_data(c), img + 60000, 40000);
+    zchunk_destroy(&c);
+    c = zchunk_new(NULL, 0);
+    assert_int_equal(s_fetch(link, "200000-", c), 416);
+    zchunk_destroy(&c);
+    PQclear(res);
+    /* tampered signature, another version, expired */
+    char bad[600];
+    snprintf(bad, sizeof bad, "%s", link);
+    bad[strlen(bad) - 1] = bad[strlen(bad) - 1] == '0' ? '1' : '0';
+    c = zchunk_new(NULL, 0);
+    assert_int_equal(s_fetch(bad, NULL, c), 403);
+    zchunk_destroy(&c);
+    ota_link(secret, "f-1.0", (int64_t)time(NULL) - 5, link, sizeof link);
+    c = zchunk_new(NULL, 0);
+    assert_int_equal(s_fetch(link, NULL, c), 403);
+    zchunk_destroy(&c);
+    c = zchunk_new(NULL, 0);
+    assert_int_equal(s_fetch("/firmware/f-1.0/image", NULL, c), 403);
+    zchunk_destroy(&c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bad_requests),      cmocka_unit_test(test_download_links),
+        cmocka_unit_test(test_rollout_completes), cmocka_unit_test(test_failure_rolls_back),
+        cmocka_unit_test(test_tampered_image),    cmocka_unit_test(test_kill_and_resume),
+    };
+    cmocka_set_message_output(CM_OUTPUT_TAP);
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
