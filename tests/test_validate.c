@@ -238,12 +238,37 @@ static void test_status(void **state)
 #undef S
 }
 
+static void test_ota_status(void **state)
+{
+    (void)state;
+    char d[128];
+    char id[80];
+    gw_topic_kind_t kind;
+    const char *t = "devices/d-1/ota/status";
+    assert_int_equal(gw_topic_parse(t, strlen(t), id, &kind), GW_OK);
+    assert_int_equal(kind, GW_TOPIC_OTA_STATUS);
+#define S(x) gw_validate_ota_status(x, strlen(x), d, sizeof d)
+    assert_int_equal(S("{\"jobId\":\"j1\",\"state\":\"downloading\",\"progress\":40}"), GW_OK);
+    assert_int_equal(S("{\"jobId\":\"j1\",\"state\":\"failed\",\"error\":\"bad sha\","
+                       "\"version\":\"2.1.0\"}"),
+                     GW_OK);
+    assert_int_equal(S("{\"state\":\"succeeded\"}"), GW_BAD_OTA_STATUS);
+    assert_int_equal(S("{\"jobId\":\"j1\",\"state\":\"done\"}"), GW_BAD_OTA_STATUS);
+    assert_int_equal(S("{\"jobId\":\"j1\",\"state\":\"installing\",\"progress\":101}"),
+                     GW_BAD_OTA_STATUS);
+    assert_int_equal(S("{\"jobId\":7,\"state\":\"installing\"}"), GW_BAD_OTA_STATUS);
+    assert_int_equal(S("{\"jobId\":\"j\",\"state\":\"failed\",\"error\":5}"), GW_BAD_OTA_STATUS);
+    assert_int_equal(S("{\"jobId\":"), GW_BAD_JSON);
+    assert_string_equal(gw_reason_name(GW_BAD_OTA_STATUS), "bad_ota_status");
+#undef S
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_topics),       cmocka_unit_test(test_json_accepts),
         cmocka_unit_test(test_json_rejects), cmocka_unit_test(test_protobuf),
-        cmocka_unit_test(test_status),
+        cmocka_unit_test(test_status),       cmocka_unit_test(test_ota_status),
     };
     return MHT_RUN(tests);
 }

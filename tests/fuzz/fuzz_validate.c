@@ -23,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* one accepted point first, to check that a refusal keeps it */
     assert(gw_validate_telemetry_json("{\"keep\":1}", 10, now, &p, NULL, 0) == GW_OK);
     gw_reason_t r = GW_OK;
-    switch (data[0] % 4) {
+    switch (data[0] % 5) {
     case 0: {
         char id[GW_MAX_ID + 1];
         gw_topic_kind_t kind;
@@ -43,6 +43,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         gw_validate_status((const char *)in, n, &online, fw, detail, sizeof detail);
         break;
     }
+    case 4:
+        gw_validate_ota_status((const char *)in, n, detail, sizeof detail);
+        break;
     }
     if (r != GW_OK)
         assert(p.n == 1);

@@ -1,0 +1,171 @@
+/* The pure rollout rules: request checks, wave placement, the gate. */
+#include "mh_test.h"
+
+#include "ota_plan.h"
+
+static void test_spec_defaults(void **state)
+{
+    (void)state;
+    ota_spec_t s;
+    char why[256];
+    assert_int_equal(ota_spec_parse("{\"firmware\":\"2.1.0\"}", &s, why, sizeof why), 0);
+    assert_int_equal(s.nwaves, 3);
+    assert_true(s.percents[0] == 1 && s.percents[1] == 10 && s.percents[2] == 100);
+    assert_true(s.success_threshold == 0.95 && s.failure_threshold == 0.05);
+    assert_int_equal(s.min_devices, 1);
+    assert_int_equal(s.soak_s, 600);
+    assert_int_equal(s.job_timeout_s, 3600);
+    assert_int_equal(s.max_per_minute, 1000);
+    assert_true(s.rollback_on_failure);
+    ota_spec_clear(&s);
+    /* the spec's own example */
+    assert_int_equal(
+        ota_spec_parse("{\"firmware\":\"2.1.0\",\"target\":{\"tags\":{\"model\":\"x1\"},"
+                       "\"firmware\":\"2.0.0\"},\"waves\":[{\"percent\":1},{\"percent\":10},"
+                       "{\"percent\":100}],\"successThreshold\":0.95,\"failureThreshold\":0.05,"
+                       "\"minDevicesPerWave\":1,\"soakSeconds\":600,\"jobTimeoutSeconds\":3600,"
+                       "\"maxPerMinute\":1000,\"onFailure\":\"pause\"}",
+                       &s, why, sizeof why),
+        0);
+    assert_string_equal(s.target_firmware, "2.0.0");
+    assert_string_equal(json_string_value(json_object_get(s.target_tags, "model")), "x1");
+    assert_false(s.rollback_on_failure);
+    json_t *norm = ota_spec_json(&s);
+    assert_string_equal(json_string_value(json_object_get(norm, "onFailure")), "pause");
+    json_decref(norm);
+    ota_spec_clear(&s);
+}
+
+static void test_spec_rejects(void **state)
+{
+    (void)state;
+    static const char *bad[] = {
+        "{}",
+        "{\"firmware\":\"\"}",
+        "{\"firmware\":\"a b\"}",
+        "{\"firmware\":\"1\",\"waves\":[{\"percent\":0},{\"percent\":100}]}",
+        "{\"firmware\":\"1\",\"waves\":[{\"percent\":100},{\"percent\":100}]}",
+        "{\"firmware\":\"1\",\"waves\":[{\"percent\":101}]}",
+        "{\"firmware\":\"1\",\"waves\":[{\"percent\":50,\"x\":1},{\"percent\":100}]}",
+        "{\"firmware\":\"1\",\"successThreshold\":\"0.9\"}",
+        "{\"firmware\":\"1\",\"minDevicesPerWave\":0}",
+        "{\"firmware\":\"1\",\"minDevicesPerWave\":1.5}",
+        "{\"firmware\":\"1\",\"maxPerMinute\":0}",
+        "{\"firmware\":\"1\",\"target\":{\"tags\":{\"a:b\":\"c\"}}}",
+        "{\"firmware\":\"1\",\"target\":{\"model\":\"x\"}}",
+        "{\"firmware\":\"1\",\"firmware\":\"2\"}",
+        "nope",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ota_spec_t s;
+        char why[256] = "";
+        if (ota_spec_parse(bad[i], &s, why, sizeof why) == 0)
+            fail_msg("accepted %s", bad[i]);
+        assert_true(strlen(why) > 5);
+    }
+}
+
+static void test_waves(void **state)
+{
+    (void)state;
+    ota_spec_t s;
+    char why[256];
+    assert_int_equal(ota_spec_parse("{\"firmware\":\"1\"}", &s, why, sizeof why), 0);
+    /* 200 devices with 1/10/100: 2, 18, 180 */
+    int sizes[3] = {0};
+    for (size_t r = 0; r < 200; r++)
+        sizes[ota_wave_of(&s, r, 200)]++;
+    assert_int_equal(sizes[0], 2);
+    assert_int_equal(sizes[1], 18);
+    assert_int_equal(sizes[2], 180);
+    /* one device: it is the canary */
+    assert_int_equal(ota_wave_of(&s, 0, 1), 0);
+    assert_int_equal(ota_wave_end(0.1, 1000), 1);
+    assert_int_equal(ota_wave_end(1, 10001), 101);
+    assert_int_equal(ota_wave_end(100, 7), 7);
+    ota_spec_clear(&s);
+    /* the order is by hash, the same for the same ids in any input order */
+    char *a[] = {"d-1", "d-2", "d-3", "d-4", "d-5"}, *b[] = {"d-5", "d-3", "d-1", "d-4", "d-2"};
+    ota_order_devices(a, NULL, 5);
+    ota_order_devices(b, NULL, 5);
+    for (int i = 0; i < 5; i++) {
+        assert_string_equal(a[i], b[i]);
+        if (i)
+            assert_true(ota_device_hash(a[i - 1]) <= ota_device_hash(a[i]));
+    }
+}
+
+static void test_decide(void **state)
+{
+    (void)state;
+    ota_spec_t s;
+    char why[256];
+    assert_int_equal(ota_spec_parse("{\"firmware\":\"1\",\"soakSeconds\":10}", &s, why, sizeof why),
+                     0);
+    ota_wave_t w[3] = {{.targeted = 2, .pending = 2},
+                       {.targeted = 18, .pending = 18},
+                       {.targeted = 180, .pending = 180}};
+    ota_decision_t d;
+    ota_decide(&s, w, -1, -1, 1000, &d);
+    assert_int_equal(d.start_wave, 0);
+    /* canary running: nothing yet */
+    w[0] = (ota_wave_t){.targeted = 2, .in_flight = 1, .succeeded = 1, .started_ms = 1000};
+    ota_decide(&s, w, 0, -1, 2000, &d);
+    assert_int_equal(d.start_wave, -1);
+    assert_int_equal(d.ok_wave, -1);
+    assert_int_equal(d.fail_wave, -1);
+    /* both succeeded: ok now, soak 10 s before wave 2 */
+    w[0].in_flight = 0;
+    w[0].succeeded = 2;
+    ota_decide(&s, w, 0, -1, 3000, &d);
+    assert_int_equal(d.ok_wave, 0);
+    assert_int_equal(d.start_wave, -1);
+    w[0].ok_ms = 3000;
+    ota_decide(&s, w, 0, -1, 12999, &d);
+    assert_int_equal(d.start_wave, -1);
+    ota_decide(&s, w, 0, -1, 13000, &d);
+    assert_int_equal(d.start_wave, 1);
+    /* one failure in 18 finished of wave 2 is over 5 %: stop */
+    w[1] = (ota_wave_t){.targeted = 18, .succeeded = 17, .failed = 1, .started_ms = 13000};
+    ota_decide(&s, w, 1, -1, 14000, &d);
+    assert_int_equal(d.fail_wave, 1);
+    assert_non_null(strstr(d.reason, "wave 2"));
+    /* ... unless an operator accepted that wave */
+    ota_decide(&s, w, 1, 1, 14000, &d);
+    assert_int_equal(d.fail_wave, -1);
+    /* timed out counts as failed; minDevicesPerWave holds the gate */
+    ota_spec_clear(&s);
+    assert_int_equal(
+        ota_spec_parse("{\"firmware\":\"1\",\"minDevicesPerWave\":5}", &s, why, sizeof why), 0);
+    w[1] = (ota_wave_t){.targeted = 18, .timed_out = 2, .succeeded = 2, .in_flight = 14};
+    ota_decide(&s, w, 1, -1, 14000, &d);
+    assert_int_equal(d.fail_wave, -1);
+    w[1].succeeded = 3;
+    w[1].in_flight = 13;
+    ota_decide(&s, w, 1, -1, 14000, &d);
+    assert_int_equal(d.fail_wave, 1);
+    /* last wave finished: completed; below threshold earlier: stalled */
+    w[1] = (ota_wave_t){.targeted = 18, .succeeded = 18, .ok_ms = 1};
+    w[2] = (ota_wave_t){.targeted = 180, .succeeded = 179, .failed = 1};
+    ota_spec_clear(&s);
+    assert_int_equal(
+        ota_spec_parse("{\"firmware\":\"1\",\"failureThreshold\":0.5}", &s, why, sizeof why), 0);
+    ota_decide(&s, w, 2, -1, 20000, &d);
+    assert_true(d.completed);
+    w[1] = (ota_wave_t){.targeted = 18, .succeeded = 10, .failed = 8};
+    ota_decide(&s, w, 1, -1, 20000, &d);
+    assert_true(d.stalled);
+    assert_int_equal(d.start_wave, -1);
+    ota_spec_clear(&s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_spec_defaults),
+        cmocka_unit_test(test_spec_rejects),
+        cmocka_unit_test(test_waves),
+        cmocka_unit_test(test_decide),
+    };
+    return MHT_RUN(tests);
+}
