@@ -3,7 +3,7 @@
 # with no containers: mosquitto on 127.0.0.1:1883, a private PostgreSQL on
 # 127.0.0.1:5433 (data in .local/, git-ignored), every service, and motesim
 # with 1,000 devices (registered with twin, reporting their twins, taking
-# commands, a few of them flapping). Ctrl-C stops everything it started.
+# commands and OTA jobs, a few of them flapping). Ctrl-C stops everything it started.
 #
 # Overridable: MH_MQTT_PORT, MH_PG_PORT, MOTESIM_DEVICES, MOTESIM_INTERVAL.
 set -euo pipefail
@@ -57,6 +57,12 @@ export MH_MQTT_URL="tcp://127.0.0.1:$mqtt_port"
 export MH_PG_URL="postgresql://postgres@127.0.0.1:$pg_port/motehub"
 build/services/ingest/motehub-ingest >"$logs/ingest.log" 2>&1 & pids+=($!)
 build/services/twin/motehub-twin >"$logs/twin.log" 2>&1 & pids+=($!)
+# The fleet's firmware signing key: made once, kept in .local/ (never in git).
+if [ ! -f "$state/fleet-signing.pem" ]; then
+    openssl genpkey -algorithm ed25519 -out "$state/fleet-signing.pem" 2>/dev/null
+    openssl pkey -in "$state/fleet-signing.pem" -pubout -out "$state/fleet-signing.pub.pem"
+fi
+build/services/ota/motehub-ota --signing-key="$state/fleet-signing.pem" >"$logs/ota.log" 2>&1 & pids+=($!)
 build/services/gateway/motehub-gateway >"$logs/gateway.log" 2>&1 & pids+=($!)
 
 wait_ready() {
@@ -69,12 +75,14 @@ wait_ready() {
 }
 wait_ready 127.0.0.1:9102 ingest
 wait_ready 127.0.0.1:9103 twin
+wait_ready 127.0.0.1:9104 ota
 wait_ready 127.0.0.1:9101 gateway
 
 # motesim registers its devices with twin first (the gateway drops messages
 # from unregistered ids), then connects them.
 build/tools/motesim/motesim --devices="$devices" --interval="$interval" --report=30s \
     --register=tcp://127.0.0.1:5581 --flap-fraction=0.01 --flap-interval=60s \
+    --ota-key="$state/fleet-signing.pub.pem" --ota-fail=9.9.9-bad:0.5 \
     >"$logs/motesim.log" 2>&1 & pids+=($!)
 
 cat <<INFO
@@ -85,6 +93,7 @@ Motehub is running locally.
   gateway          http://127.0.0.1:9101/metrics  /healthz  /readyz
   ingest           http://127.0.0.1:9102/metrics  /healthz  /readyz
   twin             http://127.0.0.1:9103/metrics  /healthz  /readyz   (RPC tcp://127.0.0.1:5581)
+  ota              http://127.0.0.1:9104/metrics  /healthz  /readyz   (RPC tcp://127.0.0.1:5583)
   motesim          $devices devices (sim-0000...), one message every $interval each
   logs             $logs/
 
@@ -94,6 +103,10 @@ Look at the stored telemetry:
 Look at the twins and the command queue:
   $psql motehub -c "SELECT id, online, firmware, version, doc->'state'->'reported' FROM twin.devices LIMIT 5"
   $psql motehub -c "SELECT device_id, name, status FROM twin.commands ORDER BY seq DESC LIMIT 10"
+Roll out firmware (motesim's devices run 1.0.0; 9.9.9-bad fails on half of them):
+  build/tools/bench/ota_bench --pg-url="$MH_PG_URL" --upload=1.0.0:65536,2.0.0:65536 \\
+    --rollout='{"firmware":"2.0.0","target":{"firmware":"1.0.0"},"soakSeconds":10}'
+  $psql motehub -c "SELECT state, reason FROM ota.rollouts ORDER BY seq DESC LIMIT 3"
 Publish a sample yourself (as a registered simulated device):
   mosquitto_pub -p $mqtt_port -q 1 -t devices/sim-0000/telemetry -m '{"temperature":21.5}'
 

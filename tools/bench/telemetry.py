@@ -114,6 +114,42 @@ class Stack:
             self.stop(p)
 
 
+def setup(args, prefix):
+    """Installs what is missing, builds (release), and starts a private
+    PostgreSQL (database "bench") and mosquitto on free loopback ports.
+    Returns (stack, pg_port, broker, broker_port); call teardown(stack)."""
+    subprocess.check_call([os.path.join(ROOT, "tools/install-deps.sh")])
+    if not os.path.exists(os.path.join(ROOT, args.build, "build.ninja")):
+        subprocess.check_call(["meson", "setup", args.build, "--buildtype=release"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL)
+    subprocess.check_call(["ninja", "-C", args.build], cwd=ROOT, stdout=subprocess.DEVNULL)
+    work = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(work, 0o755)
+    stack = Stack(args, work)
+    pg_port, broker_port = free_port(), free_port()
+    stack.pgdir = os.path.join(work, "pg")
+    subprocess.check_call([os.path.join(ROOT, "tests/lib/pg-cluster.sh"), "start", stack.pgdir, str(pg_port)])
+    try:
+        subprocess.check_call(["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "-d",
+                               "postgres", "-qc", "CREATE DATABASE bench"])
+        conf = os.path.join(work, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
+                    "log_dest stderr\nlog_type error\n" + ("user root\n" if os.getuid() == 0 else ""))
+        broker = stack.spawn("mosquitto", ["mosquitto", "-c", conf])
+        time.sleep(0.5)
+    except BaseException:
+        teardown(stack)
+        raise
+    return stack, pg_port, broker, broker_port
+
+
+def teardown(stack):
+    stack.stop_all()
+    subprocess.call([os.path.join(ROOT, "tests/lib/pg-cluster.sh"), "stop", stack.pgdir])
+
+
 def psql(pg_port, sql):
     return subprocess.check_output(
         ["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "-d", "bench", "-Atqc", sql],
@@ -268,27 +304,9 @@ def main():
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--build", default="build")
     args = ap.parse_args()
-    subprocess.check_call([os.path.join(ROOT, "tools/install-deps.sh")])
-    if not os.path.exists(os.path.join(ROOT, args.build, "build.ninja")):
-        subprocess.check_call(["meson", "setup", args.build, "--buildtype=release"], cwd=ROOT,
-                              stdout=subprocess.DEVNULL)
-    subprocess.check_call(["ninja", "-C", args.build], cwd=ROOT, stdout=subprocess.DEVNULL)
-    work = tempfile.mkdtemp(prefix="motehub-bench-")
-    os.chmod(work, 0o755)
-    stack = Stack(args, work)
-    pg_port, broker_port = free_port(), free_port()
-    pgdir = os.path.join(work, "pg")
-    subprocess.check_call([os.path.join(ROOT, "tests/lib/pg-cluster.sh"), "start", pgdir, str(pg_port)])
+    stack, pg_port, broker, broker_port = setup(args, "motehub-bench-")
+    work = stack.work
     try:
-        subprocess.check_call(["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "-d",
-                               "postgres", "-qc", "CREATE DATABASE bench"])
-        conf = os.path.join(work, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
-                    "log_dest stderr\nlog_type error\n" + ("user root\n" if os.getuid() == 0 else ""))
-        broker = stack.spawn("mosquitto", ["mosquitto", "-c", conf])
-        time.sleep(0.5)
         print(f"# {args.devices} devices in {args.publishers} motesim processes, QoS1, {METRICS} metrics "
               f"per message, {args.duration} s per rate, {args.gateways} gateway(s), {args.ingests} ingest(s); "
               f"logs in {work}")
@@ -308,8 +326,7 @@ def main():
                   f"after publishing ended); CPU s/1k msgs: "
                   + ", ".join(f"{k} {v / per_k:.3f}" for k, v in r["cpu"].items()), flush=True)
     finally:
-        stack.stop_all()
-        subprocess.call([os.path.join(ROOT, "tests/lib/pg-cluster.sh"), "stop", pgdir])
+        teardown(stack)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ twin -> PostgreSQL -> twin -> gateway -> mosquitto -> motesim):
 
 Everything runs on 127.0.0.1 on free ports and stops at the end.
 """
-import argparse, os, re, subprocess, sys, tempfile, time
+import argparse, os, re, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from telemetry import ROOT, Stack, cpu_seconds, free_port, postgres_cpu, postgres_pids, wait_ready  # noqa: E402
+from telemetry import cpu_seconds, free_port, postgres_cpu, postgres_pids, setup, teardown, wait_ready  # noqa: E402
 
 
 def motesim(stack, name, args):
@@ -39,28 +39,10 @@ def main():
     ap.add_argument("--twins", type=int, default=1, help="twin replicas")
     ap.add_argument("--build", default="build")
     args = ap.parse_args()
-    subprocess.check_call([os.path.join(ROOT, "tools/install-deps.sh")])
-    if not os.path.exists(os.path.join(ROOT, args.build, "build.ninja")):
-        subprocess.check_call(["meson", "setup", args.build, "--buildtype=release"], cwd=ROOT,
-                              stdout=subprocess.DEVNULL)
-    subprocess.check_call(["ninja", "-C", args.build], cwd=ROOT, stdout=subprocess.DEVNULL)
-    work = tempfile.mkdtemp(prefix="motehub-bench-twin-")
-    os.chmod(work, 0o755)
-    stack = Stack(args, work)
-    pg_port, broker_port = free_port(), free_port()
-    pgdir = os.path.join(work, "pg")
+    stack, pg_port, broker, broker_port = setup(args, "motehub-bench-twin-")
+    work = stack.work
     pg_url = f"host=127.0.0.1 port={pg_port} user=postgres dbname=bench"
-    subprocess.check_call([os.path.join(ROOT, "tests/lib/pg-cluster.sh"), "start", pgdir, str(pg_port)])
     try:
-        subprocess.check_call(["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "-d",
-                               "postgres", "-qc", "CREATE DATABASE bench"])
-        conf = os.path.join(work, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
-                    "log_dest stderr\nlog_type error\n" + ("user root\n" if os.getuid() == 0 else ""))
-        broker = stack.spawn("mosquitto", ["mosquitto", "-c", conf])
-        time.sleep(0.5)
         ing_port, ing_http = free_port(), free_port()
         stack.spawn("ingest", [os.path.join(stack.bin, "services/ingest/motehub-ingest"),
                                f"--http-listen=127.0.0.1:{ing_http}", f"--bind=tcp://127.0.0.1:{ing_port}",
@@ -124,8 +106,7 @@ def main():
               f"{args.devices} offline devices; after connecting all at once, the first was handled at "
               f"{m.group(2)} ms and the last ({m.group(1)} handled) at {m.group(3)} ms", flush=True)
     finally:
-        stack.stop_all()
-        subprocess.call([os.path.join(ROOT, "tests/lib/pg-cluster.sh"), "stop", pgdir])
+        teardown(stack)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""OTA benchmark, end to end (ota -> gateway -> mosquitto -> motesim devices,
+which download over HTTP, verify SHA-256 and the Ed25519 signature, install
+and report back through the gateway):
+
+1. A rollout of 2.0.0 to every device through three waves (1 %, 10 %, 100 %):
+   time per wave (start to last job finished) and jobs sent per second.
+2. A rollout of 3.0.0 that fails on 8 % of the devices, with a canary wave
+   large enough to see it (10 %, failureThreshold 5 % once half the canary,
+   at most 500, finished):
+   time from the failure gate tripping to every rollback job sent.
+
+    tools/bench/ota.py --devices 10000
+    tools/bench/ota.py --devices 2000 --install-time 500ms
+
+Everything runs on 127.0.0.1 on free ports and stops at the end.
+"""
+import argparse, os, re, subprocess, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from telemetry import free_port, psql, setup, teardown, wait_ready  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", type=int, default=10000)
+    ap.add_argument("--image-size", type=int, default=256 * 1024)
+    ap.add_argument("--install-time", default="2s")
+    ap.add_argument("--max-per-minute", type=int, default=600000)
+    ap.add_argument("--build", default="build")
+    args = ap.parse_args()
+    stack, pg_port, broker, broker_port = setup(args, "motehub-bench-ota-")
+    work = stack.work
+    pg_url = f"host=127.0.0.1 port={pg_port} user=postgres dbname=bench"
+    try:
+        key, pub = os.path.join(work, "fleet-signing.pem"), os.path.join(work, "fleet-signing.pub.pem")
+        subprocess.check_call(["openssl", "genpkey", "-algorithm", "ed25519", "-out", key])
+        subprocess.check_call(["openssl", "pkey", "-in", key, "-pubout", "-out", pub])
+        ing_port, ing_http = free_port(), free_port()
+        stack.spawn("ingest", [os.path.join(stack.bin, "services/ingest/motehub-ingest"),
+                               f"--http-listen=127.0.0.1:{ing_http}", f"--bind=tcp://127.0.0.1:{ing_port}",
+                               "--events-bind=", f"--pg-url={pg_url}"])
+        wait_ready(ing_http, "ingest")
+        dl = f"tcp://127.0.0.1:{free_port()}"
+        t_port, t_rpc, t_ev, t_http = free_port(), free_port(), free_port(), free_port()
+        stack.spawn("twin", [
+            os.path.join(stack.bin, "services/twin/motehub-twin"), f"--http-listen=127.0.0.1:{t_http}",
+            f"--bind=tcp://127.0.0.1:{t_port}", f"--rpc-bind=tcp://127.0.0.1:{t_rpc}",
+            f"--events-bind=tcp://127.0.0.1:{t_ev}", f"--downlink-endpoint={dl}", f"--pg-url={pg_url}"])
+        wait_ready(t_http, "twin")
+        o_port, o_rpc, o_http = free_port(), free_port(), free_port()
+        stack.spawn("ota", [
+            os.path.join(stack.bin, "services/ota/motehub-ota"), f"--http-listen=127.0.0.1:{o_http}",
+            f"--public-url=http://127.0.0.1:{o_http}", f"--bind=tcp://127.0.0.1:{o_port}",
+            f"--rpc-bind=tcp://127.0.0.1:{o_rpc}", "--events-bind=", f"--downlink-endpoint={dl}",
+            f"--twin-rpc-endpoint=tcp://127.0.0.1:{t_rpc}", f"--twin-events-endpoint=tcp://127.0.0.1:{t_ev}",
+            f"--pg-url={pg_url}", f"--signing-key={key}"])
+        wait_ready(o_http, "ota")
+        gw_http = free_port()
+        stack.spawn("gateway", [
+            os.path.join(stack.bin, "services/gateway/motehub-gateway"), f"--http-listen=127.0.0.1:{gw_http}",
+            f"--mqtt-url=tcp://127.0.0.1:{broker_port}", f"--ingest-endpoint=tcp://127.0.0.1:{ing_port}",
+            "--events-bind=", f"--downlink-bind={dl}", f"--twin-endpoint=tcp://127.0.0.1:{t_port}",
+            f"--twin-rpc-endpoint=tcp://127.0.0.1:{t_rpc}", f"--twin-events-endpoint=tcp://127.0.0.1:{t_ev}",
+            f"--ota-endpoint=tcp://127.0.0.1:{o_port}"])
+        wait_ready(gw_http, "gateway")
+        sim = stack.spawn("motesim", [
+            os.path.join(stack.bin, "tools/motesim/motesim"), f"--mqtt-url=tcp://127.0.0.1:{broker_port}",
+            f"--devices={args.devices}", "--prefix=o", f"--register=tcp://127.0.0.1:{t_rpc}",
+            "--firmware=1.0.0", f"--ota-key={pub}", "--ota-fail=3.0.0:0.08",
+            f"--ota-install-time={args.install_time}", "--interval=1h", "--report=30s",
+            "--connect-rate=2000"])
+        end = time.time() + 300
+        while int(psql(pg_port, "SELECT count(*) FROM twin.devices WHERE online AND firmware = '1.0.0'")
+                  or 0) < args.devices:
+            if time.time() > end or sim.poll() is not None:
+                sys.exit(f"the devices did not all come online; see {work}")
+            time.sleep(1)
+        print(f"# {args.devices} motesim devices (MQTT 5), images of {args.image_size} bytes, install "
+              f"time {args.install_time}, maxPerMinute {args.max_per_minute}; mosquitto, gateway, twin, "
+              f"ota, PostgreSQL 15 and motesim on one machine; logs in {work}", flush=True)
+        bench = os.path.join(stack.bin, "tools/bench/ota_bench")
+        common = [f"--rpc=tcp://127.0.0.1:{o_rpc}", f"--pg-url={pg_url}"]
+        subprocess.check_call([bench] + common + [
+            f"--upload=1.0.0:{args.image_size},2.0.0:{args.image_size},3.0.0:{args.image_size}",
+            "--rollout={\"firmware\":\"2.0.0\",\"target\":{\"firmware\":\"1.0.0\"},"
+            "\"waves\":[{\"percent\":1},{\"percent\":10},{\"percent\":100}],\"soakSeconds\":5,"
+            f"\"maxPerMinute\":{args.max_per_minute},\"jobTimeoutSeconds\":600}}", "--until=completed"])
+        end = time.time() + 120
+        while int(psql(pg_port, "SELECT count(*) FROM twin.devices WHERE firmware = '2.0.0'") or 0) < args.devices:
+            if time.time() > end:
+                sys.exit(f"the devices did not all report 2.0.0; see {work}")
+            time.sleep(1)
+        # The gate judges the canary once half of it has finished (at most 500).
+        min_done = max(1, min(500, args.devices // 20))
+        subprocess.check_call([bench] + common + [
+            "--rollout={\"firmware\":\"3.0.0\",\"target\":{\"firmware\":\"2.0.0\"},"
+            "\"waves\":[{\"percent\":10},{\"percent\":50},{\"percent\":100}],\"soakSeconds\":5,"
+            f"\"failureThreshold\":0.05,\"minDevicesPerWave\":{min_done},\"onFailure\":\"rollback\","
+            f"\"maxPerMinute\":{args.max_per_minute},\"jobTimeoutSeconds\":600}}", "--until=rolled_back"])
+        sim.send_signal(2)
+        sim.wait(60)
+        stack.procs.remove(sim)
+        with open(os.path.join(work, "motesim.log")) as f:
+            m = re.search(r"motesim: ota jobs=.*", f.read())
+            print(m.group(0) if m else "motesim printed no OTA summary")
+    finally:
+        teardown(stack)
+
+
+if __name__ == "__main__":
+    main()
