@@ -296,7 +296,31 @@ int mh_agent_ota_done(mh_agent_t *self, const char *job_id, bool ok, const char 
 typedef struct {
     uint8_t *buf;
     size_t len, cap;
+    mh_agent_t *agent; /* progress reports: */
+    const char *job, *version;
+    int next_pct;    /* the next 25 % step to report */
+    int64_t last_ms; /* at most one report a second */
 } s_buf_t;
+
+/* Reports download progress in 25 % steps, at most once a second. */
+static int s_curl_progress(void *ud, curl_off_t total, curl_off_t now, curl_off_t ut, curl_off_t un)
+{
+    (void)total;
+    (void)ut;
+    (void)un;
+    s_buf_t *b = ud;
+    if (b->cap <= 1 || !b->agent)
+        return 0;
+    int pct = (int)(100.0 * (double)(b->len) / (double)(b->cap - 1));
+    (void)now;
+    int64_t t = s_mono_ms();
+    if (pct >= b->next_pct && pct < 100 && t - b->last_ms >= 1000) {
+        s_ota_status(b->agent, b->job, "downloading", pct, b->version, NULL);
+        b->last_ms = t;
+        b->next_pct = (pct / 25 + 1) * 25;
+    }
+    return 0;
+}
 
 static size_t s_curl_write(char *p, size_t sz, size_t n, void *ud)
 {
@@ -340,6 +364,9 @@ static int s_download(const char *url, int64_t size, s_buf_t *b, char *why, size
         curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
         curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, s_curl_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, b);
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
         if (b->len)
             curl_easy_setopt(c, CURLOPT_RESUME_FROM_LARGE, (curl_off_t)b->len);
         rc = curl_easy_perform(c);
@@ -383,7 +410,11 @@ static void s_ota_run(mh_agent_t *self, json_t *j)
     mh_agent_install_fn *fn = self->on_install;
     void *ud = self->install_ud, *key = self->ota_key;
     pthread_mutex_unlock(&self->lock);
-    s_buf_t b = {0};
+    s_buf_t b = {.agent = self,
+                 .job = job.job_id,
+                 .version = job.version,
+                 .next_pct = 25,
+                 .last_ms = s_mono_ms()};
     if (!fn) {
         snprintf(why, sizeof why, "this device takes no OTA jobs");
     } else if (!job.version || !job.action ||

@@ -521,7 +521,8 @@ static double s_dispatch(ota_t *self, const char *id, bool installs, double toke
         " f.signature, j.status, j.wave"
         " FROM ota.jobs j LEFT JOIN ota.firmware f ON f.version = j.to_version"
         " WHERE j.rollout_id = $1 AND ((j.status = 'queued' AND (j.action = 'rollback' OR $2))"
-        "   OR (j.status = 'sent' AND j.last_sent_ms <= $3::bigint))"
+        "   OR (j.status = 'sent' AND j.last_sent_ms <= $3::bigint"
+        "     AND (j.action = 'rollback' OR $2)))"
         " ORDER BY (j.action = 'rollback') DESC, j.rank LIMIT 20000",
         3, p, err, errlen);
     if (!res)

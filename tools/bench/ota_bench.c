@@ -172,29 +172,36 @@ int main(int argc, char **argv)
             printf("wave %d: %.0f devices, never started\n", k + 1, n);
             continue;
         }
+        /* Times after the wave started: the device's first answer (the job
+         * reached it), and the job finished; p50 and the last. */
         snprintf(sql, sizeof sql,
-                 "SELECT max(j.finished_ms) - w.started_ms FROM ota.jobs j JOIN ota.waves w ON"
-                 " w.rollout_id = j.rollout_id AND w.idx = j.wave WHERE j.rollout_id = $1"
-                 " AND j.wave = %d AND j.action = 'install' GROUP BY w.started_ms",
-                 k);
-        double took = s_num(pg, sql, id);
-        snprintf(sql, sizeof sql,
-                 "SELECT max(j.sent_ms) - w.started_ms FROM ota.jobs j JOIN ota.waves w ON"
-                 " w.rollout_id = j.rollout_id AND w.idx = j.wave WHERE j.rollout_id = $1"
-                 " AND j.wave = %d AND j.action = 'install' GROUP BY w.started_ms",
-                 k);
-        double span = s_num(pg, sql, id);
-        snprintf(sql, sizeof sql,
-                 "SELECT count(*) FILTER (WHERE status = 'succeeded') || ' succeeded, ' ||"
-                 " count(*) FILTER (WHERE status IN ('failed', 'timed_out')) FROM ota.jobs"
-                 " WHERE rollout_id = $1 AND wave = %d AND action = 'install'",
+                 "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY j.answered_ms - w.started_ms),"
+                 " max(j.answered_ms - w.started_ms),"
+                 " percentile_disc(0.5) WITHIN GROUP (ORDER BY j.finished_ms - w.started_ms),"
+                 " max(j.finished_ms - w.started_ms), max(j.sent_ms - w.started_ms),"
+                 " count(*) FILTER (WHERE j.status = 'succeeded'),"
+                 " count(*) FILTER (WHERE j.status IN ('failed', 'timed_out'))"
+                 " FROM ota.jobs j JOIN ota.waves w ON w.rollout_id = j.rollout_id"
+                 " AND w.idx = j.wave WHERE j.rollout_id = $1 AND j.wave = %d"
+                 " AND j.action = 'install' AND j.sent_ms IS NOT NULL",
                  k);
         const char *p[] = {id};
         PGresult *res = PQexecParams(pg, sql, 1, NULL, p, NULL, NULL, 0);
-        printf("wave %d: %.0f devices, %.0f jobs sent, %s failed; start to last job finished "
-               "%.1f s; all jobs sent %.0f ms after the start (%.0f jobs/s)\n",
-               k + 1, n, sent, PQntuples(res) ? PQgetvalue(res, 0, 0) : "?", took / 1000.0, span,
-               sent * 1000.0 / (span > 1 ? span : 1));
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+            fprintf(stderr, "query failed: %s", PQerrorMessage(pg));
+            return 1;
+        }
+        double reach50 = strtod(PQgetvalue(res, 0, 0), NULL),
+               reach = strtod(PQgetvalue(res, 0, 1), NULL),
+               done50 = strtod(PQgetvalue(res, 0, 2), NULL),
+               done = strtod(PQgetvalue(res, 0, 3), NULL),
+               sent_by = strtod(PQgetvalue(res, 0, 4), NULL);
+        printf("wave %d: %.0f devices, %.0f jobs sent (all within %.0f ms of the wave's start), "
+               "%s succeeded, %s failed; jobs reached the devices p50 %.2f s, all by %.2f s "
+               "(%.0f jobs/s); finished p50 %.1f s, all by %.1f s\n",
+               k + 1, n, sent, sent_by, PQgetvalue(res, 0, 5), PQgetvalue(res, 0, 6),
+               reach50 / 1000.0, reach / 1000.0, sent * 1000.0 / (reach > 1 ? reach : 1),
+               done50 / 1000.0, done / 1000.0);
         PQclear(res);
     }
     double rb = s_num(
