@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--image-size", type=int, default=256 * 1024)
     ap.add_argument("--install-time", default="2s")
     ap.add_argument("--max-per-minute", type=int, default=600000)
+    ap.add_argument("--sim-workers", type=int, default=8, help="motesim's download/verify threads")
     ap.add_argument("--build", default="build")
     args = ap.parse_args()
     stack, pg_port, broker, broker_port = setup(args, "motehub-bench-ota-")
@@ -68,7 +69,8 @@ def main():
             os.path.join(stack.bin, "tools/motesim/motesim"), f"--mqtt-url=tcp://127.0.0.1:{broker_port}",
             f"--devices={args.devices}", "--prefix=o", f"--register=tcp://127.0.0.1:{t_rpc}",
             "--firmware=1.0.0", f"--ota-key={pub}", "--ota-fail=3.0.0:0.08",
-            f"--ota-install-time={args.install_time}", "--interval=1h", "--report=30s",
+            f"--ota-install-time={args.install_time}", f"--ota-workers={args.sim_workers}",
+            "--interval=1h", "--report=30s",
             "--connect-rate=2000"])
         end = time.time() + 300
         while int(psql(pg_port, "SELECT count(*) FROM twin.devices WHERE online AND firmware = '1.0.0'")
@@ -76,8 +78,8 @@ def main():
             if time.time() > end or sim.poll() is not None:
                 sys.exit(f"the devices did not all come online; see {work}")
             time.sleep(1)
-        print(f"# {args.devices} motesim devices (MQTT 5), images of {args.image_size} bytes, install "
-              f"time {args.install_time}, maxPerMinute {args.max_per_minute}; mosquitto, gateway, twin, "
+        print(f"# {args.devices} motesim devices (MQTT 5, {args.sim_workers} download threads), images of "
+              f"{args.image_size} bytes, install time {args.install_time}, maxPerMinute {args.max_per_minute}; mosquitto, gateway, twin, "
               f"ota, PostgreSQL 15 and motesim on one machine; logs in {work}", flush=True)
         bench = os.path.join(stack.bin, "tools/bench/ota_bench")
         common = [f"--rpc=tcp://127.0.0.1:{o_rpc}", f"--pg-url={pg_url}"]
@@ -99,7 +101,7 @@ def main():
             f"\"failureThreshold\":0.05,\"minDevicesPerWave\":{min_done},\"onFailure\":\"rollback\","
             f"\"maxPerMinute\":{args.max_per_minute},\"jobTimeoutSeconds\":600}}", "--until=rolled_back"])
         sim.send_signal(2)
-        sim.wait(60)
+        sim.wait(300)
         stack.procs.remove(sim)
         with open(os.path.join(work, "motesim.log")) as f:
             m = re.search(r"motesim: ota jobs=.*", f.read())

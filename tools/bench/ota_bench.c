@@ -134,6 +134,10 @@ int main(int argc, char **argv)
     int64_t t0 = mh_mono_ms();
     char state[32] = "";
     while (strcmp(state, cfg.until) != 0) {
+        if (zsys_interrupted) {
+            fprintf(stderr, "ota_bench: interrupted; rollout %s is %s\n", id, state);
+            return 1;
+        }
         if (mh_mono_ms() - t0 > cfg.timeout_ms) {
             fprintf(stderr, "ota_bench: rollout %s still %s after the timeout\n", id, state);
             return 1;
