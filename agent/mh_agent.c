@@ -425,7 +425,6 @@ static void s_ota_run(mh_agent_t *self, json_t *j)
     } else if (!job.url && strcmp(job.action, "install") == 0) {
         snprintf(why, sizeof why, "an install job needs \"url\"");
     } else {
-        s_ota_status(self, job.job_id, "downloading", 0, job.version, NULL);
         if (job.url && (s_download(job.url, job.size, &b, why, sizeof why) < 0 ||
                         mh_ota_verify(key, b.buf, b.len, job.size, job.sha256, job.signature, why,
                                       sizeof why) < 0)) {
@@ -567,6 +566,10 @@ static void s_ota_job(mh_agent_t *self, const char *payload, size_t len)
         snprintf(why, sizeof why, "busy with job %s", busy);
         s_ota_status(self, id, "failed", 0, NULL, why);
     } else if (run) {
+        /* Answer at once: the job is taken (it may wait for a download
+         * thread), so the cloud neither re-sends it nor times it as lost. */
+        s_ota_status(self, id, "downloading", 0, json_string_value(json_object_get(job, "version")),
+                     NULL);
         s_ota_enqueue(self, job);
     }
     json_decref(job);
