@@ -1,0 +1,127 @@
+#include "mh_rpc.h"
+#include "mh_resolver.h"
+#include "mh_time.h"
+
+#include <errno.h>
+#include <pthread.h>
+
+typedef struct s_conn_t {
+    zsock_t *sock;
+    mh_resolver_t *resolver;
+    int64_t resolved_ms;
+    struct s_conn_t *next;
+} s_conn_t;
+
+struct mh_rpc_t {
+    char *endpoint;
+    pthread_mutex_t lock;
+    s_conn_t *idle;
+};
+
+mh_rpc_t *mh_rpc_new(const char *endpoint)
+{
+    mh_rpc_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->endpoint = strdup(endpoint);
+    pthread_mutex_init(&self->lock, NULL);
+    return self;
+}
+
+static void s_conn_free(s_conn_t *c)
+{
+    mh_resolver_destroy(&c->resolver);
+    zsock_destroy(&c->sock);
+    free(c);
+}
+
+void mh_rpc_destroy(mh_rpc_t **self_p)
+{
+    mh_rpc_t *self = *self_p;
+    if (!self)
+        return;
+    while (self->idle) {
+        s_conn_t *c = self->idle;
+        self->idle = c->next;
+        s_conn_free(c);
+    }
+    pthread_mutex_destroy(&self->lock);
+    free(self->endpoint);
+    free(self);
+    *self_p = NULL;
+}
+
+static s_conn_t *s_take(mh_rpc_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    s_conn_t *c = self->idle;
+    if (c)
+        self->idle = c->next;
+    pthread_mutex_unlock(&self->lock);
+    if (c) {
+        if (mh_mono_ms() - c->resolved_ms > 10000) {
+            mh_resolver_refresh(c->resolver);
+            c->resolved_ms = mh_mono_ms();
+        }
+        return c;
+    }
+    c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->sock = zsock_new(ZMQ_DEALER);
+    if (c->sock) {
+        zsock_set_linger(c->sock, 0);
+        c->resolver = mh_resolver_new(c->sock, self->endpoint);
+    }
+    if (!c->sock || !c->resolver) {
+        s_conn_free(c);
+        return NULL;
+    }
+    mh_resolver_refresh(c->resolver);
+    c->resolved_ms = mh_mono_ms();
+    return c;
+}
+
+static void s_give(mh_rpc_t *self, s_conn_t *c)
+{
+    pthread_mutex_lock(&self->lock);
+    c->next = self->idle;
+    self->idle = c;
+    pthread_mutex_unlock(&self->lock);
+}
+
+Mh__Envelope *mh_rpc_call(mh_rpc_t *self, const char *type, const ProtobufCMessage *body,
+                          const char *request_id, mh_rpc_match_fn *match, int timeout_ms)
+{
+    s_conn_t *c = s_take(self);
+    if (!c) {
+        errno = EINVAL;
+        return NULL;
+    }
+    int64_t deadline = mh_mono_ms() + timeout_ms;
+    Mh__Envelope *env = NULL;
+    if (mh_envelope_send(c->sock, NULL, type, NULL, body, false) == 0) {
+        for (;;) {
+            int64_t left = deadline - mh_mono_ms();
+            if (left <= 0)
+                break;
+            zsock_set_rcvtimeo(c->sock, (int)left);
+            zframe_t *f = zframe_recv(c->sock);
+            if (!f)
+                break;
+            env = mh_envelope_unpack(f);
+            zframe_destroy(&f);
+            if (env && match(env, request_id))
+                break;
+            mh_envelope_free(&env);
+        }
+    }
+    if (env) {
+        s_give(self, c);
+    } else {
+        /* A late reply could still arrive on this socket: do not reuse it. */
+        s_conn_free(c);
+        errno = ETIMEDOUT;
+    }
+    return env;
+}

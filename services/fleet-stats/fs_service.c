@@ -1,0 +1,575 @@
+/* fleet-stats. See fs_service.h; docs/fleet-stats.md for the API as served. */
+#include "fs_service.h"
+#include "mh_ids.h"
+#include "mh_pg.h"
+#include "mh_rpc.h"
+#include "mh_time.h"
+#include "twin.pb-c.h"
+
+#include <civetweb.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <sys/random.h>
+
+#define S_CFG(field) offsetof(fs_config_t, field)
+
+const mh_cfg_opt_t fs_config_options[] = {
+    MH_CFG_COMMON(fs_config_t, "127.0.0.1:9105"),
+    {"pg-url", "MH_PG_URL", MH_CFG_STR, "postgresql://postgres@127.0.0.1:5433/motehub",
+     S_CFG(pg_url), "PostgreSQL connection string (API tokens)"},
+    {"api-listen", "MH_API_LISTEN", MH_CFG_STR, "127.0.0.1:8080", S_CFG(api_listen),
+     "where the operator API is served (HOST:PORT)"},
+    {"twin-rpc-endpoint", "MH_TWIN_RPC_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5581",
+     S_CFG(twin_rpc_endpoint), "twin's RPC ROUTER(s)"},
+    {"rpc-timeout", "MH_RPC_TIMEOUT", MH_CFG_DURATION, "10s", S_CFG(rpc_timeout_ms),
+     "how long an API request waits for the service behind it"},
+    {"api-threads", "MH_API_THREADS", MH_CFG_INT, "16", S_CFG(api_threads), "HTTP worker threads"},
+    MH_CFG_END,
+};
+
+const mh_service_def_t fs_service_def = {
+    .name = "fleet-stats",
+    .summary = "Motehub fleet-stats: the operator HTTP API.",
+    .options = fs_config_options,
+    .config_size = sizeof(fs_config_t),
+    .actor = fs_actor,
+};
+
+#define S_LOCK_MIGRATE 7203104
+#define S_MAX_BODY     (1024 * 1024)
+
+static const char *s_schema_sql = "CREATE SCHEMA IF NOT EXISTS fleet;"
+                                  "CREATE TABLE IF NOT EXISTS fleet.tokens (name text NOT NULL,"
+                                  "  hash text PRIMARY KEY, created_ms bigint NOT NULL);";
+
+typedef struct {
+    mh_service_ctx_t *ctx;
+    fs_config_t *cfg;
+    struct mg_context *web;
+    mh_rpc_t *twin;
+    pthread_mutex_t lock; /* the token connection and cache */
+    mh_pg_t *pg;
+    zhashx_t *tokens; /* hash -> (void *)1, tokens seen valid */
+    uint64_t seq;
+    mh_counter_t *m_requests[5]; /* 2xx 3xx 4xx 5xx 401 */
+    mh_histogram_t *m_ms;
+} fs_t;
+
+/* ---- tokens ---- */
+
+static void s_sha256_hex(const char *s, char out[65])
+{
+    unsigned char md[32];
+    unsigned int n = 0;
+    EVP_Digest(s, strlen(s), md, &n, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+int fs_create_token(const char *pg_url, const char *name)
+{
+    unsigned char raw[32];
+    if (getrandom(raw, sizeof raw, 0) != sizeof raw) {
+        fprintf(stderr, "no randomness for a token\n");
+        return 1;
+    }
+    char token[80] = "mht_", hash[65], err[512], now[32];
+    for (int i = 0; i < 32; i++)
+        snprintf(token + 4 + 2 * i, 3, "%02x", raw[i]);
+    s_sha256_hex(token, hash);
+    snprintf(now, sizeof now, "%" PRId64, mh_now_ms());
+    mh_pg_t *pg = mh_pg_new(pg_url, s_schema_sql, S_LOCK_MIGRATE);
+    int rc = pg ? mh_pg_connect(pg, err, sizeof err) : -EIO;
+    const char *p[] = {name, hash, now};
+    if (rc < 0 || !mh_pg_ok(pg,
+                            "INSERT INTO fleet.tokens (name, hash, created_ms)"
+                            " VALUES ($1, $2, $3::bigint)",
+                            3, p, err, sizeof err)) {
+        fprintf(stderr, "cannot store the token: %s\n", rc < 0 && rc != -EIO ? "busy" : err);
+        mh_pg_destroy(&pg);
+        return 1;
+    }
+    mh_pg_destroy(&pg);
+    printf("%s\n", token);
+    return 0;
+}
+
+/* 1 valid, 0 not, -1 cannot tell (database away). */
+static int s_token_ok(fs_t *self, const char *token)
+{
+    char hash[65], err[512];
+    s_sha256_hex(token, hash);
+    pthread_mutex_lock(&self->lock);
+    int ok = zhashx_lookup(self->tokens, hash) ? 1 : -1;
+    if (ok < 0 && mh_pg_connect(self->pg, err, sizeof err) >= 0) {
+        const char *p[] = {hash};
+        PGresult *res =
+            mh_pg_exec(self->pg, PGRES_TUPLES_OK, "SELECT 1 FROM fleet.tokens WHERE hash = $1", 1,
+                       p, err, sizeof err);
+        if (res) {
+            ok = PQntuples(res) == 1;
+            if (ok)
+                zhashx_insert(self->tokens, hash, (void *)1);
+            PQclear(res);
+        }
+    }
+    pthread_mutex_unlock(&self->lock);
+    return ok;
+}
+
+/* ---- responses ---- */
+
+static const char *s_reason(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Payload Too Large";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return status < 500 ? "Error" : "Server Error";
+    }
+}
+
+static int s_send(fs_t *self, struct mg_connection *c, int status, const char *body,
+                  const char *extra_headers)
+{
+    size_t len = body ? strlen(body) : 0;
+    mg_printf(c,
+              "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+              "Cache-Control: no-store\r\n%s\r\n",
+              status, s_reason(status), len, extra_headers ? extra_headers : "");
+    if (len)
+        mg_write(c, body, len);
+    int k = status == 401 ? 4 : status / 100 - 2;
+    if (k >= 0 && k < 5)
+        mh_counter_inc(self->m_requests[k]);
+    return status;
+}
+
+static int s_error(fs_t *self, struct mg_connection *c, int status, const char *code,
+                   const char *message)
+{
+    json_t *e = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
+    char *text = json_dumps(e, JSON_COMPACT);
+    json_decref(e);
+    const char *hdr = status == 401 ? "WWW-Authenticate: Bearer realm=\"motehub\"\r\n" : NULL;
+    s_send(self, c, status, text, hdr);
+    free(text);
+    return status;
+}
+
+/* Reads a JSON object body. NULL after answering 400/413 itself. */
+static json_t *s_body_object(fs_t *self, struct mg_connection *c, bool required)
+{
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    if (ri->content_length > S_MAX_BODY) {
+        s_error(self, c, 413, "too_large", "the request body is over 1 MiB");
+        return NULL;
+    }
+    size_t cap = ri->content_length > 0 ? (size_t)ri->content_length : 4096, n = 0;
+    char *buf = malloc(cap + 1);
+    int r;
+    while (buf && (r = mg_read(c, buf + n, cap - n)) > 0) {
+        n += (size_t)r;
+        if (n == cap) {
+            if (cap >= S_MAX_BODY) {
+                free(buf);
+                s_error(self, c, 413, "too_large", "the request body is over 1 MiB");
+                return NULL;
+            }
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (!nb)
+                break;
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    if (!buf) {
+        s_error(self, c, 503, "unavailable", "out of memory");
+        return NULL;
+    }
+    buf[n] = 0;
+    if (n == 0 && !required) {
+        free(buf);
+        return json_object();
+    }
+    json_error_t err;
+    json_t *v = json_loadb(buf, n, JSON_REJECT_DUPLICATES, &err);
+    free(buf);
+    if (!v || !json_is_object(v)) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "the body must be a JSON object%s%s", v ? "" : ": ",
+                 v ? "" : err.text);
+        json_decref(v);
+        s_error(self, c, 400, "bad_request", msg);
+        return NULL;
+    }
+    return v;
+}
+
+/* ---- twin RPC ---- */
+
+static bool s_twin_match(const Mh__Envelope *env, const char *rid)
+{
+    if (strcmp(env->type, "twin.reply") != 0)
+        return false;
+    Mh__TwinReply *r = mh__twin_reply__unpack(NULL, env->body.len, env->body.data);
+    bool ok = r && strcmp(r->request_id, rid) == 0;
+    if (r)
+        mh__twin_reply__free_unpacked(r, NULL);
+    return ok;
+}
+
+/* Calls twin and answers the HTTP request from its reply. `ok_status`
+ * overrides the success status (0: twin's). `etag`: send ETag/version. */
+static int s_twin(fs_t *self, struct mg_connection *c, Mh__TwinRequest *q, bool etag)
+{
+    char rid[48];
+    snprintf(rid, sizeof rid, "fs-%" PRIu64, __atomic_add_fetch(&self->seq, 1, __ATOMIC_RELAXED));
+    q->request_id = rid;
+    q->deadline_ms = mh_now_ms() + self->cfg->rpc_timeout_ms;
+    Mh__Envelope *env = mh_rpc_call(self->twin, "twin.request", &q->base, rid, s_twin_match,
+                                    (int)self->cfg->rpc_timeout_ms);
+    if (!env)
+        return s_error(self, c, 504, "deadline_exceeded", "twin did not answer in time");
+    Mh__TwinReply *r = mh__twin_reply__unpack(NULL, env->body.len, env->body.data);
+    mh_envelope_free(&env);
+    if (!r)
+        return s_error(self, c, 502, "internal", "twin's answer did not decode");
+    int status;
+    if (r->status >= 400) {
+        status = s_error(self, c, (int)r->status, *r->error_code ? r->error_code : "internal",
+                         r->message);
+    } else {
+        char hdr[64] = "";
+        if (etag)
+            snprintf(hdr, sizeof hdr, "ETag: \"%" PRId64 "\"\r\n", r->version);
+        status = s_send(self, c, (int)r->status, *r->body_json ? r->body_json : NULL, hdr);
+    }
+    mh__twin_reply__free_unpacked(r, NULL);
+    return status;
+}
+
+static uint32_t s_query_u32(const char *qs, const char *name, bool *bad)
+{
+    char v[32];
+    if (!qs || mg_get_var(qs, strlen(qs), name, v, sizeof v) < 0)
+        return 0;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < 1 || n > 1000000)
+        *bad = true;
+    return (uint32_t)n;
+}
+
+static void s_query_str(const char *qs, const char *name, char *out, size_t len)
+{
+    out[0] = 0;
+    if (qs && mg_get_var(qs, strlen(qs), name, out, len) < 0)
+        out[0] = 0;
+}
+
+static int s_devices(fs_t *self, struct mg_connection *c, const char *method, const char *id,
+                     const char *sub, const char *cid)
+{
+    const char *qs = mg_get_request_info(c)->query_string;
+    Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
+    q.device_id = (char *)(id ? id : "");
+    if (!id) {
+        if (strcmp(method, "POST") == 0) {
+            json_t *b = s_body_object(self, c, true);
+            if (!b)
+                return 400;
+            const char *did = json_string_value(json_object_get(b, "id"));
+            json_t *tags = json_object_get(b, "tags");
+            if (!did || (tags && !json_is_object(tags))) {
+                json_decref(b);
+                return s_error(self, c, 400, "bad_request",
+                               "{\"id\":\"…\",\"tags\":{…}}: \"id\" is required, \"tags\" an"
+                               " object");
+            }
+            char *tags_text = tags ? json_dumps(tags, JSON_COMPACT) : NULL;
+            q.method = MH__TWIN_REQUEST__METHOD__REGISTER;
+            q.device_id = (char *)did;
+            q.tags_json = tags_text ? tags_text : "";
+            int st = s_twin(self, c, &q, false);
+            free(tags_text);
+            json_decref(b);
+            return st;
+        }
+        if (strcmp(method, "GET") != 0)
+            return s_error(self, c, 405, "method_not_allowed", "GET or POST");
+        bool bad = false;
+        char status[16], firmware[80], prefix[80], cursor[200];
+        s_query_str(qs, "status", status, sizeof status);
+        s_query_str(qs, "firmware", firmware, sizeof firmware);
+        s_query_str(qs, "q", prefix, sizeof prefix);
+        s_query_str(qs, "cursor", cursor, sizeof cursor);
+        q.method = MH__TWIN_REQUEST__METHOD__LIST_DEVICES;
+        q.limit = s_query_u32(qs, "limit", &bad);
+        if (bad)
+            return s_error(self, c, 400, "bad_request", "\"limit\" is a number from 1 to 1000");
+        q.status = status;
+        q.firmware = firmware;
+        q.prefix = prefix;
+        q.cursor = cursor;
+        char tagbuf[16][160];
+        char *tags[16];
+        size_t nt = 0;
+        for (int i = 0; qs && nt < 16; i++) {
+            if (mg_get_var2(qs, strlen(qs), "tag", tagbuf[nt], sizeof tagbuf[nt], (size_t)i) < 0)
+                break;
+            tags[nt] = tagbuf[nt];
+            nt++;
+        }
+        q.tags = tags;
+        q.n_tags = nt;
+        return s_twin(self, c, &q, false);
+    }
+    if (!sub) {
+        if (strcmp(method, "GET") == 0)
+            q.method = MH__TWIN_REQUEST__METHOD__GET_DEVICE;
+        else if (strcmp(method, "DELETE") == 0)
+            q.method = MH__TWIN_REQUEST__METHOD__DELETE_DEVICE;
+        else
+            return s_error(self, c, 405, "method_not_allowed", "GET or DELETE");
+        return s_twin(self, c, &q, false);
+    }
+    if (strcmp(sub, "twin") == 0 && !cid) {
+        if (strcmp(method, "GET") == 0) {
+            q.method = MH__TWIN_REQUEST__METHOD__GET_TWIN;
+            return s_twin(self, c, &q, true);
+        }
+        if (strcmp(method, "PATCH") != 0)
+            return s_error(self, c, 405, "method_not_allowed", "GET or PATCH");
+        const char *im = mg_get_header(c, "If-Match");
+        if (im) {
+            char *end;
+            const char *p = *im == '"' ? im + 1 : im;
+            long long v = strtoll(p, &end, 10);
+            if (end == p || v < 1 || (*im == '"' && *end != '"'))
+                return s_error(self, c, 400, "bad_request",
+                               "If-Match is the twin's ETag, e.g. \"7\"");
+            q.if_match = v;
+        }
+        json_t *b = s_body_object(self, c, true);
+        if (!b)
+            return 400;
+        json_t *desired = json_object_get(b, "desired"), *tags = json_object_get(b, "tags");
+        char *d = desired ? json_dumps(desired, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        char *t = tags ? json_dumps(tags, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        q.method = MH__TWIN_REQUEST__METHOD__PATCH_TWIN;
+        q.desired_json = d ? d : "";
+        q.tags_json = t ? t : "";
+        int st = json_object_size(b) == (size_t)(!!desired + !!tags) && (desired || tags)
+                     ? s_twin(self, c, &q, true)
+                     : s_error(self, c, 400, "bad_request",
+                               "the body is {\"desired\":{…}} and/or {\"tags\":{…}}");
+        free(d);
+        free(t);
+        json_decref(b);
+        return st;
+    }
+    if (strcmp(sub, "commands") == 0) {
+        if (cid) {
+            if (strcmp(method, "GET") != 0)
+                return s_error(self, c, 405, "method_not_allowed", "GET");
+            q.method = MH__TWIN_REQUEST__METHOD__GET_COMMAND;
+            q.command_id = (char *)cid;
+            return s_twin(self, c, &q, false);
+        }
+        if (strcmp(method, "GET") == 0) {
+            bool bad = false;
+            char cursor[200];
+            s_query_str(qs, "cursor", cursor, sizeof cursor);
+            q.method = MH__TWIN_REQUEST__METHOD__LIST_COMMANDS;
+            q.limit = s_query_u32(qs, "limit", &bad);
+            q.cursor = cursor;
+            if (bad)
+                return s_error(self, c, 400, "bad_request", "\"limit\" is a number from 1 to 1000");
+            return s_twin(self, c, &q, false);
+        }
+        if (strcmp(method, "POST") != 0)
+            return s_error(self, c, 405, "method_not_allowed", "GET or POST");
+        json_t *b = s_body_object(self, c, true);
+        if (!b)
+            return 400;
+        const char *name = json_string_value(json_object_get(b, "name"));
+        json_t *params = json_object_get(b, "params"), *ttl = json_object_get(b, "ttl"),
+               *tmo = json_object_get(b, "timeout");
+        if (!name || (params && !json_is_object(params)) || (ttl && !json_is_integer(ttl)) ||
+            (tmo && !json_is_integer(tmo))) {
+            json_decref(b);
+            return s_error(self, c, 400, "bad_request",
+                           "{\"name\":\"…\",\"params\":{…},\"ttl\":seconds,\"timeout\":seconds}");
+        }
+        char *ptext = params ? json_dumps(params, JSON_COMPACT) : NULL;
+        q.method = MH__TWIN_REQUEST__METHOD__SEND_COMMAND;
+        q.command_name = (char *)name;
+        q.params_json = ptext ? ptext : "";
+        q.ttl_s = ttl ? json_integer_value(ttl) : 0;
+        q.timeout_s = tmo ? json_integer_value(tmo) : 0;
+        int st = s_twin(self, c, &q, false);
+        free(ptext);
+        json_decref(b);
+        return st;
+    }
+    return s_error(self, c, 404, "not_found", "no such path");
+}
+
+/* ---- routing ---- */
+
+static int s_handle(struct mg_connection *c, void *ud)
+{
+    fs_t *self = ud;
+    int64_t t0 = mh_mono_ms();
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    const char *auth = mg_get_header(c, "Authorization");
+    if (!auth || strncmp(auth, "Bearer ", 7) != 0 || !auth[7]) {
+        s_error(self, c, 401, "unauthorized", "send Authorization: Bearer <token>");
+        return 401;
+    }
+    int ok = s_token_ok(self, auth + 7);
+    if (ok <= 0) {
+        if (ok < 0)
+            s_error(self, c, 503, "unavailable", "cannot check the token now; try again");
+        else
+            s_error(self, c, 401, "unauthorized", "the token is not valid");
+        return ok < 0 ? 503 : 401;
+    }
+    /* /api/v1/devices[/{id}[/{sub}[/{cid}]]] */
+    char path[512];
+    snprintf(path, sizeof path, "%s", ri->local_uri);
+    char *parts[8];
+    int n = 0;
+    for (char *save = NULL, *t = strtok_r(path, "/", &save); t && n < 8;
+         t = strtok_r(NULL, "/", &save))
+        parts[n++] = t;
+    int status;
+    if (n >= 3 && strcmp(parts[0], "api") == 0 && strcmp(parts[1], "v1") == 0 &&
+        strcmp(parts[2], "devices") == 0 && n <= 6) {
+        if (n >= 4 && !mh_device_id_valid(parts[3], strlen(parts[3])))
+            status = s_error(self, c, 404, "not_found", "no such device");
+        else
+            status = s_devices(self, c, ri->request_method, n >= 4 ? parts[3] : NULL,
+                               n >= 5 ? parts[4] : NULL, n >= 6 ? parts[5] : NULL);
+    } else {
+        status = s_error(self, c, 404, "not_found", "no such path");
+    }
+    mh_histogram_observe(self->m_ms, (double)(mh_mono_ms() - t0));
+    return status;
+}
+
+/* ---- the actor ---- */
+
+static const double s_bounds[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000};
+
+static void s_destroy(fs_t **self_p)
+{
+    fs_t *self = *self_p;
+    if (!self)
+        return;
+    if (self->web)
+        mg_stop(self->web);
+    mh_rpc_destroy(&self->twin);
+    mh_pg_destroy(&self->pg);
+    zhashx_destroy(&self->tokens);
+    pthread_mutex_destroy(&self->lock);
+    free(self);
+    *self_p = NULL;
+}
+
+void fs_actor(zsock_t *pipe, void *args)
+{
+    mh_service_ctx_t *ctx = args;
+    fs_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        mh_actor_failed(pipe);
+        return;
+    }
+    self->ctx = ctx;
+    self->cfg = ctx->cfg;
+    pthread_mutex_init(&self->lock, NULL);
+    self->tokens = zhashx_new();
+    self->pg = mh_pg_new(self->cfg->pg_url, s_schema_sql, S_LOCK_MIGRATE);
+    self->twin = mh_rpc_new(self->cfg->twin_rpc_endpoint);
+    static const char *classes[] = {"2xx", "3xx", "4xx", "5xx", "401"};
+    for (int i = 0; i < 5; i++) {
+        char labels[32];
+        snprintf(labels, sizeof labels, "code=\"%s\"", classes[i]);
+        self->m_requests[i] = mh_metrics_counter(ctx->metrics, "mh_api_requests_total",
+                                                 "Operator API requests, by answer", labels);
+    }
+    self->m_ms = mh_metrics_histogram(ctx->metrics, "mh_api_request_ms",
+                                      "Operator API request time, in milliseconds", NULL, s_bounds,
+                                      sizeof s_bounds / sizeof s_bounds[0]);
+    char threads[32];
+    snprintf(threads, sizeof threads, "%" PRId64,
+             self->cfg->api_threads > 0 ? self->cfg->api_threads : 16);
+    const char *opts[] = {"listening_ports",
+                          self->cfg->api_listen,
+                          "num_threads",
+                          threads,
+                          "request_timeout_ms",
+                          "30000",
+                          NULL};
+    mg_init_library(0);
+    char err[512];
+    mh_pg_connect(self->pg, err, sizeof err);
+    if (self->pg && self->twin)
+        self->web = mg_start(NULL, NULL, opts);
+    if (!self->web) {
+        mh_error("cannot serve the API on %s", self->cfg->api_listen);
+        s_destroy(&self);
+        mg_exit_library();
+        mh_actor_failed(pipe);
+        return;
+    }
+    mg_set_request_handler(self->web, "/api/", s_handle, self);
+    mh_info("operator API on http://%s/api/v1/", self->cfg->api_listen);
+    mh_actor_ready(pipe);
+    for (;;) {
+        zmq_pollitem_t items[] = {{zsock_resolve(pipe), 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, 1, 500) < 0 && errno != EINTR)
+            break;
+        if (items[0].revents & ZMQ_POLLIN) {
+            char *cmd = zstr_recv(pipe);
+            bool stop = !cmd || strcmp(cmd, "$TERM") == 0;
+            zstr_free(&cmd);
+            if (stop)
+                break;
+        }
+        mh_http_heartbeat(ctx->http);
+        pthread_mutex_lock(&self->lock);
+        bool ready = mh_pg_connect(self->pg, err, sizeof err) >= 0;
+        pthread_mutex_unlock(&self->lock);
+        mh_http_set_ready(ctx->http, ready);
+    }
+    s_destroy(&self);
+    mg_exit_library();
+}

@@ -1,0 +1,29 @@
+/* fs_service — fleet-stats: the operator HTTP API (shared/spec/operator-api.md)
+ * on one port, with bearer tokens stored hashed in PostgreSQL (schema
+ * `fleet`). Requests become RPCs to twin (and, as they are added, ota and
+ * ingest); the HTTP server is CivetWeb (its own worker threads), the RPC
+ * client libcommon's mh_rpc.
+ *
+ * Where it stands (issue 5): devices, twins and commands are served; the
+ * firmware/rollout and telemetry paths, the live aggregates, the WebSocket
+ * feed, the dashboard and motectl are to come. docs/fleet-stats.md. */
+#pragma once
+#include "mh_service.h"
+
+typedef struct {
+    mh_common_cfg_t common; /* first: see mh_service.h */
+    char *pg_url;
+    char *api_listen;
+    char *twin_rpc_endpoint;
+    int64_t rpc_timeout_ms;
+    int64_t api_threads;
+} fs_config_t;
+
+extern const mh_cfg_opt_t fs_config_options[];
+extern const mh_service_def_t fs_service_def;
+
+void fs_actor(zsock_t *pipe, void *args);
+
+/* Makes a token named `name`, stores its SHA-256 and prints the token once.
+ * Returns the process exit code. */
+int fs_create_token(const char *pg_url, const char *name);
