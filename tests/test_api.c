@@ -8,7 +8,7 @@
 #include <jansson.h>
 
 static mht_db_t s_db;
-static mht_service_t s_twin;
+static mht_service_t s_twin, s_ota;
 static pid_t s_fs;
 static int s_port, s_http;
 static char s_token[128];
@@ -33,9 +33,18 @@ static size_t s_header(char *p, size_t sz, size_t n, void *ud)
     return sz * n;
 }
 
+static s_resp_t s_req_n(const char *method, const char *path, const char *body, size_t blen,
+                        const char *token, const char *if_match, char *raw, size_t rawlen);
+
 /* token: NULL = the good one, "" = none */
 static s_resp_t s_req(const char *method, const char *path, const char *body, const char *token,
                       const char *if_match)
+{
+    return s_req_n(method, path, body, body ? strlen(body) : 0, token, if_match, NULL, 0);
+}
+
+static s_resp_t s_req_n(const char *method, const char *path, const char *body, size_t blen,
+                        const char *token, const char *if_match, char *raw, size_t rawlen)
 {
     s_resp_t r = {0};
     char url[1024], auth[200], im[96];
@@ -56,8 +65,10 @@ static s_resp_t s_req(const char *method, const char *path, const char *body, co
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    if (body)
+    if (body) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)blen);
+    }
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, s_header);
@@ -66,6 +77,8 @@ static s_resp_t s_req(const char *method, const char *path, const char *body, co
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
     if (zchunk_size(out))
         r.body = json_loadb((const char *)zchunk_data(out), zchunk_size(out), 0, NULL);
+    if (raw)
+        snprintf(raw, rawlen, "%.*s", (int)zchunk_size(out), (const char *)zchunk_data(out));
     zchunk_destroy(&out);
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
@@ -100,12 +113,18 @@ static int s_setup(void **state)
     assert_int_equal(pclose(p), 0);
     sscanf(out, "%127s", s_token);
     assert_true(strncmp(s_token, "mht_", 4) == 0);
+    char key[600], a_ota[128];
+    snprintf(key, sizeof key, "%s/fleet-signing.pem", mht_artifacts());
+    if (mht_shell("openssl genpkey -algorithm ed25519 -out '%s' 2>/dev/null", key) != 0)
+        fail_msg("cannot make a signing key");
+    mht_ota_start(&s_ota, "ota", &s_db, "tcp://127.0.0.1:1", &s_twin, key, NULL);
+    snprintf(a_ota, sizeof a_ota, "--ota-rpc-endpoint=%s", s_ota.rpc_endpoint);
     s_port = mht_free_port();
     s_http = mht_free_port();
     snprintf(a_listen, sizeof a_listen, "--api-listen=127.0.0.1:%d", s_port);
     snprintf(a_http, sizeof a_http, "--http-listen=127.0.0.1:%d", s_http);
     snprintf(a_twin, sizeof a_twin, "--twin-rpc-endpoint=%s", s_twin.rpc_endpoint);
-    char *argv[] = {bin, a_pg, a_listen, a_http, a_twin, NULL};
+    char *argv[] = {bin, a_pg, a_listen, a_http, a_twin, a_ota, NULL};
     s_fs = mht_spawn("fleet-stats", argv);
     if (!mht_wait_ready(s_http, 20000))
         fail_msg("fleet-stats did not become ready");
@@ -116,10 +135,13 @@ static int s_teardown(void **state)
 {
     (void)state;
     int sf = mht_stop(s_fs, SIGTERM, 20000);
+    int so = mht_stop(s_ota.pid, SIGTERM, 20000);
     int st = mht_stop(s_twin.pid, SIGTERM, 20000);
     mht_db_drop(&s_db);
-    if (!WIFEXITED(sf) || WEXITSTATUS(sf) || !WIFEXITED(st) || WEXITSTATUS(st)) {
-        fprintf(stderr, "a daemon did not exit cleanly (fleet-stats %d, twin %d)\n", sf, st);
+    if (!WIFEXITED(sf) || WEXITSTATUS(sf) || !WIFEXITED(st) || WEXITSTATUS(st) || !WIFEXITED(so) ||
+        WEXITSTATUS(so)) {
+        fprintf(stderr, "a daemon did not exit cleanly (fleet-stats %d, twin %d, ota %d)\n", sf, st,
+                so);
         return -1;
     }
     return 0;
@@ -217,12 +239,82 @@ static void test_pagination(void **state)
     assert_int_equal(s_status("GET", "/api/v1/devices?limit=0", NULL), 400);
 }
 
+/* Firmware and rollouts over ota's RPC. */
+static void test_firmware_and_rollouts(void **state)
+{
+    (void)state;
+    char img[5000];
+    for (size_t i = 0; i < sizeof img; i++)
+        img[i] = (char)(i * 7);
+    s_resp_t r = s_req_n("POST", "/api/v1/firmware?version=9.1.0&hardware=x1", img, sizeof img,
+                         NULL, NULL, NULL, 0);
+    assert_int_equal(r.status, 201);
+    assert_int_equal(json_integer_value(json_object_get(r.body, "size")), 5000);
+    assert_int_equal(strlen(json_string_value(json_object_get(r.body, "sha256"))), 64);
+    json_decref(r.body);
+    r = s_req_n("POST", "/api/v1/firmware?version=9.1.0&hardware=x1", img, sizeof img, NULL, NULL,
+                NULL, 0);
+    assert_int_equal(r.status, 409);
+    json_decref(r.body);
+    r = s_req_n("POST", "/api/v1/firmware?hardware=x1", img, sizeof img, NULL, NULL, NULL, 0);
+    assert_int_equal(r.status, 400);
+    json_decref(r.body);
+    assert_int_equal(s_status("GET", "/api/v1/firmware/9.1.0", NULL), 200);
+    assert_int_equal(s_status("GET", "/api/v1/firmware/0.0.0", NULL), 404);
+    r = s_req("GET", "/api/v1/firmware", NULL, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(json_array_size(json_object_get(r.body, "items")), 1);
+    json_decref(r.body);
+    char pem[1024] = "";
+    r = s_req_n("GET", "/api/v1/firmware/signing-key", NULL, 0, NULL, NULL, pem, sizeof pem);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(pem, "-----BEGIN PUBLIC KEY-----"));
+    json_decref(r.body);
+    /* rollouts */
+    assert_int_equal(s_status("POST", "/api/v1/rollouts", "{\"firmware\":\"0.0.0\"}"), 404);
+    r = s_req("POST", "/api/v1/rollouts", "{\"firmware\":\"9.1.0\",\"waves\":[{\"percent\":50}]}",
+              NULL, NULL);
+    assert_int_equal(r.status, 400);
+    assert_string_equal(s_err_code(r.body), "bad_request");
+    json_decref(r.body);
+    r = s_req("POST", "/api/v1/rollouts",
+              "{\"firmware\":\"9.1.0\",\"target\":{\"firmware\":\"none\"}}", NULL, NULL);
+    assert_int_equal(r.status, 201);
+    char path[200];
+    snprintf(path, sizeof path, "/api/v1/rollouts/%s",
+             json_string_value(json_object_get(r.body, "id")));
+    json_decref(r.body);
+    int64_t deadline = mht_now_ms() + 20000;
+    for (;;) {
+        r = s_req("GET", path, NULL, NULL, NULL);
+        assert_int_equal(r.status, 200);
+        bool done = strcmp(json_string_value(json_object_get(r.body, "state")), "completed") == 0;
+        json_decref(r.body);
+        if (done)
+            break;
+        assert_true(mht_now_ms() < deadline);
+        mht_sleep_ms(100);
+    }
+    char ctl[256];
+    snprintf(ctl, sizeof ctl, "%s/pause", path);
+    r = s_req("POST", ctl, NULL, NULL, NULL);
+    assert_int_equal(r.status, 409);
+    assert_string_equal(s_err_code(r.body), "conflict");
+    json_decref(r.body);
+    r = s_req("GET", "/api/v1/rollouts", NULL, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(json_array_size(json_object_get(r.body, "items")), 1);
+    json_decref(r.body);
+    assert_int_equal(s_status("GET", "/api/v1/rollouts/0000-none", NULL), 404);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auth),
         cmocka_unit_test(test_devices_and_twins),
         cmocka_unit_test(test_pagination),
+        cmocka_unit_test(test_firmware_and_rollouts),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -64,6 +64,7 @@ if [ ! -f "$state/fleet-signing.pem" ]; then
 fi
 build/services/ota/motehub-ota --signing-key="$state/fleet-signing.pem" >"$logs/ota.log" 2>&1 & pids+=($!)
 build/services/gateway/motehub-gateway >"$logs/gateway.log" 2>&1 & pids+=($!)
+build/services/fleet-stats/motehub-fleet-stats >"$logs/fleet-stats.log" 2>&1 & pids+=($!)
 
 wait_ready() {
     for _ in $(seq 1 100); do
@@ -77,6 +78,10 @@ wait_ready 127.0.0.1:9102 ingest
 wait_ready 127.0.0.1:9103 twin
 wait_ready 127.0.0.1:9104 ota
 wait_ready 127.0.0.1:9101 gateway
+wait_ready 127.0.0.1:9105 fleet-stats
+# An API token for this machine, made once and kept in .local/.
+[ -s "$state/api-token" ] || build/services/fleet-stats/motehub-fleet-stats create-token local >"$state/api-token"
+token=$(cat "$state/api-token")
 
 # motesim registers its devices with twin first (the gateway drops messages
 # from unregistered ids), then connects them.
@@ -94,6 +99,7 @@ Motehub is running locally.
   ingest           http://127.0.0.1:9102/metrics  /healthz  /readyz
   twin             http://127.0.0.1:9103/metrics  /healthz  /readyz   (RPC tcp://127.0.0.1:5581)
   ota              http://127.0.0.1:9104/metrics  /healthz  /readyz   (RPC tcp://127.0.0.1:5583)
+  operator API     http://127.0.0.1:8080/api/v1/   token: $token
   motesim          $devices devices (sim-0000...), one message every $interval each
   logs             $logs/
 
@@ -103,6 +109,9 @@ Look at the stored telemetry:
 Look at the twins and the command queue:
   $psql motehub -c "SELECT id, online, firmware, version, doc->'state'->'reported' FROM twin.devices LIMIT 5"
   $psql motehub -c "SELECT device_id, name, status FROM twin.commands ORDER BY seq DESC LIMIT 10"
+Use the operator API:
+  curl -s -H "Authorization: Bearer $token" 'http://127.0.0.1:8080/api/v1/devices?limit=5'
+  curl -s -H "Authorization: Bearer $token" http://127.0.0.1:8080/api/v1/devices/sim-0000/twin
 Roll out firmware (motesim's devices run 1.0.0; 9.9.9-bad fails on half of them):
   build/tools/bench/ota_bench --pg-url="$MH_PG_URL" --upload=1.0.0:65536,2.0.0:65536 \\
     --rollout='{"firmware":"2.0.0","target":{"firmware":"1.0.0"},"soakSeconds":10}'

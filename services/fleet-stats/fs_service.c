@@ -4,6 +4,7 @@
 #include "mh_pg.h"
 #include "mh_rpc.h"
 #include "mh_time.h"
+#include "ota.pb-c.h"
 #include "twin.pb-c.h"
 
 #include <civetweb.h>
@@ -23,6 +24,10 @@ const mh_cfg_opt_t fs_config_options[] = {
      "where the operator API is served (HOST:PORT)"},
     {"twin-rpc-endpoint", "MH_TWIN_RPC_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5581",
      S_CFG(twin_rpc_endpoint), "twin's RPC ROUTER(s)"},
+    {"ota-rpc-endpoint", "MH_OTA_RPC_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5583",
+     S_CFG(ota_rpc_endpoint), "ota's RPC ROUTER(s)"},
+    {"max-image-size", "MH_OTA_MAX_IMAGE", MH_CFG_INT, "67108864", S_CFG(max_image),
+     "largest firmware upload taken, in bytes"},
     {"rpc-timeout", "MH_RPC_TIMEOUT", MH_CFG_DURATION, "10s", S_CFG(rpc_timeout_ms),
      "how long an API request waits for the service behind it"},
     {"api-threads", "MH_API_THREADS", MH_CFG_INT, "16", S_CFG(api_threads), "HTTP worker threads"},
@@ -48,7 +53,7 @@ typedef struct {
     mh_service_ctx_t *ctx;
     fs_config_t *cfg;
     struct mg_context *web;
-    mh_rpc_t *twin;
+    mh_rpc_t *twin, *ota;
     pthread_mutex_t lock; /* the token connection and cache */
     mh_pg_t *pg;
     zhashx_t *tokens; /* hash -> (void *)1, tokens seen valid */
@@ -442,6 +447,168 @@ static int s_devices(fs_t *self, struct mg_connection *c, const char *method, co
     return s_error(self, c, 404, "not_found", "no such path");
 }
 
+/* ---- ota RPC: firmware and rollouts ---- */
+
+static bool s_ota_match(const Mh__Envelope *env, const char *rid)
+{
+    if (strcmp(env->type, "ota.reply") != 0)
+        return false;
+    Mh__OtaReply *r = mh__ota_reply__unpack(NULL, env->body.len, env->body.data);
+    bool ok = r && strcmp(r->request_id, rid) == 0;
+    if (r)
+        mh__ota_reply__free_unpacked(r, NULL);
+    return ok;
+}
+
+/* Calls ota; answers from its reply. With `pem`, a successful reply's
+ * "publicKey" is sent as the PEM text itself. */
+static int s_ota(fs_t *self, struct mg_connection *c, Mh__OtaRequest *q, bool pem)
+{
+    char rid[48];
+    snprintf(rid, sizeof rid, "fs-%" PRIu64, __atomic_add_fetch(&self->seq, 1, __ATOMIC_RELAXED));
+    q->request_id = rid;
+    q->deadline_ms = mh_now_ms() + self->cfg->rpc_timeout_ms;
+    Mh__Envelope *env = mh_rpc_call(self->ota, "ota.request", &q->base, rid, s_ota_match,
+                                    (int)self->cfg->rpc_timeout_ms);
+    if (!env)
+        return s_error(self, c, 504, "deadline_exceeded", "ota did not answer in time");
+    Mh__OtaReply *r = mh__ota_reply__unpack(NULL, env->body.len, env->body.data);
+    mh_envelope_free(&env);
+    if (!r)
+        return s_error(self, c, 502, "internal", "ota's answer did not decode");
+    int status;
+    if (r->status >= 400) {
+        status = s_error(self, c, (int)r->status, *r->error_code ? r->error_code : "internal",
+                         r->message);
+    } else if (pem) {
+        json_t *v = json_loads(r->body_json, 0, NULL);
+        const char *key = json_string_value(json_object_get(v, "publicKey"));
+        size_t len = key ? strlen(key) : 0;
+        mg_printf(c,
+                  "HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\n"
+                  "Content-Length: %zu\r\n\r\n",
+                  len);
+        mg_write(c, key ? key : "", len);
+        mh_counter_inc(self->m_requests[0]);
+        status = 200;
+        json_decref(v);
+    } else {
+        status = s_send(self, c, (int)r->status, *r->body_json ? r->body_json : NULL, NULL);
+    }
+    mh__ota_reply__free_unpacked(r, NULL);
+    return status;
+}
+
+static int s_firmware(fs_t *self, struct mg_connection *c, const char *method, const char *version)
+{
+    const char *qs = mg_get_request_info(c)->query_string;
+    Mh__OtaRequest q = MH__OTA_REQUEST__INIT;
+    if (!version && strcmp(method, "POST") == 0) {
+        const struct mg_request_info *ri = mg_get_request_info(c);
+        char ver[80], hw[80];
+        s_query_str(qs, "version", ver, sizeof ver);
+        s_query_str(qs, "hardware", hw, sizeof hw);
+        if (ri->content_length < 0)
+            return s_error(self, c, 400, "bad_request",
+                           "send the image as the body with a Content-Length");
+        if (ri->content_length > self->cfg->max_image)
+            return s_error(self, c, 413, "too_large", "the image is over the size limit");
+        size_t len = (size_t)ri->content_length, n = 0;
+        uint8_t *img = malloc(len ? len : 1);
+        if (!img)
+            return s_error(self, c, 503, "unavailable", "out of memory");
+        int r;
+        while (n < len && (r = mg_read(c, img + n, len - n)) > 0)
+            n += (size_t)r;
+        if (n != len) {
+            free(img);
+            return s_error(self, c, 400, "bad_request", "the body ended early");
+        }
+        q.method = MH__OTA_REQUEST__METHOD__UPLOAD_FIRMWARE;
+        q.version = ver;
+        q.hardware = hw;
+        q.image.data = img;
+        q.image.len = len;
+        int st = s_ota(self, c, &q, false);
+        free(img);
+        return st;
+    }
+    if (strcmp(method, "GET") != 0)
+        return s_error(self, c, 405, "method_not_allowed", version ? "GET" : "GET or POST");
+    if (!version) {
+        bool bad = false;
+        char cursor[200];
+        s_query_str(qs, "cursor", cursor, sizeof cursor);
+        q.method = MH__OTA_REQUEST__METHOD__LIST_FIRMWARE;
+        q.limit = s_query_u32(qs, "limit", &bad);
+        q.cursor = cursor;
+        if (bad)
+            return s_error(self, c, 400, "bad_request", "\"limit\" is a number from 1 to 1000");
+        return s_ota(self, c, &q, false);
+    }
+    if (strcmp(version, "signing-key") == 0) {
+        q.method = MH__OTA_REQUEST__METHOD__SIGNING_KEY;
+        return s_ota(self, c, &q, true);
+    }
+    q.method = MH__OTA_REQUEST__METHOD__GET_FIRMWARE;
+    q.version = (char *)version;
+    return s_ota(self, c, &q, false);
+}
+
+static int s_rollouts(fs_t *self, struct mg_connection *c, const char *method, const char *id,
+                      const char *action)
+{
+    const char *qs = mg_get_request_info(c)->query_string;
+    Mh__OtaRequest q = MH__OTA_REQUEST__INIT;
+    q.rollout_id = (char *)(id ? id : "");
+    if (!id) {
+        if (strcmp(method, "POST") == 0) {
+            json_t *b = s_body_object(self, c, true);
+            if (!b)
+                return 400;
+            char *text = json_dumps(b, JSON_COMPACT);
+            json_decref(b);
+            q.method = MH__OTA_REQUEST__METHOD__CREATE_ROLLOUT;
+            q.body_json = text ? text : "";
+            int st = s_ota(self, c, &q, false);
+            free(text);
+            return st;
+        }
+        if (strcmp(method, "GET") != 0)
+            return s_error(self, c, 405, "method_not_allowed", "GET or POST");
+        bool bad = false;
+        char cursor[64], state[32];
+        s_query_str(qs, "cursor", cursor, sizeof cursor);
+        s_query_str(qs, "state", state, sizeof state);
+        q.method = MH__OTA_REQUEST__METHOD__LIST_ROLLOUTS;
+        q.limit = s_query_u32(qs, "limit", &bad);
+        q.cursor = cursor;
+        q.state = state;
+        if (bad)
+            return s_error(self, c, 400, "bad_request", "\"limit\" is a number from 1 to 1000");
+        return s_ota(self, c, &q, false);
+    }
+    if (!action) {
+        if (strcmp(method, "GET") != 0)
+            return s_error(self, c, 405, "method_not_allowed", "GET");
+        q.method = MH__OTA_REQUEST__METHOD__GET_ROLLOUT;
+        return s_ota(self, c, &q, false);
+    }
+    if (strcmp(method, "POST") != 0)
+        return s_error(self, c, 405, "method_not_allowed", "POST");
+    if (strcmp(action, "pause") == 0)
+        q.method = MH__OTA_REQUEST__METHOD__PAUSE_ROLLOUT;
+    else if (strcmp(action, "resume") == 0)
+        q.method = MH__OTA_REQUEST__METHOD__RESUME_ROLLOUT;
+    else if (strcmp(action, "abort") == 0)
+        q.method = MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT;
+    else if (strcmp(action, "rollback") == 0)
+        q.method = MH__OTA_REQUEST__METHOD__ROLLBACK_ROLLOUT;
+    else
+        return s_error(self, c, 404, "not_found", "no such path");
+    return s_ota(self, c, &q, false);
+}
+
 /* ---- routing ---- */
 
 static int s_handle(struct mg_connection *c, void *ud)
@@ -478,6 +645,13 @@ static int s_handle(struct mg_connection *c, void *ud)
         else
             status = s_devices(self, c, ri->request_method, n >= 4 ? parts[3] : NULL,
                                n >= 5 ? parts[4] : NULL, n >= 6 ? parts[5] : NULL);
+    } else if (n >= 3 && n <= 4 && strcmp(parts[0], "api") == 0 && strcmp(parts[1], "v1") == 0 &&
+               strcmp(parts[2], "firmware") == 0) {
+        status = s_firmware(self, c, ri->request_method, n >= 4 ? parts[3] : NULL);
+    } else if (n >= 3 && n <= 5 && strcmp(parts[0], "api") == 0 && strcmp(parts[1], "v1") == 0 &&
+               strcmp(parts[2], "rollouts") == 0) {
+        status = s_rollouts(self, c, ri->request_method, n >= 4 ? parts[3] : NULL,
+                            n >= 5 ? parts[4] : NULL);
     } else {
         status = s_error(self, c, 404, "not_found", "no such path");
     }
@@ -497,6 +671,7 @@ static void s_destroy(fs_t **self_p)
     if (self->web)
         mg_stop(self->web);
     mh_rpc_destroy(&self->twin);
+    mh_rpc_destroy(&self->ota);
     mh_pg_destroy(&self->pg);
     zhashx_destroy(&self->tokens);
     pthread_mutex_destroy(&self->lock);
@@ -518,6 +693,7 @@ void fs_actor(zsock_t *pipe, void *args)
     self->tokens = zhashx_new();
     self->pg = mh_pg_new(self->cfg->pg_url, s_schema_sql, S_LOCK_MIGRATE);
     self->twin = mh_rpc_new(self->cfg->twin_rpc_endpoint);
+    self->ota = mh_rpc_new(self->cfg->ota_rpc_endpoint);
     static const char *classes[] = {"2xx", "3xx", "4xx", "5xx", "401"};
     for (int i = 0; i < 5; i++) {
         char labels[32];
@@ -541,7 +717,7 @@ void fs_actor(zsock_t *pipe, void *args)
     mg_init_library(0);
     char err[512];
     mh_pg_connect(self->pg, err, sizeof err);
-    if (self->pg && self->twin)
+    if (self->pg && self->twin && self->ota)
         self->web = mg_start(NULL, NULL, opts);
     if (!self->web) {
         mh_error("cannot serve the API on %s", self->cfg->api_listen);

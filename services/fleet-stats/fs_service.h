@@ -4,8 +4,8 @@
  * ingest); the HTTP server is CivetWeb (its own worker threads), the RPC
  * client libcommon's mh_rpc.
  *
- * Where it stands (issue 5): devices, twins and commands are served; the
- * firmware/rollout and telemetry paths, the live aggregates, the WebSocket
+ * Where it stands (issue 5): devices, twins, commands, firmware and
+ * rollouts are served; the telemetry paths, the live aggregates, the WebSocket
  * feed, the dashboard and motectl are to come. docs/fleet-stats.md. */
 #pragma once
 #include "mh_service.h"
@@ -15,6 +15,8 @@ typedef struct {
     char *pg_url;
     char *api_listen;
     char *twin_rpc_endpoint;
+    char *ota_rpc_endpoint;
+    int64_t max_image;
     int64_t rpc_timeout_ms;
     int64_t api_threads;
 } fs_config_t;
