@@ -16,6 +16,12 @@ struct mh_pg_t {
     int64_t next_try, backoff; /* monotonic ms */
 };
 
+static void s_ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 mh_pg_t *mh_pg_new(const char *url, const char *schema_sql, int64_t lock_key)
 {
     mh_pg_t *self = calloc(1, sizeof *self);
@@ -163,6 +169,9 @@ static int s_connect(mh_pg_t *self, char *err, size_t errlen)
         PQfinish(self->conn);
     self->migrated = false;
     self->conn = PQconnectdb(self->url);
+    /* "relation … already exists, skipping" from the idempotent schema is
+     * not news. */
+    PQsetNoticeProcessor(self->conn, s_ignore_notice, NULL);
     if (PQstatus(self->conn) != CONNECTION_OK) {
         if (err) {
             snprintf(err, errlen, "cannot connect to PostgreSQL: %s", PQerrorMessage(self->conn));
