@@ -798,6 +798,12 @@ static void s_mqtt_stop(gw_t *self)
     }
     /* After destroy no callback runs, so in_push is ours again. */
     MQTTAsync_destroy(&self->mqtt);
+    /* Paho's send and receive threads are detached: destroying the last
+     * client marks them stopped, but they may still be running their last
+     * instructions when destroy returns. Freeing our state and exiting at
+     * that moment crashed the gateway now and then after "stopped cleanly"
+     * (SIGSEGV or a fault in libcrypto's exit handlers); give them a moment. */
+    zclock_sleep(200);
 }
 
 static void s_register_metrics(gw_t *self)
