@@ -308,13 +308,60 @@ static void test_firmware_and_rollouts(void **state)
     assert_int_equal(s_status("GET", "/api/v1/rollouts/0000-none", NULL), 404);
 }
 
+/* The OpenAPI document is served, and every operation it lists is a route
+ * fleet-stats really serves (nothing answers "no such path" or 405). */
+static void test_openapi(void **state)
+{
+    (void)state;
+    s_resp_t r = s_req("GET", "/api/v1/openapi.json", NULL, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(json_string_value(json_object_get(r.body, "openapi")), "3.0.3");
+    json_t *paths = json_object_get(r.body, "paths");
+    assert_true(json_object_size(paths) >= 14);
+    const char *path;
+    json_t *ops;
+    int checked = 0;
+    json_object_foreach(paths, path, ops)
+    {
+        char concrete[256] = "";
+        for (const char *p = path; *p;) {
+            if (*p == '{') {
+                strcat(concrete, "oa-x");
+                p = strchr(p, '}') + 1;
+            } else {
+                strncat(concrete, p++, 1);
+            }
+        }
+        const char *method;
+        json_t *op;
+        json_object_foreach(ops, method, op)
+        {
+            char m[16];
+            for (size_t i = 0; i < sizeof m - 1 && method[i]; i++)
+                m[i] = (char)(method[i] - 32), m[i + 1] = 0;
+            s_resp_t x = s_req(m, concrete, strcmp(m, "GET") && strcmp(m, "DELETE") ? "{}" : NULL,
+                               NULL, NULL);
+            json_t *msg = json_object_get(json_object_get(x.body, "error"), "message");
+            if (x.status == 405 ||
+                (x.status == 404 && msg && strcmp(json_string_value(msg), "no such path") == 0))
+                fail_msg("%s %s is documented but not served (%ld)", m, concrete, x.status);
+            json_decref(x.body);
+            checked++;
+        }
+    }
+    assert_true(checked >= 20);
+    json_decref(r.body);
+    r = s_req("GET", "/api/v1/not-documented", NULL, NULL, NULL);
+    assert_int_equal(r.status, 404);
+    json_decref(r.body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_auth),
-        cmocka_unit_test(test_devices_and_twins),
-        cmocka_unit_test(test_pagination),
-        cmocka_unit_test(test_firmware_and_rollouts),
+        cmocka_unit_test(test_auth),       cmocka_unit_test(test_devices_and_twins),
+        cmocka_unit_test(test_pagination), cmocka_unit_test(test_firmware_and_rollouts),
+        cmocka_unit_test(test_openapi),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

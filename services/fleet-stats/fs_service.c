@@ -42,6 +42,9 @@ const mh_service_def_t fs_service_def = {
     .actor = fs_actor,
 };
 
+extern const char fs_openapi[];
+extern const size_t fs_openapi_len;
+
 #define S_LOCK_MIGRATE 7203104
 #define S_MAX_BODY     (1024 * 1024)
 
@@ -628,6 +631,18 @@ static int s_handle(struct mg_connection *c, void *ud)
         else
             s_error(self, c, 401, "unauthorized", "the token is not valid");
         return ok < 0 ? 503 : 401;
+    }
+    if (strcmp(ri->local_uri, "/api/v1/openapi.json") == 0) {
+        mh_histogram_observe(self->m_ms, (double)(mh_mono_ms() - t0));
+        if (strcmp(ri->request_method, "GET") != 0)
+            return s_error(self, c, 405, "method_not_allowed", "GET");
+        mg_printf(c,
+                  "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                  "Content-Length: %zu\r\n\r\n",
+                  fs_openapi_len);
+        mg_write(c, fs_openapi, fs_openapi_len);
+        mh_counter_inc(self->m_requests[0]);
+        return 200;
     }
     /* /api/v1/devices[/{id}[/{sub}[/{cid}]]] */
     char path[512];
