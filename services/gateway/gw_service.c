@@ -14,6 +14,8 @@
  * flight, flushes, and waits for every ack before it exits. */
 #include "gw_service.h"
 #include "mh_idset.h"
+
+#include <openssl/crypto.h>
 #include "gw_validate.h"
 #include "mh_envelope.h"
 #include "mh_resolver.h"
@@ -1163,4 +1165,8 @@ void gw_actor(zsock_t *pipe, void *args)
             s_received_total(self), mh_counter_get(self->m_points),
             mh_counter_get(self->m_points_stored), mh_counter_get(self->m_batches_resent));
     s_destroy(&self);
+    /* Paho's clean-up ran OpenSSL on this thread; free its thread state now
+     * (CZMQ's actor threads are detached, so the process may exit before
+     * this thread's own exit handlers run, and LeakSanitizer saw that). */
+    OPENSSL_thread_stop();
 }

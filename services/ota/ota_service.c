@@ -15,6 +15,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
+#include <openssl/crypto.h>
 
 #define S_CFG(field) offsetof(ota_config_t, field)
 
@@ -1947,4 +1948,5 @@ void ota_actor(zsock_t *pipe, void *args)
         mh_error("stopping with %zu OTA status messages not applied (database away)",
                  self->npending);
     s_destroy(&self);
+    OPENSSL_thread_stop(); /* see gw_actor: the actor thread is detached */
 }
