@@ -210,7 +210,7 @@ char *mh_pg_text_array(const char *const *items, size_t n)
 {
     size_t len = 3;
     for (size_t i = 0; i < n; i++)
-        len += strlen(items[i]) + 3;
+        len += (items[i] ? strlen(items[i]) : 4) + 3;
     char *s = malloc(len), *p = s;
     if (!s)
         return NULL;
@@ -218,6 +218,11 @@ char *mh_pg_text_array(const char *const *items, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (i)
             *p++ = ',';
+        if (!items[i]) {
+            memcpy(p, "NULL", 4);
+            p += 4;
+            continue;
+        }
         *p++ = '"';
         size_t l = strlen(items[i]);
         memcpy(p, items[i], l);

@@ -50,6 +50,6 @@ const char *mh_pg_sqlstate(mh_pg_t *self);
 bool mh_pg_retryable(mh_pg_t *self);
 
 /* A text[] literal ({"a","b"}) for parameters like `= ANY($1::text[])`.
- * The strings must not contain '"' or '\\' (device ids, UUIDs). Caller
- * frees; NULL when out of memory. */
+ * The strings must not contain '"' or '\\' (device ids, UUIDs); a NULL
+ * item is SQL NULL. Caller frees; NULL when out of memory. */
 char *mh_pg_text_array(const char *const *items, size_t n);

@@ -837,26 +837,6 @@ static void s_res_start(ota_t *self)
     PQclear(res);
 }
 
-/* A C string array literal that may hold NULLs (from_version unknown). */
-static char *s_nullable_array(char **v, size_t n)
-{
-    size_t len = 3;
-    for (size_t i = 0; i < n; i++)
-        len += (v[i] ? strlen(v[i]) : 4) + 3;
-    char *s = malloc(len), *p = s;
-    if (!s)
-        return NULL;
-    *p++ = '{';
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            *p++ = ',';
-        p += v[i] ? sprintf(p, "\"%s\"", v[i]) : sprintf(p, "NULL");
-    }
-    *p++ = '}';
-    *p = 0;
-    return s;
-}
-
 static char *s_int_array(const int *v, size_t n)
 {
     char *s = malloc(n * 12 + 3), *p = s;
@@ -888,7 +868,7 @@ static void s_res_finish(ota_t *self)
         sizes[waves[i]]++;
     }
     char *ids = mh_pg_text_array((const char *const *)self->res.ids, n);
-    char *fws = s_nullable_array(self->res.fw, n);
+    char *fws = mh_pg_text_array((const char *const *)self->res.fw, n); /* NULL: unknown */
     char *wv = waves ? s_int_array(waves, n) : NULL, *rk = ranks ? s_int_array(ranks, n) : NULL;
     free(waves);
     free(ranks);
