@@ -472,8 +472,12 @@ int mht_mosquitto_pub(const mht_broker_t *b, const char *version, const char *to
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-void mht_twin_start(mht_service_t *s, const char *name, const mht_db_t *db,
-                    const char *downlink_endpoint, const char *const *extra)
+/* Twin and ota take the same settings: HTTP, a PULL, an RPC ROUTER, an
+ * event PUB, the database and the gateways' downlink; `own` are the
+ * service's further flags. Ports left 0 in *s are picked free. */
+static void s_rpc_service_start(mht_service_t *s, const char *name, const char *rel_bin,
+                                const mht_db_t *db, const char *downlink_endpoint,
+                                const char *const *own, const char *const *extra)
 {
     static char bin[512];
     char a_http[64], a_bind[96], a_rpc[96], a_ev[96], a_pg[600], a_dl[160];
@@ -495,67 +499,36 @@ void mht_twin_start(mht_service_t *s, const char *name, const mht_db_t *db,
     snprintf(a_ev, sizeof a_ev, "--events-bind=%s", s->events_endpoint);
     snprintf(a_pg, sizeof a_pg, "--pg-url=%s", db->url);
     snprintf(a_dl, sizeof a_dl, "--downlink-endpoint=%s", downlink_endpoint);
-    char *argv[40] = {(char *)mht_build_path("services/twin/motehub-twin", bin, sizeof bin),
-                      a_http,
-                      a_bind,
-                      a_rpc,
-                      a_ev,
-                      a_pg,
-                      a_dl,
-                      "--sweep-interval=100ms"};
-    int argc = 8;
+    char *argv[40] = {
+        (char *)mht_build_path(rel_bin, bin, sizeof bin), a_http, a_bind, a_rpc, a_ev, a_pg, a_dl};
+    int argc = 7;
+    s_args_extra(argv, &argc, own);
     s_args_extra(argv, &argc, extra);
     s->pid = mht_spawn(name, argv);
     if (!mht_wait_ready(s->http_port, 20000))
         fail_msg("%s did not become ready (see %s/%s.log)", name, mht_artifacts(), name);
 }
 
+void mht_twin_start(mht_service_t *s, const char *name, const mht_db_t *db,
+                    const char *downlink_endpoint, const char *const *extra)
+{
+    const char *own[] = {"--sweep-interval=100ms", NULL};
+    s_rpc_service_start(s, name, "services/twin/motehub-twin", db, downlink_endpoint, own, extra);
+}
+
 void mht_ota_start(mht_service_t *s, const char *name, const mht_db_t *db,
                    const char *downlink_endpoint, const mht_service_t *twin,
                    const char *signing_key, const char *const *extra)
 {
-    static char bin[512];
-    char a_http[64], a_bind[96], a_rpc[96], a_ev[96], a_pg[600], a_dl[160], a_trpc[128], a_tev[128],
-        a_key[600], a_url[96];
+    char a_url[96], a_trpc[128], a_tev[128], a_key[600];
     if (!s->http_port)
         s->http_port = mht_free_port();
-    if (!s->port)
-        s->port = mht_free_port();
-    if (!s->rpc_port)
-        s->rpc_port = mht_free_port();
-    if (!s->events_port)
-        s->events_port = mht_free_port();
-    snprintf(s->name, sizeof s->name, "%s", name);
-    snprintf(s->endpoint, sizeof s->endpoint, "tcp://127.0.0.1:%d", s->port);
-    snprintf(s->rpc_endpoint, sizeof s->rpc_endpoint, "tcp://127.0.0.1:%d", s->rpc_port);
-    snprintf(s->events_endpoint, sizeof s->events_endpoint, "tcp://127.0.0.1:%d", s->events_port);
-    snprintf(a_http, sizeof a_http, "--http-listen=127.0.0.1:%d", s->http_port);
     snprintf(a_url, sizeof a_url, "--public-url=http://127.0.0.1:%d", s->http_port);
-    snprintf(a_bind, sizeof a_bind, "--bind=%s", s->endpoint);
-    snprintf(a_rpc, sizeof a_rpc, "--rpc-bind=%s", s->rpc_endpoint);
-    snprintf(a_ev, sizeof a_ev, "--events-bind=%s", s->events_endpoint);
-    snprintf(a_pg, sizeof a_pg, "--pg-url=%s", db->url);
-    snprintf(a_dl, sizeof a_dl, "--downlink-endpoint=%s", downlink_endpoint);
     snprintf(a_trpc, sizeof a_trpc, "--twin-rpc-endpoint=%s", twin->rpc_endpoint);
     snprintf(a_tev, sizeof a_tev, "--twin-events-endpoint=%s", twin->events_endpoint);
     snprintf(a_key, sizeof a_key, "--signing-key=%s", signing_key);
-    char *argv[40] = {(char *)mht_build_path("services/ota/motehub-ota", bin, sizeof bin),
-                      a_http,
-                      a_url,
-                      a_bind,
-                      a_rpc,
-                      a_ev,
-                      a_pg,
-                      a_dl,
-                      a_trpc,
-                      a_tev,
-                      a_key,
-                      "--tick=100ms"};
-    int argc = 12;
-    s_args_extra(argv, &argc, extra);
-    s->pid = mht_spawn(name, argv);
-    if (!mht_wait_ready(s->http_port, 20000))
-        fail_msg("%s did not become ready (see %s/%s.log)", name, mht_artifacts(), name);
+    const char *own[] = {a_url, a_trpc, a_tev, a_key, "--tick=100ms", NULL};
+    s_rpc_service_start(s, name, "services/ota/motehub-ota", db, downlink_endpoint, own, extra);
 }
 
 int mht_shell(const char *fmt, ...)
