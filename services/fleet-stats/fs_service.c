@@ -1,5 +1,6 @@
 /* fleet-stats. See fs_service.h; docs/fleet-stats.md for the API as served. */
 #include "fs_service.h"
+#include "mh_digest.h"
 #include "mh_ids.h"
 #include "mh_pg.h"
 #include "mh_rpc.h"
@@ -67,15 +68,6 @@ typedef struct {
 
 /* ---- tokens ---- */
 
-static void s_sha256_hex(const char *s, char out[65])
-{
-    unsigned char md[32];
-    unsigned int n = 0;
-    EVP_Digest(s, strlen(s), md, &n, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
-}
-
 int fs_create_token(const char *pg_url, const char *name)
 {
     unsigned char raw[32];
@@ -84,9 +76,8 @@ int fs_create_token(const char *pg_url, const char *name)
         return 1;
     }
     char token[80] = "mht_", hash[65], err[512], now[32];
-    for (int i = 0; i < 32; i++)
-        snprintf(token + 4 + 2 * i, 3, "%02x", raw[i]);
-    s_sha256_hex(token, hash);
+    mh_hex(raw, sizeof raw, token + 4);
+    mh_sha256_hex(token, strlen(token), hash);
     snprintf(now, sizeof now, "%" PRId64, mh_now_ms());
     mh_pg_t *pg = mh_pg_new(pg_url, s_schema_sql, S_LOCK_MIGRATE);
     int rc = pg ? mh_pg_connect(pg, err, sizeof err) : -EIO;
@@ -108,7 +99,7 @@ int fs_create_token(const char *pg_url, const char *name)
 static int s_token_ok(fs_t *self, const char *token)
 {
     char hash[65], err[512];
-    s_sha256_hex(token, hash);
+    mh_sha256_hex(token, strlen(token), hash);
     pthread_mutex_lock(&self->lock);
     int ok = zhashx_lookup(self->tokens, hash) ? 1 : -1;
     if (ok < 0 && mh_pg_connect(self->pg, err, sizeof err) >= 0) {

@@ -1,4 +1,5 @@
 #include "ota_image.h"
+#include "mh_digest.h"
 #include "mh_log.h"
 #include "mh_pg.h"
 #include "mh_time.h"
@@ -90,11 +91,7 @@ int ota_sign(ota_signer_t *self, const uint8_t *data, size_t len, char *out, siz
 
 void ota_sha256_hex(const uint8_t *data, size_t len, char out[65])
 {
-    unsigned char md[32];
-    unsigned int mdlen = 0;
-    EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    mh_sha256_hex(data, len, out);
 }
 
 void ota_link_sig(const char *secret, const char *version, int64_t exp_s, char out[65])
@@ -105,8 +102,7 @@ void ota_link_sig(const char *secret, const char *version, int64_t exp_s, char o
     unsigned int mdlen = 0;
     HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)msg, (size_t)n, md,
          &mdlen);
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    mh_hex(md, 32, out);
 }
 
 void ota_link(const char *secret, const char *version, int64_t exp_s, char *out, size_t outlen)
