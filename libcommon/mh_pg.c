@@ -183,6 +183,10 @@ static int s_connect(mh_pg_t *self, char *err, size_t errlen)
     }
     if (!mh_pg_ok(self, "SET TIME ZONE 'UTC'", 0, NULL, err, errlen))
         return -EIO;
+    if (!*self->schema) { /* a reader of another service's schema */
+        self->migrated = true;
+        return 0;
+    }
     char lock[32];
     snprintf(lock, sizeof lock, "%" PRId64, self->lock_key);
     const char *p[] = {lock};

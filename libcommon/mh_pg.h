@@ -11,7 +11,8 @@
 typedef struct mh_pg_t mh_pg_t;
 
 /* `schema_sql` runs on every (re)connection and must be idempotent;
- * `lock_key` names the advisory lock that serialises it across replicas. */
+ * `lock_key` names the advisory lock that serialises it across replicas.
+ * NULL schema_sql: nothing to migrate (a reader of another's tables). */
 mh_pg_t *mh_pg_new(const char *url, const char *schema_sql, int64_t lock_key);
 void mh_pg_destroy(mh_pg_t **self_p);
 

@@ -8,9 +8,8 @@
 #include <jansson.h>
 
 static mht_db_t s_db;
-static mht_service_t s_twin, s_ota;
-static pid_t s_fs;
-static int s_port, s_http;
+static mht_service_t s_twin, s_ota, s_ingest, s_fs;
+static int s_port;
 static char s_token[128];
 
 typedef struct {
@@ -102,39 +101,22 @@ static int s_setup(void **state)
     (void)state;
     mht_db_create(&s_db);
     mht_twin_start(&s_twin, "twin", &s_db, "tcp://127.0.0.1:1", NULL);
-    static char bin[512], a_pg[600], a_listen[64], a_http[64], a_twin[128];
-    mht_build_path("services/fleet-stats/motehub-fleet-stats", bin, sizeof bin);
-    snprintf(a_pg, sizeof a_pg, "--pg-url=%s", s_db.url);
-    char cmd[2048], out[200] = "";
-    snprintf(cmd, sizeof cmd, "'%s' create-token ci '%s'", bin, a_pg);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    assert_non_null(fgets(out, sizeof out, p));
-    assert_int_equal(pclose(p), 0);
-    sscanf(out, "%127s", s_token);
-    assert_true(strncmp(s_token, "mht_", 4) == 0);
-    char key[600], a_ota[128];
+    char key[600];
     snprintf(key, sizeof key, "%s/fleet-signing.pem", mht_artifacts());
     if (mht_shell("openssl genpkey -algorithm ed25519 -out '%s' 2>/dev/null", key) != 0)
         fail_msg("cannot make a signing key");
     mht_ota_start(&s_ota, "ota", &s_db, "tcp://127.0.0.1:1", &s_twin, key, NULL);
-    snprintf(a_ota, sizeof a_ota, "--ota-rpc-endpoint=%s", s_ota.rpc_endpoint);
-    s_port = mht_free_port();
-    s_http = mht_free_port();
-    snprintf(a_listen, sizeof a_listen, "--api-listen=127.0.0.1:%d", s_port);
-    snprintf(a_http, sizeof a_http, "--http-listen=127.0.0.1:%d", s_http);
-    snprintf(a_twin, sizeof a_twin, "--twin-rpc-endpoint=%s", s_twin.rpc_endpoint);
-    char *argv[] = {bin, a_pg, a_listen, a_http, a_twin, a_ota, NULL};
-    s_fs = mht_spawn("fleet-stats", argv);
-    if (!mht_wait_ready(s_http, 20000))
-        fail_msg("fleet-stats did not become ready");
+    mht_ingest_start(&s_ingest, "ingest", &s_db, 0, NULL);
+    mht_fleet_start(&s_fs, "fleet-stats", &s_db, &s_twin, &s_ota, &s_ingest, NULL, NULL, s_token);
+    s_port = s_fs.port;
     return 0;
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    int sf = mht_stop(s_fs, SIGTERM, 20000);
+    int sf = mht_stop(s_fs.pid, SIGTERM, 20000);
+    mht_stop(s_ingest.pid, SIGTERM, 20000);
     int so = mht_stop(s_ota.pid, SIGTERM, 20000);
     int st = mht_stop(s_twin.pid, SIGTERM, 20000);
     mht_db_drop(&s_db);

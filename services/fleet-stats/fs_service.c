@@ -1,11 +1,13 @@
 /* fleet-stats. See fs_service.h; docs/fleet-stats.md for the API as served. */
 #include "fs_service.h"
+#include "fs_live.h"
 #include "mh_digest.h"
 #include "mh_ids.h"
 #include "mh_pg.h"
 #include "mh_rpc.h"
 #include "mh_time.h"
 #include "ota.pb-c.h"
+#include "telemetry.pb-c.h"
 #include "twin.pb-c.h"
 
 #include <civetweb.h>
@@ -14,6 +16,9 @@
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <sys/random.h>
+#include <sys/stat.h>
+#include <ctype.h>
+#include <time.h>
 
 #define S_CFG(field) offsetof(fs_config_t, field)
 
@@ -31,7 +36,24 @@ const mh_cfg_opt_t fs_config_options[] = {
      "largest firmware upload taken, in bytes"},
     {"rpc-timeout", "MH_RPC_TIMEOUT", MH_CFG_DURATION, "10s", S_CFG(rpc_timeout_ms),
      "how long an API request waits for the service behind it"},
-    {"api-threads", "MH_API_THREADS", MH_CFG_INT, "16", S_CFG(api_threads), "HTTP worker threads"},
+    {"api-threads", "MH_API_THREADS", MH_CFG_INT, "32", S_CFG(api_threads),
+     "HTTP worker threads (each open WebSocket holds one)"},
+    {"twin-events-endpoint", "MH_TWIN_EVENTS_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5573",
+     S_CFG(twin_events_endpoint), "twin's event PUB(s), for the live aggregates"},
+    {"ota-events-endpoint", "MH_OTA_EVENTS_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5574",
+     S_CFG(ota_events_endpoint), "ota's event PUB(s), for rollout progress"},
+    {"gateway-events-endpoint", "MH_GATEWAY_EVENTS_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5571",
+     S_CFG(gateway_events_endpoint), "every gateway's event PUB, for message rates"},
+    {"ingest-rpc-endpoint", "MH_INGEST_RPC_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5561",
+     S_CFG(ingest_rpc_endpoint), "ingest's telemetry query ROUTER(s)"},
+    {"geo-cell", "MH_GEO_CELL", MH_CFG_DOUBLE, "1", S_CFG(geo_cell),
+     "size of a geographic cell, in degrees"},
+    {"live-resync", "MH_LIVE_RESYNC", MH_CFG_DURATION, "10m", S_CFG(live_resync_ms),
+     "how often the aggregates are rebuilt from a full snapshot"},
+    {"live-frame-interval", "MH_LIVE_FRAME_INTERVAL", MH_CFG_DURATION, "250ms",
+     S_CFG(live_frame_ms), "at most one /api/v1/live frame per this"},
+    {"dashboard-dir", "MH_DASHBOARD_DIR", MH_CFG_STR, "", S_CFG(dashboard_dir),
+     "the built dashboard (dashboard/dist), served at / (empty: none)"},
     MH_CFG_END,
 };
 
@@ -57,7 +79,9 @@ typedef struct {
     mh_service_ctx_t *ctx;
     fs_config_t *cfg;
     struct mg_context *web;
-    mh_rpc_t *twin, *ota;
+    mh_rpc_t *twin, *ota, *ingest;
+    fs_live_t *live;
+    int64_t max_ws;
     pthread_mutex_t lock; /* the token connection and cache */
     mh_pg_t *pg;
     zhashx_t *tokens; /* hash -> (void *)1, tokens seen valid */
@@ -233,17 +257,6 @@ static json_t *s_body_object(fs_t *self, struct mg_connection *c, bool required)
 
 /* ---- twin RPC ---- */
 
-static bool s_twin_match(const Mh__Envelope *env, const char *rid)
-{
-    if (strcmp(env->type, "twin.reply") != 0)
-        return false;
-    Mh__TwinReply *r = mh__twin_reply__unpack(NULL, env->body.len, env->body.data);
-    bool ok = r && strcmp(r->request_id, rid) == 0;
-    if (r)
-        mh__twin_reply__free_unpacked(r, NULL);
-    return ok;
-}
-
 /* Calls twin and answers the HTTP request from its reply. `ok_status`
  * overrides the success status (0: twin's). `etag`: send ETag/version. */
 static int s_twin(fs_t *self, struct mg_connection *c, Mh__TwinRequest *q, bool etag)
@@ -252,7 +265,7 @@ static int s_twin(fs_t *self, struct mg_connection *c, Mh__TwinRequest *q, bool 
     snprintf(rid, sizeof rid, "fs-%" PRIu64, __atomic_add_fetch(&self->seq, 1, __ATOMIC_RELAXED));
     q->request_id = rid;
     q->deadline_ms = mh_now_ms() + self->cfg->rpc_timeout_ms;
-    Mh__Envelope *env = mh_rpc_call(self->twin, "twin.request", &q->base, rid, s_twin_match,
+    Mh__Envelope *env = mh_rpc_call(self->twin, "twin.request", &q->base, rid, fs_twin_reply_match,
                                     (int)self->cfg->rpc_timeout_ms);
     if (!env)
         return s_error(self, c, 504, "deadline_exceeded", "twin did not answer in time");
@@ -291,6 +304,110 @@ static void s_query_str(const char *qs, const char *name, char *out, size_t len)
     out[0] = 0;
     if (qs && mg_get_var(qs, strlen(qs), name, out, len) < 0)
         out[0] = 0;
+}
+
+/* ---- ingest RPC: telemetry ---- */
+
+static bool s_ingest_match(const Mh__Envelope *env, const char *rid)
+{
+    if (strcmp(env->type, "telemetry.reply") != 0)
+        return false;
+    Mh__TelemetryReply *r = mh__telemetry_reply__unpack(NULL, env->body.len, env->body.data);
+    bool ok = r && strcmp(r->request_id, rid) == 0;
+    if (r)
+        mh__telemetry_reply__free_unpacked(r, NULL);
+    return ok;
+}
+
+/* A time in the query: milliseconds since the epoch or RFC 3339
+ * ("2026-11-24T10:00:00Z", "…T10:00:00.250+01:00"). 0 absent, -1 bad. */
+static int64_t s_query_time(const char *qs, const char *name)
+{
+    char v[64];
+    s_query_str(qs, name, v, sizeof v);
+    if (!*v)
+        return 0;
+    char *end;
+    long long ms = strtoll(v, &end, 10);
+    if (!*end)
+        return ms > 0 ? ms : -1;
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    const char *p = strptime(v, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (!p)
+        return -1;
+    int64_t frac = 0;
+    if (*p == '.') {
+        int digits = 0;
+        for (p++; isdigit((unsigned char)*p); p++, digits++)
+            if (digits < 3)
+                frac = frac * 10 + (*p - '0');
+        for (; digits < 3; digits++)
+            frac *= 10;
+    }
+    int64_t off = 0;
+    if (*p == '+' || *p == '-') {
+        int hh, mm;
+        if (sscanf(p + 1, "%2d:%2d", &hh, &mm) != 2 || strlen(p) != 6)
+            return -1;
+        off = (*p == '+' ? 1 : -1) * (hh * 60 + mm) * 60000LL;
+    } else if (strcmp(p, "Z") != 0 && strcmp(p, "z") != 0) {
+        return -1;
+    }
+    return (int64_t)timegm(&tm) * 1000 + frac - off;
+}
+
+static int s_telemetry(fs_t *self, struct mg_connection *c, const char *method, const char *id,
+                       const char *what)
+{
+    if (strcmp(method, "GET") != 0)
+        return s_error(self, c, 405, "method_not_allowed", "GET");
+    if (what && strcmp(what, "latest") != 0)
+        return s_error(self, c, 404, "not_found", "no such path");
+    const char *qs = mg_get_request_info(c)->query_string;
+    Mh__TelemetryQuery q = MH__TELEMETRY_QUERY__INIT;
+    char rid[48], bucket[16], cursor[160], mbuf[16][80];
+    char *metrics[16];
+    size_t nm = 0;
+    for (int i = 0; qs && nm < 16; i++) {
+        if (mg_get_var2(qs, strlen(qs), "metric", mbuf[nm], sizeof mbuf[nm], (size_t)i) < 0)
+            break;
+        metrics[nm] = mbuf[nm];
+        nm++;
+    }
+    bool bad = false;
+    q.device_id = (char *)id;
+    q.metrics = metrics;
+    q.n_metrics = nm;
+    q.latest = what != NULL;
+    q.from_ms = s_query_time(qs, "from");
+    q.to_ms = s_query_time(qs, "to");
+    if (q.from_ms < 0 || q.to_ms < 0)
+        return s_error(self, c, 400, "bad_request",
+                       "\"from\" and \"to\" are milliseconds since 1970 or RFC 3339 times");
+    s_query_str(qs, "bucket", bucket, sizeof bucket);
+    s_query_str(qs, "cursor", cursor, sizeof cursor);
+    q.bucket = bucket;
+    q.cursor = cursor;
+    q.limit = s_query_u32(qs, "limit", &bad);
+    if (bad)
+        return s_error(self, c, 400, "bad_request", "\"limit\" is a number from 1 to 100000");
+    snprintf(rid, sizeof rid, "fs-%" PRIu64, __atomic_add_fetch(&self->seq, 1, __ATOMIC_RELAXED));
+    q.request_id = rid;
+    q.deadline_ms = mh_now_ms() + self->cfg->rpc_timeout_ms;
+    Mh__Envelope *env = mh_rpc_call(self->ingest, "telemetry.query", &q.base, rid, s_ingest_match,
+                                    (int)self->cfg->rpc_timeout_ms);
+    if (!env)
+        return s_error(self, c, 504, "deadline_exceeded", "ingest did not answer in time");
+    Mh__TelemetryReply *r = mh__telemetry_reply__unpack(NULL, env->body.len, env->body.data);
+    mh_envelope_free(&env);
+    if (!r)
+        return s_error(self, c, 502, "internal", "ingest's answer did not decode");
+    int status = r->status >= 400 ? s_error(self, c, (int)r->status,
+                                            *r->error_code ? r->error_code : "internal", r->message)
+                                  : s_send(self, c, (int)r->status, r->body_json, NULL);
+    mh__telemetry_reply__free_unpacked(r, NULL);
+    return status;
 }
 
 static int s_devices(fs_t *self, struct mg_connection *c, const char *method, const char *id,
@@ -359,6 +476,8 @@ static int s_devices(fs_t *self, struct mg_connection *c, const char *method, co
             return s_error(self, c, 405, "method_not_allowed", "GET or DELETE");
         return s_twin(self, c, &q, false);
     }
+    if (strcmp(sub, "telemetry") == 0)
+        return s_telemetry(self, c, method, id, cid);
     if (strcmp(sub, "twin") == 0 && !cid) {
         if (strcmp(method, "GET") == 0) {
             q.method = MH__TWIN_REQUEST__METHOD__GET_TWIN;
@@ -443,17 +562,6 @@ static int s_devices(fs_t *self, struct mg_connection *c, const char *method, co
 
 /* ---- ota RPC: firmware and rollouts ---- */
 
-static bool s_ota_match(const Mh__Envelope *env, const char *rid)
-{
-    if (strcmp(env->type, "ota.reply") != 0)
-        return false;
-    Mh__OtaReply *r = mh__ota_reply__unpack(NULL, env->body.len, env->body.data);
-    bool ok = r && strcmp(r->request_id, rid) == 0;
-    if (r)
-        mh__ota_reply__free_unpacked(r, NULL);
-    return ok;
-}
-
 /* Calls ota; answers from its reply. With `pem`, a successful reply's
  * "publicKey" is sent as the PEM text itself. */
 static int s_ota(fs_t *self, struct mg_connection *c, Mh__OtaRequest *q, bool pem)
@@ -462,7 +570,7 @@ static int s_ota(fs_t *self, struct mg_connection *c, Mh__OtaRequest *q, bool pe
     snprintf(rid, sizeof rid, "fs-%" PRIu64, __atomic_add_fetch(&self->seq, 1, __ATOMIC_RELAXED));
     q->request_id = rid;
     q->deadline_ms = mh_now_ms() + self->cfg->rpc_timeout_ms;
-    Mh__Envelope *env = mh_rpc_call(self->ota, "ota.request", &q->base, rid, s_ota_match,
+    Mh__Envelope *env = mh_rpc_call(self->ota, "ota.request", &q->base, rid, fs_ota_reply_match,
                                     (int)self->cfg->rpc_timeout_ms);
     if (!env)
         return s_error(self, c, 504, "deadline_exceeded", "ota did not answer in time");
@@ -605,24 +713,56 @@ static int s_rollouts(fs_t *self, struct mg_connection *c, const char *method, c
 
 /* ---- routing ---- */
 
+/* Checks the bearer token (header, or for a WebSocket `access_token` in the
+ * query as RFC 6750 allows). 0 when valid; else answers 401/503 itself. */
+static int s_authorize(fs_t *self, struct mg_connection *c, bool query_ok)
+{
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    const char *auth = mg_get_header(c, "Authorization");
+    char qtok[128] = "";
+    const char *token = NULL;
+    if (auth && strncmp(auth, "Bearer ", 7) == 0 && auth[7])
+        token = auth + 7;
+    else if (!auth && query_ok && ri->query_string &&
+             mg_get_var(ri->query_string, strlen(ri->query_string), "access_token", qtok,
+                        sizeof qtok) > 0)
+        token = qtok;
+    if (!token)
+        return s_error(self, c, 401, "unauthorized", "send Authorization: Bearer <token>");
+    int ok = s_token_ok(self, token);
+    if (ok < 0)
+        return s_error(self, c, 503, "unavailable", "cannot check the token now; try again");
+    if (ok == 0)
+        return s_error(self, c, 401, "unauthorized", "the token is not valid");
+    return 0;
+}
+
+/* GET /api/v1/fleet/summary and /geo, from the live aggregates. */
+static int s_fleet(fs_t *self, struct mg_connection *c, const char *method, const char *what)
+{
+    if (strcmp(method, "GET") != 0)
+        return s_error(self, c, 405, "method_not_allowed", "GET");
+    char *text = strcmp(what, "summary") == 0 ? fs_live_summary(self->live)
+                 : strcmp(what, "geo") == 0   ? fs_live_geo(self->live)
+                                              : (char *)"";
+    if (text && !*text)
+        return s_error(self, c, 404, "not_found", "no such path");
+    if (!text)
+        return s_error(self, c, 503, "unavailable",
+                       "the fleet aggregates are still loading; try again");
+    int st = s_send(self, c, 200, text, NULL);
+    free(text);
+    return st;
+}
+
 static int s_handle(struct mg_connection *c, void *ud)
 {
     fs_t *self = ud;
     int64_t t0 = mh_mono_ms();
     const struct mg_request_info *ri = mg_get_request_info(c);
-    const char *auth = mg_get_header(c, "Authorization");
-    if (!auth || strncmp(auth, "Bearer ", 7) != 0 || !auth[7]) {
-        s_error(self, c, 401, "unauthorized", "send Authorization: Bearer <token>");
-        return 401;
-    }
-    int ok = s_token_ok(self, auth + 7);
-    if (ok <= 0) {
-        if (ok < 0)
-            s_error(self, c, 503, "unavailable", "cannot check the token now; try again");
-        else
-            s_error(self, c, 401, "unauthorized", "the token is not valid");
-        return ok < 0 ? 503 : 401;
-    }
+    int denied = s_authorize(self, c, false);
+    if (denied)
+        return denied;
     if (strcmp(ri->local_uri, "/api/v1/openapi.json") == 0) {
         mh_histogram_observe(self->m_ms, (double)(mh_mono_ms() - t0));
         if (strcmp(ri->request_method, "GET") != 0)
@@ -658,11 +798,87 @@ static int s_handle(struct mg_connection *c, void *ud)
                strcmp(parts[2], "rollouts") == 0) {
         status = s_rollouts(self, c, ri->request_method, n >= 4 ? parts[3] : NULL,
                             n >= 5 ? parts[4] : NULL);
+    } else if (n == 3 && strcmp(parts[0], "api") == 0 && strcmp(parts[1], "v1") == 0 &&
+               strcmp(parts[2], "live") == 0) {
+        status = s_error(self, c, 400, "bad_request",
+                         "/api/v1/live is a WebSocket: connect with Upgrade: websocket");
+    } else if (n == 4 && strcmp(parts[0], "api") == 0 && strcmp(parts[1], "v1") == 0 &&
+               strcmp(parts[2], "fleet") == 0) {
+        status = s_fleet(self, c, ri->request_method, parts[3]);
     } else {
         status = s_error(self, c, 404, "not_found", "no such path");
     }
     mh_histogram_observe(self->m_ms, (double)(mh_mono_ms() - t0));
     return status;
+}
+
+/* ---- /api/v1/live ---- */
+
+static int s_ws_connect(const struct mg_connection *cc, void *ud)
+{
+    fs_t *self = ud;
+    struct mg_connection *c = (struct mg_connection *)cc;
+    if (s_authorize(self, c, true))
+        return 1; /* answered 401/503; no handshake */
+    if (fs_live_clients(self->live) >= (size_t)self->max_ws) {
+        s_error(self, c, 503, "unavailable", "too many live connections on this replica");
+        return 1;
+    }
+    return 0;
+}
+
+static int s_ws_send(void *conn, const char *text, size_t len)
+{
+    return mg_websocket_write(conn, MG_WEBSOCKET_OPCODE_TEXT, text, len);
+}
+
+static void s_ws_ready(struct mg_connection *c, void *ud)
+{
+    fs_t *self = ud;
+    fs_live_attach(self->live, c, s_ws_send);
+}
+
+static int s_ws_data(struct mg_connection *c, int bits, char *data, size_t len, void *ud)
+{
+    (void)c, (void)data, (void)len, (void)ud;
+    return (bits & 0x0f) != MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE;
+}
+
+static void s_ws_close(const struct mg_connection *c, void *ud)
+{
+    fs_t *self = ud;
+    fs_live_detach(self->live, (void *)c);
+}
+
+/* ---- the dashboard's files ---- */
+
+/* Everything outside /api/: a file of the built dashboard, or its
+ * index.html for the app's own routes (/devices/…), never outside it. */
+static int s_static(struct mg_connection *c, void *ud)
+{
+    fs_t *self = ud;
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    if (strncmp(ri->local_uri, "/api/", 5) == 0)
+        return s_handle(c, ud);
+    if (!*self->cfg->dashboard_dir || strstr(ri->local_uri, ".."))
+        return s_error(self, c, 404, "not_found", "no such path");
+    if (strcmp(ri->request_method, "GET") != 0 && strcmp(ri->request_method, "HEAD") != 0)
+        return s_error(self, c, 405, "method_not_allowed", "GET");
+    char path[1024];
+    struct stat st;
+    snprintf(path, sizeof path, "%s%s", self->cfg->dashboard_dir, ri->local_uri);
+    bool asset = strncmp(ri->local_uri, "/assets/", 8) == 0;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
+        if (asset || strchr(strrchr(ri->local_uri, '/'), '.'))
+            return s_error(self, c, 404, "not_found", "no such file");
+        snprintf(path, sizeof path, "%s/index.html", self->cfg->dashboard_dir);
+    }
+    /* Vite names assets by content hash: they never change. */
+    mg_send_mime_file2(c, path, NULL,
+                       asset ? "Cache-Control: public, max-age=31536000, immutable\r\n"
+                             : "Cache-Control: no-cache\r\n");
+    mh_counter_inc(self->m_requests[0]);
+    return 200;
 }
 
 /* ---- the actor ---- */
@@ -676,8 +892,10 @@ static void s_destroy(fs_t **self_p)
         return;
     if (self->web)
         mg_stop(self->web);
+    fs_live_destroy(&self->live);
     mh_rpc_destroy(&self->twin);
     mh_rpc_destroy(&self->ota);
+    mh_rpc_destroy(&self->ingest);
     mh_pg_destroy(&self->pg);
     zhashx_destroy(&self->tokens);
     pthread_mutex_destroy(&self->lock);
@@ -700,6 +918,18 @@ void fs_actor(zsock_t *pipe, void *args)
     self->pg = mh_pg_new(self->cfg->pg_url, s_schema_sql, S_LOCK_MIGRATE);
     self->twin = mh_rpc_new(self->cfg->twin_rpc_endpoint);
     self->ota = mh_rpc_new(self->cfg->ota_rpc_endpoint);
+    self->ingest = mh_rpc_new(self->cfg->ingest_rpc_endpoint);
+    fs_live_opts_t lo = {.twin_events = self->cfg->twin_events_endpoint,
+                         .ota_events = self->cfg->ota_events_endpoint,
+                         .gateway_events = self->cfg->gateway_events_endpoint,
+                         .twin = self->twin,
+                         .ota = self->ota,
+                         .rpc_timeout_ms = self->cfg->rpc_timeout_ms,
+                         .cell_degrees = self->cfg->geo_cell,
+                         .resync_ms = self->cfg->live_resync_ms,
+                         .min_frame_ms = self->cfg->live_frame_ms};
+    if (self->twin && self->ota)
+        self->live = fs_live_new(&lo, ctx->metrics);
     static const char *classes[] = {"2xx", "3xx", "4xx", "5xx", "401"};
     for (int i = 0; i < 5; i++) {
         char labels[32];
@@ -711,8 +941,9 @@ void fs_actor(zsock_t *pipe, void *args)
                                       "Operator API request time, in milliseconds", NULL, s_bounds,
                                       sizeof s_bounds / sizeof s_bounds[0]);
     char threads[32];
-    snprintf(threads, sizeof threads, "%" PRId64,
-             self->cfg->api_threads > 0 ? self->cfg->api_threads : 16);
+    int64_t nthreads = self->cfg->api_threads > 4 ? self->cfg->api_threads : 4;
+    snprintf(threads, sizeof threads, "%" PRId64, nthreads);
+    self->max_ws = nthreads / 2; /* the other half keeps serving requests */
     const char *opts[] = {"listening_ports",
                           self->cfg->api_listen,
                           "num_threads",
@@ -723,7 +954,7 @@ void fs_actor(zsock_t *pipe, void *args)
     mg_init_library(0);
     char err[512];
     mh_pg_connect(self->pg, err, sizeof err);
-    if (self->pg && self->twin && self->ota)
+    if (self->pg && self->twin && self->ota && self->ingest && self->live)
         self->web = mg_start(NULL, NULL, opts);
     if (!self->web) {
         mh_error("cannot serve the API on %s", self->cfg->api_listen);
@@ -732,13 +963,19 @@ void fs_actor(zsock_t *pipe, void *args)
         mh_actor_failed(pipe);
         return;
     }
-    mg_set_request_handler(self->web, "/api/", s_handle, self);
+    mg_set_request_handler(self->web, "/", s_static, self);
+    mg_set_websocket_handler(self->web, "/api/v1/live", s_ws_connect, s_ws_ready, s_ws_data,
+                             s_ws_close, self);
     mh_info("operator API on http://%s/api/v1/", self->cfg->api_listen);
     mh_actor_ready(pipe);
     for (;;) {
-        zmq_pollitem_t items[] = {{zsock_resolve(pipe), 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 1, 500) < 0 && errno != EINTR)
+        zmq_pollitem_t items[] = {{zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
+                                  {zsock_resolve(fs_live_events(self->live)), 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, 2, 50) < 0 && errno != EINTR)
             break;
+        if (items[1].revents & ZMQ_POLLIN)
+            fs_live_on_event(self->live);
+        fs_live_tick(self->live);
         if (items[0].revents & ZMQ_POLLIN) {
             char *cmd = zstr_recv(pipe);
             bool stop = !cmd || strcmp(cmd, "$TERM") == 0;
@@ -748,7 +985,7 @@ void fs_actor(zsock_t *pipe, void *args)
         }
         mh_http_heartbeat(ctx->http);
         pthread_mutex_lock(&self->lock);
-        bool ready = mh_pg_connect(self->pg, err, sizeof err) >= 0;
+        bool ready = mh_pg_connect(self->pg, err, sizeof err) >= 0 && fs_live_ready(self->live);
         pthread_mutex_unlock(&self->lock);
         mh_http_set_ready(ctx->http, ready);
     }

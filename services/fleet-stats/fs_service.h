@@ -19,6 +19,14 @@ typedef struct {
     int64_t max_image;
     int64_t rpc_timeout_ms;
     int64_t api_threads;
+    char *twin_events_endpoint;
+    char *ota_events_endpoint;
+    char *gateway_events_endpoint;
+    char *ingest_rpc_endpoint;
+    double geo_cell;
+    int64_t live_resync_ms;
+    int64_t live_frame_ms;
+    char *dashboard_dir;
 } fs_config_t;
 
 extern const mh_cfg_opt_t fs_config_options[];

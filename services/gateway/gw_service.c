@@ -1000,6 +1000,19 @@ static uint64_t s_received_total(gw_t *self)
     return n;
 }
 
+/* "gateway.stats": the running totals, for the fleet's message rates. */
+static void s_publish_stats(gw_t *self)
+{
+    if (!self->pub)
+        return;
+    Mh__GatewayStats ev = MH__GATEWAY_STATS__INIT;
+    ev.gateway = (char *)self->ctx->instance;
+    ev.received = s_received_total(self);
+    ev.published = mh_counter_get(self->m_downlink_sent);
+    ev.ts_ms = mh_now_ms();
+    mh_event_publish(self->pub, "gateway.stats", &ev.base);
+}
+
 void gw_actor(zsock_t *pipe, void *args)
 {
     mh_service_ctx_t *ctx = args;
@@ -1029,7 +1042,7 @@ void gw_actor(zsock_t *pipe, void *args)
 
     enum { RUNNING, UNSUBSCRIBING, DRAINING } phase = RUNNING;
     int64_t next_resolve = mh_mono_ms() + self->cfg->resolve_interval_ms;
-    int64_t next_cron = 0, phase_deadline = 0, last_message = 0;
+    int64_t next_cron = 0, next_stats = 0, phase_deadline = 0, last_message = 0;
     int64_t tick = self->cfg->batch_linger_ms > 0 ? self->cfg->batch_linger_ms : 1;
     for (;;) {
         bool can_take = phase != DRAINING && !s_window_full(self);
@@ -1092,6 +1105,10 @@ void gw_actor(zsock_t *pipe, void *args)
         if (self->nitems && now - self->batch_started_ms >= self->cfg->batch_linger_ms &&
             (int64_t)zhashx_size(self->window) < self->cfg->window)
             s_flush(self);
+        if (now >= next_stats) {
+            next_stats = now + 1000;
+            s_publish_stats(self);
+        }
         if (now >= next_cron) {
             next_cron = now + 100;
             s_resend_expired(self);

@@ -2,6 +2,7 @@
  * from group commit (every batch waiting on the socket goes into one
  * transaction) and from running more replicas. */
 #include "in_service.h"
+#include "in_query.h"
 #include "in_store.h"
 #include "mh_envelope.h"
 #include "mh_time.h"
@@ -19,6 +20,10 @@ const mh_cfg_opt_t in_config_options[] = {
      "where the ROUTER for telemetry batches binds"},
     {"events-bind", "MH_INGEST_EVENTS_BIND", MH_CFG_STR, "tcp://127.0.0.1:5572", S_CFG(events_bind),
      "where the event PUB socket binds (empty: none)"},
+    {"rpc-bind", "MH_INGEST_RPC_BIND", MH_CFG_STR, "tcp://127.0.0.1:5561", S_CFG(rpc_bind),
+     "where the ROUTER for telemetry queries (fleet-stats) binds (empty: none)"},
+    {"query-max-points", "MH_INGEST_QUERY_MAX", MH_CFG_INT, "100000", S_CFG(query_max),
+     "most points one telemetry query returns"},
     {"group-max", "MH_INGEST_GROUP_MAX", MH_CFG_INT, "64", S_CFG(group_max),
      "batches committed together in one transaction at most"},
     {"retention-raw", "MH_RETENTION_RAW", MH_CFG_DURATION, "7d", S_CFG(retention_raw_ms),
@@ -299,6 +304,17 @@ void in_actor(zsock_t *pipe, void *args)
         mh_actor_failed(pipe);
         return;
     }
+    zactor_t *query = NULL;
+    if (*self->cfg->rpc_bind) {
+        in_query_opts_t qo = {self->cfg->pg_url, in_query_bind(self->cfg->rpc_bind),
+                              self->cfg->query_max};
+        if (!qo.router || !(query = zactor_new(in_query_actor, &qo))) {
+            zsock_destroy(&qo.router);
+            s_destroy(&self);
+            mh_actor_failed(pipe);
+            return;
+        }
+    }
     s_try_connect(self);
     mh_actor_ready(pipe);
     int64_t next_rollup = 0, next_maintain = mh_mono_ms() + self->cfg->maintain_interval_ms;
@@ -345,5 +361,6 @@ void in_actor(zsock_t *pipe, void *args)
     if (in_store_connected(self->store))
         for (int i = 0; i < 100 && (zsock_events(self->router) & ZMQ_POLLIN); i++)
             s_drain_socket(self);
+    zactor_destroy(&query);
     s_destroy(&self);
 }

@@ -9,6 +9,8 @@ typedef struct {
     char *pg_url;
     char *bind;
     char *events_bind;
+    char *rpc_bind;
+    int64_t query_max;
     int64_t group_max;
     int64_t retention_raw_ms, retention_1m_ms, retention_1h_ms;
     int64_t rollup_interval_ms, rollup_grace_ms;

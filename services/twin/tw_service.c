@@ -1673,6 +1673,39 @@ static void s_rpc_list_ids(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
     PQclear(res);
 }
 
+/* What fleet-stats needs of every device to build its aggregates, in pages:
+ * {"items":[[id, online, last_seen_ms, firmware, battery, rssi, lat, lon],…],
+ *  "next": "<cursor>"|null}; JSON built by PostgreSQL. */
+static void s_rpc_snapshot(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
+{
+    uint32_t limit = q->limit && q->limit <= 20000 ? q->limit : 5000;
+    char lim[16], err[512];
+    snprintf(lim, sizeof lim, "%u", limit);
+    const char *p[] = {q->cursor, lim};
+    PGresult *res = mh_pg_exec(
+        self->pg, PGRES_TUPLES_OK,
+        "WITH page AS (SELECT id, online, last_seen_ms, firmware,"
+        "  doc->'state'->'reported' AS rep FROM twin.devices WHERE id > $1 ORDER BY id"
+        "  LIMIT $2::int)"
+        " SELECT json_build_object('items', coalesce(json_agg(json_build_array(id, online,"
+        "   last_seen_ms, firmware,"
+        "   CASE WHEN jsonb_typeof(rep->'battery') = 'number' THEN rep->'battery' END,"
+        "   CASE WHEN jsonb_typeof(rep->'rssi') = 'number' THEN rep->'rssi' END,"
+        "   CASE WHEN jsonb_typeof(rep->'location'->'lat') = 'number'"
+        "     AND jsonb_typeof(rep->'location'->'lon') = 'number' THEN rep->'location'->'lat' END,"
+        "   CASE WHEN jsonb_typeof(rep->'location'->'lat') = 'number'"
+        "     AND jsonb_typeof(rep->'location'->'lon') = 'number' THEN rep->'location'->'lon' END)"
+        "   ORDER BY id), '[]'),"
+        "  'next', CASE WHEN count(*) = $2::int THEN max(id) END)::text FROM page",
+        2, p, err, sizeof err);
+    if (!res)
+        return s_db_fail(self, r, err);
+    r->body = strdup(PQgetvalue(res, 0, 0));
+    r->rep.body_json = r->body ? r->body : "";
+    r->rep.status = r->body ? 200 : 503;
+    PQclear(res);
+}
+
 static void s_rpc(tw_t *self)
 {
     zmsg_t *m = zmsg_recv(self->router);
@@ -1730,6 +1763,9 @@ static void s_rpc(tw_t *self)
             break;
         case MH__TWIN_REQUEST__METHOD__LIST_IDS:
             s_rpc_list_ids(self, q, &r);
+            break;
+        case MH__TWIN_REQUEST__METHOD__SNAPSHOT:
+            s_rpc_snapshot(self, q, &r);
             break;
         default:
             s_fail(&r, 400, "bad_request", "unknown method %d", (int)q->method);

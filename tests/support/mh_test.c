@@ -381,9 +381,13 @@ void mht_ingest_start(mht_service_t *s, const char *name, const mht_db_t *db, in
                       const char *const *extra)
 {
     static char bin[512];
-    char a_http[64], a_bind[64], a_ev[64], a_pg[600];
+    char a_http[64], a_bind[64], a_ev[64], a_pg[600], a_rpc[96];
     if (!s->http_port)
         s->http_port = mht_free_port();
+    if (!s->rpc_port)
+        s->rpc_port = mht_free_port();
+    snprintf(s->rpc_endpoint, sizeof s->rpc_endpoint, "tcp://127.0.0.1:%d", s->rpc_port);
+    snprintf(a_rpc, sizeof a_rpc, "--rpc-bind=%s", s->rpc_endpoint);
     s->port = port ? port : mht_free_port();
     if (!s->events_port)
         s->events_port = mht_free_port();
@@ -399,8 +403,9 @@ void mht_ingest_start(mht_service_t *s, const char *name, const mht_db_t *db, in
                       a_ev,
                       a_pg,
                       "--rollup-interval=200ms",
-                      "--rollup-grace=0s"};
-    int argc = 7;
+                      "--rollup-grace=0s",
+                      a_rpc};
+    int argc = 8;
     s_args_extra(argv, &argc, extra);
     s->pid = mht_spawn(name, argv);
     if (!mht_wait_ready(s->http_port, 20000))
@@ -539,4 +544,51 @@ int mht_shell(const char *fmt, ...)
     vsnprintf(cmd, sizeof cmd, fmt, ap);
     va_end(ap);
     return system(cmd);
+}
+
+void mht_fleet_start(mht_service_t *s, const char *name, const mht_db_t *db,
+                     const mht_service_t *twin, const mht_service_t *ota,
+                     const mht_service_t *ingest, const mht_service_t *gateway,
+                     const char *const *extra, char token[128])
+{
+    static char bin[512];
+    char a_pg[600], a_listen[64], a_http[64], a_twin[128], a_ota[128], a_ing[128], a_tev[128],
+        a_oev[128], a_gev[128];
+    mht_build_path("services/fleet-stats/motehub-fleet-stats", bin, sizeof bin);
+    snprintf(a_pg, sizeof a_pg, "--pg-url=%s", db->url);
+    if (token) {
+        char cmd[2048], out[200] = "";
+        snprintf(cmd, sizeof cmd, "'%s' create-token ci '%s'", bin, a_pg);
+        FILE *p = popen(cmd, "r");
+        assert_non_null(p);
+        assert_non_null(fgets(out, sizeof out, p));
+        assert_int_equal(pclose(p), 0);
+        sscanf(out, "%127s", token);
+        assert_true(strncmp(token, "mht_", 4) == 0);
+    }
+    if (!s->port)
+        s->port = mht_free_port();
+    if (!s->http_port)
+        s->http_port = mht_free_port();
+    snprintf(s->name, sizeof s->name, "%s", name);
+    snprintf(a_listen, sizeof a_listen, "--api-listen=127.0.0.1:%d", s->port);
+    snprintf(a_http, sizeof a_http, "--http-listen=127.0.0.1:%d", s->http_port);
+    const char *none = "tcp://127.0.0.1:1";
+    snprintf(a_twin, sizeof a_twin, "--twin-rpc-endpoint=%s", twin ? twin->rpc_endpoint : none);
+    snprintf(a_ota, sizeof a_ota, "--ota-rpc-endpoint=%s", ota ? ota->rpc_endpoint : none);
+    snprintf(a_ing, sizeof a_ing, "--ingest-rpc-endpoint=%s", ingest ? ingest->rpc_endpoint : none);
+    snprintf(a_tev, sizeof a_tev, "--twin-events-endpoint=%s", twin ? twin->events_endpoint : none);
+    snprintf(a_oev, sizeof a_oev, "--ota-events-endpoint=%s", ota ? ota->events_endpoint : none);
+    if (gateway)
+        snprintf(a_gev, sizeof a_gev, "--gateway-events-endpoint=tcp://127.0.0.1:%d",
+                 gateway->events_port);
+    else
+        snprintf(a_gev, sizeof a_gev, "--gateway-events-endpoint=%s", none);
+    char *argv[40] = {bin,   a_pg,  a_listen,           a_http, a_twin, a_ota, a_ing, a_tev,
+                      a_oev, a_gev, "--live-resync=30s"};
+    int argc = 11;
+    s_args_extra(argv, &argc, extra);
+    s->pid = mht_spawn(name, argv);
+    if (!mht_wait_ready(s->http_port, 30000))
+        fail_msg("%s did not become ready (see %s/%s.log)", name, mht_artifacts(), name);
 }

@@ -89,6 +89,14 @@ void mht_ota_start(mht_service_t *s, const char *name, const mht_db_t *db,
                    const char *downlink_endpoint, const mht_service_t *twin,
                    const char *signing_key, const char *const *extra);
 
+/* fleet-stats on free ports (s->port: the API), wired to the given
+ * services (NULL: unreachable); `token` receives a token made with the
+ * documented create-token command (when non-NULL). */
+void mht_fleet_start(mht_service_t *s, const char *name, const mht_db_t *db,
+                     const mht_service_t *twin, const mht_service_t *ota,
+                     const mht_service_t *ingest, const mht_service_t *gateway,
+                     const char *const *extra, char token[128]);
+
 /* Runs a shell command (sh -c) and returns its exit status. */
 int mht_shell(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -59,7 +59,7 @@ def main():
         ing_port, ing_http = free_port(), free_port()
         stack.spawn("ingest", [os.path.join(stack.bin, "services/ingest/motehub-ingest"),
                                f"--http-listen=127.0.0.1:{ing_http}", f"--bind=tcp://127.0.0.1:{ing_port}",
-                               "--events-bind=", f"--pg-url={pg_url}"])
+                               "--events-bind=", "--rpc-bind=", f"--pg-url={pg_url}"])
         wait_ready(ing_http, "ingest")
         dl = f"tcp://127.0.0.1:{free_port()}"
         t_port, t_rpc, t_ev, t_http = free_port(), free_port(), free_port(), free_port()

@@ -235,7 +235,7 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
         endpoints.append(f"tcp://127.0.0.1:{port}")
         p = stack.spawn(f"ingest-{rate}-{i}", [
             os.path.join(stack.bin, "services/ingest/motehub-ingest"), f"--http-listen=127.0.0.1:{http}",
-            f"--bind=tcp://127.0.0.1:{port}", "--events-bind=",
+            f"--bind=tcp://127.0.0.1:{port}", "--events-bind=", "--rpc-bind=",
             f"--pg-url=host=127.0.0.1 port={pg_port} user=postgres dbname=bench"])
         wait_ready(http, "ingest")
         ingests.append((p, http))

@@ -1,0 +1,238 @@
+/* in_query — see in_query.h. */
+#include "in_query.h"
+#include "mh_envelope.h"
+#include "mh_ids.h"
+#include "mh_log.h"
+#include "mh_pg.h"
+#include "mh_time.h"
+#include "telemetry.pb-c.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+
+#define S_HOUR 3600000LL
+
+const char *in_query_auto_bucket(int64_t from_ms, int64_t to_ms)
+{
+    int64_t span = to_ms - from_ms;
+    return span <= S_HOUR ? "raw" : span <= 48 * S_HOUR ? "1m" : "1h";
+}
+
+/* The tiers' statements; the table is chosen from this fixed set, never
+ * built from input. $1 device, $2 metrics text[] or NULL, $3 from, $4 to,
+ * $5 cursor metric or NULL, $6 cursor ms, $7 limit. */
+#define S_RANGE(col)                                                                               \
+    " WHERE device_id = $1 AND ($2::text[] IS NULL OR metric = ANY($2::text[]))"                   \
+    " AND " col " >= timestamptz 'epoch' + $3::bigint * interval '1 millisecond'"                  \
+    " AND " col " < timestamptz 'epoch' + $4::bigint * interval '1 millisecond'"                   \
+    " AND ($5::text IS NULL OR (metric, " col                                                      \
+    ") > ($5::text, timestamptz 'epoch' + $6::bigint * interval '1 millisecond'))"                 \
+    " ORDER BY metric, " col " LIMIT $7::int"
+static const char *s_sql_raw = "SELECT metric, (extract(epoch FROM ts) * 1000)::bigint, value"
+                               " FROM ingest.telemetry_raw" S_RANGE("ts");
+static const char *s_sql_1m =
+    "SELECT metric, (extract(epoch FROM bucket) * 1000)::bigint, min, max, sum / count, count"
+    " FROM ingest.rollup_1m" S_RANGE("bucket");
+static const char *s_sql_1h =
+    "SELECT metric, (extract(epoch FROM bucket) * 1000)::bigint, min, max, sum / count, count"
+    " FROM ingest.rollup_1h" S_RANGE("bucket");
+static const char *s_sql_latest =
+    "SELECT DISTINCT ON (metric) metric, (extract(epoch FROM ts) * 1000)::bigint, value"
+    " FROM ingest.telemetry_raw WHERE device_id = $1"
+    " AND ($2::text[] IS NULL OR metric = ANY($2::text[])) ORDER BY metric, ts DESC";
+
+typedef struct {
+    Mh__TelemetryReply rep;
+    char *body;
+    char msg[300];
+} s_reply_t;
+
+static void s_fail(s_reply_t *r, uint32_t status, const char *code, const char *msg)
+{
+    snprintf(r->msg, sizeof r->msg, "%s", msg);
+    r->rep.status = status;
+    r->rep.error_code = (char *)code;
+    r->rep.message = r->msg;
+}
+
+static void s_ok(s_reply_t *r, json_t *body)
+{
+    r->body = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    json_decref(body);
+    r->rep.status = r->body ? 200 : 500;
+    r->rep.body_json = r->body ? r->body : "";
+}
+
+static bool s_metric_ok(const char *m)
+{
+    size_t n = strlen(m);
+    if (n == 0 || n > 64)
+        return false;
+    for (const char *p = m; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '_' || *p == '-' || *p == '.'))
+            return false;
+    return true;
+}
+
+static void s_answer(mh_pg_t *pg, const Mh__TelemetryQuery *q, int64_t max_limit, s_reply_t *r)
+{
+    char err[512];
+    if (!mh_device_id_valid(q->device_id, strlen(q->device_id)))
+        return s_fail(r, 404, "not_found", "no such device");
+    for (size_t i = 0; i < q->n_metrics; i++)
+        if (!s_metric_ok(q->metrics[i]))
+            return s_fail(r, 400, "bad_request",
+                          "\"metric\" is 1-64 letters, digits, '_', '-' or '.'");
+    if (mh_pg_connect(pg, err, sizeof err) < 0)
+        return s_fail(r, 503, "unavailable", "the telemetry database is unavailable; try again");
+    char *metrics =
+        q->n_metrics ? mh_pg_text_array((const char *const *)q->metrics, q->n_metrics) : NULL;
+    if (q->latest) {
+        const char *p[] = {q->device_id, metrics};
+        PGresult *res = mh_pg_exec(pg, PGRES_TUPLES_OK, s_sql_latest, 2, p, err, sizeof err);
+        free(metrics);
+        if (!res)
+            return s_fail(r, 503, "unavailable", "the telemetry query failed; try again");
+        json_t *m = json_object();
+        for (int i = 0; i < PQntuples(res); i++)
+            json_object_set_new(m, PQgetvalue(res, i, 0),
+                                json_pack("{s:I,s:f}", "t",
+                                          (json_int_t)strtoll(PQgetvalue(res, i, 1), NULL, 10),
+                                          "value", strtod(PQgetvalue(res, i, 2), NULL)));
+        PQclear(res);
+        return s_ok(r, json_pack("{s:o}", "metrics", m));
+    }
+    int64_t to = q->to_ms ? q->to_ms : mh_now_ms() + 1;
+    int64_t from = q->from_ms ? q->from_ms : to - 24 * S_HOUR;
+    if (from >= to) {
+        free(metrics);
+        return s_fail(r, 400, "bad_request", "\"from\" must be before \"to\"");
+    }
+    const char *bucket = *q->bucket ? q->bucket : "auto";
+    if (strcmp(bucket, "auto") == 0)
+        bucket = in_query_auto_bucket(from, to);
+    const char *sql = strcmp(bucket, "raw") == 0  ? s_sql_raw
+                      : strcmp(bucket, "1m") == 0 ? s_sql_1m
+                      : strcmp(bucket, "1h") == 0 ? s_sql_1h
+                                                  : NULL;
+    if (!sql) {
+        free(metrics);
+        return s_fail(r, 400, "bad_request", "\"bucket\" is raw, 1m, 1h or auto");
+    }
+    int64_t limit = q->limit ? q->limit : 10000;
+    if (limit > max_limit)
+        limit = max_limit;
+    /* cursor: "<ms>:<metric>" */
+    char cur_metric[80] = "", cur_ms[24] = "0";
+    if (*q->cursor) {
+        const char *colon = strchr(q->cursor, ':');
+        char *end;
+        long long ms = strtoll(q->cursor, &end, 10);
+        if (!colon || end != colon || !s_metric_ok(colon + 1)) {
+            free(metrics);
+            return s_fail(r, 400, "bad_request", "\"cursor\" is not one this API returned");
+        }
+        snprintf(cur_metric, sizeof cur_metric, "%s", colon + 1);
+        snprintf(cur_ms, sizeof cur_ms, "%lld", ms);
+    }
+    char from_s[24], to_s[24], lim_s[24];
+    snprintf(from_s, sizeof from_s, "%" PRId64, from);
+    snprintf(to_s, sizeof to_s, "%" PRId64, to);
+    snprintf(lim_s, sizeof lim_s, "%" PRId64, limit + 1);
+    const char *p[] = {q->device_id, metrics, from_s, to_s, *cur_metric ? cur_metric : NULL,
+                       cur_ms,       lim_s};
+    PGresult *res = mh_pg_exec(pg, PGRES_TUPLES_OK, sql, 7, p, err, sizeof err);
+    free(metrics);
+    if (!res)
+        return s_fail(r, 503, "unavailable", "the telemetry query failed; try again");
+    int rows = PQntuples(res);
+    bool more = rows > limit;
+    if (more)
+        rows = (int)limit;
+    bool raw = sql == s_sql_raw;
+    json_t *series = json_array(), *points = NULL;
+    const char *metric = NULL;
+    for (int i = 0; i < rows; i++) {
+        const char *m = PQgetvalue(res, i, 0);
+        if (!metric || strcmp(metric, m) != 0) {
+            metric = m;
+            points = json_array();
+            json_array_append_new(series, json_pack("{s:s,s:s,s:o}", "metric", m, "bucket", bucket,
+                                                    "points", points));
+        }
+        json_int_t t = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+        if (raw)
+            json_array_append_new(points,
+                                  json_pack("[I,f]", t, strtod(PQgetvalue(res, i, 2), NULL)));
+        else
+            json_array_append_new(points,
+                                  json_pack("{s:I,s:f,s:f,s:f,s:I}", "t", t, "min",
+                                            strtod(PQgetvalue(res, i, 2), NULL), "max",
+                                            strtod(PQgetvalue(res, i, 3), NULL), "avg",
+                                            strtod(PQgetvalue(res, i, 4), NULL), "count",
+                                            (json_int_t)strtoll(PQgetvalue(res, i, 5), NULL, 10)));
+    }
+    json_t *next = json_null();
+    if (more) {
+        char c[128];
+        snprintf(c, sizeof c, "%s:%s", PQgetvalue(res, rows - 1, 1), PQgetvalue(res, rows - 1, 0));
+        next = json_string(c);
+    }
+    PQclear(res);
+    s_ok(r, json_pack("{s:o,s:o,s:s,s:I,s:I}", "series", series, "next", next, "bucket", bucket,
+                      "from", (json_int_t)from, "to", (json_int_t)to));
+}
+
+zsock_t *in_query_bind(const char *endpoint)
+{
+    zsock_t *router = zsock_new(ZMQ_ROUTER);
+    if (!router || zsock_bind(router, "%s", endpoint) < 0) {
+        mh_error("cannot bind the query socket %s: %s", endpoint, zmq_strerror(zmq_errno()));
+        zsock_destroy(&router);
+        return NULL;
+    }
+    zsock_set_router_mandatory(router, 0);
+    return router;
+}
+
+void in_query_actor(zsock_t *pipe, void *args)
+{
+    in_query_opts_t o = *(in_query_opts_t *)args;
+    zsock_t *router = o.router;
+    mh_pg_t *pg = mh_pg_new(o.pg_url, NULL, 0);
+    mh_ratelimit_t rl = MH_RATELIMIT_INIT(5000, 2);
+    zsock_signal(pipe, 0);
+    zpoller_t *poller = zpoller_new(pipe, router, NULL);
+    for (;;) {
+        void *which = zpoller_wait(poller, -1);
+        if (which == pipe || !which)
+            break; /* $TERM, or interrupted */
+        zmsg_t *m = zmsg_recv(router);
+        zframe_t *routing = m ? zmsg_pop(m) : NULL, *body = m ? zmsg_pop(m) : NULL;
+        Mh__Envelope *env = body ? mh_envelope_unpack(body) : NULL;
+        Mh__TelemetryQuery *q =
+            env && strcmp(env->type, "telemetry.query") == 0
+                ? mh__telemetry_query__unpack(NULL, env->body.len, env->body.data)
+                : NULL;
+        if (q && (!q->deadline_ms || q->deadline_ms > mh_now_ms())) {
+            s_reply_t r;
+            memset(&r, 0, sizeof r);
+            mh__telemetry_reply__init(&r.rep);
+            r.rep.request_id = q->request_id;
+            s_answer(pg, q, o.max_limit > 0 ? o.max_limit : 100000, &r);
+            mh_envelope_send(router, routing, "telemetry.reply", env->trace_id, &r.rep.base, true);
+            free(r.body);
+        } else if (!q) {
+            mh_log_limited(&rl, MH_LOG_WARN, "malformed telemetry query, ignoring");
+        }
+        if (q)
+            mh__telemetry_query__free_unpacked(q, NULL);
+        mh_envelope_free(&env);
+        zframe_destroy(&routing);
+        zframe_destroy(&body);
+        zmsg_destroy(&m);
+    }
+    zpoller_destroy(&poller);
+    mh_pg_destroy(&pg);
+    zsock_destroy(&router);
+}
