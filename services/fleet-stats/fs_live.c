@@ -57,7 +57,7 @@ struct fs_live_t {
     bool rollouts_dirty;
     json_t *rollouts;   /* active rollouts */
     zhashx_t *gateways; /* instance -> s_gw_t */
-    int64_t seen[S_SEEN_N], seen_at;
+    int64_t seen[S_SEEN_N];
     int64_t hist[S_HISTORY][3];
     int nhist, hist_start, hist_sent; /* ring; hist_sent: points already in frames */
     /* frames */
@@ -268,7 +268,6 @@ static bool s_snapshot(fs_live_t *self)
     s_agg_free(&self->agg);
     self->agg = fresh;
     self->ready = true;
-    self->seen_at = 0;
     pthread_mutex_unlock(&self->lock);
     mh_counter_inc(self->m_snapshots);
     mh_gauge_set(self->m_devices, (double)fresh.total);
@@ -287,9 +286,12 @@ static void s_fetch_rollouts(fs_live_t *self)
     q.request_id = rid;
     q.method = MH__OTA_REQUEST__METHOD__LIST_ROLLOUTS;
     q.limit = 20;
-    q.deadline_ms = mh_now_ms() + self->o.rpc_timeout_ms;
-    Mh__Envelope *env = mh_rpc_call(self->o.ota, "ota.request", &q.base, rid, fs_ota_reply_match,
-                                    (int)self->o.rpc_timeout_ms);
+    /* short: the event loop waits meanwhile, and ota being away must not
+     * hold the device counters up */
+    int timeout = self->o.rpc_timeout_ms < 1000 ? (int)self->o.rpc_timeout_ms : 1000;
+    q.deadline_ms = mh_now_ms() + timeout;
+    Mh__Envelope *env =
+        mh_rpc_call(self->o.ota, "ota.request", &q.base, rid, fs_ota_reply_match, timeout);
     Mh__OtaReply *r = env ? mh__ota_reply__unpack(NULL, env->body.len, env->body.data) : NULL;
     mh_envelope_free(&env);
     json_t *page = r && r->status == 200 ? json_loads(r->body_json, 0, NULL) : NULL;
@@ -430,13 +432,11 @@ static json_t *s_counts_object(zhashx_t *h)
     return o;
 }
 
-/* Last-seen buckets need a pass over every device; at most once a second. */
+/* Last-seen buckets age with the clock, so they take a pass over every
+ * device (about 1 ms per 25,000 devices here) each time a summary or frame
+ * is built. */
 static void s_seen_buckets(fs_live_t *self)
 {
-    int64_t mono = mh_mono_ms();
-    if (self->seen_at && mono - self->seen_at < 1000)
-        return;
-    self->seen_at = mono;
     memset(self->seen, 0, sizeof self->seen);
     int64_t now = mh_now_ms();
     for (s_dev_t *d = zhashx_first(self->agg.devs); d; d = zhashx_next(self->agg.devs)) {
@@ -447,6 +447,12 @@ static void s_seen_buckets(fs_live_t *self)
                                                     : 3;
         self->seen[k]++;
     }
+}
+
+static int s_cmp_cell(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
 }
 
 /* The sections, in frame order: devices, firmware, health, rates,
@@ -476,13 +482,24 @@ static void s_sections(fs_live_t *self, json_t *out[6])
     out[3] = json_pack("{s:f,s:f,s:I}", "in", round(in * 10) / 10, "out", round(outr * 10) / 10,
                        "gateways", (json_int_t)zhashx_size(self->gateways));
     out[4] = self->rollouts ? json_copy(self->rollouts) : json_array();
-    json_t *cells = json_array();
-    for (void *v = zhashx_first(a->cells); v; v = zhashx_next(a->cells)) {
-        double lat, lon;
-        s_cell_corner(self, strtoll(zhashx_cursor(a->cells), NULL, 10), &lat, &lon);
-        json_array_append_new(cells, json_pack("{s:f,s:f,s:I}", "lat", lat, "lon", lon, "count",
-                                               (json_int_t)(intptr_t)v));
+    /* cells in a stable order (south to north, west to east), so replicas
+     * give the same document */
+    size_t nc = zhashx_size(a->cells), k = 0;
+    int64_t(*cv)[2] = calloc(nc ? nc : 1, sizeof *cv);
+    for (void *v = zhashx_first(a->cells); v && cv; v = zhashx_next(a->cells), k++) {
+        cv[k][0] = strtoll(zhashx_cursor(a->cells), NULL, 10);
+        cv[k][1] = (intptr_t)v;
     }
+    if (cv)
+        qsort(cv, nc, sizeof *cv, s_cmp_cell);
+    json_t *cells = json_array();
+    for (k = 0; cv && k < nc; k++) {
+        double lat, lon;
+        s_cell_corner(self, cv[k][0], &lat, &lon);
+        json_array_append_new(cells, json_pack("{s:f,s:f,s:I}", "lat", lat, "lon", lon, "count",
+                                               (json_int_t)cv[k][1]));
+    }
+    free(cv);
     out[5] = json_pack("{s:f,s:o}", "cellDegrees", self->o.cell_degrees, "cells", cells);
 }
 
