@@ -338,12 +338,115 @@ static void test_openapi(void **state)
     json_decref(r.body);
 }
 
+/* motectl runs its command against the API; returns its exit status and
+ * stdout in out. */
+static int s_motectl(char *out, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int s_motectl(char *out, size_t len, const char *fmt, ...)
+{
+    char bin[512], args[1024], cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    mht_build_path("tools/motectl/motectl", bin, sizeof bin);
+    snprintf(cmd, sizeof cmd, "MOTEHUB_URL=http://127.0.0.1:%d MOTEHUB_TOKEN=%s '%s' %s 2>&1",
+             s_port, s_token, bin, args);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, len - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    fprintf(stderr, "# motectl %s -> %d: %.300s\n", args, WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+            out);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The CLI over the same API: tables for people, --json for scripts, exit
+ * codes that tell an API error (1) from a usage error (2) and an
+ * unreachable API (3). */
+static void test_motectl(void **state)
+{
+    (void)state;
+    char out[65536];
+    assert_int_equal(s_motectl(out, sizeof out, "devices register cli-1 model=x1 site=lab"), 0);
+    assert_non_null(strstr(out, "cli-1"));
+    assert_int_equal(s_motectl(out, sizeof out, "devices register cli-1"), 1);
+    assert_non_null(strstr(out, "409"));
+    assert_int_equal(s_motectl(out, sizeof out, "--json devices list --q cli- --tag model:x1"), 0);
+    json_t *v = json_loads(out, 0, NULL);
+    assert_non_null(v);
+    assert_int_equal(json_array_size(json_object_get(v, "items")), 1);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(json_object_get(v, "items"), 0), "id")),
+        "cli-1");
+    json_decref(v);
+    assert_int_equal(s_motectl(out, sizeof out, "devices list --q cli-"), 0);
+    assert_non_null(strstr(out, "STATUS"));
+    assert_non_null(strstr(out, "offline"));
+    assert_int_equal(
+        s_motectl(out, sizeof out, "--json twin set cli-1 interval=30 led='\"on\"' --if-match 1"),
+        0);
+    v = json_loads(out, 0, NULL);
+    assert_int_equal(
+        json_integer_value(json_object_get(
+            json_object_get(json_object_get(json_object_get(v, "state"), "desired"), "interval"),
+            NULL)),
+        0);
+    json_decref(v);
+    assert_int_equal(s_motectl(out, sizeof out, "--json twin get cli-1"), 0);
+    v = json_loads(out, 0, NULL);
+    json_t *des = json_object_get(json_object_get(v, "state"), "desired");
+    assert_int_equal(json_integer_value(json_object_get(des, "interval")), 30);
+    assert_string_equal(json_string_value(json_object_get(des, "led")), "on");
+    json_decref(v);
+    assert_int_equal(s_motectl(out, sizeof out, "twin set cli-1 interval=5 --if-match 1"), 1);
+    assert_non_null(strstr(out, "412"));
+    assert_int_equal(
+        s_motectl(out, sizeof out, "--json command send cli-1 reboot '{\"delay\":1}' --ttl 60"), 0);
+    v = json_loads(out, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(v, "status")), "queued");
+    json_decref(v);
+    assert_int_equal(s_motectl(out, sizeof out, "command list cli-1"), 0);
+    assert_non_null(strstr(out, "reboot"));
+    char img[600];
+    snprintf(img, sizeof img, "%s/cli-image.bin", mht_artifacts());
+    assert_int_equal(mht_shell("head -c 5000 /dev/urandom > '%s'", img), 0);
+    assert_int_equal(
+        s_motectl(out, sizeof out, "firmware upload '%s' --version cli-9.0 --hardware x1", img), 0);
+    assert_non_null(strstr(out, "cli-9.0"));
+    assert_int_equal(s_motectl(out, sizeof out, "firmware list"), 0);
+    assert_non_null(strstr(out, "cli-9.0"));
+    assert_int_equal(s_motectl(out, sizeof out, "firmware signing-key"), 0);
+    assert_non_null(strstr(out, "BEGIN PUBLIC KEY"));
+    assert_int_equal(
+        s_motectl(out, sizeof out,
+                  "rollout create --firmware cli-9.0 --tag model:x1 --waves 50,100 --soak 1"),
+        0);
+    assert_non_null(strstr(out, "wave 1"));
+    assert_int_equal(s_motectl(out, sizeof out, "rollout create --firmware nope-1"), 1);
+    assert_non_null(strstr(out, "404"));
+    assert_int_equal(s_motectl(out, sizeof out, "fleet summary"), 0);
+    assert_non_null(strstr(out, "total"));
+    assert_int_equal(s_motectl(out, sizeof out, "--json telemetry latest cli-1"), 0);
+    assert_int_equal(s_motectl(out, sizeof out, "devices delete cli-1"), 0);
+    assert_int_equal(s_motectl(out, sizeof out, "devices get cli-1"), 1);
+    assert_int_equal(s_motectl(out, sizeof out, "devices frobnicate"), 2);
+    assert_int_equal(s_motectl(out, sizeof out, "--url http://127.0.0.1:1 fleet summary"), 3);
+    assert_int_equal(s_motectl(out, sizeof out, "--token mht_wrong fleet summary"), 1);
+    assert_non_null(strstr(out, "401"));
+    char pg[700];
+    snprintf(pg, sizeof pg, "token create cli-token --pg-url '%s'", s_db.url);
+    assert_int_equal(s_motectl(out, sizeof out, "%s", pg), 0);
+    assert_true(strncmp(out, "mht_", 4) == 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auth),       cmocka_unit_test(test_devices_and_twins),
         cmocka_unit_test(test_pagination), cmocka_unit_test(test_firmware_and_rollouts),
-        cmocka_unit_test(test_openapi),
+        cmocka_unit_test(test_openapi),    cmocka_unit_test(test_motectl),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
