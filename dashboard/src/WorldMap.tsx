@@ -1,0 +1,37 @@
+import { geoEqualEarth, geoPath } from "d3-geo";
+import { feature } from "topojson-client";
+import { useMemo } from "react";
+import world from "world-atlas/countries-110m.json";
+import { Cell, cellRadius, formatCount } from "./logic";
+
+const W = 720;
+const H = 360;
+
+// Device density on a world map drawn from geometry bundled with the app
+// (Natural Earth 1:110m through world-atlas); no map tiles are fetched.
+export function WorldMap({ cells, cellDegrees }: { cells: Cell[]; cellDegrees: number }) {
+  const { path, land, projection } = useMemo(() => {
+    const topo = world as any;
+    const land = feature(topo, topo.objects.countries) as any;
+    const projection = geoEqualEarth().fitSize([W, H], { type: "Sphere" } as any);
+    return { path: geoPath(projection), land, projection };
+  }, []);
+  const max = cells.reduce((m, c) => Math.max(m, c.count), 0);
+  return (
+    <svg viewBox={`0 0 ${W} ${H}`} className="map" role="img" aria-label="device density map">
+      <path d={path({ type: "Sphere" } as any) ?? ""} className="map-sphere" />
+      {land.features.map((f: any, i: number) => (
+        <path key={i} d={path(f) ?? ""} className="map-land" />
+      ))}
+      {cells.map((c) => {
+        const p = projection([c.lon + cellDegrees / 2, c.lat + cellDegrees / 2]);
+        if (!p) return null;
+        return (
+          <circle key={`${c.lat},${c.lon}`} cx={p[0]} cy={p[1]} r={cellRadius(c.count, max)} className="map-cell">
+            <title>{`${formatCount(c.count)} devices near ${c.lat.toFixed(0)}°, ${c.lon.toFixed(0)}°`}</title>
+          </circle>
+        );
+      })}
+    </svg>
+  );
+}
