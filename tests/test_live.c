@@ -87,10 +87,13 @@ static json_t *s_wait_summary(int port, json_int_t total, json_int_t online, int
 
 /* ---- devices ---- */
 
+static char s_pub[600];
+
 static pid_t s_fleet(const char *name, const char *prefix, int n, const char *firmware)
 {
     static char bin[512];
-    char a_url[96], a_pre[64], a_n[32], a_reg[128], a_fw[64];
+    char a_url[96], a_pre[64], a_n[32], a_reg[128], a_fw[64], a_key[700];
+    snprintf(a_key, sizeof a_key, "--ota-key=%s", s_pub);
     snprintf(a_url, sizeof a_url, "--mqtt-url=%s", s_broker.url);
     snprintf(a_pre, sizeof a_pre, "--prefix=%s", prefix);
     snprintf(a_n, sizeof a_n, "--devices=%d", n);
@@ -104,6 +107,8 @@ static pid_t s_fleet(const char *name, const char *prefix, int n, const char *fi
                     a_fw,
                     "--interval=1s",
                     "--report=5s",
+                    a_key,
+                    "--ota-install-time=200ms",
                     NULL};
     pid_t pid = mht_spawn(name, argv);
     char sql[256];
@@ -187,22 +192,31 @@ static int s_setup(void **state)
     mg_init_library(0);
     char key[600];
     snprintf(key, sizeof key, "%s/fleet-signing.pem", mht_artifacts());
-    if (mht_shell("openssl genpkey -algorithm ed25519 -out '%s' 2>/dev/null", key) != 0)
+    snprintf(s_pub, sizeof s_pub, "%s/fleet-signing.pub.pem", mht_artifacts());
+    if (mht_shell("openssl genpkey -algorithm ed25519 -out '%s' 2>/dev/null && "
+                  "openssl pkey -in '%s' -pubout -out '%s' 2>/dev/null",
+                  key, key, s_pub) != 0)
         fail_msg("cannot make a signing key");
     mht_broker_start(&s_broker);
     mht_db_create(&s_db);
     snprintf(s_downlink, sizeof s_downlink, "tcp://127.0.0.1:%d", mht_free_port());
     mht_twin_start(&s_twin, "twin", &s_db, s_downlink, NULL);
     mht_ingest_start(&s_ingest, "ingest", &s_db, 0, NULL);
-    char a_twin[100], a_rpc[100], a_ev[100], a_dl[100];
+    char a_twin[100], a_rpc[100], a_ev[100], a_dl[100], a_ota[100];
+    s_ota.port = mht_free_port();
+    snprintf(a_ota, sizeof a_ota, "--ota-endpoint=tcp://127.0.0.1:%d", s_ota.port);
     snprintf(a_twin, sizeof a_twin, "--twin-endpoint=%s", s_twin.endpoint);
     snprintf(a_rpc, sizeof a_rpc, "--twin-rpc-endpoint=%s", s_twin.rpc_endpoint);
     snprintf(a_ev, sizeof a_ev, "--twin-events-endpoint=%s", s_twin.events_endpoint);
     snprintf(a_dl, sizeof a_dl, "--downlink-bind=%s", s_downlink);
-    const char *gw_extra[] = {"--check-registered=true", a_twin, a_rpc, a_ev, a_dl, NULL};
+    const char *gw_extra[] = {"--check-registered=true", a_twin, a_rpc, a_ev, a_dl, a_ota, NULL};
     mht_gateway_start(&s_gw, "gateway", &s_broker, s_ingest.endpoint, gw_extra);
     mht_ota_start(&s_ota, "ota", &s_db, s_downlink, &s_twin, key, NULL);
-    mht_fleet_start(&s_fa, "fleet-stats-a", &s_db, &s_twin, &s_ota, &s_ingest, &s_gw, NULL,
+    static char a_dash[700];
+    snprintf(a_dash, sizeof a_dash, "--dashboard-dir=%s/dashboard/dist",
+             getenv("MH_SOURCE_ROOT") ? getenv("MH_SOURCE_ROOT") : ".");
+    const char *fa_extra[] = {a_dash, NULL};
+    mht_fleet_start(&s_fa, "fleet-stats-a", &s_db, &s_twin, &s_ota, &s_ingest, &s_gw, fa_extra,
                     s_token);
     mht_fleet_start(&s_fb, "fleet-stats-b", &s_db, &s_twin, &s_ota, &s_ingest, &s_gw, NULL, NULL);
     s_sim_a = s_fleet("sim-a", "la", 150, "1.0.0");
@@ -261,19 +275,29 @@ static void test_summary(void **state)
     assert_int_equal(json_integer_value(json_object_get(
                          json_object_get(json_object_get(a, "health"), "lastSeen"), "online")),
                      250);
-    /* messages per second: 250 devices sending every second */
-    int64_t end = mht_now_ms() + 10000;
-    double in = 0;
-    while (mht_now_ms() < end) {
+    /* messages per second: 250 devices sending every second (the median of
+     * readings over 3 s, past the burst of connecting) */
+    double rates[12];
+    int nr = 0;
+    int64_t end = mht_now_ms() + 15000;
+    while (nr < 12 && mht_now_ms() < end) {
         json_t *s = s_get_ok(s_fa.port, "/api/v1/fleet/summary");
-        in = json_number_value(json_object_get(json_object_get(s, "rates"), "in"));
+        double in = json_number_value(json_object_get(json_object_get(s, "rates"), "in"));
         json_decref(s);
-        if (in > 100)
-            break;
+        if (in > 100 || nr)
+            rates[nr++] = in;
         mht_sleep_ms(250);
     }
-    if (in < 100 || in > 600)
-        fail_msg("rates.in is %.1f/s for 250 devices sending every second", in);
+    for (int i = 0; i < nr; i++)
+        for (int j = i + 1; j < nr; j++)
+            if (rates[j] < rates[i]) {
+                double t = rates[i];
+                rates[i] = rates[j];
+                rates[j] = t;
+            }
+    double in = nr ? rates[nr / 2] : 0;
+    if (in < 150 || in > 450)
+        fail_msg("rates.in is %.1f/s (median) for 250 devices sending every second", in);
     /* the map: every device in a cell, both replicas the same */
     json_t *ga = s_get_ok(s_fa.port, "/api/v1/fleet/geo"),
            *gb = s_get_ok(s_fb.port, "/api/v1/fleet/geo");
@@ -524,13 +548,39 @@ static void test_replica_restart(void **state)
     json_decref(b);
 }
 
+/* The dashboard in headless Chromium (tests/browser/dashboard.mjs): the
+ * overview's counts, 100 devices going offline shown within 2 s without a
+ * reload, devices and a device page, a rollout created from the page
+ * showing its waves; screenshots kept in the artifacts. */
+static void test_browser(void **state)
+{
+    (void)state;
+    s_sim_b = s_fleet("sim-b2", "lb", 100, "2.0.0");
+    json_decref(s_wait_summary(s_fa.port, 250, 250, 10000));
+    const char *src = getenv("MH_SOURCE_ROOT") ? getenv("MH_SOURCE_ROOT") : ".";
+    char out[700];
+    snprintf(out, sizeof out, "%s/browser.txt", mht_artifacts());
+    int rc = mht_shell("MH_URL=http://127.0.0.1:%d MH_TOKEN=%s MH_SIM_B_PID=%d MH_SHOTS='%s' "
+                       "node '%s/tests/browser/dashboard.mjs' >'%s' 2>&1",
+                       s_fa.port, s_token, (int)s_sim_b, mht_artifacts(), src, out);
+    mht_stop(s_sim_b, SIGINT, 20000); /* the script stopped it; reap it */
+    s_sim_b = 0;
+    FILE *f = fopen(out, "r");
+    char line[1024];
+    while (f && fgets(line, sizeof line, f))
+        fprintf(stderr, "# browser: %s", line);
+    if (f)
+        fclose(f);
+    if (rc != 0)
+        fail_msg("the browser test failed (see above and the screenshots in %s)", mht_artifacts());
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_summary),
-        cmocka_unit_test(test_live_feed),
-        cmocka_unit_test(test_telemetry),
-        cmocka_unit_test(test_replica_restart),
+        cmocka_unit_test(test_summary),   cmocka_unit_test(test_live_feed),
+        cmocka_unit_test(test_telemetry), cmocka_unit_test(test_replica_restart),
+        cmocka_unit_test(test_browser),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

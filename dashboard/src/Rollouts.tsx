@@ -106,7 +106,7 @@ export function FirmwarePage({ liveRollouts }: { liveRollouts: Rollout[] }) {
     };
     try {
       const r = await api("POST", "/api/v1/rollouts", spec);
-      setMsg(`rollout ${r.data.id.slice(0, 8)} created: ${r.data.targeted} devices`);
+      setMsg(`rollout ${r.data.id.slice(0, 8)} created`);
       load();
     } catch (e) {
       setErr(e instanceof ApiError ? `${e.status}: ${e.message}` : (e as Error).message);
@@ -122,7 +122,7 @@ export function FirmwarePage({ liveRollouts }: { liveRollouts: Rollout[] }) {
           <form onSubmit={upload} className="form">
             <label>Image <input type="file" name="file" /></label>
             <label>Version <input name="version" required placeholder="2.1.0" /></label>
-            <label>Hardware <input name="hardware" placeholder="x1" /></label>
+            <label>Hardware <input name="hardware" required placeholder="x1" /></label>
             <button type="submit">Upload and sign</button>
           </form>
         </div>
