@@ -15,6 +15,11 @@ modes=(plain sanitize)
 
 tools/install-deps.sh
 
+# The dashboard: its packages exactly as locked, its build (fleet-stats
+# serves dashboard/dist; the browser test opens it).
+echo "== dashboard: npm ci, build"
+(cd dashboard && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent) >/dev/null
+
 work=$(mktemp -d /tmp/motehub-tests.XXXXXX)
 chmod 755 "$work"
 pgdir="$work/pg"
@@ -46,6 +51,14 @@ for mode in "${modes[@]}"; do
     meson test -C "$build" --print-errorlogs --num-processes 2 || status=1
     logs+=("$build/meson-logs/testlog.json")
 done
+
+echo "== dashboard unit tests (Vitest)"
+vitest_log="$work/vitest.json"
+if (cd dashboard && npx vitest run --reporter=tap-flat) >"$work/vitest.txt" 2>&1; then result=OK; else result=FAIL; fi
+grep -E '^(not )?ok|^#' "$work/vitest.txt" | tail -3 || true
+python3 -c 'import json,sys; print(json.dumps({"name":"vitest","result":sys.argv[1],"stdout":open(sys.argv[2]).read()}))' \
+    "$result" "$work/vitest.txt" >"$vitest_log"
+logs+=("$vitest_log")
 
 echo "== fuzzing the device-message validators (libFuzzer, 30 s)"
 fuzz_log="$work/fuzz.json"

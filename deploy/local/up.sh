@@ -19,6 +19,8 @@ logs="$state/logs"
 tools/install-deps.sh
 [ -f build/build.ninja ] || meson setup build --buildtype=release >/dev/null
 ninja -C build >/dev/null
+# The dashboard, built from its locked packages; fleet-stats serves it.
+(cd dashboard && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent) >/dev/null
 mkdir -p "$logs"
 chmod 755 "$state" "$logs"
 
@@ -64,7 +66,8 @@ if [ ! -f "$state/fleet-signing.pem" ]; then
 fi
 build/services/ota/motehub-ota --signing-key="$state/fleet-signing.pem" >"$logs/ota.log" 2>&1 & pids+=($!)
 build/services/gateway/motehub-gateway >"$logs/gateway.log" 2>&1 & pids+=($!)
-build/services/fleet-stats/motehub-fleet-stats >"$logs/fleet-stats.log" 2>&1 & pids+=($!)
+build/services/fleet-stats/motehub-fleet-stats --dashboard-dir="$PWD/dashboard/dist" \
+    >"$logs/fleet-stats.log" 2>&1 & pids+=($!)
 
 wait_ready() {
     for _ in $(seq 1 100); do
@@ -100,6 +103,9 @@ Motehub is running locally.
   twin             http://127.0.0.1:9103/metrics  /healthz  /readyz   (RPC tcp://127.0.0.1:5581)
   ota              http://127.0.0.1:9104/metrics  /healthz  /readyz   (RPC tcp://127.0.0.1:5583)
   operator API     http://127.0.0.1:8080/api/v1/   token: $token
+  fleet-stats      http://127.0.0.1:9105/metrics  /healthz  /readyz
+
+  DASHBOARD        http://127.0.0.1:8080/#token=$token
   motesim          $devices devices (sim-0000...), one message every $interval each
   logs             $logs/
 
@@ -109,7 +115,11 @@ Look at the stored telemetry:
 Look at the twins and the command queue:
   $psql motehub -c "SELECT id, online, firmware, version, doc->'state'->'reported' FROM twin.devices LIMIT 5"
   $psql motehub -c "SELECT device_id, name, status FROM twin.commands ORDER BY seq DESC LIMIT 10"
-Use the operator API:
+Use the operator API, or motectl over it:
+  export MOTEHUB_TOKEN=$token
+  build/tools/motectl/motectl fleet summary
+  build/tools/motectl/motectl devices list --status online --limit 5
+  build/tools/motectl/motectl twin set sim-0000 interval=30
   curl -s -H "Authorization: Bearer $token" 'http://127.0.0.1:8080/api/v1/devices?limit=5'
   curl -s -H "Authorization: Bearer $token" http://127.0.0.1:8080/api/v1/devices/sim-0000/twin
 Roll out firmware (motesim's devices run 1.0.0; 9.9.9-bad fails on half of them):
