@@ -256,15 +256,13 @@ static void s_t_firmware(json_t *v)
            "CREATED (UTC)");
     size_t i;
     json_t *f;
-    json_t *items = json_object_get(v, "items");
-    if (!items) {
-        items = json_array();
-        json_array_append(items, v);
-        json_object_set_new(v, "items", items);
-    }
+    json_t *items = json_incref(json_object_get(v, "items"));
+    if (!items) /* one entry, not a list */
+        items = json_pack("[O]", v);
     json_array_foreach(items, i, f)
         printf("%-14s %-10s %10s %-64s %s\n", s_str(f, "version"), s_str(f, "hardware"),
                s_str(f, "size"), s_str(f, "sha256"), s_time(f, "created"));
+    json_decref(items);
 }
 
 static void s_t_rollout(json_t *r)

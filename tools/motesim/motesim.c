@@ -51,6 +51,7 @@ typedef struct {
     char *firmware;
     bool twin;
     char *register_rpc;
+    bool register_only;
     double twin_rate;
     double flap_fraction;
     int64_t flap_interval_ms;
@@ -91,6 +92,8 @@ static const mh_cfg_opt_t s_options[] = {
      "firmware version the devices report"},
     {"twin", "MOTESIM_TWIN", MH_CFG_BOOL, "true", S_CFG(twin),
      "report firmware, location, battery and rssi to the twin on every connect"},
+    {"register-only", "MOTESIM_REGISTER_ONLY", MH_CFG_BOOL, "false", S_CFG(register_only),
+     "register the devices through --register and exit (for benchmarks of a large registry)"},
     {"register", "MOTESIM_REGISTER", MH_CFG_STR, "", S_CFG(register_rpc),
      "twin RPC endpoint to register the devices at first (e.g. tcp://127.0.0.1:5581)"},
     {"twin-rate", "MOTESIM_TWIN_RATE", MH_CFG_DOUBLE, "0", S_CFG(twin_rate),
@@ -487,6 +490,10 @@ int main(int argc, char **argv)
         s_register_all(cfg.register_rpc, cfg.prefix, (size_t)cfg.devices) < 0) {
         mh_config_free(s_options, &cfg);
         return 1;
+    }
+    if (cfg.register_only) {
+        mh_config_free(s_options, &cfg);
+        return *cfg.register_rpc ? 0 : 2;
     }
     if (cfg.queue_commands > 0) {
         if (!*cfg.register_rpc || s_queue_commands(cfg.register_rpc, cfg.prefix,
