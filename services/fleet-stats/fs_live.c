@@ -55,6 +55,10 @@ struct fs_live_t {
     bool ready;
     int64_t next_snapshot, next_resolve, next_history, next_rollouts, last_frame;
     bool rollouts_dirty;
+    uint64_t gen, framed_gen; /* bumped on every change; what the last frame showed */
+    char *summary;            /* cached summary text */
+    uint64_t summary_gen;
+    int64_t summary_at;
     json_t *rollouts;   /* active rollouts */
     zhashx_t *gateways; /* instance -> s_gw_t */
     int64_t seen[S_SEEN_N];
@@ -268,6 +272,7 @@ static bool s_snapshot(fs_live_t *self)
     s_agg_free(&self->agg);
     self->agg = fresh;
     self->ready = true;
+    self->gen++;
     pthread_mutex_unlock(&self->lock);
     mh_counter_inc(self->m_snapshots);
     mh_gauge_set(self->m_devices, (double)fresh.total);
@@ -314,6 +319,7 @@ static void s_fetch_rollouts(fs_live_t *self)
     json_decref(self->rollouts);
     self->rollouts = active;
     self->rollouts_dirty = false;
+    self->gen++;
     pthread_mutex_unlock(&self->lock);
 }
 
@@ -413,6 +419,7 @@ void fs_live_on_event(fs_live_t *self)
             } else if (strncmp(type, "ota.", 4) == 0) {
                 self->rollouts_dirty = true;
             }
+            self->gen++;
             pthread_mutex_unlock(&self->lock);
         }
         mh_envelope_free(&env);
@@ -505,11 +512,18 @@ static void s_sections(fs_live_t *self, json_t *out[6])
 
 static const char *s_names[6] = {"devices", "firmware", "health", "rates", "rollouts", "geo"};
 
+/* Built at most once per change (and per second, as last-seen ages); under
+ * a steady stream of changes at most every 100 ms, so many readers cost one
+ * pass over the devices, not one each. */
 char *fs_live_summary(fs_live_t *self)
 {
     pthread_mutex_lock(&self->lock);
     char *text = NULL;
-    if (self->ready) {
+    int64_t now = mh_mono_ms();
+    if (self->summary && ((self->summary_gen == self->gen && now - self->summary_at < 1000) ||
+                          now - self->summary_at < 100)) {
+        text = strdup(self->summary);
+    } else if (self->ready) {
         json_t *s[6];
         s_sections(self, s);
         json_decref(s[5]);
@@ -518,6 +532,10 @@ char *fs_live_summary(fs_live_t *self)
                       s[2], "rates", s[3], "rollouts", s[4], "ts", (json_int_t)mh_now_ms());
         text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
         json_decref(o);
+        free(self->summary);
+        self->summary = text ? strdup(text) : NULL;
+        self->summary_gen = self->gen;
+        self->summary_at = now;
     }
     pthread_mutex_unlock(&self->lock);
     return text;
@@ -557,6 +575,7 @@ static void s_frame(fs_live_t *self)
     json_t *s[6];
     char *text[6];
     pthread_mutex_lock(&self->lock);
+    self->framed_gen = self->gen;
     s_sections(self, s);
     json_t *full = json_pack("{s:s,s:I}", "type", "summary", "ts", (json_int_t)mh_now_ms());
     json_t *changes = json_pack("{s:s,s:I}", "type", "changes", "ts", (json_int_t)mh_now_ms());
@@ -680,9 +699,13 @@ void fs_live_tick(fs_live_t *self)
         p[1] = self->agg.online;
         p[2] = self->agg.total - self->agg.online;
         self->nhist++;
+        self->gen++;
         pthread_mutex_unlock(&self->lock);
     }
-    if (now - self->last_frame >= self->o.min_frame_ms) {
+    /* a frame when something changed (an isolated change goes out at once),
+     * at most one per min_frame_ms; every 5 s regardless, as last-seen ages */
+    if ((self->gen != self->framed_gen && now - self->last_frame >= self->o.min_frame_ms) ||
+        now - self->last_frame >= 5000) {
         self->last_frame = now;
         s_frame(self);
         mh_gauge_set(self->m_devices, (double)self->agg.total);
@@ -759,6 +782,7 @@ void fs_live_destroy(fs_live_t **self_p)
     for (int i = 0; i < 6; i++)
         free(self->last[i]);
     free(self->full);
+    free(self->summary);
     json_decref(self->rollouts);
     pthread_mutex_destroy(&self->lock);
     pthread_mutex_destroy(&self->ws_lock);

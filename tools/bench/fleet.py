@@ -67,7 +67,7 @@ def main():
         wait_ready(t_http, "twin")
         t0 = time.time()
         subprocess.check_call([b("tools/motesim/motesim"), f"--devices={args.devices}", "--prefix=bench",
-                               f"--register=tcp://127.0.0.1:{t_rpc}", "--register-only"],
+                               f"--register=tcp://127.0.0.1:{t_rpc}", "--register-only=true"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print(f"# registered {args.devices} devices through twin's RPC in {time.time() - t0:.1f} s", flush=True)
         o_port, o_rpc, o_ev, o_http = free_port(), free_port(), free_port(), free_port()

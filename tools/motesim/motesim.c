@@ -492,8 +492,9 @@ int main(int argc, char **argv)
         return 1;
     }
     if (cfg.register_only) {
+        int rc = *cfg.register_rpc ? 0 : 2;
         mh_config_free(s_options, &cfg);
-        return *cfg.register_rpc ? 0 : 2;
+        return rc;
     }
     if (cfg.queue_commands > 0) {
         if (!*cfg.register_rpc || s_queue_commands(cfg.register_rpc, cfg.prefix,
