@@ -163,3 +163,9 @@ export function cellRadius(count: number, max: number, maxRadius = 14): number {
   if (count <= 0 || max <= 0) return 0;
   return Math.max(1.5, maxRadius * Math.sqrt(count / max));
 }
+
+// A map cell's opacity: denser cells darker, every occupied cell visible.
+export function cellOpacity(count: number, max: number): number {
+  if (count <= 0 || max <= 0) return 0;
+  return Math.min(1, 0.25 + 0.75 * Math.sqrt(count / max));
+}

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
-  applyFrame, cellRadius, controlsFor, formatRate, HISTORY_MAX, mergePatch, parseDesired,
+  applyFrame, cellOpacity, cellRadius, controlsFor, formatRate, HISTORY_MAX, mergePatch, parseDesired,
   parseTags, parseWaves, pickBucket, waveShares,
 } from "../src/logic";
 
@@ -92,5 +92,10 @@ describe("display", () => {
     expect(cellRadius(100, 100)).toBe(14);
     expect(cellRadius(25, 100)).toBe(7);
     expect(cellRadius(0, 100)).toBe(0);
+  });
+  it("shades map cells by density", () => {
+    expect(cellOpacity(100, 100)).toBe(1);
+    expect(cellOpacity(25, 100)).toBeCloseTo(0.625);
+    expect(cellOpacity(0, 100)).toBe(0);
   });
 });
