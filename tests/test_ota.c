@@ -217,15 +217,8 @@ static int s_setup(void **state)
     snprintf(s_downlink, sizeof s_downlink, "tcp://127.0.0.1:%d", mht_free_port());
     mht_twin_start(&s_twin, "twin", &s_db, s_downlink, NULL);
     s_ota.port = mht_free_port();
-    char a_twin[100], a_rpc[100], a_ev[100], a_dl[100], a_ota[100];
-    snprintf(a_twin, sizeof a_twin, "--twin-endpoint=%s", s_twin.endpoint);
-    snprintf(a_rpc, sizeof a_rpc, "--twin-rpc-endpoint=%s", s_twin.rpc_endpoint);
-    snprintf(a_ev, sizeof a_ev, "--twin-events-endpoint=%s", s_twin.events_endpoint);
-    snprintf(a_dl, sizeof a_dl, "--downlink-bind=%s", s_downlink);
-    snprintf(a_ota, sizeof a_ota, "--ota-endpoint=tcp://127.0.0.1:%d", s_ota.port);
-    const char *gw_extra[] = {"--check-registered=true", a_twin, a_rpc, a_ev, a_dl, a_ota, NULL};
     mht_ingest_start(&s_ingest, "ingest", &s_db, 0, NULL);
-    mht_gateway_start(&s_gw, "gateway", &s_broker, s_ingest.endpoint, gw_extra);
+    mht_gateway_for_twin(&s_gw, "gateway", &s_broker, &s_ingest, &s_twin, s_downlink, s_ota.port);
     mht_ota_start(&s_ota, "ota", &s_db, s_downlink, &s_twin, s_key, s_ota_extra);
     s_rpc = zsock_new_dealer(s_ota.rpc_endpoint);
     return 0;

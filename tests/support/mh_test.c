@@ -592,3 +592,20 @@ void mht_fleet_start(mht_service_t *s, const char *name, const mht_db_t *db,
     if (!mht_wait_ready(s->http_port, 30000))
         fail_msg("%s did not become ready (see %s/%s.log)", name, mht_artifacts(), name);
 }
+
+void mht_gateway_for_twin(mht_service_t *s, const char *name, const mht_broker_t *b,
+                          const mht_service_t *ingest, const mht_service_t *twin,
+                          const char *downlink, int ota_port)
+{
+    char a_twin[100], a_rpc[100], a_ev[100], a_dl[100], a_ota[100];
+    snprintf(a_twin, sizeof a_twin, "--twin-endpoint=%s", twin->endpoint);
+    snprintf(a_rpc, sizeof a_rpc, "--twin-rpc-endpoint=%s", twin->rpc_endpoint);
+    snprintf(a_ev, sizeof a_ev, "--twin-events-endpoint=%s", twin->events_endpoint);
+    snprintf(a_dl, sizeof a_dl, "--downlink-bind=%s", downlink);
+    if (ota_port)
+        snprintf(a_ota, sizeof a_ota, "--ota-endpoint=tcp://127.0.0.1:%d", ota_port);
+    else
+        snprintf(a_ota, sizeof a_ota, "--ota-endpoint=");
+    const char *extra[] = {"--check-registered=true", a_twin, a_rpc, a_ev, a_dl, a_ota, NULL};
+    mht_gateway_start(s, name, b, ingest->endpoint, extra);
+}

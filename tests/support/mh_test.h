@@ -77,6 +77,14 @@ void mht_ingest_start(mht_service_t *s, const char *name, const mht_db_t *db, in
 void mht_gateway_start(mht_service_t *s, const char *name, const mht_broker_t *b,
                        const char *ingest_endpoint, const char *const *extra);
 
+/* A gateway as the twin and ota tests run it: checking registration
+ * against `twin`, forwarding device messages to it, binding `downlink` for
+ * twin's and ota's publishes, and OTA statuses to ota's PULL port
+ * `ota_port` (0: none). */
+void mht_gateway_for_twin(mht_service_t *s, const char *name, const mht_broker_t *b,
+                          const mht_service_t *ingest, const mht_service_t *twin,
+                          const char *downlink, int ota_port);
+
 /* Twin, sending downlinks to `downlink_endpoint` (a gateway's --downlink-bind).
  * Ports left 0 in *s are picked free. */
 void mht_twin_start(mht_service_t *s, const char *name, const mht_db_t *db,
