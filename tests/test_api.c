@@ -84,6 +84,12 @@ static s_resp_t s_req_n(const char *method, const char *path, const char *body, 
     return r;
 }
 
+static size_t s_discard(char *p, size_t sz, size_t n, void *ud)
+{
+    (void)p, (void)ud;
+    return sz * n;
+}
+
 static long s_status(const char *method, const char *path, const char *body)
 {
     s_resp_t r = s_req(method, path, body, NULL, NULL);
@@ -441,12 +447,92 @@ static void test_motectl(void **state)
     assert_true(strncmp(out, "mht_", 4) == 0);
 }
 
+/* Tokens: listed without their values, revoked (401 on every call within
+ * 5 s), malformed headers refused with nothing changed, and every call
+ * logged under the token's name, never its value. */
+static void test_tokens(void **state)
+{
+    (void)state;
+    char out[65536], pg[700], tok[128] = "";
+    snprintf(pg, sizeof pg, "--pg-url '%s'", s_db.url);
+    assert_int_equal(s_motectl(out, sizeof out, "token create revoke-me %s", pg), 0);
+    sscanf(out, "%127s", tok);
+    assert_true(strncmp(tok, "mht_", 4) == 0);
+    s_resp_t r = s_req("GET", "/api/v1/devices?limit=1", NULL, tok, NULL);
+    assert_int_equal(r.status, 200);
+    json_decref(r.body);
+    assert_int_equal(s_motectl(out, sizeof out, "token list %s", pg), 0);
+    assert_non_null(strstr(out, "revoke-me"));
+    char prefix[16];
+    snprintf(prefix, sizeof prefix, "%.12s", tok);
+    assert_non_null(strstr(out, prefix));
+    assert_null(strstr(out, tok)); /* never the whole token */
+    assert_int_equal(s_motectl(out, sizeof out, "token revoke revoke-me %s", pg), 0);
+    assert_int_equal(s_motectl(out, sizeof out, "token revoke revoke-me %s", pg), 1);
+    int64_t end = mht_now_ms() + 6000;
+    long st = 200;
+    while (st == 200 && mht_now_ms() < end) {
+        r = s_req("GET", "/api/v1/devices?limit=1", NULL, tok, NULL);
+        st = r.status;
+        json_decref(r.body);
+        if (st == 200)
+            mht_sleep_ms(200);
+    }
+    assert_int_equal(st, 401);
+    /* a revoked token, none, and malformed headers: 401, nothing registered */
+    const char *bad_auth[] = {tok,
+                              "",
+                              "Bearer",
+                              "Basic dXNlcjpwYXNz",
+                              "bearer x y",
+                              "Bearer  mht_0000",
+                              "Bearer mht_not-a-token-at-all"};
+    for (size_t i = 0; i < sizeof bad_auth / sizeof *bad_auth; i++) {
+        char url[128], auth[200];
+        snprintf(url, sizeof url, "http://127.0.0.1:%d/api/v1/devices", s_port);
+        CURL *c = curl_easy_init();
+        struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+        if (i == 0)
+            snprintf(auth, sizeof auth, "Authorization: Bearer %s", tok);
+        else
+            snprintf(auth, sizeof auth, "Authorization: %s", bad_auth[i]);
+        if (i != 1)
+            h = curl_slist_append(h, auth);
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "{\"id\":\"never-1\"}");
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_discard);
+        assert_int_equal(curl_easy_perform(c), CURLE_OK);
+        long code = 0;
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+        curl_slist_free_all(h);
+        curl_easy_cleanup(c);
+        if (code != 401)
+            fail_msg("Authorization case %zu answered %ld, not 401", i, code);
+    }
+    assert_int_equal(s_status("GET", "/api/v1/devices/never-1", NULL), 404);
+    /* the access log names the token, never shows it */
+    char log[700], line[1024];
+    snprintf(log, sizeof log, "%s/fleet-stats.log", mht_artifacts());
+    FILE *f = fopen(log, "r");
+    assert_non_null(f);
+    int named = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strstr(line, "mht_") && !strstr(line, "create-token"))
+            fail_msg("a token value in the log: %s", line);
+        named += strstr(line, "api: GET /api/v1/devices 200") && strstr(line, "token=ci");
+    }
+    fclose(f);
+    assert_true(named >= 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auth),       cmocka_unit_test(test_devices_and_twins),
         cmocka_unit_test(test_pagination), cmocka_unit_test(test_firmware_and_rollouts),
         cmocka_unit_test(test_openapi),    cmocka_unit_test(test_motectl),
+        cmocka_unit_test(test_tokens),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -71,9 +71,21 @@ extern const size_t fs_openapi_len;
 #define S_LOCK_MIGRATE 7203104
 #define S_MAX_BODY     (1024 * 1024)
 
-static const char *s_schema_sql = "CREATE SCHEMA IF NOT EXISTS fleet;"
-                                  "CREATE TABLE IF NOT EXISTS fleet.tokens (name text NOT NULL,"
-                                  "  hash text PRIMARY KEY, created_ms bigint NOT NULL);";
+static const char *s_schema_sql =
+    "CREATE SCHEMA IF NOT EXISTS fleet;"
+    "CREATE TABLE IF NOT EXISTS fleet.tokens (name text NOT NULL,"
+    "  hash text PRIMARY KEY, created_ms bigint NOT NULL);"
+    "ALTER TABLE fleet.tokens ADD COLUMN IF NOT EXISTS prefix text;"
+    "ALTER TABLE fleet.tokens ADD COLUMN IF NOT EXISTS revoked_ms bigint;";
+
+/* A valid token is remembered this long: a revoked one stops working
+ * within it on every replica. */
+#define S_TOKEN_TTL_MS 5000
+
+typedef struct {
+    char name[64];
+    int64_t until; /* monotonic */
+} s_tok_t;
 
 typedef struct {
     mh_service_ctx_t *ctx;
@@ -84,13 +96,30 @@ typedef struct {
     int64_t max_ws;
     pthread_mutex_t lock; /* the token connection and cache */
     mh_pg_t *pg;
-    zhashx_t *tokens; /* hash -> (void *)1, tokens seen valid */
+    zhashx_t *tokens; /* hash -> s_tok_t, tokens seen valid lately */
     uint64_t seq;
     mh_counter_t *m_requests[5]; /* 2xx 3xx 4xx 5xx 401 */
     mh_histogram_t *m_ms;
 } fs_t;
 
 /* ---- tokens ---- */
+
+static void s_free_tok(void **p)
+{
+    free(*p);
+    *p = NULL;
+}
+
+static mh_pg_t *s_cli_pg(const char *pg_url)
+{
+    char err[512];
+    mh_pg_t *pg = mh_pg_new(pg_url, s_schema_sql, S_LOCK_MIGRATE);
+    if (pg && mh_pg_connect(pg, err, sizeof err) >= 0)
+        return pg;
+    fprintf(stderr, "cannot reach the database: %s\n", pg ? err : "out of memory");
+    mh_pg_destroy(&pg);
+    return NULL;
+}
 
 int fs_create_token(const char *pg_url, const char *name)
 {
@@ -99,18 +128,19 @@ int fs_create_token(const char *pg_url, const char *name)
         fprintf(stderr, "no randomness for a token\n");
         return 1;
     }
-    char token[80] = "mht_", hash[65], err[512], now[32];
+    char token[80] = "mht_", hash[65], err[512], now[32], prefix[16];
     mh_hex(raw, sizeof raw, token + 4);
     mh_sha256_hex(token, strlen(token), hash);
+    snprintf(prefix, sizeof prefix, "%.12s", token); /* "mht_" + 8 hex: to tell tokens apart */
     snprintf(now, sizeof now, "%" PRId64, mh_now_ms());
-    mh_pg_t *pg = mh_pg_new(pg_url, s_schema_sql, S_LOCK_MIGRATE);
-    int rc = pg ? mh_pg_connect(pg, err, sizeof err) : -EIO;
-    const char *p[] = {name, hash, now};
-    if (rc < 0 || !mh_pg_ok(pg,
-                            "INSERT INTO fleet.tokens (name, hash, created_ms)"
-                            " VALUES ($1, $2, $3::bigint)",
-                            3, p, err, sizeof err)) {
-        fprintf(stderr, "cannot store the token: %s\n", rc < 0 && rc != -EIO ? "busy" : err);
+    mh_pg_t *pg = s_cli_pg(pg_url);
+    const char *p[] = {name, hash, now, prefix};
+    if (!pg || !mh_pg_ok(pg,
+                         "INSERT INTO fleet.tokens (name, hash, created_ms, prefix)"
+                         " VALUES ($1, $2, $3::bigint, $4)",
+                         4, p, err, sizeof err)) {
+        if (pg)
+            fprintf(stderr, "cannot store the token: %s\n", err);
         mh_pg_destroy(&pg);
         return 1;
     }
@@ -119,25 +149,98 @@ int fs_create_token(const char *pg_url, const char *name)
     return 0;
 }
 
-/* 1 valid, 0 not, -1 cannot tell (database away). */
-static int s_token_ok(fs_t *self, const char *token)
+int fs_list_tokens(const char *pg_url)
+{
+    char err[512];
+    mh_pg_t *pg = s_cli_pg(pg_url);
+    PGresult *res =
+        pg ? mh_pg_exec(pg, PGRES_TUPLES_OK,
+                        "SELECT name, coalesce(prefix, '-'),"
+                        " to_char(to_timestamp(created_ms / 1000.0), 'YYYY-MM-DD HH24:MI:SS'),"
+                        " coalesce(to_char(to_timestamp(revoked_ms / 1000.0),"
+                        "   'YYYY-MM-DD HH24:MI:SS'), '-')"
+                        " FROM fleet.tokens ORDER BY created_ms",
+                        0, NULL, err, sizeof err)
+           : NULL;
+    if (!res) {
+        if (pg)
+            fprintf(stderr, "cannot list the tokens: %s\n", err);
+        mh_pg_destroy(&pg);
+        return 1;
+    }
+    printf("%-24s %-14s %-20s %s\n", "NAME", "TOKEN", "CREATED (UTC)", "REVOKED (UTC)");
+    for (int i = 0; i < PQntuples(res); i++)
+        printf("%-24s %-14s %-20s %s\n", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+               PQgetvalue(res, i, 2), PQgetvalue(res, i, 3));
+    PQclear(res);
+    mh_pg_destroy(&pg);
+    return 0;
+}
+
+int fs_revoke_token(const char *pg_url, const char *name)
+{
+    char err[512], now[32];
+    snprintf(now, sizeof now, "%" PRId64, mh_now_ms());
+    mh_pg_t *pg = s_cli_pg(pg_url);
+    const char *p[] = {name, now};
+    PGresult *res = pg ? mh_pg_exec(pg, PGRES_COMMAND_OK,
+                                    "UPDATE fleet.tokens SET revoked_ms = $2::bigint"
+                                    " WHERE (name = $1 OR prefix = $1) AND revoked_ms IS NULL",
+                                    2, p, err, sizeof err)
+                       : NULL;
+    if (!res) {
+        if (pg)
+            fprintf(stderr, "cannot revoke: %s\n", err);
+        mh_pg_destroy(&pg);
+        return 1;
+    }
+    int n = atoi(PQcmdTuples(res));
+    PQclear(res);
+    mh_pg_destroy(&pg);
+    if (n == 0) {
+        fprintf(stderr, "no live token named \"%s\"\n", name);
+        return 1;
+    }
+    printf("revoked %d token%s named %s (in force on every replica within %d s)\n", n,
+           n == 1 ? "" : "s", name, S_TOKEN_TTL_MS / 1000);
+    return 0;
+}
+
+/* 1 valid (its name in name_out), 0 not, -1 cannot tell (database away).
+ * Tokens are looked up by their SHA-256, so how long a lookup takes says
+ * nothing about the stored tokens (a digest comparison, not a token one). */
+static int s_token_ok(fs_t *self, const char *token, char name_out[64])
 {
     char hash[65], err[512];
     mh_sha256_hex(token, strlen(token), hash);
+    int64_t now = mh_mono_ms();
     pthread_mutex_lock(&self->lock);
-    int ok = zhashx_lookup(self->tokens, hash) ? 1 : -1;
+    s_tok_t *t = zhashx_lookup(self->tokens, hash);
+    int ok = t && t->until > now ? 1 : -1;
     if (ok < 0 && mh_pg_connect(self->pg, err, sizeof err) >= 0) {
         const char *p[] = {hash};
-        PGresult *res =
-            mh_pg_exec(self->pg, PGRES_TUPLES_OK, "SELECT 1 FROM fleet.tokens WHERE hash = $1", 1,
-                       p, err, sizeof err);
+        PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                                   "SELECT name FROM fleet.tokens WHERE hash = $1"
+                                   " AND revoked_ms IS NULL",
+                                   1, p, err, sizeof err);
         if (res) {
             ok = PQntuples(res) == 1;
-            if (ok)
-                zhashx_insert(self->tokens, hash, (void *)1);
+            if (ok) {
+                if (!t && (t = calloc(1, sizeof *t)))
+                    zhashx_insert(self->tokens, hash, t);
+                if (t) {
+                    snprintf(t->name, sizeof t->name, "%s", PQgetvalue(res, 0, 0));
+                    t->until = now + S_TOKEN_TTL_MS;
+                }
+            } else {
+                zhashx_delete(self->tokens, hash);
+                t = NULL;
+            }
             PQclear(res);
         }
     }
+    if (ok == 1)
+        snprintf(name_out, 64, "%s", t ? t->name : "?");
     pthread_mutex_unlock(&self->lock);
     return ok;
 }
@@ -715,7 +818,7 @@ static int s_rollouts(fs_t *self, struct mg_connection *c, const char *method, c
 
 /* Checks the bearer token (header, or for a WebSocket `access_token` in the
  * query as RFC 6750 allows). 0 when valid; else answers 401/503 itself. */
-static int s_authorize(fs_t *self, struct mg_connection *c, bool query_ok)
+static int s_authorize(fs_t *self, struct mg_connection *c, bool query_ok, char name[64])
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
     const char *auth = mg_get_header(c, "Authorization");
@@ -729,7 +832,7 @@ static int s_authorize(fs_t *self, struct mg_connection *c, bool query_ok)
         token = qtok;
     if (!token)
         return s_error(self, c, 401, "unauthorized", "send Authorization: Bearer <token>");
-    int ok = s_token_ok(self, token);
+    int ok = s_token_ok(self, token, name);
     if (ok < 0)
         return s_error(self, c, 503, "unavailable", "cannot check the token now; try again");
     if (ok == 0)
@@ -760,11 +863,15 @@ static int s_handle(struct mg_connection *c, void *ud)
     fs_t *self = ud;
     int64_t t0 = mh_mono_ms();
     const struct mg_request_info *ri = mg_get_request_info(c);
-    int denied = s_authorize(self, c, false);
-    if (denied)
+    char who[64] = "-";
+    int denied = s_authorize(self, c, false, who);
+    if (denied) {
+        mh_info("api: %s %s %d token=-", ri->request_method, ri->local_uri, denied);
         return denied;
+    }
     if (strcmp(ri->local_uri, "/api/v1/openapi.json") == 0) {
         mh_histogram_observe(self->m_ms, (double)(mh_mono_ms() - t0));
+        mh_info("api: %s %s token=%s", ri->request_method, ri->local_uri, who);
         if (strcmp(ri->request_method, "GET") != 0)
             return s_error(self, c, 405, "method_not_allowed", "GET");
         mg_printf(c,
@@ -809,6 +916,9 @@ static int s_handle(struct mg_connection *c, void *ud)
         status = s_error(self, c, 404, "not_found", "no such path");
     }
     mh_histogram_observe(self->m_ms, (double)(mh_mono_ms() - t0));
+    /* every call, by the token's name (never its value) */
+    mh_info("api: %s %s %d %" PRId64 "ms token=%s", ri->request_method, ri->local_uri, status,
+            mh_mono_ms() - t0, who);
     return status;
 }
 
@@ -818,7 +928,10 @@ static int s_ws_connect(const struct mg_connection *cc, void *ud)
 {
     fs_t *self = ud;
     struct mg_connection *c = (struct mg_connection *)cc;
-    if (s_authorize(self, c, true))
+    char who[64] = "-";
+    int denied = s_authorize(self, c, true, who);
+    mh_info("api: live connect %d token=%s", denied ? denied : 101, who);
+    if (denied)
         return 1; /* answered 401/503; no handshake */
     if (fs_live_clients(self->live) >= (size_t)self->max_ws) {
         s_error(self, c, 503, "unavailable", "too many live connections on this replica");
@@ -915,6 +1028,7 @@ void fs_actor(zsock_t *pipe, void *args)
     self->cfg = ctx->cfg;
     pthread_mutex_init(&self->lock, NULL);
     self->tokens = zhashx_new();
+    zhashx_set_destructor(self->tokens, s_free_tok);
     self->pg = mh_pg_new(self->cfg->pg_url, s_schema_sql, S_LOCK_MIGRATE);
     self->twin = mh_rpc_new(self->cfg->twin_rpc_endpoint);
     self->ota = mh_rpc_new(self->cfg->ota_rpc_endpoint);

@@ -37,3 +37,8 @@ void fs_actor(zsock_t *pipe, void *args);
 /* Makes a token named `name`, stores its SHA-256 and prints the token once.
  * Returns the process exit code. */
 int fs_create_token(const char *pg_url, const char *name);
+
+/* Lists the tokens (name, the first 12 characters, created, revoked) and
+ * revokes every live token with that name (or prefix); exit codes. */
+int fs_list_tokens(const char *pg_url);
+int fs_revoke_token(const char *pg_url, const char *name);

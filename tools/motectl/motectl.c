@@ -44,7 +44,9 @@ static const char *s_usage =
     "  rollout list | get ID | pause ID | resume ID | abort ID | rollback ID\n"
     "fleet and tokens:\n"
     "  fleet summary | fleet geo\n"
-    "  token create NAME --pg-url URL   (runs motehub-fleet-stats create-token)\n"
+    "  token create NAME | token list | token revoke NAME|PREFIX   [--pg-url URL]\n"
+    "        (run motehub-fleet-stats where the database is; a revoked token stops\n"
+    "         working on every replica within 5 s)\n"
     "\n"
     "URL and TOKEN default to $MOTEHUB_URL and $MOTEHUB_TOKEN.\n";
 
@@ -739,11 +741,15 @@ static int s_fleet(int argc, char **argv)
  * found next to motectl in a build tree or on PATH. */
 static int s_tokens(int argc, char **argv, const char *self)
 {
-    NEED(2);
+    NEED(1);
     s_opt_t o[] = {{"pg-url"}};
     char *pos[4];
     int np;
-    if (strcmp(argv[0], "create") != 0 || s_opts(argc - 2, argv + 2, o, 1, pos, &np)) {
+    const char *sub = strcmp(argv[0], "create") == 0   ? "create-token"
+                      : strcmp(argv[0], "revoke") == 0 ? "revoke-token"
+                      : strcmp(argv[0], "list") == 0   ? "list-tokens"
+                                                       : NULL;
+    if (!sub || s_opts(argc - 1, argv + 1, o, 1, pos, &np) || (np != 1 && *sub != 'l')) {
         fputs(s_usage, stderr);
         return 2;
     }
@@ -756,11 +762,14 @@ static int s_tokens(int argc, char **argv, const char *self)
         fclose(f);
     else
         snprintf(bin, sizeof bin, "motehub-fleet-stats");
-    char *args[] = {bin, "create-token", argv[1], NULL, NULL};
+    char *args[] = {bin, (char *)sub, NULL, NULL, NULL};
+    int k = 2;
+    if (np == 1)
+        args[k++] = pos[0];
     char pg[1024];
     if (s_opt(o, 1, "pg-url")) {
         snprintf(pg, sizeof pg, "--pg-url=%s", s_opt(o, 1, "pg-url"));
-        args[3] = pg;
+        args[k++] = pg;
     }
     fflush(NULL);
     execvp(bin, args);
