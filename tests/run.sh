@@ -71,6 +71,14 @@ else
 fi
 logs+=("$fuzz_log")
 
+echo "== SQL only through parameters"
+sql_log="$work/sql.json"
+if tests/lib/sql-check.sh >"$work/sql.txt" 2>&1; then result=OK; else result=FAIL; fi
+cat "$work/sql.txt"
+python3 -c 'import json,sys; print(json.dumps({"name":"sql-check","result":sys.argv[1],"stdout":open(sys.argv[2]).read()}))' \
+    "$result" "$work/sql.txt" >"$sql_log"
+logs+=("$sql_log")
+
 echo "== formatting (clang-format)"
 fmt_log="$work/format.json"
 if files=$(git ls-files '*.c' '*.h') && clang-format --dry-run -Werror $files >"$work/format.txt" 2>&1; then

@@ -66,10 +66,11 @@ static Mh__OtaReply *s_call(Mh__OtaRequest *q)
     }
 }
 
-static double s_num(PGconn *pg, const char *sql, const char *id)
+/* One number from `sql` with $1 = id and, when given, $2 = wave. */
+static double s_num_w(PGconn *pg, const char *sql, const char *id, const char *wave)
 {
-    const char *p[] = {id};
-    PGresult *res = PQexecParams(pg, sql, 1, NULL, p, NULL, NULL, 0);
+    const char *p[] = {id, wave};
+    PGresult *res = PQexecParams(pg, sql, wave ? 2 : 1, NULL, p, NULL, NULL, 0);
     double v = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) && !PQgetisnull(res, 0, 0)
                    ? strtod(PQgetvalue(res, 0, 0), NULL)
                    : -1;
@@ -77,6 +78,11 @@ static double s_num(PGconn *pg, const char *sql, const char *id)
         fprintf(stderr, "query failed: %s", PQerrorMessage(pg));
     PQclear(res);
     return v;
+}
+
+static double s_num(PGconn *pg, const char *sql, const char *id)
+{
+    return s_num_w(pg, sql, id, NULL);
 }
 
 int main(int argc, char **argv)
@@ -161,36 +167,34 @@ int main(int argc, char **argv)
            s_num(pg, "SELECT targeted FROM ota.rollouts WHERE id = $1", id));
     int nwaves = (int)s_num(pg, "SELECT count(*) FROM ota.waves WHERE rollout_id = $1", id);
     for (int k = 0; k < nwaves; k++) {
-        char sql[1024];
-        snprintf(sql, sizeof sql,
-                 "SELECT count(*) FROM ota.jobs WHERE rollout_id = $1 AND wave = %d"
-                 " AND action = 'install'",
-                 k);
-        double n = s_num(pg, sql, id);
-        snprintf(sql, sizeof sql,
-                 "SELECT count(*) FROM ota.jobs WHERE rollout_id = $1 AND wave = %d"
-                 " AND action = 'install' AND sent_ms IS NOT NULL",
-                 k);
-        double sent = s_num(pg, sql, id);
+        char wave[16];
+        snprintf(wave, sizeof wave, "%d", k);
+        double n = s_num_w(pg,
+                           "SELECT count(*) FROM ota.jobs WHERE rollout_id = $1 AND wave = $2::int"
+                           " AND action = 'install'",
+                           id, wave);
+        double sent = s_num_w(pg,
+                              "SELECT count(*) FROM ota.jobs WHERE rollout_id = $1"
+                              " AND wave = $2::int AND action = 'install' AND sent_ms IS NOT NULL",
+                              id, wave);
         if (sent <= 0) {
             printf("wave %d: %.0f devices, never started\n", k + 1, n);
             continue;
         }
         /* Times after the wave started: the device's first answer (the job
          * reached it), and the job finished; p50 and the last. */
-        snprintf(sql, sizeof sql,
-                 "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY j.answered_ms - w.started_ms),"
-                 " max(j.answered_ms - w.started_ms),"
-                 " percentile_disc(0.5) WITHIN GROUP (ORDER BY j.finished_ms - w.started_ms),"
-                 " max(j.finished_ms - w.started_ms), max(j.sent_ms - w.started_ms),"
-                 " count(*) FILTER (WHERE j.status = 'succeeded'),"
-                 " count(*) FILTER (WHERE j.status IN ('failed', 'timed_out'))"
-                 " FROM ota.jobs j JOIN ota.waves w ON w.rollout_id = j.rollout_id"
-                 " AND w.idx = j.wave WHERE j.rollout_id = $1 AND j.wave = %d"
-                 " AND j.action = 'install' AND j.sent_ms IS NOT NULL",
-                 k);
-        const char *p[] = {id};
-        PGresult *res = PQexecParams(pg, sql, 1, NULL, p, NULL, NULL, 0);
+        const char *sql =
+            "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY j.answered_ms - w.started_ms),"
+            " max(j.answered_ms - w.started_ms),"
+            " percentile_disc(0.5) WITHIN GROUP (ORDER BY j.finished_ms - w.started_ms),"
+            " max(j.finished_ms - w.started_ms), max(j.sent_ms - w.started_ms),"
+            " count(*) FILTER (WHERE j.status = 'succeeded'),"
+            " count(*) FILTER (WHERE j.status IN ('failed', 'timed_out'))"
+            " FROM ota.jobs j JOIN ota.waves w ON w.rollout_id = j.rollout_id"
+            " AND w.idx = j.wave WHERE j.rollout_id = $1 AND j.wave = $2::int"
+            " AND j.action = 'install' AND j.sent_ms IS NOT NULL";
+        const char *p[] = {id, wave};
+        PGresult *res = PQexecParams(pg, sql, 2, NULL, p, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
             fprintf(stderr, "query failed: %s", PQerrorMessage(pg));
             return 1;
