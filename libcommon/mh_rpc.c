@@ -125,3 +125,15 @@ Mh__Envelope *mh_rpc_call(mh_rpc_t *self, const char *type, const ProtobufCMessa
     }
     return env;
 }
+
+bool mh_rpc_reply_match(const Mh__Envelope *env, const char *rid)
+{
+    size_t n = strlen(env->type);
+    if (n < 6 || strcmp(env->type + n - 6, ".reply") != 0)
+        return false;
+    Mh__RpcReply *r = mh__rpc_reply__unpack(NULL, env->body.len, env->body.data);
+    bool ok = r && strcmp(r->request_id, rid) == 0;
+    if (r)
+        mh__rpc_reply__free_unpacked(r, NULL);
+    return ok;
+}

@@ -16,6 +16,10 @@ void mh_rpc_destroy(mh_rpc_t **self_p);
 /* Is this reply envelope the answer to the call with `request_id`? */
 typedef bool(mh_rpc_match_fn)(const Mh__Envelope *reply, const char *request_id);
 
+/* A matcher for every service's reply ("<service>.reply", whose fields 1-5
+ * are RpcReply's): true when it answers `request_id`. */
+bool mh_rpc_reply_match(const Mh__Envelope *reply, const char *request_id);
+
 /* Sends `body` as `type` and waits up to timeout_ms for the reply that
  * `match` accepts. Returns the reply envelope (mh_envelope_free it), or
  * NULL on timeout (errno ETIMEDOUT) or a bad endpoint. */

@@ -174,30 +174,6 @@ static s_dev_t *s_dev(s_agg_t *a, const char *id, bool create)
     return d;
 }
 
-/* ---- RPC matching (shared with fs_service's API calls) ---- */
-
-bool fs_twin_reply_match(const Mh__Envelope *env, const char *rid)
-{
-    if (strcmp(env->type, "twin.reply") != 0)
-        return false;
-    Mh__TwinReply *r = mh__twin_reply__unpack(NULL, env->body.len, env->body.data);
-    bool ok = r && strcmp(r->request_id, rid) == 0;
-    if (r)
-        mh__twin_reply__free_unpacked(r, NULL);
-    return ok;
-}
-
-bool fs_ota_reply_match(const Mh__Envelope *env, const char *rid)
-{
-    if (strcmp(env->type, "ota.reply") != 0)
-        return false;
-    Mh__OtaReply *r = mh__ota_reply__unpack(NULL, env->body.len, env->body.data);
-    bool ok = r && strcmp(r->request_id, rid) == 0;
-    if (r)
-        mh__ota_reply__free_unpacked(r, NULL);
-    return ok;
-}
-
 /* ---- snapshot ---- */
 
 static json_t *s_twin_page(fs_live_t *self, const char *cursor, char *err, size_t errlen)
@@ -210,7 +186,7 @@ static json_t *s_twin_page(fs_live_t *self, const char *cursor, char *err, size_
     q.cursor = (char *)cursor;
     q.limit = 5000;
     q.deadline_ms = mh_now_ms() + self->o.rpc_timeout_ms;
-    Mh__Envelope *env = mh_rpc_call(self->o.twin, "twin.request", &q.base, rid, fs_twin_reply_match,
+    Mh__Envelope *env = mh_rpc_call(self->o.twin, "twin.request", &q.base, rid, mh_rpc_reply_match,
                                     (int)self->o.rpc_timeout_ms);
     if (!env) {
         snprintf(err, errlen, "twin did not answer");
@@ -296,7 +272,7 @@ static void s_fetch_rollouts(fs_live_t *self)
     int timeout = self->o.rpc_timeout_ms < 1000 ? (int)self->o.rpc_timeout_ms : 1000;
     q.deadline_ms = mh_now_ms() + timeout;
     Mh__Envelope *env =
-        mh_rpc_call(self->o.ota, "ota.request", &q.base, rid, fs_ota_reply_match, timeout);
+        mh_rpc_call(self->o.ota, "ota.request", &q.base, rid, mh_rpc_reply_match, timeout);
     Mh__OtaReply *r = env ? mh__ota_reply__unpack(NULL, env->body.len, env->body.data) : NULL;
     mh_envelope_free(&env);
     json_t *page = r && r->status == 200 ? json_loads(r->body_json, 0, NULL) : NULL;

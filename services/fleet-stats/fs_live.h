@@ -58,8 +58,3 @@ typedef int(fs_live_send_fn)(void *conn, const char *text, size_t len);
 void fs_live_attach(fs_live_t *self, void *conn, fs_live_send_fn *send);
 void fs_live_detach(fs_live_t *self, void *conn);
 size_t fs_live_clients(fs_live_t *self);
-
-/* Is this envelope twin's / ota's reply to request `rid`? (mh_rpc matchers,
- * also used by the API's calls.) */
-bool fs_twin_reply_match(const Mh__Envelope *env, const char *rid);
-bool fs_ota_reply_match(const Mh__Envelope *env, const char *rid);

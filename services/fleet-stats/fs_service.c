@@ -368,7 +368,7 @@ static int s_twin(fs_t *self, struct mg_connection *c, Mh__TwinRequest *q, bool 
     snprintf(rid, sizeof rid, "fs-%" PRIu64, __atomic_add_fetch(&self->seq, 1, __ATOMIC_RELAXED));
     q->request_id = rid;
     q->deadline_ms = mh_now_ms() + self->cfg->rpc_timeout_ms;
-    Mh__Envelope *env = mh_rpc_call(self->twin, "twin.request", &q->base, rid, fs_twin_reply_match,
+    Mh__Envelope *env = mh_rpc_call(self->twin, "twin.request", &q->base, rid, mh_rpc_reply_match,
                                     (int)self->cfg->rpc_timeout_ms);
     if (!env)
         return s_error(self, c, 504, "deadline_exceeded", "twin did not answer in time");
@@ -410,17 +410,6 @@ static void s_query_str(const char *qs, const char *name, char *out, size_t len)
 }
 
 /* ---- ingest RPC: telemetry ---- */
-
-static bool s_ingest_match(const Mh__Envelope *env, const char *rid)
-{
-    if (strcmp(env->type, "telemetry.reply") != 0)
-        return false;
-    Mh__TelemetryReply *r = mh__telemetry_reply__unpack(NULL, env->body.len, env->body.data);
-    bool ok = r && strcmp(r->request_id, rid) == 0;
-    if (r)
-        mh__telemetry_reply__free_unpacked(r, NULL);
-    return ok;
-}
 
 /* A time in the query: milliseconds since the epoch or RFC 3339
  * ("2026-11-24T10:00:00Z", "…T10:00:00.250+01:00"). 0 absent, -1 bad. */
@@ -498,8 +487,8 @@ static int s_telemetry(fs_t *self, struct mg_connection *c, const char *method, 
     snprintf(rid, sizeof rid, "fs-%" PRIu64, __atomic_add_fetch(&self->seq, 1, __ATOMIC_RELAXED));
     q.request_id = rid;
     q.deadline_ms = mh_now_ms() + self->cfg->rpc_timeout_ms;
-    Mh__Envelope *env = mh_rpc_call(self->ingest, "telemetry.query", &q.base, rid, s_ingest_match,
-                                    (int)self->cfg->rpc_timeout_ms);
+    Mh__Envelope *env = mh_rpc_call(self->ingest, "telemetry.query", &q.base, rid,
+                                    mh_rpc_reply_match, (int)self->cfg->rpc_timeout_ms);
     if (!env)
         return s_error(self, c, 504, "deadline_exceeded", "ingest did not answer in time");
     Mh__TelemetryReply *r = mh__telemetry_reply__unpack(NULL, env->body.len, env->body.data);
@@ -673,7 +662,7 @@ static int s_ota(fs_t *self, struct mg_connection *c, Mh__OtaRequest *q, bool pe
     snprintf(rid, sizeof rid, "fs-%" PRIu64, __atomic_add_fetch(&self->seq, 1, __ATOMIC_RELAXED));
     q->request_id = rid;
     q->deadline_ms = mh_now_ms() + self->cfg->rpc_timeout_ms;
-    Mh__Envelope *env = mh_rpc_call(self->ota, "ota.request", &q->base, rid, fs_ota_reply_match,
+    Mh__Envelope *env = mh_rpc_call(self->ota, "ota.request", &q->base, rid, mh_rpc_reply_match,
                                     (int)self->cfg->rpc_timeout_ms);
     if (!env)
         return s_error(self, c, 504, "deadline_exceeded", "ota did not answer in time");
