@@ -107,10 +107,8 @@ static int s_setup(void **state)
     (void)state;
     mht_db_create(&s_db);
     mht_twin_start(&s_twin, "twin", &s_db, "tcp://127.0.0.1:1", NULL);
-    char key[600];
-    snprintf(key, sizeof key, "%s/fleet-signing.pem", mht_artifacts());
-    if (mht_shell("openssl genpkey -algorithm ed25519 -out '%s' 2>/dev/null", key) != 0)
-        fail_msg("cannot make a signing key");
+    char key[600], pub[600];
+    mht_signing_key(key, sizeof key, pub, sizeof pub);
     mht_ota_start(&s_ota, "ota", &s_db, "tcp://127.0.0.1:1", &s_twin, key, NULL);
     mht_ingest_start(&s_ingest, "ingest", &s_db, 0, NULL);
     mht_fleet_start(&s_fs, "fleet-stats", &s_db, &s_twin, &s_ota, &s_ingest, NULL, NULL, s_token);

@@ -191,12 +191,7 @@ static int s_setup(void **state)
     (void)state;
     mg_init_library(0);
     char key[600];
-    snprintf(key, sizeof key, "%s/fleet-signing.pem", mht_artifacts());
-    snprintf(s_pub, sizeof s_pub, "%s/fleet-signing.pub.pem", mht_artifacts());
-    if (mht_shell("openssl genpkey -algorithm ed25519 -out '%s' 2>/dev/null && "
-                  "openssl pkey -in '%s' -pubout -out '%s' 2>/dev/null",
-                  key, key, s_pub) != 0)
-        fail_msg("cannot make a signing key");
+    mht_signing_key(key, sizeof key, s_pub, sizeof s_pub);
     mht_broker_start(&s_broker);
     mht_db_create(&s_db);
     snprintf(s_downlink, sizeof s_downlink, "tcp://127.0.0.1:%d", mht_free_port());

@@ -206,12 +206,7 @@ static long s_fleet_stop(const char *name, pid_t pid)
 static int s_setup(void **state)
 {
     (void)state;
-    snprintf(s_key, sizeof s_key, "%s/fleet-signing.pem", mht_artifacts());
-    snprintf(s_pub, sizeof s_pub, "%s/fleet-signing.pub.pem", mht_artifacts());
-    if (mht_shell("openssl genpkey -algorithm ed25519 -out '%s' 2>/dev/null && "
-                  "openssl pkey -in '%s' -pubout -out '%s' 2>/dev/null",
-                  s_key, s_key, s_pub) != 0)
-        fail_msg("cannot make a signing key with openssl");
+    mht_signing_key(s_key, sizeof s_key, s_pub, sizeof s_pub);
     mht_broker_start(&s_broker);
     mht_db_create(&s_db);
     snprintf(s_downlink, sizeof s_downlink, "tcp://127.0.0.1:%d", mht_free_port());

@@ -609,3 +609,13 @@ void mht_gateway_for_twin(mht_service_t *s, const char *name, const mht_broker_t
     const char *extra[] = {"--check-registered=true", a_twin, a_rpc, a_ev, a_dl, a_ota, NULL};
     mht_gateway_start(s, name, b, ingest->endpoint, extra);
 }
+
+void mht_signing_key(char *key, size_t keylen, char *pub, size_t publen)
+{
+    snprintf(key, keylen, "%s/fleet-signing.pem", mht_artifacts());
+    snprintf(pub, publen, "%s/fleet-signing.pub.pem", mht_artifacts());
+    if (mht_shell("openssl genpkey -algorithm ed25519 -out '%s' 2>/dev/null && "
+                  "openssl pkey -in '%s' -pubout -out '%s' 2>/dev/null",
+                  key, key, pub) != 0)
+        fail_msg("cannot make a signing key with openssl");
+}

@@ -105,6 +105,10 @@ void mht_fleet_start(mht_service_t *s, const char *name, const mht_db_t *db,
                      const mht_service_t *ingest, const mht_service_t *gateway,
                      const char *const *extra, char token[128]);
 
+/* Makes the fleet's Ed25519 signing key pair in the artifacts folder with
+ * openssl (fleet-signing.pem, fleet-signing.pub.pem) and gives the paths. */
+void mht_signing_key(char *key, size_t keylen, char *pub, size_t publen);
+
 /* Runs a shell command (sh -c) and returns its exit status. */
 int mht_shell(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
