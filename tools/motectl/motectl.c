@@ -6,6 +6,8 @@
  * readable table, or the API's JSON as is with --json (for scripts). Exit
  * status: 0 on success, 1 when the API answered an error (its message on
  * stderr), 2 on a usage error, 3 when the API could not be reached. */
+#include "mc_ca.h"
+
 #include <curl/curl.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -47,6 +49,9 @@ static const char *s_usage =
     "  token create NAME | token list | token revoke NAME|PREFIX   [--pg-url URL]\n"
     "        (run motehub-fleet-stats where the database is; a revoked token stops\n"
     "         working on every replica within 5 s)\n"
+    "certificates (the fleet CA, kept outside the repository; motectl ca --help):\n"
+    "  ca init | ca issue ID... | ca issue --prefix P --count N | ca sign CSR\n"
+    "  ca revoke ID|SERIAL | ca crl | ca list     [--ca-dir DIR]\n"
     "\n"
     "URL and TOKEN default to $MOTEHUB_URL and $MOTEHUB_TOKEN.\n";
 
@@ -841,6 +846,8 @@ int main(int argc, char **argv)
         rc = s_fleet(argc - 1, argv + 1);
     else if (strcmp(cmd, "token") == 0 || strcmp(cmd, "tokens") == 0)
         rc = s_tokens(argc - 1, argv + 1, self);
+    else if (strcmp(cmd, "ca") == 0)
+        rc = mc_ca_main(argc - 1, argv + 1);
     else {
         fputs(s_usage, stderr);
         rc = 2;
