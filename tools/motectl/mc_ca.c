@@ -256,6 +256,8 @@ static FILE *s_index_lock(s_ca_t *ca, const char *mode)
     return f;
 }
 
+static int s_crl(s_ca_t *ca, int days);
+
 static int s_init(s_ca_t *ca, const char *cn, int days)
 {
     if (access(ca->key_path, F_OK) == 0) {
@@ -291,8 +293,6 @@ static int s_init(s_ca_t *ca, const char *cn, int days)
            days, ca->crt_path);
     return s_crl(ca, 30); /* brokers that honour a CRL need one from the start */
 }
-
-static int s_crl(s_ca_t *ca, int days);
 
 typedef struct {
     const char *out;
