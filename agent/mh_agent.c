@@ -18,6 +18,9 @@
 struct mh_agent_t {
     MQTTAsync client;
     char *device_id, *url, *firmware;
+    char *ca_file, *cert_file, *key_file;
+    uint64_t connect_failures;
+    char last_error[160]; /* under lock */
     int mqtt_version, keepalive, max_inflight;
     int connected;
     uint64_t published, delivered, inflight, commands_handled;
@@ -134,6 +137,55 @@ static void s_on_connected(void *ctx, char *cause)
     }
     if (MQTTAsync_subscribeMany(self->client, 5, topics, qos, &ro) != MQTTASYNC_SUCCESS)
         s_on_subscribed3(self, NULL);
+}
+
+static void s_set_error(mh_agent_t *self, const char *what, size_t len)
+{
+    pthread_mutex_lock(&self->lock);
+    snprintf(self->last_error, sizeof self->last_error, "%.*s", (int)len, what);
+    pthread_mutex_unlock(&self->lock);
+}
+
+static void s_on_connect_failed5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    mh_agent_t *self = ctx;
+    __atomic_add_fetch(&self->connect_failures, 1, __ATOMIC_RELAXED);
+    if (r && r->message)
+        s_set_error(self, r->message, strlen(r->message));
+    else if (r && r->reasonCode)
+        s_set_error(self, MQTTReasonCode_toString(r->reasonCode),
+                    strlen(MQTTReasonCode_toString(r->reasonCode)));
+}
+
+static void s_on_connect_failed3(void *ctx, MQTTAsync_failureData *r)
+{
+    mh_agent_t *self = ctx;
+    __atomic_add_fetch(&self->connect_failures, 1, __ATOMIC_RELAXED);
+    if (r && r->message)
+        s_set_error(self, r->message, strlen(r->message));
+}
+
+/* OpenSSL's reason for a failed handshake (a rejected certificate...). */
+static int s_ssl_error(const char *str, size_t len, void *ctx)
+{
+    mh_agent_t *self = ctx;
+    while (len && (str[len - 1] == '\n' || str[len - 1] == '\r'))
+        len--;
+    s_set_error(self, str, len);
+    return 0;
+}
+
+uint64_t mh_agent_connect_failures(mh_agent_t *self)
+{
+    return __atomic_load_n(&self->connect_failures, __ATOMIC_RELAXED);
+}
+
+const char *mh_agent_last_error(mh_agent_t *self, char *buf, size_t len)
+{
+    pthread_mutex_lock(&self->lock);
+    snprintf(buf, len, "%s", self->last_error);
+    pthread_mutex_unlock(&self->lock);
+    return buf;
 }
 
 static void s_on_lost(void *ctx, char *cause)
@@ -769,6 +821,9 @@ mh_agent_t *mh_agent_new(const mh_agent_opts_t *o)
     self->device_id = strdup(o->device_id);
     self->url = strdup(o->url);
     self->firmware = o->firmware ? strdup(o->firmware) : NULL;
+    self->ca_file = o->ca_file ? strdup(o->ca_file) : NULL;
+    self->cert_file = o->cert_file ? strdup(o->cert_file) : NULL;
+    self->key_file = o->key_file ? strdup(o->key_file) : NULL;
     self->mqtt_version = o->mqtt_version ? o->mqtt_version : 5;
     self->keepalive = o->keepalive_s ? o->keepalive_s : 30;
     self->max_inflight = o->max_inflight ? o->max_inflight : 100;
@@ -821,6 +876,9 @@ void mh_agent_destroy(mh_agent_t **self_p)
     free(self->device_id);
     free(self->url);
     free(self->firmware);
+    free(self->ca_file);
+    free(self->cert_file);
+    free(self->key_file);
     free(self);
     *self_p = NULL;
 }
@@ -845,9 +903,24 @@ int mh_agent_connect(mh_agent_t *self)
     if (self->mqtt_version == 5) {
         opts = (MQTTAsync_connectOptions)MQTTAsync_connectOptions_initializer5;
         opts.cleanstart = 1;
+        opts.onFailure5 = s_on_connect_failed5;
     } else {
         opts = (MQTTAsync_connectOptions)MQTTAsync_connectOptions_initializer;
         opts.cleansession = 1;
+        opts.onFailure = s_on_connect_failed3;
+    }
+    /* Mutual TLS: the broker must show a certificate from the fleet CA for
+     * the URL's host; the device shows its own (CN = device id). */
+    MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+    if (strncmp(self->url, "ssl://", 6) == 0 || strncmp(self->url, "mqtts://", 8) == 0) {
+        ssl.trustStore = self->ca_file;
+        ssl.keyStore = self->cert_file;
+        ssl.privateKey = self->key_file;
+        ssl.enableServerCertAuth = 1;
+        ssl.verify = 1;
+        ssl.ssl_error_cb = s_ssl_error;
+        ssl.ssl_error_context = self;
+        opts.ssl = &ssl;
     }
     opts.will = &will;
     opts.keepAliveInterval = self->keepalive;

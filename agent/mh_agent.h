@@ -31,6 +31,10 @@ typedef struct {
     int keepalive_s;       /* default 30 */
     int max_inflight;      /* QoS1 messages unacknowledged at most; default 100 */
     const char *firmware;  /* reported in the status message; may be NULL */
+    /* Mutual TLS, for ssl:// URLs (port 8883): the fleet CA's certificate
+     * the broker's must chain to, and this device's certificate (CN = its
+     * device id) and private key, all PEM files. */
+    const char *ca_file, *cert_file, *key_file;
 } mh_agent_opts_t;
 
 /* One telemetry sample: up to 16 metrics; ts 0 = let the gateway stamp it. */
@@ -57,6 +61,10 @@ int mh_agent_connect(mh_agent_t *self);
 bool mh_agent_connected(mh_agent_t *self);
 /* Waits up to timeout_ms for the connection; true when connected. */
 bool mh_agent_wait_connected(mh_agent_t *self, int timeout_ms);
+/* Connection attempts that failed (refused, TLS handshake, unreachable),
+ * and the last reason, copied into buf. */
+uint64_t mh_agent_connect_failures(mh_agent_t *self);
+const char *mh_agent_last_error(mh_agent_t *self, char *buf, size_t len);
 /* Drops the connection so that the broker sends the last will (a simulated
  * power loss; MQTT 5 only, see the source). */
 void mh_agent_kill_connection(mh_agent_t *self);

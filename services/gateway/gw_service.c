@@ -24,6 +24,7 @@
 #include "twin.pb-c.h"
 
 #include <MQTTAsync.h>
+#include <jansson.h>
 #include <inttypes.h>
 
 #define S_CFG(field) offsetof(gw_config_t, field)
@@ -32,6 +33,11 @@ const mh_cfg_opt_t gw_config_options[] = {
     MH_CFG_COMMON(gw_config_t, "127.0.0.1:9101"),
     {"mqtt-url", "MH_MQTT_URL", MH_CFG_STR, "tcp://127.0.0.1:1883", S_CFG(mqtt_url),
      "MQTT broker URL"},
+    {"mqtt-ca", "MH_MQTT_CA", MH_CFG_STR, "", S_CFG(mqtt_ca),
+     "CA certificate the broker's certificate must chain to (ssl:// URLs)"},
+    {"mqtt-cert", "MH_MQTT_CERT", MH_CFG_STR, "", S_CFG(mqtt_cert),
+     "this gateway's client certificate (motectl ca issue --service gateway-1)"},
+    {"mqtt-key", "MH_MQTT_KEY", MH_CFG_STR, "", S_CFG(mqtt_key), "its private key"},
     {"client-id", "MH_GATEWAY_CLIENT_ID", MH_CFG_STR, "", S_CFG(client_id),
      "MQTT client id (default: unique per process)"},
     {"share-group", "MH_SHARE_GROUP", MH_CFG_STR, "gateway", S_CFG(share_group),
@@ -146,7 +152,7 @@ typedef struct {
         *m_batches_sent, *m_batches_resent, *m_batches_acked, *m_points_stored,
         *m_points_dropped_ingest, *m_points_dropped_old, *m_points_lost_shutdown, *m_deferred,
         *m_bad_internal;
-    mh_gauge_t *m_window, *m_connected;
+    mh_gauge_t *m_window, *m_connected, *m_acl_denied[3];
     mh_ratelimit_t rl_reject, rl_warn;
 } gw_t;
 
@@ -155,10 +161,32 @@ static const char *s_kind_names[GW_TOPIC_COUNT] = {
 
 /* ---- Paho callbacks (Paho's thread) ---- */
 
+#define S_ACL_TOPIC "$SYS/motehub/acl"
+
+static bool s_tls(const gw_config_t *cfg);
+
+/* The broker's ACL denial counts (services/broker-acl), mirrored as gauges. */
+static void s_acl_stats(gw_t *self, const MQTTAsync_message *msg)
+{
+    json_t *j = json_loadb(msg->payload, (size_t)msg->payloadlen, 0, NULL);
+    static const char *keys[3] = {"denied_publish", "denied_subscribe", "denied_receive"};
+    for (int i = 0; i < 3 && j; i++)
+        if (json_is_integer(json_object_get(j, keys[i])))
+            mh_gauge_set(self->m_acl_denied[i],
+                         (double)json_integer_value(json_object_get(j, keys[i])));
+    json_decref(j);
+}
+
 static int s_on_message(void *context, char *topic, int topic_len, MQTTAsync_message *msg)
 {
     gw_t *self = context;
     size_t tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic);
+    if (tlen == strlen(S_ACL_TOPIC) && memcmp(topic, S_ACL_TOPIC, tlen) == 0) {
+        s_acl_stats(self, msg);
+        MQTTAsync_freeMessage(&msg);
+        MQTTAsync_free(topic);
+        return 1;
+    }
     zmsg_t *m = zmsg_new();
     zmsg_addmem(m, topic, tlen);
     zmsg_addmem(m, msg->payload, (size_t)msg->payloadlen);
@@ -267,6 +295,12 @@ static void s_on_connected(void *context, char *cause)
      * subscribes once they are (see s_registry_ready). */
     if (__atomic_load_n(&self->may_subscribe, __ATOMIC_SEQ_CST))
         s_subscribe(self);
+    /* The broker plugin's denial counts: a plain subscription (every replica
+     * mirrors them); a broker without the plugin just never publishes. */
+    if (s_tls(self->cfg)) {
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        MQTTAsync_subscribe(self->mqtt, S_ACL_TOPIC, 0, &ro);
+    }
 }
 
 static void s_on_connection_lost(void *context, char *cause)
@@ -735,6 +769,18 @@ static void s_resend_expired(gw_t *self)
 
 /* ---- set-up and tear-down ---- */
 
+static bool s_tls(const gw_config_t *cfg)
+{
+    return strncmp(cfg->mqtt_url, "ssl://", 6) == 0 || strncmp(cfg->mqtt_url, "mqtts://", 8) == 0;
+}
+
+static int s_ssl_error(const char *str, size_t len, void *ud)
+{
+    (void)ud;
+    mh_warn("TLS: %.*s", (int)len, str);
+    return 0;
+}
+
 static int s_mqtt_start(gw_t *self)
 {
     const char *cid = *self->cfg->client_id ? self->cfg->client_id : self->ctx->instance;
@@ -764,6 +810,18 @@ static int s_mqtt_start(gw_t *self)
     opts.maxRetryInterval = 10;
     opts.maxInflight = 1000;
     opts.context = self;
+    /* Mutual TLS: the broker's certificate must chain to mqtt-ca and name
+     * the host in the URL; ours says who we are (CN motehub:NAME). */
+    MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+    if (s_tls(self->cfg)) {
+        ssl.trustStore = *self->cfg->mqtt_ca ? self->cfg->mqtt_ca : NULL;
+        ssl.keyStore = *self->cfg->mqtt_cert ? self->cfg->mqtt_cert : NULL;
+        ssl.privateKey = *self->cfg->mqtt_key ? self->cfg->mqtt_key : NULL;
+        ssl.enableServerCertAuth = 1;
+        ssl.verify = 1;
+        ssl.ssl_error_cb = s_ssl_error;
+        opts.ssl = &ssl;
+    }
     rc = MQTTAsync_connect(self->mqtt, &opts);
     if (rc != MQTTASYNC_SUCCESS) {
         mh_error("cannot start connecting to %s: %s", self->cfg->mqtt_url, MQTTAsync_strerror(rc));
@@ -862,6 +920,12 @@ static void s_register_metrics(gw_t *self)
                                       "Batches sent and not yet acknowledged", NULL);
     self->m_connected =
         mh_metrics_gauge(m, "mh_gateway_mqtt_connected", "1 while connected to the broker", NULL);
+    static const char *acl_labels[3] = {"op=\"publish\"", "op=\"subscribe\"", "op=\"receive\""};
+    for (int i = 0; i < 3; i++)
+        self->m_acl_denied[i] = mh_metrics_gauge(
+            m, "mh_broker_acl_denied",
+            "Operations the broker's ACL denied since it started (its motehub_acl plugin)",
+            acl_labels[i]);
 }
 
 static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)

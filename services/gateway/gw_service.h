@@ -9,6 +9,7 @@
 typedef struct {
     mh_common_cfg_t common; /* first: see mh_service.h */
     char *mqtt_url;
+    char *mqtt_ca, *mqtt_cert, *mqtt_key; /* mutual TLS (ssl:// URLs) */
     char *client_id;
     char *share_group;
     int64_t mqtt_version;

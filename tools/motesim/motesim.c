@@ -27,6 +27,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -62,12 +63,21 @@ typedef struct {
     char *ota_fail;
     int64_t ota_install_ms;
     int64_t ota_workers;
+    char *mqtt_ca, *certs, *issue_certs, *motectl;
 } sim_config_t;
 
 #define S_CFG(f) offsetof(sim_config_t, f)
 static const mh_cfg_opt_t s_options[] = {
     {"mqtt-url", "MH_MQTT_URL", MH_CFG_STR, "tcp://127.0.0.1:1883", S_CFG(mqtt_url),
      "MQTT broker URL"},
+    {"mqtt-ca", "MOTESIM_MQTT_CA", MH_CFG_STR, "", S_CFG(mqtt_ca),
+     "the fleet CA certificate (ssl:// URLs); default CERTS/ca.crt"},
+    {"certs", "MOTESIM_CERTS", MH_CFG_STR, "", S_CFG(certs),
+     "directory of per-device certificates CERTS/<id>.crt and <id>.key (ssl:// URLs)"},
+    {"issue-certs", "MOTESIM_ISSUE_CERTS", MH_CFG_STR, "", S_CFG(issue_certs),
+     "fleet CA directory: issue the devices' missing certificates into --certs with motectl"},
+    {"motectl", "MOTESIM_MOTECTL", MH_CFG_STR, "motectl", S_CFG(motectl),
+     "the motectl program --issue-certs runs"},
     {"prefix", "MOTESIM_PREFIX", MH_CFG_STR, "sim", S_CFG(prefix), "device ids are PREFIX-0000..."},
     {"devices", "MOTESIM_DEVICES", MH_CFG_INT, "1000", S_CFG(devices), "number of devices"},
     {"interval", "MOTESIM_INTERVAL", MH_CFG_DURATION, "10s", S_CFG(interval_ms),
@@ -450,6 +460,33 @@ static void s_fill_command(Mh__TwinRequest *q, size_t i, char *id, size_t idlen,
 }
 
 /* Registers every device through twin's RPC; 409 (already there) is fine. */
+/* Issues the certificates the fleet lacks: motectl ca issue --prefix P
+ * --count N --skip-existing --out CERTS (the CA key stays with motectl). */
+static int s_issue_certs(const sim_config_t *cfg)
+{
+    if (!*cfg->certs) {
+        mh_error("--issue-certs needs --certs DIR to write into");
+        return -1;
+    }
+    char count[32];
+    snprintf(count, sizeof count, "%" PRId64, cfg->devices);
+    char *argv[] = {cfg->motectl, "ca",      "--ca-dir", cfg->issue_certs,  "issue", "--prefix",
+                    cfg->prefix,  "--count", count,      "--skip-existing", "--out", cfg->certs,
+                    NULL};
+    pid_t pid = fork();
+    if (pid == 0) {
+        execvp(argv[0], argv);
+        fprintf(stderr, "motesim: cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        mh_error("issuing the fleet's certificates with %s failed", cfg->motectl);
+        return -1;
+    }
+    return 0;
+}
+
 static int s_register_all(const char *endpoint, const char *prefix, size_t n)
 {
     s_fleet_t f = {prefix, n};
@@ -506,6 +543,12 @@ int main(int argc, char **argv)
         if (!cfg.wait_commands)
             cfg.wait_commands = cfg.queue_commands;
     }
+    if (*cfg.issue_certs && s_issue_certs(&cfg) < 0) {
+        mh_config_free(s_options, &cfg);
+        return 1;
+    }
+    char ca_default[4200];
+    snprintf(ca_default, sizeof ca_default, "%s/ca.crt", cfg.certs);
     struct sigaction sa = {.sa_handler = s_on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
@@ -532,13 +575,18 @@ int main(int argc, char **argv)
     mh_sample_t *samples = calloc((size_t)cfg.samples, sizeof *samples);
     int64_t start = mh_mono_ms();
     for (size_t i = 0; i < n; i++) {
-        char id[80];
+        char id[80], crt[4200], key[4200];
         snprintf(id, sizeof id, "%s-%04zu", cfg.prefix, i);
+        snprintf(crt, sizeof crt, "%s/%s.crt", cfg.certs, id);
+        snprintf(key, sizeof key, "%s/%s.key", cfg.certs, id);
         mh_agent_opts_t o = {.url = cfg.mqtt_url,
                              .device_id = id,
                              .mqtt_version = (int)cfg.mqtt_version,
                              .max_inflight = 64,
-                             .firmware = cfg.firmware};
+                             .firmware = cfg.firmware,
+                             .ca_file = *cfg.mqtt_ca ? cfg.mqtt_ca : ca_default,
+                             .cert_file = *cfg.certs ? crt : NULL,
+                             .key_file = *cfg.certs ? key : NULL};
         devs[i].agent = mh_agent_new(&o);
         if (!devs[i].agent) {
             mh_error("cannot create device %s (bad --mqtt-url?)", id);

@@ -1,0 +1,154 @@
+/* motehub_acl — a mosquitto 2.0 plugin: the device topic ACL, counted.
+ *
+ * With `use_identity_as_username true` on the mTLS listener the username is
+ * the client certificate's CN. A device (CN = its device id) may publish,
+ * subscribe and receive only under devices/<its CN>/; a platform service
+ * (CN starting "motehub:", which no device id can contain) may use every
+ * topic. Everything else is denied — MQTT 5 clients get reason code 0x87 on
+ * their PUBACK / SUBACK — and counted; the counts are published (retained,
+ * when they change, at most once a second) on $SYS/motehub/acl as
+ * {"denied_publish":N,"denied_subscribe":N,"denied_receive":N}, which the
+ * gateway exports as metrics. Denials are logged, at most 10 a second.
+ *
+ * mosquitto.conf (global: mosquitto 2.0.11 runs plugin ticks only for
+ * global plugins; deploy/mosquitto/mosquitto-conf.sh writes it):
+ *   plugin /usr/lib/motehub/motehub_acl.so
+ *   plugin_opt_service_prefix motehub:      (optional; the default)
+ *   plugin_opt_anonymous allow              (local mode's plain loopback
+ *                                            listener only: clients without a
+ *                                            username may use every topic) */
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    mosquitto_plugin_id_t *id;
+    char *service_prefix;
+    int anonymous_allowed;
+    unsigned long long denied[3], published[3];
+    time_t last_publish, log_second;
+    int logged_this_second;
+} s_acl_t;
+
+static s_acl_t s_acl;
+
+int mosquitto_plugin_version(int n, const int *versions)
+{
+    for (int i = 0; i < n; i++)
+        if (versions[i] == 5)
+            return 5;
+    return -1;
+}
+
+static const char *s_access_name(int access)
+{
+    switch (access) {
+    case MOSQ_ACL_WRITE:
+        return "publish";
+    case MOSQ_ACL_SUBSCRIBE:
+        return "subscribe";
+    case MOSQ_ACL_READ:
+        return "receive";
+    default:
+        return "unsubscribe";
+    }
+}
+
+/* True when `topic` is devices/<id>/... (a filter's wildcards may only
+ * follow that prefix). */
+static int s_own_topic(const char *topic, const char *id)
+{
+    size_t n = strlen(id);
+    return strncmp(topic, "devices/", 8) == 0 && strncmp(topic + 8, id, n) == 0 &&
+           topic[8 + n] == '/' && topic[9 + n] != '\0';
+}
+
+static int s_on_acl(int event, void *data, void *ud)
+{
+    (void)event;
+    s_acl_t *self = ud;
+    struct mosquitto_evt_acl_check *e = data;
+    const char *user = mosquitto_client_username(e->client);
+    if (e->access == MOSQ_ACL_UNSUBSCRIBE)
+        return MOSQ_ERR_SUCCESS; /* dropping a subscription never hurts */
+    if (!user && self->anonymous_allowed)
+        return MOSQ_ERR_SUCCESS;
+    if (user && strncmp(user, self->service_prefix, strlen(self->service_prefix)) == 0)
+        return MOSQ_ERR_SUCCESS;
+    if (user && s_own_topic(e->topic, user))
+        return MOSQ_ERR_SUCCESS;
+    int k = e->access == MOSQ_ACL_WRITE ? 0 : e->access == MOSQ_ACL_SUBSCRIBE ? 1 : 2;
+    self->denied[k]++;
+    time_t now = time(NULL);
+    if (now != self->log_second) {
+        self->log_second = now;
+        self->logged_this_second = 0;
+    }
+    if (self->logged_this_second++ < 10)
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, "motehub_acl: denied %s of \"%s\" to %s (user %s)",
+                             s_access_name(e->access), e->topic,
+                             mosquitto_client_id(e->client) ? mosquitto_client_id(e->client) : "?",
+                             user ? user : "(none)");
+    return MOSQ_ERR_ACL_DENIED;
+}
+
+static int s_on_tick(int event, void *data, void *ud)
+{
+    (void)event;
+    (void)data;
+    s_acl_t *self = ud;
+    time_t now = time(NULL);
+    if (now == self->last_publish ||
+        memcmp(self->denied, self->published, sizeof self->denied) == 0)
+        return MOSQ_ERR_SUCCESS;
+    self->last_publish = now;
+    memcpy(self->published, self->denied, sizeof self->denied);
+    char payload[160];
+    int n = snprintf(payload, sizeof payload,
+                     "{\"denied_publish\":%llu,\"denied_subscribe\":%llu,\"denied_receive\":%llu}",
+                     self->denied[0], self->denied[1], self->denied[2]);
+    mosquitto_broker_publish_copy(NULL, "$SYS/motehub/acl", n, payload, 0, true, NULL);
+    return MOSQ_ERR_SUCCESS;
+}
+
+int mosquitto_plugin_init(mosquitto_plugin_id_t *id, void **ud, struct mosquitto_opt *opts,
+                          int nopts)
+{
+    s_acl_t *self = &s_acl;
+    memset(self, 0, sizeof *self);
+    self->id = id;
+    const char *prefix = "motehub:";
+    for (int i = 0; i < nopts; i++)
+        if (strcmp(opts[i].key, "service_prefix") == 0 && opts[i].value && *opts[i].value)
+            prefix = opts[i].value;
+        else if (strcmp(opts[i].key, "anonymous") == 0 && opts[i].value)
+            self->anonymous_allowed = strcmp(opts[i].value, "allow") == 0;
+    self->service_prefix = strdup(prefix);
+    if (!self->service_prefix)
+        return MOSQ_ERR_NOMEM;
+    *ud = self;
+    /* the counters start at zero on every broker start: say so at once */
+    self->published[0] = 1;
+    int rc = mosquitto_callback_register(id, MOSQ_EVT_ACL_CHECK, s_on_acl, NULL, self);
+    if (rc == MOSQ_ERR_SUCCESS)
+        rc = mosquitto_callback_register(id, MOSQ_EVT_TICK, s_on_tick, NULL, self);
+    mosquitto_log_printf(MOSQ_LOG_INFO, "motehub_acl: devices/<CN>/ only; services \"%s*\"",
+                         self->service_prefix);
+    return rc;
+}
+
+int mosquitto_plugin_cleanup(void *ud, struct mosquitto_opt *opts, int nopts)
+{
+    (void)opts;
+    (void)nopts;
+    s_acl_t *self = ud;
+    mosquitto_callback_unregister(self->id, MOSQ_EVT_ACL_CHECK, s_on_acl, NULL);
+    mosquitto_callback_unregister(self->id, MOSQ_EVT_TICK, s_on_tick, NULL);
+    free(self->service_prefix);
+    self->service_prefix = NULL;
+    return MOSQ_ERR_SUCCESS;
+}
