@@ -20,7 +20,7 @@ struct mh_agent_t {
     char *device_id, *url, *firmware;
     char *ca_file, *cert_file, *key_file;
     uint64_t connect_failures;
-    char last_error[160]; /* under lock */
+    char last_error[160], tls_error[200]; /* under lock */
     int mqtt_version, keepalive, max_inflight;
     int connected;
     uint64_t published, delivered, inflight, commands_handled;
@@ -171,7 +171,16 @@ static int s_ssl_error(const char *str, size_t len, void *ctx)
     mh_agent_t *self = ctx;
     while (len && (str[len - 1] == '\n' || str[len - 1] == '\r'))
         len--;
-    s_set_error(self, str, len);
+    /* OpenSSL's line is "<thread>:error:<code>:<lib>:<func>:<reason>:..." —
+     * keep from "error:" on */
+    const char *e = memmem(str, len, "error:", 6);
+    if (e) {
+        len -= (size_t)(e - str);
+        str = e;
+    }
+    pthread_mutex_lock(&self->lock);
+    snprintf(self->tls_error, sizeof self->tls_error, "%.*s", (int)len, str);
+    pthread_mutex_unlock(&self->lock);
     return 0;
 }
 
@@ -183,7 +192,10 @@ uint64_t mh_agent_connect_failures(mh_agent_t *self)
 const char *mh_agent_last_error(mh_agent_t *self, char *buf, size_t len)
 {
     pthread_mutex_lock(&self->lock);
-    snprintf(buf, len, "%s", self->last_error);
+    if (*self->tls_error)
+        snprintf(buf, len, "%s; TLS %s", self->last_error, self->tls_error);
+    else
+        snprintf(buf, len, "%s", self->last_error);
     pthread_mutex_unlock(&self->lock);
     return buf;
 }

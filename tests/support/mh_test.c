@@ -194,6 +194,49 @@ void mht_broker_start(mht_broker_t *b)
     }
 }
 
+void mht_broker_start_tls(mht_broker_t *b, const char *certs)
+{
+    b->port = mht_free_port();
+    snprintf(b->url, sizeof b->url, "ssl://127.0.0.1:%d", b->port);
+    snprintf(b->certs, sizeof b->certs, "%s", certs);
+    char conf[700], plugin[512];
+    snprintf(conf, sizeof conf, "%s/mosquitto-tls-%d.conf", mht_artifacts(), b->port);
+    mht_build_path("services/broker-acl/motehub_acl.so", plugin, sizeof plugin);
+    if (mht_shell("'%s/deploy/mosquitto/mosquitto-conf.sh' --certs '%s' --plugin '%s' "
+                  "--tls-port %d --tls-bind 127.0.0.1 --log-notice %s > '%s'",
+                  getenv("MH_SOURCE_ROOT") ? getenv("MH_SOURCE_ROOT") : ".", certs, plugin, b->port,
+                  getuid() == 0 ? "--root" : "", conf) != 0)
+        fail_msg("deploy/mosquitto/mosquitto-conf.sh failed");
+    char *argv[] = {"mosquitto", "-c", conf, NULL};
+    char name[64];
+    snprintf(name, sizeof name, "mosquitto-tls-%d", b->port);
+    b->pid = mht_spawn(name, argv);
+    int64_t deadline = mht_now_ms() + 10000;
+    while (!s_port_open(b->port)) {
+        if (mht_now_ms() > deadline || !mht_alive(b->pid))
+            fail_msg("mosquitto did not start on port %d (see %s)", b->port, mht_artifacts());
+        mht_sleep_ms(10);
+    }
+}
+
+void mht_broker_reload(mht_broker_t *b)
+{
+    kill(b->pid, SIGHUP);
+    mht_sleep_ms(300);
+}
+
+int mht_motectl(const char *fmt, ...)
+{
+    char args[4096], bin[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    mht_build_path("tools/motectl/motectl", bin, sizeof bin);
+    int st = mht_shell("'%s' >&2 %s", bin, args); /* stdout is the TAP stream */
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 void mht_broker_stop(mht_broker_t *b)
 {
     mht_stop(b->pid, SIGTERM, 5000);
@@ -435,6 +478,15 @@ void mht_gateway_start(mht_service_t *s, const char *name, const mht_broker_t *b
                       "--downlink-bind=",
                       "--ota-endpoint="};
     int argc = 9;
+    char a_ca[600], a_cert[600], a_key[600];
+    if (b->certs[0]) {
+        snprintf(a_ca, sizeof a_ca, "--mqtt-ca=%s/ca.crt", b->certs);
+        snprintf(a_cert, sizeof a_cert, "--mqtt-cert=%s/gateway.crt", b->certs);
+        snprintf(a_key, sizeof a_key, "--mqtt-key=%s/gateway.key", b->certs);
+        argv[argc++] = a_ca;
+        argv[argc++] = a_cert;
+        argv[argc++] = a_key;
+    }
     s_args_extra(argv, &argc, extra);
     s->pid = mht_spawn(name, argv);
     if (!mht_wait_ready(s->http_port, 20000))

@@ -40,8 +40,18 @@ typedef struct {
     pid_t pid;
     int port;
     char url[64];
+    char certs[512]; /* mutual TLS: ca.crt, broker.crt, crl.pem, gateway.crt ... */
 } mht_broker_t;
 void mht_broker_start(mht_broker_t *b);
+/* The broker as deploy/ runs it (deploy/mosquitto/mosquitto-conf.sh): mTLS
+ * only on a free port, url ssl://127.0.0.1:PORT, the motehub_acl plugin.
+ * `certs` holds ca.crt, broker.crt/.key (SAN 127.0.0.1), crl.pem; gateways
+ * started on it use certs/gateway.crt/.key. */
+void mht_broker_start_tls(mht_broker_t *b, const char *certs);
+/* Re-reads the CRL (SIGHUP), as after `motectl ca revoke`. */
+void mht_broker_reload(mht_broker_t *b);
+/* Runs motectl (the build's) with the arguments; its exit status. */
+int mht_motectl(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void mht_broker_stop(mht_broker_t *b);
 
 /* A fresh database in the suite's PostgreSQL cluster (started on demand). */
