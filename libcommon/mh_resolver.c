@@ -1,5 +1,7 @@
 #include "mh_resolver.h"
 
+#include "mh_curve.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -12,6 +14,8 @@ struct mh_resolver_t {
 
 mh_resolver_t *mh_resolver_new(zsock_t *sock, const char *spec)
 {
+    /* every connect of the platform goes through here: CURVE when on */
+    mh_curve_client(sock);
     if (!spec || !*spec)
         return NULL;
     mh_resolver_t *self = calloc(1, sizeof *self);

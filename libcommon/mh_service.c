@@ -1,5 +1,7 @@
 #include "mh_service.h"
 
+#include "mh_curve.h"
+
 #include <signal.h>
 #include <unistd.h>
 
@@ -64,6 +66,11 @@ int mh_service_main(const mh_service_def_t *def, int argc, char **argv)
         return 2;
     }
     mh_log_init(def->name, level);
+    if (mh_curve_init(common->curve_dir, def->name) < 0) {
+        mh_config_free(def->options, cfg);
+        free(cfg);
+        return 1;
+    }
 
     /* Our own handlers: they only set a flag, the loop below acts on it. */
     zsys_handler_set(NULL);
@@ -117,6 +124,7 @@ int mh_service_main(const mh_service_def_t *def, int argc, char **argv)
     if (!died)
         mh_info("stopped cleanly");
 out:
+    mh_curve_shutdown();
     mh_http_destroy(&http);
     mh_metrics_destroy(&metrics);
     mh_config_free(def->options, cfg);

@@ -25,6 +25,7 @@ typedef struct {
 typedef struct {
     char *log_level;
     char *http_listen;
+    char *curve_dir;
 } mh_common_cfg_t;
 
 #define MH_CFG_COMMON(type, http_default)                                                          \
@@ -34,9 +35,15 @@ typedef struct {
      "info",                                                                                       \
      offsetof(type, common.log_level),                                                             \
      "debug, info, warn or error"},                                                                \
+        {"http-listen",                                                                            \
+         "MH_HTTP_LISTEN",                                                                         \
+         MH_CFG_STR,                                                                               \
+         http_default,                                                                             \
+         offsetof(type, common.http_listen),                                                       \
+         "address of /metrics, /healthz and /readyz"},                                             \
     {                                                                                              \
-        "http-listen", "MH_HTTP_LISTEN", MH_CFG_STR, http_default,                                 \
-            offsetof(type, common.http_listen), "address of /metrics, /healthz and /readyz"        \
+        "curve-dir", "MH_CURVE_DIR", MH_CFG_STR, "", offsetof(type, common.curve_dir),             \
+            "CURVE keys for the internal sockets (motectl curve keygen); empty = plain"            \
     }
 
 typedef struct {

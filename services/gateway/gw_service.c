@@ -17,6 +17,7 @@
 
 #include <openssl/crypto.h>
 #include "gw_validate.h"
+#include "mh_curve.h"
 #include "mh_envelope.h"
 #include "mh_resolver.h"
 #include "mh_time.h"
@@ -980,7 +981,7 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     if (*self->cfg->downlink_bind) {
         self->downlink = zsock_new(ZMQ_PULL);
         zsock_set_rcvhwm(self->downlink, 10000);
-        if (zsock_bind(self->downlink, "%s", self->cfg->downlink_bind) < 0) {
+        if (mh_curve_bind(self->downlink, self->cfg->downlink_bind) < 0) {
             mh_error("cannot bind the downlink PULL on %s: %s", self->cfg->downlink_bind,
                      zmq_strerror(errno));
             zsock_destroy(&self->downlink);
@@ -990,7 +991,7 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     if (*self->cfg->events_bind) {
         self->pub = zsock_new(ZMQ_PUB);
         zsock_set_sndhwm(self->pub, 10000);
-        if (zsock_bind(self->pub, "%s", self->cfg->events_bind) < 0) {
+        if (mh_curve_bind(self->pub, self->cfg->events_bind) < 0) {
             mh_error("cannot bind events on %s: %s", self->cfg->events_bind, zmq_strerror(errno));
             zsock_destroy(&self->pub);
         }

@@ -1,5 +1,6 @@
 /* in_query — see in_query.h. */
 #include "in_query.h"
+#include "mh_curve.h"
 #include "mh_envelope.h"
 #include "mh_ids.h"
 #include "mh_log.h"
@@ -186,7 +187,7 @@ static void s_answer(mh_pg_t *pg, const Mh__TelemetryQuery *q, int64_t max_limit
 zsock_t *in_query_bind(const char *endpoint)
 {
     zsock_t *router = zsock_new(ZMQ_ROUTER);
-    if (!router || zsock_bind(router, "%s", endpoint) < 0) {
+    if (!router || mh_curve_bind(router, endpoint) < 0) {
         mh_error("cannot bind the query socket %s: %s", endpoint, zmq_strerror(zmq_errno()));
         zsock_destroy(&router);
         return NULL;

@@ -4,6 +4,7 @@
 #include "in_service.h"
 #include "in_query.h"
 #include "in_store.h"
+#include "mh_curve.h"
 #include "mh_envelope.h"
 #include "mh_time.h"
 #include "telemetry.pb-c.h"
@@ -256,14 +257,14 @@ static in_t *s_new(mh_service_ctx_t *ctx)
     zsock_set_sndhwm(self->router, 10000);
     zsock_set_router_mandatory(self->router, 0);
     if (!self->reqs || !self->items || !self->store ||
-        zsock_bind(self->router, "%s", self->cfg->bind) < 0) {
+        mh_curve_bind(self->router, self->cfg->bind) < 0) {
         mh_error("cannot bind %s: %s", self->cfg->bind, zmq_strerror(zmq_errno()));
         s_destroy(&self);
         return NULL;
     }
     if (*self->cfg->events_bind) {
         self->pub = zsock_new(ZMQ_PUB);
-        if (zsock_bind(self->pub, "%s", self->cfg->events_bind) < 0) {
+        if (mh_curve_bind(self->pub, self->cfg->events_bind) < 0) {
             mh_error("cannot bind events on %s: %s", self->cfg->events_bind,
                      zmq_strerror(zmq_errno()));
             s_destroy(&self);

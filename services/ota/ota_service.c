@@ -1,6 +1,7 @@
 /* The ota actor. See ota_service.h for the shape; docs/ota.md for the
  * behaviour operators and firmware writers see. */
 #include "ota_service.h"
+#include "mh_curve.h"
 #include "mh_envelope.h"
 #include "mh_idset.h"
 #include "mh_ids.h"
@@ -1802,8 +1803,8 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
         s_destroy(&self);
         return NULL;
     }
-    if (zsock_bind(self->pull, "%s", self->cfg->bind) < 0 ||
-        zsock_bind(self->router, "%s", self->cfg->rpc_bind) < 0) {
+    if (mh_curve_bind(self->pull, self->cfg->bind) < 0 ||
+        mh_curve_bind(self->router, self->cfg->rpc_bind) < 0) {
         mh_error("cannot bind %s / %s: %s", self->cfg->bind, self->cfg->rpc_bind,
                  zmq_strerror(zmq_errno()));
         s_destroy(&self);
@@ -1812,7 +1813,7 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
     if (*self->cfg->events_bind) {
         self->pub = zsock_new(ZMQ_PUB);
         zsock_set_sndhwm(self->pub, 100000);
-        if (zsock_bind(self->pub, "%s", self->cfg->events_bind) < 0) {
+        if (mh_curve_bind(self->pub, self->cfg->events_bind) < 0) {
             mh_error("cannot bind events on %s: %s", self->cfg->events_bind,
                      zmq_strerror(zmq_errno()));
             s_destroy(&self);

@@ -1,6 +1,7 @@
 /* The twin actor. See tw_service.h for the shape; docs/twin.md for the
  * behaviour operators and firmware writers see. */
 #include "tw_service.h"
+#include "mh_curve.h"
 #include "mh_envelope.h"
 #include "mh_ids.h"
 #include "mh_pg.h"
@@ -1954,8 +1955,8 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
         s_destroy(&self);
         return NULL;
     }
-    if (zsock_bind(self->pull, "%s", self->cfg->bind) < 0 ||
-        zsock_bind(self->router, "%s", self->cfg->rpc_bind) < 0) {
+    if (mh_curve_bind(self->pull, self->cfg->bind) < 0 ||
+        mh_curve_bind(self->router, self->cfg->rpc_bind) < 0) {
         mh_error("cannot bind %s / %s: %s", self->cfg->bind, self->cfg->rpc_bind,
                  zmq_strerror(zmq_errno()));
         s_destroy(&self);
@@ -1964,7 +1965,7 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
     if (*self->cfg->events_bind) {
         self->pub = zsock_new(ZMQ_PUB);
         zsock_set_sndhwm(self->pub, 100000);
-        if (zsock_bind(self->pub, "%s", self->cfg->events_bind) < 0) {
+        if (mh_curve_bind(self->pub, self->cfg->events_bind) < 0) {
             mh_error("cannot bind events on %s: %s", self->cfg->events_bind,
                      zmq_strerror(zmq_errno()));
             s_destroy(&self);

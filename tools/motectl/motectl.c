@@ -7,8 +7,10 @@
  * status: 0 on success, 1 when the API answered an error (its message on
  * stderr), 2 on a usage error, 3 when the API could not be reached. */
 #include "mc_ca.h"
+#include "mh_curve.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -52,6 +54,9 @@ static const char *s_usage =
     "certificates (the fleet CA, kept outside the repository; motectl ca --help):\n"
     "  ca init | ca issue ID... | ca issue --prefix P --count N | ca sign CSR\n"
     "  ca revoke ID|SERIAL | ca crl | ca list     [--ca-dir DIR]\n"
+    "CURVE keys for the internal ZeroMQ sockets (services take --curve-dir DIR):\n"
+    "  curve keygen --out DIR [NAME...]   (default names: gateway ingest twin ota\n"
+    "        fleet-stats tools; existing keys are kept)\n"
     "\n"
     "URL and TOKEN default to $MOTEHUB_URL and $MOTEHUB_TOKEN.\n";
 
@@ -782,6 +787,33 @@ static int s_tokens(int argc, char **argv, const char *self)
     return 3;
 }
 
+/* motectl curve keygen --out DIR [NAME...] */
+static int s_curve(int argc, char **argv)
+{
+    static const char *defaults[] = {"gateway", "ingest", "twin", "ota", "fleet-stats", "tools"};
+    if (argc < 3 || strcmp(argv[0], "keygen") != 0 || strcmp(argv[1], "--out") != 0) {
+        fputs(s_usage, stderr);
+        return 2;
+    }
+    const char *dir = argv[2];
+    const char *const *names = argc > 3 ? (const char *const *)argv + 3 : defaults;
+    size_t n = argc > 3 ? (size_t)(argc - 3) : sizeof defaults / sizeof *defaults;
+    for (size_t i = 0; i < n; i++)
+        if (!mc_valid_device_id(names[i]) || strcmp(names[i], "server") == 0) {
+            fprintf(stderr, "motectl: bad key name \"%s\"\n", names[i]);
+            return 2;
+        }
+    if (mh_curve_keygen(dir, names, n) != 0) {
+        fprintf(stderr, "motectl: cannot write keys in %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    printf("CURVE keys in %s: server.key (+ secret), ", dir);
+    for (size_t i = 0; i < n; i++)
+        printf("%s%s.key_secret", i ? ", " : "", names[i]);
+    printf("; the services accept the public keys in %s/clients/\n", dir);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {{"url", required_argument, NULL, 'u'},
@@ -848,6 +880,8 @@ int main(int argc, char **argv)
         rc = s_tokens(argc - 1, argv + 1, self);
     else if (strcmp(cmd, "ca") == 0)
         rc = mc_ca_main(argc - 1, argv + 1);
+    else if (strcmp(cmd, "curve") == 0)
+        rc = s_curve(argc - 1, argv + 1);
     else {
         fputs(s_usage, stderr);
         rc = 2;

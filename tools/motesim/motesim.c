@@ -15,6 +15,7 @@
  * through twin's RPC first. Ctrl-C stops it and prints what it did. */
 #include "mh_agent.h"
 #include "mh_config.h"
+#include "mh_curve.h"
 #include "mh_envelope.h"
 #include "mh_log.h"
 #include "mh_time.h"
@@ -64,6 +65,7 @@ typedef struct {
     int64_t ota_install_ms;
     int64_t ota_workers;
     char *mqtt_ca, *certs, *issue_certs, *motectl;
+    char *curve_dir;
 } sim_config_t;
 
 #define S_CFG(f) offsetof(sim_config_t, f)
@@ -78,6 +80,8 @@ static const mh_cfg_opt_t s_options[] = {
      "fleet CA directory: issue the devices' missing certificates into --certs with motectl"},
     {"motectl", "MOTESIM_MOTECTL", MH_CFG_STR, "motectl", S_CFG(motectl),
      "the motectl program --issue-certs runs"},
+    {"curve-dir", "MH_CURVE_DIR", MH_CFG_STR, "", S_CFG(curve_dir),
+     "CURVE keys for --register (motectl curve keygen; client key tools)"},
     {"prefix", "MOTESIM_PREFIX", MH_CFG_STR, "sim", S_CFG(prefix), "device ids are PREFIX-0000..."},
     {"devices", "MOTESIM_DEVICES", MH_CFG_INT, "1000", S_CFG(devices), "number of devices"},
     {"interval", "MOTESIM_INTERVAL", MH_CFG_DURATION, "10s", S_CFG(interval_ms),
@@ -391,9 +395,11 @@ typedef void(s_fill_fn)(Mh__TwinRequest *q, size_t i, char *id, size_t idlen, vo
 static int s_rpc_pipeline(const char *endpoint, size_t total, s_fill_fn *fill, void *ud,
                           uint32_t ok, uint32_t also_ok, size_t *n_ok)
 {
-    zsock_t *rpc = zsock_new_dealer(endpoint);
-    if (!rpc)
+    zsock_t *rpc = zsock_new(ZMQ_DEALER);
+    if (!rpc || mh_curve_client(rpc) < 0 || zsock_connect(rpc, "%s", endpoint) < 0) {
+        zsock_destroy(&rpc);
         return -1;
+    }
     zsock_set_rcvtimeo(rpc, 10000);
     size_t sent = 0, done = 0, window = 0;
     int rc = 0;
@@ -523,6 +529,10 @@ int main(int argc, char **argv)
         mh_config_free(s_options, &cfg);
         return 2;
     }
+    if (mh_curve_init(cfg.curve_dir, "tools") < 0) {
+        mh_config_free(s_options, &cfg);
+        return 1;
+    }
     if (*cfg.register_rpc &&
         s_register_all(cfg.register_rpc, cfg.prefix, (size_t)cfg.devices) < 0) {
         mh_config_free(s_options, &cfg);
@@ -530,6 +540,7 @@ int main(int argc, char **argv)
     }
     if (cfg.register_only) {
         int rc = *cfg.register_rpc ? 0 : 2;
+        mh_curve_shutdown();
         mh_config_free(s_options, &cfg);
         return rc;
     }
@@ -543,6 +554,7 @@ int main(int argc, char **argv)
         if (!cfg.wait_commands)
             cfg.wait_commands = cfg.queue_commands;
     }
+    mh_curve_shutdown(); /* the platform's sockets are done with */
     if (*cfg.issue_certs && s_issue_certs(&cfg) < 0) {
         mh_config_free(s_options, &cfg);
         return 1;
