@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Local mode: builds Motehub and runs the whole platform on this machine,
-# with no containers: mosquitto on 127.0.0.1:1883, a private PostgreSQL on
+# with no containers: mosquitto with mutual TLS on 127.0.0.1:8883 (and plain
+# MQTT on 127.0.0.1:1883 for poking around), a private PostgreSQL on
 # 127.0.0.1:5433 (data in .local/, git-ignored), every service, and motesim
 # with 1,000 devices (registered with twin, reporting their twins, taking
-# commands and OTA jobs, a few of them flapping). Ctrl-C stops everything it started.
+# commands and OTA jobs, a few of them flapping), each device with its own
+# certificate from the fleet CA ($MOTEHUB_CA_DIR, default ~/.motehub/ca,
+# made on the first run). Ctrl-C stops everything it started.
 #
-# Overridable: MH_MQTT_PORT, MH_PG_PORT, MOTESIM_DEVICES, MOTESIM_INTERVAL.
+# Overridable: MH_MQTT_PORT, MH_MQTTS_PORT, MH_PG_PORT, MOTESIM_DEVICES,
+# MOTESIM_INTERVAL, MOTEHUB_CA_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 mqtt_port=${MH_MQTT_PORT:-1883}
+mqtts_port=${MH_MQTTS_PORT:-8883}
+export MOTEHUB_CA_DIR=${MOTEHUB_CA_DIR:-$HOME/.motehub/ca}
 pg_port=${MH_PG_PORT:-5433}
 devices=${MOTESIM_DEVICES:-1000}
 interval=${MOTESIM_INTERVAL:-5s}
@@ -42,20 +48,24 @@ psql="psql -h 127.0.0.1 -p $pg_port -U postgres"
 $psql -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'motehub'" | grep -q 1 \
     || $psql -d postgres -qc "CREATE DATABASE motehub"
 
-cat >"$state/mosquitto.conf" <<CONF
-listener $mqtt_port 127.0.0.1
-allow_anonymous true
-persistence false
-max_queued_messages 100000
-set_tcp_nodelay true
-log_dest stderr
-log_type error
-log_type warning
-CONF
-[ "$(id -u)" = 0 ] && echo "user root" >>"$state/mosquitto.conf"
+# The fleet CA (outside the repository), the broker's and the gateway's
+# certificates, and the broker configuration deploy/ uses, plus plain MQTT
+# on loopback.
+motectl=build/tools/motectl/motectl
+[ -f "$MOTEHUB_CA_DIR/ca.key" ] || $motectl ca init >/dev/null
+certs="$state/broker-certs"
+[ -f "$certs/broker.crt" ] || $motectl ca issue --server broker --san 127.0.0.1 --san localhost \
+    --out "$certs" >/dev/null
+[ -f "$certs/gateway.crt" ] || $motectl ca issue --service gateway --out "$certs" >/dev/null
+cp "$MOTEHUB_CA_DIR/crl.pem" "$MOTEHUB_CA_DIR/ca.crt" "$certs/"
+root_flag=""
+[ "$(id -u)" = 0 ] && root_flag="--root"
+deploy/mosquitto/mosquitto-conf.sh --certs "$certs" --plugin "$root/build/services/broker-acl/motehub_acl.so" \
+    --tls-port "$mqtts_port" --tls-bind 127.0.0.1 --plain-port "$mqtt_port" $root_flag \
+    >"$state/mosquitto.conf"
 mosquitto -c "$state/mosquitto.conf" >"$logs/mosquitto.log" 2>&1 & pids+=($!)
 
-export MH_MQTT_URL="tcp://127.0.0.1:$mqtt_port"
+export MH_MQTT_URL="ssl://127.0.0.1:$mqtts_port"
 export MH_PG_URL="postgresql://postgres@127.0.0.1:$pg_port/motehub"
 build/services/ingest/motehub-ingest >"$logs/ingest.log" 2>&1 & pids+=($!)
 build/services/twin/motehub-twin >"$logs/twin.log" 2>&1 & pids+=($!)
@@ -65,7 +75,8 @@ if [ ! -f "$state/fleet-signing.pem" ]; then
     openssl pkey -in "$state/fleet-signing.pem" -pubout -out "$state/fleet-signing.pub.pem"
 fi
 build/services/ota/motehub-ota --signing-key="$state/fleet-signing.pem" >"$logs/ota.log" 2>&1 & pids+=($!)
-build/services/gateway/motehub-gateway >"$logs/gateway.log" 2>&1 & pids+=($!)
+build/services/gateway/motehub-gateway --mqtt-ca="$certs/ca.crt" --mqtt-cert="$certs/gateway.crt" \
+    --mqtt-key="$certs/gateway.key" >"$logs/gateway.log" 2>&1 & pids+=($!)
 build/services/fleet-stats/motehub-fleet-stats --dashboard-dir="$PWD/dashboard/dist" \
     >"$logs/fleet-stats.log" 2>&1 & pids+=($!)
 
@@ -87,8 +98,10 @@ wait_ready 127.0.0.1:9105 fleet-stats
 token=$(cat "$state/api-token")
 
 # motesim registers its devices with twin first (the gateway drops messages
-# from unregistered ids), then connects them.
+# from unregistered ids), issues the certificates they lack, then connects
+# them over mutual TLS.
 build/tools/motesim/motesim --devices="$devices" --interval="$interval" --report=30s \
+    --certs="$state/device-certs" --issue-certs="$MOTEHUB_CA_DIR" --motectl="$motectl" \
     --register=tcp://127.0.0.1:5581 --flap-fraction=0.01 --flap-interval=60s \
     --ota-key="$state/fleet-signing.pub.pem" --ota-fail=9.9.9-bad:0.5 \
     >"$logs/motesim.log" 2>&1 & pids+=($!)
@@ -96,7 +109,9 @@ build/tools/motesim/motesim --devices="$devices" --interval="$interval" --report
 cat <<INFO
 
 Motehub is running locally.
-  MQTT broker      $MH_MQTT_URL   (devices publish to devices/<id>/telemetry)
+  MQTT broker      $MH_MQTT_URL   (mutual TLS; devices publish to devices/<id>/telemetry)
+                   tcp://127.0.0.1:$mqtt_port   (plain, loopback only, no ACL: local mode only)
+  fleet CA         $MOTEHUB_CA_DIR   (motectl ca list | issue ID | revoke ID)
   PostgreSQL       $MH_PG_URL
   gateway          http://127.0.0.1:9101/metrics  /healthz  /readyz
   ingest           http://127.0.0.1:9102/metrics  /healthz  /readyz
@@ -126,7 +141,10 @@ Roll out firmware (motesim's devices run 1.0.0; 9.9.9-bad fails on half of them)
   build/tools/bench/ota_bench --pg-url="$MH_PG_URL" --upload=1.0.0:65536,2.0.0:65536 \\
     --rollout='{"firmware":"2.0.0","target":{"firmware":"1.0.0"},"soakSeconds":10}'
   $psql motehub -c "SELECT state, reason FROM ota.rollouts ORDER BY seq DESC LIMIT 3"
-Publish a sample yourself (as a registered simulated device):
+Publish a sample yourself as a registered simulated device, with its certificate:
+  mosquitto_pub -p $mqtts_port --cafile $certs/ca.crt --cert $state/device-certs/sim-0000.crt \\
+    --key $state/device-certs/sim-0000.key -q 1 -t devices/sim-0000/telemetry -m '{"temperature":21.5}'
+or on the plain loopback port:
   mosquitto_pub -p $mqtt_port -q 1 -t devices/sim-0000/telemetry -m '{"temperature":21.5}'
 
 Press Ctrl-C to stop everything.

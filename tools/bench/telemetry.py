@@ -11,6 +11,7 @@ per 1,000 messages for each process.
 
     tools/bench/telemetry.py --rates 5000,10000,20000,30000 --duration 30
     tools/bench/telemetry.py --rates 30000 --gateways 2 --ingests 2
+    tools/bench/telemetry.py --rates 20000 --curve     # gateway -> ingest over CURVE
 
 Everything runs on 127.0.0.1 on free ports and stops at the end.
 """
@@ -303,12 +304,20 @@ def main():
     ap.add_argument("--ingests", type=int, default=1)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--build", default="build")
+    ap.add_argument("--curve", action="store_true",
+                    help="CURVE on the internal sockets (keys from motectl curve keygen)")
     args = ap.parse_args()
     stack, pg_port, broker, broker_port = setup(args, "motehub-bench-")
     work = stack.work
+    if args.curve:
+        keys = os.path.join(work, "curve")
+        subprocess.check_call([os.path.join(stack.bin, "tools/motectl/motectl"), "curve", "keygen",
+                               "--out", keys], stdout=subprocess.DEVNULL)
+        os.environ["MH_CURVE_DIR"] = keys  # every service spawned from here on
     try:
         print(f"# {args.devices} devices in {args.publishers} motesim processes, QoS1, {METRICS} metrics "
-              f"per message, {args.duration} s per rate, {args.gateways} gateway(s), {args.ingests} ingest(s); "
+              f"per message, {args.duration} s per rate, {args.gateways} gateway(s), {args.ingests} ingest(s), "
+              f"CURVE {'on' if args.curve else 'off'}; "
               f"logs in {work}")
         for rate in [int(r) for r in args.rates.split(",")]:
             if not args.no_baseline:
