@@ -72,35 +72,44 @@ def run(stack, args, tls):
     time.sleep(0.5)
     rss0, cpu0 = rss_kib(broker.pid), cpu_seconds(broker.pid)
     url = f"ssl://127.0.0.1:{port}" if tls else f"tcp://127.0.0.1:{port}"
-    sim_log = os.path.join(work, f"motesim-{tag}.log")
-    argv = [os.path.join(b, "tools/motesim/motesim"), f"--mqtt-url={url}", f"--devices={args.devices}",
-            f"--connect-rate={args.connect_rate}", "--interval=300s", "--twin=false", "--report=5s",
-            f"--duration={args.hold + 600}s"]
-    if tls:
-        argv += [f"--certs={stack.fleet}"]
-    sim = subprocess.Popen(argv, stdout=open(sim_log, "wb"), stderr=subprocess.STDOUT,
-                           preexec_fn=raise_nofile)
-    stack.procs.append(sim)
+    # args.sims simulator processes, devices s<k>-0000 ..., started together
+    per = args.devices // args.sims
+    sims, logs = [], []
+    for k in range(args.sims):
+        logs.append(os.path.join(work, f"motesim-{tag}-{k}.log"))
+        argv = [os.path.join(b, "tools/motesim/motesim"), f"--mqtt-url={url}", f"--prefix=s{k}",
+                f"--devices={per}", f"--connect-rate={args.connect_rate / args.sims}",
+                "--interval=300s", "--twin=false", "--report=5s", f"--duration={args.hold + 600}s"]
+        if tls:
+            argv += [f"--certs={stack.fleet}", f"--mqtt-ca={stack.certs}/ca.crt"]
+        sims.append(subprocess.Popen(argv, stdout=open(logs[-1], "wb"), stderr=subprocess.STDOUT,
+                                     preexec_fn=raise_nofile))
+        stack.procs.append(sims[-1])
     t0 = time.time()
-    connect_ms = None
-    while time.time() - t0 < 600 and sim.poll() is None:
-        with open(sim_log) as f:
-            m = re.search(r"all (\d+) devices connected (\d+) ms", f.read())
-        if m:
-            connect_ms = int(m.group(2))
-            break
+    done = {}
+    while time.time() - t0 < 900 and len(done) < len(sims) and all(p.poll() is None for p in sims):
+        for k, log in enumerate(logs):
+            with open(log) as f:
+                m = re.search(r"all (\d+) devices connected (\d+) ms", f.read())
+            if m:
+                done[k] = int(m.group(2))
         time.sleep(0.2)
-    if connect_ms is None:
-        raise SystemExit(f"not every device connected; see {sim_log}")
+    if len(done) < len(sims):
+        raise SystemExit(f"not every device connected; see {work}")
+    connect_ms = max(done.values())
     time.sleep(args.hold)  # settle: every session fully set up
-    out = {"connect_ms": connect_ms,
-           "rate": args.devices / (connect_ms / 1000.0),
-           "broker_rss": (rss_kib(broker.pid) - rss0) / args.devices,
+    n = per * args.sims
+    out = {"n": n, "connect_ms": connect_ms,
+           "rate": n / (connect_ms / 1000.0),
+           "broker_rss": (rss_kib(broker.pid) - rss0) / n,
            "broker_rss_total": rss_kib(broker.pid) / 1024.0,
-           "sim_rss": rss_kib(sim.pid) / args.devices,
+           "sim_rss": sum(rss_kib(p.pid) for p in sims) / n,
            "broker_cpu": cpu_seconds(broker.pid) - cpu0,
-           "sim_cpu": cpu_seconds(sim.pid)}
-    stack.stop(sim, 60)
+           "sim_cpu": sum(cpu_seconds(p.pid) for p in sims),
+           "retries": sum(1 for line in open(os.path.join(work, f"mosquitto-{tag}.log"))
+                          if "unexpected eof" in line)}
+    for p in sims:
+        stack.stop(p, 60)
     stack.stop(broker)
     return out
 
@@ -110,6 +119,7 @@ def main():
     ap.add_argument("--devices", type=int, default=10000)
     ap.add_argument("--connect-rate", type=float, default=100000,
                     help="connects started per second (default: as fast as they go)")
+    ap.add_argument("--sims", type=int, default=1, help="simulator processes")
     ap.add_argument("--hold", type=int, default=5, help="seconds connected before measuring memory")
     ap.add_argument("--no-plain", action="store_true")
     ap.add_argument("--build", default="build")
@@ -132,18 +142,20 @@ def main():
         ctl("issue", "--server", "broker", "--san", "127.0.0.1", "--out", stack.certs)
         subprocess.check_call(["cp", os.path.join(ca, "crl.pem"), stack.certs])
         t = time.time()
-        ctl("issue", "--prefix", "sim", "--count", str(args.devices), "--out", stack.fleet)
+        for k in range(args.sims):
+            ctl("issue", "--prefix", f"s{k}", "--count", str(args.devices // args.sims), "--out", stack.fleet)
         issue_s = time.time() - t
-        print(f"# {args.devices} devices, one motesim process, MQTT 5, connects started at up to "
+        print(f"# {args.devices} devices, {args.sims} motesim process(es), MQTT 5, connects started at up to "
               f"{args.connect_rate:.0f}/s; logs in {work}")
         print(f"issued {args.devices} device certificates (P-256) in {issue_s:.1f} s: "
               f"{args.devices / issue_s:.0f} per second", flush=True)
         for tls in ([True] if args.no_plain else [True, False]):
             r = run(stack, args, tls)
-            print(f"{'mTLS ' if tls else 'plain'}: {args.devices} connected in {r['connect_ms'] / 1000:.1f} s = "
+            print(f"{'mTLS ' if tls else 'plain'}: {r['n']} connected in {r['connect_ms'] / 1000:.1f} s = "
                   f"{r['rate']:.0f} handshakes/s; broker memory {r['broker_rss']:.1f} KiB per connection "
                   f"({r['broker_rss_total']:.0f} MiB in all), simulator {r['sim_rss']:.1f} KiB per device; "
-                  f"CPU s: broker {r['broker_cpu']:.1f}, simulator {r['sim_cpu']:.1f}", flush=True)
+                  f"CPU s: broker {r['broker_cpu']:.1f}, simulator {r['sim_cpu']:.1f}; "
+                  f"{r['retries']} handshakes abandoned by the simulator and retried", flush=True)
     finally:
         stack.stop_all()
 
