@@ -22,30 +22,32 @@ typedef enum { S_PLAIN, S_INTRUDER, S_GOOD } s_who_t;
 
 static const char *s_who_name[] = {"no CURVE", "a key not in the allow-list", "the tools key"};
 
+/* CURVE as `who`: the tools key from the key directory, or a fresh key
+ * nobody allowed; the services' public key either way. */
+static void s_apply_key(zsock_t *s, s_who_t who)
+{
+    if (who == S_PLAIN)
+        return;
+    char path[800];
+    snprintf(path, sizeof path, "%s/server.key", s_keys);
+    zcert_t *server = zcert_load(path);
+    assert_non_null(server);
+    snprintf(path, sizeof path, "%s/tools.key_secret", s_keys);
+    zcert_t *me = who == S_GOOD ? zcert_load(path) : zcert_new();
+    assert_non_null(me);
+    zcert_apply(me, s);
+    zsock_set_curve_serverkey(s, zcert_public_txt(server));
+    zcert_destroy(&me);
+    zcert_destroy(&server);
+}
+
 /* A client socket of `type` connected to `endpoint` as `who`. */
 static zsock_t *s_client(int type, const char *endpoint, s_who_t who)
 {
     zsock_t *s = zsock_new(type);
     assert_non_null(s);
     zsock_set_linger(s, 0);
-    if (who != S_PLAIN) {
-        char path[800];
-        snprintf(path, sizeof path, "%s/server.key", s_keys);
-        zcert_t *server = zcert_load(path);
-        assert_non_null(server);
-        zcert_t *me;
-        if (who == S_GOOD) {
-            snprintf(path, sizeof path, "%s/tools.key_secret", s_keys);
-            me = zcert_load(path);
-        } else {
-            me = zcert_new();
-        }
-        assert_non_null(me);
-        zcert_apply(me, s);
-        zsock_set_curve_serverkey(s, zcert_public_txt(server));
-        zcert_destroy(&me);
-        zcert_destroy(&server);
-    }
+    s_apply_key(s, who);
     if (type == ZMQ_SUB)
         zsock_set_subscribe(s, "");
     assert_int_equal(zsock_connect(s, "%s", endpoint), 0);
@@ -64,17 +66,7 @@ static bool s_handshake(const char *endpoint, int type, s_who_t who)
                "HANDSHAKE_FAILED_PROTOCOL", "HANDSHAKE_FAILED_NO_DETAIL", NULL);
     zstr_sendx(mon, "START", NULL);
     zsock_wait(mon);
-    if (who != S_PLAIN) {
-        char path[800];
-        snprintf(path, sizeof path, "%s/server.key", s_keys);
-        zcert_t *server = zcert_load(path);
-        snprintf(path, sizeof path, "%s/tools.key_secret", s_keys);
-        zcert_t *me = who == S_GOOD ? zcert_load(path) : zcert_new();
-        zcert_apply(me, s);
-        zsock_set_curve_serverkey(s, zcert_public_txt(server));
-        zcert_destroy(&me);
-        zcert_destroy(&server);
-    }
+    s_apply_key(s, who);
     zsock_connect(s, "%s", endpoint);
     bool ok = false;
     char last[64] = "nothing";

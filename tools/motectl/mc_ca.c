@@ -567,8 +567,14 @@ static int s_revoke(s_ca_t *ca, const char *what)
         }
         size_t l = strlen(line);
         if (len + l + 1 > cap) {
+            char *bigger = realloc(all, (cap + l + 1) * 2);
+            if (!bigger) {
+                free(all);
+                fclose(f);
+                return s_fail("out of memory");
+            }
+            all = bigger;
             cap = (cap + l + 1) * 2;
-            all = realloc(all, cap);
         }
         memcpy(all + len, line, l + 1);
         len += l;
