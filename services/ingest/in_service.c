@@ -3,6 +3,7 @@
  * transaction) and from running more replicas. */
 #include "in_service.h"
 #include "in_query.h"
+#include "in_kafka.h"
 #include "in_store.h"
 #include "mh_curve.h"
 #include "mh_envelope.h"
@@ -23,6 +24,12 @@ const mh_cfg_opt_t in_config_options[] = {
      "where the event PUB socket binds (empty: none)"},
     {"rpc-bind", "MH_INGEST_RPC_BIND", MH_CFG_STR, "tcp://127.0.0.1:5561", S_CFG(rpc_bind),
      "where the ROUTER for telemetry queries (fleet-stats) binds (empty: none)"},
+    {"kafka-brokers", "MH_KAFKA_BROKERS", MH_CFG_STR, "", S_CFG(kafka_brokers),
+     "Kafka bootstrap servers for the cold path (host:port,...); empty = no cold path"},
+    {"kafka-topic", "MH_KAFKA_TOPIC", MH_CFG_STR, "motehub.telemetry", S_CFG(kafka_topic),
+     "topic every stored sample is produced to (key device id, value mh.Point)"},
+    {"kafka-queue-max", "MH_KAFKA_QUEUE_MAX", MH_CFG_INT, "1000000", S_CFG(kafka_queue_max),
+     "samples held for Kafka at most; when full, ingest holds new batches"},
     {"query-max-points", "MH_INGEST_QUERY_MAX", MH_CFG_INT, "100000", S_CFG(query_max),
      "most points one telemetry query returns"},
     {"group-max", "MH_INGEST_GROUP_MAX", MH_CFG_INT, "64", S_CFG(group_max),
@@ -67,6 +74,8 @@ typedef struct {
     mh_service_ctx_t *ctx;
     in_config_t *cfg;
     in_store_t *store;
+    in_kafka_t *kafka; /* NULL: no cold path */
+    zsock_t *pipe;
     zsock_t *router, *pub;
     s_req_t *reqs;
     in_item_t *items;
@@ -126,6 +135,11 @@ static bool s_recv(in_t *self, s_req_t *r)
     return true;
 }
 
+static bool s_keeps(void *store, int64_t ts_ms)
+{
+    return in_store_keeps(store, ts_ms);
+}
+
 static void s_account(in_t *self, s_req_t *r, in_item_t *it, int64_t now)
 {
     if (it->outcome == IN_STORED) {
@@ -157,6 +171,14 @@ static void s_write_group(in_t *self, size_t n)
         mh_counter_inc(self->m_commits);
         Mh__TelemetryStored ev = MH__TELEMETRY_STORED__INIT;
         for (size_t i = 0; i < n; i++) {
+            /* The cold path before the acknowledgement: a batch committed
+             * but not handed to Kafka (told to stop while Kafka's queue was
+             * full) stays unacknowledged, so the gateway re-sends it and
+             * its duplicate is produced then. */
+            if (self->kafka && !in_kafka_produce(self->kafka, self->reqs[i].batch,
+                                                 self->items[i].outcome == IN_DUPLICATE, s_keeps,
+                                                 self->store, self->pipe))
+                break;
             s_account(self, &self->reqs[i], &self->items[i], now);
             if (self->items[i].outcome == IN_STORED) {
                 ev.batches++;
@@ -226,6 +248,7 @@ static void s_destroy(in_t **self_p)
     in_t *self = *self_p;
     if (!self)
         return;
+    in_kafka_destroy(&self->kafka, 30000);
     in_store_destroy(&self->store);
     zsock_destroy(&self->router);
     zsock_destroy(&self->pub);
@@ -261,6 +284,14 @@ static in_t *s_new(mh_service_ctx_t *ctx)
         mh_error("cannot bind %s: %s", self->cfg->bind, zmq_strerror(zmq_errno()));
         s_destroy(&self);
         return NULL;
+    }
+    if (*self->cfg->kafka_brokers) {
+        in_kafka_opts_t ko = {self->cfg->kafka_brokers, self->cfg->kafka_topic,
+                              self->cfg->kafka_queue_max, ctx->metrics};
+        if (!(self->kafka = in_kafka_new(&ko))) {
+            s_destroy(&self);
+            return NULL;
+        }
     }
     if (*self->cfg->events_bind) {
         self->pub = zsock_new(ZMQ_PUB);
@@ -305,6 +336,7 @@ void in_actor(zsock_t *pipe, void *args)
         mh_actor_failed(pipe);
         return;
     }
+    self->pipe = pipe;
     zactor_t *query = NULL;
     if (*self->cfg->rpc_bind) {
         in_query_opts_t qo = {self->cfg->pg_url, in_query_bind(self->cfg->rpc_bind),
@@ -338,6 +370,8 @@ void in_actor(zsock_t *pipe, void *args)
         if (db && (items[1].revents & ZMQ_POLLIN))
             s_drain_socket(self);
         s_try_connect(self);
+        if (self->kafka)
+            in_kafka_poll(self->kafka);
         int64_t now = mh_mono_ms();
         mh_http_heartbeat(ctx->http);
         db = in_store_connected(self->store);

@@ -10,6 +10,8 @@ typedef struct {
     char *bind;
     char *events_bind;
     char *rpc_bind;
+    char *kafka_brokers, *kafka_topic;
+    int64_t kafka_queue_max;
     int64_t query_max;
     int64_t group_max;
     int64_t retention_raw_ms, retention_1m_ms, retention_1h_ms;

@@ -175,6 +175,12 @@ int64_t in_store_oldest_ms(in_store_t *self)
     return mh_now_ms() - self->ret.raw_ms;
 }
 
+bool in_store_keeps(in_store_t *self, int64_t ts_ms)
+{
+    int64_t now = mh_now_ms();
+    return ts_ms >= now - self->ret.raw_ms && ts_ms < now + S_DAY_MS;
+}
+
 /* ---- maintenance ---- */
 
 int in_store_maintain(in_store_t *self, char *err, size_t errlen)
@@ -355,7 +361,6 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
     self->len = 11;
     s_put32(self, 0); /* flags */
     s_put32(self, 0); /* header extension */
-    int64_t oldest = in_store_oldest_ms(self), newest = mh_now_ms() + S_DAY_MS;
     s_minutes_t minutes = {0};
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
@@ -364,7 +369,7 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
         Mh__TelemetryBatch *b = items[i].batch;
         for (size_t j = 0; j < b->n_points && rc == 0; j++) {
             const Mh__Point *p = b->points[j];
-            if (p->ts_ms < oldest || p->ts_ms >= newest) {
+            if (!in_store_keeps(self, p->ts_ms)) {
                 items[i].dropped++;
                 continue;
             }
@@ -400,7 +405,7 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
             if (items[i].outcome == IN_STORED)
                 for (size_t j = 0; j < items[i].batch->n_points; j++) {
                     int64_t t = items[i].batch->points[j]->ts_ms;
-                    if (t >= oldest && t < newest) {
+                    if (in_store_keeps(self, t)) {
                         lo = t < lo ? t : lo;
                         hi = t > hi ? t : hi;
                     }

@@ -237,6 +237,62 @@ int mht_motectl(const char *fmt, ...)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+void mht_kafka_start(mht_kafka_t *k)
+{
+    int to[2], from[2];
+    assert_int_equal(pipe(to), 0);
+    assert_int_equal(pipe(from), 0);
+    char bin[512];
+    mht_build_path("tools/kafka-mock/kafka-mock", bin, sizeof bin);
+    k->pid = fork();
+    assert_true(k->pid >= 0);
+    if (k->pid == 0) {
+        dup2(to[0], 0);
+        dup2(from[1], 1);
+        char log[700];
+        snprintf(log, sizeof log, "%s/kafka-mock.log", mht_artifacts());
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0)
+            dup2(fd, 2);
+        close(to[1]);
+        close(from[0]);
+        execl(bin, "kafka-mock", "1", (char *)NULL);
+        _exit(127);
+    }
+    close(to[0]);
+    close(from[1]);
+    k->in = to[1];
+    k->out = from[0];
+    size_t n = 0;
+    while (n < sizeof k->bootstrap - 1 && read(k->out, k->bootstrap + n, 1) == 1 &&
+           k->bootstrap[n] != '\n')
+        n++;
+    k->bootstrap[n] = 0;
+    if (n == 0)
+        fail_msg("kafka-mock did not start (see %s/kafka-mock.log)", mht_artifacts());
+}
+
+void mht_kafka_cmd(mht_kafka_t *k, const char *cmd)
+{
+    char line[300], reply[300];
+    snprintf(line, sizeof line, "%s\n", cmd);
+    assert_true(write(k->in, line, strlen(line)) == (ssize_t)strlen(line));
+    size_t n = 0;
+    while (n < sizeof reply - 1 && read(k->out, reply + n, 1) == 1 && reply[n] != '\n')
+        n++;
+    reply[n] = 0;
+    if (strcmp(reply, "ok") != 0)
+        fail_msg("kafka-mock %s: %s", cmd, reply);
+}
+
+void mht_kafka_stop(mht_kafka_t *k)
+{
+    close(k->in);
+    close(k->out);
+    mht_stop(k->pid, SIGTERM, 5000);
+    k->pid = 0;
+}
+
 void mht_broker_stop(mht_broker_t *b)
 {
     mht_stop(b->pid, SIGTERM, 5000);

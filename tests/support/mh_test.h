@@ -54,6 +54,18 @@ void mht_broker_reload(mht_broker_t *b);
 int mht_motectl(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void mht_broker_stop(mht_broker_t *b);
 
+/* librdkafka's mock cluster in a helper process (tools/kafka-mock) on
+ * loopback: `bootstrap` for --kafka-brokers. */
+typedef struct {
+    pid_t pid;
+    int in, out; /* its stdin and stdout */
+    char bootstrap[256];
+} mht_kafka_t;
+void mht_kafka_start(mht_kafka_t *k);
+/* "down" (every broker stops answering), "up", "topic NAME PARTITIONS". */
+void mht_kafka_cmd(mht_kafka_t *k, const char *cmd);
+void mht_kafka_stop(mht_kafka_t *k);
+
 /* A fresh database in the suite's PostgreSQL cluster (started on demand). */
 typedef struct {
     PGconn *conn;
