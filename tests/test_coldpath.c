@@ -128,7 +128,8 @@ static s_rows_t s_pg_rows(s_stack_t *st, const char *prefix)
         s_add(&r, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
               strtoll(PQgetvalue(res, i, 2), NULL, 10), strtod(PQgetvalue(res, i, 3), NULL));
     PQclear(res);
-    qsort(r.v, r.n, sizeof *r.v, s_cmp);
+    if (r.n)
+        qsort(r.v, r.n, sizeof *r.v, s_cmp);
     return r;
 }
 
@@ -151,7 +152,8 @@ static s_rows_t s_cold_rows(const char *out)
         json_decref(j);
     }
     pclose(f);
-    qsort(r.v, r.n, sizeof *r.v, s_cmp);
+    if (r.n)
+        qsort(r.v, r.n, sizeof *r.v, s_cmp);
     return r;
 }
 

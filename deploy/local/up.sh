@@ -65,6 +65,15 @@ deploy/mosquitto/mosquitto-conf.sh --certs "$certs" --plugin "$root/build/servic
     >"$state/mosquitto.conf"
 mosquitto -c "$state/mosquitto.conf" >"$logs/mosquitto.log" 2>&1 & pids+=($!)
 
+# Kafka for the cold path: librdkafka's mock cluster (Debian has no Kafka
+# broker); its stdin stays open so it keeps running.
+rm -f "$state/kafka-ctl" "$state/kafka-bootstrap"
+mkfifo "$state/kafka-ctl"
+build/tools/kafka-mock/kafka-mock <"$state/kafka-ctl" >"$state/kafka-bootstrap" 2>"$logs/kafka-mock.log" & pids+=($!)
+exec 7>"$state/kafka-ctl" # (echo down >&7 would simulate an outage)
+for _ in $(seq 1 50); do [ -s "$state/kafka-bootstrap" ] && break; sleep 0.1; done
+export MH_KAFKA_BROKERS=$(head -1 "$state/kafka-bootstrap")
+
 export MH_MQTT_URL="ssl://127.0.0.1:$mqtts_port"
 export MH_PG_URL="postgresql://postgres@127.0.0.1:$pg_port/motehub"
 build/services/ingest/motehub-ingest >"$logs/ingest.log" 2>&1 & pids+=($!)
@@ -97,6 +106,9 @@ wait_ready 127.0.0.1:9105 fleet-stats
 [ -s "$state/api-token" ] || build/services/fleet-stats/motehub-fleet-stats create-token local >"$state/api-token"
 token=$(cat "$state/api-token")
 
+# The cold path's far end: the topic into hourly folders of gzip files.
+build/tools/coldstore/motehub-coldstore --out="$state/coldstore" >"$logs/coldstore.log" 2>&1 & pids+=($!)
+
 # motesim registers its devices with twin first (the gateway drops messages
 # from unregistered ids), issues the certificates they lack, then connects
 # them over mutual TLS.
@@ -113,6 +125,7 @@ Motehub is running locally.
                    tcp://127.0.0.1:$mqtt_port   (plain, loopback only, no ACL: local mode only)
   fleet CA         $MOTEHUB_CA_DIR   (motectl ca list | issue ID | revoke ID)
   PostgreSQL       $MH_PG_URL
+  Kafka (mock)     $MH_KAFKA_BROKERS   topic motehub.telemetry -> $state/coldstore/date=*/hour=*/
   gateway          http://127.0.0.1:9101/metrics  /healthz  /readyz
   ingest           http://127.0.0.1:9102/metrics  /healthz  /readyz
   twin             http://127.0.0.1:9103/metrics  /healthz  /readyz   (RPC tcp://127.0.0.1:5581)
@@ -127,6 +140,8 @@ Motehub is running locally.
 Look at the stored telemetry:
   $psql motehub -c "SELECT device_id, metric, ts, value FROM ingest.telemetry_raw ORDER BY ts DESC LIMIT 10"
   $psql motehub -c "SELECT * FROM ingest.rollup_1m ORDER BY bucket DESC LIMIT 10"
+Look at the cold path (every stored sample, through Kafka):
+  zcat $state/coldstore/date=*/hour=*/*.jsonl.gz | tail -3
 Look at the twins and the command queue:
   $psql motehub -c "SELECT id, online, firmware, version, doc->'state'->'reported' FROM twin.devices LIMIT 5"
   $psql motehub -c "SELECT device_id, name, status FROM twin.commands ORDER BY seq DESC LIMIT 10"
