@@ -35,8 +35,12 @@ stop() {
     trap - INT TERM EXIT
     echo
     echo "stopping..."
-    for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    # one at a time, newest first: motesim, coldstore, the services (the
+    # gateway drains into ingest, ingest into Kafka), then Kafka and the broker
+    for ((i=${#pids[@]}-1; i>=0; i--)); do
+        kill -TERM "${pids[$i]}" 2>/dev/null || true
+        wait "${pids[$i]}" 2>/dev/null || true
+    done
     tests/lib/pg-cluster.sh stop "$state/pg"
     echo "stopped."
     exit 0

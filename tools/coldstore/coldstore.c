@@ -166,10 +166,14 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     mh_info("writing %s from %s into %s/", cfg.topic, cfg.brokers, cfg.out);
     uint64_t written = 0, bad = 0, since_flush = 0;
+    bool brokers_down = false; /* then leaving the group at exit would wait forever */
     int64_t next_flush = mh_mono_ms() + cfg.flush_ms;
     while (!s_stop) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+        if (m && m->err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+            brokers_down = true;
         if (m && !m->err) {
+            brokers_down = false;
             Mh__Point *p = mh__point__unpack(NULL, m->len, m->payload);
             gzFile f = p ? s_file_for(&cfg, p->ts_ms) : NULL;
             if (f) {
@@ -210,10 +214,17 @@ int main(int argc, char **argv)
         }
     }
     s_close_all();
-    if (since_flush)
-        rd_kafka_commit(rk, NULL, 0);
-    rd_kafka_consumer_close(rk);
-    rd_kafka_destroy(rk);
+    if (brokers_down) {
+        /* what was written stays written; its offsets are committed by the
+         * next run's repeat (at-least-once) */
+        mh_warn("the Kafka brokers are unreachable: leaving without committing");
+        rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    } else {
+        if (since_flush)
+            rd_kafka_commit(rk, NULL, 0);
+        rd_kafka_consumer_close(rk);
+        rd_kafka_destroy(rk);
+    }
     mh_info("stopped: %" PRIu64 " samples written, %" PRIu64 " unreadable", written, bad);
     mh_config_free(s_options, &cfg);
     return 0;
