@@ -9,6 +9,7 @@
 # OUT/gateway-K/ ca.crt gateway.crt gateway.key         -> gateway replica K
 #                (CN motehub:gateway-K: each replica its own client id)
 # OUT/curve/     motectl curve keygen                   -> every service (MH_CURVE_DIR)
+# OUT/ota/       fleet-signing.pem (+ .pub.pem)         -> ota (devices get the .pub)
 #
 # The CA itself stays in $MOTEHUB_CA_DIR (default ~/.motehub/ca), never in
 # OUT. Run again after `motectl ca revoke` to refresh OUT/broker/crl.pem;
@@ -46,4 +47,9 @@ for k in $(seq 1 "$gateways"); do
     cp -p "$d/gateway-$k.key" "$d/gateway.key"
 done
 "$motectl" curve keygen --out "$out/curve"
+mkdir -p "$out/ota"
+if [ ! -f "$out/ota/fleet-signing.pem" ]; then
+    (umask 077 && openssl genpkey -algorithm ed25519 -out "$out/ota/fleet-signing.pem")
+    openssl pkey -in "$out/ota/fleet-signing.pem" -pubout -out "$out/ota/fleet-signing.pub.pem"
+fi
 echo "secrets in $out (the CA stays in $MOTEHUB_CA_DIR); the services read deploy/motehub.env"

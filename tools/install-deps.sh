@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(build-essential pkg-config meson ninja-build clang-format clang libclang-rt-14-dev
       libzmq3-dev libczmq-dev libpaho-mqtt-dev librdkafka-dev libpq-dev libprotobuf-c-dev
       protobuf-c-compiler libssl-dev libjansson-dev libmicrohttpd-dev libcmocka-dev
-      libcurl4-openssl-dev libcivetweb-dev zlib1g-dev postgresql-15 mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev python3 curl
+      libcurl4-openssl-dev libcivetweb-dev zlib1g-dev postgresql-15 mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev docker-compose python3-yaml python3 curl
       nodejs chromium)
 missing=()
 for p in "${pkgs[@]}"; do
