@@ -15,9 +15,13 @@ engine to run it (TAP output, counted by tests/run.sh):
   plus an operator tool) is on both networks; the management network is
   internal; every service with secrets mounts them read-only.
 """
-import glob, os, re, shutil, subprocess, sys
+import os, re, shutil, subprocess, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml
+
+from code_facts import COMMON, PROGRAMS, installed_programs, options_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 results = []
@@ -25,36 +29,6 @@ results = []
 
 def check(name, ok, detail=""):
     results.append((name, ok, detail))
-
-
-def options_of(sources):
-    env = set()
-    for src in sources:
-        text = open(os.path.join(ROOT, src)).read()
-        env |= set(re.findall(r'\{"[a-z0-9-]+",\s*"([A-Z0-9_]+)",\s*MH_CFG_', text))
-        env |= set(re.findall(r'"([A-Z0-9_]+)",\s*\\?\s*\n?\s*MH_CFG_STR', text))
-    return env
-
-
-COMMON = set(re.findall(r'"(MH_[A-Z_]+)"', open(os.path.join(ROOT, "libcommon/mh_service.h")).read()))
-PROGRAMS = {
-    "motehub-ingest": ["services/ingest/in_service.c"],
-    "motehub-twin": ["services/twin/tw_service.c"],
-    "motehub-ota": ["services/ota/ota_service.c"],
-    "motehub-gateway": ["services/gateway/gw_service.c"],
-    "motehub-fleet-stats": ["services/fleet-stats/fs_service.c"],
-    "motehub-coldstore": ["tools/coldstore/coldstore.c"],
-    "motesim": ["tools/motesim/motesim.c"],
-}
-
-
-def installed_programs():
-    names = set()
-    for mb in glob.glob(os.path.join(ROOT, "**/meson.build"), recursive=True):
-        text = open(mb).read()
-        for m in re.finditer(r"executable\('([^']+)'[^)]*?install:\s*true", text, re.S):
-            names.add(m.group(1))
-    return names
 
 
 def main():
