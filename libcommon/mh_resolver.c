@@ -120,6 +120,17 @@ int mh_resolver_refresh(mh_resolver_t *self)
     return n == 0 && failures ? -EHOSTUNREACH : n;
 }
 
+/* How many addresses the spec stands for now. */
+static size_t s_count(mh_resolver_t *self)
+{
+    zhashx_t *want = zhashx_new();
+    for (const char *spec = zlist_first(self->specs); spec; spec = zlist_next(self->specs))
+        s_expand(spec, want);
+    size_t n = zhashx_size(want);
+    zhashx_destroy(&want);
+    return n;
+}
+
 zsock_t *mh_push_new(const char *spec, mh_resolver_t **resolver_out)
 {
     zsock_t *push = zsock_new(ZMQ_PUSH);
@@ -130,7 +141,14 @@ zsock_t *mh_push_new(const char *spec, mh_resolver_t **resolver_out)
     zsock_set_reconnect_ivl(push, 100);
     zsock_set_reconnect_ivl_max(push, 2000);
     *resolver_out = mh_resolver_new(push, spec);
-    if (!*resolver_out)
+    if (!*resolver_out) {
         zsock_destroy(&push);
+        return NULL;
+    }
+    /* Several replicas: deal only to the ones connected, so one that died
+     * strands nothing in its pipe — the others take its share at once. A
+     * single peer: queue for it while it restarts (up to the send HWM). */
+    if (s_count(*resolver_out) > 1)
+        zsock_set_immediate(push, 1);
     return push;
 }

@@ -21,6 +21,8 @@ int mh_resolver_refresh(mh_resolver_t *self);
 
 /* A PUSH socket for fan-out to every replica of a service (device messages
  * to twin or ota, downlinks to the gateways): deep send queue, 2 s linger,
- * fast reconnects, with its resolver in *resolver_out. NULL on a bad spec
- * (nothing to free then). */
+ * fast reconnects, with its resolver in *resolver_out. When the spec stands
+ * for several replicas at start, messages go only to connected ones
+ * (ZMQ_IMMEDIATE: a dead replica strands nothing); for a single one they
+ * queue while it restarts. NULL on a bad spec (nothing to free then). */
 zsock_t *mh_push_new(const char *spec, mh_resolver_t **resolver_out);

@@ -585,7 +585,7 @@ static void s_downlink_pump(gw_t *self)
 {
     Mh__Publish *p;
     while ((p = zlist_first(self->dl_queue))) {
-        if (!__atomic_load_n(&self->mqtt_connected, __ATOMIC_ACQUIRE))
+        if (!self->mqtt || !__atomic_load_n(&self->mqtt_connected, __ATOMIC_ACQUIRE))
             return;
         MQTTAsync_message msg = MQTTAsync_message_initializer;
         msg.payload = p->payload.data;
@@ -857,8 +857,12 @@ static void s_mqtt_stop(gw_t *self)
         while (MQTTAsync_isConnected(self->mqtt) && mh_mono_ms() < deadline)
             zclock_sleep(10);
     }
-    /* After destroy no callback runs, so in_push is ours again. */
+    /* After destroy no callback runs, so in_push is ours again. A clean
+     * disconnect calls no connection-lost callback: say "not connected"
+     * ourselves, or the downlink pump would hand publishes to the freed
+     * client (the SIGSEGV on SIGTERM while twin was sending downlinks). */
     MQTTAsync_destroy(&self->mqtt);
+    __atomic_store_n(&self->mqtt_connected, 0, __ATOMIC_RELEASE);
     /* Paho's send and receive threads are detached: destroying the last
      * client marks them stopped, but they may still be running their last
      * instructions when destroy returns. Freeing our state and exiting at
