@@ -9,7 +9,8 @@
 # made on the first run). Ctrl-C stops everything it started.
 #
 # Overridable: MH_MQTT_PORT, MH_MQTTS_PORT, MH_PG_PORT, MOTESIM_DEVICES,
-# MOTESIM_INTERVAL, MOTEHUB_CA_DIR.
+# MOTESIM_INTERVAL, MOTEHUB_CA_DIR, MH_REPLICAS (gateways, ingests and twins,
+# default 1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -18,6 +19,7 @@ mqtts_port=${MH_MQTTS_PORT:-8883}
 export MOTEHUB_CA_DIR=${MOTEHUB_CA_DIR:-$HOME/.motehub/ca}
 pg_port=${MH_PG_PORT:-5433}
 devices=${MOTESIM_DEVICES:-1000}
+replicas=${MH_REPLICAS:-1}
 interval=${MOTESIM_INTERVAL:-5s}
 state="$root/.local"
 logs="$state/logs"
@@ -60,7 +62,6 @@ motectl=build/tools/motectl/motectl
 certs="$state/broker-certs"
 [ -f "$certs/broker.crt" ] || $motectl ca issue --server broker --san 127.0.0.1 --san localhost \
     --out "$certs" >/dev/null
-[ -f "$certs/gateway.crt" ] || $motectl ca issue --service gateway --out "$certs" >/dev/null
 cp "$MOTEHUB_CA_DIR/crl.pem" "$MOTEHUB_CA_DIR/ca.crt" "$certs/"
 root_flag=""
 [ "$(id -u)" = 0 ] && root_flag="--root"
@@ -80,16 +81,44 @@ export MH_KAFKA_BROKERS=$(head -1 "$state/kafka-bootstrap")
 
 export MH_MQTT_URL="ssl://127.0.0.1:$mqtts_port"
 export MH_PG_URL="postgresql://postgres@127.0.0.1:$pg_port/motehub"
-build/services/ingest/motehub-ingest >"$logs/ingest.log" 2>&1 & pids+=($!)
-build/services/twin/motehub-twin >"$logs/twin.log" 2>&1 & pids+=($!)
+# MH_REPLICAS=N runs N of each of ingest, twin and gateway (replica k on
+# the default ports + 100*k), every peer listing all of them.
+list() { # list FORMAT-WITH-%d BASE-PORT
+    local out="" k
+    for ((k=0; k<replicas; k++)); do out+="${out:+,}$(printf "$1" $(( $2 + 100 * k )))"; done
+    echo "$out"
+}
+export MH_INGEST_ENDPOINT=$(list tcp://127.0.0.1:%d 5560)
+export MH_INGEST_RPC_ENDPOINT=$(list tcp://127.0.0.1:%d 5561)
+export MH_TWIN_ENDPOINT=$(list tcp://127.0.0.1:%d 5580)
+export MH_TWIN_RPC_ENDPOINT=$(list tcp://127.0.0.1:%d 5581)
+export MH_TWIN_EVENTS_ENDPOINT=$(list tcp://127.0.0.1:%d 5573)
+export MH_DOWNLINK_ENDPOINT=$(list tcp://127.0.0.1:%d 5590)
+export MH_GATEWAY_EVENTS_ENDPOINT=$(list tcp://127.0.0.1:%d 5571)
+for ((k=0; k<replicas; k++)); do
+    o=$((100 * k)); sfx=""; [ "$k" -gt 0 ] && sfx="-$((k + 1))"
+    build/services/ingest/motehub-ingest --bind=tcp://127.0.0.1:$((5560 + o)) \
+        --rpc-bind=tcp://127.0.0.1:$((5561 + o)) --events-bind=tcp://127.0.0.1:$((5572 + o)) \
+        --http-listen=127.0.0.1:$((9102 + o)) >"$logs/ingest$sfx.log" 2>&1 & pids+=($!)
+    build/services/twin/motehub-twin --bind=tcp://127.0.0.1:$((5580 + o)) \
+        --rpc-bind=tcp://127.0.0.1:$((5581 + o)) --events-bind=tcp://127.0.0.1:$((5573 + o)) \
+        --http-listen=127.0.0.1:$((9103 + o)) >"$logs/twin$sfx.log" 2>&1 & pids+=($!)
+done
 # The fleet's firmware signing key: made once, kept in .local/ (never in git).
 if [ ! -f "$state/fleet-signing.pem" ]; then
     openssl genpkey -algorithm ed25519 -out "$state/fleet-signing.pem" 2>/dev/null
     openssl pkey -in "$state/fleet-signing.pem" -pubout -out "$state/fleet-signing.pub.pem"
 fi
 build/services/ota/motehub-ota --signing-key="$state/fleet-signing.pem" >"$logs/ota.log" 2>&1 & pids+=($!)
-build/services/gateway/motehub-gateway --mqtt-ca="$certs/ca.crt" --mqtt-cert="$certs/gateway.crt" \
-    --mqtt-key="$certs/gateway.key" >"$logs/gateway.log" 2>&1 & pids+=($!)
+for ((k=0; k<replicas; k++)); do
+    o=$((100 * k)); sfx=""; [ "$k" -gt 0 ] && sfx="-$((k + 1))"
+    # each replica its own certificate: the CN is its MQTT client id
+    [ -f "$certs/gateway-$((k + 1)).crt" ] || $motectl ca issue --service "gateway-$((k + 1))" --out "$certs" >/dev/null
+    build/services/gateway/motehub-gateway --mqtt-ca="$certs/ca.crt" \
+        --mqtt-cert="$certs/gateway-$((k + 1)).crt" --mqtt-key="$certs/gateway-$((k + 1)).key" \
+        --events-bind=tcp://127.0.0.1:$((5571 + o)) --downlink-bind=tcp://127.0.0.1:$((5590 + o)) \
+        --http-listen=127.0.0.1:$((9101 + o)) >"$logs/gateway$sfx.log" 2>&1 & pids+=($!)
+done
 build/services/fleet-stats/motehub-fleet-stats --dashboard-dir="$PWD/dashboard/dist" \
     >"$logs/fleet-stats.log" 2>&1 & pids+=($!)
 
@@ -101,10 +130,12 @@ wait_ready() {
     echo "$2 did not become ready; see $logs/$2.log" >&2
     exit 1
 }
-wait_ready 127.0.0.1:9102 ingest
-wait_ready 127.0.0.1:9103 twin
+for ((k=0; k<replicas; k++)); do
+    wait_ready 127.0.0.1:$((9102 + 100 * k)) ingest
+    wait_ready 127.0.0.1:$((9103 + 100 * k)) twin
+    wait_ready 127.0.0.1:$((9101 + 100 * k)) gateway
+done
 wait_ready 127.0.0.1:9104 ota
-wait_ready 127.0.0.1:9101 gateway
 wait_ready 127.0.0.1:9105 fleet-stats
 # An API token for this machine, made once and kept in .local/.
 [ -s "$state/api-token" ] || build/services/fleet-stats/motehub-fleet-stats create-token local >"$state/api-token"
@@ -130,6 +161,7 @@ Motehub is running locally.
   fleet CA         $MOTEHUB_CA_DIR   (motectl ca list | issue ID | revoke ID)
   PostgreSQL       $MH_PG_URL
   Kafka (mock)     $MH_KAFKA_BROKERS   topic motehub.telemetry -> $state/coldstore/date=*/hour=*/
+  replicas         $replicas of each of gateway, ingest and twin (the k-th on ports + 100*(k-1))
   gateway          http://127.0.0.1:9101/metrics  /healthz  /readyz
   ingest           http://127.0.0.1:9102/metrics  /healthz  /readyz
   twin             http://127.0.0.1:9103/metrics  /healthz  /readyz   (RPC tcp://127.0.0.1:5581)
