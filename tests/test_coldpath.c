@@ -133,8 +133,11 @@ static s_rows_t s_pg_rows(s_stack_t *st, const char *prefix)
     return r;
 }
 
-/* Every sample in the cold files, duplicates included. */
-static s_rows_t s_cold_rows(const char *out)
+/* Every sample in the cold files, duplicates included. While coldstore is
+ * still writing (strict false), a file's last line may be cut short: skip
+ * such a line; once it has stopped and closed its files, every line must
+ * be whole. */
+static s_rows_t s_cold_rows(const char *out, bool strict)
 {
     s_rows_t r = {0};
     char cmd[900];
@@ -144,7 +147,10 @@ static s_rows_t s_cold_rows(const char *out)
     char line[1024];
     while (fgets(line, sizeof line, f)) {
         json_t *j = json_loads(line, 0, NULL);
-        assert_non_null(j);
+        if (!j && !strict)
+            continue;
+        if (!j)
+            fail_msg("a line in the cold files is not JSON: %s", line);
         s_add(&r, json_string_value(json_object_get(j, "device")),
               json_string_value(json_object_get(j, "metric")),
               (long long)json_integer_value(json_object_get(j, "ts")),
@@ -173,13 +179,13 @@ static s_rows_t s_cold_store(s_stack_t *st, size_t want, const char *tag)
     while (mht_now_ms() < deadline) {
         mht_sleep_ms(500);
         s_free(&r);
-        r = s_cold_rows(st->out);
+        r = s_cold_rows(st->out, false);
         if (r.n >= want)
             break;
     }
     assert_int_equal(mht_stop(pid, SIGTERM, 10000), 0);
     s_free(&r);
-    return s_cold_rows(st->out); /* after the last flush */
+    return s_cold_rows(st->out, true); /* after the last flush */
 }
 
 /* The cold rows hold every PostgreSQL row, value for value, and nothing

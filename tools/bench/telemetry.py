@@ -12,6 +12,7 @@ per 1,000 messages for each process.
     tools/bench/telemetry.py --rates 5000,10000,20000,30000 --duration 30
     tools/bench/telemetry.py --rates 30000 --gateways 2 --ingests 2
     tools/bench/telemetry.py --rates 20000 --curve     # gateway -> ingest over CURVE
+    tools/bench/telemetry.py --rates 5000,10000 --kafka # + the cold path (kafka-mock)
 
 Everything runs on 127.0.0.1 on free ports and stops at the end.
 """
@@ -237,7 +238,8 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
         p = stack.spawn(f"ingest-{rate}-{i}", [
             os.path.join(stack.bin, "services/ingest/motehub-ingest"), f"--http-listen=127.0.0.1:{http}",
             f"--bind=tcp://127.0.0.1:{port}", "--events-bind=", "--rpc-bind=",
-            f"--pg-url=host=127.0.0.1 port={pg_port} user=postgres dbname=bench"])
+            f"--pg-url=host=127.0.0.1 port={pg_port} user=postgres dbname=bench"]
+            + ([f"--kafka-brokers={stack.kafka}"] if getattr(stack, "kafka", None) else []))
         wait_ready(http, "ingest")
         ingests.append((p, http))
     psql(pg_port, "TRUNCATE ingest.telemetry_raw, ingest.rollup_1m, ingest.rollup_1h, "
@@ -253,6 +255,9 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
     hist0 = [histogram(http_get(h, "/metrics"), "mh_ingest_point_lag_ms") for _, h in ingests]
     pg0 = {pid: cpu_seconds(pid) for pid in postgres_pids()}
     c0 = {"mosquitto": cpu_seconds(broker.pid)}
+    kp = getattr(stack, "kafka_proc", None)
+    if kp:
+        c0["kafka-mock"] = cpu_seconds(kp.pid)
     for i, (p, _) in enumerate(gateways):
         c0[f"gateway{i}"] = cpu_seconds(p.pid)
     for i, (p, _) in enumerate(ingests):
@@ -272,6 +277,8 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
     tail = max(0.0, last_change - pub_end)
     cpu = {"mosquitto": cpu_seconds(broker.pid) - c0["mosquitto"], "motesim": sum(pub_cpu.values()),
            "postgres": postgres_cpu(pg0)}
+    if kp:
+        cpu["kafka-mock"] = cpu_seconds(kp.pid) - c0["kafka-mock"]
     for i, (p, _) in enumerate(gateways):
         cpu[f"gateway{i}"] = cpu_seconds(p.pid) - c0[f"gateway{i}"]
     for i, (p, _) in enumerate(ingests):
@@ -304,11 +311,20 @@ def main():
     ap.add_argument("--ingests", type=int, default=1)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--build", default="build")
+    ap.add_argument("--kafka", action="store_true",
+                    help="ingest also produces every sample to Kafka (librdkafka's mock cluster)")
     ap.add_argument("--curve", action="store_true",
                     help="CURVE on the internal sockets (keys from motectl curve keygen)")
     args = ap.parse_args()
     stack, pg_port, broker, broker_port = setup(args, "motehub-bench-")
     work = stack.work
+    if args.kafka:
+        # librdkafka's mock cluster in its own process; stdin kept open
+        mock = subprocess.Popen([os.path.join(stack.bin, "tools/kafka-mock/kafka-mock")],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stack.procs.append(mock)
+        stack.kafka = mock.stdout.readline().strip()
+        stack.kafka_proc = mock
     if args.curve:
         keys = os.path.join(work, "curve")
         subprocess.check_call([os.path.join(stack.bin, "tools/motectl/motectl"), "curve", "keygen",
@@ -317,7 +333,7 @@ def main():
     try:
         print(f"# {args.devices} devices in {args.publishers} motesim processes, QoS1, {METRICS} metrics "
               f"per message, {args.duration} s per rate, {args.gateways} gateway(s), {args.ingests} ingest(s), "
-              f"CURVE {'on' if args.curve else 'off'}; "
+              f"CURVE {'on' if args.curve else 'off'}, Kafka {'on' if args.kafka else 'off'}; "
               f"logs in {work}")
         for rate in [int(r) for r in args.rates.split(",")]:
             if not args.no_baseline:
