@@ -208,6 +208,23 @@ static size_t s_expect_same(s_rows_t *pg, s_rows_t *cold)
     return dup;
 }
 
+/* Runs coldstore until the `n` samples stored for `prefix` are in the files,
+ * checks they are the PostgreSQL rows value for value, none repeated and
+ * none failed; what `what` names goes into the message. */
+static void s_expect_cold_path(s_stack_t *st, const char *prefix, int n, const char *what)
+{
+    s_rows_t pg = s_pg_rows(st, prefix);
+    s_rows_t cold = s_cold_store(st, (size_t)n, prefix);
+    size_t dup = s_expect_same(&pg, &cold);
+    print_message("# %s: %d sent, %zu stored, %zu in the cold files (%zu repeated)\n", what, n,
+                  pg.n, cold.n, dup);
+    assert_int_equal(dup, 0);
+    assert_true(
+        mht_metric(st->ing.http_port, "mh_ingest_kafka_samples_total", "outcome=\"failed\"") == 0);
+    s_free(&pg);
+    s_free(&cold);
+}
+
 static void test_every_stored_sample_reaches_the_files(void **state)
 {
     (void)state;
@@ -217,20 +234,11 @@ static void test_every_stored_sample_reaches_the_files(void **state)
     char sql[200];
     snprintf(sql, sizeof sql, "SELECT count(*) FROM ingest.telemetry_raw");
     assert_true(mht_db_wait_num(&st.db, sql, n, 30000) == n);
-    s_rows_t pg = s_pg_rows(&st, "cold");
-    s_rows_t cold = s_cold_store(&st, (size_t)n, "all");
-    size_t dup = s_expect_same(&pg, &cold);
-    print_message("# %d samples sent, %zu stored, %zu in the cold files (%zu repeated)\n", n, pg.n,
-                  cold.n, dup);
-    assert_int_equal(dup, 0); /* nothing re-sent on a healthy path */
+    s_expect_cold_path(&st, "cold", n, "healthy");
     assert_true(mht_metric(st.ing.http_port, "mh_ingest_kafka_samples_total",
                            "outcome=\"delivered\"") == n);
-    assert_true(
-        mht_metric(st.ing.http_port, "mh_ingest_kafka_samples_total", "outcome=\"failed\"") == 0);
     /* hourly folders */
     assert_int_equal(mht_shell("ls -d '%s'/date=*/hour=* >/dev/null", st.out), 0);
-    s_free(&pg);
-    s_free(&cold);
     s_down(&st);
 }
 
@@ -255,15 +263,7 @@ static void test_a_kafka_outage_loses_nothing(void **state)
                n &&
            mht_now_ms() < deadline)
         mht_sleep_ms(200);
-    s_rows_t pg = s_pg_rows(&st, "out");
-    s_rows_t cold = s_cold_store(&st, (size_t)n, "outage");
-    size_t dup = s_expect_same(&pg, &cold);
-    print_message("# after the outage: %zu in the cold files (%zu repeated)\n", cold.n, dup);
-    assert_int_equal(dup, 0);
-    assert_true(
-        mht_metric(st.ing.http_port, "mh_ingest_kafka_samples_total", "outcome=\"failed\"") == 0);
-    s_free(&pg);
-    s_free(&cold);
+    s_expect_cold_path(&st, "out", n, "after the outage");
     s_down(&st);
 }
 
@@ -288,18 +288,9 @@ static void test_a_full_queue_holds_batches_back(void **state)
     /* everything arrives: in PostgreSQL and on the topic */
     assert_true(mht_db_wait_num(&st.db, "SELECT count(*) FROM ingest.telemetry_raw", n, 90000) ==
                 n);
-    s_rows_t pg = s_pg_rows(&st, "full");
-    s_rows_t cold = s_cold_store(&st, (size_t)n, "full");
-    size_t dup = s_expect_same(&pg, &cold);
     /* the gateway re-sent the batches ingest was holding; ingest knew it had
      * produced them and did not produce them twice */
-    print_message("# after Kafka came back: %zu stored, %zu in the cold files (%zu repeated)\n",
-                  pg.n, cold.n, dup);
-    assert_int_equal(dup, 0);
-    assert_true(
-        mht_metric(st.ing.http_port, "mh_ingest_kafka_samples_total", "outcome=\"failed\"") == 0);
-    s_free(&pg);
-    s_free(&cold);
+    s_expect_cold_path(&st, "full", n, "after Kafka came back");
     s_down(&st);
 }
 

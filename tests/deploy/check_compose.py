@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml
 
-from code_facts import COMMON, PROGRAMS, installed_programs, options_of
+from code_facts import COMMON, PROGRAMS, installed_programs, options_of, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 results = []
@@ -117,13 +117,7 @@ def main():
     tls = services["gateway"]["environment"]["MH_MQTT_URL"].startswith("ssl://")
     check("the gateway reaches the broker over mutual TLS", tls)
 
-    print(f"1..{len(results)}")
-    for i, (name, ok, detail) in enumerate(results, 1):
-        print(f"{'ok' if ok else 'not ok'} {i} - {name}")
-        if detail and not ok:
-            print(f"# {detail}")
-    return 0 if all(ok for _, ok, _ in results) else 1
-
+    return report(results)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,7 @@ import glob, os, re, sys
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from code_facts import COMMON, PROGRAMS, ROOT, installed_programs, options_of  # noqa: E402
+from code_facts import COMMON, PROGRAMS, ROOT, installed_programs, options_of, report  # noqa: E402
 
 results = []
 
@@ -130,13 +130,7 @@ def main():
     check("the broker alone is on the device plane", [n for n, p in planes.items() if p == "devices"] == ["mosquitto"],
           str(planes))
 
-    print(f"1..{len(results)}")
-    for i, (name, ok, detail) in enumerate(results, 1):
-        print(f"{'ok' if ok else 'not ok'} {i} - {name}")
-        if detail and not ok:
-            print(f"# {detail}")
-    return 0 if all(ok for _, ok, _ in results) else 1
-
+    return report(results)
 
 if __name__ == "__main__":
     sys.exit(main())

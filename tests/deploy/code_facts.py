@@ -35,3 +35,13 @@ def installed_programs():
     return names
 
 
+
+
+def report(results):
+    """Prints (name, ok, detail) results as TAP; the exit status."""
+    print(f"1..{len(results)}")
+    for i, (name, ok, detail) in enumerate(results, 1):
+        print(f"{'ok' if ok else 'not ok'} {i} - {name}")
+        if detail and not ok:
+            print(f"# {detail}")
+    return 0 if all(ok for _, ok, _ in results) else 1

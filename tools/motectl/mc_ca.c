@@ -15,6 +15,8 @@
  * change to index.tsv holds an exclusive lock on it. */
 #include "mc_ca.h"
 
+#include "mh_ids.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -67,16 +69,7 @@ static int s_fail(const char *what)
 
 bool mc_valid_device_id(const char *id)
 {
-    size_t n = strlen(id);
-    if (n < 1 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
+    return mh_device_id_valid(id, strlen(id));
 }
 
 static void s_paths(s_ca_t *ca, const char *dir)
