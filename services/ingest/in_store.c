@@ -19,6 +19,10 @@
 struct in_store_t {
     mh_pg_t *pg; /* connection, migration, statements */
     in_retention_t ret;
+    /* the time window the last in_store_write kept points in, set once per
+     * write so every point of it (and the cold path after it) is judged
+     * alike */
+    int64_t keep_from, keep_until;
     /* the COPY buffer, reused */
     char *buf;
     size_t len, cap;
@@ -170,15 +174,9 @@ int in_store_connect(in_store_t *self, char *err, size_t errlen)
     return in_store_maintain(self, err, errlen) < 0 ? -EIO : 1;
 }
 
-int64_t in_store_oldest_ms(in_store_t *self)
-{
-    return mh_now_ms() - self->ret.raw_ms;
-}
-
 bool in_store_keeps(in_store_t *self, int64_t ts_ms)
 {
-    int64_t now = mh_now_ms();
-    return ts_ms >= now - self->ret.raw_ms && ts_ms < now + S_DAY_MS;
+    return ts_ms >= self->keep_from && ts_ms < self->keep_until;
 }
 
 /* ---- maintenance ---- */
@@ -332,6 +330,9 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
     }
     if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN", 0, NULL, err, errlen))
         return s_fail(self);
+    int64_t now = mh_now_ms();
+    self->keep_from = now - self->ret.raw_ms;
+    self->keep_until = now + S_DAY_MS;
     /* Claim the batch ids first: a conflict means the batch was committed
      * before (a re-send), and its points must not be written again. */
     for (size_t i = 0; i < n; i++) {

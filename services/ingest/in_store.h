@@ -57,8 +57,6 @@ int in_store_maintain(in_store_t *self, char *err, size_t errlen);
  * Returns 0 or a negative errno. */
 int in_store_rollup(in_store_t *self, int *done_out, char *err, size_t errlen);
 
-/* True when a point at ts_ms is stored (not too old for retention, not
- * more than a day ahead). */
+/* True when the last in_store_write stored a point at ts_ms (not too old
+ * for retention, not more than a day ahead, judged at that write's time). */
 bool in_store_keeps(in_store_t *self, int64_t ts_ms);
-/* Points older than this (ms since epoch) are dropped as too old. */
-int64_t in_store_oldest_ms(in_store_t *self);
