@@ -53,12 +53,7 @@ int mh_curve_init(const char *dir, const char *client_name)
     return 0;
 }
 
-bool mh_curve_enabled(void)
-{
-    return s_curve.on;
-}
-
-int mh_curve_server(zsock_t *sock)
+static int s_server(zsock_t *sock)
 {
     if (!s_curve.on)
         return 0;
@@ -83,7 +78,7 @@ int mh_curve_client(zsock_t *sock)
 
 int mh_curve_bind(zsock_t *sock, const char *endpoint)
 {
-    if (mh_curve_server(sock) < 0)
+    if (s_server(sock) < 0)
         return -1;
     return zsock_bind(sock, "%s", endpoint);
 }

@@ -24,13 +24,11 @@
  * DIR/<client_name>.key_secret, and starts the ZAP handler when the server
  * secret is there. dir NULL or "" = off. 0, or -1 with the reason logged. */
 int mh_curve_init(const char *dir, const char *client_name);
-bool mh_curve_enabled(void);
-/* A socket that binds: serve CURVE with the server key. 0 or -1. */
-int mh_curve_server(zsock_t *sock);
 /* A socket that connects: our client key, the server's public key. 0 or -1. */
 int mh_curve_client(zsock_t *sock);
-/* mh_curve_server, then zsock_bind: what zsock_bind returns, -1 also when
- * the socket cannot serve CURVE. */
+/* A socket that binds: serve CURVE with the server key (when on), then
+ * zsock_bind. What zsock_bind returns; -1 also when the socket cannot serve
+ * CURVE. */
 int mh_curve_bind(zsock_t *sock, const char *endpoint);
 /* Stops the ZAP handler and forgets the keys. */
 void mh_curve_shutdown(void);
