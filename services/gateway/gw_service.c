@@ -164,7 +164,10 @@ static const char *s_kind_names[GW_TOPIC_COUNT] = {
 
 #define S_ACL_TOPIC "$SYS/motehub/acl"
 
-static bool s_tls(const gw_config_t *cfg);
+static bool s_tls(const gw_config_t *cfg)
+{
+    return strncmp(cfg->mqtt_url, "ssl://", 6) == 0 || strncmp(cfg->mqtt_url, "mqtts://", 8) == 0;
+}
 
 /* The broker's ACL denial counts (services/broker-acl), mirrored as gauges. */
 static void s_acl_stats(gw_t *self, const MQTTAsync_message *msg)
@@ -585,7 +588,7 @@ static void s_downlink_pump(gw_t *self)
 {
     Mh__Publish *p;
     while ((p = zlist_first(self->dl_queue))) {
-        if (!self->mqtt || !__atomic_load_n(&self->mqtt_connected, __ATOMIC_ACQUIRE))
+        if (!__atomic_load_n(&self->mqtt_connected, __ATOMIC_ACQUIRE))
             return;
         MQTTAsync_message msg = MQTTAsync_message_initializer;
         msg.payload = p->payload.data;
@@ -769,11 +772,6 @@ static void s_resend_expired(gw_t *self)
 }
 
 /* ---- set-up and tear-down ---- */
-
-static bool s_tls(const gw_config_t *cfg)
-{
-    return strncmp(cfg->mqtt_url, "ssl://", 6) == 0 || strncmp(cfg->mqtt_url, "mqtts://", 8) == 0;
-}
 
 static int s_ssl_error(const char *str, size_t len, void *ud)
 {
