@@ -139,10 +139,10 @@ static void s_on_connected(void *ctx, char *cause)
         s_on_subscribed3(self, NULL);
 }
 
-static void s_set_error(mh_agent_t *self, const char *what, size_t len)
+static void s_set_error(mh_agent_t *self, const char *what)
 {
     pthread_mutex_lock(&self->lock);
-    snprintf(self->last_error, sizeof self->last_error, "%.*s", (int)len, what);
+    snprintf(self->last_error, sizeof self->last_error, "%s", what);
     pthread_mutex_unlock(&self->lock);
 }
 
@@ -151,10 +151,9 @@ static void s_on_connect_failed5(void *ctx, MQTTAsync_failureData5 *r)
     mh_agent_t *self = ctx;
     __atomic_add_fetch(&self->connect_failures, 1, __ATOMIC_RELAXED);
     if (r && r->message)
-        s_set_error(self, r->message, strlen(r->message));
+        s_set_error(self, r->message);
     else if (r && r->reasonCode)
-        s_set_error(self, MQTTReasonCode_toString(r->reasonCode),
-                    strlen(MQTTReasonCode_toString(r->reasonCode)));
+        s_set_error(self, MQTTReasonCode_toString(r->reasonCode));
 }
 
 static void s_on_connect_failed3(void *ctx, MQTTAsync_failureData *r)
@@ -162,7 +161,7 @@ static void s_on_connect_failed3(void *ctx, MQTTAsync_failureData *r)
     mh_agent_t *self = ctx;
     __atomic_add_fetch(&self->connect_failures, 1, __ATOMIC_RELAXED);
     if (r && r->message)
-        s_set_error(self, r->message, strlen(r->message));
+        s_set_error(self, r->message);
 }
 
 /* OpenSSL's reason for a failed handshake (a rejected certificate...). */
