@@ -168,6 +168,20 @@ static bool s_port_open(int port)
     return ok;
 }
 
+/* Runs mosquitto with `conf` (its log: artifacts/<name>.log) and waits
+ * until it listens on b->port. */
+static void s_broker_run(mht_broker_t *b, char *conf, const char *name)
+{
+    char *argv[] = {"mosquitto", "-c", conf, NULL};
+    b->pid = mht_spawn(name, argv);
+    int64_t deadline = mht_now_ms() + 10000;
+    while (!s_port_open(b->port)) {
+        if (mht_now_ms() > deadline || !mht_alive(b->pid))
+            fail_msg("mosquitto did not start on port %d (see %s)", b->port, mht_artifacts());
+        mht_sleep_ms(10);
+    }
+}
+
 void mht_broker_start(mht_broker_t *b)
 {
     b->port = mht_free_port();
@@ -184,14 +198,7 @@ void mht_broker_start(mht_broker_t *b)
     if (getuid() == 0)
         fprintf(f, "user root\n");
     fclose(f);
-    char *argv[] = {"mosquitto", "-c", conf, NULL};
-    b->pid = mht_spawn("mosquitto", argv);
-    int64_t deadline = mht_now_ms() + 10000;
-    while (!s_port_open(b->port)) {
-        if (mht_now_ms() > deadline || !mht_alive(b->pid))
-            fail_msg("mosquitto did not start on port %d (see %s)", b->port, mht_artifacts());
-        mht_sleep_ms(10);
-    }
+    s_broker_run(b, conf, "mosquitto");
 }
 
 void mht_broker_start_tls(mht_broker_t *b, const char *certs)
@@ -207,16 +214,9 @@ void mht_broker_start_tls(mht_broker_t *b, const char *certs)
                   getenv("MH_SOURCE_ROOT") ? getenv("MH_SOURCE_ROOT") : ".", certs, plugin, b->port,
                   getuid() == 0 ? "--root" : "", conf) != 0)
         fail_msg("deploy/mosquitto/mosquitto-conf.sh failed");
-    char *argv[] = {"mosquitto", "-c", conf, NULL};
     char name[64];
     snprintf(name, sizeof name, "mosquitto-tls-%d", b->port);
-    b->pid = mht_spawn(name, argv);
-    int64_t deadline = mht_now_ms() + 10000;
-    while (!s_port_open(b->port)) {
-        if (mht_now_ms() > deadline || !mht_alive(b->pid))
-            fail_msg("mosquitto did not start on port %d (see %s)", b->port, mht_artifacts());
-        mht_sleep_ms(10);
-    }
+    s_broker_run(b, conf, name);
 }
 
 void mht_broker_reload(mht_broker_t *b)
