@@ -192,6 +192,28 @@ static int s_ext(X509 *x, X509 *issuer, int nid, const char *value)
     return ok ? 0 : -1;
 }
 
+typedef struct {
+    char status;
+    char serial[64];
+    long long not_after, revoked;
+    char cn[256];
+} s_entry_t;
+
+static bool s_parse_entry(char *line, s_entry_t *e)
+{
+    return sscanf(line, "%c\t%63s\t%lld\t%lld\t%255[^\n]", &e->status, e->serial, &e->not_after,
+                  &e->revoked, e->cn) == 5;
+}
+
+/* One index.tsv line (what s_parse_entry reads); the revocation time is 0
+ * while valid. */
+static char *s_format_entry(char *buf, size_t len, char status, const char *serial,
+                            long long not_after, long long revoked, const char *cn)
+{
+    snprintf(buf, len, "%c\t%s\t%lld\t%lld\t%s\n", status, serial, not_after, revoked, cn);
+    return buf;
+}
+
 typedef enum { S_DEVICE, S_SERVICE, S_SERVER, S_CA } s_kind_t;
 
 /* A certificate for `pub` with CN `cn`, signed by the CA (or by `pub`'s own
@@ -317,7 +339,8 @@ static int s_issue_one(s_ca_t *ca, FILE *index, const s_issue_opts_t *o, const c
                  ? 0
                  : 1;
     if (rc == 0) {
-        fprintf(index, "V\t%s\t%lld\t0\t%s\n", serial, (long long)na, cn);
+        char line[512];
+        fputs(s_format_entry(line, sizeof line, 'V', serial, (long long)na, 0, cn), index);
         if (!o->quiet)
             printf("%s\t%s\t%s\n", cn, serial, crt_path);
     }
@@ -500,17 +523,18 @@ static int s_sign(s_ca_t *ca, int argc, char **argv)
     if (s_load(ca) < 0)
         goto done;
     char serial[64];
-    time_t now = time(NULL);
+    time_t now = time(NULL), not_after = now + (time_t)days * 86400;
     /* Only the CN is taken from the request; the CA sets every extension. */
-    X509 *x = s_make_cert(ca, pub, ca->key, cn, S_DEVICE, now - 300, now + (time_t)days * 86400,
-                          NULL, serial, sizeof serial);
+    X509 *x = s_make_cert(ca, pub, ca->key, cn, S_DEVICE, now - 300, not_after, NULL, serial,
+                          sizeof serial);
     if (!x)
         goto done;
     FILE *index = s_index_lock(ca, "a");
     if (index) {
         if (out ? s_write_pem(out, 0644, s_w_crt, x) == 0 : PEM_write_X509(stdout, x) == 1) {
-            fprintf(index, "V\t%s\t%lld\t0\t%s\n", serial, (long long)(now + (time_t)days * 86400),
-                    cn);
+            char line[512];
+            fputs(s_format_entry(line, sizeof line, 'V', serial, (long long)not_after, 0, cn),
+                  index);
             if (out)
                 printf("%s\t%s\t%s\n", cn, serial, out);
             rc = 0;
@@ -522,19 +546,6 @@ done:
     EVP_PKEY_free(pub);
     X509_REQ_free(req);
     return rc;
-}
-
-typedef struct {
-    char status;
-    char serial[64];
-    long long not_after, revoked;
-    char cn[256];
-} s_entry_t;
-
-static bool s_parse_entry(char *line, s_entry_t *e)
-{
-    return sscanf(line, "%c\t%63s\t%lld\t%lld\t%255[^\n]", &e->status, e->serial, &e->not_after,
-                  &e->revoked, e->cn) == 5;
 }
 
 static int s_revoke(s_ca_t *ca, const char *what)
@@ -554,8 +565,7 @@ static int s_revoke(s_ca_t *ca, const char *what)
         s_entry_t e;
         if (s_parse_entry(line, &e) && e.status == 'V' &&
             (strcmp(e.cn, what) == 0 || strcasecmp(e.serial, what) == 0)) {
-            snprintf(line, sizeof line, "R\t%s\t%lld\t%lld\t%s\n", e.serial, e.not_after,
-                     (long long)now, e.cn);
+            s_format_entry(line, sizeof line, 'R', e.serial, e.not_after, (long long)now, e.cn);
             n++;
         }
         size_t l = strlen(line);
