@@ -17,7 +17,7 @@ Everything runs on 127.0.0.1 on free ports and stops at the end.
 import argparse, os, re, resource, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from telemetry import ROOT, Stack, cpu_seconds, free_port  # noqa: E402
+from telemetry import ROOT, Stack, build, cpu_seconds, free_port  # noqa: E402
 
 NOFILE = 20000  # the machine's hard limit (PLATFORM-NOTES.md)
 
@@ -124,11 +124,7 @@ def main():
     ap.add_argument("--no-plain", action="store_true")
     ap.add_argument("--build", default="build")
     args = ap.parse_args()
-    subprocess.check_call([os.path.join(ROOT, "tools/install-deps.sh")])
-    if not os.path.exists(os.path.join(ROOT, args.build, "build.ninja")):
-        subprocess.check_call(["meson", "setup", args.build, "--buildtype=release"], cwd=ROOT,
-                              stdout=subprocess.DEVNULL)
-    subprocess.check_call(["ninja", "-C", args.build], cwd=ROOT, stdout=subprocess.DEVNULL)
+    build(args)
     import tempfile
     work = tempfile.mkdtemp(prefix="motehub-mtls-")
     os.chmod(work, 0o755)

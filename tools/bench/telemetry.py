@@ -116,15 +116,20 @@ class Stack:
             self.stop(p)
 
 
-def setup(args, prefix):
-    """Installs what is missing, builds (release), and starts a private
-    PostgreSQL (database "bench") and mosquitto on free loopback ports.
-    Returns (stack, pg_port, broker, broker_port); call teardown(stack)."""
+def build(args):
+    """Installs what is missing and builds (release) into args.build."""
     subprocess.check_call([os.path.join(ROOT, "tools/install-deps.sh")])
     if not os.path.exists(os.path.join(ROOT, args.build, "build.ninja")):
         subprocess.check_call(["meson", "setup", args.build, "--buildtype=release"], cwd=ROOT,
                               stdout=subprocess.DEVNULL)
     subprocess.check_call(["ninja", "-C", args.build], cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def setup(args, prefix):
+    """Installs what is missing, builds (release), and starts a private
+    PostgreSQL (database "bench") and mosquitto on free loopback ports.
+    Returns (stack, pg_port, broker, broker_port); call teardown(stack)."""
+    build(args)
     work = tempfile.mkdtemp(prefix=prefix)
     os.chmod(work, 0o755)
     stack = Stack(args, work)
