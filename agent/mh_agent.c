@@ -1,4 +1,5 @@
 #include "mh_agent.h"
+#include "mh_agent_parse.h"
 #include "mh_ota_verify.h"
 
 #include <MQTTAsync.h>
@@ -237,13 +238,11 @@ static bool s_seen_before(mh_agent_t *self, const char *id)
 
 static void s_command(mh_agent_t *self, const char *payload, size_t len)
 {
-    json_t *cmd = json_loadb(payload, len, 0, NULL);
-    const char *id = json_string_value(json_object_get(cmd, "id"));
-    const char *name = json_string_value(json_object_get(cmd, "name"));
-    if (!id || !name || strlen(id) > 64) {
-        json_decref(cmd);
+    mh_agent_cmd_t c;
+    json_t *cmd = mh_agent_parse_command(payload, len, &c);
+    if (!cmd)
         return;
-    }
+    const char *id = c.id, *name = c.name;
     pthread_mutex_lock(&self->lock);
     bool dup = s_seen_before(self, id);
     mh_agent_command_fn *fn = NULL;
@@ -261,7 +260,7 @@ static void s_command(mh_agent_t *self, const char *payload, size_t len)
     json_t *result = NULL;
     mh_cmd_outcome_t outcome = MH_CMD_REJECTED;
     if (fn)
-        outcome = fn(self, id, json_object_get(cmd, "params"), &result, ud);
+        outcome = fn(self, id, c.params, &result, ud);
     else
         result = json_pack("{s:s}", "error", "no handler for this command");
     __atomic_add_fetch(&self->commands_handled, 1, __ATOMIC_RELAXED);
@@ -456,18 +455,8 @@ static int s_download(const char *url, int64_t size, s_buf_t *b, char *why, size
 
 static void s_ota_run(mh_agent_t *self, json_t *j)
 {
-    mh_ota_job_t job = {
-        .job_id = json_string_value(json_object_get(j, "jobId")),
-        .rollout = json_string_value(json_object_get(j, "rollout")),
-        .action = json_string_value(json_object_get(j, "action")),
-        .version = json_string_value(json_object_get(j, "version")),
-        .url = json_string_value(json_object_get(j, "url")),
-        .sha256 = json_string_value(json_object_get(j, "sha256")),
-        .signature = json_string_value(json_object_get(j, "signature")),
-        .size = json_is_integer(json_object_get(j, "size"))
-                    ? json_integer_value(json_object_get(j, "size"))
-                    : -1,
-    };
+    mh_ota_job_t job;
+    mh_agent_job_read(j, &job);
     char why[256] = "";
     pthread_mutex_lock(&self->lock);
     mh_agent_install_fn *fn = self->on_install;
@@ -583,12 +572,11 @@ static void s_ota_forget(mh_agent_t *self)
 
 static void s_ota_job(mh_agent_t *self, const char *payload, size_t len)
 {
-    json_t *job = json_loadb(payload, len, 0, NULL);
-    const char *id = json_string_value(json_object_get(job, "jobId"));
-    if (!id || !*id || strlen(id) > 64) {
-        json_decref(job);
+    mh_ota_job_t fields;
+    json_t *job = mh_agent_parse_job(payload, len, &fields);
+    if (!job)
         return;
-    }
+    const char *id = fields.job_id;
     char *repeat = NULL;
     bool run = false;
     const char *busy = NULL;
@@ -607,7 +595,7 @@ static void s_ota_job(mh_agent_t *self, const char *payload, size_t len)
             busy = busy_id;
         } else {
             snprintf(self->ota_job, sizeof self->ota_job, "%s", id);
-            const char *v = json_string_value(json_object_get(job, "version"));
+            const char *v = fields.version;
             snprintf(self->ota_version, sizeof self->ota_version, "%s", v ? v : "");
             self->ota_jobs++;
             run = true;
@@ -631,8 +619,7 @@ static void s_ota_job(mh_agent_t *self, const char *payload, size_t len)
     } else if (run) {
         /* Answer at once: the job is taken (it may wait for a download
          * thread), so the cloud neither re-sends it nor times it as lost. */
-        s_ota_status(self, id, "downloading", 0, json_string_value(json_object_get(job, "version")),
-                     NULL);
+        s_ota_status(self, id, "downloading", 0, fields.version, NULL);
         s_ota_enqueue(self, job);
     }
     json_decref(job);
@@ -701,10 +688,11 @@ static int s_on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
     } else if (strcmp(subtopic, "ota") == 0) {
         s_ota_job(self, m->payload, (size_t)m->payloadlen);
     } else if (strcmp(subtopic, "twin/delta") == 0 && delta) {
-        json_t *d = json_loadb(m->payload, (size_t)m->payloadlen, 0, NULL);
-        if (json_is_object(json_object_get(d, "state")))
-            delta(self, json_object_get(d, "state"),
-                  json_integer_value(json_object_get(d, "version")), delta_ud);
+        json_t *state;
+        int64_t version;
+        json_t *d = mh_agent_parse_delta(m->payload, (size_t)m->payloadlen, &state, &version);
+        if (d)
+            delta(self, state, version, delta_ud);
         json_decref(d);
     }
     MQTTAsync_freeMessage(&m);

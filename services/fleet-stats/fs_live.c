@@ -1,5 +1,6 @@
 /* fs_live — see fs_live.h. */
 #include "fs_live.h"
+#include "mh_json.h"
 #include "mh_log.h"
 #include "mh_resolver.h"
 #include "mh_time.h"
@@ -197,7 +198,7 @@ static json_t *s_twin_page(fs_live_t *self, const char *cursor, char *err, size_
     json_t *page = NULL;
     if (!r || r->status != 200)
         snprintf(err, errlen, "twin answered %u: %s", r ? r->status : 0, r ? r->message : "?");
-    else if (!(page = json_loads(r->body_json, 0, NULL)))
+    else if (!(page = mh_json_loads(r->body_json, 0, MH_JSON_MAX_DEPTH, NULL)))
         snprintf(err, errlen, "twin's snapshot page did not parse");
     if (r)
         mh__twin_reply__free_unpacked(r, NULL);
@@ -275,7 +276,8 @@ static void s_fetch_rollouts(fs_live_t *self)
         mh_rpc_call(self->o.ota, "ota.request", &q.base, rid, mh_rpc_reply_match, timeout);
     Mh__OtaReply *r = env ? mh__ota_reply__unpack(NULL, env->body.len, env->body.data) : NULL;
     mh_envelope_free(&env);
-    json_t *page = r && r->status == 200 ? json_loads(r->body_json, 0, NULL) : NULL;
+    json_t *page =
+        r && r->status == 200 ? mh_json_loads(r->body_json, 0, MH_JSON_MAX_DEPTH, NULL) : NULL;
     if (r)
         mh__ota_reply__free_unpacked(r, NULL);
     if (!page)

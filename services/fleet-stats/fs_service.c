@@ -1,5 +1,6 @@
 /* fleet-stats. See fs_service.h; docs/fleet-stats.md for the API as served. */
 #include "fs_service.h"
+#include "mh_json.h"
 #include "fs_live.h"
 #include "mh_digest.h"
 #include "mh_ids.h"
@@ -345,12 +346,15 @@ static json_t *s_body_object(fs_t *self, struct mg_connection *c, bool required)
         return json_object();
     }
     json_error_t err;
-    json_t *v = json_loadb(buf, n, JSON_REJECT_DUPLICATES, &err);
+    json_t *v = mh_json_loadb(buf, n, JSON_REJECT_DUPLICATES, MH_JSON_MAX_DEPTH, &err);
     free(buf);
     if (!v || !json_is_object(v)) {
         char msg[300];
-        snprintf(msg, sizeof msg, "the body must be a JSON object%s%s", v ? "" : ": ",
-                 v ? "" : err.text);
+        if (!v && mh_json_too_deep(&err))
+            snprintf(msg, sizeof msg, "the body is %s (the API's limit for any body)", err.text);
+        else
+            snprintf(msg, sizeof msg, "the body must be a JSON object%s%s", v ? "" : ": ",
+                     v ? "" : err.text);
         json_decref(v);
         s_error(self, c, 400, "bad_request", msg);
         return NULL;
@@ -675,7 +679,7 @@ static int s_ota(fs_t *self, struct mg_connection *c, Mh__OtaRequest *q, bool pe
         status = s_error(self, c, (int)r->status, *r->error_code ? r->error_code : "internal",
                          r->message);
     } else if (pem) {
-        json_t *v = json_loads(r->body_json, 0, NULL);
+        json_t *v = mh_json_loads(r->body_json, 0, MH_JSON_MAX_DEPTH, NULL);
         const char *key = json_string_value(json_object_get(v, "publicKey"));
         size_t len = key ? strlen(key) : 0;
         mg_printf(c,

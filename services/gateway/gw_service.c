@@ -13,6 +13,7 @@
  * replica). On $TERM the gateway unsubscribes, takes what is still in
  * flight, flushes, and waits for every ack before it exits. */
 #include "gw_service.h"
+#include "mh_json.h"
 #include "mh_idset.h"
 
 #include <openssl/crypto.h>
@@ -172,7 +173,7 @@ static bool s_tls(const gw_config_t *cfg)
 /* The broker's ACL denial counts (services/broker-acl), mirrored as gauges. */
 static void s_acl_stats(gw_t *self, const MQTTAsync_message *msg)
 {
-    json_t *j = json_loadb(msg->payload, (size_t)msg->payloadlen, 0, NULL);
+    json_t *j = mh_json_loadb(msg->payload, (size_t)msg->payloadlen, 0, MH_JSON_MAX_DEPTH, NULL);
     static const char *keys[3] = {"denied_publish", "denied_subscribe", "denied_receive"};
     for (int i = 0; i < 3 && j; i++)
         if (json_is_integer(json_object_get(j, keys[i])))

@@ -1,4 +1,5 @@
 #include "gw_validate.h"
+#include "mh_json.h"
 #include "telemetry.pb-c.h"
 
 #include <jansson.h>
@@ -207,7 +208,8 @@ gw_reason_t gw_validate_telemetry_json(const char *payload, size_t len, int64_t 
         return GW_TOO_LARGE;
     }
     json_error_t err;
-    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+    json_t *root = mh_json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                                 MH_JSON_MAX_DEPTH, &err);
     if (!root) {
         S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
         return GW_BAD_JSON;
@@ -310,7 +312,8 @@ gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, ch
     if (len > GW_MAX_PAYLOAD)
         return GW_TOO_LARGE;
     json_error_t err;
-    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+    json_t *root = mh_json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                                 MH_JSON_MAX_DEPTH, &err);
     if (!root) {
         S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
         return GW_BAD_JSON;
@@ -342,7 +345,8 @@ gw_reason_t gw_validate_ota_status(const char *payload, size_t len, char *detail
     if (len > GW_MAX_PAYLOAD)
         return GW_TOO_LARGE;
     json_error_t err;
-    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+    json_t *root = mh_json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                                 MH_JSON_MAX_DEPTH, &err);
     if (!root) {
         S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
         return GW_BAD_JSON;

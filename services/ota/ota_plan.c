@@ -1,4 +1,5 @@
 #include "ota_plan.h"
+#include "mh_json.h"
 
 #include <math.h>
 #include <openssl/sha.h>
@@ -217,7 +218,8 @@ int ota_spec_from_json(json_t *root, ota_spec_t *out, char *why, size_t whylen)
 int ota_spec_parse(const char *json, ota_spec_t *out, char *why, size_t whylen)
 {
     json_error_t err;
-    json_t *root = json_loads(json ? json : "", JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+    json_t *root = mh_json_loads(json ? json : "", JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                                 MH_JSON_MAX_DEPTH, &err);
     if (!root) {
         memset(out, 0, sizeof *out);
         S_WHY("invalid JSON at %d:%d: %s", err.line, err.column, err.text);

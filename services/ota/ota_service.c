@@ -1,6 +1,7 @@
 /* The ota actor. See ota_service.h for the shape; docs/ota.md for the
  * behaviour operators and firmware writers see. */
 #include "ota_service.h"
+#include "mh_json.h"
 #include "mh_curve.h"
 #include "mh_envelope.h"
 #include "mh_idset.h"
@@ -960,7 +961,8 @@ static void s_on_twin_reply(ota_t *self)
         return;
     }
     json_error_t jerr;
-    json_t *body = r->status == 200 ? json_loads(r->body_json, 0, &jerr) : NULL;
+    json_t *body =
+        r->status == 200 ? mh_json_loads(r->body_json, 0, MH_JSON_MAX_DEPTH, &jerr) : NULL;
     json_t *items = json_object_get(body, "items");
     if (!json_is_array(items)) {
         mh_log_limited(&self->rl_warn, MH_LOG_WARN,
@@ -1063,7 +1065,8 @@ static int s_status_batch(ota_t *self, zmsg_t **msgs, size_t n)
         if (m && m->kind == MH__DEVICE_MESSAGE__KIND__OTA_STATUS &&
             mh_device_id_valid(m->device_id, strlen(m->device_id))) {
             json_error_t jerr;
-            root = json_loadb((const char *)m->payload.data, m->payload.len, 0, &jerr);
+            root = mh_json_loadb((const char *)m->payload.data, m->payload.len, 0,
+                                 MH_JSON_MAX_DEPTH, &jerr);
         }
         const char *job = json_string_value(json_object_get(root, "jobId"));
         const char *state = json_string_value(json_object_get(root, "state"));

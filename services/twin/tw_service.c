@@ -1,6 +1,7 @@
 /* The twin actor. See tw_service.h for the shape; docs/twin.md for the
  * behaviour operators and firmware writers see. */
 #include "tw_service.h"
+#include "mh_json.h"
 #include "mh_curve.h"
 #include "mh_envelope.h"
 #include "mh_ids.h"
@@ -544,8 +545,8 @@ static json_t *s_parse_object(const Mh__DeviceMessage *m, bool empty_ok, char *w
     if (m->payload.len == 0 && empty_ok)
         return json_object();
     json_error_t err;
-    json_t *v = json_loadb((const char *)m->payload.data, m->payload.len,
-                           JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+    json_t *v = mh_json_loadb((const char *)m->payload.data, m->payload.len,
+                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, MH_JSON_MAX_DEPTH, &err);
     if (!v) {
         snprintf(why, len, "invalid JSON at %d:%d: %s", err.line, err.column, err.text);
         return NULL;
@@ -1128,7 +1129,8 @@ static json_t *s_req_object(const char *text, const char *what, s_reply_t *r, bo
     if (!text || !*text)
         return NULL;
     json_error_t err;
-    json_t *v = json_loads(text, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+    json_t *v =
+        mh_json_loads(text, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, MH_JSON_MAX_DEPTH, &err);
     if (!v || !json_is_object(v)) {
         s_fail(r, 400, "bad_request", "\"%s\" must be a JSON object%s%s", what, v ? "" : ": ",
                v ? "" : err.text);

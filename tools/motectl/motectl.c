@@ -7,6 +7,7 @@
  * status: 0 on success, 1 when the API answered an error (its message on
  * stderr), 2 on a usage error, 3 when the API could not be reached. */
 #include "mc_ca.h"
+#include "mh_json.h"
 #include "mh_curve.h"
 
 #include <curl/curl.h>
@@ -132,7 +133,7 @@ static json_t *s_call(const char *method, const char *path, json_t *body, const 
     long st =
         s_http(method, path, "application/json", text, text ? strlen(text) : 0, if_match, &out);
     free(text);
-    json_t *v = out.len ? json_loadb(out.data, out.len, 0, NULL) : NULL;
+    json_t *v = out.len ? mh_json_loadb(out.data, out.len, 0, MH_JSON_MAX_DEPTH, NULL) : NULL;
     if (st == 0 || st >= 400) {
         if (st) {
             json_t *e = json_object_get(v, "error");
@@ -503,7 +504,8 @@ static int s_twin(int argc, char **argv)
             return 2;
         }
         *eq = 0;
-        json_t *val = set ? json_loads(eq + 1, JSON_DECODE_ANY, NULL) : json_string(eq + 1);
+        json_t *val = set ? mh_json_loads(eq + 1, JSON_DECODE_ANY, MH_JSON_MAX_DEPTH, NULL)
+                          : json_string(eq + 1);
         if (!val)
             val = json_string(eq + 1); /* a bare word is a string */
         json_object_set_new(patch, pos[i], val);
@@ -537,7 +539,7 @@ static int s_command(int argc, char **argv)
     int np;
     if (s_opts(argc - 3, argv + 3, o, 2, pos, &np))
         return 2;
-    json_t *params = np ? json_loads(pos[0], 0, NULL) : json_object();
+    json_t *params = np ? mh_json_loads(pos[0], 0, MH_JSON_MAX_DEPTH, NULL) : json_object();
     if (!json_is_object(params)) {
         fprintf(stderr, "motectl: PARAMS is a JSON object, e.g. '{\"ms\":500}'\n");
         json_decref(params);
@@ -631,7 +633,7 @@ static int s_firmware(int argc, char **argv)
     long st = s_http("POST", path, "application/octet-stream", img.data ? img.data : "", img.len,
                      NULL, &out);
     free(img.data);
-    json_t *v = out.len ? json_loadb(out.data, out.len, 0, NULL) : NULL;
+    json_t *v = out.len ? mh_json_loadb(out.data, out.len, 0, MH_JSON_MAX_DEPTH, NULL) : NULL;
     free(out.data);
     if (st != 201) {
         if (st)
@@ -669,7 +671,7 @@ static int s_rollout(int argc, char **argv)
             return 2;
         json_t *spec;
         if (s_opt(o, 11, "json-spec")) {
-            spec = json_loads(s_opt(o, 11, "json-spec"), 0, NULL);
+            spec = mh_json_loads(s_opt(o, 11, "json-spec"), 0, MH_JSON_MAX_DEPTH, NULL);
             if (!spec) {
                 fprintf(stderr, "motectl: --json-spec is not JSON\n");
                 return 2;

@@ -14,6 +14,7 @@
  * from twin/update to update/accepted. --register registers the devices
  * through twin's RPC first. Ctrl-C stops it and prints what it did. */
 #include "mh_agent.h"
+#include "mh_json.h"
 #include "mh_config.h"
 #include "mh_curve.h"
 #include "mh_envelope.h"
@@ -261,7 +262,7 @@ static void s_on_message(mh_agent_t *a, const char *sub, const char *payload, si
     bool acc = strcmp(sub, "twin/update/accepted") == 0;
     if (!acc && strcmp(sub, "twin/update/rejected") != 0)
         return;
-    json_t *v = json_loadb(payload, len, 0, NULL);
+    json_t *v = mh_json_loadb(payload, len, 0, MH_JSON_MAX_DEPTH, NULL);
     const char *tok = json_string_value(json_object_get(v, "clientToken"));
     if (tok && strncmp(tok, "b", 1) == 0) {
         struct timespec ts;
