@@ -7,8 +7,8 @@
 #include <czmq.h>
 #include <jansson.h>
 
-static mht_db_t s_db;
-static mht_service_t s_twin, s_ota, s_ingest, s_fs;
+static mht_backends_t s_be;
+static mht_service_t s_fs;
 static int s_port;
 static char s_token[128];
 
@@ -105,13 +105,9 @@ static const char *s_err_code(json_t *body)
 static int s_setup(void **state)
 {
     (void)state;
-    mht_db_create(&s_db);
-    mht_twin_start(&s_twin, "twin", &s_db, "tcp://127.0.0.1:1", NULL);
-    char key[600], pub[600];
-    mht_signing_key(key, sizeof key, pub, sizeof pub);
-    mht_ota_start(&s_ota, "ota", &s_db, "tcp://127.0.0.1:1", &s_twin, key, NULL);
-    mht_ingest_start(&s_ingest, "ingest", &s_db, 0, NULL);
-    mht_fleet_start(&s_fs, "fleet-stats", &s_db, &s_twin, &s_ota, &s_ingest, NULL, NULL, s_token);
+    mht_backends_start(&s_be);
+    mht_fleet_start(&s_fs, "fleet-stats", &s_be.db, &s_be.twin, &s_be.ota, &s_be.ingest, NULL, NULL,
+                    s_token);
     s_port = s_fs.port;
     return 0;
 }
@@ -120,17 +116,12 @@ static int s_teardown(void **state)
 {
     (void)state;
     int sf = mht_stop(s_fs.pid, SIGTERM, 20000);
-    mht_stop(s_ingest.pid, SIGTERM, 20000);
-    int so = mht_stop(s_ota.pid, SIGTERM, 20000);
-    int st = mht_stop(s_twin.pid, SIGTERM, 20000);
-    mht_db_drop(&s_db);
-    if (!WIFEXITED(sf) || WEXITSTATUS(sf) || !WIFEXITED(st) || WEXITSTATUS(st) || !WIFEXITED(so) ||
-        WEXITSTATUS(so)) {
-        fprintf(stderr, "a daemon did not exit cleanly (fleet-stats %d, twin %d, ota %d)\n", sf, st,
-                so);
+    bool clean = mht_backends_stop(&s_be);
+    if (!WIFEXITED(sf) || WEXITSTATUS(sf)) {
+        fprintf(stderr, "fleet-stats did not exit cleanly (%d)\n", sf);
         return -1;
     }
-    return 0;
+    return clean ? 0 : -1;
 }
 
 static void test_auth(void **state)
@@ -517,7 +508,7 @@ static void test_motectl(void **state)
     assert_int_equal(s_motectl(out, sizeof out, "--token mht_wrong fleet summary"), 1);
     assert_non_null(strstr(out, "401"));
     char pg[700];
-    snprintf(pg, sizeof pg, "token create cli-token --pg-url '%s'", s_db.url);
+    snprintf(pg, sizeof pg, "token create cli-token --pg-url '%s'", s_be.db.url);
     assert_int_equal(s_motectl(out, sizeof out, "%s", pg), 0);
     assert_true(strncmp(out, "mht_", 4) == 0);
 }
@@ -529,7 +520,7 @@ static void test_tokens(void **state)
 {
     (void)state;
     char out[65536], pg[700], tok[128] = "";
-    snprintf(pg, sizeof pg, "--pg-url '%s'", s_db.url);
+    snprintf(pg, sizeof pg, "--pg-url '%s'", s_be.db.url);
     assert_int_equal(s_motectl(out, sizeof out, "token create revoke-me %s", pg), 0);
     sscanf(out, "%127s", tok);
     assert_true(strncmp(tok, "mht_", 4) == 0);

@@ -1,4 +1,5 @@
 #include "ota_image.h"
+#include "ota_input.h"
 #include "mh_digest.h"
 #include "mh_log.h"
 #include "mh_pg.h"
@@ -271,30 +272,6 @@ static enum MHD_Result s_text(ota_images_t *self, struct MHD_Connection *conn, u
     return ret;
 }
 
-/* "bytes=a-b", "bytes=a-", "bytes=-n" (one range). 0 ok, -1 unsatisfiable
- * or not understood. */
-static int s_range(const char *h, size_t len, size_t *from, size_t *to)
-{
-    unsigned long long a, b;
-    char dash;
-    if (strncmp(h, "bytes=", 6) != 0 || strchr(h, ','))
-        return -1;
-    h += 6;
-    if (*h == '-') {
-        if (sscanf(h + 1, "%llu", &b) != 1 || b == 0 || len == 0)
-            return -1;
-        *from = b >= len ? 0 : len - (size_t)b;
-        *to = len - 1;
-        return 0;
-    }
-    int n = sscanf(h, "%llu%c%llu", &a, &dash, &b);
-    if (n < 2 || dash != '-' || a >= len)
-        return -1;
-    *from = (size_t)a;
-    *to = n == 3 ? (b >= len ? len - 1 : (size_t)b) : len - 1;
-    return *to < *from ? -1 : 0;
-}
-
 int ota_images_handle(void *ud, struct MHD_Connection *conn, const char *method, const char *url)
 {
     ota_images_t *self = ud;
@@ -334,7 +311,7 @@ int ota_images_handle(void *ud, struct MHD_Connection *conn, const char *method,
     unsigned code = 200;
     const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Range");
     if (range) {
-        if (s_range(range, e->len, &from, &to) < 0) {
+        if (ota_range_parse(range, e->len, &from, &to) < 0) {
             pthread_mutex_lock(&self->lock);
             e->refs--;
             pthread_mutex_unlock(&self->lock);

@@ -1,6 +1,7 @@
 /* The ota actor. See ota_service.h for the shape; docs/ota.md for the
  * behaviour operators and firmware writers see. */
 #include "ota_service.h"
+#include "ota_input.h"
 #include "mh_json.h"
 #include "mh_curve.h"
 #include "mh_envelope.h"
@@ -1043,11 +1044,6 @@ static void s_free_item(void **item)
     *item = NULL;
 }
 
-static int s_state_rank(const char *s)
-{
-    return strcmp(s, "downloading") == 0 ? 1 : strcmp(s, "installing") == 0 ? 2 : 3;
-}
-
 /* Applies a batch of status messages in one statement. 0, -EAGAIN (retry),
  * -EIO (database lost: keep the messages). */
 static int s_status_batch(ota_t *self, zmsg_t **msgs, size_t n)
@@ -1061,41 +1057,27 @@ static int s_status_batch(ota_t *self, zmsg_t **msgs, size_t n)
         Mh__DeviceMessage *m = NULL;
         if (env && strcmp(env->type, "device.message") == 0)
             m = mh__device_message__unpack(NULL, env->body.len, env->body.data);
-        json_t *root = NULL;
-        if (m && m->kind == MH__DEVICE_MESSAGE__KIND__OTA_STATUS &&
-            mh_device_id_valid(m->device_id, strlen(m->device_id))) {
-            json_error_t jerr;
-            root = mh_json_loadb((const char *)m->payload.data, m->payload.len, 0,
-                                 MH_JSON_MAX_DEPTH, &jerr);
-        }
-        const char *job = json_string_value(json_object_get(root, "jobId"));
-        const char *state = json_string_value(json_object_get(root, "state"));
-        json_t *progress = json_object_get(root, "progress");
-        const char *error = json_string_value(json_object_get(root, "error"));
-        if (!job || strlen(job) >= 72 || !state ||
-            (strcmp(state, "downloading") && strcmp(state, "installing") &&
-             strcmp(state, "succeeded") && strcmp(state, "failed"))) {
+        ota_status_msg_t sm;
+        if (!m || m->kind != MH__DEVICE_MESSAGE__KIND__OTA_STATUS ||
+            !mh_device_id_valid(m->device_id, strlen(m->device_id)) ||
+            ota_status_parse((const char *)m->payload.data, m->payload.len, &sm) < 0) {
             bad++;
         } else {
-            s_status_t *st = zhashx_lookup(by_job, job);
-            int rank = s_state_rank(state);
-            if (!st || rank >= st->rank) {
+            s_status_t *st = zhashx_lookup(by_job, sm.job);
+            if (!st || sm.rank >= st->rank) {
                 s_status_t *nw = calloc(1, sizeof *nw);
                 if (nw) {
-                    snprintf(nw->job, sizeof nw->job, "%s", job);
+                    snprintf(nw->job, sizeof nw->job, "%s", sm.job);
                     snprintf(nw->device, sizeof nw->device, "%s", m->device_id);
-                    snprintf(nw->state, sizeof nw->state, "%s", state);
-                    snprintf(nw->error, sizeof nw->error, "%s", error ? error : "");
-                    nw->rank = rank;
-                    nw->progress = json_is_number(progress) ? (int)json_number_value(progress)
-                                   : rank == 3              ? 100
-                                                            : -1;
+                    snprintf(nw->state, sizeof nw->state, "%s", sm.state);
+                    snprintf(nw->error, sizeof nw->error, "%s", sm.error);
+                    nw->rank = sm.rank;
+                    nw->progress = sm.progress;
                     nw->ts = m->received_ms ? m->received_ms : mh_now_ms();
-                    zhashx_update(by_job, job, nw);
+                    zhashx_update(by_job, sm.job, nw);
                 }
             }
         }
-        json_decref(root);
         if (m)
             mh__device_message__free_unpacked(m, NULL);
         mh_envelope_free(&env);

@@ -664,16 +664,8 @@ void mht_fleet_start(mht_service_t *s, const char *name, const mht_db_t *db,
         a_oev[128], a_gev[128];
     mht_build_path("services/fleet-stats/motehub-fleet-stats", bin, sizeof bin);
     snprintf(a_pg, sizeof a_pg, "--pg-url=%s", db->url);
-    if (token) {
-        char cmd[2048], out[200] = "";
-        snprintf(cmd, sizeof cmd, "'%s' create-token ci '%s'", bin, a_pg);
-        FILE *p = popen(cmd, "r");
-        assert_non_null(p);
-        assert_non_null(fgets(out, sizeof out, p));
-        assert_int_equal(pclose(p), 0);
-        sscanf(out, "%127s", token);
-        assert_true(strncmp(token, "mht_", 4) == 0);
-    }
+    if (token)
+        mht_api_token(db, "ci", token);
     if (!s->port)
         s->port = mht_free_port();
     if (!s->http_port)
@@ -726,4 +718,39 @@ void mht_signing_key(char *key, size_t keylen, char *pub, size_t publen)
                   "openssl pkey -in '%s' -pubout -out '%s' 2>/dev/null",
                   key, key, pub) != 0)
         fail_msg("cannot make a signing key with openssl");
+}
+
+void mht_api_token(const mht_db_t *db, const char *name, char token[128])
+{
+    char bin[512], cmd[2048], out[200] = "";
+    mht_build_path("services/fleet-stats/motehub-fleet-stats", bin, sizeof bin);
+    snprintf(cmd, sizeof cmd, "'%s' create-token '%s' '--pg-url=%s'", bin, name, db->url);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    assert_non_null(fgets(out, sizeof out, p));
+    assert_int_equal(pclose(p), 0);
+    sscanf(out, "%127s", token);
+    assert_true(strncmp(token, "mht_", 4) == 0);
+}
+
+void mht_backends_start(mht_backends_t *b)
+{
+    mht_db_create(&b->db);
+    mht_twin_start(&b->twin, "twin", &b->db, "tcp://127.0.0.1:1", NULL);
+    char key[600], pub[600];
+    mht_signing_key(key, sizeof key, pub, sizeof pub);
+    mht_ota_start(&b->ota, "ota", &b->db, "tcp://127.0.0.1:1", &b->twin, key, NULL);
+    mht_ingest_start(&b->ingest, "ingest", &b->db, 0, NULL);
+}
+
+bool mht_backends_stop(mht_backends_t *b)
+{
+    mht_stop(b->ingest.pid, SIGTERM, 20000);
+    int so = mht_stop(b->ota.pid, SIGTERM, 20000);
+    int st = mht_stop(b->twin.pid, SIGTERM, 20000);
+    mht_db_drop(&b->db);
+    if (WIFEXITED(st) && !WEXITSTATUS(st) && WIFEXITED(so) && !WEXITSTATUS(so))
+        return true;
+    fprintf(stderr, "a daemon did not exit cleanly (twin %d, ota %d)\n", st, so);
+    return false;
 }

@@ -127,6 +127,20 @@ void mht_fleet_start(mht_service_t *s, const char *name, const mht_db_t *db,
                      const mht_service_t *ingest, const mht_service_t *gateway,
                      const char *const *extra, char token[128]);
 
+/* An API token made with fleet-stats' documented create-token command. */
+void mht_api_token(const mht_db_t *db, const char *name, char token[128]);
+
+/* What the operator API stands on: a new database, twin, ota (with a fresh
+ * signing key) and ingest, wired to no gateway. */
+typedef struct {
+    mht_db_t db;
+    mht_service_t twin, ota, ingest;
+} mht_backends_t;
+void mht_backends_start(mht_backends_t *b);
+/* Stops them (SIGTERM) and drops the database; false when twin or ota did
+ * not exit cleanly. */
+bool mht_backends_stop(mht_backends_t *b);
+
 /* Makes the fleet's Ed25519 signing key pair in the artifacts folder with
  * openssl (fleet-signing.pem, fleet-signing.pub.pem) and gives the paths. */
 void mht_signing_key(char *key, size_t keylen, char *pub, size_t publen);
