@@ -3,6 +3,7 @@
 
 #include "mh_config.h"
 #include "mh_envelope.h"
+#include "mh_json.h"
 #include "mh_log.h"
 #include "mh_metrics.h"
 #include "mh_resolver.h"
@@ -232,6 +233,47 @@ static void test_resolver(void **state)
     zsock_destroy(&pull);
 }
 
+/* mh_json: depth counted without recursion, brackets in strings ignored,
+ * refused past the limit with jansson's own error code and a position. */
+static void test_json_depth(void **state)
+{
+    (void)state;
+    assert_int_equal(mh_json_depth("1", 1, 32), 0);
+    assert_int_equal(mh_json_depth("{}", 2, 32), 1);
+    assert_int_equal(mh_json_depth("{\"a\":[1,{\"b\":2}]}", 17, 32), 3);
+    const char *s = "{\"a\":\"[[[{{{\\\"[\"}";
+    assert_int_equal(mh_json_depth(s, strlen(s), 32), 1);
+    char deep[2 * 40 + 2];
+    for (int d = 31; d <= 33; d++) {
+        memset(deep, '[', (size_t)d);
+        memset(deep + d, ']', (size_t)d);
+        deep[2 * d] = 0;
+        json_error_t err;
+        json_t *v = mh_json_loads(deep, 0, 32, &err);
+        if (d <= 32) {
+            assert_non_null(v);
+            json_decref(v);
+        } else {
+            assert_null(v);
+            assert_true(mh_json_too_deep(&err));
+            assert_string_equal(err.text, "nested deeper than 32 levels");
+            assert_int_equal(err.line, 1);
+            assert_int_equal(err.column, 33); /* the 33rd bracket */
+        }
+    }
+    /* a syntax error is not a depth error */
+    json_error_t err;
+    assert_null(mh_json_loads("{\"a\":", 0, 32, &err));
+    assert_false(mh_json_too_deep(&err));
+    /* a megabyte of brackets: refused at once, on a 64 KiB stack or any */
+    size_t n = 1 << 20;
+    char *big = malloc(n);
+    memset(big, '[', n);
+    assert_null(mh_json_loadb(big, n, 0, MH_JSON_MAX_DEPTH, &err));
+    assert_true(mh_json_too_deep(&err));
+    free(big);
+}
+
 static void test_ratelimit(void **state)
 {
     (void)state;
@@ -254,6 +296,7 @@ int main(void)
         cmocka_unit_test(test_envelope_roundtrip),
         cmocka_unit_test(test_resolver),
         cmocka_unit_test(test_ratelimit),
+        cmocka_unit_test(test_json_depth),
     };
     return MHT_RUN(tests);
 }

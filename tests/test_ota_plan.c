@@ -1,6 +1,7 @@
 /* The pure rollout rules: request checks, wave placement, the gate. */
 #include "mh_test.h"
 
+#include "ota_input.h"
 #include "ota_plan.h"
 
 static void test_spec_defaults(void **state)
@@ -159,13 +160,70 @@ static void test_decide(void **state)
     ota_spec_clear(&s);
 }
 
+/* A device's OTA status as ota reads it: states ranked, progress clamped
+ * (1e300 once went through a cast to int), malformed ones refused. */
+static void test_status_messages(void **state)
+{
+    (void)state;
+    ota_status_msg_t m;
+    const char *ok = "{\"jobId\":\"j-1\",\"state\":\"downloading\",\"progress\":40}";
+    assert_int_equal(ota_status_parse(ok, strlen(ok), &m), 0);
+    assert_string_equal(m.job, "j-1");
+    assert_int_equal(m.rank, 1);
+    assert_int_equal(m.progress, 40);
+    const char *huge = "{\"jobId\":\"j-1\",\"state\":\"installing\",\"progress\":1e300}";
+    assert_int_equal(ota_status_parse(huge, strlen(huge), &m), 0);
+    assert_int_equal(m.progress, 100);
+    const char *neg = "{\"jobId\":\"j-1\",\"state\":\"installing\",\"progress\":-1e300}";
+    assert_int_equal(ota_status_parse(neg, strlen(neg), &m), 0);
+    assert_int_equal(m.progress, 0);
+    const char *done = "{\"jobId\":\"j-1\",\"state\":\"failed\",\"error\":\"bad signature\"}";
+    assert_int_equal(ota_status_parse(done, strlen(done), &m), 0);
+    assert_int_equal(m.rank, 3);
+    assert_int_equal(m.progress, 100);
+    assert_string_equal(m.error, "bad signature");
+    const char *bad[] = {
+        "",
+        "[]",
+        "{\"jobId\":\"j\"}",
+        "{\"jobId\":\"j\",\"state\":\"done\"}",
+        "{\"jobId\":\"\",\"state\":\"failed\"}",
+        "{\"jobId\":7,\"state\":\"failed\"}",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(ota_status_parse(bad[i], strlen(bad[i]), &m), -EINVAL);
+}
+
+/* The Range header of an image download, against a 1,000-byte image. */
+static void test_ranges(void **state)
+{
+    (void)state;
+    size_t from, to;
+    assert_int_equal(ota_range_parse("bytes=0-99", 1000, &from, &to), 0);
+    assert_true(from == 0 && to == 99);
+    assert_int_equal(ota_range_parse("bytes=900-", 1000, &from, &to), 0);
+    assert_true(from == 900 && to == 999);
+    assert_int_equal(ota_range_parse("bytes=-100", 1000, &from, &to), 0);
+    assert_true(from == 900 && to == 999);
+    assert_int_equal(ota_range_parse("bytes=-5000", 1000, &from, &to), 0);
+    assert_true(from == 0 && to == 999);
+    assert_int_equal(ota_range_parse("bytes=500-5000", 1000, &from, &to), 0);
+    assert_true(from == 500 && to == 999);
+    const char *bad[] = {"bytes=1000-", "bytes=5-3",  "bytes=-0",   "bytes=0-1,5-9",
+                         "bytes=--5",   "bytes=-1-5", "bytes= 0-9", "bytes=0-9x",
+                         "items=0-9",   "bytes=",     "bytes=+1-2", "bytes=99999999999999999999-"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (ota_range_parse(bad[i], 1000, &from, &to) == 0)
+            fail_msg("took %s", bad[i]);
+    assert_int_equal(ota_range_parse("bytes=0-0", 0, &from, &to), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_spec_defaults),
-        cmocka_unit_test(test_spec_rejects),
-        cmocka_unit_test(test_waves),
-        cmocka_unit_test(test_decide),
+        cmocka_unit_test(test_spec_defaults),   cmocka_unit_test(test_spec_rejects),
+        cmocka_unit_test(test_waves),           cmocka_unit_test(test_decide),
+        cmocka_unit_test(test_status_messages), cmocka_unit_test(test_ranges),
     };
     return MHT_RUN(tests);
 }
