@@ -109,10 +109,7 @@ static bool s_twin_register(const mht_service_t *twin, s_who_t who, const char *
     return answered;
 }
 
-static mht_broker_t b;
-static mht_db_t db;
-static mht_service_t ing, tw, gw, ota, fs;
-static char downlink[64];
+static mht_platform_t s_p;
 
 static void test_platform_works_with_curve(void **state)
 {
@@ -123,23 +120,13 @@ static void test_platform_works_with_curve(void **state)
     /* every service started below takes its keys from the environment */
     setenv("MH_CURVE_DIR", s_keys, 1);
 
-    mht_broker_start(&b);
-    mht_db_create(&db);
-    mht_ingest_start(&ing, "ingest-curve", &db, 0, NULL);
-    snprintf(downlink, sizeof downlink, "tcp://127.0.0.1:%d", mht_free_port());
-    mht_twin_start(&tw, "twin-curve", &db, downlink, NULL);
-    char key[700], pub[700];
-    mht_signing_key(key, sizeof key, pub, sizeof pub);
-    mht_ota_start(&ota, "ota-curve", &db, downlink, &tw, key, NULL);
-    mht_gateway_for_twin(&gw, "gateway-curve", &b, &ing, &tw, downlink, ota.port);
-    char token[128];
-    mht_fleet_start(&fs, "fleet-curve", &db, &tw, &ota, &ing, &gw, NULL, token);
+    mht_platform_start(&s_p);
 
     /* the platform works: a device registered over CURVE, its telemetry
      * stored (gateway -> ingest), its report visible through the API
      * (gateway -> twin -> fleet-stats) */
-    assert_true(s_twin_register(&tw, S_GOOD, "cv-1"));
-    mh_agent_opts_t o = {.url = b.url, .device_id = "cv-1"};
+    assert_true(s_twin_register(&s_p.twin, S_GOOD, "cv-1"));
+    mh_agent_opts_t o = {.url = s_p.broker.url, .device_id = "cv-1"};
     mh_agent_t *a = mh_agent_new(&o);
     mh_agent_connect(a);
     assert_true(mh_agent_wait_connected(a, 10000));
@@ -150,7 +137,7 @@ static void test_platform_works_with_curve(void **state)
     json_t *rep = json_pack("{s:s}", "mode", "curve");
     assert_int_equal(mh_agent_report(a, rep, NULL), 0);
     json_decref(rep);
-    assert_true(mht_db_wait_num(&db,
+    assert_true(mht_db_wait_num(&s_p.db,
                                 "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = "
                                 "'cv-1'",
                                 1, 20000) == 1);
@@ -161,7 +148,7 @@ static void test_platform_works_with_curve(void **state)
         snprintf(cmd, sizeof cmd,
                  "curl -sf -H 'Authorization: Bearer %s' "
                  "http://127.0.0.1:%d/api/v1/devices/cv-1/twin | grep -q '\"curve\"'",
-                 token, fs.port);
+                 s_p.token, s_p.fleet.port);
         seen = mht_shell("%s", cmd) == 0;
         if (!seen)
             mht_sleep_ms(200);
@@ -176,14 +163,20 @@ static void test_no_handshake_without_the_right_key(void **state)
     /* every socket a service binds: the tools key completes the handshake;
      * no CURVE, or a key not in the allow-list, does not */
     char gw_events[64];
-    snprintf(gw_events, sizeof gw_events, "tcp://127.0.0.1:%d", gw.events_port);
+    snprintf(gw_events, sizeof gw_events, "tcp://127.0.0.1:%d", s_p.gateway.events_port);
     struct {
         const char *endpoint;
         int type;
     } socks[] = {
-        {ing.endpoint, ZMQ_DEALER},     {ing.rpc_endpoint, ZMQ_DEALER}, {tw.endpoint, ZMQ_PUSH},
-        {tw.rpc_endpoint, ZMQ_DEALER},  {tw.events_endpoint, ZMQ_SUB},  {ota.endpoint, ZMQ_PUSH},
-        {ota.rpc_endpoint, ZMQ_DEALER}, {ota.events_endpoint, ZMQ_SUB}, {downlink, ZMQ_PUSH},
+        {s_p.ingest.endpoint, ZMQ_DEALER},
+        {s_p.ingest.rpc_endpoint, ZMQ_DEALER},
+        {s_p.twin.endpoint, ZMQ_PUSH},
+        {s_p.twin.rpc_endpoint, ZMQ_DEALER},
+        {s_p.twin.events_endpoint, ZMQ_SUB},
+        {s_p.ota.endpoint, ZMQ_PUSH},
+        {s_p.ota.rpc_endpoint, ZMQ_DEALER},
+        {s_p.ota.events_endpoint, ZMQ_SUB},
+        {s_p.downlink, ZMQ_PUSH},
         {gw_events, ZMQ_SUB},
     };
     for (size_t i = 0; i < sizeof socks / sizeof *socks; i++) {
@@ -197,16 +190,16 @@ static void test_an_intruder_delivers_nothing(void **state)
 {
     (void)state;
     /* an intruder's request has no effect: no answer, no device */
-    assert_false(s_twin_register(&tw, S_PLAIN, "intruder-1"));
-    assert_false(s_twin_register(&tw, S_INTRUDER, "intruder-2"));
+    assert_false(s_twin_register(&s_p.twin, S_PLAIN, "intruder-1"));
+    assert_false(s_twin_register(&s_p.twin, S_INTRUDER, "intruder-2"));
     mht_sleep_ms(500);
-    assert_true(mht_db_num(&db, "SELECT count(*) FROM twin.devices WHERE id LIKE "
-                                "'intruder%'") == 0);
+    assert_true(mht_db_num(&s_p.db, "SELECT count(*) FROM twin.devices WHERE id LIKE "
+                                    "'intruder%'") == 0);
     /* a subscriber with a wrong key hears no event while a right one does */
-    zsock_t *good = s_client(ZMQ_SUB, tw.events_endpoint, S_GOOD);
-    zsock_t *bad = s_client(ZMQ_SUB, tw.events_endpoint, S_INTRUDER);
+    zsock_t *good = s_client(ZMQ_SUB, s_p.twin.events_endpoint, S_GOOD);
+    zsock_t *bad = s_client(ZMQ_SUB, s_p.twin.events_endpoint, S_INTRUDER);
     mht_sleep_ms(500);
-    assert_true(s_twin_register(&tw, S_GOOD, "cv-2"));
+    assert_true(s_twin_register(&s_p.twin, S_GOOD, "cv-2"));
     zsock_set_rcvtimeo(good, 5000);
     zsock_set_rcvtimeo(bad, 1000);
     zmsg_t *ev = zmsg_recv(good);
@@ -217,13 +210,7 @@ static void test_an_intruder_delivers_nothing(void **state)
     zsock_destroy(&good);
     zsock_destroy(&bad);
 
-    assert_int_equal(mht_stop(fs.pid, SIGTERM, 20000), 0);
-    assert_int_equal(mht_stop(gw.pid, SIGTERM, 20000), 0);
-    assert_int_equal(mht_stop(ota.pid, SIGTERM, 20000), 0);
-    assert_int_equal(mht_stop(tw.pid, SIGTERM, 20000), 0);
-    assert_int_equal(mht_stop(ing.pid, SIGTERM, 20000), 0);
-    mht_broker_stop(&b);
-    mht_db_drop(&db);
+    assert_true(mht_platform_stop(&s_p));
     unsetenv("MH_CURVE_DIR");
 }
 

@@ -17,42 +17,19 @@
 
 #include <czmq.h>
 
-static mht_broker_t s_b;
-static mht_db_t s_db;
-static mht_service_t s_ing, s_tw, s_ota, s_gw, s_fs;
-static char s_downlink[64], s_token[128];
+static mht_platform_t s_p;
 
 static int s_setup(void **state)
 {
     (void)state;
-    mht_broker_start(&s_b);
-    mht_db_create(&s_db);
-    mht_ingest_start(&s_ing, "ingest", &s_db, 0, NULL);
-    snprintf(s_downlink, sizeof s_downlink, "tcp://127.0.0.1:%d", mht_free_port());
-    mht_twin_start(&s_tw, "twin", &s_db, s_downlink, NULL);
-    char key[700], pub[700];
-    mht_signing_key(key, sizeof key, pub, sizeof pub);
-    mht_ota_start(&s_ota, "ota", &s_db, s_downlink, &s_tw, key, NULL);
-    mht_gateway_for_twin(&s_gw, "gateway", &s_b, &s_ing, &s_tw, s_downlink, s_ota.port);
-    mht_fleet_start(&s_fs, "fleet-stats", &s_db, &s_tw, &s_ota, &s_ing, &s_gw, NULL, s_token);
+    mht_platform_start(&s_p);
     return 0;
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    int rc = 0;
-    mht_service_t *all[] = {&s_fs, &s_gw, &s_ota, &s_tw, &s_ing};
-    for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
-        int st = mht_stop(all[i]->pid, SIGTERM, 20000);
-        if (!WIFEXITED(st) || WEXITSTATUS(st)) {
-            fprintf(stderr, "%s did not exit cleanly (%d)\n", all[i]->name, st);
-            rc = -1;
-        }
-    }
-    mht_broker_stop(&s_b);
-    mht_db_drop(&s_db);
-    return rc;
+    return mht_platform_stop(&s_p) ? 0 : -1;
 }
 
 /* Sends one message of `n` frames; a frame is `len` bytes of `data`. */
@@ -140,16 +117,16 @@ static void test_garbage_on_every_socket(void **state)
     const char *const ota_in[] = {"device.message", NULL};
     const char *const ota_rpc[] = {"ota.request", NULL};
     const char *const gw_down[] = {"downlink", NULL};
-    s_garbage(s_ing.endpoint, ZMQ_DEALER, ingest_batch);
-    s_garbage(s_ing.rpc_endpoint, ZMQ_DEALER, ingest_query);
-    s_garbage(s_tw.endpoint, ZMQ_PUSH, twin_in);
-    s_garbage(s_tw.rpc_endpoint, ZMQ_DEALER, twin_rpc);
-    s_garbage(s_ota.endpoint, ZMQ_PUSH, ota_in);
-    s_garbage(s_ota.rpc_endpoint, ZMQ_DEALER, ota_rpc);
-    s_garbage(s_downlink, ZMQ_PUSH, gw_down);
+    s_garbage(s_p.ingest.endpoint, ZMQ_DEALER, ingest_batch);
+    s_garbage(s_p.ingest.rpc_endpoint, ZMQ_DEALER, ingest_query);
+    s_garbage(s_p.twin.endpoint, ZMQ_PUSH, twin_in);
+    s_garbage(s_p.twin.rpc_endpoint, ZMQ_DEALER, twin_rpc);
+    s_garbage(s_p.ota.endpoint, ZMQ_PUSH, ota_in);
+    s_garbage(s_p.ota.rpc_endpoint, ZMQ_DEALER, ota_rpc);
+    s_garbage(s_p.downlink, ZMQ_PUSH, gw_down);
     mht_sleep_ms(1000); /* what was queued is read */
 
-    mht_service_t *all[] = {&s_ing, &s_tw, &s_ota, &s_gw, &s_fs};
+    mht_service_t *all[] = {&s_p.ingest, &s_p.twin, &s_p.ota, &s_p.gateway, &s_p.fleet};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         if (!mht_alive(all[i]->pid))
             fail_msg("%s died on garbage (see %s/%s.log)", all[i]->name, mht_artifacts(),
@@ -160,9 +137,9 @@ static void test_garbage_on_every_socket(void **state)
     snprintf(cmd, sizeof cmd,
              "curl -sf -o /dev/null -H 'Authorization: Bearer %s' -H 'Content-Type: "
              "application/json' -d '{\"id\":\"gb-1\"}' http://127.0.0.1:%d/api/v1/devices",
-             s_token, s_fs.port);
+             s_p.token, s_p.fleet.port);
     assert_int_equal(mht_shell("%s", cmd), 0);
-    mh_agent_opts_t o = {.url = s_b.url, .device_id = "gb-1"};
+    mh_agent_opts_t o = {.url = s_p.broker.url, .device_id = "gb-1"};
     mh_agent_t *a = mh_agent_new(&o);
     mh_agent_connect(a);
     assert_true(mh_agent_wait_connected(a, 10000));
@@ -175,7 +152,7 @@ static void test_garbage_on_every_socket(void **state)
     while (rows < 1 && mht_now_ms() < deadline) {
         assert_int_equal(mh_agent_publish_samples(a, &smp, 1, 1), 0);
         rows = mht_db_wait_num(
-            &s_db, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'gb-1'", 1, 1000);
+            &s_p.db, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'gb-1'", 1, 1000);
     }
     assert_true(rows >= 1);
     mh_agent_destroy(&a);
@@ -184,7 +161,7 @@ static void test_garbage_on_every_socket(void **state)
     for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
         snprintf(cmd, sizeof cmd,
                  "curl -sf -o /dev/null -H 'Authorization: Bearer %s' http://127.0.0.1:%d%s",
-                 s_token, s_fs.port, paths[i]);
+                 s_p.token, s_p.fleet.port, paths[i]);
         if (mht_shell("%s", cmd) != 0)
             fail_msg("%s did not answer 200 after the garbage", paths[i]);
     }

@@ -754,3 +754,35 @@ bool mht_backends_stop(mht_backends_t *b)
     fprintf(stderr, "a daemon did not exit cleanly (twin %d, ota %d)\n", st, so);
     return false;
 }
+
+void mht_platform_start(mht_platform_t *p)
+{
+    mht_broker_start(&p->broker);
+    mht_db_create(&p->db);
+    mht_ingest_start(&p->ingest, "ingest", &p->db, 0, NULL);
+    snprintf(p->downlink, sizeof p->downlink, "tcp://127.0.0.1:%d", mht_free_port());
+    mht_twin_start(&p->twin, "twin", &p->db, p->downlink, NULL);
+    char key[700], pub[700];
+    mht_signing_key(key, sizeof key, pub, sizeof pub);
+    mht_ota_start(&p->ota, "ota", &p->db, p->downlink, &p->twin, key, NULL);
+    mht_gateway_for_twin(&p->gateway, "gateway", &p->broker, &p->ingest, &p->twin, p->downlink,
+                         p->ota.port);
+    mht_fleet_start(&p->fleet, "fleet-stats", &p->db, &p->twin, &p->ota, &p->ingest, &p->gateway,
+                    NULL, p->token);
+}
+
+bool mht_platform_stop(mht_platform_t *p)
+{
+    bool clean = true;
+    mht_service_t *all[] = {&p->fleet, &p->gateway, &p->ota, &p->twin, &p->ingest};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
+        int st = mht_stop(all[i]->pid, SIGTERM, 20000);
+        if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+            fprintf(stderr, "%s did not exit cleanly (%d)\n", all[i]->name, st);
+            clean = false;
+        }
+    }
+    mht_broker_stop(&p->broker);
+    mht_db_drop(&p->db);
+    return clean;
+}

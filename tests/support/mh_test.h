@@ -141,6 +141,20 @@ void mht_backends_start(mht_backends_t *b);
  * not exit cleanly. */
 bool mht_backends_stop(mht_backends_t *b);
 
+/* The whole platform on one new database and broker: ingest, twin, ota,
+ * a gateway forwarding to them and fleet-stats with an API token (what
+ * MH_CURVE_DIR etc. in the environment say applies to all). */
+typedef struct {
+    mht_broker_t broker;
+    mht_db_t db;
+    mht_service_t ingest, twin, ota, gateway, fleet;
+    char downlink[64], token[128];
+} mht_platform_t;
+void mht_platform_start(mht_platform_t *p);
+/* Stops it, newest first, and drops the database; false when a daemon did
+ * not exit cleanly (each named on stderr). */
+bool mht_platform_stop(mht_platform_t *p);
+
 /* Makes the fleet's Ed25519 signing key pair in the artifacts folder with
  * openssl (fleet-signing.pem, fleet-signing.pub.pem) and gives the paths. */
 void mht_signing_key(char *key, size_t keylen, char *pub, size_t publen);
