@@ -188,6 +188,8 @@ static char *s_nested(const char *prefix, int depth, const char *open, char clos
 {
     size_t ol = strlen(open), n = strlen(prefix) + (size_t)depth * (ol + 1) + strlen(suffix) + 2;
     char *b = malloc(n), *p = b;
+    if (!b)
+        abort();
     p += sprintf(p, "%s", prefix);
     for (int i = 0; i < depth; i++)
         p += sprintf(p, "%s", open);
