@@ -1,6 +1,7 @@
 #include "mh_test.h"
 #include "mh_metrics.h"
 
+#include <sys/prctl.h>
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
@@ -109,8 +110,15 @@ pid_t mht_spawn(const char *name, char *const argv[])
     char log[700];
     snprintf(log, sizeof log, "%s/%s.log", mht_artifacts(), name);
     fflush(NULL);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
+        /* A test (or fuzzer) that dies without its atexit handlers — an
+         * abort, a sanitizer report — takes its daemons with it, instead of
+         * leaving them to load the machine for the rest of the run. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
