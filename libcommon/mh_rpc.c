@@ -1,4 +1,5 @@
 #include "mh_rpc.h"
+#include "mh_json.h"
 #include "mh_resolver.h"
 #include "mh_time.h"
 
@@ -136,4 +137,69 @@ bool mh_rpc_reply_match(const Mh__Envelope *env, const char *rid)
     if (r)
         mh__rpc_reply__free_unpacked(r, NULL);
     return ok;
+}
+
+void *mh_rpc_field(const ProtobufCMessage *m, unsigned number, ProtobufCType type)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field(m->descriptor, number);
+    if (!f || f->type != type || f->label == PROTOBUF_C_LABEL_REPEATED)
+        return NULL;
+    return (char *)m + f->offset;
+}
+
+bool mh_rpc_reply_fields(ProtobufCMessage *reply, mh_rpc_reply_fields_t *out)
+{
+    *out = (mh_rpc_reply_fields_t){mh_rpc_field(reply, 1, PROTOBUF_C_TYPE_STRING),
+                                   mh_rpc_field(reply, 2, PROTOBUF_C_TYPE_UINT32),
+                                   mh_rpc_field(reply, 3, PROTOBUF_C_TYPE_STRING),
+                                   mh_rpc_field(reply, 4, PROTOBUF_C_TYPE_STRING),
+                                   mh_rpc_field(reply, 5, PROTOBUF_C_TYPE_STRING)};
+    return out->request_id && out->status && out->error_code && out->message && out->body_json;
+}
+
+bool mh_rpc_reply_common(const ProtobufCMessage *reply, mh_rpc_common_t *out)
+{
+    mh_rpc_reply_fields_t f;
+    if (!mh_rpc_reply_fields((ProtobufCMessage *)reply, &f))
+        return false;
+    *out = (mh_rpc_common_t){*f.request_id, *f.status, *f.error_code, *f.message, *f.body_json};
+    return true;
+}
+
+bool mh_rpc_request_stamp(ProtobufCMessage *request, const char *request_id, int64_t deadline_ms)
+{
+    char **id = mh_rpc_field(request, 1, PROTOBUF_C_TYPE_STRING);
+    int64_t *deadline = mh_rpc_field(request, 2, PROTOBUF_C_TYPE_INT64);
+    if (!id || !deadline)
+        return false;
+    *id = (char *)request_id;
+    *deadline = deadline_ms;
+    return true;
+}
+
+json_t *mh_rpc_call_json(mh_rpc_t *self, const char *type, ProtobufCMessage *request,
+                         const char *request_id, int timeout_ms, char *err, size_t errlen)
+{
+    if (!mh_rpc_request_stamp(request, request_id, mh_now_ms() + timeout_ms)) {
+        snprintf(err, errlen, "%s is not a request", type);
+        return NULL;
+    }
+    Mh__Envelope *env =
+        mh_rpc_call(self, type, request, request_id, mh_rpc_reply_match, timeout_ms);
+    if (!env) {
+        snprintf(err, errlen, "no answer to %s", type);
+        return NULL;
+    }
+    Mh__RpcReply *r = mh__rpc_reply__unpack(NULL, env->body.len, env->body.data);
+    mh_envelope_free(&env);
+    json_t *body = NULL;
+    if (!r || r->status != 200)
+        snprintf(err, errlen, "%s answered %u: %s", type, r ? r->status : 0,
+                 r ? r->message : "not a reply");
+    else if (!(body = mh_json_loads(r->body_json, 0, MH_JSON_MAX_DEPTH, NULL)))
+        snprintf(err, errlen, "the answer to %s did not parse", type);
+    if (r)
+        mh__rpc_reply__free_unpacked(r, NULL);
+    return body;
 }

@@ -5,6 +5,7 @@
  * gave up) is dropped. */
 #pragma once
 #include "mh_envelope.h"
+#include <jansson.h>
 #include <stdbool.h>
 
 typedef struct mh_rpc_t mh_rpc_t;
@@ -12,6 +13,36 @@ typedef struct mh_rpc_t mh_rpc_t;
 /* `endpoint`: the service's RPC address(es), as mh_resolver takes them. */
 mh_rpc_t *mh_rpc_new(const char *endpoint);
 void mh_rpc_destroy(mh_rpc_t **self_p);
+
+/* The contract every service's messages keep (proto/envelope.proto): a
+ * request has request_id = 1, deadline_ms = 2 (and method = 3 where there
+ * are several); a reply has RpcReply's fields 1-5. */
+
+/* A singular field of a decoded message by number and type, NULL when the
+ * message has no such field. */
+void *mh_rpc_field(const ProtobufCMessage *m, unsigned number, ProtobufCType type);
+
+/* Where RpcReply's fields lie in any service's reply message. */
+typedef struct {
+    char **request_id;
+    uint32_t *status;
+    char **error_code, **message, **body_json;
+} mh_rpc_reply_fields_t;
+/* false when `reply` lacks them. */
+bool mh_rpc_reply_fields(ProtobufCMessage *reply, mh_rpc_reply_fields_t *out);
+
+/* RpcReply's fields of any service's reply, borrowed from it. */
+typedef struct {
+    const char *request_id;
+    uint32_t status;
+    const char *error_code, *message, *body_json;
+} mh_rpc_common_t;
+/* false when `reply` lacks them. */
+bool mh_rpc_reply_common(const ProtobufCMessage *reply, mh_rpc_common_t *out);
+
+/* Sets a request's request_id (borrowed) and deadline_ms; false when it
+ * lacks them. */
+bool mh_rpc_request_stamp(ProtobufCMessage *request, const char *request_id, int64_t deadline_ms);
 
 /* Is this reply envelope the answer to the call with `request_id`? */
 typedef bool(mh_rpc_match_fn)(const Mh__Envelope *reply, const char *request_id);
@@ -25,3 +56,11 @@ bool mh_rpc_reply_match(const Mh__Envelope *reply, const char *request_id);
  * NULL on timeout (errno ETIMEDOUT) or a bad endpoint. */
 Mh__Envelope *mh_rpc_call(mh_rpc_t *self, const char *type, const ProtobufCMessage *body,
                           const char *request_id, mh_rpc_match_fn *match, int timeout_ms);
+
+/* Calls a service for its reply's JSON body: `request` is stamped with
+ * `request_id` and a deadline timeout_ms from now, the reply read as
+ * RpcReply. Returns the body of a 200 reply, parsed with mh_json's depth
+ * limit (the caller owns it), or NULL with `err` saying why: no answer, the
+ * service's status and message, or a body that does not parse. */
+json_t *mh_rpc_call_json(mh_rpc_t *self, const char *type, ProtobufCMessage *request,
+                         const char *request_id, int timeout_ms, char *err, size_t errlen);

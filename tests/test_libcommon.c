@@ -4,6 +4,10 @@
 #include "mh_config.h"
 #include "mh_envelope.h"
 #include "mh_json.h"
+#include "mh_rpc.h"
+#include "mh_rpc_server.h"
+#include "mh_time.h"
+#include "twin.pb-c.h"
 #include "mh_log.h"
 #include "mh_metrics.h"
 #include "mh_resolver.h"
@@ -274,6 +278,162 @@ static void test_json_depth(void **state)
     free(big);
 }
 
+/* ---- mh_rpc_server, with twin's messages and a service made up here ---- */
+
+typedef struct {
+    mh_rpc_reply_t base;
+    Mh__TwinReply rep;
+} s_test_reply_t;
+
+typedef struct {
+    bool db_up;
+    int ran;
+} s_test_svc_t;
+
+static void s_test_get(void *ud, const void *req, void *reply)
+{
+    s_test_svc_t *svc = ud;
+    const Mh__TwinRequest *q = req;
+    s_test_reply_t *r = reply;
+    svc->ran++;
+    if (!*q->device_id) {
+        mh_rpc_fail(&r->base, 404, "not_found", "no device \"%s\"", q->device_id);
+        return;
+    }
+    r->rep.version = 7; /* a field of the service's own reply */
+    mh_rpc_ok_json(&r->base, 200, json_pack("{s:s}", "id", q->device_id));
+}
+
+static bool s_test_db(void *ud)
+{
+    return ((s_test_svc_t *)ud)->db_up;
+}
+
+static const mh_rpc_method_t s_test_methods[] = {
+    [MH__TWIN_REQUEST__METHOD__REGISTER] = {"register", NULL, true},
+    [MH__TWIN_REQUEST__METHOD__GET_DEVICE] = {"get_device", s_test_get, true},
+};
+
+static const mh_rpc_service_t s_test_def = {
+    .request_type = "twin.request",
+    .reply_type = "twin.reply",
+    .request = &mh__twin_request__descriptor,
+    .reply = &mh__twin_reply__descriptor,
+    .reply_size = sizeof(s_test_reply_t),
+    .reply_msg_offset = offsetof(s_test_reply_t, rep),
+    .methods = s_test_methods,
+    .n_methods = 2,
+    .db_ready = s_test_db,
+    .metric_prefix = "mh_test_rpc",
+};
+
+/* Sends a request and returns the reply (NULL when none came in 300 ms). */
+static Mh__TwinReply *s_test_call(zsock_t *client, zsock_t *router, mh_rpc_server_t *server,
+                                  int method, const char *device, int64_t deadline)
+{
+    Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
+    assert_true(mh_rpc_request_stamp(&q.base, "r-1", deadline));
+    q.method = method;
+    q.device_id = (char *)device;
+    assert_int_equal(mh_envelope_send(client, NULL, "twin.request", NULL, &q.base, false), 0);
+    mh_rpc_server_handle(server, router);
+    zsock_set_rcvtimeo(client, 300);
+    zframe_t *f = zframe_recv(client);
+    Mh__Envelope *env = f ? mh_envelope_unpack(f) : NULL;
+    zframe_destroy(&f);
+    if (!env)
+        return NULL;
+    assert_string_equal(env->type, "twin.reply");
+    Mh__TwinReply *r = mh__twin_reply__unpack(NULL, env->body.len, env->body.data);
+    mh_envelope_free(&env);
+    assert_non_null(r);
+    assert_string_equal(r->request_id, "r-1");
+    return r;
+}
+
+static void test_rpc_server(void **state)
+{
+    (void)state;
+    mh_metrics_t *m = mh_metrics_new();
+    s_test_svc_t svc = {.db_up = true};
+    mh_rpc_server_t *server = mh_rpc_server_new(&s_test_def, &svc, m);
+    zsock_t *router = zsock_new_router("inproc://rpc-server-test");
+    zsock_t *client = zsock_new_dealer(">inproc://rpc-server-test");
+    int64_t later = mh_now_ms() + 60000;
+
+    Mh__TwinReply *r = s_test_call(client, router, server, 1, "d-1", later);
+    assert_int_equal(r->status, 200);
+    assert_string_equal(r->body_json, "{\"id\":\"d-1\"}");
+    assert_int_equal(r->version, 7);
+    assert_string_equal(r->error_code, "");
+    mh__twin_reply__free_unpacked(r, NULL);
+
+    r = s_test_call(client, router, server, 1, "", later);
+    assert_int_equal(r->status, 404);
+    assert_string_equal(r->error_code, "not_found");
+    assert_string_equal(r->message, "no device \"\"");
+    mh__twin_reply__free_unpacked(r, NULL);
+
+    r = s_test_call(client, router, server, 1, "d-1", mh_now_ms() - 1); /* deadline passed */
+    assert_int_equal(r->status, 504);
+    assert_string_equal(r->error_code, "deadline_exceeded");
+    mh__twin_reply__free_unpacked(r, NULL);
+
+    svc.db_up = false;
+    r = s_test_call(client, router, server, 1, "d-1", 0); /* no deadline */
+    assert_int_equal(r->status, 503);
+    assert_string_equal(r->error_code, "unavailable");
+    mh__twin_reply__free_unpacked(r, NULL);
+    svc.db_up = true;
+
+    r = s_test_call(client, router, server, 0, "d-1", later); /* no handler */
+    assert_int_equal(r->status, 400);
+    mh__twin_reply__free_unpacked(r, NULL);
+    r = s_test_call(client, router, server, 9, "d-1", later); /* past the table */
+    assert_int_equal(r->status, 400);
+    mh__twin_reply__free_unpacked(r, NULL);
+    assert_int_equal(svc.ran, 2);
+
+    /* malformed: not an envelope; another type; a body that is not a request */
+    zstr_send(client, "garbage");
+    mh_rpc_server_handle(server, router);
+    Mh__TwinReply other = MH__TWIN_REPLY__INIT;
+    mh_envelope_send(client, NULL, "ota.request", NULL, &other.base, false);
+    mh_rpc_server_handle(server, router);
+    zframe_t *junk = zframe_new("\xff\xff\xff", 3);
+    Mh__Envelope e = MH__ENVELOPE__INIT;
+    e.schema_version = MH_SCHEMA_VERSION;
+    e.type = "twin.request";
+    e.body.data = zframe_data(junk);
+    e.body.len = zframe_size(junk);
+    zframe_t *f = zframe_new(NULL, mh__envelope__get_packed_size(&e));
+    mh__envelope__pack(&e, zframe_data(f));
+    zframe_send(&f, client, 0);
+    zframe_destroy(&junk);
+    mh_rpc_server_handle(server, router);
+    zsock_set_rcvtimeo(client, 300);
+    zframe_t *none = zframe_recv(client);
+    assert_null(none); /* no answer to any of them */
+    assert_int_equal(svc.ran, 2);
+
+    char *text = mh_metrics_render(m);
+    double v;
+    assert_int_equal(
+        mh_metrics_text_value(text, "mh_test_rpc_requests_total", "method=\"get_device\"", &v), 0);
+    assert_true(v == 4);
+    assert_int_equal(mh_metrics_text_value(text, "mh_test_rpc_malformed_total", NULL, &v), 0);
+    assert_true(v == 3);
+    assert_int_equal(mh_metrics_text_value(text, "mh_test_rpc_errors_total", NULL, &v), 0);
+    assert_true(v == 5 + 3); /* 404, 504, 503, 400 x2, and the malformed */
+    assert_int_equal(mh_metrics_text_value(text, "mh_test_rpc_ms_count", NULL, &v), 0);
+    assert_true(v == 6);
+    free(text);
+    zsock_destroy(&client);
+    zsock_destroy(&router);
+    mh_rpc_server_destroy(&server);
+    mh_metrics_destroy(&m);
+}
+
 static void test_ratelimit(void **state)
 {
     (void)state;
@@ -297,6 +457,7 @@ int main(void)
         cmocka_unit_test(test_resolver),
         cmocka_unit_test(test_ratelimit),
         cmocka_unit_test(test_json_depth),
+        cmocka_unit_test(test_rpc_server),
     };
     return MHT_RUN(tests);
 }
