@@ -4,6 +4,7 @@
 #include "mh_envelope.h"
 #include "mh_ids.h"
 #include "mh_log.h"
+#include "mh_rpc_server.h"
 #include "mh_pg.h"
 #include "mh_time.h"
 #include "telemetry.pb-c.h"
@@ -42,26 +43,24 @@ static const char *s_sql_latest =
     " FROM ingest.telemetry_raw WHERE device_id = $1"
     " AND ($2::text[] IS NULL OR metric = ANY($2::text[])) ORDER BY metric, ts DESC";
 
+/* A reply in the making (mh_rpc_server.h): the common fields first, then
+ * the query's reply message. */
 typedef struct {
+    mh_rpc_reply_t base;
     Mh__TelemetryReply rep;
-    char *body;
-    char msg[300];
 } s_reply_t;
 
 static void s_fail(s_reply_t *r, uint32_t status, const char *code, const char *msg)
 {
-    snprintf(r->msg, sizeof r->msg, "%s", msg);
-    r->rep.status = status;
-    r->rep.error_code = (char *)code;
-    r->rep.message = r->msg;
+    mh_rpc_fail(&r->base, status, code, "%s", msg);
 }
 
+/* Values as the shortest text that reads back as the same double. */
 static void s_ok(s_reply_t *r, json_t *body)
 {
-    r->body = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    r->base.body = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(body);
-    r->rep.status = r->body ? 200 : 500;
-    r->rep.body_json = r->body ? r->body : "";
+    r->base.status = r->base.body ? 200 : 500;
 }
 
 static bool s_metric_ok(const char *m)
@@ -196,44 +195,49 @@ zsock_t *in_query_bind(const char *endpoint)
     return router;
 }
 
+typedef struct {
+    mh_pg_t *pg;
+    int64_t max_limit;
+} s_query_t;
+
+static void s_handle(void *ud, const void *req, void *reply)
+{
+    s_query_t *self = ud;
+    s_answer(self->pg, req, self->max_limit > 0 ? self->max_limit : 100000, reply);
+}
+
+/* One method; the query reports a lost database itself (503). */
+static const mh_rpc_method_t s_methods[] = {{"query", s_handle, false}};
+
+static const mh_rpc_service_t s_rpc_def = {
+    .request_type = "telemetry.query",
+    .reply_type = "telemetry.reply",
+    .request = &mh__telemetry_query__descriptor,
+    .reply = &mh__telemetry_reply__descriptor,
+    .reply_size = sizeof(s_reply_t),
+    .reply_msg_offset = offsetof(s_reply_t, rep),
+    .methods = s_methods,
+    .n_methods = 1,
+    .metric_prefix = "mh_ingest_query",
+};
+
 void in_query_actor(zsock_t *pipe, void *args)
 {
     in_query_opts_t o = *(in_query_opts_t *)args;
     zsock_t *router = o.router;
-    mh_pg_t *pg = mh_pg_new(o.pg_url, NULL, 0);
-    mh_ratelimit_t rl = MH_RATELIMIT_INIT(5000, 2);
+    s_query_t q = {mh_pg_new(o.pg_url, NULL, 0), o.max_limit};
+    mh_rpc_server_t *server = mh_rpc_server_new(&s_rpc_def, &q, o.metrics);
     zsock_signal(pipe, 0);
     zpoller_t *poller = zpoller_new(pipe, router, NULL);
     for (;;) {
         void *which = zpoller_wait(poller, -1);
         if (which == pipe || !which)
             break; /* $TERM, or interrupted */
-        zmsg_t *m = zmsg_recv(router);
-        zframe_t *routing = m ? zmsg_pop(m) : NULL, *body = m ? zmsg_pop(m) : NULL;
-        Mh__Envelope *env = body ? mh_envelope_unpack(body) : NULL;
-        Mh__TelemetryQuery *q =
-            env && strcmp(env->type, "telemetry.query") == 0
-                ? mh__telemetry_query__unpack(NULL, env->body.len, env->body.data)
-                : NULL;
-        if (q && (!q->deadline_ms || q->deadline_ms > mh_now_ms())) {
-            s_reply_t r;
-            memset(&r, 0, sizeof r);
-            mh__telemetry_reply__init(&r.rep);
-            r.rep.request_id = q->request_id;
-            s_answer(pg, q, o.max_limit > 0 ? o.max_limit : 100000, &r);
-            mh_envelope_send(router, routing, "telemetry.reply", env->trace_id, &r.rep.base, true);
-            free(r.body);
-        } else if (!q) {
-            mh_log_limited(&rl, MH_LOG_WARN, "malformed telemetry query, ignoring");
-        }
-        if (q)
-            mh__telemetry_query__free_unpacked(q, NULL);
-        mh_envelope_free(&env);
-        zframe_destroy(&routing);
-        zframe_destroy(&body);
-        zmsg_destroy(&m);
+        if (server)
+            mh_rpc_server_handle(server, router);
     }
     zpoller_destroy(&poller);
-    mh_pg_destroy(&pg);
+    mh_rpc_server_destroy(&server);
+    mh_pg_destroy(&q.pg);
     zsock_destroy(&router);
 }

@@ -7,12 +7,14 @@
  * to 2 days, 1-hour rollups beyond. Results are ordered by metric then time
  * and paged by an opaque cursor (metric and time of the last point). */
 #pragma once
+#include "mh_metrics.h"
 #include <czmq.h>
 
 typedef struct {
     const char *pg_url;
     zsock_t *router; /* from in_query_bind; the actor takes it over */
     int64_t max_limit;
+    mh_metrics_t *metrics; /* where its mh_ingest_query_* metrics go */
 } in_query_opts_t;
 
 /* The query ROUTER, bound in the caller's thread (so a taken port fails the

@@ -340,7 +340,7 @@ void in_actor(zsock_t *pipe, void *args)
     zactor_t *query = NULL;
     if (*self->cfg->rpc_bind) {
         in_query_opts_t qo = {self->cfg->pg_url, in_query_bind(self->cfg->rpc_bind),
-                              self->cfg->query_max};
+                              self->cfg->query_max, self->ctx->metrics};
         if (!qo.router || !(query = zactor_new(in_query_actor, &qo))) {
             zsock_destroy(&qo.router);
             s_destroy(&self);
