@@ -1,0 +1,151 @@
+/* tw_internal — what the twin service's files share (not a public API):
+ * the service's state, the limits it enforces, the queue of what a
+ * transaction sends once it commits, and the functions one file offers
+ * the others. The files, by concern:
+ *   tw_service.c   configuration, schema, metrics, set-up and the loop
+ *   tw_out.c       what a transaction publishes and sends after COMMIT
+ *   tw_commands.c  command rows as JSON, and delivering queued commands
+ *   tw_batch.c     device messages (status, twin get/update, command acks),
+ *                  applied in batches, one transaction each
+ *   tw_rpc.c       the operator RPC methods (served by mh_rpc_server)
+ *   tw_sweep.c     expiry, command timeouts, silence
+ *   tw_doc.c       twin document rules (pure) */
+#pragma once
+#include "mh_curve.h"
+#include "mh_envelope.h"
+#include "mh_ids.h"
+#include "mh_json.h"
+#include "mh_pg.h"
+#include "mh_resolver.h"
+#include "mh_rpc_server.h"
+#include "mh_time.h"
+#include "tw_doc.h"
+#include "tw_service.h"
+#include "twin.pb-c.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+
+#define TW_MAX_TOKEN  64
+#define TW_MAX_PARAMS (32 * 1024)
+#define TW_MAX_TTL_S  (30LL * 86400)
+#define TW_MAX_TMO_S  (7LL * 86400)
+#define TW_MAX_FUTURE (3600 * 1000)
+
+/* Reasons a device message is refused or ignored; each is a metric label. */
+typedef enum {
+    TW_R_BAD_JSON,
+    TW_R_BAD_REQUEST,
+    TW_R_CONFLICT,
+    TW_R_TOO_LARGE,
+    TW_R_UNREGISTERED,
+    TW_R_BAD_ACK,
+    TW_R_UNKNOWN_COMMAND,
+    TW_R_STALE_STATUS,
+    TW_R_MALFORMED,
+    TW_R_COUNT
+} tw_reason_t;
+
+#define TW_NKINDS 5
+
+typedef struct {
+    mh_service_ctx_t *ctx;
+    tw_config_t *cfg;
+    mh_pg_t *pg;
+    zsock_t *pull, *router, *pub, *push;
+    mh_rpc_server_t *rpc; /* on router */
+    mh_resolver_t *resolver;
+
+    zmsg_t **pending; /* a batch read but not yet committed (database away) */
+    size_t npending;
+
+    mh_counter_t *m_messages[TW_NKINDS], *m_rejected[TW_R_COUNT], *m_updates_accepted,
+        *m_updates_changed, *m_commits, *m_db_errors, *m_retries, *m_downlink_dropped,
+        *m_commands[7], *m_online, *m_offline, *m_published;
+    mh_histogram_t *m_batch_ms;
+    mh_gauge_t *m_db;
+    mh_ratelimit_t rl_warn, rl_db;
+} tw_t;
+
+/* small helpers */
+
+static inline char *tw_dumps(json_t *v)
+{
+    return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+}
+
+static inline int64_t tw_i64(PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        return 0;
+    return strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+static inline json_t *tw_json_col(PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        return json_null();
+    json_t *v = json_loads(PQgetvalue(res, row, col), JSON_DECODE_ANY, NULL);
+    return v ? v : json_null();
+}
+
+static inline json_t *tw_ms_or_null(PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? json_null() : json_integer(tw_i64(res, row, col));
+}
+
+/* `{"a","b"}`: a text[] literal of device or command ids; both are plain
+ * ASCII without quotes or backslashes (validated before they get here). */
+static inline bool tw_command_name_valid(const char *s)
+{
+    /* Same alphabet as device ids: names become handler keys on devices. */
+    return s && mh_device_id_valid(s, strlen(s));
+}
+
+#define TW_COMMAND_COLS                                                                            \
+    "id, device_id, name, params::text, status, created_ms, expires_ms, timeout_ms, sent_ms,"      \
+    " completed_ms, result::text, seq"
+
+/* ---- tw_out.c ---- */
+
+typedef struct {
+    char device[MH_MAX_DEVICE_ID + 1];
+    Mh__Publish **pubs;
+    size_t n, cap;
+} tw_dl_t;
+
+typedef struct {
+    tw_dl_t *dls; /* downlinks per device, in first-use order */
+    size_t ndl, capdl;
+    zhashx_t *dl_index; /* device -> index + 1 */
+    zlist_t *events;    /* zmsg_t: [type][envelope] */
+} tw_out_t;
+
+void tw_out_init(tw_out_t *o);
+void tw_out_clear(tw_out_t *o);
+void tw_out_destroy(tw_out_t *o);
+void tw_out_publish_json(tw_out_t *o, const char *device, const char *sub, json_t *v);
+void tw_out_event(tw_out_t *o, const char *type, const ProtobufCMessage *body);
+void tw_out_command_event(tw_out_t *o, const char *device, const char *id, const char *name,
+                          const char *status);
+int tw_out_status_index(const char *status);
+void tw_out_flush(tw_t *self, tw_out_t *o);
+
+/* ---- tw_commands.c ---- */
+
+json_t *tw_command_json(PGresult *res, int r);
+bool tw_deliver(tw_t *self, tw_out_t *o, const char *const *devices, size_t n, int64_t now,
+                char *err, size_t errlen);
+
+/* ---- tw_batch.c ---- */
+
+void tw_maybe_delta(tw_out_t *o, const char *device, json_t *old, json_t *doc);
+int tw_batch(tw_t *self, zmsg_t **raw, size_t n);
+
+/* ---- tw_rpc.c ---- */
+
+extern const mh_rpc_service_t tw_rpc_def;
+
+/* ---- tw_sweep.c ---- */
+
+void tw_sweep(tw_t *self);

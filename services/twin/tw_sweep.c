@@ -1,0 +1,66 @@
+/* twin: The sweeps: expired and timed-out commands, silent devices
+ * (tw_internal.h). */
+#include "tw_internal.h"
+
+/* ---- sweeps: expiry, timeouts, silence ---- */
+
+void tw_sweep(tw_t *self)
+{
+    char now_s[32], silent_s[32], err[512];
+    int64_t now = mh_now_ms();
+    snprintf(now_s, sizeof now_s, "%" PRId64, now);
+    snprintf(silent_s, sizeof silent_s, "%" PRId64,
+             now - self->cfg->keepalive_ms - self->cfg->grace_ms);
+    tw_out_t out;
+    tw_out_init(&out);
+    static const struct {
+        const char *sql;
+        int status;
+    } cmd_sweeps[] = {
+        {"UPDATE twin.commands SET status = 'expired', completed_ms = $1::bigint"
+         " WHERE status = 'queued' AND expires_ms <= $1::bigint"
+         " RETURNING device_id, id, name, status",
+         5},
+        {"UPDATE twin.commands SET status = 'timed_out', completed_ms = $1::bigint"
+         " WHERE status = 'sent' AND sent_ms + timeout_ms <= $1::bigint"
+         " RETURNING device_id, id, name, status",
+         6},
+    };
+    const char *p[] = {now_s};
+    for (size_t i = 0; i < 2; i++) {
+        PGresult *res =
+            mh_pg_exec(self->pg, PGRES_TUPLES_OK, cmd_sweeps[i].sql, 1, p, err, sizeof err);
+        if (!res) {
+            if (!mh_pg_retryable(self->pg))
+                mh_log_limited(&self->rl_db, MH_LOG_ERROR, "command sweep failed: %s", err);
+            continue;
+        }
+        for (int r = 0; r < PQntuples(res); r++)
+            tw_out_command_event(&out, PQgetvalue(res, r, 0), PQgetvalue(res, r, 1),
+                                 PQgetvalue(res, r, 2), PQgetvalue(res, r, 3));
+        mh_counter_add(self->m_commands[cmd_sweeps[i].status], (uint64_t)PQntuples(res));
+        PQclear(res);
+    }
+    const char *sp[] = {silent_s, now_s};
+    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                               "UPDATE twin.devices SET online = false, conn_ms = $2::bigint"
+                               " WHERE online AND online_source = 'message'"
+                               " AND last_seen_ms < $1::bigint RETURNING id, firmware",
+                               2, sp, err, sizeof err);
+    if (res) {
+        for (int r = 0; r < PQntuples(res); r++) {
+            Mh__DeviceConnectivity ev = MH__DEVICE_CONNECTIVITY__INIT;
+            ev.device_id = PQgetvalue(res, r, 0);
+            ev.ts_ms = now;
+            ev.firmware = PQgetvalue(res, r, 1);
+            ev.reason = "silence";
+            tw_out_event(&out, "device.offline", &ev.base);
+            mh_counter_inc(self->m_offline);
+        }
+        PQclear(res);
+    } else if (!mh_pg_retryable(self->pg)) {
+        mh_log_limited(&self->rl_db, MH_LOG_ERROR, "silence sweep failed: %s", err);
+    }
+    tw_out_flush(self, &out);
+    tw_out_destroy(&out);
+}
