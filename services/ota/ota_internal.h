@@ -1,0 +1,144 @@
+/* ota_internal — what the ota service's files share (not a public API):
+ * the service's state, what a transaction sends after COMMIT, the per-wave
+ * counts, and the functions one file offers the others. The files, by
+ * concern:
+ *   ota_service.c  configuration, schema, metrics, set-up and the loop
+ *   ota_out.c      events and jobs published after COMMIT
+ *   ota_rollout.c  the rollout engine: per-wave counts, rollout JSON,
+ *                  advancing a rollout (waves, gates, rate, rollback)
+ *   ota_targets.c  the devices a rollout covers, from twin; the tick
+ *   ota_status.c   devices' OTA status messages, applied in batches
+ *   ota_rpc.c      the operator RPC methods (served by mh_rpc_server)
+ *   ota_image.c    signed image downloads; ota_plan.c and ota_input.c pure
+ *                  rules and parsers */
+#pragma once
+#include "mh_curve.h"
+#include "mh_envelope.h"
+#include "mh_ids.h"
+#include "mh_idset.h"
+#include "mh_json.h"
+#include "mh_pg.h"
+#include "mh_resolver.h"
+#include "mh_rpc_server.h"
+#include "mh_time.h"
+#include "ota.pb-c.h"
+#include "ota_image.h"
+#include "ota_input.h"
+#include "ota_plan.h"
+#include "ota_service.h"
+#include "twin.pb-c.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <openssl/crypto.h>
+
+#define OTA_PAGE        1000
+#define OTA_RPC_TIMEOUT 10000
+
+typedef struct {
+    char type[24]; /* event type, or "" for a downlink */
+    zframe_t *frame;
+} ota_out_t;
+
+typedef struct {
+    mh_service_ctx_t *ctx;
+    ota_config_t *cfg;
+    mh_pg_t *pg;
+    zsock_t *pull, *router, *pub, *push, *dealer;
+    mh_rpc_server_t *rpc; /* on router */
+    mh_resolver_t *resolver, *twin_resolver;
+    mh_idset_t *online;
+    ota_signer_t *signer;
+    ota_images_t *images;
+    char secret[128];
+    /* The targets of one scheduled rollout, gathered page by page. */
+    struct {
+        bool active;
+        char rollout[48];
+        char req_id[48];
+        char cursor[160];
+        int64_t sent_ms;
+        ota_spec_t spec;
+        char **ids, **fw;
+        size_t n, cap;
+    } res;
+    uint64_t seq;
+    int64_t next_tick;
+    zlistx_t *out;         /* ota_out_t: published after COMMIT */
+    zmsg_t *pending[1000]; /* status messages waiting for the database */
+    size_t npending;
+    mh_ratelimit_t rl_warn, rl_db;
+    mh_counter_t *m_jobs_sent[2], *m_resent, *m_status[3], *m_job_final[4], *m_db_errors,
+        *m_downlink_dropped, *m_rollouts[2];
+    mh_histogram_t *m_tick_ms;
+    mh_gauge_t *m_db, *m_online;
+} ota_t;
+
+#define OTA_ROLLOUT_COLS                                                                           \
+    "id, firmware, spec::text, state, reason, current_wave, targeted, created_ms, started_ms,"     \
+    " stopped_ms, finished_ms, seq, paused_by"
+
+/* small helpers */
+
+static inline char *ota_dumps(json_t *v)
+{
+    return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+}
+
+static inline int64_t ota_i64(PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+static inline json_t *ota_ms_or_null(PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? json_null() : json_integer(ota_i64(res, row, col));
+}
+
+static inline json_t *ota_str_or_null(PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? json_null() : json_string(PQgetvalue(res, row, col));
+}
+
+static inline void ota_fmt_i64(char *buf, size_t len, int64_t v)
+{
+    snprintf(buf, len, "%" PRId64, v);
+}
+
+/* ---- ota_out.c ---- */
+
+void ota_out_free(void **item);
+void ota_job_event(ota_t *self, const char *rollout, const char *job, const char *device,
+                   const char *action, const char *status, const char *version, int wave,
+                   const char *error);
+void ota_rollout_event(ota_t *self, const char *id, const char *firmware, const char *state,
+                       int wave, const char *reason);
+void ota_out_flush(ota_t *self);
+void ota_out_discard(ota_t *self);
+void ota_out_job(ota_t *self, PGresult *res, int r, int64_t exp_s);
+
+/* ---- ota_rollout.c ---- */
+
+json_t *ota_rollout_json(ota_t *self, PGresult *res, int r, bool with_waves);
+bool ota_cancel_unsent(ota_t *self, const char *id, int64_t now, char *err, size_t errlen);
+bool ota_insert_rollbacks(ota_t *self, const char *id, int64_t now, char *err, size_t errlen);
+bool ota_set_state(ota_t *self, const char *id, const char *state, const char *reason,
+                   const char *paused_by, int64_t now, char *err, size_t errlen);
+bool ota_advance(ota_t *self, const char *id, int64_t now);
+void ota_sweep_timeouts(ota_t *self, int64_t now);
+
+/* ---- ota_targets.c ---- */
+
+void ota_res_clear(ota_t *self);
+void ota_on_twin_reply(ota_t *self);
+void ota_tick(ota_t *self);
+
+/* ---- ota_status.c ---- */
+
+void ota_read_status(ota_t *self);
+void ota_run_status(ota_t *self);
+
+/* ---- ota_rpc.c ---- */
+
+extern const mh_rpc_service_t ota_rpc_def;

@@ -1,0 +1,455 @@
+/* ota: the operator RPC methods; mh_rpc_server checks the deadline and
+ * the database and counts (ota_internal.h). */
+#include "ota_internal.h"
+
+/* ---- RPC ---- */
+
+/* A reply in the making (mh_rpc_server.h): the common fields first, then
+ * ota's own reply message. */
+typedef struct {
+    mh_rpc_reply_t base;
+    Mh__OtaReply rep;
+} s_reply_t;
+
+static void s_db_fail(ota_t *self, s_reply_t *r, const char *err)
+{
+    mh_counter_inc(self->m_db_errors);
+    mh_log_limited(&self->rl_db, MH_LOG_ERROR, "database error: %s", err);
+    if (mh_pg_lost(self->pg))
+        mh_rpc_fail(&r->base, 503, "unavailable", "the database is unavailable; try again");
+    else
+        mh_rpc_fail(&r->base, 500, "internal", "database error");
+}
+
+static uint32_t s_limit(const Mh__OtaRequest *q, s_reply_t *r)
+{
+    if (q->limit > 1000) {
+        mh_rpc_fail(&r->base, 400, "bad_request", "\"limit\" is at most 1000");
+        return 0;
+    }
+    return q->limit ? q->limit : 100;
+}
+
+static bool s_rollout_id_ok(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > 40)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isxdigit((unsigned char)id[i]) && id[i] != '-')
+            return false;
+    return true;
+}
+
+#define S_FIRMWARE_COLS "version, hardware, size, sha256, signature, created_ms"
+
+static json_t *s_firmware_json(PGresult *res, int r)
+{
+    return json_pack("{s:s,s:s,s:I,s:s,s:s,s:I}", "version", PQgetvalue(res, r, 0), "hardware",
+                     PQgetvalue(res, r, 1), "size", (json_int_t)ota_i64(res, r, 2), "sha256",
+                     PQgetvalue(res, r, 3), "signature", PQgetvalue(res, r, 4), "created",
+                     (json_int_t)ota_i64(res, r, 5));
+}
+
+static void s_rpc_upload(void *ud, const void *req, void *reply)
+{
+    ota_t *self = ud;
+    const Mh__OtaRequest *q = req;
+    s_reply_t *r = reply;
+    if (!self->signer)
+        return mh_rpc_fail(
+            &r->base, 503, "unavailable",
+            "no signing key is configured (--signing-key); firmware cannot be signed");
+    if (!ota_name_valid(q->version))
+        return mh_rpc_fail(&r->base, 400, "bad_request",
+                           "\"version\" is required: 1-64 of A-Z a-z 0-9 . _ + -");
+    if (!ota_name_valid(q->hardware))
+        return mh_rpc_fail(&r->base, 400, "bad_request",
+                           "\"hardware\" is required: 1-64 of A-Z a-z 0-9 . _ + -");
+    if (q->image.len == 0)
+        return mh_rpc_fail(&r->base, 400, "bad_request", "the image is empty");
+    if ((int64_t)q->image.len > self->cfg->max_image)
+        return mh_rpc_fail(&r->base, 413, "too_large", "the image is over %" PRId64 " bytes",
+                           self->cfg->max_image);
+    char sha[65], sig[128], size[32], now_s[32], err[512];
+    ota_sha256_hex(q->image.data, q->image.len, sha);
+    if (ota_sign(self->signer, q->image.data, q->image.len, sig, sizeof sig) < 0)
+        return mh_rpc_fail(&r->base, 500, "internal", "signing failed");
+    ota_fmt_i64(size, sizeof size, (int64_t)q->image.len);
+    ota_fmt_i64(now_s, sizeof now_s, mh_now_ms());
+    const char *p[] = {q->version, q->hardware, size, sha, sig, (const char *)q->image.data, now_s};
+    int lengths[] = {0, 0, 0, 0, 0, (int)q->image.len, 0};
+    int formats[] = {0, 0, 0, 0, 0, 1, 0};
+    PGresult *res = mh_pg_exec_bin(
+        self->pg, PGRES_TUPLES_OK,
+        "INSERT INTO ota.firmware (version, hardware, size, sha256, signature, image, created_ms)"
+        " VALUES ($1, $2, $3::bigint, $4, $5, $6, $7::bigint) ON CONFLICT (version) DO NOTHING"
+        " RETURNING " S_FIRMWARE_COLS,
+        7, p, lengths, formats, 0, err, sizeof err);
+    if (!res)
+        return s_db_fail(self, r, err);
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return mh_rpc_fail(&r->base, 409, "conflict",
+                           "firmware %s already exists; a version is uploaded once", q->version);
+    }
+    mh_info("firmware %s (%s) uploaded: %zu bytes, sha256 %s", q->version, q->hardware,
+            q->image.len, sha);
+    mh_rpc_ok_json(&r->base, 201, s_firmware_json(res, 0));
+    PQclear(res);
+}
+
+static void s_rpc_list_firmware(void *ud, const void *req, void *reply)
+{
+    ota_t *self = ud;
+    const Mh__OtaRequest *q = req;
+    s_reply_t *r = reply;
+    uint32_t limit = s_limit(q, r);
+    if (!limit)
+        return;
+    char lim[16], err[512];
+    snprintf(lim, sizeof lim, "%u", limit + 1);
+    const char *p[] = {*q->cursor ? q->cursor : NULL, lim};
+    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                               "SELECT " S_FIRMWARE_COLS " FROM ota.firmware"
+                               " WHERE ($1::text IS NULL OR version > $1) ORDER BY version"
+                               " LIMIT $2::int",
+                               2, p, err, sizeof err);
+    if (!res)
+        return s_db_fail(self, r, err);
+    json_t *items = json_array();
+    int rows = PQntuples(res);
+    for (int i = 0; i < rows && (uint32_t)i < limit; i++)
+        json_array_append_new(items, s_firmware_json(res, i));
+    json_t *next =
+        (uint32_t)rows > limit ? json_string(PQgetvalue(res, (int)limit - 1, 0)) : json_null();
+    PQclear(res);
+    mh_rpc_ok_json(&r->base, 200, json_pack("{s:o,s:o}", "items", items, "next", next));
+}
+
+static void s_rpc_get_firmware(void *ud, const void *req, void *reply)
+{
+    ota_t *self = ud;
+    const Mh__OtaRequest *q = req;
+    s_reply_t *r = reply;
+    if (!ota_name_valid(q->version))
+        return mh_rpc_fail(&r->base, 404, "not_found", "no firmware \"%.64s\"", q->version);
+    char err[512];
+    const char *p[] = {q->version};
+    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                               "SELECT " S_FIRMWARE_COLS " FROM ota.firmware WHERE version = $1", 1,
+                               p, err, sizeof err);
+    if (!res)
+        return s_db_fail(self, r, err);
+    if (PQntuples(res) == 1)
+        mh_rpc_ok_json(&r->base, 200, s_firmware_json(res, 0));
+    else
+        mh_rpc_fail(&r->base, 404, "not_found", "no firmware %s", q->version);
+    PQclear(res);
+}
+
+static void s_rpc_signing_key(void *ud, const void *req, void *reply)
+{
+    ota_t *self = ud;
+    s_reply_t *r = reply;
+    (void)req;
+    if (!self->signer)
+        return mh_rpc_fail(&r->base, 503, "unavailable",
+                           "no signing key is configured (--signing-key)");
+    mh_rpc_ok_json(&r->base, 200,
+                   json_pack("{s:s,s:s}", "algorithm", "Ed25519", "publicKey",
+                             ota_signer_public_pem(self->signer)));
+}
+
+static void s_reply_rollout(ota_t *self, const char *id, uint32_t status, s_reply_t *r)
+{
+    char err[512];
+    const char *p[] = {id};
+    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                               "SELECT " OTA_ROLLOUT_COLS " FROM ota.rollouts WHERE id = $1", 1, p,
+                               err, sizeof err);
+    if (!res)
+        return s_db_fail(self, r, err);
+    if (PQntuples(res) == 1)
+        mh_rpc_ok_json(&r->base, status, ota_rollout_json(self, res, 0, true));
+    else
+        mh_rpc_fail(&r->base, 404, "not_found", "no rollout %s", id);
+    PQclear(res);
+}
+
+static void s_rpc_create_rollout(void *ud, const void *req, void *reply)
+{
+    ota_t *self = ud;
+    const Mh__OtaRequest *q = req;
+    s_reply_t *r = reply;
+    ota_spec_t spec;
+    char why[256], err[512], now_s[32];
+    if (ota_spec_parse(q->body_json, &spec, why, sizeof why) < 0)
+        return mh_rpc_fail(&r->base, 400, "bad_request", "%s", why);
+    json_t *norm = ota_spec_json(&spec);
+    char *text = ota_dumps(norm);
+    json_decref(norm);
+    ota_fmt_i64(now_s, sizeof now_s, mh_now_ms());
+    const char *p[] = {spec.firmware, text, now_s};
+    bool ok = text && mh_pg_begin(self->pg, err, sizeof err);
+    PGresult *res = NULL;
+    if (ok) {
+        res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                         "INSERT INTO ota.rollouts (id, firmware, spec, state, created_ms,"
+                         " updated_ms) SELECT gen_random_uuid()::text, version, $2::jsonb,"
+                         " 'scheduled', $3::bigint, $3::bigint FROM ota.firmware"
+                         " WHERE version = $1 RETURNING id",
+                         3, p, err, sizeof err);
+        ok = res != NULL;
+    }
+    char id[48] = "";
+    if (ok && PQntuples(res) == 1) {
+        snprintf(id, sizeof id, "%s", PQgetvalue(res, 0, 0));
+        for (int k = 0; k < spec.nwaves && ok; k++) {
+            char idx[16], pct[32];
+            snprintf(idx, sizeof idx, "%d", k);
+            snprintf(pct, sizeof pct, "%.17g", spec.percents[k]);
+            const char *wp[] = {id, idx, pct};
+            ok = mh_pg_ok(self->pg,
+                          "INSERT INTO ota.waves (rollout_id, idx, percent)"
+                          " VALUES ($1, $2::int, $3::double precision)",
+                          3, wp, err, sizeof err);
+        }
+    }
+    if (res)
+        PQclear(res);
+    if (ok && !*id) {
+        mh_pg_rollback(self->pg);
+        mh_rpc_fail(&r->base, 404, "not_found", "no firmware %s; upload it first", spec.firmware);
+    } else if (ok && mh_pg_commit(self->pg, err, sizeof err)) {
+        ota_rollout_event(self, id, spec.firmware, "scheduled", -1, NULL);
+        mh_counter_inc(self->m_rollouts[0]);
+        ota_out_flush(self);
+        s_reply_rollout(self, id, 201, r);
+    } else {
+        mh_pg_rollback(self->pg);
+        s_db_fail(self, r, text ? err : "out of memory");
+    }
+    free(text);
+    ota_spec_clear(&spec);
+}
+
+static void s_rpc_list_rollouts(void *ud, const void *req, void *reply)
+{
+    ota_t *self = ud;
+    const Mh__OtaRequest *q = req;
+    s_reply_t *r = reply;
+    uint32_t limit = s_limit(q, r);
+    if (!limit)
+        return;
+    char *end = NULL;
+    if (*q->cursor && (strtoll(q->cursor, &end, 10) <= 0 || *end))
+        return mh_rpc_fail(&r->base, 400, "bad_request", "\"cursor\" is not one this API returned");
+    char lim[16], err[512];
+    snprintf(lim, sizeof lim, "%u", limit + 1);
+    const char *p[] = {*q->cursor ? q->cursor : NULL, *q->state ? q->state : NULL, lim};
+    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                               "SELECT " OTA_ROLLOUT_COLS " FROM ota.rollouts"
+                               " WHERE ($1::bigint IS NULL OR seq < $1::bigint)"
+                               " AND ($2::text IS NULL OR state = $2)"
+                               " ORDER BY seq DESC LIMIT $3::int",
+                               3, p, err, sizeof err);
+    if (!res)
+        return s_db_fail(self, r, err);
+    json_t *items = json_array();
+    int rows = PQntuples(res);
+    for (int i = 0; i < rows && (uint32_t)i < limit; i++)
+        json_array_append_new(items, ota_rollout_json(self, res, i, true));
+    json_t *next =
+        (uint32_t)rows > limit ? json_string(PQgetvalue(res, (int)limit - 1, 11)) : json_null();
+    PQclear(res);
+    mh_rpc_ok_json(&r->base, 200, json_pack("{s:o,s:o}", "items", items, "next", next));
+}
+
+static void s_rpc_get_rollout(void *ud, const void *req, void *reply)
+{
+    ota_t *self = ud;
+    const Mh__OtaRequest *q = req;
+    s_reply_t *r = reply;
+    if (!s_rollout_id_ok(q->rollout_id))
+        return mh_rpc_fail(&r->base, 404, "not_found", "no rollout \"%.40s\"", q->rollout_id);
+    s_reply_rollout(self, q->rollout_id, 200, r);
+}
+
+/* pause, resume, abort, rollback */
+static void s_rpc_control(void *ud, const void *req, void *reply)
+{
+    ota_t *self = ud;
+    const Mh__OtaRequest *q = req;
+    s_reply_t *r = reply;
+    const char *id = q->rollout_id;
+    if (!s_rollout_id_ok(id))
+        return mh_rpc_fail(&r->base, 404, "not_found", "no rollout \"%.40s\"", id);
+    char err[512];
+    int64_t now = mh_now_ms();
+    if (!mh_pg_begin(self->pg, err, sizeof err))
+        return s_db_fail(self, r, err);
+    const char *p[] = {id};
+    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                               "SELECT state, firmware, paused_by, current_wave,"
+                               " EXISTS (SELECT 1 FROM ota.jobs WHERE rollout_id = $1)"
+                               " FROM ota.rollouts WHERE id = $1 FOR UPDATE",
+                               1, p, err, sizeof err);
+    if (!res) {
+        mh_pg_rollback(self->pg);
+        return s_db_fail(self, r, err);
+    }
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        mh_pg_rollback(self->pg);
+        return mh_rpc_fail(&r->base, 404, "not_found", "no rollout %s", id);
+    }
+    char state[24], firmware[OTA_MAX_VERSION + 1], paused_by[16];
+    snprintf(state, sizeof state, "%s", PQgetvalue(res, 0, 0));
+    snprintf(firmware, sizeof firmware, "%s", PQgetvalue(res, 0, 1));
+    snprintf(paused_by, sizeof paused_by, "%s", PQgetvalue(res, 0, 2));
+    int current = (int)ota_i64(res, 0, 3);
+    bool has_jobs = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
+    PQclear(res);
+    const char *to = NULL, *reason = NULL, *by = NULL;
+    bool ok = true, cancel = false;
+    switch (q->method) {
+    case MH__OTA_REQUEST__METHOD__PAUSE_ROLLOUT:
+        if (strcmp(state, "running") == 0 || strcmp(state, "scheduled") == 0)
+            to = "paused", reason = "paused by an operator", by = "operator";
+        break;
+    case MH__OTA_REQUEST__METHOD__RESUME_ROLLOUT:
+        if (strcmp(state, "paused") == 0) {
+            to = has_jobs ? "running" : "scheduled", reason = "", by = "";
+            if (strcmp(paused_by, "gate") == 0) {
+                /* The operator accepts the waves that stopped it. */
+                char k[16];
+                snprintf(k, sizeof k, "%d", current);
+                ok = mh_pg_ok(self->pg,
+                              "UPDATE ota.rollouts SET accepted_wave = $2::int WHERE id = $1", 2,
+                              (const char *[]){id, k}, err, sizeof err);
+            }
+        }
+        break;
+    case MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT:
+        if (strcmp(state, "scheduled") == 0 || strcmp(state, "running") == 0 ||
+            strcmp(state, "paused") == 0)
+            to = "aborted", reason = "aborted by an operator", cancel = true;
+        break;
+    default: /* rollback */
+        if (has_jobs && (strcmp(state, "running") == 0 || strcmp(state, "paused") == 0 ||
+                         strcmp(state, "completed") == 0 || strcmp(state, "aborted") == 0))
+            to = "rolling_back", reason = "rolled back by an operator", cancel = true;
+        break;
+    }
+    if (!to) {
+        mh_pg_rollback(self->pg);
+        return mh_rpc_fail(&r->base, 409, "conflict", "the rollout is %s; it cannot be %s", state,
+                           q->method == MH__OTA_REQUEST__METHOD__PAUSE_ROLLOUT    ? "paused"
+                           : q->method == MH__OTA_REQUEST__METHOD__RESUME_ROLLOUT ? "resumed"
+                           : q->method == MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT  ? "aborted"
+                                                                                  : "rolled back");
+    }
+    ok = ok && (!cancel || ota_cancel_unsent(self, id, now, err, sizeof err)) &&
+         ota_set_state(self, id, to, reason, by, now, err, sizeof err) &&
+         (strcmp(to, "rolling_back") != 0 || ota_insert_rollbacks(self, id, now, err, sizeof err));
+    if (!ok || !mh_pg_commit(self->pg, err, sizeof err)) {
+        mh_pg_rollback(self->pg);
+        ota_out_discard(self);
+        return s_db_fail(self, r, err);
+    }
+    ota_rollout_event(self, id, firmware, to, current, reason);
+    ota_out_flush(self);
+    s_reply_rollout(self, id, 200, r);
+}
+
+static void s_rpc_list_jobs(void *ud, const void *req, void *reply)
+{
+    ota_t *self = ud;
+    const Mh__OtaRequest *q = req;
+    s_reply_t *r = reply;
+    uint32_t limit = s_limit(q, r);
+    if (!limit)
+        return;
+    if (!s_rollout_id_ok(q->rollout_id))
+        return mh_rpc_fail(&r->base, 404, "not_found", "no rollout \"%.40s\"", q->rollout_id);
+    long rank = -1;
+    char action[16] = "";
+    if (*q->cursor && (sscanf(q->cursor, "%ld:%15[a-z]", &rank, action) != 2 || rank < 0))
+        return mh_rpc_fail(&r->base, 400, "bad_request", "\"cursor\" is not one this API returned");
+    char lim[16], rk[24], err[512];
+    snprintf(lim, sizeof lim, "%u", limit + 1);
+    snprintf(rk, sizeof rk, "%ld", rank);
+    const char *p[] = {q->rollout_id,
+                       *q->cursor ? rk : NULL,
+                       *q->cursor ? action : NULL,
+                       *q->state ? q->state : NULL,
+                       *q->device_id ? q->device_id : NULL,
+                       lim};
+    PGresult *res = mh_pg_exec(
+        self->pg, PGRES_TUPLES_OK,
+        "SELECT id, device_id, action, to_version, from_version, wave, status, progress, error,"
+        " sent_ms, answered_ms, finished_ms, sends, rank FROM ota.jobs WHERE rollout_id = $1"
+        " AND ($2::int IS NULL OR (rank, action) > ($2::int, $3::text))"
+        " AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR device_id = $5)"
+        " ORDER BY rank, action LIMIT $6::int",
+        6, p, err, sizeof err);
+    if (!res)
+        return s_db_fail(self, r, err);
+    json_t *items = json_array();
+    int rows = PQntuples(res);
+    for (int i = 0; i < rows && (uint32_t)i < limit; i++)
+        json_array_append_new(
+            items,
+            json_pack("{s:s,s:s,s:s,s:s,s:o,s:I,s:s,s:I,s:o,s:o,s:o,s:o,s:I}", "jobId",
+                      PQgetvalue(res, i, 0), "device", PQgetvalue(res, i, 1), "action",
+                      PQgetvalue(res, i, 2), "version", PQgetvalue(res, i, 3), "fromVersion",
+                      ota_str_or_null(res, i, 4), "wave", (json_int_t)ota_i64(res, i, 5), "status",
+                      PQgetvalue(res, i, 6), "progress", (json_int_t)ota_i64(res, i, 7), "error",
+                      ota_str_or_null(res, i, 8), "sentAt", ota_ms_or_null(res, i, 9), "answeredAt",
+                      ota_ms_or_null(res, i, 10), "finishedAt", ota_ms_or_null(res, i, 11), "sends",
+                      (json_int_t)ota_i64(res, i, 12)));
+    json_t *next = json_null();
+    if ((uint32_t)rows > limit) {
+        char c[64];
+        snprintf(c, sizeof c, "%s:%s", PQgetvalue(res, (int)limit - 1, 13),
+                 PQgetvalue(res, (int)limit - 1, 2));
+        next = json_string(c);
+    }
+    PQclear(res);
+    mh_rpc_ok_json(&r->base, 200, json_pack("{s:o,s:o}", "items", items, "next", next));
+}
+
+static bool s_db_ready(void *ud)
+{
+    return mh_pg_ready(((ota_t *)ud)->pg);
+}
+
+/* Indexed by OtaRequest.method; every method needs the database. */
+static const mh_rpc_method_t s_methods[] = {
+    [MH__OTA_REQUEST__METHOD__UPLOAD_FIRMWARE] = {"upload_firmware", s_rpc_upload, true},
+    [MH__OTA_REQUEST__METHOD__LIST_FIRMWARE] = {"list_firmware", s_rpc_list_firmware, true},
+    [MH__OTA_REQUEST__METHOD__GET_FIRMWARE] = {"get_firmware", s_rpc_get_firmware, true},
+    [MH__OTA_REQUEST__METHOD__SIGNING_KEY] = {"signing_key", s_rpc_signing_key, true},
+    [MH__OTA_REQUEST__METHOD__CREATE_ROLLOUT] = {"create_rollout", s_rpc_create_rollout, true},
+    [MH__OTA_REQUEST__METHOD__LIST_ROLLOUTS] = {"list_rollouts", s_rpc_list_rollouts, true},
+    [MH__OTA_REQUEST__METHOD__GET_ROLLOUT] = {"get_rollout", s_rpc_get_rollout, true},
+    [MH__OTA_REQUEST__METHOD__PAUSE_ROLLOUT] = {"pause_rollout", s_rpc_control, true},
+    [MH__OTA_REQUEST__METHOD__RESUME_ROLLOUT] = {"resume_rollout", s_rpc_control, true},
+    [MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT] = {"abort_rollout", s_rpc_control, true},
+    [MH__OTA_REQUEST__METHOD__ROLLBACK_ROLLOUT] = {"rollback_rollout", s_rpc_control, true},
+    [MH__OTA_REQUEST__METHOD__LIST_JOBS] = {"list_jobs", s_rpc_list_jobs, true},
+};
+
+const mh_rpc_service_t ota_rpc_def = {
+    .request_type = "ota.request",
+    .reply_type = "ota.reply",
+    .request = &mh__ota_request__descriptor,
+    .reply = &mh__ota_reply__descriptor,
+    .reply_size = sizeof(s_reply_t),
+    .reply_msg_offset = offsetof(s_reply_t, rep),
+    .methods = s_methods,
+    .n_methods = sizeof s_methods / sizeof s_methods[0],
+    .db_ready = s_db_ready,
+    .metric_prefix = "mh_ota_rpc",
+};

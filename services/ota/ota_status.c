@@ -1,0 +1,146 @@
+/* ota: devices' OTA status messages, applied in batches (ota_internal.h). */
+#include "ota_internal.h"
+
+/* ---- status messages from devices ---- */
+
+typedef struct {
+    char job[72], device[MH_MAX_DEVICE_ID + 1], state[16], error[1025];
+    int rank, progress; /* progress -1 = absent */
+    int64_t ts;
+} s_status_t;
+
+static void s_free_item(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
+/* Applies a batch of status messages in one statement. 0, -EAGAIN (retry),
+ * -EIO (database lost: keep the messages). */
+static int s_status_batch(ota_t *self, zmsg_t **msgs, size_t n)
+{
+    zhashx_t *by_job = zhashx_new();
+    zhashx_set_destructor(by_job, s_free_item);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        zframe_t *f = zmsg_first(msgs[i]);
+        Mh__Envelope *env = f ? mh_envelope_unpack(f) : NULL;
+        Mh__DeviceMessage *m = NULL;
+        if (env && strcmp(env->type, "device.message") == 0)
+            m = mh__device_message__unpack(NULL, env->body.len, env->body.data);
+        ota_status_msg_t sm;
+        if (!m || m->kind != MH__DEVICE_MESSAGE__KIND__OTA_STATUS ||
+            !mh_device_id_valid(m->device_id, strlen(m->device_id)) ||
+            ota_status_parse((const char *)m->payload.data, m->payload.len, &sm) < 0) {
+            bad++;
+        } else {
+            s_status_t *st = zhashx_lookup(by_job, sm.job);
+            if (!st || sm.rank >= st->rank) {
+                s_status_t *nw = calloc(1, sizeof *nw);
+                if (nw) {
+                    snprintf(nw->job, sizeof nw->job, "%s", sm.job);
+                    snprintf(nw->device, sizeof nw->device, "%s", m->device_id);
+                    snprintf(nw->state, sizeof nw->state, "%s", sm.state);
+                    snprintf(nw->error, sizeof nw->error, "%s", sm.error);
+                    nw->rank = sm.rank;
+                    nw->progress = sm.progress;
+                    nw->ts = m->received_ms ? m->received_ms : mh_now_ms();
+                    zhashx_update(by_job, sm.job, nw);
+                }
+            }
+        }
+        if (m)
+            mh__device_message__free_unpacked(m, NULL);
+        mh_envelope_free(&env);
+    }
+    if (bad) {
+        mh_counter_add(self->m_status[2], bad);
+        mh_log_limited(&self->rl_warn, MH_LOG_WARN, "%zu malformed OTA status messages ignored",
+                       bad);
+    }
+    json_t *arr = json_array();
+    for (s_status_t *st = zhashx_first(by_job); st; st = zhashx_next(by_job))
+        json_array_append_new(
+            arr, json_pack("{s:s,s:s,s:s,s:o,s:o,s:I,s:i}", "id", st->job, "device", st->device,
+                           "state", st->state, "progress",
+                           st->progress >= 0 ? json_integer(st->progress) : json_null(), "error",
+                           *st->error ? json_string(st->error) : json_null(), "ts",
+                           (json_int_t)st->ts, "rk", st->rank));
+    size_t distinct = zhashx_size(by_job);
+    zhashx_destroy(&by_job);
+    if (!distinct) {
+        json_decref(arr);
+        return 0;
+    }
+    char *text = ota_dumps(arr);
+    json_decref(arr);
+    char err[512];
+    const char *p[] = {text};
+    PGresult *res = mh_pg_exec(
+        self->pg, PGRES_TUPLES_OK,
+        "UPDATE ota.jobs j SET status = u.state,"
+        " progress = GREATEST(j.progress, COALESCE(u.progress, j.progress)),"
+        " error = COALESCE(u.error, j.error), answered_ms = COALESCE(j.answered_ms, u.ts),"
+        " finished_ms = CASE WHEN u.rk = 3 THEN u.ts ELSE j.finished_ms END"
+        " FROM jsonb_to_recordset($1::jsonb) AS u(id text, device text, state text,"
+        "   progress int, error text, ts bigint, rk int)"
+        " WHERE j.id = u.id AND j.device_id = u.device"
+        " AND j.status IN ('sent', 'downloading', 'installing')"
+        " AND u.rk >= CASE j.status WHEN 'sent' THEN 0 WHEN 'downloading' THEN 1 ELSE 2 END"
+        " RETURNING j.id, j.rollout_id, j.device_id, j.action, j.status, j.to_version, j.wave,"
+        " j.error",
+        1, p, err, sizeof err);
+    free(text);
+    if (!res) {
+        if (mh_pg_lost(self->pg))
+            return -EIO;
+        if (mh_pg_retryable(self->pg))
+            return -EAGAIN;
+        mh_counter_inc(self->m_db_errors);
+        mh_log_limited(&self->rl_db, MH_LOG_ERROR, "OTA status batch refused: %s", err);
+        return 0;
+    }
+    int rows = PQntuples(res);
+    for (int r = 0; r < rows; r++)
+        ota_job_event(self, PQgetvalue(res, r, 1), PQgetvalue(res, r, 0), PQgetvalue(res, r, 2),
+                      PQgetvalue(res, r, 3), PQgetvalue(res, r, 4), PQgetvalue(res, r, 5),
+                      (int)ota_i64(res, r, 6),
+                      PQgetisnull(res, r, 7) ? NULL : PQgetvalue(res, r, 7));
+    mh_counter_add(self->m_status[0], (uint64_t)rows);
+    if ((size_t)rows < distinct)
+        mh_counter_add(self->m_status[1], distinct - (size_t)rows);
+    PQclear(res);
+    ota_out_flush(self);
+    return 0;
+}
+
+/* Reads up to 1,000 status messages, unless some are still held. */
+void ota_read_status(ota_t *self)
+{
+    while (self->npending < 1000 && (zsock_events(self->pull) & ZMQ_POLLIN)) {
+        zmsg_t *m = zmsg_recv(self->pull);
+        if (!m)
+            break;
+        self->pending[self->npending++] = m;
+    }
+}
+
+/* Applies the held messages; keeps them while the database is away. */
+void ota_run_status(ota_t *self)
+{
+    if (!self->npending || !mh_pg_ready(self->pg))
+        return;
+    int rc, tries = 0;
+    do
+        rc = s_status_batch(self, self->pending, self->npending);
+    while (rc == -EAGAIN && ++tries < 5);
+    if (rc == -EIO) {
+        mh_log_limited(&self->rl_db, MH_LOG_WARN,
+                       "database lost; holding %zu OTA status messages until it is back",
+                       self->npending);
+        return;
+    }
+    for (size_t i = 0; i < self->npending; i++)
+        zmsg_destroy(&self->pending[i]);
+    self->npending = 0;
+}
