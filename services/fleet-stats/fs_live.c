@@ -182,27 +182,11 @@ static json_t *s_twin_page(fs_live_t *self, const char *cursor, char *err, size_
     char rid[48];
     snprintf(rid, sizeof rid, "live-%" PRIu64, ++self->seq);
     Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
-    q.request_id = rid;
     q.method = MH__TWIN_REQUEST__METHOD__SNAPSHOT;
     q.cursor = (char *)cursor;
     q.limit = 5000;
-    q.deadline_ms = mh_now_ms() + self->o.rpc_timeout_ms;
-    Mh__Envelope *env = mh_rpc_call(self->o.twin, "twin.request", &q.base, rid, mh_rpc_reply_match,
-                                    (int)self->o.rpc_timeout_ms);
-    if (!env) {
-        snprintf(err, errlen, "twin did not answer");
-        return NULL;
-    }
-    Mh__TwinReply *r = mh__twin_reply__unpack(NULL, env->body.len, env->body.data);
-    mh_envelope_free(&env);
-    json_t *page = NULL;
-    if (!r || r->status != 200)
-        snprintf(err, errlen, "twin answered %u: %s", r ? r->status : 0, r ? r->message : "?");
-    else if (!(page = mh_json_loads(r->body_json, 0, MH_JSON_MAX_DEPTH, NULL)))
-        snprintf(err, errlen, "twin's snapshot page did not parse");
-    if (r)
-        mh__twin_reply__free_unpacked(r, NULL);
-    return page;
+    return mh_rpc_call_json(self->o.twin, "twin.request", &q.base, rid, (int)self->o.rpc_timeout_ms,
+                            err, errlen);
 }
 
 static bool s_snapshot(fs_live_t *self)
@@ -265,21 +249,14 @@ static void s_fetch_rollouts(fs_live_t *self)
     char rid[48];
     snprintf(rid, sizeof rid, "live-%" PRIu64, ++self->seq);
     Mh__OtaRequest q = MH__OTA_REQUEST__INIT;
-    q.request_id = rid;
     q.method = MH__OTA_REQUEST__METHOD__LIST_ROLLOUTS;
     q.limit = 20;
     /* short: the event loop waits meanwhile, and ota being away must not
      * hold the device counters up */
     int timeout = self->o.rpc_timeout_ms < 1000 ? (int)self->o.rpc_timeout_ms : 1000;
-    q.deadline_ms = mh_now_ms() + timeout;
-    Mh__Envelope *env =
-        mh_rpc_call(self->o.ota, "ota.request", &q.base, rid, mh_rpc_reply_match, timeout);
-    Mh__OtaReply *r = env ? mh__ota_reply__unpack(NULL, env->body.len, env->body.data) : NULL;
-    mh_envelope_free(&env);
+    char err[256];
     json_t *page =
-        r && r->status == 200 ? mh_json_loads(r->body_json, 0, MH_JSON_MAX_DEPTH, NULL) : NULL;
-    if (r)
-        mh__ota_reply__free_unpacked(r, NULL);
+        mh_rpc_call_json(self->o.ota, "ota.request", &q.base, rid, timeout, err, sizeof err);
     if (!page)
         return; /* ota away: keep what we have, try on the next change */
     json_t *active = json_array();
