@@ -1,9 +1,9 @@
 /* The gateway actor.
  *
- * Threads: Paho's receive thread calls s_on_message, which copies the topic
+ * Threads: Paho's receive thread calls gw_on_message, which copies the topic
  * and payload onto an inproc PUSH socket and returns; everything else happens
  * in the actor thread. When the actor cannot keep up (ingest slow, window
- * full) it stops reading that socket, the inproc queue fills, s_on_message
+ * full) it stops reading that socket, the inproc queue fills, gw_on_message
  * returns 0 ("not received") and Paho hands the message again later: the
  * broker keeps what we cannot take, nothing is dropped here.
  *
@@ -12,22 +12,7 @@
  * batches stay in the window and are re-sent after ack_timeout (to any ingest
  * replica). On $TERM the gateway unsubscribes, takes what is still in
  * flight, flushes, and waits for every ack before it exits. */
-#include "gw_service.h"
-#include "mh_json.h"
-#include "mh_idset.h"
-
-#include <openssl/crypto.h>
-#include "gw_validate.h"
-#include "mh_curve.h"
-#include "mh_envelope.h"
-#include "mh_resolver.h"
-#include "mh_time.h"
-#include "telemetry.pb-c.h"
-#include "twin.pb-c.h"
-
-#include <MQTTAsync.h>
-#include <jansson.h>
-#include <inttypes.h>
+#include "gw_internal.h"
 
 #define S_CFG(field) offsetof(gw_config_t, field)
 
@@ -91,686 +76,9 @@ const mh_service_def_t gw_service_def = {
 };
 
 /* A sent, unacknowledged batch. */
-typedef struct {
-    zframe_t *frame; /* the packed envelope, kept for re-sending */
-    int64_t sent_ms; /* monotonic; 0 = not sent yet (queue was full) */
-    uint32_t points, attempts;
-} s_pending_t;
-
-/* The batch being filled: narrow points with offsets into a string arena. */
-typedef struct {
-    uint32_t dev_off, met_off;
-    int64_t ts_ms;
-    double value;
-} s_item_t;
-
-typedef struct {
-    mh_service_ctx_t *ctx;
-    gw_config_t *cfg;
-    zsock_t *pipe;
-
-    MQTTAsync mqtt;
-    zsock_t *in_push; /* used only by Paho's thread after start-up */
-    zsock_t *in_pull;
-    int mqtt_connected, mqtt_subscribed, unsubscribed; /* atomics, set by Paho callbacks */
-    int may_subscribe;                                 /* atomic: registry loaded (or unchecked) */
-    bool bind_failed;
-
-    zsock_t *dealer; /* to ingest */
-    mh_resolver_t *resolver;
-    zsock_t *pub; /* events, may be NULL */
-
-    /* twin */
-    zsock_t *twin_push; /* device messages to twin, may be NULL */
-    zsock_t *ota_push;  /* OTA status messages to ota, may be NULL */
-    mh_resolver_t *ota_resolver;
-    mh_resolver_t *twin_resolver;
-    zsock_t *downlink;    /* PULL, may be NULL */
-    zlist_t *dl_queue;    /* Mh__Publish* waiting for Paho to take them */
-    mh_idset_t *registry; /* NULL when not checking */
-    zhashx_t *seen;       /* device -> monotonic ms it was last reported seen */
-    struct s_seen_item {
-        char id[GW_MAX_ID + 1];
-        int64_t ms;
-    } * seen_pending; /* devices to report, with the time they were heard */
-    size_t nseen;
-    int64_t seen_flushed, seen_pruned;
-
-    gw_points_t scratch; /* one message's points while validating */
-    s_item_t *items;
-    size_t nitems, cap_items;
-    char *arena;
-    size_t arena_len, arena_cap;
-    uint32_t batch_messages;
-    int64_t batch_started_ms; /* monotonic, of the first point */
-
-    zhashx_t *window; /* batch id -> s_pending_t */
-    uint64_t batch_seq;
-    char id_prefix[48];
-
-    /* metrics */
-    mh_counter_t *m_received[GW_TOPIC_COUNT], *m_forwarded, *m_forward_dropped, *m_downlink_sent,
-        *m_downlink_dropped, *m_downlink_retried, *m_rejected[GW_REASON_COUNT], *m_points,
-        *m_batches_sent, *m_batches_resent, *m_batches_acked, *m_points_stored,
-        *m_points_dropped_ingest, *m_points_dropped_old, *m_points_lost_shutdown, *m_deferred,
-        *m_bad_internal;
-    mh_gauge_t *m_window, *m_connected, *m_acl_denied[3];
-    mh_ratelimit_t rl_reject, rl_warn;
-} gw_t;
 
 static const char *s_kind_names[GW_TOPIC_COUNT] = {
     "telemetry", "telemetry_pb", "status", "twin_get", "twin_update", "command_ack", "ota_status"};
-
-/* ---- Paho callbacks (Paho's thread) ---- */
-
-#define S_ACL_TOPIC "$SYS/motehub/acl"
-
-static bool s_tls(const gw_config_t *cfg)
-{
-    return strncmp(cfg->mqtt_url, "ssl://", 6) == 0 || strncmp(cfg->mqtt_url, "mqtts://", 8) == 0;
-}
-
-/* The broker's ACL denial counts (services/broker-acl), mirrored as gauges. */
-static void s_acl_stats(gw_t *self, const MQTTAsync_message *msg)
-{
-    json_t *j = mh_json_loadb(msg->payload, (size_t)msg->payloadlen, 0, MH_JSON_MAX_DEPTH, NULL);
-    static const char *keys[3] = {"denied_publish", "denied_subscribe", "denied_receive"};
-    for (int i = 0; i < 3 && j; i++)
-        if (json_is_integer(json_object_get(j, keys[i])))
-            mh_gauge_set(self->m_acl_denied[i],
-                         (double)json_integer_value(json_object_get(j, keys[i])));
-    json_decref(j);
-}
-
-static int s_on_message(void *context, char *topic, int topic_len, MQTTAsync_message *msg)
-{
-    gw_t *self = context;
-    size_t tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic);
-    if (tlen == strlen(S_ACL_TOPIC) && memcmp(topic, S_ACL_TOPIC, tlen) == 0) {
-        s_acl_stats(self, msg);
-        MQTTAsync_freeMessage(&msg);
-        MQTTAsync_free(topic);
-        return 1;
-    }
-    zmsg_t *m = zmsg_new();
-    zmsg_addmem(m, topic, tlen);
-    zmsg_addmem(m, msg->payload, (size_t)msg->payloadlen);
-    /* Blocks up to the socket's send timeout when the actor is behind. */
-    if (zmsg_send(&m, self->in_push) != 0) {
-        zmsg_destroy(&m);
-        mh_counter_inc(self->m_deferred);
-        return 0; /* not taken: Paho will offer it again */
-    }
-    MQTTAsync_freeMessage(&msg);
-    MQTTAsync_free(topic);
-    return 1;
-}
-
-static void s_on_subscribed(void *context, MQTTAsync_successData5 *resp)
-{
-    gw_t *self = context;
-    int ok = 1;
-    for (int i = 0; i < resp->alt.sub.reasonCodeCount; i++)
-        if (resp->alt.sub.reasonCodes[i] >= 0x80)
-            ok = 0;
-    if (resp->alt.sub.reasonCodeCount == 0 && resp->reasonCode >= 0x80)
-        ok = 0;
-    __atomic_store_n(&self->mqtt_subscribed, ok, __ATOMIC_RELEASE);
-    if (!ok)
-        mh_error("broker refused a subscription");
-}
-
-static void s_on_subscribed3(void *context, MQTTAsync_successData *resp)
-{
-    (void)resp;
-    gw_t *self = context;
-    __atomic_store_n(&self->mqtt_subscribed, 1, __ATOMIC_RELEASE);
-}
-
-static void s_on_sub_failed(void *context, MQTTAsync_failureData5 *resp)
-{
-    (void)context;
-    mh_error("subscribe failed: %s", resp && resp->message ? resp->message : "no reason");
-}
-
-static void s_on_sub_failed3(void *context, MQTTAsync_failureData *resp)
-{
-    (void)context;
-    mh_error("subscribe failed: %s", resp && resp->message ? resp->message : "no reason");
-}
-
-/* The topic filters the gateway takes, shared or plain: telemetry and
- * status always, the twin topics when a twin endpoint is set, ota/status
- * when an ota endpoint is. */
-#define S_NTOPICS 7
-typedef struct {
-    char buf[S_NTOPICS][160];
-    char *ptr[S_NTOPICS];
-    int qos[S_NTOPICS];
-    int n;
-} s_topics_t;
-
-static void s_topics(gw_t *self, s_topics_t *t)
-{
-    static const char *all[S_NTOPICS] = {"telemetry",   "telemetry/pb", "status",    "twin/get",
-                                         "twin/update", "commands/ack", "ota/status"};
-    const char *suffixes[S_NTOPICS];
-    t->n = 0;
-    for (int i = 0; i < S_NTOPICS; i++)
-        if (i < 3 || (i < 6 && *self->cfg->twin_endpoint) || (i == 6 && *self->cfg->ota_endpoint))
-            suffixes[t->n++] = all[i];
-    for (int i = 0; i < t->n; i++) {
-        if (*self->cfg->share_group)
-            snprintf(t->buf[i], sizeof t->buf[i], "$share/%s/devices/+/%s", self->cfg->share_group,
-                     suffixes[i]);
-        else
-            snprintf(t->buf[i], sizeof t->buf[i], "devices/+/%s", suffixes[i]);
-        t->ptr[i] = t->buf[i];
-        t->qos[i] = 1;
-    }
-}
-
-static void s_subscribe(gw_t *self)
-{
-    s_topics_t t;
-    s_topics(self, &t);
-    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-    ro.context = self;
-    if (self->cfg->mqtt_version == 5) {
-        ro.onSuccess5 = s_on_subscribed;
-        ro.onFailure5 = s_on_sub_failed;
-    } else {
-        ro.onSuccess = s_on_subscribed3;
-        ro.onFailure = s_on_sub_failed3;
-    }
-    int rc = MQTTAsync_subscribeMany(self->mqtt, t.n, t.ptr, t.qos, &ro);
-    if (rc != MQTTASYNC_SUCCESS)
-        mh_error("subscribe failed to start: %s", MQTTAsync_strerror(rc));
-}
-
-/* Called on the first connect and on every automatic reconnect; the session
- * is clean, so subscriptions are made again each time. */
-static void s_on_connected(void *context, char *cause)
-{
-    (void)cause;
-    gw_t *self = context;
-    __atomic_store_n(&self->mqtt_connected, 1, __ATOMIC_SEQ_CST);
-    mh_info("connected to %s", self->cfg->mqtt_url);
-    /* Until the registered ids are loaded, take nothing: the actor
-     * subscribes once they are (see s_registry_ready). */
-    if (__atomic_load_n(&self->may_subscribe, __ATOMIC_SEQ_CST))
-        s_subscribe(self);
-    /* The broker plugin's denial counts: a plain subscription (every replica
-     * mirrors them); a broker without the plugin just never publishes. */
-    if (s_tls(self->cfg)) {
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        MQTTAsync_subscribe(self->mqtt, S_ACL_TOPIC, 0, &ro);
-    }
-}
-
-static void s_on_connection_lost(void *context, char *cause)
-{
-    gw_t *self = context;
-    __atomic_store_n(&self->mqtt_connected, 0, __ATOMIC_RELEASE);
-    __atomic_store_n(&self->mqtt_subscribed, 0, __ATOMIC_RELEASE);
-    mh_warn("lost the broker connection (%s), reconnecting", cause ? cause : "no reason");
-}
-
-static void s_on_unsubscribed(void *context, MQTTAsync_successData5 *resp)
-{
-    (void)resp;
-    gw_t *self = context;
-    __atomic_store_n(&self->unsubscribed, 1, __ATOMIC_RELEASE);
-}
-
-static void s_on_unsubscribed3(void *context, MQTTAsync_successData *resp)
-{
-    (void)resp;
-    gw_t *self = context;
-    __atomic_store_n(&self->unsubscribed, 1, __ATOMIC_RELEASE);
-}
-
-static void s_on_connect_failed5(void *context, MQTTAsync_failureData5 *resp)
-{
-    gw_t *self = context;
-    mh_log_limited(&self->rl_warn, MH_LOG_WARN, "cannot connect to %s (%s), retrying",
-                   self->cfg->mqtt_url, resp && resp->message ? resp->message : "no reason");
-}
-
-static void s_on_connect_failed3(void *context, MQTTAsync_failureData *resp)
-{
-    gw_t *self = context;
-    mh_log_limited(&self->rl_warn, MH_LOG_WARN, "cannot connect to %s (%s), retrying",
-                   self->cfg->mqtt_url, resp && resp->message ? resp->message : "no reason");
-}
-
-/* ---- the batch ---- */
-
-static int s_arena_add(gw_t *self, const char *s, uint32_t *off_out)
-{
-    size_t len = strlen(s) + 1;
-    if (self->arena_len + len > self->arena_cap) {
-        size_t cap = self->arena_cap * 2 + len + 4096;
-        char *a = realloc(self->arena, cap);
-        if (!a)
-            return -1;
-        self->arena = a;
-        self->arena_cap = cap;
-    }
-    memcpy(self->arena + self->arena_len, s, len);
-    *off_out = (uint32_t)self->arena_len;
-    self->arena_len += len;
-    return 0;
-}
-
-/* Moves one validated message's points into the batch. */
-static int s_batch_add(gw_t *self, const char *device)
-{
-    if (self->nitems + self->scratch.n > self->cap_items) {
-        size_t cap = (self->cap_items ? self->cap_items * 2 : 1024) + self->scratch.n;
-        s_item_t *v = realloc(self->items, cap * sizeof *v);
-        if (!v)
-            return -1;
-        self->items = v;
-        self->cap_items = cap;
-    }
-    uint32_t dev_off;
-    if (s_arena_add(self, device, &dev_off) < 0)
-        return -1;
-    /* Consecutive points of one message usually share metric names with
-     * other messages; a tiny cache would help, but the arena is cheap. */
-    for (size_t i = 0; i < self->scratch.n; i++) {
-        const gw_point_t *p = &self->scratch.v[i];
-        uint32_t met_off;
-        if (s_arena_add(self, gw_point_metric(&self->scratch, p), &met_off) < 0)
-            return -1;
-        self->items[self->nitems++] = (s_item_t){dev_off, met_off, p->ts_ms, p->value};
-    }
-    if (self->batch_messages++ == 0)
-        self->batch_started_ms = mh_mono_ms();
-    return 0;
-}
-
-static void s_send_pending(gw_t *self, const char *batch_id, s_pending_t *p)
-{
-    zframe_t *copy = zframe_dup(p->frame);
-    void *raw = zsock_resolve(self->dealer);
-    if (zmq_send(raw, zframe_data(copy), zframe_size(copy), ZMQ_DONTWAIT) >= 0) {
-        p->sent_ms = mh_mono_ms();
-        if (p->attempts++ > 0) {
-            mh_counter_inc(self->m_batches_resent);
-            mh_log_limited(&self->rl_warn, MH_LOG_WARN,
-                           "batch %s not acknowledged in time, sent again (attempt %u)", batch_id,
-                           p->attempts);
-        } else {
-            mh_counter_inc(self->m_batches_sent);
-        }
-    } else {
-        p->sent_ms = 0; /* no ingest reachable yet; the cron tries again */
-    }
-    zframe_destroy(&copy);
-}
-
-static void s_flush(gw_t *self)
-{
-    if (!self->nitems)
-        return;
-    size_t n = self->nitems;
-    Mh__Point *pts = calloc(n, sizeof *pts);
-    Mh__Point **ptrs = calloc(n, sizeof *ptrs);
-    if (!pts || !ptrs) {
-        free(pts);
-        free(ptrs);
-        return; /* try again on the next tick */
-    }
-    for (size_t i = 0; i < n; i++) {
-        mh__point__init(&pts[i]);
-        pts[i].device_id = self->arena + self->items[i].dev_off;
-        pts[i].metric = self->arena + self->items[i].met_off;
-        pts[i].ts_ms = self->items[i].ts_ms;
-        pts[i].value = self->items[i].value;
-        ptrs[i] = &pts[i];
-    }
-    char batch_id[80];
-    snprintf(batch_id, sizeof batch_id, "%s-%" PRIu64, self->id_prefix, ++self->batch_seq);
-    Mh__TelemetryBatch b = MH__TELEMETRY_BATCH__INIT;
-    b.batch_id = batch_id;
-    b.points = ptrs;
-    b.n_points = n;
-    b.messages = self->batch_messages;
-    b.received_ms = mh_now_ms() - (mh_mono_ms() - self->batch_started_ms);
-    zframe_t *frame = mh_envelope_pack("telemetry.batch", NULL, &b.base);
-    free(pts);
-    free(ptrs);
-    if (!frame)
-        return;
-    s_pending_t *p = calloc(1, sizeof *p);
-    p->frame = frame;
-    p->points = (uint32_t)n;
-    zhashx_insert(self->window, batch_id, p);
-    p = zhashx_lookup(self->window, batch_id);
-    s_send_pending(self, batch_id, p);
-    self->nitems = 0;
-    self->arena_len = 0;
-    self->batch_messages = 0;
-    mh_gauge_set(self->m_window, (double)zhashx_size(self->window));
-}
-
-static void s_pending_destroy(void **item)
-{
-    s_pending_t *p = *item;
-    if (p) {
-        zframe_destroy(&p->frame);
-        free(p);
-        *item = NULL;
-    }
-}
-
-/* ---- handling device messages ---- */
-
-/* Counts, logs and publishes a refusal. The topic is copied into a string
- * only here, off the path of accepted messages. */
-static void s_reject(gw_t *self, const char *device, zframe_t *topic_frame, gw_reason_t r,
-                     const char *detail)
-{
-    char topic[512];
-    size_t tlen =
-        zframe_size(topic_frame) < sizeof topic - 1 ? zframe_size(topic_frame) : sizeof topic - 1;
-    memcpy(topic, zframe_data(topic_frame), tlen);
-    topic[tlen] = 0;
-    mh_counter_inc(self->m_rejected[r]);
-    mh_log_limited(&self->rl_reject, MH_LOG_WARN,
-                   "rejected message, ignoring (device=%s topic=%.128s reason=%s: %s)",
-                   *device ? device : "-", topic, gw_reason_name(r), detail);
-    if (self->pub) {
-        Mh__DeviceRejected ev = MH__DEVICE_REJECTED__INIT;
-        ev.device_id = (char *)device;
-        ev.reason = (char *)gw_reason_name(r);
-        ev.detail = (char *)detail;
-        ev.topic = (char *)topic;
-        mh_event_publish(self->pub, "device.rejected", &ev.base);
-    }
-}
-
-/* ---- twin: forwarding, seen, downlink ---- */
-
-static void s_forward_to(gw_t *self, zsock_t *push, const char *who, const char *type,
-                         const ProtobufCMessage *body)
-{
-    if (mh_envelope_send(push, NULL, type, NULL, body, true) == 0) {
-        mh_counter_inc(self->m_forwarded);
-    } else {
-        mh_counter_inc(self->m_forward_dropped);
-        mh_log_limited(&self->rl_warn, MH_LOG_WARN,
-                       "%s is not taking device messages (queue full); one dropped", who);
-    }
-}
-
-static void s_forward(gw_t *self, const char *type, const ProtobufCMessage *body)
-{
-    s_forward_to(self, self->twin_push, "twin", type, body);
-}
-
-static void s_forward_message(gw_t *self, const char *device, Mh__DeviceMessage__Kind kind,
-                              const char *payload, size_t plen, int64_t now, bool online,
-                              const char *firmware)
-{
-    Mh__DeviceMessage dm = MH__DEVICE_MESSAGE__INIT;
-    dm.device_id = (char *)device;
-    dm.kind = kind;
-    dm.payload.data = (uint8_t *)payload;
-    dm.payload.len = plen;
-    dm.received_ms = now;
-    dm.online = online;
-    dm.firmware = (char *)(firmware ? firmware : "");
-    s_forward(self, "device.message", &dm.base);
-    /* The message itself tells twin the device was seen. */
-    zhashx_update(self->seen, device, (void *)(uintptr_t)mh_mono_ms());
-}
-
-#define S_SEEN_BATCH 1000
-
-static void s_seen_flush(gw_t *self)
-{
-    size_t n = self->nseen;
-    if (!n)
-        return;
-    char *ids[S_SEEN_BATCH];
-    int64_t ms[S_SEEN_BATCH];
-    for (size_t i = 0; i < n; i++) {
-        ids[i] = self->seen_pending[i].id;
-        ms[i] = self->seen_pending[i].ms;
-    }
-    Mh__DeviceSeen ev = MH__DEVICE_SEEN__INIT;
-    ev.device_ids = ids;
-    ev.n_device_ids = n;
-    ev.seen_ms = ms;
-    ev.n_seen_ms = n;
-    ev.ts_ms = mh_now_ms();
-    s_forward(self, "device.seen", &ev.base);
-    self->nseen = 0;
-}
-
-/* Telemetry tells twin a device is alive, at most once per seen-interval. */
-static void s_seen(gw_t *self, const char *device, int64_t received_ms)
-{
-    int64_t now = mh_mono_ms();
-    uintptr_t last = (uintptr_t)zhashx_lookup(self->seen, device);
-    if (last && now - (int64_t)last < self->cfg->seen_interval_ms)
-        return;
-    zhashx_update(self->seen, device, (void *)(uintptr_t)now);
-    snprintf(self->seen_pending[self->nseen].id, sizeof self->seen_pending[0].id, "%s", device);
-    self->seen_pending[self->nseen++].ms = received_ms;
-    if (self->nseen >= S_SEEN_BATCH)
-        s_seen_flush(self);
-}
-
-static void s_seen_prune(gw_t *self)
-{
-    int64_t now = mh_mono_ms();
-    zlistx_t *old = zlistx_new();
-    for (void *v = zhashx_first(self->seen); v; v = zhashx_next(self->seen))
-        if (now - (int64_t)(uintptr_t)v >= self->cfg->seen_interval_ms)
-            zlistx_add_end(old, (void *)zhashx_cursor(self->seen));
-    for (const char *k = zlistx_first(old); k; k = zlistx_next(old))
-        zhashx_delete(self->seen, k);
-    zlistx_destroy(&old);
-}
-
-static void s_publish_free(Mh__Publish *p)
-{
-    free(p->topic);
-    free(p->payload.data);
-    free(p);
-}
-
-/* Hands queued downlink publishes to Paho, in order, while it takes them. */
-static void s_downlink_pump(gw_t *self)
-{
-    Mh__Publish *p;
-    while ((p = zlist_first(self->dl_queue))) {
-        if (!__atomic_load_n(&self->mqtt_connected, __ATOMIC_ACQUIRE))
-            return;
-        MQTTAsync_message msg = MQTTAsync_message_initializer;
-        msg.payload = p->payload.data;
-        msg.payloadlen = (int)p->payload.len;
-        msg.qos = p->qos > 1 ? 1 : (int)p->qos;
-        int rc = MQTTAsync_sendMessage(self->mqtt, p->topic, &msg, NULL);
-        if (rc != MQTTASYNC_SUCCESS) {
-            mh_counter_inc(self->m_downlink_retried);
-            return; /* Paho is full or reconnecting: try again on the next tick */
-        }
-        mh_counter_inc(self->m_downlink_sent);
-        zlist_pop(self->dl_queue);
-        s_publish_free(p);
-    }
-}
-
-static void s_on_downlink(gw_t *self)
-{
-    zframe_t *f = zframe_recv(self->downlink);
-    if (!f)
-        return;
-    Mh__Envelope *env = mh_envelope_unpack(f);
-    zframe_destroy(&f);
-    Mh__Downlink *dl = NULL;
-    if (env && strcmp(env->type, "downlink") == 0)
-        dl = mh__downlink__unpack(NULL, env->body.len, env->body.data);
-    mh_envelope_free(&env);
-    if (!dl) {
-        mh_counter_inc(self->m_bad_internal);
-        mh_log_limited(&self->rl_warn, MH_LOG_WARN, "malformed downlink message, ignoring");
-        return;
-    }
-    for (size_t i = 0; i < dl->n_publishes; i++) {
-        Mh__Publish *in = dl->publishes[i];
-        if (zlist_size(self->dl_queue) >= 100000) {
-            mh_counter_inc(self->m_downlink_dropped);
-            mh_log_limited(&self->rl_warn, MH_LOG_WARN,
-                           "downlink queue full (broker unreachable?); publish to %s dropped",
-                           in->topic);
-            continue;
-        }
-        Mh__Publish *p = calloc(1, sizeof *p);
-        mh__publish__init(p);
-        p->topic = strdup(in->topic);
-        p->payload.data = malloc(in->payload.len + 1);
-        memcpy(p->payload.data, in->payload.data, in->payload.len);
-        p->payload.len = in->payload.len;
-        p->qos = in->qos;
-        zlist_append(self->dl_queue, p);
-    }
-    mh__downlink__free_unpacked(dl, NULL);
-    s_downlink_pump(self);
-}
-
-static void s_handle(gw_t *self, zmsg_t *m)
-{
-    zframe_t *ft = zmsg_first(m), *fp = zmsg_next(m);
-    if (!ft || !fp) {
-        mh_counter_inc(self->m_bad_internal);
-        return;
-    }
-    char device[GW_MAX_ID + 1];
-    char detail[256];
-    device[0] = detail[0] = 0;
-    gw_topic_kind_t kind;
-    gw_reason_t r = gw_topic_parse((const char *)zframe_data(ft), zframe_size(ft), device, &kind);
-    if (r) {
-        s_reject(self, device, ft, r, "topic is not one of the protocol's");
-        return;
-    }
-    mh_counter_inc(self->m_received[kind]);
-    if (self->registry && !mh_idset_has(self->registry, device)) {
-        s_reject(self, device, ft, GW_UNREGISTERED, "the device is not registered");
-        return;
-    }
-    const char *payload = (const char *)zframe_data(fp);
-    size_t plen = zframe_size(fp);
-    int64_t now = mh_now_ms();
-    gw_points_reset(&self->scratch);
-    switch (kind) {
-    case GW_TOPIC_TELEMETRY:
-        r = gw_validate_telemetry_json(payload, plen, now, &self->scratch, detail, sizeof detail);
-        break;
-    case GW_TOPIC_TELEMETRY_PB:
-        r = gw_validate_telemetry_pb((const uint8_t *)payload, plen, now, &self->scratch, detail,
-                                     sizeof detail);
-        break;
-    case GW_TOPIC_STATUS: {
-        bool online = false;
-        char firmware[GW_MAX_FIRMWARE + 1];
-        r = gw_validate_status(payload, plen, &online, firmware, detail, sizeof detail);
-        if (!r && self->twin_push)
-            s_forward_message(self, device, MH__DEVICE_MESSAGE__KIND__STATUS, payload, plen, now,
-                              online, firmware);
-        break;
-    }
-    case GW_TOPIC_TWIN_GET:
-    case GW_TOPIC_TWIN_UPDATE:
-    case GW_TOPIC_COMMAND_ACK:
-        /* Twin validates these and answers the device on .../rejected. */
-        if (plen > GW_MAX_PAYLOAD) {
-            snprintf(detail, sizeof detail, "payload of %zu bytes is over the limit", plen);
-            r = GW_TOO_LARGE;
-        } else if (self->twin_push) {
-            Mh__DeviceMessage__Kind k =
-                kind == GW_TOPIC_TWIN_GET      ? MH__DEVICE_MESSAGE__KIND__TWIN_GET
-                : kind == GW_TOPIC_TWIN_UPDATE ? MH__DEVICE_MESSAGE__KIND__TWIN_UPDATE
-                                               : MH__DEVICE_MESSAGE__KIND__COMMAND_ACK;
-            s_forward_message(self, device, k, payload, plen, now, false, NULL);
-        }
-        break;
-    case GW_TOPIC_OTA_STATUS:
-        r = gw_validate_ota_status(payload, plen, detail, sizeof detail);
-        if (!r && self->ota_push) {
-            Mh__DeviceMessage dm = MH__DEVICE_MESSAGE__INIT;
-            dm.device_id = device;
-            dm.kind = MH__DEVICE_MESSAGE__KIND__OTA_STATUS;
-            dm.payload.data = (uint8_t *)payload;
-            dm.payload.len = plen;
-            dm.received_ms = now;
-            s_forward_to(self, self->ota_push, "ota", "device.message", &dm.base);
-        }
-        if (!r && self->twin_push)
-            s_seen(self, device, now);
-        break;
-    default:
-        break;
-    }
-    if (r) {
-        s_reject(self, device, ft, r, detail);
-        return;
-    }
-    if (self->scratch.n) {
-        if (s_batch_add(self, device) < 0) {
-            mh_error("out of memory adding points; message from %s lost", device);
-            return;
-        }
-        mh_counter_add(self->m_points, self->scratch.n);
-        if (self->twin_push)
-            s_seen(self, device, now);
-    }
-}
-
-/* ---- acknowledgements from ingest ---- */
-
-static void s_on_ack(gw_t *self, zframe_t *frame)
-{
-    Mh__Envelope *env = mh_envelope_unpack(frame);
-    Mh__TelemetryAck *ack = NULL;
-    if (!env || strcmp(env->type, "telemetry.ack") != 0 ||
-        !(ack = mh__telemetry_ack__unpack(NULL, env->body.len, env->body.data))) {
-        mh_counter_inc(self->m_bad_internal);
-        mh_log_limited(&self->rl_warn, MH_LOG_WARN, "malformed message from ingest, ignoring");
-        mh_envelope_free(&env);
-        return;
-    }
-    s_pending_t *p = zhashx_lookup(self->window, ack->batch_id);
-    if (p) {
-        mh_counter_inc(self->m_batches_acked);
-        if (ack->status == MH__TELEMETRY_ACK__STATUS__REJECTED) {
-            mh_counter_add(self->m_points_dropped_ingest, p->points);
-            mh_log_limited(&self->rl_warn, MH_LOG_ERROR, "ingest refused batch %s (%u points): %s",
-                           ack->batch_id, p->points, ack->error);
-        } else {
-            mh_counter_add(self->m_points_stored, ack->stored);
-            mh_counter_add(self->m_points_dropped_old, ack->dropped);
-        }
-        zhashx_delete(self->window, ack->batch_id);
-        mh_gauge_set(self->m_window, (double)zhashx_size(self->window));
-    }
-    mh__telemetry_ack__free_unpacked(ack, NULL);
-    mh_envelope_free(&env);
-}
-
-static void s_resend_expired(gw_t *self)
-{
-    int64_t now = mh_mono_ms();
-    for (s_pending_t *p = zhashx_first(self->window); p; p = zhashx_next(self->window))
-        if (p->sent_ms == 0 || now - p->sent_ms >= self->cfg->ack_timeout_ms)
-            s_send_pending(self, zhashx_cursor(self->window), p);
-}
 
 /* ---- set-up and tear-down ---- */
 
@@ -792,17 +100,17 @@ static int s_mqtt_start(gw_t *self)
         mh_error("bad MQTT settings (%s): %s", self->cfg->mqtt_url, MQTTAsync_strerror(rc));
         return -1;
     }
-    MQTTAsync_setCallbacks(self->mqtt, self, s_on_connection_lost, s_on_message, NULL);
-    MQTTAsync_setConnected(self->mqtt, self, s_on_connected);
+    MQTTAsync_setCallbacks(self->mqtt, self, gw_on_connection_lost, gw_on_message, NULL);
+    MQTTAsync_setConnected(self->mqtt, self, gw_on_connected);
     MQTTAsync_connectOptions opts;
     if (self->cfg->mqtt_version == 5) {
         opts = (MQTTAsync_connectOptions)MQTTAsync_connectOptions_initializer5;
         opts.cleanstart = 1;
-        opts.onFailure5 = s_on_connect_failed5;
+        opts.onFailure5 = gw_on_connect_failed5;
     } else {
         opts = (MQTTAsync_connectOptions)MQTTAsync_connectOptions_initializer;
         opts.cleansession = 1;
-        opts.onFailure = s_on_connect_failed3;
+        opts.onFailure = gw_on_connect_failed3;
     }
     opts.keepAliveInterval = 20;
     opts.automaticReconnect = 1;
@@ -813,7 +121,7 @@ static int s_mqtt_start(gw_t *self)
     /* Mutual TLS: the broker's certificate must chain to mqtt-ca and name
      * the host in the URL; ours says who we are (CN motehub:NAME). */
     MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
-    if (s_tls(self->cfg)) {
+    if (gw_tls(self->cfg)) {
         ssl.trustStore = *self->cfg->mqtt_ca ? self->cfg->mqtt_ca : NULL;
         ssl.keyStore = *self->cfg->mqtt_cert ? self->cfg->mqtt_cert : NULL;
         ssl.privateKey = *self->cfg->mqtt_key ? self->cfg->mqtt_key : NULL;
@@ -832,14 +140,14 @@ static int s_mqtt_start(gw_t *self)
 
 static void s_mqtt_unsubscribe(gw_t *self)
 {
-    s_topics_t t;
-    s_topics(self, &t);
+    gw_topics_t t;
+    gw_topics(self, &t);
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     ro.context = self;
     if (self->cfg->mqtt_version == 5)
-        ro.onSuccess5 = s_on_unsubscribed;
+        ro.onSuccess5 = gw_on_unsubscribed;
     else
-        ro.onSuccess = s_on_unsubscribed3;
+        ro.onSuccess = gw_on_unsubscribed3;
     if (MQTTAsync_unsubscribeMany(self->mqtt, t.n, t.ptr, &ro) != MQTTASYNC_SUCCESS)
         __atomic_store_n(&self->unsubscribed, 1, __ATOMIC_RELEASE);
 }
@@ -947,7 +255,7 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     mh_trace_id_new(tid);
     snprintf(self->id_prefix, sizeof self->id_prefix, "g%.16s", tid);
     self->window = zhashx_new();
-    zhashx_set_destructor(self->window, s_pending_destroy);
+    zhashx_set_destructor(self->window, gw_pending_destroy);
 
     char ep[64];
     snprintf(ep, sizeof ep, "inproc://gw-in-%p", (void *)self);
@@ -966,7 +274,7 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     zsock_set_reconnect_ivl_max(self->dealer, 2000);
     self->resolver = mh_resolver_new(self->dealer, self->cfg->ingest_endpoint);
     self->seen = zhashx_new();
-    self->seen_pending = calloc(S_SEEN_BATCH, sizeof *self->seen_pending);
+    self->seen_pending = calloc(GW_SEEN_BATCH, sizeof *self->seen_pending);
     self->dl_queue = zlist_new();
     if (*self->cfg->twin_endpoint)
         self->twin_push = mh_push_new(self->cfg->twin_endpoint, &self->twin_resolver);
@@ -1021,7 +329,7 @@ static void s_destroy(gw_t **self_p)
     zsock_destroy(&self->downlink);
     Mh__Publish *p;
     while (self->dl_queue && (p = zlist_pop(self->dl_queue)))
-        s_publish_free(p);
+        gw_publish_free(p);
     zlist_destroy(&self->dl_queue);
     zhashx_destroy(&self->seen);
     free(self->seen_pending);
@@ -1041,14 +349,14 @@ static bool s_take_messages(gw_t *self, int max)
         if ((int64_t)self->nitems >= self->cfg->batch_max_points) {
             if ((int64_t)zhashx_size(self->window) >= self->cfg->window)
                 return false;
-            s_flush(self);
+            gw_flush(self);
         }
         zmsg_t *m = NULL;
         if (zsock_events(self->in_pull) & ZMQ_POLLIN)
             m = zmsg_recv(self->in_pull);
         if (!m)
             break;
-        s_handle(self, m);
+        gw_handle(self, m);
         zmsg_destroy(&m);
     }
     return true;
@@ -1134,7 +442,7 @@ void gw_actor(zsock_t *pipe, void *args)
             break;
         for (int i = 0; self->downlink && i < 1000 && (zsock_events(self->downlink) & ZMQ_POLLIN);
              i++)
-            s_on_downlink(self);
+            gw_on_downlink(self);
         if (self->registry) {
             while (zsock_events(mh_idset_rpc(self->registry)) & ZMQ_POLLIN)
                 mh_idset_on_rpc(self->registry);
@@ -1159,7 +467,7 @@ void gw_actor(zsock_t *pipe, void *args)
             zframe_t *f = zframe_recv(self->dealer);
             if (!f)
                 break;
-            s_on_ack(self, f);
+            gw_on_ack(self, f);
             zframe_destroy(&f);
         }
         if (can_take && (items[in_idx].revents & ZMQ_POLLIN)) {
@@ -1168,23 +476,23 @@ void gw_actor(zsock_t *pipe, void *args)
         }
 
         if (zlist_size(self->dl_queue))
-            s_downlink_pump(self);
+            gw_downlink_pump(self);
         int64_t now = mh_mono_ms();
         if (self->nitems && now - self->batch_started_ms >= self->cfg->batch_linger_ms &&
             (int64_t)zhashx_size(self->window) < self->cfg->window)
-            s_flush(self);
+            gw_flush(self);
         if (now >= next_stats) {
             next_stats = now + 1000;
             s_publish_stats(self);
         }
         if (now >= next_cron) {
             next_cron = now + 100;
-            s_resend_expired(self);
-            s_downlink_pump(self);
-            s_seen_flush(self);
+            gw_resend_expired(self);
+            gw_downlink_pump(self);
+            gw_seen_flush(self);
             if (now - self->seen_pruned > 60000) {
                 self->seen_pruned = now;
-                s_seen_prune(self);
+                gw_seen_prune(self);
             }
             if (self->registry) {
                 mh_idset_tick(self->registry);
@@ -1192,7 +500,7 @@ void gw_actor(zsock_t *pipe, void *args)
                     !__atomic_load_n(&self->may_subscribe, __ATOMIC_SEQ_CST) && phase == RUNNING) {
                     __atomic_store_n(&self->may_subscribe, 1, __ATOMIC_SEQ_CST);
                     if (__atomic_load_n(&self->mqtt_connected, __ATOMIC_SEQ_CST))
-                        s_subscribe(self);
+                        gw_subscribe(self);
                 }
             }
             mh_http_heartbeat(ctx->http);
@@ -1222,14 +530,14 @@ void gw_actor(zsock_t *pipe, void *args)
         }
         if (phase == DRAINING) {
             if (self->nitems && (int64_t)zhashx_size(self->window) < self->cfg->window)
-                s_flush(self);
+                gw_flush(self);
             /* Messages may still sit in the inproc queue when the batch was full. */
             if (zsock_events(self->in_pull) & ZMQ_POLLIN && !s_window_full(self))
                 s_take_messages(self, 2000);
             bool empty = !self->nitems && zhashx_size(self->window) == 0 &&
                          !(zsock_events(self->in_pull) & ZMQ_POLLIN);
             if (empty) {
-                s_seen_flush(self);
+                gw_seen_flush(self);
                 if (zlist_size(self->dl_queue))
                     mh_warn("stopping with %zu downlink messages not published",
                             zlist_size(self->dl_queue));
@@ -1237,7 +545,7 @@ void gw_actor(zsock_t *pipe, void *args)
             }
             if (now > phase_deadline) {
                 uint64_t lost = self->nitems;
-                for (s_pending_t *p = zhashx_first(self->window); p; p = zhashx_next(self->window))
+                for (gw_pending_t *p = zhashx_first(self->window); p; p = zhashx_next(self->window))
                     lost += p->points;
                 mh_counter_add(self->m_points_lost_shutdown, lost);
                 mh_error("drain timed out: %" PRIu64 " points not acknowledged by ingest", lost);

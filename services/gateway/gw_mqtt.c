@@ -1,0 +1,179 @@
+/* gateway: the MQTT session — Paho's callbacks, which run on Paho's
+ * thread and only hand messages over, TLS, subscriptions (gw_internal.h). */
+#include "gw_internal.h"
+
+/* ---- Paho callbacks (Paho's thread) ---- */
+
+#define S_ACL_TOPIC "$SYS/motehub/acl"
+
+bool gw_tls(const gw_config_t *cfg)
+{
+    return strncmp(cfg->mqtt_url, "ssl://", 6) == 0 || strncmp(cfg->mqtt_url, "mqtts://", 8) == 0;
+}
+
+/* The broker's ACL denial counts (services/broker-acl), mirrored as gauges. */
+static void s_acl_stats(gw_t *self, const MQTTAsync_message *msg)
+{
+    json_t *j = mh_json_loadb(msg->payload, (size_t)msg->payloadlen, 0, MH_JSON_MAX_DEPTH, NULL);
+    static const char *keys[3] = {"denied_publish", "denied_subscribe", "denied_receive"};
+    for (int i = 0; i < 3 && j; i++)
+        if (json_is_integer(json_object_get(j, keys[i])))
+            mh_gauge_set(self->m_acl_denied[i],
+                         (double)json_integer_value(json_object_get(j, keys[i])));
+    json_decref(j);
+}
+
+int gw_on_message(void *context, char *topic, int topic_len, MQTTAsync_message *msg)
+{
+    gw_t *self = context;
+    size_t tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic);
+    if (tlen == strlen(S_ACL_TOPIC) && memcmp(topic, S_ACL_TOPIC, tlen) == 0) {
+        s_acl_stats(self, msg);
+        MQTTAsync_freeMessage(&msg);
+        MQTTAsync_free(topic);
+        return 1;
+    }
+    zmsg_t *m = zmsg_new();
+    zmsg_addmem(m, topic, tlen);
+    zmsg_addmem(m, msg->payload, (size_t)msg->payloadlen);
+    /* Blocks up to the socket's send timeout when the actor is behind. */
+    if (zmsg_send(&m, self->in_push) != 0) {
+        zmsg_destroy(&m);
+        mh_counter_inc(self->m_deferred);
+        return 0; /* not taken: Paho will offer it again */
+    }
+    MQTTAsync_freeMessage(&msg);
+    MQTTAsync_free(topic);
+    return 1;
+}
+
+static void s_on_subscribed(void *context, MQTTAsync_successData5 *resp)
+{
+    gw_t *self = context;
+    int ok = 1;
+    for (int i = 0; i < resp->alt.sub.reasonCodeCount; i++)
+        if (resp->alt.sub.reasonCodes[i] >= 0x80)
+            ok = 0;
+    if (resp->alt.sub.reasonCodeCount == 0 && resp->reasonCode >= 0x80)
+        ok = 0;
+    __atomic_store_n(&self->mqtt_subscribed, ok, __ATOMIC_RELEASE);
+    if (!ok)
+        mh_error("broker refused a subscription");
+}
+
+static void s_on_subscribed3(void *context, MQTTAsync_successData *resp)
+{
+    (void)resp;
+    gw_t *self = context;
+    __atomic_store_n(&self->mqtt_subscribed, 1, __ATOMIC_RELEASE);
+}
+
+static void s_on_sub_failed(void *context, MQTTAsync_failureData5 *resp)
+{
+    (void)context;
+    mh_error("subscribe failed: %s", resp && resp->message ? resp->message : "no reason");
+}
+
+static void s_on_sub_failed3(void *context, MQTTAsync_failureData *resp)
+{
+    (void)context;
+    mh_error("subscribe failed: %s", resp && resp->message ? resp->message : "no reason");
+}
+
+/* The topic filters the gateway takes, shared or plain: telemetry and
+ * status always, the twin topics when a twin endpoint is set, ota/status
+ * when an ota endpoint is. */
+
+void gw_topics(gw_t *self, gw_topics_t *t)
+{
+    static const char *all[GW_NTOPICS] = {"telemetry",   "telemetry/pb", "status",    "twin/get",
+                                          "twin/update", "commands/ack", "ota/status"};
+    const char *suffixes[GW_NTOPICS];
+    t->n = 0;
+    for (int i = 0; i < GW_NTOPICS; i++)
+        if (i < 3 || (i < 6 && *self->cfg->twin_endpoint) || (i == 6 && *self->cfg->ota_endpoint))
+            suffixes[t->n++] = all[i];
+    for (int i = 0; i < t->n; i++) {
+        if (*self->cfg->share_group)
+            snprintf(t->buf[i], sizeof t->buf[i], "$share/%s/devices/+/%s", self->cfg->share_group,
+                     suffixes[i]);
+        else
+            snprintf(t->buf[i], sizeof t->buf[i], "devices/+/%s", suffixes[i]);
+        t->ptr[i] = t->buf[i];
+        t->qos[i] = 1;
+    }
+}
+
+void gw_subscribe(gw_t *self)
+{
+    gw_topics_t t;
+    gw_topics(self, &t);
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    ro.context = self;
+    if (self->cfg->mqtt_version == 5) {
+        ro.onSuccess5 = s_on_subscribed;
+        ro.onFailure5 = s_on_sub_failed;
+    } else {
+        ro.onSuccess = s_on_subscribed3;
+        ro.onFailure = s_on_sub_failed3;
+    }
+    int rc = MQTTAsync_subscribeMany(self->mqtt, t.n, t.ptr, t.qos, &ro);
+    if (rc != MQTTASYNC_SUCCESS)
+        mh_error("subscribe failed to start: %s", MQTTAsync_strerror(rc));
+}
+
+/* Called on the first connect and on every automatic reconnect; the session
+ * is clean, so subscriptions are made again each time. */
+void gw_on_connected(void *context, char *cause)
+{
+    (void)cause;
+    gw_t *self = context;
+    __atomic_store_n(&self->mqtt_connected, 1, __ATOMIC_SEQ_CST);
+    mh_info("connected to %s", self->cfg->mqtt_url);
+    /* Until the registered ids are loaded, take nothing: the actor
+     * subscribes once they are (see s_registry_ready). */
+    if (__atomic_load_n(&self->may_subscribe, __ATOMIC_SEQ_CST))
+        gw_subscribe(self);
+    /* The broker plugin's denial counts: a plain subscription (every replica
+     * mirrors them); a broker without the plugin just never publishes. */
+    if (gw_tls(self->cfg)) {
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        MQTTAsync_subscribe(self->mqtt, S_ACL_TOPIC, 0, &ro);
+    }
+}
+
+void gw_on_connection_lost(void *context, char *cause)
+{
+    gw_t *self = context;
+    __atomic_store_n(&self->mqtt_connected, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&self->mqtt_subscribed, 0, __ATOMIC_RELEASE);
+    mh_warn("lost the broker connection (%s), reconnecting", cause ? cause : "no reason");
+}
+
+void gw_on_unsubscribed(void *context, MQTTAsync_successData5 *resp)
+{
+    (void)resp;
+    gw_t *self = context;
+    __atomic_store_n(&self->unsubscribed, 1, __ATOMIC_RELEASE);
+}
+
+void gw_on_unsubscribed3(void *context, MQTTAsync_successData *resp)
+{
+    (void)resp;
+    gw_t *self = context;
+    __atomic_store_n(&self->unsubscribed, 1, __ATOMIC_RELEASE);
+}
+
+void gw_on_connect_failed5(void *context, MQTTAsync_failureData5 *resp)
+{
+    gw_t *self = context;
+    mh_log_limited(&self->rl_warn, MH_LOG_WARN, "cannot connect to %s (%s), retrying",
+                   self->cfg->mqtt_url, resp && resp->message ? resp->message : "no reason");
+}
+
+void gw_on_connect_failed3(void *context, MQTTAsync_failureData *resp)
+{
+    gw_t *self = context;
+    mh_log_limited(&self->rl_warn, MH_LOG_WARN, "cannot connect to %s (%s), retrying",
+                   self->cfg->mqtt_url, resp && resp->message ? resp->message : "no reason");
+}

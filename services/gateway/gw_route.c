@@ -1,0 +1,203 @@
+/* gateway: routing a device message — validation, refusals, forwarding
+ * to twin and ota, and telling twin a device was seen (gw_internal.h). */
+#include "gw_internal.h"
+
+/* ---- handling device messages ---- */
+
+/* Counts, logs and publishes a refusal. The topic is copied into a string
+ * only here, off the path of accepted messages. */
+static void s_reject(gw_t *self, const char *device, zframe_t *topic_frame, gw_reason_t r,
+                     const char *detail)
+{
+    char topic[512];
+    size_t tlen =
+        zframe_size(topic_frame) < sizeof topic - 1 ? zframe_size(topic_frame) : sizeof topic - 1;
+    memcpy(topic, zframe_data(topic_frame), tlen);
+    topic[tlen] = 0;
+    mh_counter_inc(self->m_rejected[r]);
+    mh_log_limited(&self->rl_reject, MH_LOG_WARN,
+                   "rejected message, ignoring (device=%s topic=%.128s reason=%s: %s)",
+                   *device ? device : "-", topic, gw_reason_name(r), detail);
+    if (self->pub) {
+        Mh__DeviceRejected ev = MH__DEVICE_REJECTED__INIT;
+        ev.device_id = (char *)device;
+        ev.reason = (char *)gw_reason_name(r);
+        ev.detail = (char *)detail;
+        ev.topic = (char *)topic;
+        mh_event_publish(self->pub, "device.rejected", &ev.base);
+    }
+}
+
+/* ---- twin: forwarding and seen ---- */
+
+static void s_forward_to(gw_t *self, zsock_t *push, const char *who, const char *type,
+                         const ProtobufCMessage *body)
+{
+    if (mh_envelope_send(push, NULL, type, NULL, body, true) == 0) {
+        mh_counter_inc(self->m_forwarded);
+    } else {
+        mh_counter_inc(self->m_forward_dropped);
+        mh_log_limited(&self->rl_warn, MH_LOG_WARN,
+                       "%s is not taking device messages (queue full); one dropped", who);
+    }
+}
+
+static void s_forward(gw_t *self, const char *type, const ProtobufCMessage *body)
+{
+    s_forward_to(self, self->twin_push, "twin", type, body);
+}
+
+static void s_forward_message(gw_t *self, const char *device, Mh__DeviceMessage__Kind kind,
+                              const char *payload, size_t plen, int64_t now, bool online,
+                              const char *firmware)
+{
+    Mh__DeviceMessage dm = MH__DEVICE_MESSAGE__INIT;
+    dm.device_id = (char *)device;
+    dm.kind = kind;
+    dm.payload.data = (uint8_t *)payload;
+    dm.payload.len = plen;
+    dm.received_ms = now;
+    dm.online = online;
+    dm.firmware = (char *)(firmware ? firmware : "");
+    s_forward(self, "device.message", &dm.base);
+    /* The message itself tells twin the device was seen. */
+    zhashx_update(self->seen, device, (void *)(uintptr_t)mh_mono_ms());
+}
+
+void gw_seen_flush(gw_t *self)
+{
+    size_t n = self->nseen;
+    if (!n)
+        return;
+    char *ids[GW_SEEN_BATCH];
+    int64_t ms[GW_SEEN_BATCH];
+    for (size_t i = 0; i < n; i++) {
+        ids[i] = self->seen_pending[i].id;
+        ms[i] = self->seen_pending[i].ms;
+    }
+    Mh__DeviceSeen ev = MH__DEVICE_SEEN__INIT;
+    ev.device_ids = ids;
+    ev.n_device_ids = n;
+    ev.seen_ms = ms;
+    ev.n_seen_ms = n;
+    ev.ts_ms = mh_now_ms();
+    s_forward(self, "device.seen", &ev.base);
+    self->nseen = 0;
+}
+
+/* Telemetry tells twin a device is alive, at most once per seen-interval. */
+static void s_seen(gw_t *self, const char *device, int64_t received_ms)
+{
+    int64_t now = mh_mono_ms();
+    uintptr_t last = (uintptr_t)zhashx_lookup(self->seen, device);
+    if (last && now - (int64_t)last < self->cfg->seen_interval_ms)
+        return;
+    zhashx_update(self->seen, device, (void *)(uintptr_t)now);
+    snprintf(self->seen_pending[self->nseen].id, sizeof self->seen_pending[0].id, "%s", device);
+    self->seen_pending[self->nseen++].ms = received_ms;
+    if (self->nseen >= GW_SEEN_BATCH)
+        gw_seen_flush(self);
+}
+
+void gw_seen_prune(gw_t *self)
+{
+    int64_t now = mh_mono_ms();
+    zlistx_t *old = zlistx_new();
+    for (void *v = zhashx_first(self->seen); v; v = zhashx_next(self->seen))
+        if (now - (int64_t)(uintptr_t)v >= self->cfg->seen_interval_ms)
+            zlistx_add_end(old, (void *)zhashx_cursor(self->seen));
+    for (const char *k = zlistx_first(old); k; k = zlistx_next(old))
+        zhashx_delete(self->seen, k);
+    zlistx_destroy(&old);
+}
+
+/* ---- routing a device message ---- */
+
+void gw_handle(gw_t *self, zmsg_t *m)
+{
+    zframe_t *ft = zmsg_first(m), *fp = zmsg_next(m);
+    if (!ft || !fp) {
+        mh_counter_inc(self->m_bad_internal);
+        return;
+    }
+    char device[GW_MAX_ID + 1];
+    char detail[256];
+    device[0] = detail[0] = 0;
+    gw_topic_kind_t kind;
+    gw_reason_t r = gw_topic_parse((const char *)zframe_data(ft), zframe_size(ft), device, &kind);
+    if (r) {
+        s_reject(self, device, ft, r, "topic is not one of the protocol's");
+        return;
+    }
+    mh_counter_inc(self->m_received[kind]);
+    if (self->registry && !mh_idset_has(self->registry, device)) {
+        s_reject(self, device, ft, GW_UNREGISTERED, "the device is not registered");
+        return;
+    }
+    const char *payload = (const char *)zframe_data(fp);
+    size_t plen = zframe_size(fp);
+    int64_t now = mh_now_ms();
+    gw_points_reset(&self->scratch);
+    switch (kind) {
+    case GW_TOPIC_TELEMETRY:
+        r = gw_validate_telemetry_json(payload, plen, now, &self->scratch, detail, sizeof detail);
+        break;
+    case GW_TOPIC_TELEMETRY_PB:
+        r = gw_validate_telemetry_pb((const uint8_t *)payload, plen, now, &self->scratch, detail,
+                                     sizeof detail);
+        break;
+    case GW_TOPIC_STATUS: {
+        bool online = false;
+        char firmware[GW_MAX_FIRMWARE + 1];
+        r = gw_validate_status(payload, plen, &online, firmware, detail, sizeof detail);
+        if (!r && self->twin_push)
+            s_forward_message(self, device, MH__DEVICE_MESSAGE__KIND__STATUS, payload, plen, now,
+                              online, firmware);
+        break;
+    }
+    case GW_TOPIC_TWIN_GET:
+    case GW_TOPIC_TWIN_UPDATE:
+    case GW_TOPIC_COMMAND_ACK:
+        /* Twin validates these and answers the device on .../rejected. */
+        if (plen > GW_MAX_PAYLOAD) {
+            snprintf(detail, sizeof detail, "payload of %zu bytes is over the limit", plen);
+            r = GW_TOO_LARGE;
+        } else if (self->twin_push) {
+            Mh__DeviceMessage__Kind k =
+                kind == GW_TOPIC_TWIN_GET      ? MH__DEVICE_MESSAGE__KIND__TWIN_GET
+                : kind == GW_TOPIC_TWIN_UPDATE ? MH__DEVICE_MESSAGE__KIND__TWIN_UPDATE
+                                               : MH__DEVICE_MESSAGE__KIND__COMMAND_ACK;
+            s_forward_message(self, device, k, payload, plen, now, false, NULL);
+        }
+        break;
+    case GW_TOPIC_OTA_STATUS:
+        r = gw_validate_ota_status(payload, plen, detail, sizeof detail);
+        if (!r && self->ota_push) {
+            Mh__DeviceMessage dm = MH__DEVICE_MESSAGE__INIT;
+            dm.device_id = device;
+            dm.kind = MH__DEVICE_MESSAGE__KIND__OTA_STATUS;
+            dm.payload.data = (uint8_t *)payload;
+            dm.payload.len = plen;
+            dm.received_ms = now;
+            s_forward_to(self, self->ota_push, "ota", "device.message", &dm.base);
+        }
+        if (!r && self->twin_push)
+            s_seen(self, device, now);
+        break;
+    default:
+        break;
+    }
+    if (r) {
+        s_reject(self, device, ft, r, detail);
+        return;
+    }
+    if (self->scratch.n) {
+        if (gw_batch_add(self, device) < 0) {
+            mh_error("out of memory adding points; message from %s lost", device);
+            return;
+        }
+        mh_counter_add(self->m_points, self->scratch.n);
+        if (self->twin_push)
+            s_seen(self, device, now);
+    }
+}
