@@ -317,3 +317,7 @@ int mh_metrics_text_value(const char *text, const char *name, const char *labels
     }
     return -ENOENT;
 }
+
+const double mh_ms_bounds[MH_MS_NBOUNDS] = {0.5, 1,   2,   3,    5,    7,    10,    15,
+                                            20,  30,  40,  50,   75,   100,  150,   200,
+                                            300, 500, 750, 1000, 2000, 5000, 10000, 30000};

@@ -23,6 +23,10 @@ mh_counter_t *mh_metrics_counter(mh_metrics_t *self, const char *name, const cha
 mh_gauge_t *mh_metrics_gauge(mh_metrics_t *self, const char *name, const char *help,
                              const char *labels);
 /* `bounds` are the upper bounds of the buckets, ascending; +Inf is implied. */
+/* Buckets for request and transaction times, 0.5 ms to 30 s (MH_MS_NBOUNDS
+ * of them): the RPC server's and twin's batches. */
+extern const double mh_ms_bounds[];
+#define MH_MS_NBOUNDS 24
 mh_histogram_t *mh_metrics_histogram(mh_metrics_t *self, const char *name, const char *help,
                                      const char *labels, const double *bounds, size_t nbounds);
 

@@ -17,10 +17,6 @@ struct mh_rpc_server_t {
     mh_ratelimit_t rl;
 };
 
-static const double s_ms_bounds[] = {0.5, 1,   2,   3,    5,    7,    10,    15,
-                                     20,  30,  40,  50,   75,   100,  150,   200,
-                                     300, 500, 750, 1000, 2000, 5000, 10000, 30000};
-
 void mh_rpc_fail(mh_rpc_reply_t *r, uint32_t status, const char *code, const char *fmt, ...)
 {
     va_list ap;
@@ -62,7 +58,7 @@ mh_rpc_server_t *mh_rpc_server_new(const mh_rpc_service_t *def, void *self, mh_m
         mh_metrics_counter(metrics, name, "RPC requests that did not decode, ignored", NULL);
     snprintf(name, sizeof name, "%s_ms", def->metric_prefix);
     s->ms = mh_metrics_histogram(metrics, name, "RPC handling time, in milliseconds", NULL,
-                                 s_ms_bounds, sizeof s_ms_bounds / sizeof s_ms_bounds[0]);
+                                 mh_ms_bounds, MH_MS_NBOUNDS);
     return s;
 }
 

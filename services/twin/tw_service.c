@@ -78,11 +78,6 @@ static const char *s_schema_sql =
     "CREATE INDEX IF NOT EXISTS commands_sent ON twin.commands ((sent_ms + timeout_ms))"
     "  WHERE status = 'sent';";
 
-static const double s_ms_bounds[] = {0.5, 1,   2,   3,    5,    7,    10,    15,
-                                     20,  30,  40,  50,   75,   100,  150,   200,
-                                     300, 500, 750, 1000, 2000, 5000, 10000, 30000};
-#define S_NBOUNDS (sizeof s_ms_bounds / sizeof s_ms_bounds[0])
-
 static const char *s_reason_names[TW_R_COUNT] = {
     "bad_json", "bad_request",     "version_conflict", "too_large",         "unregistered",
     "bad_ack",  "unknown_command", "stale_status",     "malformed_internal"};
@@ -134,7 +129,7 @@ static void s_register_metrics(tw_t *self)
                                          "Devices that went offline by silence", NULL);
     self->m_batch_ms = mh_metrics_histogram(m, "mh_twin_batch_ms",
                                             "Time to apply and commit a batch, in milliseconds",
-                                            NULL, s_ms_bounds, S_NBOUNDS);
+                                            NULL, mh_ms_bounds, MH_MS_NBOUNDS);
     self->m_db = mh_metrics_gauge(m, "mh_twin_db_connected",
                                   "1 while connected to PostgreSQL with the schema ready", NULL);
 }
