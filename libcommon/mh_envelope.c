@@ -1,4 +1,6 @@
 #include "mh_envelope.h"
+#include "mh_curve.h"
+#include "mh_log.h"
 #include "mh_time.h"
 
 #include <stdio.h>
@@ -82,6 +84,24 @@ int mh_envelope_send(zsock_t *sock, const zframe_t *routing_id, const char *type
     return rc < 0 ? -1 : 0;
 }
 
+int mh_events_bind(zsock_t **pub_out, const char *endpoint, int sndhwm)
+{
+    *pub_out = NULL;
+    if (!*endpoint)
+        return 0;
+    zsock_t *pub = zsock_new(ZMQ_PUB);
+    if (!pub)
+        return -1;
+    zsock_set_sndhwm(pub, sndhwm);
+    if (mh_curve_bind(pub, endpoint) < 0) {
+        mh_error("cannot bind events on %s: %s", endpoint, zmq_strerror(zmq_errno()));
+        zsock_destroy(&pub);
+        return -1;
+    }
+    *pub_out = pub;
+    return 0;
+}
+
 int mh_event_publish(zsock_t *pub, const char *type, const ProtobufCMessage *body)
 {
     zframe_t *frame = mh_envelope_pack(type, NULL, body);
@@ -93,4 +113,15 @@ int mh_event_publish(zsock_t *pub, const char *type, const ProtobufCMessage *bod
         rc = zmq_send(raw, zframe_data(frame), zframe_size(frame), ZMQ_DONTWAIT);
     zframe_destroy(&frame);
     return rc < 0 ? -1 : 0;
+}
+
+Mh__Envelope *mh_event_recv(zsock_t *sub)
+{
+    zmsg_t *m = zmsg_recv(sub);
+    if (!m)
+        return NULL;
+    zframe_t *f = zmsg_size(m) == 2 ? zmsg_last(m) : NULL;
+    Mh__Envelope *env = f ? mh_envelope_unpack(f) : NULL;
+    zmsg_destroy(&m);
+    return env;
 }

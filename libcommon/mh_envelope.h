@@ -25,5 +25,14 @@ void mh_envelope_free(Mh__Envelope **env_p);
 int mh_envelope_send(zsock_t *sock, const zframe_t *routing_id, const char *type,
                      const char *trace_id, const ProtobufCMessage *body, bool dontwait);
 
+/* Binds a service's event PUB socket on `endpoint` (through mh_curve_bind)
+ * with a send queue of `sndhwm` messages. An empty endpoint means no
+ * events: *pub_out NULL and 0. -1, logged, when the bind fails. */
+int mh_events_bind(zsock_t **pub_out, const char *endpoint, int sndhwm);
+
 /* Publishes an event: [type][envelope] on a PUB socket. Never blocks. */
 int mh_event_publish(zsock_t *pub, const char *type, const ProtobufCMessage *body);
+/* Receives one event from a SUB socket: its envelope (env->type is the
+ * event's type; free with mh_envelope_free), NULL when the message is not
+ * an event. */
+Mh__Envelope *mh_event_recv(zsock_t *sub);

@@ -1,4 +1,5 @@
 #include "mh_idset.h"
+#include "mh_rpc.h"
 #include "mh_envelope.h"
 #include "mh_log.h"
 #include "mh_resolver.h"
@@ -145,20 +146,11 @@ void mh_idset_tick(mh_idset_t *self)
 
 void mh_idset_on_rpc(mh_idset_t *self)
 {
-    zframe_t *f = zframe_recv(self->dealer);
-    if (!f)
-        return;
-    Mh__Envelope *env = mh_envelope_unpack(f);
-    zframe_destroy(&f);
-    Mh__TwinReply *r = NULL;
-    if (env && strcmp(env->type, "twin.reply") == 0)
-        r = mh__twin_reply__unpack(NULL, env->body.len, env->body.data);
-    mh_envelope_free(&env);
-    if (!r || !self->building || strcmp(r->request_id, self->req_id) != 0) {
-        if (r)
-            mh__twin_reply__free_unpacked(r, NULL);
-        return; /* an answer to a request we gave up on */
-    }
+    Mh__TwinReply *r =
+        (Mh__TwinReply *)mh_rpc_recv_reply(self->dealer, "twin.reply", &mh__twin_reply__descriptor,
+                                           self->building ? self->req_id : NULL);
+    if (!r)
+        return; /* malformed, or an answer to a request we gave up on */
     if (r->status != 200) {
         mh_log_limited(&self->rl, MH_LOG_WARN, "twin cannot list the %s yet (%u %s)", self->what,
                        r->status, r->message);
@@ -187,12 +179,8 @@ void mh_idset_on_rpc(mh_idset_t *self)
 
 void mh_idset_on_event(mh_idset_t *self)
 {
-    zmsg_t *m = zmsg_recv(self->sub);
-    if (!m)
-        return;
-    char *type = zmsg_popstr(m);
-    zframe_t *f = zmsg_pop(m);
-    Mh__Envelope *env = f ? mh_envelope_unpack(f) : NULL;
+    Mh__Envelope *env = mh_event_recv(self->sub);
+    const char *type = env ? env->type : NULL;
     const char *id = NULL;
     bool add = false;
     Mh__DeviceRegistered *reg = NULL;
@@ -231,7 +219,4 @@ void mh_idset_on_event(mh_idset_t *self)
         mh__device_connectivity__free_unpacked(conn, NULL);
     mh_gauge_set(self->m_size, (double)zhashx_size(self->live));
     mh_envelope_free(&env);
-    zframe_destroy(&f);
-    zstr_free(&type);
-    zmsg_destroy(&m);
 }

@@ -167,6 +167,26 @@ bool mh_rpc_reply_common(const ProtobufCMessage *reply, mh_rpc_common_t *out)
     return true;
 }
 
+ProtobufCMessage *mh_rpc_recv_reply(zsock_t *dealer, const char *type,
+                                    const ProtobufCMessageDescriptor *reply, const char *request_id)
+{
+    zframe_t *f = zframe_recv(dealer);
+    if (!f)
+        return NULL;
+    Mh__Envelope *env = mh_envelope_unpack(f);
+    zframe_destroy(&f);
+    ProtobufCMessage *r = NULL;
+    if (env && strcmp(env->type, type) == 0)
+        r = protobuf_c_message_unpack(reply, NULL, env->body.len, env->body.data);
+    mh_envelope_free(&env);
+    const char **id = r ? (const char **)mh_rpc_field(r, 1, PROTOBUF_C_TYPE_STRING) : NULL;
+    if (r && (!request_id || !id || strcmp(*id, request_id) != 0)) {
+        protobuf_c_message_free_unpacked(r, NULL);
+        r = NULL;
+    }
+    return r;
+}
+
 bool mh_rpc_request_stamp(ProtobufCMessage *request, const char *request_id, int64_t deadline_ms)
 {
     char **id = mh_rpc_field(request, 1, PROTOBUF_C_TYPE_STRING);

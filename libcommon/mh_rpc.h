@@ -40,6 +40,15 @@ typedef struct {
 /* false when `reply` lacks them. */
 bool mh_rpc_reply_common(const ProtobufCMessage *reply, mh_rpc_common_t *out);
 
+/* For callers that poll their own DEALER: receives one frame and returns
+ * the reply message it holds when it is a `type` envelope of `reply`'s
+ * kind answering `request_id` (free it with protobuf_c_message_free_
+ * unpacked). NULL for anything else: a malformed frame, or the answer to
+ * a request given up on. */
+ProtobufCMessage *mh_rpc_recv_reply(zsock_t *dealer, const char *type,
+                                    const ProtobufCMessageDescriptor *reply,
+                                    const char *request_id);
+
 /* Sets a request's request_id (borrowed) and deadline_ms; false when it
  * lacks them. */
 bool mh_rpc_request_stamp(ProtobufCMessage *request, const char *request_id, int64_t deadline_ms);

@@ -12,6 +12,7 @@
 struct mh_rpc_server_t {
     const mh_rpc_service_t *def;
     void *self;
+    mh_pg_t *db;
     mh_counter_t **requests, *errors, *malformed;
     mh_histogram_t *ms;
     mh_ratelimit_t rl;
@@ -35,7 +36,8 @@ void mh_rpc_ok_json(mh_rpc_reply_t *r, uint32_t status, json_t *body)
     json_decref(body);
 }
 
-mh_rpc_server_t *mh_rpc_server_new(const mh_rpc_service_t *def, void *self, mh_metrics_t *metrics)
+mh_rpc_server_t *mh_rpc_server_new(const mh_rpc_service_t *def, void *self, mh_pg_t *db,
+                                   mh_metrics_t *metrics)
 {
     mh_rpc_server_t *s = calloc(1, sizeof *s);
     if (!s || !(s->requests = calloc(def->n_methods, sizeof *s->requests))) {
@@ -44,6 +46,7 @@ mh_rpc_server_t *mh_rpc_server_new(const mh_rpc_service_t *def, void *self, mh_m
     }
     s->def = def;
     s->self = self;
+    s->db = db;
     s->rl = (mh_ratelimit_t)MH_RATELIMIT_INIT(5000, 2);
     char name[96], labels[96];
     for (size_t i = 0; i < def->n_methods; i++) {
@@ -120,7 +123,7 @@ void mh_rpc_server_handle(mh_rpc_server_t *s, zsock_t *router)
         mh_rpc_fail(r, 504, "deadline_exceeded", "the request's deadline passed before it ran");
     else if (k >= def->n_methods || !def->methods[k].fn)
         mh_rpc_fail(r, 400, "bad_request", "unknown method %zu", k);
-    else if (def->methods[k].needs_db && def->db_ready && !def->db_ready(s->self))
+    else if (def->methods[k].needs_db && s->db && !mh_pg_ready(s->db))
         mh_rpc_fail(r, 503, "unavailable", "the database is unavailable; try again");
     else
         def->methods[k].fn(s->self, q, reply);

@@ -18,6 +18,7 @@
  * P_malformed_total, and the P_ms latency histogram. */
 #pragma once
 #include "mh_metrics.h"
+#include "mh_pg.h"
 
 #include <czmq.h>
 #include <jansson.h>
@@ -59,7 +60,6 @@ typedef struct {
      * field runs methods[0] */
     const mh_rpc_method_t *methods;
     size_t n_methods;
-    bool (*db_ready)(void *self); /* NULL: no database */
     /* frees what handlers own in the service's reply struct (NULL: none) */
     void (*reply_free)(void *reply);
     const char *metric_prefix; /* "mh_twin_rpc" */
@@ -67,9 +67,11 @@ typedef struct {
 
 typedef struct mh_rpc_server_t mh_rpc_server_t;
 
-/* `def` and `self` are borrowed and must outlive the server; its metrics
+/* `def`, `self` and `db` are borrowed and must outlive the server; `db`
+ * is the database methods with needs_db wait for (NULL: none). Its metrics
  * are registered in `metrics`. NULL when out of memory. */
-mh_rpc_server_t *mh_rpc_server_new(const mh_rpc_service_t *def, void *self, mh_metrics_t *metrics);
+mh_rpc_server_t *mh_rpc_server_new(const mh_rpc_service_t *def, void *self, mh_pg_t *db,
+                                   mh_metrics_t *metrics);
 void mh_rpc_server_destroy(mh_rpc_server_t **self_p);
 
 /* Receives one message from `router` and answers it, or counts and

@@ -26,6 +26,21 @@ static void s_trampoline(zsock_t *pipe, void *args)
     st->fn(pipe, st->ctx);
 }
 
+bool mh_actor_term(zsock_t *pipe)
+{
+    char *cmd = zstr_recv(pipe);
+    bool term = !cmd || strcmp(cmd, "$TERM") == 0;
+    zstr_free(&cmd);
+    return term;
+}
+
+void mh_service_health(mh_service_ctx_t *ctx, bool ready, mh_gauge_t *ready_gauge)
+{
+    mh_http_heartbeat(ctx->http);
+    mh_http_set_ready(ctx->http, ready);
+    mh_gauge_set(ready_gauge, ready);
+}
+
 zactor_t *mh_actor_start(zactor_fn *fn, mh_service_ctx_t *ctx)
 {
     s_start_t *st = malloc(sizeof *st);

@@ -66,5 +66,11 @@ static inline void mh_actor_failed(zsock_t *pipe)
 {
     zsock_signal(pipe, 1);
 }
+/* Takes the command waiting on an actor's pipe: true when it says stop
+ * ($TERM, or the pipe gone). */
+bool mh_actor_term(zsock_t *pipe);
+/* What a service loop reports twice a second: alive (the heartbeat), ready
+ * or not, and the same readiness as the gauge `ready_gauge` (may be NULL). */
+void mh_service_health(mh_service_ctx_t *ctx, bool ready, mh_gauge_t *ready_gauge);
 /* Starts `fn` as an actor; returns NULL if it reported failure. */
 zactor_t *mh_actor_start(zactor_fn *fn, mh_service_ctx_t *ctx);

@@ -286,7 +286,6 @@ typedef struct {
 } s_test_reply_t;
 
 typedef struct {
-    bool db_up;
     int ran;
 } s_test_svc_t;
 
@@ -304,11 +303,6 @@ static void s_test_get(void *ud, const void *req, void *reply)
     mh_rpc_ok_json(&r->base, 200, json_pack("{s:s}", "id", q->device_id));
 }
 
-static bool s_test_db(void *ud)
-{
-    return ((s_test_svc_t *)ud)->db_up;
-}
-
 static const mh_rpc_method_t s_test_methods[] = {
     [MH__TWIN_REQUEST__METHOD__REGISTER] = {"register", NULL, true},
     [MH__TWIN_REQUEST__METHOD__GET_DEVICE] = {"get_device", s_test_get, true},
@@ -323,7 +317,6 @@ static const mh_rpc_service_t s_test_def = {
     .reply_msg_offset = offsetof(s_test_reply_t, rep),
     .methods = s_test_methods,
     .n_methods = 2,
-    .db_ready = s_test_db,
     .metric_prefix = "mh_test_rpc",
 };
 
@@ -355,8 +348,8 @@ static void test_rpc_server(void **state)
 {
     (void)state;
     mh_metrics_t *m = mh_metrics_new();
-    s_test_svc_t svc = {.db_up = true};
-    mh_rpc_server_t *server = mh_rpc_server_new(&s_test_def, &svc, m);
+    s_test_svc_t svc = {0};
+    mh_rpc_server_t *server = mh_rpc_server_new(&s_test_def, &svc, NULL, m);
     zsock_t *router = zsock_new_router("inproc://rpc-server-test");
     zsock_t *client = zsock_new_dealer(">inproc://rpc-server-test");
     int64_t later = mh_now_ms() + 60000;
@@ -379,12 +372,16 @@ static void test_rpc_server(void **state)
     assert_string_equal(r->error_code, "deadline_exceeded");
     mh__twin_reply__free_unpacked(r, NULL);
 
-    svc.db_up = false;
-    r = s_test_call(client, router, server, 1, "d-1", 0); /* no deadline */
+    /* a server whose database is not connected (mh_pg_new does not
+     * connect: nothing is sent anywhere) */
+    mh_pg_t *down = mh_pg_new("postgresql://127.0.0.1:1/none", NULL, 0);
+    mh_rpc_server_t *waiting = mh_rpc_server_new(&s_test_def, &svc, down, m);
+    r = s_test_call(client, router, waiting, 1, "d-1", 0); /* no deadline */
     assert_int_equal(r->status, 503);
     assert_string_equal(r->error_code, "unavailable");
     mh__twin_reply__free_unpacked(r, NULL);
-    svc.db_up = true;
+    mh_rpc_server_destroy(&waiting);
+    mh_pg_destroy(&down);
 
     r = s_test_call(client, router, server, 0, "d-1", later); /* no handler */
     assert_int_equal(r->status, 400);

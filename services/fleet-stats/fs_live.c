@@ -332,12 +332,8 @@ static void s_on_stats(fs_live_t *self, const Mh__GatewayStats *ev)
 void fs_live_on_event(fs_live_t *self)
 {
     for (int n = 0; n < 2000 && (zsock_events(self->sub) & ZMQ_POLLIN); n++) {
-        zmsg_t *m = zmsg_recv(self->sub);
-        if (!m)
-            return;
-        char *type = zmsg_popstr(m);
-        zframe_t *f = zmsg_pop(m);
-        Mh__Envelope *env = f ? mh_envelope_unpack(f) : NULL;
+        Mh__Envelope *env = mh_event_recv(self->sub);
+        const char *type = env ? env->type : NULL;
         if (env && type) {
             mh_counter_inc(self->m_events);
             const uint8_t *b = env->body.data;
@@ -378,9 +374,6 @@ void fs_live_on_event(fs_live_t *self)
             pthread_mutex_unlock(&self->lock);
         }
         mh_envelope_free(&env);
-        zframe_destroy(&f);
-        zstr_free(&type);
-        zmsg_destroy(&m);
     }
 }
 

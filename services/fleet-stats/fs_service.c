@@ -148,13 +148,8 @@ void fs_actor(zsock_t *pipe, void *args)
         if (items[1].revents & ZMQ_POLLIN)
             fs_live_on_event(self->live);
         fs_live_tick(self->live);
-        if (items[0].revents & ZMQ_POLLIN) {
-            char *cmd = zstr_recv(pipe);
-            bool stop = !cmd || strcmp(cmd, "$TERM") == 0;
-            zstr_free(&cmd);
-            if (stop)
-                break;
-        }
+        if ((items[0].revents & ZMQ_POLLIN) && mh_actor_term(pipe))
+            break;
         mh_http_heartbeat(ctx->http);
         pthread_mutex_lock(&self->lock);
         bool ready = mh_pg_connect(self->pg, err, sizeof err) >= 0 && fs_live_ready(self->live);

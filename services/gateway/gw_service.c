@@ -299,14 +299,8 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
             self->bind_failed = true;
         }
     }
-    if (*self->cfg->events_bind) {
-        self->pub = zsock_new(ZMQ_PUB);
-        zsock_set_sndhwm(self->pub, 10000);
-        if (mh_curve_bind(self->pub, self->cfg->events_bind) < 0) {
-            mh_error("cannot bind events on %s: %s", self->cfg->events_bind, zmq_strerror(errno));
-            zsock_destroy(&self->pub);
-        }
-    }
+    /* an event socket that cannot bind is logged; the gateway runs without */
+    mh_events_bind(&self->pub, self->cfg->events_bind, 10000);
     return self;
 }
 
@@ -450,18 +444,13 @@ void gw_actor(zsock_t *pipe, void *args)
                  i < 10000 && (zsock_events(mh_idset_events(self->registry)) & ZMQ_POLLIN); i++)
                 mh_idset_on_event(self->registry);
         }
-        if (items[0].revents & ZMQ_POLLIN) {
-            char *cmd = zstr_recv(pipe);
-            bool term = cmd && strcmp(cmd, "$TERM") == 0;
-            zstr_free(&cmd);
-            if (term && phase == RUNNING) {
-                mh_info("stopping: unsubscribing, then draining %zu unacknowledged batches",
-                        zhashx_size(self->window));
-                s_mqtt_unsubscribe(self);
-                phase = UNSUBSCRIBING;
-                phase_deadline = mh_mono_ms() + 5000;
-                last_message = mh_mono_ms();
-            }
+        if ((items[0].revents & ZMQ_POLLIN) && mh_actor_term(pipe) && phase == RUNNING) {
+            mh_info("stopping: unsubscribing, then draining %zu unacknowledged batches",
+                    zhashx_size(self->window));
+            s_mqtt_unsubscribe(self);
+            phase = UNSUBSCRIBING;
+            phase_deadline = mh_mono_ms() + 5000;
+            last_message = mh_mono_ms();
         }
         while (zsock_events(self->dealer) & ZMQ_POLLIN) {
             zframe_t *f = zframe_recv(self->dealer);

@@ -226,7 +226,7 @@ void in_query_actor(zsock_t *pipe, void *args)
     in_query_opts_t o = *(in_query_opts_t *)args;
     zsock_t *router = o.router;
     s_query_t q = {mh_pg_new(o.pg_url, NULL, 0), o.max_limit};
-    mh_rpc_server_t *server = mh_rpc_server_new(&s_rpc_def, &q, o.metrics);
+    mh_rpc_server_t *server = mh_rpc_server_new(&s_rpc_def, &q, NULL, o.metrics);
     zsock_signal(pipe, 0);
     zpoller_t *poller = zpoller_new(pipe, router, NULL);
     for (;;) {

@@ -293,14 +293,9 @@ static in_t *s_new(mh_service_ctx_t *ctx)
             return NULL;
         }
     }
-    if (*self->cfg->events_bind) {
-        self->pub = zsock_new(ZMQ_PUB);
-        if (mh_curve_bind(self->pub, self->cfg->events_bind) < 0) {
-            mh_error("cannot bind events on %s: %s", self->cfg->events_bind,
-                     zmq_strerror(zmq_errno()));
-            s_destroy(&self);
-            return NULL;
-        }
+    if (mh_events_bind(&self->pub, self->cfg->events_bind, 1000) < 0) {
+        s_destroy(&self);
+        return NULL;
     }
     return self;
 }
@@ -362,11 +357,8 @@ void in_actor(zsock_t *pipe, void *args)
          * gateways, who re-send); reading them would only drop them. */
         if (zmq_poll(items, db ? 2 : 1, 100) < 0 && errno != EINTR)
             break;
-        if (items[0].revents & ZMQ_POLLIN) {
-            char *cmd = zstr_recv(pipe);
-            stopping = !cmd || strcmp(cmd, "$TERM") == 0;
-            zstr_free(&cmd);
-        }
+        if (items[0].revents & ZMQ_POLLIN)
+            stopping = mh_actor_term(pipe);
         if (db && (items[1].revents & ZMQ_POLLIN))
             s_drain_socket(self);
         s_try_connect(self);

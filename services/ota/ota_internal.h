@@ -19,7 +19,8 @@
 #include "mh_json.h"
 #include "mh_pg.h"
 #include "mh_resolver.h"
-#include "mh_rpc_server.h"
+#include "mh_rpc.h"
+#include "mh_rpc_pg.h"
 #include "mh_time.h"
 #include "ota.pb-c.h"
 #include "ota_image.h"
@@ -69,6 +70,7 @@ typedef struct {
     zmsg_t *pending[1000]; /* status messages waiting for the database */
     size_t npending;
     mh_ratelimit_t rl_warn, rl_db;
+    mh_rpc_db_t db; /* pg, m_db_errors and rl_db, for the RPC methods */
     mh_counter_t *m_jobs_sent[2], *m_resent, *m_status[3], *m_job_final[4], *m_db_errors,
         *m_downlink_dropped, *m_rollouts[2];
     mh_histogram_t *m_tick_ms;

@@ -13,21 +13,7 @@ typedef struct {
 
 static void s_db_fail(ota_t *self, s_reply_t *r, const char *err)
 {
-    mh_counter_inc(self->m_db_errors);
-    mh_log_limited(&self->rl_db, MH_LOG_ERROR, "database error: %s", err);
-    if (mh_pg_lost(self->pg))
-        mh_rpc_fail(&r->base, 503, "unavailable", "the database is unavailable; try again");
-    else
-        mh_rpc_fail(&r->base, 500, "internal", "database error");
-}
-
-static uint32_t s_limit(const Mh__OtaRequest *q, s_reply_t *r)
-{
-    if (q->limit > 1000) {
-        mh_rpc_fail(&r->base, 400, "bad_request", "\"limit\" is at most 1000");
-        return 0;
-    }
-    return q->limit ? q->limit : 100;
+    mh_rpc_db_fail(&self->db, &r->base, err);
 }
 
 static bool s_rollout_id_ok(const char *id)
@@ -43,8 +29,9 @@ static bool s_rollout_id_ok(const char *id)
 
 #define S_FIRMWARE_COLS "version, hardware, size, sha256, signature, created_ms"
 
-static json_t *s_firmware_json(PGresult *res, int r)
+static json_t *s_firmware_json(PGresult *res, int r, void *ud)
 {
+    (void)ud;
     return json_pack("{s:s,s:s,s:I,s:s,s:s,s:I}", "version", PQgetvalue(res, r, 0), "hardware",
                      PQgetvalue(res, r, 1), "size", (json_int_t)ota_i64(res, r, 2), "sha256",
                      PQgetvalue(res, r, 3), "signature", PQgetvalue(res, r, 4), "created",
@@ -95,7 +82,7 @@ static void s_rpc_upload(void *ud, const void *req, void *reply)
     }
     mh_info("firmware %s (%s) uploaded: %zu bytes, sha256 %s", q->version, q->hardware,
             q->image.len, sha);
-    mh_rpc_ok_json(&r->base, 201, s_firmware_json(res, 0));
+    mh_rpc_ok_json(&r->base, 201, s_firmware_json(res, 0, NULL));
     PQclear(res);
 }
 
@@ -104,27 +91,19 @@ static void s_rpc_list_firmware(void *ud, const void *req, void *reply)
     ota_t *self = ud;
     const Mh__OtaRequest *q = req;
     s_reply_t *r = reply;
-    uint32_t limit = s_limit(q, r);
+    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000);
     if (!limit)
         return;
-    char lim[16], err[512];
+    char lim[16];
     snprintf(lim, sizeof lim, "%u", limit + 1);
     const char *p[] = {*q->cursor ? q->cursor : NULL, lim};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT " S_FIRMWARE_COLS " FROM ota.firmware"
-                               " WHERE ($1::text IS NULL OR version > $1) ORDER BY version"
-                               " LIMIT $2::int",
-                               2, p, err, sizeof err);
-    if (!res)
-        return s_db_fail(self, r, err);
-    json_t *items = json_array();
-    int rows = PQntuples(res);
-    for (int i = 0; i < rows && (uint32_t)i < limit; i++)
-        json_array_append_new(items, s_firmware_json(res, i));
-    json_t *next =
-        (uint32_t)rows > limit ? json_string(PQgetvalue(res, (int)limit - 1, 0)) : json_null();
-    PQclear(res);
-    mh_rpc_ok_json(&r->base, 200, json_pack("{s:o,s:o}", "items", items, "next", next));
+    PGresult *res = mh_rpc_db_query(&self->db, &r->base,
+                                    "SELECT " S_FIRMWARE_COLS " FROM ota.firmware"
+                                    " WHERE ($1::text IS NULL OR version > $1) ORDER BY version"
+                                    " LIMIT $2::int",
+                                    2, p);
+    if (res)
+        mh_rpc_page(&r->base, res, limit, &(mh_rpc_page_t){.item = s_firmware_json});
 }
 
 static void s_rpc_get_firmware(void *ud, const void *req, void *reply)
@@ -134,17 +113,12 @@ static void s_rpc_get_firmware(void *ud, const void *req, void *reply)
     s_reply_t *r = reply;
     if (!ota_name_valid(q->version))
         return mh_rpc_fail(&r->base, 404, "not_found", "no firmware \"%.64s\"", q->version);
-    char err[512];
     const char *p[] = {q->version};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT " S_FIRMWARE_COLS " FROM ota.firmware WHERE version = $1", 1,
-                               p, err, sizeof err);
-    if (!res)
-        return s_db_fail(self, r, err);
-    if (PQntuples(res) == 1)
-        mh_rpc_ok_json(&r->base, 200, s_firmware_json(res, 0));
-    else
-        mh_rpc_fail(&r->base, 404, "not_found", "no firmware %s", q->version);
+    PGresult *res = mh_rpc_db_row(&self->db, &r->base,
+                                  "SELECT " S_FIRMWARE_COLS " FROM ota.firmware WHERE version = $1",
+                                  1, p, "no firmware %s", q->version);
+    if (res)
+        mh_rpc_ok_json(&r->base, 200, s_firmware_json(res, 0, NULL));
     PQclear(res);
 }
 
@@ -163,17 +137,12 @@ static void s_rpc_signing_key(void *ud, const void *req, void *reply)
 
 static void s_reply_rollout(ota_t *self, const char *id, uint32_t status, s_reply_t *r)
 {
-    char err[512];
     const char *p[] = {id};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT " OTA_ROLLOUT_COLS " FROM ota.rollouts WHERE id = $1", 1, p,
-                               err, sizeof err);
-    if (!res)
-        return s_db_fail(self, r, err);
-    if (PQntuples(res) == 1)
+    PGresult *res = mh_rpc_db_row(&self->db, &r->base,
+                                  "SELECT " OTA_ROLLOUT_COLS " FROM ota.rollouts WHERE id = $1", 1,
+                                  p, "no rollout %s", id);
+    if (res)
         mh_rpc_ok_json(&r->base, status, ota_rollout_json(self, res, 0, true));
-    else
-        mh_rpc_fail(&r->base, 404, "not_found", "no rollout %s", id);
     PQclear(res);
 }
 
@@ -234,36 +203,34 @@ static void s_rpc_create_rollout(void *ud, const void *req, void *reply)
     ota_spec_clear(&spec);
 }
 
+static json_t *s_rollout_item(PGresult *res, int i, void *ud)
+{
+    return ota_rollout_json(ud, res, i, true);
+}
+
 static void s_rpc_list_rollouts(void *ud, const void *req, void *reply)
 {
     ota_t *self = ud;
     const Mh__OtaRequest *q = req;
     s_reply_t *r = reply;
-    uint32_t limit = s_limit(q, r);
+    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000);
     if (!limit)
         return;
     char *end = NULL;
     if (*q->cursor && (strtoll(q->cursor, &end, 10) <= 0 || *end))
         return mh_rpc_fail(&r->base, 400, "bad_request", "\"cursor\" is not one this API returned");
-    char lim[16], err[512];
+    char lim[16];
     snprintf(lim, sizeof lim, "%u", limit + 1);
     const char *p[] = {*q->cursor ? q->cursor : NULL, *q->state ? q->state : NULL, lim};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT " OTA_ROLLOUT_COLS " FROM ota.rollouts"
-                               " WHERE ($1::bigint IS NULL OR seq < $1::bigint)"
-                               " AND ($2::text IS NULL OR state = $2)"
-                               " ORDER BY seq DESC LIMIT $3::int",
-                               3, p, err, sizeof err);
-    if (!res)
-        return s_db_fail(self, r, err);
-    json_t *items = json_array();
-    int rows = PQntuples(res);
-    for (int i = 0; i < rows && (uint32_t)i < limit; i++)
-        json_array_append_new(items, ota_rollout_json(self, res, i, true));
-    json_t *next =
-        (uint32_t)rows > limit ? json_string(PQgetvalue(res, (int)limit - 1, 11)) : json_null();
-    PQclear(res);
-    mh_rpc_ok_json(&r->base, 200, json_pack("{s:o,s:o}", "items", items, "next", next));
+    PGresult *res = mh_rpc_db_query(&self->db, &r->base,
+                                    "SELECT " OTA_ROLLOUT_COLS " FROM ota.rollouts"
+                                    " WHERE ($1::bigint IS NULL OR seq < $1::bigint)"
+                                    " AND ($2::text IS NULL OR state = $2)"
+                                    " ORDER BY seq DESC LIMIT $3::int",
+                                    3, p);
+    if (res)
+        mh_rpc_page(&r->base, res, limit,
+                    &(mh_rpc_page_t){.item = s_rollout_item, .ud = self, .cursor_col = 11});
 }
 
 static void s_rpc_get_rollout(void *ud, const void *req, void *reply)
@@ -363,12 +330,31 @@ static void s_rpc_control(void *ud, const void *req, void *reply)
     s_reply_rollout(self, id, 200, r);
 }
 
+static json_t *s_job_item(PGresult *res, int i, void *ud)
+{
+    (void)ud;
+    return json_pack("{s:s,s:s,s:s,s:s,s:o,s:I,s:s,s:I,s:o,s:o,s:o,s:o,s:I}", "jobId",
+                     PQgetvalue(res, i, 0), "device", PQgetvalue(res, i, 1), "action",
+                     PQgetvalue(res, i, 2), "version", PQgetvalue(res, i, 3), "fromVersion",
+                     ota_str_or_null(res, i, 4), "wave", (json_int_t)ota_i64(res, i, 5), "status",
+                     PQgetvalue(res, i, 6), "progress", (json_int_t)ota_i64(res, i, 7), "error",
+                     ota_str_or_null(res, i, 8), "sentAt", ota_ms_or_null(res, i, 9), "answeredAt",
+                     ota_ms_or_null(res, i, 10), "finishedAt", ota_ms_or_null(res, i, 11), "sends",
+                     (json_int_t)ota_i64(res, i, 12));
+}
+
+/* A job list's cursor: "rank:action" of the last job given. */
+static void s_job_cursor(PGresult *res, int i, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s:%s", PQgetvalue(res, i, 13), PQgetvalue(res, i, 2));
+}
+
 static void s_rpc_list_jobs(void *ud, const void *req, void *reply)
 {
     ota_t *self = ud;
     const Mh__OtaRequest *q = req;
     s_reply_t *r = reply;
-    uint32_t limit = s_limit(q, r);
+    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000);
     if (!limit)
         return;
     if (!s_rollout_id_ok(q->rollout_id))
@@ -377,7 +363,7 @@ static void s_rpc_list_jobs(void *ud, const void *req, void *reply)
     char action[16] = "";
     if (*q->cursor && (sscanf(q->cursor, "%ld:%15[a-z]", &rank, action) != 2 || rank < 0))
         return mh_rpc_fail(&r->base, 400, "bad_request", "\"cursor\" is not one this API returned");
-    char lim[16], rk[24], err[512];
+    char lim[16], rk[24];
     snprintf(lim, sizeof lim, "%u", limit + 1);
     snprintf(rk, sizeof rk, "%ld", rank);
     const char *p[] = {q->rollout_id,
@@ -386,43 +372,17 @@ static void s_rpc_list_jobs(void *ud, const void *req, void *reply)
                        *q->state ? q->state : NULL,
                        *q->device_id ? q->device_id : NULL,
                        lim};
-    PGresult *res = mh_pg_exec(
-        self->pg, PGRES_TUPLES_OK,
+    PGresult *res = mh_rpc_db_query(
+        &self->db, &r->base,
         "SELECT id, device_id, action, to_version, from_version, wave, status, progress, error,"
         " sent_ms, answered_ms, finished_ms, sends, rank FROM ota.jobs WHERE rollout_id = $1"
         " AND ($2::int IS NULL OR (rank, action) > ($2::int, $3::text))"
         " AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR device_id = $5)"
         " ORDER BY rank, action LIMIT $6::int",
-        6, p, err, sizeof err);
-    if (!res)
-        return s_db_fail(self, r, err);
-    json_t *items = json_array();
-    int rows = PQntuples(res);
-    for (int i = 0; i < rows && (uint32_t)i < limit; i++)
-        json_array_append_new(
-            items,
-            json_pack("{s:s,s:s,s:s,s:s,s:o,s:I,s:s,s:I,s:o,s:o,s:o,s:o,s:I}", "jobId",
-                      PQgetvalue(res, i, 0), "device", PQgetvalue(res, i, 1), "action",
-                      PQgetvalue(res, i, 2), "version", PQgetvalue(res, i, 3), "fromVersion",
-                      ota_str_or_null(res, i, 4), "wave", (json_int_t)ota_i64(res, i, 5), "status",
-                      PQgetvalue(res, i, 6), "progress", (json_int_t)ota_i64(res, i, 7), "error",
-                      ota_str_or_null(res, i, 8), "sentAt", ota_ms_or_null(res, i, 9), "answeredAt",
-                      ota_ms_or_null(res, i, 10), "finishedAt", ota_ms_or_null(res, i, 11), "sends",
-                      (json_int_t)ota_i64(res, i, 12)));
-    json_t *next = json_null();
-    if ((uint32_t)rows > limit) {
-        char c[64];
-        snprintf(c, sizeof c, "%s:%s", PQgetvalue(res, (int)limit - 1, 13),
-                 PQgetvalue(res, (int)limit - 1, 2));
-        next = json_string(c);
-    }
-    PQclear(res);
-    mh_rpc_ok_json(&r->base, 200, json_pack("{s:o,s:o}", "items", items, "next", next));
-}
-
-static bool s_db_ready(void *ud)
-{
-    return mh_pg_ready(((ota_t *)ud)->pg);
+        6, p);
+    if (res)
+        mh_rpc_page(&r->base, res, limit,
+                    &(mh_rpc_page_t){.item = s_job_item, .cursor = s_job_cursor});
 }
 
 /* Indexed by OtaRequest.method; every method needs the database. */
@@ -450,6 +410,5 @@ const mh_rpc_service_t ota_rpc_def = {
     .reply_msg_offset = offsetof(s_reply_t, rep),
     .methods = s_methods,
     .n_methods = sizeof s_methods / sizeof s_methods[0],
-    .db_ready = s_db_ready,
     .metric_prefix = "mh_ota_rpc",
 };

@@ -186,6 +186,7 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
         mh_warn("no --signing-key: firmware uploads are refused until one is configured");
     }
     self->pg = mh_pg_new(self->cfg->pg_url, s_schema_sql, S_LOCK_MIGRATE);
+    self->db = (mh_rpc_db_t){self->pg, self->m_db_errors, &self->rl_db};
     self->pull = zsock_new(ZMQ_PULL);
     zsock_set_rcvhwm(self->pull, 100000);
     self->router = zsock_new(ZMQ_ROUTER);
@@ -204,7 +205,7 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
                                         .what = "online devices"},
                      ctx->metrics);
     self->images = ota_images_new(self->cfg->pg_url, ctx->metrics);
-    self->rpc = mh_rpc_server_new(&ota_rpc_def, self, ctx->metrics);
+    self->rpc = mh_rpc_server_new(&ota_rpc_def, self, self->pg, ctx->metrics);
     if (!self->rpc || !self->pg || !self->push || !self->twin_resolver || !self->online ||
         !self->images || !self->out) {
         mh_error("bad settings (downlink \"%s\", twin RPC \"%s\", twin events \"%s\")",
@@ -220,15 +221,9 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
         s_destroy(&self);
         return NULL;
     }
-    if (*self->cfg->events_bind) {
-        self->pub = zsock_new(ZMQ_PUB);
-        zsock_set_sndhwm(self->pub, 100000);
-        if (mh_curve_bind(self->pub, self->cfg->events_bind) < 0) {
-            mh_error("cannot bind events on %s: %s", self->cfg->events_bind,
-                     zmq_strerror(zmq_errno()));
-            s_destroy(&self);
-            return NULL;
-        }
+    if (mh_events_bind(&self->pub, self->cfg->events_bind, 100000) < 0) {
+        s_destroy(&self);
+        return NULL;
     }
     snprintf(self->secret, sizeof self->secret, "%s", self->cfg->url_secret);
     ota_images_set_secret(self->images, self->secret);
@@ -287,11 +282,8 @@ void ota_actor(zsock_t *pipe, void *args)
         long wait = self->next_tick > now ? (long)(self->next_tick - now) : 0;
         if (zmq_poll(items, self->npending ? 5 : 6, wait < 100 ? wait : 100) < 0 && errno != EINTR)
             break;
-        if (items[0].revents & ZMQ_POLLIN) {
-            char *cmd = zstr_recv(pipe);
-            stopping = cmd && strcmp(cmd, "$TERM") == 0;
-            zstr_free(&cmd);
-        }
+        if (items[0].revents & ZMQ_POLLIN)
+            stopping = mh_actor_term(pipe);
         s_connect_db(self);
         while (zsock_events(mh_idset_rpc(self->online)) & ZMQ_POLLIN)
             mh_idset_on_rpc(self->online);
@@ -314,10 +306,7 @@ void ota_actor(zsock_t *pipe, void *args)
         }
         if (now >= next_cron) {
             next_cron = now + 500;
-            mh_http_heartbeat(ctx->http);
-            ready = mh_pg_ready(self->pg);
-            mh_http_set_ready(ctx->http, ready);
-            mh_gauge_set(self->m_db, ready);
+            mh_service_health(ctx, mh_pg_ready(self->pg), self->m_db);
         }
         if (now >= next_resolve) {
             next_resolve = now + self->cfg->resolve_interval_ms;

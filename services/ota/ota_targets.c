@@ -173,20 +173,11 @@ done:
 
 void ota_on_twin_reply(ota_t *self)
 {
-    zframe_t *f = zframe_recv(self->dealer);
-    if (!f)
-        return;
-    Mh__Envelope *env = mh_envelope_unpack(f);
-    zframe_destroy(&f);
-    Mh__TwinReply *r = NULL;
-    if (env && strcmp(env->type, "twin.reply") == 0)
-        r = mh__twin_reply__unpack(NULL, env->body.len, env->body.data);
-    mh_envelope_free(&env);
-    if (!r || !self->res.active || strcmp(r->request_id, self->res.req_id) != 0) {
-        if (r)
-            mh__twin_reply__free_unpacked(r, NULL);
-        return;
-    }
+    Mh__TwinReply *r =
+        (Mh__TwinReply *)mh_rpc_recv_reply(self->dealer, "twin.reply", &mh__twin_reply__descriptor,
+                                           self->res.active ? self->res.req_id : NULL);
+    if (!r)
+        return; /* malformed, or an answer to a request given up on */
     json_error_t jerr;
     json_t *body =
         r->status == 200 ? mh_json_loads(r->body_json, 0, MH_JSON_MAX_DEPTH, &jerr) : NULL;

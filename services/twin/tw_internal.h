@@ -17,7 +17,8 @@
 #include "mh_json.h"
 #include "mh_pg.h"
 #include "mh_resolver.h"
-#include "mh_rpc_server.h"
+#include "mh_rpc.h"
+#include "mh_rpc_pg.h"
 #include "mh_time.h"
 #include "tw_doc.h"
 #include "tw_service.h"
@@ -65,6 +66,7 @@ typedef struct {
     mh_histogram_t *m_batch_ms;
     mh_gauge_t *m_db;
     mh_ratelimit_t rl_warn, rl_db;
+    mh_rpc_db_t db; /* pg, m_db_errors and rl_db, for the RPC methods */
 } tw_t;
 
 /* small helpers */

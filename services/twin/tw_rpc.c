@@ -23,12 +23,7 @@ static void s_reply_free(void *reply)
 
 static void s_db_fail(tw_t *self, s_reply_t *r, const char *err)
 {
-    mh_counter_inc(self->m_db_errors);
-    mh_log_limited(&self->rl_db, MH_LOG_ERROR, "database error: %s", err);
-    if (mh_pg_lost(self->pg))
-        mh_rpc_fail(&r->base, 503, "unavailable", "the database is unavailable; try again");
-    else
-        mh_rpc_fail(&r->base, 500, "internal", "database error");
+    mh_rpc_db_fail(&self->db, &r->base, err);
 }
 
 /* Parses optional JSON object text from a request. NULL text or "" = absent
@@ -61,6 +56,16 @@ static bool s_check_id(const char *id, s_reply_t *r)
     return true;
 }
 
+/* The row of device `id` that `sql` ($1 = the id) selects; NULL when the
+ * id is not one or there is no such device (the reply filled). */
+static PGresult *s_device_row(tw_t *self, const char *id, s_reply_t *r, const char *sql)
+{
+    if (!s_check_id(id, r))
+        return NULL;
+    const char *p[] = {id};
+    return mh_rpc_db_row(&self->db, &r->base, sql, 1, p, "no device %s", id);
+}
+
 #define S_DEVICE_COLS                                                                              \
     "id, (doc->'tags')::text, online, last_seen_ms, firmware, created_ms, version, conn_ms"
 
@@ -82,11 +87,20 @@ static json_t *s_device_json(PGresult *res, int r)
     return d;
 }
 
-static void s_hex(const char *in, char *out, size_t outlen)
+static json_t *s_device_item(PGresult *res, int i, void *ud)
 {
+    (void)ud;
+    return s_device_json(res, i);
+}
+
+/* A device list's cursor: the last id in hex, so it needs no escaping in
+ * a URL. */
+static void s_device_cursor(PGresult *res, int i, char *out, size_t outlen)
+{
+    const char *in = PQgetvalue(res, i, 0);
     size_t j = 0;
-    for (size_t i = 0; in[i] && j + 2 < outlen; i++)
-        j += (size_t)snprintf(out + j, outlen - j, "%02x", (unsigned char)in[i]);
+    for (size_t k = 0; in[k] && j + 2 < outlen; k++)
+        j += (size_t)snprintf(out + j, outlen - j, "%02x", (unsigned char)in[k]);
     out[j] = 0;
 }
 
@@ -104,15 +118,6 @@ static bool s_unhex(const char *in, char *out, size_t outlen)
     }
     out[n / 2] = 0;
     return true;
-}
-
-static uint32_t s_limit(const Mh__TwinRequest *q, uint32_t max, s_reply_t *r)
-{
-    if (q->limit > max) {
-        mh_rpc_fail(&r->base, 400, "bad_request", "\"limit\" is at most %u", max);
-        return 0;
-    }
-    return q->limit ? q->limit : 100;
 }
 
 static void s_rpc_register(void *ud, const void *req, void *reply)
@@ -166,18 +171,9 @@ static void s_rpc_get_device(void *ud, const void *req, void *reply)
     tw_t *self = ud;
     const Mh__TwinRequest *q = req;
     s_reply_t *r = reply;
-    if (!s_check_id(q->device_id, r))
-        return;
-    char err[512];
-    const char *p[] = {q->device_id};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT " S_DEVICE_COLS " FROM twin.devices WHERE id = $1", 1, p,
-                               err, sizeof err);
-    if (!res)
-        return s_db_fail(self, r, err);
-    if (PQntuples(res) == 0)
-        mh_rpc_fail(&r->base, 404, "not_found", "no device %s", q->device_id);
-    else
+    PGresult *res = s_device_row(self, q->device_id, r,
+                                 "SELECT " S_DEVICE_COLS " FROM twin.devices WHERE id = $1");
+    if (res)
         mh_rpc_ok_json(&r->base, 200, s_device_json(res, 0));
     PQclear(res);
 }
@@ -187,7 +183,7 @@ static void s_rpc_list_devices(void *ud, const void *req, void *reply)
     tw_t *self = ud;
     const Mh__TwinRequest *q = req;
     s_reply_t *r = reply;
-    uint32_t limit = s_limit(q, 1000, r);
+    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000);
     if (!limit)
         return;
     char cursor[MH_MAX_DEVICE_ID + 1] = "", upper[MH_MAX_DEVICE_ID + 1] = "";
@@ -222,7 +218,7 @@ static void s_rpc_list_devices(void *ud, const void *req, void *reply)
     }
     char *tags_text = json_array_size(tags) ? tw_dumps(tags) : NULL;
     json_decref(tags);
-    char lim[16], err[512];
+    char lim[16];
     snprintf(lim, sizeof lim, "%u", limit + 1);
     const char *p[] = {*cursor ? cursor : NULL,
                        *q->status ? (strcmp(q->status, "online") == 0 ? "t" : "f") : NULL,
@@ -231,8 +227,8 @@ static void s_rpc_list_devices(void *ud, const void *req, void *reply)
                        *q->prefix ? upper : NULL,
                        tags_text,
                        lim};
-    PGresult *res = mh_pg_exec(
-        self->pg, PGRES_TUPLES_OK,
+    PGresult *res = mh_rpc_db_query(
+        &self->db, &r->base,
         "SELECT " S_DEVICE_COLS " FROM twin.devices d"
         " WHERE ($1::text IS NULL OR id > $1) AND ($2::boolean IS NULL OR online = $2)"
         " AND ($3::text IS NULL OR firmware = $3)"
@@ -240,22 +236,11 @@ static void s_rpc_list_devices(void *ud, const void *req, void *reply)
         " AND ($6::jsonb IS NULL OR NOT EXISTS (SELECT 1 FROM jsonb_array_elements($6::jsonb) f"
         "   WHERE (d.doc->'tags')->>(f.value->>0) IS DISTINCT FROM f.value->>1))"
         " ORDER BY id LIMIT $7::int",
-        7, p, err, sizeof err);
+        7, p);
     free(tags_text);
-    if (!res)
-        return s_db_fail(self, r, err);
-    int rows = PQntuples(res);
-    json_t *items = json_array();
-    for (int i = 0; i < rows && (uint32_t)i < limit; i++)
-        json_array_append_new(items, s_device_json(res, i));
-    json_t *next = json_null();
-    if ((uint32_t)rows > limit) {
-        char hex[2 * MH_MAX_DEVICE_ID + 2];
-        s_hex(PQgetvalue(res, (int)limit - 1, 0), hex, sizeof hex);
-        next = json_string(hex);
-    }
-    PQclear(res);
-    mh_rpc_ok_json(&r->base, 200, json_pack("{s:o,s:o}", "items", items, "next", next));
+    if (res)
+        mh_rpc_page(&r->base, res, limit,
+                    &(mh_rpc_page_t){.item = s_device_item, .cursor = s_device_cursor});
 }
 
 static void s_rpc_delete(void *ud, const void *req, void *reply)
@@ -263,18 +248,9 @@ static void s_rpc_delete(void *ud, const void *req, void *reply)
     tw_t *self = ud;
     const Mh__TwinRequest *q = req;
     s_reply_t *r = reply;
-    if (!s_check_id(q->device_id, r))
-        return;
-    char err[512];
-    const char *p[] = {q->device_id};
     PGresult *res =
-        mh_pg_exec(self->pg, PGRES_TUPLES_OK, "DELETE FROM twin.devices WHERE id = $1 RETURNING id",
-                   1, p, err, sizeof err);
-    if (!res)
-        return s_db_fail(self, r, err);
-    if (PQntuples(res) == 0) {
-        mh_rpc_fail(&r->base, 404, "not_found", "no device %s", q->device_id);
-    } else {
+        s_device_row(self, q->device_id, r, "DELETE FROM twin.devices WHERE id = $1 RETURNING id");
+    if (res) {
         r->base.status = 204;
         Mh__DeviceDeleted ev = MH__DEVICE_DELETED__INIT;
         ev.device_id = q->device_id;
@@ -289,18 +265,9 @@ static void s_rpc_get_twin(void *ud, const void *req, void *reply)
     tw_t *self = ud;
     const Mh__TwinRequest *q = req;
     s_reply_t *r = reply;
-    if (!s_check_id(q->device_id, r))
-        return;
-    char err[512];
-    const char *p[] = {q->device_id};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT doc::text, version FROM twin.devices WHERE id = $1", 1, p,
-                               err, sizeof err);
-    if (!res)
-        return s_db_fail(self, r, err);
-    if (PQntuples(res) == 0) {
-        mh_rpc_fail(&r->base, 404, "not_found", "no device %s", q->device_id);
-    } else {
+    PGresult *res = s_device_row(self, q->device_id, r,
+                                 "SELECT doc::text, version FROM twin.devices WHERE id = $1");
+    if (res) {
         r->rep.version = tw_i64(res, 0, 1);
         mh_rpc_ok_json(&r->base, 200, tw_json_col(res, 0, 0));
     }
@@ -416,6 +383,12 @@ static void s_rpc_patch_twin(void *ud, const void *req, void *reply)
     json_decref(tags);
 }
 
+static json_t *s_command_item(PGresult *res, int i, void *ud)
+{
+    (void)ud;
+    return PQgetisnull(res, i, 0) ? NULL : tw_command_json(res, i);
+}
+
 static json_t *s_command_row_json(PGresult *res)
 {
     return PQntuples(res) ? tw_command_json(res, 0) : NULL;
@@ -526,7 +499,7 @@ static void s_rpc_list_commands(void *ud, const void *req, void *reply)
     s_reply_t *r = reply;
     if (!s_check_id(q->device_id, r))
         return;
-    uint32_t limit = s_limit(q, 1000, r);
+    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000);
     if (!limit)
         return;
     char *end = NULL;
@@ -535,35 +508,23 @@ static void s_rpc_list_commands(void *ud, const void *req, void *reply)
         mh_rpc_fail(&r->base, 400, "bad_request", "\"cursor\" is not one this API returned");
         return;
     }
-    char cur[32], lim[16], err[512];
+    char cur[32], lim[16];
     snprintf(cur, sizeof cur, "%lld", cursor);
     snprintf(lim, sizeof lim, "%u", limit + 1);
     const char *p[] = {q->device_id, *q->cursor ? cur : NULL, lim};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT c.id, c.device_id, c.name, c.params::text, c.status,"
-                               " c.created_ms, c.expires_ms, c.timeout_ms, c.sent_ms,"
-                               " c.completed_ms, c.result::text, c.seq"
-                               " FROM twin.devices dv LEFT JOIN twin.commands c"
-                               " ON c.device_id = dv.id AND ($2::bigint IS NULL OR c.seq < $2)"
-                               " WHERE dv.id = $1 ORDER BY c.seq DESC NULLS LAST LIMIT $3::int",
-                               3, p, err, sizeof err);
-    if (!res)
-        return s_db_fail(self, r, err);
-    int rows = PQntuples(res);
-    if (rows == 0) {
-        PQclear(res);
-        mh_rpc_fail(&r->base, 404, "not_found", "no device %s", q->device_id);
-        return;
-    }
-    json_t *items = json_array();
-    for (int i = 0; i < rows && (uint32_t)i < limit; i++)
-        if (!PQgetisnull(res, i, 0))
-            json_array_append_new(items, tw_command_json(res, i));
-    json_t *next = json_null();
-    if ((uint32_t)rows > limit)
-        next = json_string(PQgetvalue(res, (int)limit - 1, 11));
-    PQclear(res);
-    mh_rpc_ok_json(&r->base, 200, json_pack("{s:o,s:o}", "items", items, "next", next));
+    /* one row, of NULLs, for a device without commands; none without the
+     * device */
+    PGresult *res = mh_rpc_db_row(&self->db, &r->base,
+                                  "SELECT c.id, c.device_id, c.name, c.params::text, c.status,"
+                                  " c.created_ms, c.expires_ms, c.timeout_ms, c.sent_ms,"
+                                  " c.completed_ms, c.result::text, c.seq"
+                                  " FROM twin.devices dv LEFT JOIN twin.commands c"
+                                  " ON c.device_id = dv.id AND ($2::bigint IS NULL OR c.seq < $2)"
+                                  " WHERE dv.id = $1 ORDER BY c.seq DESC NULLS LAST LIMIT $3::int",
+                                  3, p, "no device %s", q->device_id);
+    if (res)
+        mh_rpc_page(&r->base, res, limit,
+                    &(mh_rpc_page_t){.item = s_command_item, .cursor_col = 11});
 }
 
 static void s_rpc_get_command(void *ud, const void *req, void *reply)
@@ -573,18 +534,12 @@ static void s_rpc_get_command(void *ud, const void *req, void *reply)
     s_reply_t *r = reply;
     if (!s_check_id(q->device_id, r))
         return;
-    char err[512];
     const char *p[] = {q->device_id, q->command_id};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT " TW_COMMAND_COLS " FROM twin.commands"
-                               " WHERE device_id = $1 AND id = $2",
-                               2, p, err, sizeof err);
-    if (!res)
-        return s_db_fail(self, r, err);
-    if (PQntuples(res) == 0)
-        mh_rpc_fail(&r->base, 404, "not_found", "no command %s for device %s", q->command_id,
-                    q->device_id);
-    else
+    PGresult *res = mh_rpc_db_row(&self->db, &r->base,
+                                  "SELECT " TW_COMMAND_COLS " FROM twin.commands"
+                                  " WHERE device_id = $1 AND id = $2",
+                                  2, p, "no command %s for device %s", q->command_id, q->device_id);
+    if (res)
         mh_rpc_ok_json(&r->base, 200, tw_command_json(res, 0));
     PQclear(res);
 }
@@ -595,7 +550,7 @@ static void s_rpc_list_ids(void *ud, const void *req, void *reply)
     const Mh__TwinRequest *q = req;
     s_reply_t *r = reply;
     uint32_t limit = q->limit && q->limit <= 100000 ? q->limit : 10000;
-    char lim[16], err[512];
+    char lim[16];
     snprintf(lim, sizeof lim, "%u", limit);
     if (*q->status && strcmp(q->status, "online") && strcmp(q->status, "offline")) {
         mh_rpc_fail(&r->base, 400, "bad_request", "\"status\" is online or offline");
@@ -603,13 +558,13 @@ static void s_rpc_list_ids(void *ud, const void *req, void *reply)
     }
     const char *p[] = {q->cursor, lim,
                        *q->status ? (strcmp(q->status, "online") == 0 ? "t" : "f") : NULL};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT id FROM twin.devices WHERE id > $1"
-                               " AND ($3::boolean IS NULL OR online = $3) ORDER BY id"
-                               " LIMIT $2::int",
-                               3, p, err, sizeof err);
+    PGresult *res = mh_rpc_db_query(&self->db, &r->base,
+                                    "SELECT id FROM twin.devices WHERE id > $1"
+                                    " AND ($3::boolean IS NULL OR online = $3) ORDER BY id"
+                                    " LIMIT $2::int",
+                                    3, p);
     if (!res)
-        return s_db_fail(self, r, err);
+        return;
     int rows = PQntuples(res);
     r->ids = calloc((size_t)rows + 1, sizeof *r->ids);
     for (int i = 0; i < rows; i++)
@@ -632,11 +587,11 @@ static void s_rpc_snapshot(void *ud, const void *req, void *reply)
     const Mh__TwinRequest *q = req;
     s_reply_t *r = reply;
     uint32_t limit = q->limit && q->limit <= 20000 ? q->limit : 5000;
-    char lim[16], err[512];
+    char lim[16];
     snprintf(lim, sizeof lim, "%u", limit);
     const char *p[] = {q->cursor, lim};
-    PGresult *res = mh_pg_exec(
-        self->pg, PGRES_TUPLES_OK,
+    PGresult *res = mh_rpc_db_query(
+        &self->db, &r->base,
         "WITH page AS (SELECT id, online, last_seen_ms, firmware,"
         "  doc->'state'->'reported' AS rep FROM twin.devices WHERE id > $1 ORDER BY id"
         "  LIMIT $2::int)"
@@ -650,17 +605,12 @@ static void s_rpc_snapshot(void *ud, const void *req, void *reply)
         "     AND jsonb_typeof(rep->'location'->'lon') = 'number' THEN rep->'location'->'lon' END)"
         "   ORDER BY id), '[]'),"
         "  'next', CASE WHEN count(*) = $2::int THEN max(id) END)::text FROM page",
-        2, p, err, sizeof err);
+        2, p);
     if (!res)
-        return s_db_fail(self, r, err);
+        return;
     r->base.body = strdup(PQgetvalue(res, 0, 0));
     r->base.status = r->base.body ? 200 : 503;
     PQclear(res);
-}
-
-static bool s_db_ready(void *ud)
-{
-    return mh_pg_ready(((tw_t *)ud)->pg);
 }
 
 /* Indexed by TwinRequest.method; every method needs the database. */
@@ -687,7 +637,6 @@ const mh_rpc_service_t tw_rpc_def = {
     .reply_msg_offset = offsetof(s_reply_t, rep),
     .methods = s_methods,
     .n_methods = sizeof s_methods / sizeof s_methods[0],
-    .db_ready = s_db_ready,
     .reply_free = s_reply_free,
     .metric_prefix = "mh_twin_rpc",
 };

@@ -167,12 +167,13 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
     s_register_metrics(self);
     self->pending = calloc((size_t)self->cfg->batch_max, sizeof *self->pending);
     self->pg = mh_pg_new(self->cfg->pg_url, s_schema_sql, S_LOCK_MIGRATE);
+    self->db = (mh_rpc_db_t){self->pg, self->m_db_errors, &self->rl_db};
     self->pull = zsock_new(ZMQ_PULL);
     zsock_set_rcvhwm(self->pull, 100000);
     self->router = zsock_new(ZMQ_ROUTER);
     zsock_set_router_mandatory(self->router, 0);
     self->push = mh_push_new(self->cfg->downlink_endpoint, &self->resolver);
-    self->rpc = mh_rpc_server_new(&tw_rpc_def, self, ctx->metrics);
+    self->rpc = mh_rpc_server_new(&tw_rpc_def, self, self->pg, ctx->metrics);
     if (!self->pending || !self->pg || !self->resolver || !self->rpc) {
         mh_error("bad settings (downlink endpoint \"%s\")", self->cfg->downlink_endpoint);
         s_destroy(&self);
@@ -185,15 +186,9 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
         s_destroy(&self);
         return NULL;
     }
-    if (*self->cfg->events_bind) {
-        self->pub = zsock_new(ZMQ_PUB);
-        zsock_set_sndhwm(self->pub, 100000);
-        if (mh_curve_bind(self->pub, self->cfg->events_bind) < 0) {
-            mh_error("cannot bind events on %s: %s", self->cfg->events_bind,
-                     zmq_strerror(zmq_errno()));
-            s_destroy(&self);
-            return NULL;
-        }
+    if (mh_events_bind(&self->pub, self->cfg->events_bind, 100000) < 0) {
+        s_destroy(&self);
+        return NULL;
     }
     return self;
 }
@@ -259,11 +254,8 @@ void tw_actor(zsock_t *pipe, void *args)
         int nitems = self->npending ? 2 : 3;
         if (zmq_poll(items, nitems, 100) < 0 && errno != EINTR)
             break;
-        if (items[0].revents & ZMQ_POLLIN) {
-            char *cmd = zstr_recv(pipe);
-            stopping = cmd && strcmp(cmd, "$TERM") == 0;
-            zstr_free(&cmd);
-        }
+        if (items[0].revents & ZMQ_POLLIN)
+            stopping = mh_actor_term(pipe);
         s_connect_db(self);
         /* Handle a few RPCs between batches, so neither starves the other. */
         for (int i = 0; i < 16 && (zsock_events(self->router) & ZMQ_POLLIN); i++)
@@ -279,10 +271,7 @@ void tw_actor(zsock_t *pipe, void *args)
         }
         if (now >= next_cron) {
             next_cron = now + 500;
-            mh_http_heartbeat(ctx->http);
-            bool ready = mh_pg_ready(self->pg);
-            mh_http_set_ready(ctx->http, ready);
-            mh_gauge_set(self->m_db, ready);
+            mh_service_health(ctx, mh_pg_ready(self->pg), self->m_db);
         }
         if (now >= next_resolve) {
             next_resolve = now + self->cfg->resolve_interval_ms;
