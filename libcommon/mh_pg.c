@@ -237,3 +237,17 @@ char *mh_pg_text_array(const char *const *items, size_t n)
     *p = 0;
     return s;
 }
+
+PGresult *mh_pg_exec_ids(mh_pg_t *self, const char *sql, const char *const *ids, size_t n,
+                         char *err, size_t errlen)
+{
+    char *lit = mh_pg_text_array(ids, n);
+    if (!lit) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    const char *p[] = {lit};
+    PGresult *res = mh_pg_exec(self, PGRES_TUPLES_OK, sql, 1, p, err, errlen);
+    free(lit);
+    return res;
+}

@@ -54,3 +54,7 @@ bool mh_pg_retryable(mh_pg_t *self);
  * The strings must not contain '"' or '\\' (device ids, UUIDs); a NULL
  * item is SQL NULL. Caller frees; NULL when out of memory. */
 char *mh_pg_text_array(const char *const *items, size_t n);
+/* Runs `sql`, which returns rows, with $1 = `ids` as text[] (the same
+ * rules as mh_pg_text_array). NULL with err filled on failure. */
+PGresult *mh_pg_exec_ids(mh_pg_t *self, const char *sql, const char *const *ids, size_t n,
+                         char *err, size_t errlen);

@@ -96,7 +96,7 @@ static void s_expect_exactly_once(mht_db_t *db, const char *prefix, int messages
         "SELECT count(*) FROM (SELECT DISTINCT device_id, metric, ts FROM ingest.telemetry_raw "
         "WHERE device_id LIKE '%s-%%') d",
         prefix);
-    double distinct = mht_db_num(db, sql);
+    double distinct = mht_db_num(db, "%s", sql);
     if (got != messages * 3 || distinct != messages * 3)
         fail_msg("want %d samples stored once; stored %.0f rows, %.0f distinct", messages * 3, got,
                  distinct);

@@ -134,17 +134,6 @@ static int64_t s_wave_num(json_t *rollout, int k, const char *key)
         json_object_get(json_array_get(json_object_get(rollout, "waves"), (size_t)k), key));
 }
 
-static double s_num(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static double s_num(const char *fmt, ...)
-{
-    char sql[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    return mht_db_num(&s_db, sql);
-}
-
 /* ---- devices: motesim ---- */
 
 static pid_t s_fleet(const char *name, const char *prefix, int n, const char *firmware,
@@ -265,14 +254,17 @@ static void test_rollout_completes(void **state)
      * had soaked a second, and no job of wave k+1 left before. */
     for (int k = 0; k < 2; k++) {
         double ok_at =
-            s_num("SELECT finished_ms FROM ota.jobs WHERE rollout_id = '%s' AND wave = %d"
-                  " ORDER BY finished_ms OFFSET ceil(0.95 * %" PRId64 ") - 1 LIMIT 1",
-                  id, k, want[k]);
-        double next_start = s_num(
-            "SELECT started_ms FROM ota.waves WHERE rollout_id = '%s' AND idx = %d", id, k + 1);
-        double first_sent = s_num("SELECT min(sent_ms) FROM ota.jobs WHERE rollout_id = '%s'"
-                                  " AND wave = %d",
-                                  id, k + 1);
+            mht_db_num(&s_db,
+                       "SELECT finished_ms FROM ota.jobs WHERE rollout_id = '%s' AND wave = %d"
+                       " ORDER BY finished_ms OFFSET ceil(0.95 * %" PRId64 ") - 1 LIMIT 1",
+                       id, k, want[k]);
+        double next_start = mht_db_num(
+            &s_db, "SELECT started_ms FROM ota.waves WHERE rollout_id = '%s' AND idx = %d", id,
+            k + 1);
+        double first_sent = mht_db_num(&s_db,
+                                       "SELECT min(sent_ms) FROM ota.jobs WHERE rollout_id = '%s'"
+                                       " AND wave = %d",
+                                       id, k + 1);
         assert_true(next_start >= ok_at + 1000);
         assert_true(first_sent >= next_start);
     }
@@ -282,9 +274,10 @@ static void test_rollout_completes(void **state)
         assert_true(asprintf(&ids[i], "a-%04d", i) > 0);
     ota_order_devices(ids, NULL, 200);
     for (int i = 0; i < 2; i++)
-        assert_int_equal(s_num("SELECT wave FROM ota.jobs WHERE rollout_id = '%s'"
-                               " AND device_id = '%s'",
-                               id, ids[i]),
+        assert_int_equal(mht_db_num(&s_db,
+                                    "SELECT wave FROM ota.jobs WHERE rollout_id = '%s'"
+                                    " AND device_id = '%s'",
+                                    id, ids[i]),
                          0);
     for (int i = 0; i < 200; i++)
         free(ids[i]);
@@ -316,26 +309,29 @@ static void test_failure_rolls_back(void **state)
     assert_int_equal(s_wave_num(r, 1, "sent"), 0);
     assert_int_equal(s_wave_num(r, 2, "sent"), 0);
     json_decref(r);
-    assert_int_equal(s_num("SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s' AND wave > 0"
-                           " AND (sent_ms IS NOT NULL OR status <> 'cancelled')",
-                           id),
+    assert_int_equal(mht_db_num(&s_db,
+                                "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s' AND wave > 0"
+                                " AND (sent_ms IS NOT NULL OR status <> 'cancelled')",
+                                id),
                      0);
     /* Every device that took b-2.0 got a rollback job to b-1.0 and ran it. */
-    double took = s_num("SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
-                        " AND action = 'install' AND status = 'succeeded'",
-                        id);
+    double took = mht_db_num(&s_db,
+                             "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
+                             " AND action = 'install' AND status = 'succeeded'",
+                             id);
     assert_true(took >= 0);
     assert_int_equal(mht_db_wait_num(&s_db,
                                      "SELECT count(*) FROM ota.jobs WHERE action = 'rollback'"
                                      " AND status = 'succeeded' AND to_version = 'b-1.0'",
                                      took, 20000),
                      took);
-    assert_int_equal(s_num("SELECT count(*) FROM ota.jobs i WHERE i.rollout_id = '%s'"
-                           " AND i.action = 'install' AND i.status = 'succeeded'"
-                           " AND NOT EXISTS (SELECT 1 FROM ota.jobs b WHERE"
-                           " b.rollout_id = i.rollout_id AND b.device_id = i.device_id"
-                           " AND b.action = 'rollback')",
-                           id),
+    assert_int_equal(mht_db_num(&s_db,
+                                "SELECT count(*) FROM ota.jobs i WHERE i.rollout_id = '%s'"
+                                " AND i.action = 'install' AND i.status = 'succeeded'"
+                                " AND NOT EXISTS (SELECT 1 FROM ota.jobs b WHERE"
+                                " b.rollout_id = i.rollout_id AND b.device_id = i.device_id"
+                                " AND b.action = 'rollback')",
+                                id),
                      0);
     /* And they all run b-1.0 again. */
     assert_int_equal(mht_db_wait_num(&s_db,
@@ -366,12 +362,13 @@ static void test_tampered_image(void **state)
     assert_int_equal(s_wave_num(r, 0, "failed"), 20);
     assert_int_equal(s_wave_num(r, 0, "succeeded"), 0);
     json_decref(r);
-    assert_int_equal(s_num("SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
-                           " AND error LIKE 'SHA-256%%does not match%%'",
-                           id),
+    assert_int_equal(mht_db_num(&s_db,
+                                "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
+                                " AND error LIKE 'SHA-256%%does not match%%'",
+                                id),
                      20);
-    assert_int_equal(s_num("SELECT count(*) FROM twin.devices WHERE id LIKE 'c-%%'"
-                           " AND firmware = 'c-1.0'"),
+    assert_int_equal(mht_db_num(&s_db, "SELECT count(*) FROM twin.devices WHERE id LIKE 'c-%%'"
+                                       " AND firmware = 'c-1.0'"),
                      20);
     s_fleet_stop("sim-c", sim);
 }
@@ -404,13 +401,15 @@ static void test_kill_and_resume(void **state)
     /* Sent again only while unanswered: never after ota had the device's
      * answer; and every repeat a device saw is one of those re-sends (an
      * answer lost with the killed process). */
-    assert_int_equal(s_num("SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
-                           " AND sends > 1 AND last_sent_ms > answered_ms",
-                           id),
+    assert_int_equal(mht_db_num(&s_db,
+                                "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
+                                " AND sends > 1 AND last_sent_ms > answered_ms",
+                                id),
                      0);
-    double resent = s_num("SELECT coalesce(sum(sends - 1), 0) FROM ota.jobs"
-                          " WHERE rollout_id = '%s'",
-                          id);
+    double resent = mht_db_num(&s_db,
+                               "SELECT coalesce(sum(sends - 1), 0) FROM ota.jobs"
+                               " WHERE rollout_id = '%s'",
+                               id);
     long repeats = s_fleet_stop("sim-d", sim);
     assert_true(repeats >= 0 && repeats <= resent);
 }
@@ -420,7 +419,7 @@ static void test_bad_requests(void **state)
 {
     (void)state;
     s_upload_version("e-1.0", 100);
-    double before = s_num("SELECT count(*) FROM ota.rollouts");
+    double before = mht_db_num(&s_db, "SELECT count(*) FROM ota.rollouts");
     static const struct {
         const char *spec;
         uint32_t status;
@@ -453,7 +452,7 @@ static void test_bad_requests(void **state)
                      r->message, cases[i].status, cases[i].says);
         mh__ota_reply__free_unpacked(r, NULL);
     }
-    assert_int_equal(s_num("SELECT count(*) FROM ota.rollouts"), before);
+    assert_int_equal(mht_db_num(&s_db, "SELECT count(*) FROM ota.rollouts"), before);
     /* Uploads: a version once, names checked, no empty image. */
     uint8_t img[16] = {1, 2, 3};
     assert_int_equal(s_upload("e-1.0", img, sizeof img), 409);

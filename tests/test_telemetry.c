@@ -46,17 +46,6 @@ static int s_teardown(void **state)
     return 0;
 }
 
-static double s_q(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static double s_q(const char *fmt, ...)
-{
-    char sql[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    return mht_db_num(&s_db, sql);
-}
-
 static double s_wait(double want, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static double s_wait(double want, const char *fmt, ...)
 {
@@ -86,21 +75,26 @@ static void test_mosquitto_pub_lands_as_rows(void **state)
 
     assert_int_equal(
         s_wait(2, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-311'"), 2);
-    assert_int_equal(s_q("SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-311' "
-                         "AND metric = 'temp' AND value = 21.5 AND ts = to_timestamp(%" PRId64
-                         " / 1000.0)",
-                         ts),
-                     1);
-    assert_int_equal(s_q("SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-311' "
-                         "AND metric = 'door' AND value = 1"),
-                     1);
+    assert_int_equal(
+        mht_db_num(&s_db,
+                   "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-311' "
+                   "AND metric = 'temp' AND value = 21.5 AND ts = to_timestamp(%" PRId64
+                   " / 1000.0)",
+                   ts),
+        1);
+    assert_int_equal(
+        mht_db_num(&s_db, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-311' "
+                          "AND metric = 'door' AND value = 1"),
+        1);
     assert_int_equal(
         s_wait(2, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-5'"), 2);
-    assert_int_equal(s_q("SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-5' AND "
-                         "metric = 'hum' "
-                         "AND value = 41.25 AND ts = to_timestamp(%" PRId64 " / 1000.0)",
-                         ts + 1000),
-                     1);
+    assert_int_equal(
+        mht_db_num(&s_db,
+                   "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-5' AND "
+                   "metric = 'hum' "
+                   "AND value = 41.25 AND ts = to_timestamp(%" PRId64 " / 1000.0)",
+                   ts + 1000),
+        1);
 
     /* no ts: the gateway's receive time, within a few seconds of now */
     int64_t before = s_wall_ms();
@@ -108,8 +102,9 @@ static void test_mosquitto_pub_lands_as_rows(void **state)
         mht_mosquitto_pub(&s_broker, "mqttv5", "devices/e2e-nots/telemetry", "{\"x\":7}", 1), 0);
     assert_int_equal(
         s_wait(1, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-nots'"), 1);
-    double t = s_q("SELECT extract(epoch FROM ts) * 1000 FROM ingest.telemetry_raw WHERE device_id "
-                   "= 'e2e-nots'");
+    double t = mht_db_num(
+        &s_db, "SELECT extract(epoch FROM ts) * 1000 FROM ingest.telemetry_raw WHERE device_id "
+               "= 'e2e-nots'");
     assert_true(t >= (double)before - 1000 && t <= (double)s_wall_ms() + 1000);
 }
 
@@ -198,14 +193,17 @@ static void test_rollups_agree_with_raw(void **state)
                                      "device_id = 'roll-1')",
                                      0, 30000),
                      0);
-    int minutes = (int)s_q("SELECT count(DISTINCT date_trunc('minute', ts)) FROM "
-                           "ingest.telemetry_raw WHERE device_id = 'roll-1'");
+    int minutes = (int)mht_db_num(&s_db, "SELECT count(DISTINCT date_trunc('minute', ts)) FROM "
+                                         "ingest.telemetry_raw WHERE device_id = 'roll-1'");
     assert_true(minutes > 150);
-    assert_int_equal(s_q("SELECT count(*) FROM ingest.rollup_1m WHERE device_id = 'roll-1'"),
-                     minutes * 2);
+    assert_int_equal(
+        mht_db_num(&s_db, "SELECT count(*) FROM ingest.rollup_1m WHERE device_id = 'roll-1'"),
+        minutes * 2);
     /* 1m vs raw: no bucket differs */
     assert_int_equal(
-        s_q("SELECT count(*) FROM ("
+        mht_db_num(
+            &s_db,
+            "SELECT count(*) FROM ("
             " SELECT device_id, metric, date_trunc('minute', ts) b, min(value) mn, max(value) mx,"
             "  sum(value) s, count(*) c FROM ingest.telemetry_raw WHERE device_id = 'roll-1' GROUP "
             "BY 1,2,3) r"
@@ -216,7 +214,9 @@ static void test_rollups_agree_with_raw(void **state)
         0);
     /* 1h vs raw */
     assert_int_equal(
-        s_q("SELECT count(*) FROM ("
+        mht_db_num(
+            &s_db,
+            "SELECT count(*) FROM ("
             " SELECT device_id, metric, date_trunc('hour', ts) b, min(value) mn, max(value) mx,"
             "  sum(value) s, count(*) c FROM ingest.telemetry_raw WHERE device_id = 'roll-1' GROUP "
             "BY 1,2,3) r"
@@ -225,7 +225,8 @@ static void test_rollups_agree_with_raw(void **state)
             " WHERE m.bucket IS NULL OR r.b IS NULL OR m.min <> r.mn OR m.max <> r.mx"
             " OR abs(m.sum - r.s) > 1e-6 OR m.count <> r.c"),
         0);
-    assert_true(s_q("SELECT count(*) FROM ingest.rollup_1h WHERE device_id = 'roll-1'") >= 4);
+    assert_true(
+        mht_db_num(&s_db, "SELECT count(*) FROM ingest.rollup_1h WHERE device_id = 'roll-1'") >= 4);
 
     /* a late sample for a rolled-up minute: the minute and its hour follow */
     char payload[128];
@@ -320,8 +321,9 @@ static void test_malformed_rejected_counted_nothing_stored(void **state)
         mht_mosquitto_pub(&s_broker, "mqttv5", "devices/good-after/telemetry", "{\"a\":1}", 1), 0);
     assert_int_equal(
         s_wait(1, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'good-after'"), 1);
-    assert_int_equal(s_q("SELECT count(*) FROM ingest.telemetry_raw WHERE device_id LIKE 'bad%%'"),
-                     0);
+    assert_int_equal(
+        mht_db_num(&s_db, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id LIKE 'bad%%'"),
+        0);
 }
 
 /* Samples older than the raw retention are dropped and counted at ingest. */
@@ -338,7 +340,8 @@ static void test_too_old_dropped_and_counted(void **state)
                      0);
     assert_int_equal(
         s_wait(1, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'old-1'"), 1);
-    assert_int_equal(s_q("SELECT value FROM ingest.telemetry_raw WHERE device_id = 'old-1'"), 2);
+    assert_int_equal(
+        mht_db_num(&s_db, "SELECT value FROM ingest.telemetry_raw WHERE device_id = 'old-1'"), 2);
     int64_t deadline = mht_now_ms() + 5000;
     while (mht_metric(s_ingest.http_port, "mh_ingest_points_dropped_total", "reason=\"too_old\"") <
                before + 1 &&
@@ -386,8 +389,9 @@ static void test_ingest_batch_stored_once(void **state)
         mh_envelope_free(&env);
         zframe_destroy(&f);
     }
-    assert_int_equal(s_q("SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'direct-1'"),
-                     1);
+    assert_int_equal(
+        mht_db_num(&s_db, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'direct-1'"),
+        1);
     assert_true(mht_alive(s_ingest.pid));
     zsock_destroy(&d);
 }
@@ -396,15 +400,19 @@ static void test_ingest_batch_stored_once(void **state)
 static void test_partitions_and_retention(void **state)
 {
     (void)state;
-    assert_int_equal(s_q("SELECT count(*) FROM pg_class WHERE relname = 'telemetry_raw_p' || "
-                         "to_char(now() AT TIME ZONE 'UTC' + interval '1 day', 'YYYYMMDD')"),
-                     1);
+    assert_int_equal(
+        mht_db_num(&s_db, "SELECT count(*) FROM pg_class WHERE relname = 'telemetry_raw_p' || "
+                          "to_char(now() AT TIME ZONE 'UTC' + interval '1 day', 'YYYYMMDD')"),
+        1);
     /* an old partition, as a long-running system would have */
-    s_q("SELECT ingest.ensure_partitions('telemetry_raw', 1, now() - interval '20 days', now() - "
+    mht_db_num(
+        &s_db,
+        "SELECT ingest.ensure_partitions('telemetry_raw', 1, now() - interval '20 days', now() - "
         "interval '19 days')");
-    assert_int_equal(s_q("SELECT count(*) FROM pg_class WHERE relname = 'telemetry_raw_p' || "
-                         "to_char(now() AT TIME ZONE 'UTC' - interval '20 days', 'YYYYMMDD')"),
-                     1);
+    assert_int_equal(
+        mht_db_num(&s_db, "SELECT count(*) FROM pg_class WHERE relname = 'telemetry_raw_p' || "
+                          "to_char(now() AT TIME ZONE 'UTC' - interval '20 days', 'YYYYMMDD')"),
+        1);
     mht_service_t second = {0};
     const char *extra[] = {"--maintain-interval=200ms", NULL};
     mht_ingest_start(&second, "ingest-retention", &s_db, 0, extra);
@@ -415,8 +423,10 @@ static void test_partitions_and_retention(void **state)
                         0, 10000),
         0);
     /* rollup tiers keep longer: their 20-day-old partitions are kept */
-    assert_true(s_q("SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
-                    "WHERE p.relname = 'rollup_1m'") >= 13);
+    assert_true(
+        mht_db_num(&s_db,
+                   "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
+                   "WHERE p.relname = 'rollup_1m'") >= 13);
     assert_int_equal(mht_stop(second.pid, SIGTERM, 10000), 0);
 }
 

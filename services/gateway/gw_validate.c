@@ -124,6 +124,26 @@ static int s_push(gw_points_t *p, const char *metric, size_t mlen, int64_t ts, d
             snprintf(detail, detail_len, __VA_ARGS__);                                             \
     } while (0)
 
+/* A device's JSON payload, parsed; NULL with *why (too large, or not JSON)
+ * and the detail otherwise. */
+static json_t *s_load(const char *payload, size_t len, gw_reason_t *why, char *detail,
+                      size_t detail_len)
+{
+    if (len > GW_MAX_PAYLOAD) {
+        S_DETAIL("payload of %zu bytes is over 256 KiB", len);
+        *why = GW_TOO_LARGE;
+        return NULL;
+    }
+    json_error_t err;
+    json_t *root = mh_json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                                 MH_JSON_MAX_DEPTH, &err);
+    if (!root) {
+        S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
+        *why = GW_BAD_JSON;
+    }
+    return root;
+}
+
 static gw_reason_t s_check_ts(json_int_t ts, int64_t now_ms, size_t idx, char *detail,
                               size_t detail_len)
 {
@@ -203,17 +223,10 @@ static gw_reason_t s_sample_json(json_t *s, size_t idx, int64_t now_ms, gw_point
 gw_reason_t gw_validate_telemetry_json(const char *payload, size_t len, int64_t now_ms,
                                        gw_points_t *out, char *detail, size_t detail_len)
 {
-    if (len > GW_MAX_PAYLOAD) {
-        S_DETAIL("payload of %zu bytes is over 256 KiB", len);
-        return GW_TOO_LARGE;
-    }
-    json_error_t err;
-    json_t *root = mh_json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
-                                 MH_JSON_MAX_DEPTH, &err);
-    if (!root) {
-        S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
-        return GW_BAD_JSON;
-    }
+    gw_reason_t why;
+    json_t *root = s_load(payload, len, &why, detail, detail_len);
+    if (!root)
+        return why;
     size_t mark_n = out->n, mark_arena = out->arena_len;
     gw_reason_t r = GW_OK;
     if (json_is_array(root)) {
@@ -309,15 +322,10 @@ gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, ch
 {
     if (firmware)
         *firmware = 0;
-    if (len > GW_MAX_PAYLOAD)
-        return GW_TOO_LARGE;
-    json_error_t err;
-    json_t *root = mh_json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
-                                 MH_JSON_MAX_DEPTH, &err);
-    if (!root) {
-        S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
-        return GW_BAD_JSON;
-    }
+    gw_reason_t why;
+    json_t *root = s_load(payload, len, &why, detail, detail_len);
+    if (!root)
+        return why;
     gw_reason_t r = GW_OK;
     const char *state = json_string_value(json_object_get(root, "state"));
     json_t *fw = json_object_get(root, "firmware"), *ip = json_object_get(root, "ip");
@@ -342,15 +350,10 @@ gw_reason_t gw_validate_status(const char *payload, size_t len, bool *online, ch
 
 gw_reason_t gw_validate_ota_status(const char *payload, size_t len, char *detail, size_t detail_len)
 {
-    if (len > GW_MAX_PAYLOAD)
-        return GW_TOO_LARGE;
-    json_error_t err;
-    json_t *root = mh_json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
-                                 MH_JSON_MAX_DEPTH, &err);
-    if (!root) {
-        S_DETAIL("invalid JSON at %d:%d: %s", err.line, err.column, err.text);
-        return GW_BAD_JSON;
-    }
+    gw_reason_t why;
+    json_t *root = s_load(payload, len, &why, detail, detail_len);
+    if (!root)
+        return why;
     gw_reason_t r = GW_BAD_OTA_STATUS;
     json_t *job = json_object_get(root, "jobId"), *state = json_object_get(root, "state");
     json_t *progress = json_object_get(root, "progress"), *ver = json_object_get(root, "version");

@@ -181,6 +181,27 @@ bool in_store_keeps(in_store_t *self, int64_t ts_ms)
 
 /* ---- maintenance ---- */
 
+/* Begins a transaction (`begin`) holding advisory lock `key`, so one replica
+ * runs a job at a time: 1 when this one holds it; 0 when another does (the
+ * transaction rolled back); s_fail's code on error. */
+static int s_begin_locked(in_store_t *self, const char *begin, int key, char *err, size_t errlen)
+{
+    char lock[32];
+    snprintf(lock, sizeof lock, "%d", key);
+    const char *lp[] = {lock};
+    if (!s_ok(self, PGRES_COMMAND_OK, begin, 0, NULL, err, errlen))
+        return s_fail(self);
+    PGresult *res = s_exec(self, PGRES_TUPLES_OK, "SELECT pg_try_advisory_xact_lock($1::bigint)", 1,
+                           lp, err, errlen);
+    if (!res)
+        return s_fail(self);
+    bool mine = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (!mine)
+        s_rollback(self);
+    return mine ? 1 : 0;
+}
+
 int in_store_maintain(in_store_t *self, char *err, size_t errlen)
 {
     static const struct {
@@ -189,21 +210,9 @@ int in_store_maintain(in_store_t *self, char *err, size_t errlen)
     } tiers[] = {{"telemetry_raw", 1}, {"rollup_1m", 7}, {"rollup_1h", 30}};
     int64_t keep[] = {self->ret.raw_ms, self->ret.m1_ms, self->ret.h1_ms};
     int64_t now = mh_now_ms();
-    char lock[32];
-    snprintf(lock, sizeof lock, "%d", S_LOCK_MAINTAIN);
-    const char *lp[] = {lock};
-    if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN", 0, NULL, err, errlen))
-        return s_fail(self);
-    PGresult *res = s_exec(self, PGRES_TUPLES_OK, "SELECT pg_try_advisory_xact_lock($1::bigint)", 1,
-                           lp, err, errlen);
-    if (!res)
-        return s_fail(self);
-    bool mine = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    PQclear(res);
-    if (!mine) { /* another replica is at it */
-        s_rollback(self);
-        return 0;
-    }
+    int mine = s_begin_locked(self, "BEGIN", S_LOCK_MAINTAIN, err, errlen);
+    if (mine <= 0) /* failed, or another replica is at it */
+        return mine;
     for (size_t i = 0; i < 3; i++) {
         char width[16], lo[32], hi[32], cutoff[32];
         snprintf(width, sizeof width, "%d", tiers[i].width_days);
@@ -476,27 +485,15 @@ int in_store_rollup(in_store_t *self, int *done_out, char *err, size_t errlen)
     *done_out = 0;
     if (!in_store_connected(self))
         return -EIO;
-    char lock[32];
-    snprintf(lock, sizeof lock, "%d", S_LOCK_ROLLUP);
-    const char *lp[] = {lock};
     /* One snapshot for the whole job: the raw rows a recompute reads and the
      * dirty markers it then deletes must be the same set. Under READ
      * COMMITTED a batch committing between the two would lose its marker
      * without being counted. Only this job deletes markers or writes
      * rollups (advisory lock), so REPEATABLE READ cannot conflict. */
-    if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN ISOLATION LEVEL REPEATABLE READ", 0, NULL, err,
-              errlen))
-        return s_fail(self);
-    PGresult *res = s_exec(self, PGRES_TUPLES_OK, "SELECT pg_try_advisory_xact_lock($1::bigint)", 1,
-                           lp, err, errlen);
-    if (!res)
-        return s_fail(self);
-    bool mine = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    PQclear(res);
-    if (!mine) {
-        s_rollback(self);
-        return 0;
-    }
+    int mine =
+        s_begin_locked(self, "BEGIN ISOLATION LEVEL REPEATABLE READ", S_LOCK_ROLLUP, err, errlen);
+    if (mine <= 0)
+        return mine;
     int done = 0;
     /* Minutes once they have closed (plus grace for stragglers). */
     if (s_rollup_tier(

@@ -461,15 +461,12 @@ static bool s_load(tw_t *self, s_batch_t *b, s_msg_t *v, size_t n, char *err, si
     const char **arr = calloc(nk + 1, sizeof *arr);
     for (const char *key = zlistx_first(keys); key; key = zlistx_next(keys))
         arr[k++] = key;
-    char *lit = mh_pg_text_array(arr, nk);
+    PGresult *res = mh_pg_exec_ids(self->pg,
+                                   "SELECT id, doc::text, version, online, online_source, conn_ms,"
+                                   " last_seen_ms, firmware FROM twin.devices"
+                                   " WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+                                   arr, nk, err, errlen);
     free(arr);
-    const char *p[] = {lit};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT id, doc::text, version, online, online_source, conn_ms,"
-                               " last_seen_ms, firmware FROM twin.devices"
-                               " WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
-                               1, p, err, errlen);
-    free(lit);
     zlistx_destroy(&keys);
     zhashx_destroy(&ids);
     if (!res)

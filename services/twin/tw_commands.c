@@ -29,14 +29,11 @@ bool tw_deliver(tw_t *self, tw_out_t *o, const char *const *devices, size_t n, i
 {
     if (!n)
         return true;
-    char *lit = mh_pg_text_array(devices, n);
-    const char *p[] = {lit};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT id, device_id, name, params::text, expires_ms"
-                               " FROM twin.commands WHERE device_id = ANY($1::text[])"
-                               " AND status = 'queued' ORDER BY device_id, seq",
-                               1, p, err, errlen);
-    free(lit);
+    PGresult *res = mh_pg_exec_ids(self->pg,
+                                   "SELECT id, device_id, name, params::text, expires_ms"
+                                   " FROM twin.commands WHERE device_id = ANY($1::text[])"
+                                   " AND status = 'queued' ORDER BY device_id, seq",
+                                   devices, n, err, errlen);
     if (!res)
         return false;
     int rows = PQntuples(res);

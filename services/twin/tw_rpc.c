@@ -26,6 +26,17 @@ static void s_db_fail(tw_t *self, s_reply_t *r, const char *err)
     mh_rpc_db_fail(&self->db, &r->base, err);
 }
 
+/* A transaction failed: rolls it back; true when it may be tried again,
+ * otherwise the reply says why. */
+static bool s_retry(tw_t *self, s_reply_t *r, const char *err)
+{
+    mh_pg_rollback(self->pg);
+    if (mh_pg_retryable(self->pg))
+        return true;
+    s_db_fail(self, r, err);
+    return false;
+}
+
 /* Parses optional JSON object text from a request. NULL text or "" = absent
  * (returns NULL, *bad false). */
 static json_t *s_req_object(const char *text, const char *what, s_reply_t *r, bool *bad)
@@ -306,10 +317,8 @@ static void s_rpc_patch_twin(void *ud, const void *req, void *reply)
                                "SELECT doc::text, online FROM twin.devices WHERE id = $1"
                                " FOR UPDATE",
                                1, p, err, sizeof err))) {
-            mh_pg_rollback(self->pg);
-            if (mh_pg_retryable(self->pg))
+            if (s_retry(self, r, err))
                 continue;
-            s_db_fail(self, r, err);
             break;
         }
         if (PQntuples(res) == 0) {
@@ -363,10 +372,8 @@ static void s_rpc_patch_twin(void *ud, const void *req, void *reply)
         json_decref(old_delta);
         if (!ok) {
             json_decref(doc);
-            mh_pg_rollback(self->pg);
-            if (mh_pg_retryable(self->pg))
+            if (s_retry(self, r, err))
                 continue;
-            s_db_fail(self, r, err);
             break;
         }
         if (st == TW_OK) {
@@ -482,11 +489,8 @@ static void s_rpc_send_command(void *ud, const void *req, void *reply)
             break;
         }
         json_decref(cmd);
-        mh_pg_rollback(self->pg);
-        if (!mh_pg_retryable(self->pg)) {
-            s_db_fail(self, r, err);
+        if (!s_retry(self, r, err))
             break;
-        }
     }
     tw_out_destroy(&out);
     free(ptext);

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -381,8 +382,13 @@ void mht_db_drop(mht_db_t *db)
     PQfinish(admin);
 }
 
-double mht_db_num(mht_db_t *db, const char *sql)
+double mht_db_num(mht_db_t *db, const char *fmt, ...)
 {
+    char sql[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
     PGresult *r = PQexec(db->conn, sql);
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) < 1) {
         char msg[512];

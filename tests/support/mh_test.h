@@ -74,8 +74,9 @@ typedef struct {
 } mht_db_t;
 void mht_db_create(mht_db_t *db);
 void mht_db_drop(mht_db_t *db);
-/* Runs a query that returns one number; fails the test on error. */
-double mht_db_num(mht_db_t *db, const char *sql);
+/* Runs a query (printf-style) that returns one number; fails the test on
+ * error. */
+double mht_db_num(mht_db_t *db, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Polls `sql` until it returns `want` or the deadline passes; returns the last value. */
 double mht_db_wait_num(mht_db_t *db, const char *sql, double want, int timeout_ms);
 
