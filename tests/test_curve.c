@@ -170,10 +170,10 @@ static void test_no_handshake_without_the_right_key(void **state)
     } socks[] = {
         {s_p.ingest.endpoint, ZMQ_DEALER},
         {s_p.ingest.rpc_endpoint, ZMQ_DEALER},
-        {s_p.twin.endpoint, ZMQ_PUSH},
+        {s_p.twin.endpoint, ZMQ_DEALER},
         {s_p.twin.rpc_endpoint, ZMQ_DEALER},
         {s_p.twin.events_endpoint, ZMQ_SUB},
-        {s_p.ota.endpoint, ZMQ_PUSH},
+        {s_p.ota.endpoint, ZMQ_DEALER},
         {s_p.ota.rpc_endpoint, ZMQ_DEALER},
         {s_p.ota.events_endpoint, ZMQ_SUB},
         {s_p.downlink, ZMQ_PUSH},

@@ -20,6 +20,7 @@
 #include "gw_validate.h"
 #include "mh_curve.h"
 #include "mh_envelope.h"
+#include "mh_relay.h"
 #include "mh_resolver.h"
 #include "mh_time.h"
 #include "telemetry.pb-c.h"
@@ -62,14 +63,13 @@ typedef struct {
     zsock_t *pub; /* events, may be NULL */
 
     /* twin */
-    zsock_t *twin_push; /* device messages to twin, may be NULL */
-    zsock_t *ota_push;  /* OTA status messages to ota, may be NULL */
-    mh_resolver_t *ota_resolver;
-    mh_resolver_t *twin_resolver;
-    zsock_t *downlink;    /* PULL, may be NULL */
-    zlist_t *dl_queue;    /* Mh__Publish* waiting for Paho to take them */
-    mh_idset_t *registry; /* NULL when not checking */
-    zhashx_t *seen;       /* device -> monotonic ms it was last reported seen */
+    /* acknowledged delivery (mh_relay.h); NULL when not configured */
+    mh_relay_t *twin_relay; /* device messages to twin */
+    mh_relay_t *ota_relay;  /* OTA status messages to ota */
+    zsock_t *downlink;      /* PULL, may be NULL */
+    zlist_t *dl_queue;      /* Mh__Publish* waiting for Paho to take them */
+    mh_idset_t *registry;   /* NULL when not checking */
+    zhashx_t *seen;         /* device -> monotonic ms it was last reported seen */
     struct s_seen_item {
         char id[GW_MAX_ID + 1];
         int64_t ms;

@@ -30,21 +30,22 @@ static void s_reject(gw_t *self, const char *device, zframe_t *topic_frame, gw_r
 
 /* ---- twin: forwarding and seen ---- */
 
-static void s_forward_to(gw_t *self, zsock_t *push, const char *who, const char *type,
+/* Hands a message to twin or ota through their relay: kept until they
+ * acknowledge it (mh_relay.h). */
+static void s_forward_to(gw_t *self, mh_relay_t *relay, const char *who, const char *type,
                          const ProtobufCMessage *body)
 {
-    if (mh_envelope_send(push, NULL, type, NULL, body, true) == 0) {
+    if (mh_relay_add(relay, type, body) == 0) {
         mh_counter_inc(self->m_forwarded);
     } else {
         mh_counter_inc(self->m_forward_dropped);
-        mh_log_limited(&self->rl_warn, MH_LOG_WARN,
-                       "%s is not taking device messages (queue full); one dropped", who);
+        mh_log_limited(&self->rl_warn, MH_LOG_WARN, "out of memory: a message to %s dropped", who);
     }
 }
 
 static void s_forward(gw_t *self, const char *type, const ProtobufCMessage *body)
 {
-    s_forward_to(self, self->twin_push, "twin", type, body);
+    s_forward_to(self, self->twin_relay, "twin", type, body);
 }
 
 static void s_forward_message(gw_t *self, const char *device, Mh__DeviceMessage__Kind kind,
@@ -150,7 +151,7 @@ void gw_handle(gw_t *self, zmsg_t *m)
         bool online = false;
         char firmware[GW_MAX_FIRMWARE + 1];
         r = gw_validate_status(payload, plen, &online, firmware, detail, sizeof detail);
-        if (!r && self->twin_push)
+        if (!r && self->twin_relay)
             s_forward_message(self, device, MH__DEVICE_MESSAGE__KIND__STATUS, payload, plen, now,
                               online, firmware);
         break;
@@ -162,7 +163,7 @@ void gw_handle(gw_t *self, zmsg_t *m)
         if (plen > GW_MAX_PAYLOAD) {
             snprintf(detail, sizeof detail, "payload of %zu bytes is over the limit", plen);
             r = GW_TOO_LARGE;
-        } else if (self->twin_push) {
+        } else if (self->twin_relay) {
             Mh__DeviceMessage__Kind k =
                 kind == GW_TOPIC_TWIN_GET      ? MH__DEVICE_MESSAGE__KIND__TWIN_GET
                 : kind == GW_TOPIC_TWIN_UPDATE ? MH__DEVICE_MESSAGE__KIND__TWIN_UPDATE
@@ -172,16 +173,16 @@ void gw_handle(gw_t *self, zmsg_t *m)
         break;
     case GW_TOPIC_OTA_STATUS:
         r = gw_validate_ota_status(payload, plen, detail, sizeof detail);
-        if (!r && self->ota_push) {
+        if (!r && self->ota_relay) {
             Mh__DeviceMessage dm = MH__DEVICE_MESSAGE__INIT;
             dm.device_id = device;
             dm.kind = MH__DEVICE_MESSAGE__KIND__OTA_STATUS;
             dm.payload.data = (uint8_t *)payload;
             dm.payload.len = plen;
             dm.received_ms = now;
-            s_forward_to(self, self->ota_push, "ota", "device.message", &dm.base);
+            s_forward_to(self, self->ota_relay, "ota", "device.message", &dm.base);
         }
-        if (!r && self->twin_push)
+        if (!r && self->twin_relay)
             s_seen(self, device, now);
         break;
     default:
@@ -197,7 +198,7 @@ void gw_handle(gw_t *self, zmsg_t *m)
             return;
         }
         mh_counter_add(self->m_points, self->scratch.n);
-        if (self->twin_push)
+        if (self->twin_relay)
             s_seen(self, device, now);
     }
 }

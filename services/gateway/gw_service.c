@@ -276,10 +276,19 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     self->seen = zhashx_new();
     self->seen_pending = calloc(GW_SEEN_BATCH, sizeof *self->seen_pending);
     self->dl_queue = zlist_new();
-    if (*self->cfg->twin_endpoint)
-        self->twin_push = mh_push_new(self->cfg->twin_endpoint, &self->twin_resolver);
-    if (*self->cfg->ota_endpoint)
-        self->ota_push = mh_push_new(self->cfg->ota_endpoint, &self->ota_resolver);
+    mh_relay_opts_t ro = {.instance = ctx->instance,
+                          .linger_ms = self->cfg->batch_linger_ms,
+                          .ack_timeout_ms = self->cfg->ack_timeout_ms};
+    if (*self->cfg->twin_endpoint) {
+        ro.endpoint = self->cfg->twin_endpoint, ro.name = "twin";
+        ro.metric_prefix = "mh_gateway_twin_relay";
+        self->twin_relay = mh_relay_new(&ro, ctx->metrics);
+    }
+    if (*self->cfg->ota_endpoint) {
+        ro.endpoint = self->cfg->ota_endpoint, ro.name = "ota";
+        ro.metric_prefix = "mh_gateway_ota_relay";
+        self->ota_relay = mh_relay_new(&ro, ctx->metrics);
+    }
     if (self->cfg->check_registered)
         self->registry =
             mh_idset_new(&(mh_idset_opts_t){.rpc_endpoint = self->cfg->twin_rpc_endpoint,
@@ -316,10 +325,8 @@ static void s_destroy(gw_t **self_p)
     zsock_destroy(&self->dealer);
     zsock_destroy(&self->pub);
     mh_idset_destroy(&self->registry);
-    mh_resolver_destroy(&self->twin_resolver);
-    zsock_destroy(&self->twin_push);
-    mh_resolver_destroy(&self->ota_resolver);
-    zsock_destroy(&self->ota_push);
+    mh_relay_destroy(&self->twin_relay);
+    mh_relay_destroy(&self->ota_relay);
     zsock_destroy(&self->downlink);
     Mh__Publish *p;
     while (self->dl_queue && (p = zlist_pop(self->dl_queue)))
@@ -358,8 +365,36 @@ static bool s_take_messages(gw_t *self, int max)
 
 static bool s_window_full(gw_t *self)
 {
-    return (int64_t)zhashx_size(self->window) >= self->cfg->window &&
-           (int64_t)self->nitems >= self->cfg->batch_max_points;
+    return ((int64_t)zhashx_size(self->window) >= self->cfg->window &&
+            (int64_t)self->nitems >= self->cfg->batch_max_points) ||
+           (self->twin_relay && mh_relay_full(self->twin_relay)) ||
+           (self->ota_relay && mh_relay_full(self->ota_relay));
+}
+
+/* Runs `fn` on each relay configured. */
+static void s_relays(gw_t *self, void (*fn)(mh_relay_t *))
+{
+    if (self->twin_relay)
+        fn(self->twin_relay);
+    if (self->ota_relay)
+        fn(self->ota_relay);
+}
+
+static void s_relay_tick(mh_relay_t *r)
+{
+    mh_relay_tick(r, false);
+}
+
+static void s_relay_flush(mh_relay_t *r)
+{
+    mh_relay_tick(r, true);
+}
+
+/* Messages to twin and ota not yet acknowledged. */
+static size_t s_relay_unacked(gw_t *self)
+{
+    return (self->twin_relay ? mh_relay_unacked(self->twin_relay) : 0) +
+           (self->ota_relay ? mh_relay_unacked(self->ota_relay) : 0);
 }
 
 static uint64_t s_received_total(gw_t *self)
@@ -388,8 +423,8 @@ void gw_actor(zsock_t *pipe, void *args)
     mh_service_ctx_t *ctx = args;
     gw_t *self = s_new(pipe, ctx);
     if (!self || !self->in_push || !self->resolver || self->bind_failed ||
-        (*self->cfg->twin_endpoint && !self->twin_resolver) ||
-        (*self->cfg->ota_endpoint && !self->ota_resolver) ||
+        (*self->cfg->twin_endpoint && !self->twin_relay) ||
+        (*self->cfg->ota_endpoint && !self->ota_relay) ||
         (self->cfg->check_registered && !self->registry)) {
         if (self && !self->resolver)
             mh_error("bad ingest endpoint \"%s\"", ctx->cfg ? self->cfg->ingest_endpoint : "");
@@ -399,10 +434,7 @@ void gw_actor(zsock_t *pipe, void *args)
     }
     if (mh_resolver_refresh(self->resolver) < 0)
         mh_warn("cannot resolve %s yet, will keep trying", self->cfg->ingest_endpoint);
-    if (self->twin_resolver && mh_resolver_refresh(self->twin_resolver) < 0)
-        mh_warn("cannot resolve %s yet, will keep trying", self->cfg->twin_endpoint);
-    if (self->ota_resolver && mh_resolver_refresh(self->ota_resolver) < 0)
-        mh_warn("cannot resolve %s yet, will keep trying", self->cfg->ota_endpoint);
+    s_relays(self, mh_relay_refresh);
     if (s_mqtt_start(self) < 0) {
         s_destroy(&self);
         mh_actor_failed(pipe);
@@ -416,7 +448,7 @@ void gw_actor(zsock_t *pipe, void *args)
     int64_t tick = self->cfg->batch_linger_ms > 0 ? self->cfg->batch_linger_ms : 1;
     for (;;) {
         bool can_take = phase != DRAINING && !s_window_full(self);
-        zmq_pollitem_t items[6] = {
+        zmq_pollitem_t items[8] = {
             {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
             {zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0},
         };
@@ -429,6 +461,12 @@ void gw_actor(zsock_t *pipe, void *args)
             items[nitems++] =
                 (zmq_pollitem_t){zsock_resolve(mh_idset_events(self->registry)), 0, ZMQ_POLLIN, 0};
         }
+        if (self->twin_relay)
+            items[nitems++] = (zmq_pollitem_t){zsock_resolve(mh_relay_socket(self->twin_relay)), 0,
+                                               ZMQ_POLLIN, 0};
+        if (self->ota_relay)
+            items[nitems++] =
+                (zmq_pollitem_t){zsock_resolve(mh_relay_socket(self->ota_relay)), 0, ZMQ_POLLIN, 0};
         int in_idx = nitems;
         if (can_take)
             items[nitems++] = (zmq_pollitem_t){zsock_resolve(self->in_pull), 0, ZMQ_POLLIN, 0};
@@ -464,6 +502,8 @@ void gw_actor(zsock_t *pipe, void *args)
             last_message = mh_mono_ms();
         }
 
+        s_relays(self, mh_relay_on_acks);
+        s_relays(self, s_relay_tick);
         if (zlist_size(self->dl_queue))
             gw_downlink_pump(self);
         int64_t now = mh_mono_ms();
@@ -501,10 +541,7 @@ void gw_actor(zsock_t *pipe, void *args)
         if (now >= next_resolve) {
             next_resolve = now + self->cfg->resolve_interval_ms;
             mh_resolver_refresh(self->resolver);
-            if (self->twin_resolver)
-                mh_resolver_refresh(self->twin_resolver);
-            if (self->ota_resolver)
-                mh_resolver_refresh(self->ota_resolver);
+            s_relays(self, mh_relay_refresh);
         }
         if (phase == UNSUBSCRIBING) {
             /* In-flight messages still arrive after the UNSUBACK; wait for
@@ -523,10 +560,11 @@ void gw_actor(zsock_t *pipe, void *args)
             /* Messages may still sit in the inproc queue when the batch was full. */
             if (zsock_events(self->in_pull) & ZMQ_POLLIN && !s_window_full(self))
                 s_take_messages(self, 2000);
+            gw_seen_flush(self);
+            s_relays(self, s_relay_flush);
             bool empty = !self->nitems && zhashx_size(self->window) == 0 &&
-                         !(zsock_events(self->in_pull) & ZMQ_POLLIN);
+                         !s_relay_unacked(self) && !(zsock_events(self->in_pull) & ZMQ_POLLIN);
             if (empty) {
-                gw_seen_flush(self);
                 if (zlist_size(self->dl_queue))
                     mh_warn("stopping with %zu downlink messages not published",
                             zlist_size(self->dl_queue));
@@ -537,7 +575,9 @@ void gw_actor(zsock_t *pipe, void *args)
                 for (gw_pending_t *p = zhashx_first(self->window); p; p = zhashx_next(self->window))
                     lost += p->points;
                 mh_counter_add(self->m_points_lost_shutdown, lost);
-                mh_error("drain timed out: %" PRIu64 " points not acknowledged by ingest", lost);
+                mh_error("drain timed out: %" PRIu64 " points not acknowledged by ingest, %zu"
+                         " messages not acknowledged by twin and ota",
+                         lost, s_relay_unacked(self));
                 break;
             }
         }

@@ -18,6 +18,7 @@
 #include "mh_idset.h"
 #include "mh_json.h"
 #include "mh_pg.h"
+#include "mh_relay.h"
 #include "mh_resolver.h"
 #include "mh_rpc.h"
 #include "mh_rpc_pg.h"
@@ -66,9 +67,11 @@ typedef struct {
     } res;
     uint64_t seq;
     int64_t next_tick;
-    zlistx_t *out;         /* ota_out_t: published after COMMIT */
-    zmsg_t *pending[1000]; /* status messages waiting for the database */
-    size_t npending;
+    zlistx_t *out; /* ota_out_t: published after COMMIT */
+    /* relay batches of status messages waiting for the database;
+     * acknowledged once applied */
+    mh_relay_batch_t *pending[1000];
+    size_t npending, npending_msgs;
     mh_ratelimit_t rl_warn, rl_db;
     mh_rpc_db_t db; /* pg, m_db_errors and rl_db, for the RPC methods */
     mh_counter_t *m_jobs_sent[2], *m_resent, *m_status[3], *m_job_final[4], *m_db_errors,

@@ -142,7 +142,7 @@ static void s_destroy(ota_t **self_p)
         mh_http_set_handler(self->ctx->http, NULL, NULL, NULL);
     ota_images_destroy(&self->images);
     for (size_t i = 0; i < self->npending; i++)
-        zmsg_destroy(&self->pending[i]);
+        mh_relay_batch_destroy(&self->pending[i]);
     ota_res_clear(self);
     zlistx_destroy(&self->out);
     mh_idset_destroy(&self->online);
@@ -187,8 +187,8 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
     }
     self->pg = mh_pg_new(self->cfg->pg_url, s_schema_sql, S_LOCK_MIGRATE);
     self->db = (mh_rpc_db_t){self->pg, self->m_db_errors, &self->rl_db};
-    self->pull = zsock_new(ZMQ_PULL);
-    zsock_set_rcvhwm(self->pull, 100000);
+    self->pull = zsock_new(ZMQ_ROUTER);
+    zsock_set_router_mandatory(self->pull, 0);
     self->router = zsock_new(ZMQ_ROUTER);
     zsock_set_router_mandatory(self->router, 0);
     zsock_set_rcvhwm(self->router, 1000);
@@ -325,8 +325,9 @@ void ota_actor(zsock_t *pipe, void *args)
             zclock_sleep(20);
     }
     if (self->npending)
-        mh_error("stopping with %zu OTA status messages not applied (database away)",
-                 self->npending);
+        mh_error("stopping with %zu OTA status messages not applied (database away); their"
+                 " gateways send them again",
+                 self->npending_msgs);
     s_destroy(&self);
     OPENSSL_thread_stop(); /* see gw_actor: the actor thread is detached */
 }

@@ -15,44 +15,54 @@ static void s_free_item(void **item)
     *item = NULL;
 }
 
-/* Applies a batch of status messages in one statement. 0, -EAGAIN (retry),
- * -EIO (database lost: keep the messages). */
-static int s_status_batch(ota_t *self, zmsg_t **msgs, size_t n)
+/* Adds one status message to `by_job` (the newest state of each job). */
+static void s_take(zhashx_t *by_job, const zframe_t *f, size_t *bad)
+{
+    Mh__Envelope *env = mh_envelope_unpack(f);
+    Mh__DeviceMessage *m = NULL;
+    if (env && strcmp(env->type, "device.message") == 0)
+        m = mh__device_message__unpack(NULL, env->body.len, env->body.data);
+    ota_status_msg_t sm;
+    if (!m || m->kind != MH__DEVICE_MESSAGE__KIND__OTA_STATUS ||
+        !mh_device_id_valid(m->device_id, strlen(m->device_id)) ||
+        ota_status_parse((const char *)m->payload.data, m->payload.len, &sm) < 0) {
+        (*bad)++;
+    } else {
+        s_status_t *st = zhashx_lookup(by_job, sm.job);
+        if (!st || sm.rank >= st->rank) {
+            s_status_t *nw = calloc(1, sizeof *nw);
+            if (nw) {
+                snprintf(nw->job, sizeof nw->job, "%s", sm.job);
+                snprintf(nw->device, sizeof nw->device, "%s", m->device_id);
+                snprintf(nw->state, sizeof nw->state, "%s", sm.state);
+                snprintf(nw->error, sizeof nw->error, "%s", sm.error);
+                nw->rank = sm.rank;
+                nw->progress = sm.progress;
+                nw->ts = m->received_ms ? m->received_ms : mh_now_ms();
+                zhashx_update(by_job, sm.job, nw);
+            }
+        }
+    }
+    if (m)
+        mh__device_message__free_unpacked(m, NULL);
+    mh_envelope_free(&env);
+}
+
+/* Applies relay batches of status messages in one statement. 0, -EAGAIN
+ * (retry), -EIO (database lost: keep the messages).
+ *
+ * Applying a batch twice (a gateway's re-send after a lost acknowledgement)
+ * changes nothing: a job's state only moves forward (the rank check), a
+ * finished job takes no more statuses, and events go only for rows the
+ * UPDATE changed. So ota needs no record of batch ids. */
+static int s_status_batch(ota_t *self, mh_relay_batch_t **batches, size_t nb)
 {
     zhashx_t *by_job = zhashx_new();
     zhashx_set_destructor(by_job, s_free_item);
     size_t bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        zframe_t *f = zmsg_first(msgs[i]);
-        Mh__Envelope *env = f ? mh_envelope_unpack(f) : NULL;
-        Mh__DeviceMessage *m = NULL;
-        if (env && strcmp(env->type, "device.message") == 0)
-            m = mh__device_message__unpack(NULL, env->body.len, env->body.data);
-        ota_status_msg_t sm;
-        if (!m || m->kind != MH__DEVICE_MESSAGE__KIND__OTA_STATUS ||
-            !mh_device_id_valid(m->device_id, strlen(m->device_id)) ||
-            ota_status_parse((const char *)m->payload.data, m->payload.len, &sm) < 0) {
-            bad++;
-        } else {
-            s_status_t *st = zhashx_lookup(by_job, sm.job);
-            if (!st || sm.rank >= st->rank) {
-                s_status_t *nw = calloc(1, sizeof *nw);
-                if (nw) {
-                    snprintf(nw->job, sizeof nw->job, "%s", sm.job);
-                    snprintf(nw->device, sizeof nw->device, "%s", m->device_id);
-                    snprintf(nw->state, sizeof nw->state, "%s", sm.state);
-                    snprintf(nw->error, sizeof nw->error, "%s", sm.error);
-                    nw->rank = sm.rank;
-                    nw->progress = sm.progress;
-                    nw->ts = m->received_ms ? m->received_ms : mh_now_ms();
-                    zhashx_update(by_job, sm.job, nw);
-                }
-            }
-        }
-        if (m)
-            mh__device_message__free_unpacked(m, NULL);
-        mh_envelope_free(&env);
-    }
+    for (size_t k = 0; k < nb; k++)
+        for (size_t j = 0; j < batches[k]->n; j++)
+            s_take(by_job, batches[k]->messages[j], &bad);
     if (bad) {
         mh_counter_add(self->m_status[2], bad);
         mh_log_limited(&self->rl_warn, MH_LOG_WARN, "%zu malformed OTA status messages ignored",
@@ -114,14 +124,21 @@ static int s_status_batch(ota_t *self, zmsg_t **msgs, size_t n)
     return 0;
 }
 
-/* Reads up to 1,000 status messages, unless some are still held. */
+/* Reads relay batches, up to 1,000 status messages, unless some are still
+ * held. */
 void ota_read_status(ota_t *self)
 {
-    while (self->npending < 1000 && (zsock_events(self->pull) & ZMQ_POLLIN)) {
-        zmsg_t *m = zmsg_recv(self->pull);
-        if (!m)
-            break;
-        self->pending[self->npending++] = m;
+    while (self->npending < 1000 && self->npending_msgs < 1000 &&
+           (zsock_events(self->pull) & ZMQ_POLLIN)) {
+        mh_relay_batch_t *b = mh_relay_in_recv(self->pull);
+        if (!b) {
+            mh_counter_inc(self->m_status[2]);
+            mh_log_limited(&self->rl_warn, MH_LOG_WARN,
+                           "malformed frame on the status socket, ignoring");
+            continue;
+        }
+        self->pending[self->npending++] = b;
+        self->npending_msgs += b->n;
     }
 }
 
@@ -137,10 +154,15 @@ void ota_run_status(ota_t *self)
     if (rc == -EIO) {
         mh_log_limited(&self->rl_db, MH_LOG_WARN,
                        "database lost; holding %zu OTA status messages until it is back",
-                       self->npending);
+                       self->npending_msgs);
         return;
     }
-    for (size_t i = 0; i < self->npending; i++)
-        zmsg_destroy(&self->pending[i]);
-    self->npending = 0;
+    /* applied, or refused and counted (a re-send would be refused again);
+     * after 5 conflicts not acknowledged: the gateway sends them again */
+    for (size_t i = 0; i < self->npending; i++) {
+        if (rc == 0)
+            mh_relay_in_ack(self->pull, self->pending[i], false);
+        mh_relay_batch_destroy(&self->pending[i]);
+    }
+    self->npending = self->npending_msgs = 0;
 }

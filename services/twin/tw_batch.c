@@ -396,7 +396,16 @@ static void s_command_ack(tw_t *self, s_batch_t *b, s_dev_t *d, const Mh__Device
 typedef struct {
     Mh__DeviceMessage *msg;
     Mh__DeviceSeen *seen;
+    size_t batch, pos; /* its relay batch, and its place in it */
 } s_msg_t;
+
+/* The relay batches of one transaction: which are new (applied now) and
+ * which were applied before (acknowledged again, not applied). */
+typedef struct {
+    mh_relay_batch_t **v;
+    size_t n;
+    bool *fresh;
+} s_relays_t;
 
 static void s_msgs_free(s_msg_t *v, size_t n)
 {
@@ -409,11 +418,21 @@ static void s_msgs_free(s_msg_t *v, size_t n)
     free(v);
 }
 
-static s_msg_t *s_decode(tw_t *self, zmsg_t **raw, size_t n)
+/* Decodes every message of the batches into *n_out entries. */
+static s_msg_t *s_decode(tw_t *self, mh_relay_batch_t **batches, size_t nb, size_t *n_out)
 {
+    size_t n = 0;
+    for (size_t k = 0; k < nb; k++)
+        n += batches[k]->n;
     s_msg_t *v = calloc(n + 1, sizeof *v);
+    if (!v)
+        return NULL;
+    for (size_t k = 0, i = 0; k < nb; k++)
+        for (size_t j = 0; j < batches[k]->n; j++, i++)
+            v[i].batch = k, v[i].pos = j;
+    *n_out = n;
     for (size_t i = 0; i < n; i++) {
-        zframe_t *f = zmsg_first(raw[i]);
+        zframe_t *f = batches[v[i].batch]->messages[v[i].pos];
         Mh__Envelope *env = f ? mh_envelope_unpack(f) : NULL;
         if (env && strcmp(env->type, "device.message") == 0)
             v[i].msg = mh__device_message__unpack(NULL, env->body.len, env->body.data);
@@ -555,16 +574,68 @@ static bool s_store(tw_t *self, s_batch_t *b, char *err, size_t errlen)
     return ok;
 }
 
-/* One attempt at a batch: everything in one transaction. */
-static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, tw_out_t *out, char *err, size_t errlen)
+/* Records the relay batches' ids in the transaction that applies them:
+ * rl->fresh says which were not applied before. A second copy of one id in
+ * the same set (a re-send read with the original) is not fresh. With
+ * `claim` false it only looks (the one-message-at-a-time path). */
+static bool s_claim(tw_t *self, s_relays_t *rl, bool claim, int64_t now, char *err, size_t errlen)
+{
+    const char **ids = calloc(rl->n + 1, sizeof *ids);
+    if (!ids) {
+        snprintf(err, errlen, "out of memory");
+        return false;
+    }
+    for (size_t k = 0; k < rl->n; k++)
+        ids[k] = rl->v[k]->batch_id;
+    char now_s[32], *lit = mh_pg_text_array(ids, rl->n);
+    snprintf(now_s, sizeof now_s, "%" PRId64, now);
+    const char *p[] = {lit, now_s};
+    PGresult *res = !lit ? NULL
+                    : claim
+                        ? mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                                     "INSERT INTO twin.relay_batches (batch_id, at_ms)"
+                                     " SELECT unnest($1::text[]), $2::bigint ON CONFLICT DO NOTHING"
+                                     " RETURNING batch_id",
+                                     2, p, err, errlen)
+                        : mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                                     "SELECT b FROM unnest($1::text[]) b WHERE NOT EXISTS"
+                                     " (SELECT 1 FROM twin.relay_batches r WHERE r.batch_id = b)",
+                                     1, p, err, errlen);
+    free(lit);
+    free(ids);
+    if (!res)
+        return false;
+    zhashx_t *fresh = zhashx_new();
+    for (int i = 0; i < PQntuples(res); i++)
+        zhashx_insert(fresh, PQgetvalue(res, i, 0), (void *)1);
+    for (size_t k = 0; k < rl->n; k++) {
+        rl->fresh[k] = zhashx_lookup(fresh, rl->v[k]->batch_id) != NULL;
+        zhashx_delete(fresh, rl->v[k]->batch_id); /* the first copy only */
+        if (!rl->fresh[k])
+            mh_counter_inc(self->m_relay_duplicates);
+    }
+    zhashx_destroy(&fresh);
+    PQclear(res);
+    return true;
+}
+
+/* One attempt at a batch: everything in one transaction. With `rl`, the
+ * relay batches' ids are recorded in it and messages of batches applied
+ * before are skipped. */
+static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_relays_t *rl, tw_out_t *out, char *err,
+                       size_t errlen)
 {
     s_batch_t b = {.now = mh_now_ms(), .acks = json_array(), .m_online = self->m_online};
     b.devs = zhashx_new();
     zhashx_set_destructor(b.devs, s_dev_free);
     b.out = *out;
-    bool ok = mh_pg_begin(self->pg, err, errlen) && s_load(self, &b, v, n, err, errlen);
+    bool ok = mh_pg_begin(self->pg, err, errlen) &&
+              (!rl || s_claim(self, rl, true, b.now, err, errlen)) &&
+              s_load(self, &b, v, n, err, errlen);
     if (ok) {
         for (size_t i = 0; i < n; i++) {
+            if (rl && !rl->fresh[v[i].batch])
+                continue;
             if (v[i].seen) {
                 for (size_t j = 0; j < v[i].seen->n_device_ids; j++) {
                     s_dev_t *d = zhashx_lookup(b.devs, v[i].seen->device_ids[j]);
@@ -623,9 +694,37 @@ static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, tw_out_t *out, char *er
 
 /* Handles a batch; returns -EIO when the database is away (the caller keeps
  * the batch and tries again), else 0. */
-int tw_batch(tw_t *self, zmsg_t **raw, size_t n)
+/* Acknowledges every relay batch: its effect is committed, or was before. */
+static void s_ack(tw_t *self, s_relays_t *rl)
 {
-    s_msg_t *v = s_decode(self, raw, n);
+    for (size_t k = 0; k < rl->n; k++)
+        mh_relay_in_ack(self->pull, rl->v[k], !rl->fresh[k]);
+}
+
+/* Records the batches' ids in a transaction of their own and acknowledges
+ * them: for batches handled (or refused) message by message. 0, or -EIO
+ * (kept, tried again). */
+static int s_settle(tw_t *self, s_relays_t *rl, char *err, size_t errlen)
+{
+    if (!(mh_pg_begin(self->pg, err, errlen) && s_claim(self, rl, true, mh_now_ms(), err, errlen) &&
+          mh_pg_commit(self->pg, err, errlen))) {
+        mh_pg_rollback(self->pg);
+        return -EIO;
+    }
+    s_ack(self, rl);
+    return 0;
+}
+
+int tw_batch(tw_t *self, mh_relay_batch_t **batches, size_t nb)
+{
+    size_t n = 0;
+    s_msg_t *v = s_decode(self, batches, nb, &n);
+    s_relays_t rl = {batches, nb, calloc(nb + 1, sizeof(bool))};
+    if (!v || !rl.fresh) {
+        free(rl.fresh);
+        s_msgs_free(v, n);
+        return -EIO; /* out of memory: kept, tried again */
+    }
     tw_out_t out;
     tw_out_init(&out);
     char err[512];
@@ -635,13 +734,19 @@ int tw_batch(tw_t *self, zmsg_t **raw, size_t n)
         if (attempt)
             mh_counter_inc(self->m_retries);
         tw_out_clear(&out);
-        rc = s_batch_try(self, v, n, &out, err, sizeof err);
+        rc = s_batch_try(self, v, n, &rl, &out, err, sizeof err);
     }
     if (rc == -EINVAL && n > 1) {
-        /* One message the database refuses must not hold back the rest. */
+        /* One message the database refuses must not hold back the rest:
+         * each is applied alone, then the batch ids recorded. A crash in
+         * between may apply some of them twice (at least once, on this
+         * rare path only). */
         tw_out_clear(&out);
+        rc = s_claim(self, &rl, false, mh_now_ms(), err, sizeof err) ? 0 : -EIO;
         for (size_t i = 0; i < n && rc != -EIO; i++) {
-            rc = s_batch_try(self, &v[i], 1, &out, err, sizeof err);
+            if (!rl.fresh[v[i].batch])
+                continue;
+            rc = s_batch_try(self, &v[i], 1, NULL, &out, err, sizeof err);
             if (rc == 0)
                 tw_out_flush(self, &out);
             else if (rc != -EIO) {
@@ -650,18 +755,22 @@ int tw_batch(tw_t *self, zmsg_t **raw, size_t n)
                 tw_out_clear(&out);
             }
         }
-        rc = rc == -EIO ? -EIO : 0;
+        rc = rc == -EIO ? -EIO : s_settle(self, &rl, err, sizeof err);
     } else if (rc == 0) {
         mh_counter_inc(self->m_commits);
         mh_histogram_observe(self->m_batch_ms, (double)(mh_mono_ms() - t0));
         tw_out_flush(self, &out);
+        s_ack(self, &rl);
     } else {
         mh_counter_inc(self->m_db_errors);
         mh_log_limited(&self->rl_db, MH_LOG_ERROR, "device messages not applied: %s", err);
-        if (rc != -EIO)
-            rc = 0; /* dropped, counted */
+        if (rc == -EINVAL) /* refused by the database: dropped, counted, settled */
+            rc = s_settle(self, &rl, err, sizeof err);
+        else if (rc == -EAGAIN) /* conflicts all five times: the gateway sends it again */
+            rc = 0;
     }
     tw_out_destroy(&out);
     s_msgs_free(v, n);
+    free(rl.fresh);
     return rc == -EIO ? -EIO : 0;
 }

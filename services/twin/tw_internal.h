@@ -16,6 +16,7 @@
 #include "mh_ids.h"
 #include "mh_json.h"
 #include "mh_pg.h"
+#include "mh_relay.h"
 #include "mh_resolver.h"
 #include "mh_rpc.h"
 #include "mh_rpc_pg.h"
@@ -57,12 +58,14 @@ typedef struct {
     mh_rpc_server_t *rpc; /* on router */
     mh_resolver_t *resolver;
 
-    zmsg_t **pending; /* a batch read but not yet committed (database away) */
-    size_t npending;
+    /* relay batches read but not yet committed (database away); acknowledged
+     * once they are */
+    mh_relay_batch_t **pending;
+    size_t npending, npending_msgs;
 
     mh_counter_t *m_messages[TW_NKINDS], *m_rejected[TW_R_COUNT], *m_updates_accepted,
-        *m_updates_changed, *m_commits, *m_db_errors, *m_retries, *m_downlink_dropped,
-        *m_commands[7], *m_online, *m_offline, *m_published;
+        *m_updates_changed, *m_commits, *m_db_errors, *m_retries, *m_relay_duplicates,
+        *m_downlink_dropped, *m_commands[7], *m_online, *m_offline, *m_published;
     mh_histogram_t *m_batch_ms;
     mh_gauge_t *m_db;
     mh_ratelimit_t rl_warn, rl_db;
@@ -142,7 +145,7 @@ bool tw_deliver(tw_t *self, tw_out_t *o, const char *const *devices, size_t n, i
 /* ---- tw_batch.c ---- */
 
 void tw_maybe_delta(tw_out_t *o, const char *device, json_t *old, json_t *doc);
-int tw_batch(tw_t *self, zmsg_t **raw, size_t n);
+int tw_batch(tw_t *self, mh_relay_batch_t **batches, size_t n);
 
 /* ---- tw_rpc.c ---- */
 

@@ -76,7 +76,11 @@ static const char *s_schema_sql =
     "CREATE INDEX IF NOT EXISTS commands_queued ON twin.commands (expires_ms)"
     "  WHERE status = 'queued';"
     "CREATE INDEX IF NOT EXISTS commands_sent ON twin.commands ((sent_ms + timeout_ms))"
-    "  WHERE status = 'sent';";
+    "  WHERE status = 'sent';"
+    /* the gateways' relay batches applied (mh_relay.h), kept an hour */
+    "CREATE TABLE IF NOT EXISTS twin.relay_batches ("
+    "  batch_id text PRIMARY KEY, at_ms bigint NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS relay_batches_at ON twin.relay_batches (at_ms);";
 
 static const char *s_reason_names[TW_R_COUNT] = {
     "bad_json", "bad_request",     "version_conflict", "too_large",         "unregistered",
@@ -119,6 +123,9 @@ static void s_register_metrics(tw_t *self)
         mh_metrics_counter(m, "mh_twin_db_errors_total", "Failed database transactions", NULL);
     self->m_retries = mh_metrics_counter(m, "mh_twin_retries_total",
                                          "Transactions retried after a deadlock or conflict", NULL);
+    self->m_relay_duplicates = mh_metrics_counter(
+        m, "mh_twin_relay_duplicates_total",
+        "Relay batches received again after they were applied (acknowledged, not applied)", NULL);
     self->m_downlink_dropped = mh_metrics_counter(m, "mh_twin_downlink_dropped_total",
                                                   "Downlink publishes no gateway could take", NULL);
     self->m_published = mh_metrics_counter(m, "mh_twin_downlink_sent_total",
@@ -140,7 +147,7 @@ static void s_destroy(tw_t **self_p)
     if (!self)
         return;
     for (size_t i = 0; i < self->npending; i++)
-        zmsg_destroy(&self->pending[i]);
+        mh_relay_batch_destroy(&self->pending[i]);
     free(self->pending);
     mh_pg_destroy(&self->pg);
     mh_resolver_destroy(&self->resolver);
@@ -168,8 +175,8 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
     self->pending = calloc((size_t)self->cfg->batch_max, sizeof *self->pending);
     self->pg = mh_pg_new(self->cfg->pg_url, s_schema_sql, S_LOCK_MIGRATE);
     self->db = (mh_rpc_db_t){self->pg, self->m_db_errors, &self->rl_db};
-    self->pull = zsock_new(ZMQ_PULL);
-    zsock_set_rcvhwm(self->pull, 100000);
+    self->pull = zsock_new(ZMQ_ROUTER);
+    zsock_set_router_mandatory(self->pull, 0);
     self->router = zsock_new(ZMQ_ROUTER);
     zsock_set_router_mandatory(self->router, 0);
     self->push = mh_push_new(self->cfg->downlink_endpoint, &self->resolver);
@@ -206,12 +213,18 @@ static void s_connect_db(tw_t *self)
 /* Reads up to batch_max waiting device messages into `pending`. */
 static void s_read_batch(tw_t *self)
 {
-    while ((int64_t)self->npending < self->cfg->batch_max &&
+    while ((int64_t)self->npending_msgs < self->cfg->batch_max &&
+           (int64_t)self->npending < self->cfg->batch_max &&
            (zsock_events(self->pull) & ZMQ_POLLIN)) {
-        zmsg_t *m = zmsg_recv(self->pull);
-        if (!m)
-            break;
-        self->pending[self->npending++] = m;
+        mh_relay_batch_t *b = mh_relay_in_recv(self->pull);
+        if (!b) {
+            mh_counter_inc(self->m_rejected[TW_R_MALFORMED]);
+            mh_log_limited(&self->rl_warn, MH_LOG_WARN,
+                           "malformed frame on the device socket, ignoring");
+            continue;
+        }
+        self->pending[self->npending++] = b;
+        self->npending_msgs += b->n;
     }
 }
 
@@ -222,12 +235,12 @@ static void s_run_pending(tw_t *self)
     if (tw_batch(self, self->pending, self->npending) == -EIO) {
         mh_log_limited(&self->rl_db, MH_LOG_WARN,
                        "database lost; holding %zu device messages until it is back",
-                       self->npending);
+                       self->npending_msgs);
         return;
     }
     for (size_t i = 0; i < self->npending; i++)
-        zmsg_destroy(&self->pending[i]);
-    self->npending = 0;
+        mh_relay_batch_destroy(&self->pending[i]);
+    self->npending = self->npending_msgs = 0;
 }
 
 void tw_actor(zsock_t *pipe, void *args)
@@ -291,6 +304,8 @@ void tw_actor(zsock_t *pipe, void *args)
             zclock_sleep(20);
     }
     if (self->npending)
-        mh_error("stopping with %zu device messages not applied (database away)", self->npending);
+        mh_error("stopping with %zu device messages not applied (database away); their gateways"
+                 " send them again",
+                 self->npending_msgs);
     s_destroy(&self);
 }

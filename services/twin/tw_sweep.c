@@ -41,6 +41,15 @@ void tw_sweep(tw_t *self)
         mh_counter_add(self->m_commands[cmd_sweeps[i].status], (uint64_t)PQntuples(res));
         PQclear(res);
     }
+    /* a gateway re-sends an unacknowledged batch within seconds: an hour
+     * of applied ids covers any re-send */
+    char old_s[32];
+    snprintf(old_s, sizeof old_s, "%" PRId64, now - 3600 * 1000);
+    const char *op[] = {old_s};
+    if (!mh_pg_ok(self->pg, "DELETE FROM twin.relay_batches WHERE at_ms < $1::bigint", 1, op, err,
+                  sizeof err) &&
+        !mh_pg_retryable(self->pg))
+        mh_log_limited(&self->rl_db, MH_LOG_ERROR, "relay batch sweep failed: %s", err);
     const char *sp[] = {silent_s, now_s};
     PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
                                "UPDATE twin.devices SET online = false, conn_ms = $2::bigint"

@@ -1,0 +1,333 @@
+/* mh_relay — see mh_relay.h. */
+#include "mh_relay.h"
+#include "envelope.pb-c.h"
+#include "mh_envelope.h"
+#include "mh_log.h"
+#include "mh_time.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A batch: its packed "relay.batch" envelope, kept until acknowledged. */
+typedef struct {
+    char id[96];
+    zframe_t *frame;
+    size_t messages;
+    int64_t sent_ms; /* 0: never reached a receiver yet */
+    unsigned attempts;
+} s_batch_t;
+
+struct mh_relay_t {
+    mh_relay_opts_t o;
+    char *name, *instance;
+    zsock_t *dealer;
+    mh_resolver_t *resolver;
+    /* the batch being built: packed envelopes */
+    zframe_t **building;
+    size_t nbuilding;
+    int64_t started_ms;
+    uint64_t seq;
+    zlistx_t *waiting; /* s_batch_t built, not sent: the window was full */
+    zhashx_t *window;  /* id -> s_batch_t sent, not acknowledged */
+    mh_counter_t *m_sent, *m_resent, *m_unknown, *m_messages;
+    mh_gauge_t *m_window;
+    mh_ratelimit_t rl;
+};
+
+static void s_batch_free(void **item)
+{
+    s_batch_t *b = *item;
+    if (b) {
+        zframe_destroy(&b->frame);
+        free(b);
+        *item = NULL;
+    }
+}
+
+mh_relay_t *mh_relay_new(const mh_relay_opts_t *opts, mh_metrics_t *metrics)
+{
+    mh_relay_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->o = *opts;
+    if (!self->o.batch_max)
+        self->o.batch_max = 500;
+    if (!self->o.linger_ms)
+        self->o.linger_ms = 5;
+    if (!self->o.window)
+        self->o.window = 64;
+    if (!self->o.ack_timeout_ms)
+        self->o.ack_timeout_ms = 5000;
+    self->name = strdup(opts->name);
+    self->instance = strdup(opts->instance);
+    self->building = calloc(self->o.batch_max, sizeof *self->building);
+    self->waiting = zlistx_new();
+    self->window = zhashx_new();
+    self->dealer = zsock_new(ZMQ_DEALER);
+    if (self->dealer) {
+        zsock_set_linger(self->dealer, 0);
+        zsock_set_sndhwm(self->dealer, (int)self->o.window + 16);
+        zsock_set_reconnect_ivl(self->dealer, 100);
+        zsock_set_reconnect_ivl_max(self->dealer, 2000);
+        /* send only to receivers connected now: a batch handed to a dead
+         * replica's pipe would wait out the whole ack timeout */
+        zsock_set_immediate(self->dealer, 1);
+        self->resolver = mh_resolver_new(self->dealer, opts->endpoint);
+    }
+    if (!self->name || !self->instance || !self->building || !self->waiting || !self->window ||
+        !self->resolver) {
+        mh_relay_destroy(&self);
+        return NULL;
+    }
+    zlistx_set_destructor(self->waiting, s_batch_free);
+    zhashx_set_destructor(self->window, s_batch_free);
+    self->rl = (mh_ratelimit_t)MH_RATELIMIT_INIT(1000, 5);
+    char name[128];
+    const char *p = opts->metric_prefix;
+    snprintf(name, sizeof name, "%s_batches_sent_total", p);
+    self->m_sent = mh_metrics_counter(metrics, name, "Batches sent the first time", NULL);
+    snprintf(name, sizeof name, "%s_batches_resent_total", p);
+    self->m_resent =
+        mh_metrics_counter(metrics, name, "Batches sent again, not acknowledged in time", NULL);
+    snprintf(name, sizeof name, "%s_acks_unknown_total", p);
+    self->m_unknown = mh_metrics_counter(
+        metrics, name, "Acknowledgements of no batch in the window (late, repeated or forged)",
+        NULL);
+    snprintf(name, sizeof name, "%s_messages_total", p);
+    self->m_messages = mh_metrics_counter(metrics, name, "Messages put into batches", NULL);
+    snprintf(name, sizeof name, "%s_window_batches", p);
+    self->m_window = mh_metrics_gauge(metrics, name, "Batches sent and not yet acknowledged", NULL);
+    return self;
+}
+
+void mh_relay_destroy(mh_relay_t **self_p)
+{
+    mh_relay_t *self = *self_p;
+    if (!self)
+        return;
+    for (size_t i = 0; i < self->nbuilding; i++)
+        zframe_destroy(&self->building[i]);
+    free(self->building);
+    zlistx_destroy(&self->waiting);
+    zhashx_destroy(&self->window);
+    mh_resolver_destroy(&self->resolver);
+    zsock_destroy(&self->dealer);
+    free(self->name);
+    free(self->instance);
+    free(self);
+    *self_p = NULL;
+}
+
+static void s_send(mh_relay_t *self, s_batch_t *b)
+{
+    zframe_t *copy = zframe_dup(b->frame);
+    void *raw = zsock_resolve(self->dealer);
+    if (copy && zmq_send(raw, zframe_data(copy), zframe_size(copy), ZMQ_DONTWAIT) >= 0) {
+        b->sent_ms = mh_mono_ms();
+        if (b->attempts++ > 0) {
+            mh_counter_inc(self->m_resent);
+            mh_log_limited(&self->rl, MH_LOG_WARN,
+                           "batch %s to %s not acknowledged in time, sent again (attempt %u)",
+                           b->id, self->name, b->attempts);
+        } else {
+            mh_counter_inc(self->m_sent);
+        }
+    } else {
+        b->sent_ms = 0; /* no receiver reachable: the next tick tries again */
+    }
+    zframe_destroy(&copy);
+}
+
+/* Moves waiting batches into the window while it has room. */
+static void s_fill_window(mh_relay_t *self)
+{
+    while (zhashx_size(self->window) < self->o.window && zlistx_size(self->waiting)) {
+        s_batch_t *b = zlistx_detach(self->waiting, NULL); /* the oldest */
+        zhashx_insert(self->window, b->id, b);
+        s_send(self, b);
+    }
+    mh_gauge_set(self->m_window, (double)zhashx_size(self->window));
+}
+
+/* Closes the batch being built. -1 when out of memory (the messages stay). */
+static int s_close_batch(mh_relay_t *self)
+{
+    if (!self->nbuilding)
+        return 0;
+    s_batch_t *b = calloc(1, sizeof *b);
+    ProtobufCBinaryData *msgs = calloc(self->nbuilding, sizeof *msgs);
+    if (!b || !msgs) {
+        free(b);
+        free(msgs);
+        return -1;
+    }
+    snprintf(b->id, sizeof b->id, "%s-%" PRIu64, self->instance, ++self->seq);
+    for (size_t i = 0; i < self->nbuilding; i++)
+        msgs[i] =
+            (ProtobufCBinaryData){zframe_size(self->building[i]), zframe_data(self->building[i])};
+    Mh__RelayBatch rb = MH__RELAY_BATCH__INIT;
+    rb.batch_id = b->id;
+    rb.messages = msgs;
+    rb.n_messages = self->nbuilding;
+    b->frame = mh_envelope_pack("relay.batch", NULL, &rb.base);
+    free(msgs);
+    if (!b->frame) {
+        free(b);
+        return -1;
+    }
+    b->messages = self->nbuilding;
+    for (size_t i = 0; i < self->nbuilding; i++)
+        zframe_destroy(&self->building[i]);
+    self->nbuilding = 0;
+    zlistx_add_end(self->waiting, b);
+    s_fill_window(self);
+    return 0;
+}
+
+int mh_relay_add(mh_relay_t *self, const char *type, const ProtobufCMessage *body)
+{
+    if (self->nbuilding == self->o.batch_max && s_close_batch(self) < 0)
+        return -1;
+    zframe_t *f = mh_envelope_pack(type, NULL, body);
+    if (!f)
+        return -1;
+    if (self->nbuilding == 0)
+        self->started_ms = mh_mono_ms();
+    self->building[self->nbuilding++] = f;
+    mh_counter_inc(self->m_messages);
+    if (self->nbuilding == self->o.batch_max)
+        s_close_batch(self);
+    return 0;
+}
+
+bool mh_relay_full(const mh_relay_t *self)
+{
+    return zlistx_size(self->waiting) > 0;
+}
+
+size_t mh_relay_unacked(const mh_relay_t *self)
+{
+    size_t n = self->nbuilding;
+    for (s_batch_t *b = zlistx_first(self->waiting); b; b = zlistx_next(self->waiting))
+        n += b->messages;
+    for (s_batch_t *b = zhashx_first(self->window); b; b = zhashx_next(self->window))
+        n += b->messages;
+    return n;
+}
+
+zsock_t *mh_relay_socket(mh_relay_t *self)
+{
+    return self->dealer;
+}
+
+void mh_relay_on_acks(mh_relay_t *self)
+{
+    while (zsock_events(self->dealer) & ZMQ_POLLIN) {
+        zframe_t *f = zframe_recv(self->dealer);
+        if (!f)
+            break;
+        Mh__Envelope *env = mh_envelope_unpack(f);
+        zframe_destroy(&f);
+        Mh__RelayAck *ack = NULL;
+        if (env && strcmp(env->type, "relay.ack") == 0)
+            ack = mh__relay_ack__unpack(NULL, env->body.len, env->body.data);
+        mh_envelope_free(&env);
+        if (ack && zhashx_lookup(self->window, ack->batch_id)) {
+            zhashx_delete(self->window, ack->batch_id);
+        } else {
+            mh_counter_inc(self->m_unknown);
+            mh_log_limited(&self->rl, MH_LOG_WARN,
+                           "an acknowledgement from %s for no batch in the window, ignoring",
+                           self->name);
+        }
+        if (ack)
+            mh__relay_ack__free_unpacked(ack, NULL);
+    }
+    s_fill_window(self);
+}
+
+void mh_relay_tick(mh_relay_t *self, bool force)
+{
+    int64_t now = mh_mono_ms();
+    if (self->nbuilding && (force || now - self->started_ms >= self->o.linger_ms))
+        s_close_batch(self);
+    for (s_batch_t *b = zhashx_first(self->window); b; b = zhashx_next(self->window))
+        if (!b->sent_ms || now - b->sent_ms >= self->o.ack_timeout_ms)
+            s_send(self, b);
+    s_fill_window(self);
+}
+
+void mh_relay_refresh(mh_relay_t *self)
+{
+    mh_resolver_refresh(self->resolver);
+}
+
+/* ---- the receiving half ---- */
+
+/* A batch id is the sender's instance name and a number: nothing a text[]
+ * literal would need to escape. */
+static bool s_id_ok(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n >= 96)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)id[i]) && !strchr("._:-", id[i]))
+            return false;
+    return true;
+}
+
+mh_relay_batch_t *mh_relay_in_recv(zsock_t *router)
+{
+    zmsg_t *m = zmsg_recv(router);
+    if (!m)
+        return NULL;
+    mh_relay_batch_t *b = NULL;
+    Mh__RelayBatch *rb = NULL;
+    zframe_t *routing = zmsg_size(m) == 2 ? zmsg_pop(m) : NULL;
+    zframe_t *f = routing ? zmsg_first(m) : NULL;
+    Mh__Envelope *env = f ? mh_envelope_unpack(f) : NULL;
+    if (env && strcmp(env->type, "relay.batch") == 0)
+        rb = mh__relay_batch__unpack(NULL, env->body.len, env->body.data);
+    if (rb && s_id_ok(rb->batch_id) && (b = calloc(1, sizeof *b)) &&
+        (b->messages = calloc(rb->n_messages + 1, sizeof *b->messages)) &&
+        (b->batch_id = strdup(rb->batch_id))) {
+        b->routing = routing;
+        routing = NULL;
+        for (size_t i = 0; i < rb->n_messages; i++)
+            b->messages[b->n++] = zframe_new(rb->messages[i].data, rb->messages[i].len);
+    } else if (b) {
+        mh_relay_batch_destroy(&b);
+    }
+    if (rb)
+        mh__relay_batch__free_unpacked(rb, NULL);
+    mh_envelope_free(&env);
+    zframe_destroy(&routing);
+    zmsg_destroy(&m);
+    return b;
+}
+
+void mh_relay_in_ack(zsock_t *router, const mh_relay_batch_t *b, bool duplicate)
+{
+    Mh__RelayAck ack = MH__RELAY_ACK__INIT;
+    ack.batch_id = b->batch_id;
+    ack.duplicate = duplicate;
+    mh_envelope_send(router, b->routing, "relay.ack", NULL, &ack.base, true);
+}
+
+void mh_relay_batch_destroy(mh_relay_batch_t **b_p)
+{
+    mh_relay_batch_t *b = *b_p;
+    if (!b)
+        return;
+    zframe_destroy(&b->routing);
+    for (size_t i = 0; i < b->n; i++)
+        zframe_destroy(&b->messages[i]);
+    free(b->messages);
+    free(b->batch_id);
+    free(b);
+    *b_p = NULL;
+}
