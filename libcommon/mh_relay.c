@@ -28,6 +28,7 @@ struct mh_relay_t {
     /* the batch being built: packed envelopes */
     zframe_t **building;
     size_t nbuilding;
+    size_t held; /* messages in building, waiting and the window */
     int64_t started_ms;
     uint64_t seq;
     zlistx_t *waiting; /* s_batch_t built, not sent: the window was full */
@@ -59,6 +60,8 @@ mh_relay_t *mh_relay_new(const mh_relay_opts_t *opts, mh_metrics_t *metrics)
         self->o.linger_ms = 5;
     if (!self->o.window)
         self->o.window = 64;
+    if (!self->o.max_held)
+        self->o.max_held = 100000;
     if (!self->o.ack_timeout_ms)
         self->o.ack_timeout_ms = 5000;
     self->name = strdup(opts->name);
@@ -197,6 +200,7 @@ int mh_relay_add(mh_relay_t *self, const char *type, const ProtobufCMessage *bod
     if (self->nbuilding == 0)
         self->started_ms = mh_mono_ms();
     self->building[self->nbuilding++] = f;
+    self->held++;
     mh_counter_inc(self->m_messages);
     if (self->nbuilding == self->o.batch_max)
         s_close_batch(self);
@@ -205,17 +209,12 @@ int mh_relay_add(mh_relay_t *self, const char *type, const ProtobufCMessage *bod
 
 bool mh_relay_full(const mh_relay_t *self)
 {
-    return zlistx_size(self->waiting) > 0;
+    return self->held >= self->o.max_held;
 }
 
 size_t mh_relay_unacked(const mh_relay_t *self)
 {
-    size_t n = self->nbuilding;
-    for (s_batch_t *b = zlistx_first(self->waiting); b; b = zlistx_next(self->waiting))
-        n += b->messages;
-    for (s_batch_t *b = zhashx_first(self->window); b; b = zhashx_next(self->window))
-        n += b->messages;
-    return n;
+    return self->held;
 }
 
 zsock_t *mh_relay_socket(mh_relay_t *self)
@@ -235,7 +234,9 @@ void mh_relay_on_acks(mh_relay_t *self)
         if (env && strcmp(env->type, "relay.ack") == 0)
             ack = mh__relay_ack__unpack(NULL, env->body.len, env->body.data);
         mh_envelope_free(&env);
-        if (ack && zhashx_lookup(self->window, ack->batch_id)) {
+        s_batch_t *b = ack ? zhashx_lookup(self->window, ack->batch_id) : NULL;
+        if (b) {
+            self->held -= b->messages;
             zhashx_delete(self->window, ack->batch_id);
         } else {
             mh_counter_inc(self->m_unknown);
@@ -252,7 +253,11 @@ void mh_relay_on_acks(mh_relay_t *self)
 void mh_relay_tick(mh_relay_t *self, bool force)
 {
     int64_t now = mh_mono_ms();
-    if (self->nbuilding && (force || now - self->started_ms >= self->o.linger_ms))
+    /* while the window is full a lingering batch keeps filling: fewer,
+     * fuller batches to send when the receiver is back */
+    if (self->nbuilding &&
+        (force || (now - self->started_ms >= self->o.linger_ms &&
+                   zhashx_size(self->window) < self->o.window && !zlistx_size(self->waiting))))
         s_close_batch(self);
     for (s_batch_t *b = zhashx_first(self->window); b; b = zhashx_next(self->window))
         if (!b->sent_ms || now - b->sent_ms >= self->o.ack_timeout_ms)

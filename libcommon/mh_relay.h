@@ -26,12 +26,15 @@
 typedef struct mh_relay_t mh_relay_t;
 
 typedef struct {
-    const char *endpoint;   /* the receivers, as mh_resolver takes them */
-    const char *name;       /* in logs: "twin" */
-    const char *instance;   /* unique per process: batch ids start with it */
-    size_t batch_max;       /* messages per batch at most (default 500) */
-    int64_t linger_ms;      /* a partial batch waits this long (default 5) */
-    size_t window;          /* unacknowledged batches at most (default 64) */
+    const char *endpoint; /* the receivers, as mh_resolver takes them */
+    const char *name;     /* in logs: "twin" */
+    const char *instance; /* unique per process: batch ids start with it */
+    size_t batch_max;     /* messages per batch at most (default 500) */
+    int64_t linger_ms;    /* a partial batch waits this long (default 5) */
+    size_t window;        /* batches in flight at most (default 64) */
+    /* messages held at most (in flight, waiting and being built; default
+     * 100,000): past it mh_relay_full says take no more */
+    size_t max_held;
     int64_t ack_timeout_ms; /* re-send after this long (default 5000) */
     /* metrics P_batches_sent_total, P_batches_resent_total,
      * P_acks_unknown_total, P_window_batches, P_messages_total */
@@ -45,10 +48,11 @@ void mh_relay_destroy(mh_relay_t **self_p);
 /* Adds one message (packed as an Envelope of `type`) to the batch being
  * built, sending the batch when it is full and the window has room. 0, or
  * -1 when out of memory. Never blocks and never drops: while the window is
- * full batches wait in the sender (mh_relay_full tells the caller to stop
- * taking input). */
+ * full batches wait in the sender, so a receiver down for a while costs
+ * memory, not messages (mh_relay_full tells the caller when to stop taking
+ * input). */
 int mh_relay_add(mh_relay_t *self, const char *type, const ProtobufCMessage *body);
-/* True while the window is full and a batch waits: take no more input. */
+/* True while max_held messages are held: take no more input. */
 bool mh_relay_full(const mh_relay_t *self);
 /* Batches sent and not yet acknowledged, plus messages not yet sent. */
 size_t mh_relay_unacked(const mh_relay_t *self);

