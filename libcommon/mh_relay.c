@@ -192,11 +192,18 @@ static int s_close_batch(mh_relay_t *self)
 
 int mh_relay_add(mh_relay_t *self, const char *type, const ProtobufCMessage *body)
 {
-    if (self->nbuilding == self->o.batch_max && s_close_batch(self) < 0)
-        return -1;
     zframe_t *f = mh_envelope_pack(type, NULL, body);
-    if (!f)
+    return f ? mh_relay_add_packed(self, &f) : -1;
+}
+
+int mh_relay_add_packed(mh_relay_t *self, zframe_t **frame_p)
+{
+    zframe_t *f = *frame_p;
+    *frame_p = NULL;
+    if (self->nbuilding == self->o.batch_max && s_close_batch(self) < 0) {
+        zframe_destroy(&f);
         return -1;
+    }
     if (self->nbuilding == 0)
         self->started_ms = mh_mono_ms();
     self->building[self->nbuilding++] = f;

@@ -52,6 +52,9 @@ void mh_relay_destroy(mh_relay_t **self_p);
  * memory, not messages (mh_relay_full tells the caller when to stop taking
  * input). */
 int mh_relay_add(mh_relay_t *self, const char *type, const ProtobufCMessage *body);
+/* The same for a message already packed as an Envelope (taken, even on
+ * failure). */
+int mh_relay_add_packed(mh_relay_t *self, zframe_t **frame_p);
 /* True while max_held messages are held: take no more input. */
 bool mh_relay_full(const mh_relay_t *self);
 /* Batches sent and not yet acknowledged, plus messages not yet sent. */

@@ -176,7 +176,7 @@ static void test_no_handshake_without_the_right_key(void **state)
         {s_p.ota.endpoint, ZMQ_DEALER},
         {s_p.ota.rpc_endpoint, ZMQ_DEALER},
         {s_p.ota.events_endpoint, ZMQ_SUB},
-        {s_p.downlink, ZMQ_PUSH},
+        {s_p.downlink, ZMQ_DEALER},
         {gw_events, ZMQ_SUB},
     };
     for (size_t i = 0; i < sizeof socks / sizeof *socks; i++) {

@@ -188,7 +188,7 @@ static void test_garbage_on_every_socket(void **state)
     const char *const twin_rpc[] = {"twin.request", NULL};
     const char *const ota_in[] = {"relay.batch", NULL};
     const char *const ota_rpc[] = {"ota.request", NULL};
-    const char *const gw_down[] = {"downlink", NULL};
+    const char *const gw_down[] = {"relay.batch", NULL};
     s_garbage(s_p.ingest.endpoint, ZMQ_DEALER, ingest_batch);
     s_garbage(s_p.ingest.rpc_endpoint, ZMQ_DEALER, ingest_query);
     s_garbage(s_p.twin.endpoint, ZMQ_DEALER, twin_in);
@@ -197,7 +197,7 @@ static void test_garbage_on_every_socket(void **state)
     s_garbage(s_p.ota.endpoint, ZMQ_DEALER, ota_in);
     s_relay_garbage(s_p.ota.endpoint, "ota");
     s_garbage(s_p.ota.rpc_endpoint, ZMQ_DEALER, ota_rpc);
-    s_garbage(s_p.downlink, ZMQ_PUSH, gw_down);
+    s_garbage(s_p.downlink, ZMQ_DEALER, gw_down);
     mht_sleep_ms(1000); /* what was queued is read */
 
     mht_service_t *all[] = {&s_p.ingest, &s_p.twin, &s_p.ota, &s_p.gateway, &s_p.fleet};

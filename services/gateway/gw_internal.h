@@ -66,8 +66,9 @@ typedef struct {
     /* acknowledged delivery (mh_relay.h); NULL when not configured */
     mh_relay_t *twin_relay; /* device messages to twin */
     mh_relay_t *ota_relay;  /* OTA status messages to ota */
-    zsock_t *downlink;      /* PULL, may be NULL */
-    zlist_t *dl_queue;      /* Mh__Publish* waiting for Paho to take them */
+    zsock_t *downlink;      /* ROUTER for relay batches, may be NULL */
+    zlist_t *dl_queue;      /* publishes waiting for Paho to take them */
+    zlistx_t *dl_batches;   /* gw_dlbatch_t: batches being published */
     mh_idset_t *registry;   /* NULL when not checking */
     zhashx_t *seen;         /* device -> monotonic ms it was last reported seen */
     struct s_seen_item {
@@ -91,8 +92,8 @@ typedef struct {
 
     /* metrics */
     mh_counter_t *m_received[GW_TOPIC_COUNT], *m_forwarded, *m_forward_dropped, *m_downlink_sent,
-        *m_downlink_dropped, *m_downlink_retried, *m_rejected[GW_REASON_COUNT], *m_points,
-        *m_batches_sent, *m_batches_resent, *m_batches_acked, *m_points_stored,
+        *m_downlink_dropped, *m_downlink_retried, *m_downlink_unacked, *m_rejected[GW_REASON_COUNT],
+        *m_points, *m_batches_sent, *m_batches_resent, *m_batches_acked, *m_points_stored,
         *m_points_dropped_ingest, *m_points_dropped_old, *m_points_lost_shutdown, *m_deferred,
         *m_bad_internal;
     mh_gauge_t *m_window, *m_connected, *m_acl_denied[3];
@@ -137,6 +138,11 @@ void gw_handle(gw_t *self, zmsg_t *m);
 
 /* ---- gw_downlink.c ---- */
 
-void gw_publish_free(Mh__Publish *p);
+typedef struct gw_dlbatch_t gw_dlbatch_t;
 void gw_downlink_pump(gw_t *self);
 void gw_on_downlink(gw_t *self);
+/* Acknowledges the downlink batches whose publishes are all done. */
+void gw_downlink_settle(gw_t *self);
+void gw_dlbatch_free(void **item);
+/* Frees the queue and the batches; only once Paho is destroyed. */
+void gw_downlink_destroy(gw_t *self);

@@ -54,7 +54,7 @@ const mh_cfg_opt_t gw_config_options[] = {
     {"twin-events-endpoint", "MH_TWIN_EVENTS_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5573",
      S_CFG(twin_events_endpoint), "twin's event PUB, to keep the registered ids current"},
     {"downlink-bind", "MH_DOWNLINK_BIND", MH_CFG_STR, "tcp://127.0.0.1:5590", S_CFG(downlink_bind),
-     "where the PULL for downlink publishes from twin and ota binds (empty: none)"},
+     "where the ROUTER for downlink publishes from twin and ota binds (empty: none)"},
     {"ota-endpoint", "MH_OTA_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5582", S_CFG(ota_endpoint),
      "ota's PULL for OTA status messages (empty: ota/status is not taken)"},
     {"check-registered", "MH_CHECK_REGISTERED", MH_CFG_BOOL, "true", S_CFG(check_registered),
@@ -228,6 +228,9 @@ static void s_register_metrics(gw_t *self)
     self->m_downlink_retried = mh_metrics_counter(
         m, "mh_gateway_downlink_deferred_total",
         "Times the broker connection could not take a downlink message yet (retried)", NULL);
+    self->m_downlink_unacked = mh_metrics_counter(
+        m, "mh_gateway_downlink_unacknowledged_total",
+        "Downlink batches not acknowledged: a publish failed, the sender sends them again", NULL);
     self->m_window = mh_metrics_gauge(m, "mh_gateway_window_batches",
                                       "Batches sent and not yet acknowledged", NULL);
     self->m_connected =
@@ -276,6 +279,8 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     self->seen = zhashx_new();
     self->seen_pending = calloc(GW_SEEN_BATCH, sizeof *self->seen_pending);
     self->dl_queue = zlist_new();
+    self->dl_batches = zlistx_new();
+    zlistx_set_destructor(self->dl_batches, gw_dlbatch_free);
     mh_relay_opts_t ro = {.instance = ctx->instance,
                           .linger_ms = self->cfg->batch_linger_ms,
                           .ack_timeout_ms = self->cfg->ack_timeout_ms};
@@ -299,10 +304,10 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
                          ctx->metrics);
     self->may_subscribe = !self->cfg->check_registered;
     if (*self->cfg->downlink_bind) {
-        self->downlink = zsock_new(ZMQ_PULL);
-        zsock_set_rcvhwm(self->downlink, 10000);
+        self->downlink = zsock_new(ZMQ_ROUTER);
+        zsock_set_router_mandatory(self->downlink, 0);
         if (mh_curve_bind(self->downlink, self->cfg->downlink_bind) < 0) {
-            mh_error("cannot bind the downlink PULL on %s: %s", self->cfg->downlink_bind,
+            mh_error("cannot bind the downlink ROUTER on %s: %s", self->cfg->downlink_bind,
                      zmq_strerror(errno));
             zsock_destroy(&self->downlink);
             self->bind_failed = true;
@@ -327,11 +332,8 @@ static void s_destroy(gw_t **self_p)
     mh_idset_destroy(&self->registry);
     mh_relay_destroy(&self->twin_relay);
     mh_relay_destroy(&self->ota_relay);
+    gw_downlink_destroy(self);
     zsock_destroy(&self->downlink);
-    Mh__Publish *p;
-    while (self->dl_queue && (p = zlist_pop(self->dl_queue)))
-        gw_publish_free(p);
-    zlist_destroy(&self->dl_queue);
     zhashx_destroy(&self->seen);
     free(self->seen_pending);
     zhashx_destroy(&self->window);
@@ -506,6 +508,8 @@ void gw_actor(zsock_t *pipe, void *args)
         s_relays(self, s_relay_tick);
         if (zlist_size(self->dl_queue))
             gw_downlink_pump(self);
+        if (zlistx_size(self->dl_batches))
+            gw_downlink_settle(self);
         int64_t now = mh_mono_ms();
         if (self->nitems && now - self->batch_started_ms >= self->cfg->batch_linger_ms &&
             (int64_t)zhashx_size(self->window) < self->cfg->window)

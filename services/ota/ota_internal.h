@@ -47,9 +47,10 @@ typedef struct {
     mh_service_ctx_t *ctx;
     ota_config_t *cfg;
     mh_pg_t *pg;
-    zsock_t *pull, *router, *pub, *push, *dealer;
+    zsock_t *pull, *router, *pub, *dealer;
+    mh_relay_t *downlink; /* to the gateways, acknowledged once published */
     mh_rpc_server_t *rpc; /* on router */
-    mh_resolver_t *resolver, *twin_resolver;
+    mh_resolver_t *twin_resolver;
     mh_idset_t *online;
     ota_signer_t *signer;
     ota_images_t *images;

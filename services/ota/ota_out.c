@@ -80,13 +80,14 @@ void ota_out_flush(ota_t *self)
             zsock_t *pub = self->pub;
             if (zstr_sendm(pub, o->type) == 0)
                 zframe_send(&o->frame, pub, ZFRAME_DONTWAIT);
-        } else if (zframe_send(&o->frame, self->push, ZFRAME_DONTWAIT) != 0) {
+        } else if (mh_relay_add_packed(self->downlink, &o->frame) != 0) {
             mh_counter_inc(self->m_downlink_dropped);
             mh_log_limited(&self->rl_warn, MH_LOG_WARN,
-                           "no gateway is taking jobs (queue full); a job will be sent again");
+                           "out of memory: a job not handed over; it will be sent again");
         }
     }
     zlistx_purge(self->out);
+    mh_relay_tick(self->downlink, true); /* one batch per transaction, now */
 }
 
 void ota_out_discard(ota_t *self)

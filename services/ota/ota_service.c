@@ -148,13 +148,12 @@ static void s_destroy(ota_t **self_p)
     mh_idset_destroy(&self->online);
     ota_signer_destroy(&self->signer);
     mh_pg_destroy(&self->pg);
-    mh_resolver_destroy(&self->resolver);
     mh_resolver_destroy(&self->twin_resolver);
     zsock_destroy(&self->pull);
     mh_rpc_server_destroy(&self->rpc);
     zsock_destroy(&self->router);
     zsock_destroy(&self->pub);
-    zsock_destroy(&self->push);
+    mh_relay_destroy(&self->downlink);
     zsock_destroy(&self->dealer);
     free(self);
     *self_p = NULL;
@@ -192,7 +191,11 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
     self->router = zsock_new(ZMQ_ROUTER);
     zsock_set_router_mandatory(self->router, 0);
     zsock_set_rcvhwm(self->router, 1000);
-    self->push = mh_push_new(self->cfg->downlink_endpoint, &self->resolver);
+    self->downlink = mh_relay_new(&(mh_relay_opts_t){.endpoint = self->cfg->downlink_endpoint,
+                                                     .name = "the gateways",
+                                                     .instance = ctx->instance,
+                                                     .metric_prefix = "mh_ota_downlink_relay"},
+                                  ctx->metrics);
     self->dealer = zsock_new(ZMQ_DEALER);
     zsock_set_linger(self->dealer, 0);
     self->twin_resolver = mh_resolver_new(self->dealer, self->cfg->twin_rpc_endpoint);
@@ -206,7 +209,7 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
                      ctx->metrics);
     self->images = ota_images_new(self->cfg->pg_url, ctx->metrics);
     self->rpc = mh_rpc_server_new(&ota_rpc_def, self, self->pg, ctx->metrics);
-    if (!self->rpc || !self->pg || !self->push || !self->twin_resolver || !self->online ||
+    if (!self->rpc || !self->pg || !self->downlink || !self->twin_resolver || !self->online ||
         !self->images || !self->out) {
         mh_error("bad settings (downlink \"%s\", twin RPC \"%s\", twin events \"%s\")",
                  self->cfg->downlink_endpoint, self->cfg->twin_rpc_endpoint,
@@ -263,7 +266,7 @@ void ota_actor(zsock_t *pipe, void *args)
         mh_actor_failed(pipe);
         return;
     }
-    mh_resolver_refresh(self->resolver);
+    mh_relay_refresh(self->downlink);
     mh_resolver_refresh(self->twin_resolver);
     s_connect_db(self);
     mh_actor_ready(pipe);
@@ -276,11 +279,12 @@ void ota_actor(zsock_t *pipe, void *args)
             {zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0},
             {zsock_resolve(mh_idset_rpc(self->online)), 0, ZMQ_POLLIN, 0},
             {zsock_resolve(mh_idset_events(self->online)), 0, ZMQ_POLLIN, 0},
+            {zsock_resolve(mh_relay_socket(self->downlink)), 0, ZMQ_POLLIN, 0},
             {zsock_resolve(self->pull), 0, ZMQ_POLLIN, 0},
         };
         int64_t now = mh_mono_ms();
         long wait = self->next_tick > now ? (long)(self->next_tick - now) : 0;
-        if (zmq_poll(items, self->npending ? 5 : 6, wait < 100 ? wait : 100) < 0 && errno != EINTR)
+        if (zmq_poll(items, self->npending ? 6 : 7, wait < 100 ? wait : 100) < 0 && errno != EINTR)
             break;
         if (items[0].revents & ZMQ_POLLIN)
             stopping = mh_actor_term(pipe);
@@ -296,6 +300,8 @@ void ota_actor(zsock_t *pipe, void *args)
             mh_rpc_server_handle(self->rpc, self->router);
         while (ready && (zsock_events(self->dealer) & ZMQ_POLLIN))
             ota_on_twin_reply(self);
+        mh_relay_on_acks(self->downlink);
+        mh_relay_tick(self->downlink, false);
         if (!self->npending)
             ota_read_status(self);
         ota_run_status(self);
@@ -310,7 +316,7 @@ void ota_actor(zsock_t *pipe, void *args)
         }
         if (now >= next_resolve) {
             next_resolve = now + self->cfg->resolve_interval_ms;
-            mh_resolver_refresh(self->resolver);
+            mh_relay_refresh(self->downlink);
             mh_resolver_refresh(self->twin_resolver);
         }
     }
@@ -328,6 +334,15 @@ void ota_actor(zsock_t *pipe, void *args)
         mh_error("stopping with %zu OTA status messages not applied (database away); their"
                  " gateways send them again",
                  self->npending_msgs);
+    /* and what was published is acknowledged by a gateway before exit */
+    while (mh_relay_unacked(self->downlink) && mh_mono_ms() < deadline + 5000) {
+        mh_relay_tick(self->downlink, true);
+        zclock_sleep(10);
+        mh_relay_on_acks(self->downlink);
+    }
+    if (mh_relay_unacked(self->downlink))
+        mh_error("stopping with %zu jobs no gateway acknowledged (sent again by the next ota)",
+                 mh_relay_unacked(self->downlink));
     s_destroy(&self);
     OPENSSL_thread_stop(); /* see gw_actor: the actor thread is detached */
 }

@@ -54,9 +54,9 @@ typedef struct {
     mh_service_ctx_t *ctx;
     tw_config_t *cfg;
     mh_pg_t *pg;
-    zsock_t *pull, *router, *pub, *push;
+    zsock_t *pull, *router, *pub;
+    mh_relay_t *downlink; /* to the gateways, acknowledged once published */
     mh_rpc_server_t *rpc; /* on router */
-    mh_resolver_t *resolver;
 
     /* relay batches read but not yet committed (database away); acknowledged
      * once they are */

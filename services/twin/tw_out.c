@@ -114,15 +114,19 @@ void tw_out_flush(tw_t *self, tw_out_t *o)
         Mh__Downlink dl = MH__DOWNLINK__INIT;
         dl.publishes = o->dls[i].pubs;
         dl.n_publishes = o->dls[i].n;
-        if (mh_envelope_send(self->push, NULL, "downlink", NULL, &dl.base, true) < 0) {
+        /* one Downlink per device keeps its publishes in order at one
+         * gateway */
+        if (mh_relay_add(self->downlink, "downlink", &dl.base) < 0) {
             mh_counter_add(self->m_downlink_dropped, dl.n_publishes);
             mh_log_limited(&self->rl_warn, MH_LOG_WARN,
-                           "no gateway takes downlink messages (queue full); %zu to %s dropped",
-                           dl.n_publishes, o->dls[i].device);
+                           "out of memory: %zu downlinks to %s dropped", dl.n_publishes,
+                           o->dls[i].device);
         } else {
             mh_counter_add(self->m_published, dl.n_publishes);
         }
     }
+    if (o->ndl) /* what one transaction publishes goes now, as one batch */
+        mh_relay_tick(self->downlink, true);
     zmsg_t *m;
     while ((m = zlist_pop(o->events))) {
         if (self->pub)

@@ -150,12 +150,11 @@ static void s_destroy(tw_t **self_p)
         mh_relay_batch_destroy(&self->pending[i]);
     free(self->pending);
     mh_pg_destroy(&self->pg);
-    mh_resolver_destroy(&self->resolver);
     zsock_destroy(&self->pull);
     mh_rpc_server_destroy(&self->rpc);
     zsock_destroy(&self->router);
     zsock_destroy(&self->pub);
-    zsock_destroy(&self->push);
+    mh_relay_destroy(&self->downlink);
     free(self);
     *self_p = NULL;
 }
@@ -179,9 +178,13 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
     zsock_set_router_mandatory(self->pull, 0);
     self->router = zsock_new(ZMQ_ROUTER);
     zsock_set_router_mandatory(self->router, 0);
-    self->push = mh_push_new(self->cfg->downlink_endpoint, &self->resolver);
+    self->downlink = mh_relay_new(&(mh_relay_opts_t){.endpoint = self->cfg->downlink_endpoint,
+                                                     .name = "the gateways",
+                                                     .instance = ctx->instance,
+                                                     .metric_prefix = "mh_twin_downlink_relay"},
+                                  ctx->metrics);
     self->rpc = mh_rpc_server_new(&tw_rpc_def, self, self->pg, ctx->metrics);
-    if (!self->pending || !self->pg || !self->resolver || !self->rpc) {
+    if (!self->pending || !self->pg || !self->downlink || !self->rpc) {
         mh_error("bad settings (downlink endpoint \"%s\")", self->cfg->downlink_endpoint);
         s_destroy(&self);
         return NULL;
@@ -251,7 +254,7 @@ void tw_actor(zsock_t *pipe, void *args)
         mh_actor_failed(pipe);
         return;
     }
-    mh_resolver_refresh(self->resolver);
+    mh_relay_refresh(self->downlink);
     s_connect_db(self);
     mh_actor_ready(pipe);
     int64_t next_sweep = 0, next_cron = 0;
@@ -261,10 +264,11 @@ void tw_actor(zsock_t *pipe, void *args)
         zmq_pollitem_t items[] = {
             {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
             {zsock_resolve(self->router), 0, ZMQ_POLLIN, 0},
+            {zsock_resolve(mh_relay_socket(self->downlink)), 0, ZMQ_POLLIN, 0},
             {zsock_resolve(self->pull), 0, ZMQ_POLLIN, 0},
         };
         /* While a batch waits for the database, take no more. */
-        int nitems = self->npending ? 2 : 3;
+        int nitems = self->npending ? 3 : 4;
         if (zmq_poll(items, nitems, 100) < 0 && errno != EINTR)
             break;
         if (items[0].revents & ZMQ_POLLIN)
@@ -276,6 +280,8 @@ void tw_actor(zsock_t *pipe, void *args)
         if (!self->npending)
             s_read_batch(self);
         s_run_pending(self);
+        mh_relay_on_acks(self->downlink);
+        mh_relay_tick(self->downlink, false);
 
         int64_t now = mh_mono_ms();
         if (now >= next_sweep && mh_pg_ready(self->pg)) {
@@ -288,7 +294,7 @@ void tw_actor(zsock_t *pipe, void *args)
         }
         if (now >= next_resolve) {
             next_resolve = now + self->cfg->resolve_interval_ms;
-            mh_resolver_refresh(self->resolver);
+            mh_relay_refresh(self->downlink);
         }
     }
     /* Drain: what is already read is applied before exit, if the database
@@ -307,5 +313,14 @@ void tw_actor(zsock_t *pipe, void *args)
         mh_error("stopping with %zu device messages not applied (database away); their gateways"
                  " send them again",
                  self->npending_msgs);
+    /* and what was published is acknowledged by a gateway before exit */
+    while (mh_relay_unacked(self->downlink) && mh_mono_ms() < deadline + 5000) {
+        mh_relay_tick(self->downlink, true);
+        zclock_sleep(10);
+        mh_relay_on_acks(self->downlink);
+    }
+    if (mh_relay_unacked(self->downlink))
+        mh_error("stopping with %zu downlink messages no gateway acknowledged",
+                 mh_relay_unacked(self->downlink));
     s_destroy(&self);
 }
