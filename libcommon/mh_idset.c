@@ -17,7 +17,7 @@ struct mh_idset_t {
     zhashx_t *live, *building; /* id -> (void *)1 */
     bool loaded, online_only;
     char what[64];
-    int64_t refresh_ms, next_load, sent_ms, next_resolve;
+    int64_t refresh_ms, next_load, sent_ms, next_resolve, loaded_ms;
     char cursor[80];
     char req_id[40];
     uint64_t seq;
@@ -101,6 +101,13 @@ bool mh_idset_loaded(mh_idset_t *self)
     return self->loaded;
 }
 
+void mh_idset_missed(mh_idset_t *self)
+{
+    int64_t soon = self->loaded_ms + 10000;
+    if (!self->building && self->next_load > soon)
+        self->next_load = soon;
+}
+
 bool mh_idset_has(mh_idset_t *self, const char *id)
 {
     return zhashx_lookup(self->live, id) != NULL;
@@ -170,7 +177,8 @@ void mh_idset_on_rpc(mh_idset_t *self)
         if (!self->loaded)
             mh_info("%s loaded: %zu", self->what, zhashx_size(self->live));
         self->loaded = true;
-        self->next_load = mh_mono_ms() + self->refresh_ms;
+        self->loaded_ms = mh_mono_ms();
+        self->next_load = self->loaded_ms + self->refresh_ms;
         mh_counter_inc(self->m_loads);
         mh_gauge_set(self->m_size, (double)zhashx_size(self->live));
     }

@@ -39,4 +39,8 @@ void mh_idset_tick(mh_idset_t *self);
 /* True once a first complete load finished. */
 bool mh_idset_loaded(mh_idset_t *self);
 bool mh_idset_has(mh_idset_t *self, const char *device_id);
+/* The caller met an id the set does not have: an event may have been lost
+ * (twin restarting while a device was registered), so the set is loaded
+ * again soon — at most once every 10 seconds. */
+void mh_idset_missed(mh_idset_t *self);
 size_t mh_idset_size(mh_idset_t *self);

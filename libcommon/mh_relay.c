@@ -272,6 +272,18 @@ void mh_relay_tick(mh_relay_t *self, bool force)
     s_fill_window(self);
 }
 
+size_t mh_relay_drain(mh_relay_t *self, int64_t timeout_ms)
+{
+    int64_t deadline = mh_mono_ms() + timeout_ms;
+    while (self->held && mh_mono_ms() < deadline) {
+        mh_relay_tick(self, true);
+        zmq_pollitem_t item = {zsock_resolve(self->dealer), 0, ZMQ_POLLIN, 0};
+        zmq_poll(&item, 1, 10);
+        mh_relay_on_acks(self);
+    }
+    return self->held;
+}
+
 void mh_relay_refresh(mh_relay_t *self)
 {
     mh_resolver_refresh(self->resolver);

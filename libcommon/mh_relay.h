@@ -68,6 +68,9 @@ void mh_relay_on_acks(mh_relay_t *self);
  * not acknowledged in time. Call it every few milliseconds; `force` sends
  * a partial batch now (draining). */
 void mh_relay_tick(mh_relay_t *self, bool force);
+/* On the way out: sends what is held and waits up to timeout_ms for the
+ * acknowledgements. Returns the messages still not acknowledged. */
+size_t mh_relay_drain(mh_relay_t *self, int64_t timeout_ms);
 /* Looks the receivers up again (names → every replica). */
 void mh_relay_refresh(mh_relay_t *self);
 

@@ -3,9 +3,11 @@
  *  - twin stopped (SIGSTOP) while devices report offline, then SIGKILLed
  *    and started again: every status the gateway took is applied
  *    (acknowledged delivery, mh_relay.h), none twice;
- *  - ota SIGKILLed with OTA statuses in flight: applied after its restart.
+ *  - a gateway SIGKILLed with devices' last wills in its queue: the broker
+ *    plugin's presence list takes those devices offline all the same.
  * docs/reliability.md has the whole matrix and what each check means. */
 #include "mh_test.h"
+#include "mh_agent.h"
 
 #include <signal.h>
 
@@ -95,10 +97,51 @@ static void test_statuses_survive_twin_stopped_then_killed(void **state)
                 0);
 }
 
+static void test_lost_last_wills_converge(void **state)
+{
+    (void)state;
+    /* twin with a short presence timeout (the broker lists every second) */
+    mht_stop(s_p.twin.pid, SIGTERM, 10000);
+    const char *tx[] = {"--presence-timeout=3s", NULL};
+    mht_twin_start(&s_p.twin, "twin-presence", &s_p.db, s_p.downlink, tx);
+    enum { N = 10 };
+    s_register("lw", N);
+    mh_agent_t *agents[N];
+    for (int i = 0; i < N; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "lw-%04d", i);
+        agents[i] = mh_agent_new(&(mh_agent_opts_t){.url = s_p.broker.url, .device_id = id});
+        mh_agent_connect(agents[i]);
+        assert_true(mh_agent_wait_connected(agents[i], 10000));
+    }
+    assert_true(mht_db_wait_num(&s_p.db,
+                                "SELECT count(*) FROM twin.devices WHERE id LIKE 'lw-%' AND online",
+                                N, 20000) == N);
+    /* the gateway stops; the devices drop off (the broker sends their last
+     * wills towards it); the gateway dies with them unread */
+    assert_int_equal(kill(s_p.gateway.pid, SIGSTOP), 0);
+    for (int i = 0; i < N; i++)
+        mh_agent_kill_connection(agents[i]);
+    mht_sleep_ms(1000);
+    mht_stop(s_p.gateway.pid, SIGKILL, 1000);
+    mht_gateway_for_twin(&s_p.gateway, "gateway-restarted", &s_p.broker, &s_p.ingest, &s_p.twin,
+                         s_p.downlink, s_p.ota.port);
+    int64_t t0 = mht_now_ms();
+    double online = mht_db_wait_num(
+        &s_p.db, "SELECT count(*) FROM twin.devices WHERE id LIKE 'lw-%' AND online", 0, 30000);
+    print_message("# %d devices dropped off while their gateway died: %.0f still online after %.1f"
+                  " s (presence timeout 3 s)\n",
+                  N, online, (double)(mht_now_ms() - t0) / 1000.0);
+    assert_true(online == 0);
+    for (int i = 0; i < N; i++)
+        mh_agent_destroy(&agents[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_statuses_survive_twin_stopped_then_killed),
+        cmocka_unit_test(test_lost_last_wills_converge),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -16,10 +16,16 @@
  *   plugin_opt_service_prefix motehub:      (optional; the default)
  *   plugin_opt_anonymous allow              (local mode's plain loopback
  *                                            listener only: clients without a
- *                                            username may use every topic) */
+ *                                            username may use every topic)
+ *   plugin_opt_presence_interval 30         (seconds; 0: off. The connected
+ *                                            devices on motehub/present,
+ *                                            motehub_presence.h) */
+#include "motehub_presence.h"
+
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +73,20 @@ static int s_own_topic(const char *topic, const char *id)
            topic[8 + n] == '/' && topic[9 + n] != '\0';
 }
 
+/* An "offline" status is the device saying goodbye — and its last will,
+ * which the broker publishes (and checks here) after the disconnect: the
+ * device is gone. Any other use of the broker says it is here. */
+static void s_presence(const struct mosquitto_evt_acl_check *e, const char *who)
+{
+    size_t n = strlen(who);
+    bool status = e->access == MOSQ_ACL_WRITE && strncmp(e->topic, "devices/", 8) == 0 &&
+                  strncmp(e->topic + 8, who, n) == 0 && strcmp(e->topic + 8 + n, "/status") == 0;
+    if (status && e->payload && memmem(e->payload, e->payloadlen, "\"offline\"", 9))
+        presence_gone(who);
+    else
+        presence_seen(who);
+}
+
 static int s_on_acl(int event, void *data, void *ud)
 {
     (void)event;
@@ -75,6 +95,11 @@ static int s_on_acl(int event, void *data, void *ud)
     const char *user = mosquitto_client_username(e->client);
     if (e->access == MOSQ_ACL_UNSUBSCRIBE)
         return MOSQ_ERR_SUCCESS; /* dropping a subscription never hurts */
+    /* a device is present: its CN, or on the anonymous loopback listener
+     * its client id (platform services are not devices) */
+    const char *who = user ? user : mosquitto_client_id(e->client);
+    if (who && !(user && strncmp(user, self->service_prefix, strlen(self->service_prefix)) == 0))
+        s_presence(e, who);
     if (!user && self->anonymous_allowed)
         return MOSQ_ERR_SUCCESS;
     if (user && strncmp(user, self->service_prefix, strlen(self->service_prefix)) == 0)
@@ -96,12 +121,25 @@ static int s_on_acl(int event, void *data, void *ud)
     return MOSQ_ERR_ACL_DENIED;
 }
 
+static int s_on_disconnect(int event, void *data, void *ud)
+{
+    (void)event;
+    (void)ud;
+    struct mosquitto_evt_disconnect *e = data;
+    const char *user = mosquitto_client_username(e->client);
+    const char *who = user ? user : mosquitto_client_id(e->client);
+    if (who)
+        presence_gone(who);
+    return MOSQ_ERR_SUCCESS;
+}
+
 static int s_on_tick(int event, void *data, void *ud)
 {
     (void)event;
     (void)data;
     s_acl_t *self = ud;
     time_t now = time(NULL);
+    presence_tick(now);
     if (now == self->last_publish ||
         memcmp(self->denied, self->published, sizeof self->denied) == 0)
         return MOSQ_ERR_SUCCESS;
@@ -122,13 +160,16 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *id, void **ud, struct mosquitto
     memset(self, 0, sizeof *self);
     self->id = id;
     const char *prefix = "motehub:";
+    int presence_interval = 30;
     for (int i = 0; i < nopts; i++)
         if (strcmp(opts[i].key, "service_prefix") == 0 && opts[i].value && *opts[i].value)
             prefix = opts[i].value;
         else if (strcmp(opts[i].key, "anonymous") == 0 && opts[i].value)
             self->anonymous_allowed = strcmp(opts[i].value, "allow") == 0;
+        else if (strcmp(opts[i].key, "presence_interval") == 0 && opts[i].value)
+            presence_interval = atoi(opts[i].value);
     self->service_prefix = strdup(prefix);
-    if (!self->service_prefix)
+    if (!self->service_prefix || presence_init(presence_interval) < 0)
         return MOSQ_ERR_NOMEM;
     *ud = self;
     /* the counters start at zero on every broker start: say so at once */
@@ -136,6 +177,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *id, void **ud, struct mosquitto
     int rc = mosquitto_callback_register(id, MOSQ_EVT_ACL_CHECK, s_on_acl, NULL, self);
     if (rc == MOSQ_ERR_SUCCESS)
         rc = mosquitto_callback_register(id, MOSQ_EVT_TICK, s_on_tick, NULL, self);
+    if (rc == MOSQ_ERR_SUCCESS)
+        rc = mosquitto_callback_register(id, MOSQ_EVT_DISCONNECT, s_on_disconnect, NULL, self);
     mosquitto_log_printf(MOSQ_LOG_INFO, "motehub_acl: devices/<CN>/ only; services \"%s*\"",
                          self->service_prefix);
     return rc;
@@ -148,6 +191,8 @@ int mosquitto_plugin_cleanup(void *ud, struct mosquitto_opt *opts, int nopts)
     s_acl_t *self = ud;
     mosquitto_callback_unregister(self->id, MOSQ_EVT_ACL_CHECK, s_on_acl, NULL);
     mosquitto_callback_unregister(self->id, MOSQ_EVT_TICK, s_on_tick, NULL);
+    mosquitto_callback_unregister(self->id, MOSQ_EVT_DISCONNECT, s_on_disconnect, NULL);
+    presence_cleanup();
     free(self->service_prefix);
     self->service_prefix = NULL;
     return MOSQ_ERR_SUCCESS;

@@ -103,9 +103,9 @@ typedef struct {
 /* the MQTT subscriptions: every device topic the gateway serves */
 #define GW_NTOPICS 7
 typedef struct {
-    char buf[GW_NTOPICS][160];
-    char *ptr[GW_NTOPICS];
-    int qos[GW_NTOPICS];
+    char buf[GW_NTOPICS + 1][160]; /* and the broker plugin's presence list */
+    char *ptr[GW_NTOPICS + 1];
+    int qos[GW_NTOPICS + 1];
     int n;
 } gw_topics_t;
 
@@ -135,6 +135,8 @@ void gw_resend_expired(gw_t *self);
 void gw_seen_flush(gw_t *self);
 void gw_seen_prune(gw_t *self);
 void gw_handle(gw_t *self, zmsg_t *m);
+/* Where the broker plugin lists the devices connected (motehub_presence.h). */
+#define GW_PRESENT_TOPIC "motehub/present"
 
 /* ---- gw_downlink.c ---- */
 

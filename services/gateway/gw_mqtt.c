@@ -102,6 +102,17 @@ void gw_topics(gw_t *self, gw_topics_t *t)
         t->ptr[i] = t->buf[i];
         t->qos[i] = 1;
     }
+    /* the devices connected, for twin to correct a lost last will; each
+     * list to one gateway */
+    if (*self->cfg->twin_endpoint) {
+        if (*self->cfg->share_group)
+            snprintf(t->buf[t->n], sizeof t->buf[t->n], "$share/%s/%s", self->cfg->share_group,
+                     GW_PRESENT_TOPIC);
+        else
+            snprintf(t->buf[t->n], sizeof t->buf[t->n], "%s", GW_PRESENT_TOPIC);
+        t->ptr[t->n] = t->buf[t->n];
+        t->qos[t->n++] = 1;
+    }
 }
 
 void gw_subscribe(gw_t *self)

@@ -114,11 +114,43 @@ void gw_seen_prune(gw_t *self)
 
 /* ---- routing a device message ---- */
 
+/* The broker plugin's list of connected devices, {"ids":[...]}: to twin as
+ * "broker.present" (ids that are not device ids are left out). */
+static void s_present(gw_t *self, const char *payload, size_t len)
+{
+    json_t *root = mh_json_loadb(payload, len, 0, MH_JSON_MAX_DEPTH, NULL);
+    json_t *ids = json_object_get(root, "ids");
+    size_t n = json_array_size(ids), k = 0;
+    char **v = calloc(n + 1, sizeof *v);
+    for (size_t i = 0; v && i < n; i++) {
+        const char *id = json_string_value(json_array_get(ids, i));
+        if (id && gw_device_id_valid(id, strlen(id)))
+            v[k++] = (char *)id;
+    }
+    if (k && self->twin_relay) {
+        Mh__DeviceSeen ps = MH__DEVICE_SEEN__INIT;
+        ps.device_ids = v;
+        ps.n_device_ids = k;
+        ps.ts_ms = mh_now_ms();
+        s_forward(self, "broker.present", &ps.base);
+    } else if (!json_is_array(ids)) {
+        mh_counter_inc(self->m_bad_internal);
+        mh_log_limited(&self->rl_warn, MH_LOG_WARN, "malformed presence list from the broker");
+    }
+    free(v);
+    json_decref(root);
+}
+
 void gw_handle(gw_t *self, zmsg_t *m)
 {
     zframe_t *ft = zmsg_first(m), *fp = zmsg_next(m);
     if (!ft || !fp) {
         mh_counter_inc(self->m_bad_internal);
+        return;
+    }
+    if (zframe_size(ft) == strlen(GW_PRESENT_TOPIC) &&
+        memcmp(zframe_data(ft), GW_PRESENT_TOPIC, zframe_size(ft)) == 0) {
+        s_present(self, (const char *)zframe_data(fp), zframe_size(fp));
         return;
     }
     char device[GW_MAX_ID + 1];
@@ -132,6 +164,7 @@ void gw_handle(gw_t *self, zmsg_t *m)
     }
     mh_counter_inc(self->m_received[kind]);
     if (self->registry && !mh_idset_has(self->registry, device)) {
+        mh_idset_missed(self->registry);
         s_reject(self, device, ft, GW_UNREGISTERED, "the device is not registered");
         return;
     }

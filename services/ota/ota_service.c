@@ -335,14 +335,10 @@ void ota_actor(zsock_t *pipe, void *args)
                  " gateways send them again",
                  self->npending_msgs);
     /* and what was published is acknowledged by a gateway before exit */
-    while (mh_relay_unacked(self->downlink) && mh_mono_ms() < deadline + 5000) {
-        mh_relay_tick(self->downlink, true);
-        zclock_sleep(10);
-        mh_relay_on_acks(self->downlink);
-    }
-    if (mh_relay_unacked(self->downlink))
+    size_t left = mh_relay_drain(self->downlink, 5000);
+    if (left)
         mh_error("stopping with %zu jobs no gateway acknowledged (sent again by the next ota)",
-                 mh_relay_unacked(self->downlink));
+                 left);
     s_destroy(&self);
     OPENSSL_thread_stop(); /* see gw_actor: the actor thread is detached */
 }

@@ -8,7 +8,7 @@ typedef struct {
     char id[MH_MAX_DEVICE_ID + 1];
     char *doc_text; /* as read; parsed on first need */
     json_t *doc;
-    int64_t version, conn_ms, last_seen;
+    int64_t version, conn_ms, last_seen, present_ms;
     bool online, doc_dirty, row_dirty, came_online;
     char source[8];
     char *firmware; /* the column: reported firmware, else the status message's */
@@ -20,6 +20,7 @@ typedef struct {
     tw_out_t out;
     int64_t now;
     mh_counter_t *m_online;
+    bool presence; /* a presence list is in the batch */
 } s_batch_t;
 
 static void s_dev_free(void **item)
@@ -396,7 +397,8 @@ static void s_command_ack(tw_t *self, s_batch_t *b, s_dev_t *d, const Mh__Device
 typedef struct {
     Mh__DeviceMessage *msg;
     Mh__DeviceSeen *seen;
-    size_t batch, pos; /* its relay batch, and its place in it */
+    Mh__DeviceSeen *present; /* the broker's list of connected devices */
+    size_t batch, pos;       /* its relay batch, and its place in it */
 } s_msg_t;
 
 /* The relay batches of one transaction: which are new (applied now) and
@@ -414,8 +416,18 @@ static void s_msgs_free(s_msg_t *v, size_t n)
             mh__device_message__free_unpacked(v[i].msg, NULL);
         if (v[i].seen)
             mh__device_seen__free_unpacked(v[i].seen, NULL);
+        if (v[i].present)
+            mh__device_seen__free_unpacked(v[i].present, NULL);
     }
     free(v);
+}
+
+static bool s_ids_valid(const Mh__DeviceSeen *s)
+{
+    for (size_t j = 0; j < s->n_device_ids; j++)
+        if (!mh_device_id_valid(s->device_ids[j], strlen(s->device_ids[j])))
+            return false;
+    return true;
 }
 
 /* Decodes every message of the batches into *n_out entries. */
@@ -438,19 +450,21 @@ static s_msg_t *s_decode(tw_t *self, mh_relay_batch_t **batches, size_t nb, size
             v[i].msg = mh__device_message__unpack(NULL, env->body.len, env->body.data);
         else if (env && strcmp(env->type, "device.seen") == 0)
             v[i].seen = mh__device_seen__unpack(NULL, env->body.len, env->body.data);
+        else if (env && strcmp(env->type, "broker.present") == 0)
+            v[i].present = mh__device_seen__unpack(NULL, env->body.len, env->body.data);
         if (v[i].msg && !mh_device_id_valid(v[i].msg->device_id, strlen(v[i].msg->device_id))) {
             mh__device_message__free_unpacked(v[i].msg, NULL);
             v[i].msg = NULL;
         }
-        if (v[i].seen)
-            for (size_t j = 0; j < v[i].seen->n_device_ids; j++)
-                if (!mh_device_id_valid(v[i].seen->device_ids[j],
-                                        strlen(v[i].seen->device_ids[j]))) {
-                    mh__device_seen__free_unpacked(v[i].seen, NULL);
-                    v[i].seen = NULL;
-                    break;
-                }
-        if (!v[i].msg && !v[i].seen) {
+        if (v[i].seen && !s_ids_valid(v[i].seen)) {
+            mh__device_seen__free_unpacked(v[i].seen, NULL);
+            v[i].seen = NULL;
+        }
+        if (v[i].present && !s_ids_valid(v[i].present)) {
+            mh__device_seen__free_unpacked(v[i].present, NULL);
+            v[i].present = NULL;
+        }
+        if (!v[i].msg && !v[i].seen && !v[i].present) {
             mh_counter_inc(self->m_rejected[TW_R_MALFORMED]);
             mh_log_limited(&self->rl_warn, MH_LOG_WARN,
                            "malformed message on the device socket, ignoring");
@@ -471,9 +485,11 @@ static bool s_load(tw_t *self, s_batch_t *b, s_msg_t *v, size_t n, char *err, si
     for (size_t i = 0; i < n; i++) {
         if (v[i].msg)
             zhashx_insert(ids, v[i].msg->device_id, (void *)1);
-        if (v[i].seen)
-            for (size_t j = 0; j < v[i].seen->n_device_ids; j++)
-                zhashx_insert(ids, v[i].seen->device_ids[j], (void *)1);
+        for (int k = 0; k < 2; k++) {
+            const Mh__DeviceSeen *s = k ? v[i].present : v[i].seen;
+            for (size_t j = 0; s && j < s->n_device_ids; j++)
+                zhashx_insert(ids, s->device_ids[j], (void *)1);
+        }
     }
     zlistx_t *keys = zhashx_keys(ids);
     size_t nk = zlistx_size(keys), k = 0;
@@ -482,7 +498,7 @@ static bool s_load(tw_t *self, s_batch_t *b, s_msg_t *v, size_t n, char *err, si
         arr[k++] = key;
     PGresult *res = mh_pg_exec_ids(self->pg,
                                    "SELECT id, doc::text, version, online, online_source, conn_ms,"
-                                   " last_seen_ms, firmware FROM twin.devices"
+                                   " last_seen_ms, firmware, present_ms FROM twin.devices"
                                    " WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
                                    arr, nk, err, errlen);
     free(arr);
@@ -500,6 +516,7 @@ static bool s_load(tw_t *self, s_batch_t *b, s_msg_t *v, size_t n, char *err, si
         d->conn_ms = tw_i64(res, r, 5);
         d->last_seen = tw_i64(res, r, 6);
         d->firmware = PQgetisnull(res, r, 7) ? NULL : strdup(PQgetvalue(res, r, 7));
+        d->present_ms = tw_i64(res, r, 8);
         zhashx_insert(b->devs, d->id, d);
     }
     PQclear(res);
@@ -523,6 +540,8 @@ static bool s_store(tw_t *self, s_batch_t *b, char *err, size_t errlen)
         json_object_set_new(row, "conn_ms", json_integer(d->conn_ms));
         json_object_set_new(row, "last_seen",
                             d->last_seen ? json_integer(d->last_seen) : json_null());
+        json_object_set_new(row, "present",
+                            d->present_ms ? json_integer(d->present_ms) : json_null());
         json_array_append_new(rows, row);
     }
     bool ok = true;
@@ -532,10 +551,10 @@ static bool s_store(tw_t *self, s_batch_t *b, char *err, size_t errlen)
         ok = mh_pg_ok(self->pg,
                       "UPDATE twin.devices d SET doc = COALESCE(u.doc, d.doc), version = u.version,"
                       " firmware = u.firmware, online = u.online, online_source = u.source,"
-                      " conn_ms = u.conn_ms, last_seen_ms = u.last_seen"
+                      " conn_ms = u.conn_ms, last_seen_ms = u.last_seen, present_ms = u.present"
                       " FROM jsonb_to_recordset($1::jsonb) AS u(id text, doc jsonb, version bigint,"
                       " firmware text, online boolean, source text, conn_ms bigint,"
-                      " last_seen bigint) WHERE d.id = u.id",
+                      " last_seen bigint, present bigint) WHERE d.id = u.id",
                       1, p, err, errlen);
         free(text);
     }
@@ -572,6 +591,32 @@ static bool s_store(tw_t *self, s_batch_t *b, char *err, size_t errlen)
         }
     }
     return ok;
+}
+
+/* The broker had these devices connected at ts_ms (motehub_presence.h):
+ * the sweep takes a device online by its status offline when the broker
+ * has not had it for a while (tw_sweep). */
+static bool s_presence_heard(tw_t *self, int64_t now, char *err, size_t errlen)
+{
+    char now_s[32];
+    snprintf(now_s, sizeof now_s, "%" PRId64, now);
+    const char *p[] = {now_s};
+    return mh_pg_ok(self->pg,
+                    "INSERT INTO twin.presence VALUES (1, $1::bigint) ON CONFLICT (k) DO UPDATE"
+                    " SET at_ms = GREATEST(twin.presence.at_ms, EXCLUDED.at_ms)",
+                    1, p, err, errlen);
+}
+
+static void s_present(s_batch_t *b, const Mh__DeviceSeen *p)
+{
+    b->presence = true;
+    for (size_t j = 0; j < p->n_device_ids; j++) {
+        s_dev_t *d = zhashx_lookup(b->devs, p->device_ids[j]);
+        if (d && p->ts_ms > d->present_ms) {
+            d->present_ms = p->ts_ms;
+            d->row_dirty = true;
+        }
+    }
 }
 
 /* Records the relay batches' ids in the transaction that applies them:
@@ -636,6 +681,10 @@ static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_relays_t *rl, tw_out_
         for (size_t i = 0; i < n; i++) {
             if (rl && !rl->fresh[v[i].batch])
                 continue;
+            if (v[i].present) {
+                s_present(&b, v[i].present);
+                continue;
+            }
             if (v[i].seen) {
                 for (size_t j = 0; j < v[i].seen->n_device_ids; j++) {
                     s_dev_t *d = zhashx_lookup(b.devs, v[i].seen->device_ids[j]);
@@ -679,7 +728,8 @@ static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_relays_t *rl, tw_out_
             online[nc++] = d->id;
             tw_maybe_delta(&b.out, d->id, NULL, s_dev_doc(d));
         }
-        ok = s_store(self, &b, err, errlen) &&
+        ok = (!b.presence || s_presence_heard(self, b.now, err, errlen)) &&
+             s_store(self, &b, err, errlen) &&
              tw_deliver(self, &b.out, online, nc, b.now, err, errlen) &&
              mh_pg_commit(self->pg, err, errlen);
         free(online);

@@ -21,6 +21,9 @@ const mh_cfg_opt_t tw_config_options[] = {
     {"keepalive", "MH_DEVICE_KEEPALIVE", MH_CFG_DURATION, "60s", S_CFG(keepalive_ms),
      "device keep-alive: a device online only by its messages goes offline after"
      " keep-alive plus grace in silence"},
+    {"presence-timeout", "MH_PRESENCE_TIMEOUT", MH_CFG_DURATION, "2m", S_CFG(presence_timeout_ms),
+     "a device online by its status goes offline when the broker has not listed it as connected"
+     " for this long (its last will was lost; motehub_acl's presence list, every 30 s)"},
     {"grace", "MH_DEVICE_GRACE", MH_CFG_DURATION, "30s", S_CFG(grace_ms),
      "grace added to the keep-alive before a silent device counts as offline"},
     {"command-ttl", "MH_COMMAND_TTL", MH_CFG_DURATION, "1h", S_CFG(command_ttl_ms),
@@ -80,7 +83,14 @@ static const char *s_schema_sql =
     /* the gateways' relay batches applied (mh_relay.h), kept an hour */
     "CREATE TABLE IF NOT EXISTS twin.relay_batches ("
     "  batch_id text PRIMARY KEY, at_ms bigint NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS relay_batches_at ON twin.relay_batches (at_ms);";
+    "CREATE INDEX IF NOT EXISTS relay_batches_at ON twin.relay_batches (at_ms);"
+    /* when the broker last listed the device as connected (motehub_presence.h) */
+    "ALTER TABLE twin.devices ADD COLUMN IF NOT EXISTS present_ms bigint;"
+    /* when the broker last sent a presence list: while it does, a device it
+     * never listed is not connected either */
+    "CREATE TABLE IF NOT EXISTS twin.presence (k int PRIMARY KEY, at_ms bigint NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS devices_absent ON twin.devices (present_ms)"
+    "  WHERE online AND online_source = 'status';";
 
 static const char *s_reason_names[TW_R_COUNT] = {
     "bad_json", "bad_request",     "version_conflict", "too_large",         "unregistered",
@@ -314,13 +324,8 @@ void tw_actor(zsock_t *pipe, void *args)
                  " send them again",
                  self->npending_msgs);
     /* and what was published is acknowledged by a gateway before exit */
-    while (mh_relay_unacked(self->downlink) && mh_mono_ms() < deadline + 5000) {
-        mh_relay_tick(self->downlink, true);
-        zclock_sleep(10);
-        mh_relay_on_acks(self->downlink);
-    }
-    if (mh_relay_unacked(self->downlink))
-        mh_error("stopping with %zu downlink messages no gateway acknowledged",
-                 mh_relay_unacked(self->downlink));
+    size_t left = mh_relay_drain(self->downlink, 5000);
+    if (left)
+        mh_error("stopping with %zu downlink messages no gateway acknowledged", left);
     s_destroy(&self);
 }

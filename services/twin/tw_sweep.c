@@ -50,25 +50,45 @@ void tw_sweep(tw_t *self)
                   sizeof err) &&
         !mh_pg_retryable(self->pg))
         mh_log_limited(&self->rl_db, MH_LOG_ERROR, "relay batch sweep failed: %s", err);
-    const char *sp[] = {silent_s, now_s};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "UPDATE twin.devices SET online = false, conn_ms = $2::bigint"
-                               " WHERE online AND online_source = 'message'"
-                               " AND last_seen_ms < $1::bigint RETURNING id, firmware",
-                               2, sp, err, sizeof err);
-    if (res) {
+    char absent_s[32];
+    snprintf(absent_s, sizeof absent_s, "%" PRId64, now - self->cfg->presence_timeout_ms);
+    static const struct {
+        const char *sql, *reason;
+    } offline_sweeps[] = {
+        /* online by its messages alone, and silent past keep-alive + grace */
+        {"UPDATE twin.devices SET online = false, conn_ms = $2::bigint"
+         " WHERE online AND online_source = 'message'"
+         " AND last_seen_ms < $1::bigint RETURNING id, firmware",
+         "silence"},
+        /* online by its status, and the broker, which lists the devices
+         * connected, has not listed it since before the presence timeout:
+         * its last will was lost */
+        {"UPDATE twin.devices SET online = false, conn_ms = $2::bigint"
+         " WHERE online AND online_source = 'status' AND COALESCE(present_ms, 0) < $1::bigint"
+         " AND conn_ms < $1::bigint"
+         " AND EXISTS (SELECT 1 FROM twin.presence WHERE at_ms >= $1::bigint)"
+         " RETURNING id, firmware",
+         "not connected"},
+    };
+    for (size_t i = 0; i < 2; i++) {
+        const char *sp[] = {i ? absent_s : silent_s, now_s};
+        PGresult *res =
+            mh_pg_exec(self->pg, PGRES_TUPLES_OK, offline_sweeps[i].sql, 2, sp, err, sizeof err);
+        if (!res) {
+            if (!mh_pg_retryable(self->pg))
+                mh_log_limited(&self->rl_db, MH_LOG_ERROR, "connectivity sweep failed: %s", err);
+            continue;
+        }
         for (int r = 0; r < PQntuples(res); r++) {
             Mh__DeviceConnectivity ev = MH__DEVICE_CONNECTIVITY__INIT;
             ev.device_id = PQgetvalue(res, r, 0);
             ev.ts_ms = now;
             ev.firmware = PQgetvalue(res, r, 1);
-            ev.reason = "silence";
+            ev.reason = (char *)offline_sweeps[i].reason;
             tw_out_event(&out, "device.offline", &ev.base);
             mh_counter_inc(self->m_offline);
         }
         PQclear(res);
-    } else if (!mh_pg_retryable(self->pg)) {
-        mh_log_limited(&self->rl_db, MH_LOG_ERROR, "silence sweep failed: %s", err);
     }
     tw_out_flush(self, &out);
     tw_out_destroy(&out);

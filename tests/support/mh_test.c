@@ -199,6 +199,10 @@ void mht_broker_start(mht_broker_t *b)
     snprintf(conf, sizeof conf, "%s/mosquitto-%d.conf", mht_artifacts(), b->port);
     FILE *f = fopen(conf, "w");
     assert_non_null(f);
+    /* the broker plugin as deployed (presence listed every second) */
+    char plugin[512];
+    fprintf(f, "plugin %s\nplugin_opt_anonymous allow\nplugin_opt_presence_interval 1\n",
+            mht_build_path("services/broker-acl/motehub_acl.so", plugin, sizeof plugin));
     fprintf(f,
             "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
             "max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
