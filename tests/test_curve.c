@@ -168,16 +168,11 @@ static void test_no_handshake_without_the_right_key(void **state)
         const char *endpoint;
         int type;
     } socks[] = {
-        {s_p.ingest.endpoint, ZMQ_DEALER},
-        {s_p.ingest.rpc_endpoint, ZMQ_DEALER},
-        {s_p.twin.endpoint, ZMQ_DEALER},
-        {s_p.twin.rpc_endpoint, ZMQ_DEALER},
-        {s_p.twin.events_endpoint, ZMQ_SUB},
-        {s_p.ota.endpoint, ZMQ_DEALER},
-        {s_p.ota.rpc_endpoint, ZMQ_DEALER},
-        {s_p.ota.events_endpoint, ZMQ_SUB},
-        {s_p.downlink, ZMQ_DEALER},
-        {gw_events, ZMQ_SUB},
+        {s_p.ingest.endpoint, ZMQ_DEALER},   {s_p.ingest.rpc_endpoint, ZMQ_DEALER},
+        {s_p.twin.endpoint, ZMQ_DEALER},     {s_p.twin.rpc_endpoint, ZMQ_DEALER},
+        {s_p.twin.events_endpoint, ZMQ_SUB}, {s_p.ota.endpoint, ZMQ_DEALER},
+        {s_p.ota.rpc_endpoint, ZMQ_DEALER},  {s_p.ota.events_endpoint, ZMQ_SUB},
+        {s_p.downlink, ZMQ_DEALER},          {gw_events, ZMQ_SUB},
     };
     for (size_t i = 0; i < sizeof socks / sizeof *socks; i++) {
         assert_true(s_handshake(socks[i].endpoint, socks[i].type, S_GOOD));

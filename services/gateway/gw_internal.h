@@ -69,6 +69,7 @@ typedef struct {
     zsock_t *downlink;      /* ROUTER for relay batches, may be NULL */
     zlist_t *dl_queue;      /* publishes waiting for Paho to take them */
     zlistx_t *dl_batches;   /* gw_dlbatch_t: batches being published */
+    int64_t deferred_ms;    /* when Paho was last asked to offer a message again */
     mh_idset_t *registry;   /* NULL when not checking */
     zhashx_t *seen;         /* device -> monotonic ms it was last reported seen */
     struct s_seen_item {

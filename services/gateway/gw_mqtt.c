@@ -40,6 +40,7 @@ int gw_on_message(void *context, char *topic, int topic_len, MQTTAsync_message *
     if (zmsg_send(&m, self->in_push) != 0) {
         zmsg_destroy(&m);
         mh_counter_inc(self->m_deferred);
+        __atomic_store_n(&self->deferred_ms, mh_mono_ms(), __ATOMIC_RELEASE);
         return 0; /* not taken: Paho will offer it again */
     }
     MQTTAsync_freeMessage(&msg);

@@ -551,7 +551,11 @@ void gw_actor(zsock_t *pipe, void *args)
             /* In-flight messages still arrive after the UNSUBACK; wait for
              * a quiet moment before closing the session. */
             bool unsub = __atomic_load_n(&self->unsubscribed, __ATOMIC_ACQUIRE);
-            if ((unsub && now - last_message > 300) || now > phase_deadline) {
+            /* and for a message Paho holds to offer again (the actor was
+             * behind): closing the session would drop it unacknowledged */
+            int64_t deferred = __atomic_load_n(&self->deferred_ms, __ATOMIC_ACQUIRE);
+            if ((unsub && now - last_message > 300 && now - deferred > 2000) ||
+                now > phase_deadline) {
                 s_mqtt_stop(self);
                 s_take_messages(self, INT32_MAX); /* whatever Paho handed over last */
                 phase = DRAINING;

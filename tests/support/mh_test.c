@@ -306,6 +306,14 @@ void mht_kafka_stop(mht_kafka_t *k)
     k->pid = 0;
 }
 
+void mht_broker_restart(mht_broker_t *b)
+{
+    mht_stop(b->pid, SIGTERM, 5000);
+    char conf[700];
+    snprintf(conf, sizeof conf, "%s/mosquitto-%d.conf", mht_artifacts(), b->port);
+    s_broker_run(b, conf, "mosquitto-restarted");
+}
+
 void mht_broker_stop(mht_broker_t *b)
 {
     mht_stop(b->pid, SIGTERM, 5000);
@@ -316,6 +324,8 @@ void mht_broker_stop(mht_broker_t *b)
 
 static char s_pg_base[256];
 static char s_pg_dir[600];
+static int s_pg_port;
+static bool s_pg_own;
 
 static void s_pg_cluster_stop(void)
 {
@@ -333,12 +343,12 @@ static const char *s_pg_cluster(void)
     if (*s_pg_base)
         return s_pg_base;
     const char *env = getenv("MH_TEST_PG");
-    if (env && *env) {
+    if (env && *env && !s_pg_own) {
         snprintf(s_pg_base, sizeof s_pg_base, "%s", env);
         return s_pg_base;
     }
-    int port = mht_free_port();
-    snprintf(s_pg_dir, sizeof s_pg_dir, "%s/pg", mht_artifacts());
+    int port = s_pg_port = mht_free_port();
+    snprintf(s_pg_dir, sizeof s_pg_dir, "%s/pg-%d", mht_artifacts(), port);
     char cmd[900];
     snprintf(cmd, sizeof cmd, "'%s/tests/lib/pg-cluster.sh' start '%s' %d",
              getenv("MH_SOURCE_ROOT") ? getenv("MH_SOURCE_ROOT") : ".", s_pg_dir, port);
@@ -347,6 +357,22 @@ static const char *s_pg_cluster(void)
     atexit(s_pg_cluster_stop);
     snprintf(s_pg_base, sizeof s_pg_base, "host=127.0.0.1 port=%d user=postgres", port);
     return s_pg_base;
+}
+
+void mht_pg_private(void)
+{
+    s_pg_own = true;
+}
+
+void mht_pg_restart(void)
+{
+    if (!s_pg_own || !*s_pg_dir)
+        fail_msg("mht_pg_restart needs mht_pg_private before the first database");
+    const char *src = getenv("MH_SOURCE_ROOT") ? getenv("MH_SOURCE_ROOT") : ".";
+    if (mht_shell(
+            "'%s/tests/lib/pg-cluster.sh' stop '%s' && '%s/tests/lib/pg-cluster.sh' start '%s' %d",
+            src, s_pg_dir, src, s_pg_dir, s_pg_port) != 0)
+        fail_msg("restarting PostgreSQL failed");
 }
 
 void mht_db_create(mht_db_t *db)
@@ -394,6 +420,12 @@ double mht_db_num(mht_db_t *db, const char *fmt, ...)
     vsnprintf(sql, sizeof sql, fmt, ap);
     va_end(ap);
     PGresult *r = PQexec(db->conn, sql);
+    if (PQstatus(db->conn) == CONNECTION_BAD) { /* PostgreSQL restarted: connect again */
+        PQclear(r);
+        for (int i = 0; i < 100 && (PQreset(db->conn), PQstatus(db->conn) != CONNECTION_OK); i++)
+            mht_sleep_ms(100);
+        r = PQexec(db->conn, sql);
+    }
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) < 1) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(r));
@@ -410,6 +442,8 @@ double mht_db_wait_num(mht_db_t *db, const char *sql, double want, int timeout_m
     int64_t deadline = mht_now_ms() + timeout_ms;
     double v;
     for (;;) {
+        if (PQstatus(db->conn) == CONNECTION_BAD)
+            PQreset(db->conn); /* PostgreSQL restarted: connect again */
         PGresult *r = PQexec(db->conn, sql);
         v = NAN;
         if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))

@@ -66,6 +66,16 @@ void mht_kafka_start(mht_kafka_t *k);
 void mht_kafka_cmd(mht_kafka_t *k, const char *cmd);
 void mht_kafka_stop(mht_kafka_t *k);
 
+/* Restarts a plain broker (mht_broker_start) on its port, as an operator
+ * would: SIGTERM, then the same configuration. */
+void mht_broker_restart(mht_broker_t *b);
+
+/* A test that restarts PostgreSQL runs its own cluster: call before the
+ * first mht_db_create. */
+void mht_pg_private(void);
+/* Restarts that private cluster (fast shutdown, then start on its port). */
+void mht_pg_restart(void);
+
 /* A fresh database in the suite's PostgreSQL cluster (started on demand). */
 typedef struct {
     PGconn *conn;
