@@ -69,7 +69,8 @@ typedef struct {
     mh_histogram_t *m_batch_ms;
     mh_gauge_t *m_db;
     mh_ratelimit_t rl_warn, rl_db;
-    mh_rpc_db_t db; /* pg, m_db_errors and rl_db, for the RPC methods */
+    mh_rpc_db_t db;           /* pg, m_db_errors and rl_db, for the RPC methods */
+    int64_t next_relay_prune; /* wall ms: when tw_sweep next prunes relay ids */
 } tw_t;
 
 /* small helpers */

@@ -42,14 +42,18 @@ void tw_sweep(tw_t *self)
         PQclear(res);
     }
     /* a gateway re-sends an unacknowledged batch within seconds: an hour
-     * of applied ids covers any re-send */
-    char old_s[32];
-    snprintf(old_s, sizeof old_s, "%" PRId64, now - 3600 * 1000);
-    const char *op[] = {old_s};
-    if (!mh_pg_ok(self->pg, "DELETE FROM twin.relay_batches WHERE at_ms < $1::bigint", 1, op, err,
-                  sizeof err) &&
-        !mh_pg_retryable(self->pg))
-        mh_log_limited(&self->rl_db, MH_LOG_ERROR, "relay batch sweep failed: %s", err);
+     * of applied ids covers any re-send, and pruning them once a minute is
+     * plenty (the sweep runs every second) */
+    if (now >= self->next_relay_prune) {
+        self->next_relay_prune = now + 60000;
+        char old_s[32];
+        snprintf(old_s, sizeof old_s, "%" PRId64, now - 3600 * 1000);
+        const char *op[] = {old_s};
+        if (!mh_pg_ok(self->pg, "DELETE FROM twin.relay_batches WHERE at_ms < $1::bigint", 1, op,
+                      err, sizeof err) &&
+            !mh_pg_retryable(self->pg))
+            mh_log_limited(&self->rl_db, MH_LOG_ERROR, "relay batch sweep failed: %s", err);
+    }
     char absent_s[32];
     snprintf(absent_s, sizeof absent_s, "%" PRId64, now - self->cfg->presence_timeout_ms);
     static const struct {

@@ -412,6 +412,19 @@ void mht_db_drop(mht_db_t *db)
     PQfinish(admin);
 }
 
+/* Runs `sql`; when PostgreSQL was restarted under the test (the connection
+ * is gone), connects again (for up to 10 s) and runs it once more. */
+static PGresult *s_exec(mht_db_t *db, const char *sql)
+{
+    PGresult *r = PQexec(db->conn, sql);
+    if (PQstatus(db->conn) != CONNECTION_BAD)
+        return r;
+    PQclear(r);
+    for (int i = 0; i < 100 && (PQreset(db->conn), PQstatus(db->conn) != CONNECTION_OK); i++)
+        mht_sleep_ms(100);
+    return PQexec(db->conn, sql);
+}
+
 double mht_db_num(mht_db_t *db, const char *fmt, ...)
 {
     char sql[4096];
@@ -419,13 +432,7 @@ double mht_db_num(mht_db_t *db, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(sql, sizeof sql, fmt, ap);
     va_end(ap);
-    PGresult *r = PQexec(db->conn, sql);
-    if (PQstatus(db->conn) == CONNECTION_BAD) { /* PostgreSQL restarted: connect again */
-        PQclear(r);
-        for (int i = 0; i < 100 && (PQreset(db->conn), PQstatus(db->conn) != CONNECTION_OK); i++)
-            mht_sleep_ms(100);
-        r = PQexec(db->conn, sql);
-    }
+    PGresult *r = s_exec(db, sql);
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) < 1) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(r));
@@ -442,9 +449,7 @@ double mht_db_wait_num(mht_db_t *db, const char *sql, double want, int timeout_m
     int64_t deadline = mht_now_ms() + timeout_ms;
     double v;
     for (;;) {
-        if (PQstatus(db->conn) == CONNECTION_BAD)
-            PQreset(db->conn); /* PostgreSQL restarted: connect again */
-        PGresult *r = PQexec(db->conn, sql);
+        PGresult *r = s_exec(db, sql);
         v = NAN;
         if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
             v = strtod(PQgetvalue(r, 0, 0), NULL);
