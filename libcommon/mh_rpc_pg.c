@@ -40,17 +40,21 @@ PGresult *mh_rpc_db_row(const mh_rpc_db_t *db, mh_rpc_reply_t *r, const char *sq
     return NULL;
 }
 
-uint32_t mh_rpc_limit(mh_rpc_reply_t *r, uint32_t asked, uint32_t max)
+uint32_t mh_rpc_limit(mh_rpc_reply_t *r, uint32_t asked, uint32_t max, char sql_limit[16])
 {
     if (asked > max) {
         mh_rpc_fail(r, 400, "bad_request", "\"limit\" is at most %u", max);
         return 0;
     }
-    return asked ? asked : 100;
+    uint32_t limit = asked ? asked : 100;
+    snprintf(sql_limit, 16, "%u", limit + 1);
+    return limit;
 }
 
 void mh_rpc_page(mh_rpc_reply_t *r, PGresult *res, uint32_t limit, const mh_rpc_page_t *page)
 {
+    if (!res)
+        return;
     json_t *items = json_array();
     int rows = PQntuples(res);
     for (int i = 0; i < rows && (uint32_t)i < limit; i++) {

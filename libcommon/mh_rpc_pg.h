@@ -32,8 +32,10 @@ PGresult *mh_rpc_db_row(const mh_rpc_db_t *db, mh_rpc_reply_t *r, const char *sq
     __attribute__((format(printf, 6, 7)));
 
 /* The page size a request asked for: 100 when it asked none; 0, with a 400
- * reply, when it asked for more than `max`. */
-uint32_t mh_rpc_limit(mh_rpc_reply_t *r, uint32_t asked, uint32_t max);
+ * reply, when it asked for more than `max`. `sql_limit` gets the LIMIT to
+ * query with, as a parameter's text: one row more than the page, which
+ * tells mh_rpc_page whether there is a next one. */
+uint32_t mh_rpc_limit(mh_rpc_reply_t *r, uint32_t asked, uint32_t max, char sql_limit[16]);
 
 /* How a page of rows becomes {"items": [...], "next": cursor|null}. The
  * query asked for limit + 1 rows: a row past `limit` means there is more,
@@ -47,5 +49,6 @@ typedef struct {
     void (*cursor)(PGresult *res, int i, char *out, size_t outlen);
 } mh_rpc_page_t;
 
-/* Answers 200 with the page of `res` (freed). */
+/* Answers 200 with the page of `res` (freed). A NULL `res` is a query that
+ * failed, whose reply already says why: nothing to do. */
 void mh_rpc_page(mh_rpc_reply_t *r, PGresult *res, uint32_t limit, const mh_rpc_page_t *page);

@@ -3,7 +3,8 @@
  * documented command. What an operator's script would check. */
 #include "mh_test.h"
 
-#include <curl/curl.h>
+#include "mh_http_client.h"
+
 #include <czmq.h>
 #include <jansson.h>
 
@@ -15,22 +16,8 @@ static char s_token[128];
 typedef struct {
     long status;
     json_t *body;
-    char etag[64];
+    char etag[96];
 } s_resp_t;
-
-static size_t s_collect(char *p, size_t sz, size_t n, void *ud)
-{
-    zchunk_extend(ud, p, sz * n);
-    return sz * n;
-}
-
-static size_t s_header(char *p, size_t sz, size_t n, void *ud)
-{
-    s_resp_t *r = ud;
-    if (strncasecmp(p, "ETag:", 5) == 0)
-        sscanf(p + 5, " %63[^\r\n]", r->etag);
-    return sz * n;
-}
 
 static s_resp_t s_req_n(const char *method, const char *path, const char *body, size_t blen,
                         const char *token, const char *if_match, char *raw, size_t rawlen);
@@ -46,48 +33,27 @@ static s_resp_t s_req_n(const char *method, const char *path, const char *body, 
                         const char *token, const char *if_match, char *raw, size_t rawlen)
 {
     s_resp_t r = {0};
-    char url[1024], auth[200], im[96];
+    char url[1024];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", s_port, path);
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = NULL;
-    if (!token || *token) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", token ? token : s_token);
-        h = curl_slist_append(h, auth);
-    }
-    if (if_match) {
-        snprintf(im, sizeof im, "If-Match: %s", if_match);
-        h = curl_slist_append(h, im);
-    }
-    if (body)
-        h = curl_slist_append(h, "Content-Type: application/json");
-    zchunk_t *out = zchunk_new(NULL, 0);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)blen);
-    }
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, s_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-    if (zchunk_size(out))
-        r.body = json_loadb((const char *)zchunk_data(out), zchunk_size(out), 0, NULL);
+    mh_http_req_t req = {.method = method,
+                         .url = url,
+                         .bearer = !token   ? s_token
+                                   : *token ? token
+                                            : NULL,
+                         .if_match = if_match,
+                         .body = body,
+                         .body_len = blen};
+    mh_http_resp_t resp;
+    r.status = mh_http_request(&req, &resp);
+    if (!r.status)
+        fail_msg("%s %s: %s", method, path, resp.error);
+    if (resp.len)
+        r.body = json_loadb(resp.body, resp.len, 0, NULL);
     if (raw)
-        snprintf(raw, rawlen, "%.*s", (int)zchunk_size(out), (const char *)zchunk_data(out));
-    zchunk_destroy(&out);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
+        snprintf(raw, rawlen, "%.*s", (int)resp.len, resp.body);
+    snprintf(r.etag, sizeof r.etag, "%s", resp.etag);
+    mh_http_resp_free(&resp);
     return r;
-}
-
-static size_t s_discard(char *p, size_t sz, size_t n, void *ud)
-{
-    (void)p, (void)ud;
-    return sz * n;
 }
 
 static long s_status(const char *method, const char *path, const char *body)
@@ -154,7 +120,7 @@ static void test_devices_and_twins(void **state)
     r = s_req("GET", "/api/v1/devices/api-1/twin", NULL, NULL, NULL);
     assert_int_equal(r.status, 200);
     assert_true(r.etag[0] == '"');
-    char etag[64];
+    char etag[96];
     snprintf(etag, sizeof etag, "%s", r.etag);
     json_decref(r.body);
     r = s_req("PATCH", "/api/v1/devices/api-1/twin", "{\"desired\":{\"led\":true}}", NULL, etag);
@@ -222,7 +188,7 @@ static void test_deep_bodies(void **state)
     (void)state;
     assert_int_equal(s_status("POST", "/api/v1/devices", "{\"id\":\"deep-1\"}"), 201);
     s_resp_t r = s_req("GET", "/api/v1/devices/deep-1/twin", NULL, NULL, NULL);
-    char etag[64];
+    char etag[96];
     snprintf(etag, sizeof etag, "%s", r.etag);
     json_decref(r.body);
 
@@ -558,23 +524,19 @@ static void test_tokens(void **state)
     for (size_t i = 0; i < sizeof bad_auth / sizeof *bad_auth; i++) {
         char url[128], auth[200];
         snprintf(url, sizeof url, "http://127.0.0.1:%d/api/v1/devices", s_port);
-        CURL *c = curl_easy_init();
-        struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
         if (i == 0)
-            snprintf(auth, sizeof auth, "Authorization: Bearer %s", tok);
+            snprintf(auth, sizeof auth, "Bearer %s", tok);
         else
-            snprintf(auth, sizeof auth, "Authorization: %s", bad_auth[i]);
-        if (i != 1)
-            h = curl_slist_append(h, auth);
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "{\"id\":\"never-1\"}");
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_discard);
-        assert_int_equal(curl_easy_perform(c), CURLE_OK);
-        long code = 0;
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
-        curl_slist_free_all(h);
-        curl_easy_cleanup(c);
+            snprintf(auth, sizeof auth, "%s", bad_auth[i]);
+        const char *body = "{\"id\":\"never-1\"}";
+        mh_http_resp_t resp;
+        long code = mh_http_request(&(mh_http_req_t){.method = "POST",
+                                                     .url = url,
+                                                     .authorization = i != 1 ? auth : NULL,
+                                                     .body = body,
+                                                     .body_len = strlen(body)},
+                                    &resp);
+        mh_http_resp_free(&resp);
         if (code != 401)
             fail_msg("Authorization case %zu answered %ld, not 401", i, code);
     }

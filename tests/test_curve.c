@@ -9,7 +9,7 @@
  *    gets no answer and changes nothing, a subscriber hears nothing. */
 #include "mh_test.h"
 
-#include "mh_agent.h"
+#include "mh_test_device.h"
 #include "mh_envelope.h"
 #include "twin.pb-c.h"
 
@@ -126,14 +126,8 @@ static void test_platform_works_with_curve(void **state)
      * stored (gateway -> ingest), its report visible through the API
      * (gateway -> twin -> fleet-stats) */
     assert_true(s_twin_register(&s_p.twin, S_GOOD, "cv-1"));
-    mh_agent_opts_t o = {.url = s_p.broker.url, .device_id = "cv-1"};
-    mh_agent_t *a = mh_agent_new(&o);
-    mh_agent_connect(a);
-    assert_true(mh_agent_wait_connected(a, 10000));
-    mh_sample_t smp = {.n = 1, .seq = -1};
-    smp.m[0].name = "temp";
-    smp.m[0].value = 21.5;
-    assert_int_equal(mh_agent_publish_samples(a, &smp, 1, 1), 0);
+    mh_agent_t *a = mht_device(s_p.broker.url, "cv-1");
+    assert_int_equal(mht_device_sample(a, "temp", 21.5), 0);
     json_t *rep = json_pack("{s:s}", "mode", "curve");
     assert_int_equal(mh_agent_report(a, rep, NULL), 0);
     json_decref(rep);

@@ -110,6 +110,17 @@ typedef struct {
     int ngw;
 } s_stack_t;
 
+/* S_DEVICES devices named `prefix`-N, per_device samples each, stamped
+ * from ten minutes ago on */
+static void s_load_init(s_load_t *l, const s_stack_t *st, const char *prefix, int per_device)
+{
+    *l = (s_load_t){.url = st->b.url,
+                    .prefix = prefix,
+                    .devices = S_DEVICES,
+                    .per_device = per_device,
+                    .base_ts = s_wall_ms() - 600000};
+}
+
 static void s_stack_up(s_stack_t *st, const char *tag, int ngw, const char *const *gw_extra)
 {
     char name[64];
@@ -142,11 +153,8 @@ static void test_ingest_sigkill_mid_stream(void **state)
     const char *gx[] = {"--ack-timeout=1s", NULL};
     s_stack_up(&st, "kill", 1, gx);
 
-    s_load_t l = {.url = st.b.url,
-                  .prefix = "kill",
-                  .devices = S_DEVICES,
-                  .per_device = 500,
-                  .base_ts = s_wall_ms() - 600000};
+    s_load_t l;
+    s_load_init(&l, &st, "kill", 500);
     pthread_t th;
     pthread_create(&th, NULL, s_publisher, &l);
     s_wait_sent(&l, 1500);
@@ -169,11 +177,8 @@ static void test_gateway_sigterm_loses_nothing(void **state)
     s_stack_t st;
     s_stack_up(&st, "term", 2, NULL);
 
-    s_load_t l = {.url = st.b.url,
-                  .prefix = "term",
-                  .devices = S_DEVICES,
-                  .per_device = 500,
-                  .base_ts = s_wall_ms() - 600000};
+    s_load_t l;
+    s_load_init(&l, &st, "term", 500);
     pthread_t th;
     pthread_create(&th, NULL, s_publisher, &l);
     s_wait_sent(&l, 2000);
@@ -204,11 +209,8 @@ static void test_two_gateways_split_the_load(void **state)
     s_stack_t st;
     s_stack_up(&st, "split", 2, NULL);
 
-    s_load_t l = {.url = st.b.url,
-                  .prefix = "split",
-                  .devices = S_DEVICES,
-                  .per_device = 200,
-                  .base_ts = s_wall_ms() - 600000};
+    s_load_t l;
+    s_load_init(&l, &st, "split", 200);
     s_publisher(&l);
     assert_false(l.failed);
     s_expect_exactly_once(&st.db, "split", S_DEVICES * 200);

@@ -103,27 +103,18 @@ static int s_teardown(void **state)
  * 3 metrics), twin updates at 200/s, 5 % of the devices flapping. */
 static pid_t s_load_start(const char *prefix, int rate)
 {
-    char bin[600], a_url[96], a_pre[64], a_rate[32], a_reg[128];
-    snprintf(a_url, sizeof a_url, "--mqtt-url=%s", s_broker.url);
-    snprintf(a_pre, sizeof a_pre, "--prefix=%s", prefix);
+    char a_rate[32], name[64];
     snprintf(a_rate, sizeof a_rate, "--rate=%d", rate);
-    snprintf(a_reg, sizeof a_reg, "--register=%s", s_twin.rpc_endpoint);
-    char *argv[] = {(char *)mht_build_path("tools/motesim/motesim", bin, sizeof bin),
-                    a_url,
-                    a_pre,
-                    "--devices=200",
-                    a_rate,
-                    a_reg,
-                    "--metrics=3",
-                    "--twin-rate=200",
-                    "--flap-fraction=0.05",
-                    "--flap-interval=15s",
-                    "--flap-down=2s",
-                    "--report=0",
-                    NULL};
-    char name[64];
     snprintf(name, sizeof name, "motesim-%s", prefix);
-    return mht_spawn(name, argv);
+    const char *args[] = {a_rate,
+                          "--metrics=3",
+                          "--twin-rate=200",
+                          "--flap-fraction=0.05",
+                          "--flap-interval=15s",
+                          "--flap-down=2s",
+                          "--report=0",
+                          NULL};
+    return mht_motesim_start(name, s_broker.url, s_twin.rpc_endpoint, prefix, 200, args);
 }
 
 /* Stops motesim and reads what the broker acknowledged to it. */

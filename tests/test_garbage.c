@@ -10,7 +10,7 @@
  * not asserted here; the RPC sockets' malformed counter is unit-tested with
  * mh_rpc_server (test_libcommon). */
 #include "mh_test.h"
-#include "mh_agent.h"
+#include "mh_test_device.h"
 #include "envelope.pb-c.h"
 #include "mh_envelope.h"
 #include "ota.pb-c.h"
@@ -19,20 +19,8 @@
 
 #include <czmq.h>
 
-static mht_platform_t s_p;
-
-static int s_setup(void **state)
-{
-    (void)state;
-    mht_platform_start(&s_p);
-    return 0;
-}
-
-static int s_teardown(void **state)
-{
-    (void)state;
-    return mht_platform_stop(&s_p) ? 0 : -1;
-}
+/* the suite's platform (mht_platform_setup) */
+static mht_platform_t *const s_p = &mht_platform;
 
 /* Sends one message of `n` frames; a frame is `len` bytes of `data`. */
 static void s_send_frames(zsock_t *s, const void *data, size_t len, int n)
@@ -189,18 +177,18 @@ static void test_garbage_on_every_socket(void **state)
     const char *const ota_in[] = {"relay.batch", NULL};
     const char *const ota_rpc[] = {"ota.request", NULL};
     const char *const gw_down[] = {"relay.batch", NULL};
-    s_garbage(s_p.ingest.endpoint, ZMQ_DEALER, ingest_batch);
-    s_garbage(s_p.ingest.rpc_endpoint, ZMQ_DEALER, ingest_query);
-    s_garbage(s_p.twin.endpoint, ZMQ_DEALER, twin_in);
-    s_relay_garbage(s_p.twin.endpoint, "twin");
-    s_garbage(s_p.twin.rpc_endpoint, ZMQ_DEALER, twin_rpc);
-    s_garbage(s_p.ota.endpoint, ZMQ_DEALER, ota_in);
-    s_relay_garbage(s_p.ota.endpoint, "ota");
-    s_garbage(s_p.ota.rpc_endpoint, ZMQ_DEALER, ota_rpc);
-    s_garbage(s_p.downlink, ZMQ_DEALER, gw_down);
+    s_garbage(s_p->ingest.endpoint, ZMQ_DEALER, ingest_batch);
+    s_garbage(s_p->ingest.rpc_endpoint, ZMQ_DEALER, ingest_query);
+    s_garbage(s_p->twin.endpoint, ZMQ_DEALER, twin_in);
+    s_relay_garbage(s_p->twin.endpoint, "twin");
+    s_garbage(s_p->twin.rpc_endpoint, ZMQ_DEALER, twin_rpc);
+    s_garbage(s_p->ota.endpoint, ZMQ_DEALER, ota_in);
+    s_relay_garbage(s_p->ota.endpoint, "ota");
+    s_garbage(s_p->ota.rpc_endpoint, ZMQ_DEALER, ota_rpc);
+    s_garbage(s_p->downlink, ZMQ_DEALER, gw_down);
     mht_sleep_ms(1000); /* what was queued is read */
 
-    mht_service_t *all[] = {&s_p.ingest, &s_p.twin, &s_p.ota, &s_p.gateway, &s_p.fleet};
+    mht_service_t *all[] = {&s_p->ingest, &s_p->twin, &s_p->ota, &s_p->gateway, &s_p->fleet};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         if (!mht_alive(all[i]->pid))
             fail_msg("%s died on garbage (see %s/%s.log)", all[i]->name, mht_artifacts(),
@@ -211,22 +199,17 @@ static void test_garbage_on_every_socket(void **state)
     snprintf(cmd, sizeof cmd,
              "curl -sf -o /dev/null -H 'Authorization: Bearer %s' -H 'Content-Type: "
              "application/json' -d '{\"id\":\"gb-1\"}' http://127.0.0.1:%d/api/v1/devices",
-             s_p.token, s_p.fleet.port);
+             s_p->token, s_p->fleet.port);
     assert_int_equal(mht_shell("%s", cmd), 0);
-    mh_agent_opts_t o = {.url = s_p.broker.url, .device_id = "gb-1"};
-    mh_agent_t *a = mh_agent_new(&o);
-    mh_agent_connect(a);
-    assert_true(mh_agent_wait_connected(a, 10000));
+    mh_agent_t *a = mht_device(s_p->broker.url, "gb-1");
     /* re-sent until stored: the gateways learn a new id from twin's event */
-    mh_sample_t smp = {.n = 1, .seq = -1};
-    smp.m[0].name = "temp";
-    smp.m[0].value = 21.5;
     int64_t deadline = mht_now_ms() + 20000;
     double rows = 0;
     while (rows < 1 && mht_now_ms() < deadline) {
-        assert_int_equal(mh_agent_publish_samples(a, &smp, 1, 1), 0);
-        rows = mht_db_wait_num(
-            &s_p.db, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'gb-1'", 1, 1000);
+        assert_int_equal(mht_device_sample(a, "temp", 21.5), 0);
+        rows = mht_db_wait_num(&s_p->db,
+                               "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'gb-1'",
+                               1, 1000);
     }
     assert_true(rows >= 1);
     mh_agent_destroy(&a);
@@ -235,7 +218,7 @@ static void test_garbage_on_every_socket(void **state)
     for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
         snprintf(cmd, sizeof cmd,
                  "curl -sf -o /dev/null -H 'Authorization: Bearer %s' http://127.0.0.1:%d%s",
-                 s_p.token, s_p.fleet.port, paths[i]);
+                 s_p->token, s_p->fleet.port, paths[i]);
         if (mht_shell("%s", cmd) != 0)
             fail_msg("%s did not answer 200 after the garbage", paths[i]);
     }
@@ -247,5 +230,5 @@ int main(void)
         cmocka_unit_test(test_garbage_on_every_socket),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
-    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+    return cmocka_run_group_tests(tests, mht_platform_setup, mht_platform_teardown);
 }

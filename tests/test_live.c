@@ -5,6 +5,7 @@
  * polling, the telemetry reads on every tier, and a restarted replica
  * rebuilding the same picture. */
 #include "mh_test.h"
+#include "mh_http_client.h"
 
 #include <civetweb.h>
 #include <curl/curl.h>
@@ -20,33 +21,17 @@ static pid_t s_sim_a, s_sim_b;
 
 /* ---- HTTP ---- */
 
-static size_t s_collect(char *p, size_t sz, size_t n, void *ud)
-{
-    zchunk_extend(ud, p, sz * n);
-    return sz * n;
-}
-
 /* GET with the token; the body as JSON (NULL if none). */
 static json_t *s_get(int port, const char *path, long *status)
 {
-    char url[1024], auth[200];
+    char url[1024];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-    snprintf(auth, sizeof auth, "Authorization: Bearer %s", s_token);
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, auth);
-    zchunk_t *out = zchunk_new(NULL, 0);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
-    json_t *v = zchunk_size(out)
-                    ? json_loadb((const char *)zchunk_data(out), zchunk_size(out), 0, NULL)
-                    : NULL;
-    zchunk_destroy(&out);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
+    mh_http_resp_t resp;
+    *status = mh_http_request(&(mh_http_req_t){.url = url, .bearer = s_token}, &resp);
+    if (!*status)
+        fail_msg("GET %s: %s", path, resp.error);
+    json_t *v = resp.len ? json_loadb(resp.body, resp.len, 0, NULL) : NULL;
+    mh_http_resp_free(&resp);
     return v;
 }
 
@@ -91,33 +76,13 @@ static char s_pub[600];
 
 static pid_t s_fleet(const char *name, const char *prefix, int n, const char *firmware)
 {
-    static char bin[512];
-    char a_url[96], a_pre[64], a_n[32], a_reg[128], a_fw[64], a_key[700];
+    char a_key[700], a_fw[64];
     snprintf(a_key, sizeof a_key, "--ota-key=%s", s_pub);
-    snprintf(a_url, sizeof a_url, "--mqtt-url=%s", s_broker.url);
-    snprintf(a_pre, sizeof a_pre, "--prefix=%s", prefix);
-    snprintf(a_n, sizeof a_n, "--devices=%d", n);
-    snprintf(a_reg, sizeof a_reg, "--register=%s", s_twin.rpc_endpoint);
     snprintf(a_fw, sizeof a_fw, "--firmware=%s", firmware);
-    char *argv[] = {(char *)mht_build_path("tools/motesim/motesim", bin, sizeof bin),
-                    a_url,
-                    a_pre,
-                    a_n,
-                    a_reg,
-                    a_fw,
-                    "--interval=1s",
-                    "--report=5s",
-                    a_key,
-                    "--ota-install-time=200ms",
-                    NULL};
-    pid_t pid = mht_spawn(name, argv);
-    char sql[256];
-    snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM twin.devices WHERE id LIKE '%s-%%' AND firmware = '%s'"
-             " AND online",
-             prefix, firmware);
-    if (mht_db_wait_num(&s_db, sql, n, 30000) != n)
-        fail_msg("the %s devices did not all come online", prefix);
+    const char *args[] = {a_fw, "--interval=1s", "--report=5s", a_key, "--ota-install-time=200ms",
+                          NULL};
+    pid_t pid = mht_motesim_start(name, s_broker.url, s_twin.rpc_endpoint, prefix, n, args);
+    mht_fleet_wait_online(&s_db, prefix, n, firmware);
     return pid;
 }
 

@@ -139,38 +139,15 @@ static int64_t s_wave_num(json_t *rollout, int k, const char *key)
 static pid_t s_fleet(const char *name, const char *prefix, int n, const char *firmware,
                      const char *fail, const char *install_time)
 {
-    static char bin[512];
-    char a_url[96], a_pre[64], a_n[32], a_reg[128], a_fw[64], a_key[600], a_fail[96], a_it[64];
-    snprintf(a_url, sizeof a_url, "--mqtt-url=%s", s_broker.url);
-    snprintf(a_pre, sizeof a_pre, "--prefix=%s", prefix);
-    snprintf(a_n, sizeof a_n, "--devices=%d", n);
-    snprintf(a_reg, sizeof a_reg, "--register=%s", s_twin.rpc_endpoint);
+    char a_fw[64], a_key[600], a_fail[96], a_it[64];
     snprintf(a_fw, sizeof a_fw, "--firmware=%s", firmware);
     snprintf(a_key, sizeof a_key, "--ota-key=%s", s_pub);
     snprintf(a_fail, sizeof a_fail, "--ota-fail=%s", fail ? fail : "");
     snprintf(a_it, sizeof a_it, "--ota-install-time=%s", install_time);
-    char *argv[] = {(char *)mht_build_path("tools/motesim/motesim", bin, sizeof bin),
-                    a_url,
-                    a_pre,
-                    a_n,
-                    a_reg,
-                    a_fw,
-                    a_key,
-                    a_fail,
-                    a_it,
-                    "--interval=60s",
-                    "--report=5s",
-                    NULL};
-    pid_t pid = mht_spawn(name, argv);
+    const char *args[] = {a_fw, a_key, a_fail, a_it, "--interval=60s", "--report=5s", NULL};
+    pid_t pid = mht_motesim_start(name, s_broker.url, s_twin.rpc_endpoint, prefix, n, args);
     /* Registered, connected and reporting their firmware to the twin. */
-    char sql[256];
-    snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM twin.devices WHERE id LIKE '%s-%%' AND firmware = '%s'"
-             " AND online",
-             prefix, firmware);
-    double got = mht_db_wait_num(&s_db, sql, n, 30000);
-    if (got != n)
-        fail_msg("only %.0f of %d %s devices came online on %s", got, n, prefix, firmware);
+    mht_fleet_wait_online(&s_db, prefix, n, firmware);
     return pid;
 }
 

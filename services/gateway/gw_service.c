@@ -48,7 +48,7 @@ const mh_cfg_opt_t gw_config_options[] = {
     {"resolve-interval", "MH_RESOLVE_INTERVAL", MH_CFG_DURATION, "10s", S_CFG(resolve_interval_ms),
      "how often service names are resolved again"},
     {"twin-endpoint", "MH_TWIN_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5580", S_CFG(twin_endpoint),
-     "twin's PULL for device messages (empty: twin topics are not taken)"},
+     "twin's ROUTER for device messages (empty: twin topics are not taken)"},
     {"twin-rpc-endpoint", "MH_TWIN_RPC_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5581",
      S_CFG(twin_rpc_endpoint), "twin's RPC ROUTER, for the registered device ids"},
     {"twin-events-endpoint", "MH_TWIN_EVENTS_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5573",
@@ -56,7 +56,7 @@ const mh_cfg_opt_t gw_config_options[] = {
     {"downlink-bind", "MH_DOWNLINK_BIND", MH_CFG_STR, "tcp://127.0.0.1:5590", S_CFG(downlink_bind),
      "where the ROUTER for downlink publishes from twin and ota binds (empty: none)"},
     {"ota-endpoint", "MH_OTA_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5582", S_CFG(ota_endpoint),
-     "ota's PULL for OTA status messages (empty: ota/status is not taken)"},
+     "ota's ROUTER for OTA status messages (empty: ota/status is not taken)"},
     {"check-registered", "MH_CHECK_REGISTERED", MH_CFG_BOOL, "true", S_CFG(check_registered),
      "drop messages from device ids twin does not know (the gateway subscribes only once the"
      " registered ids are loaded)"},

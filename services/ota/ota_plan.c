@@ -44,17 +44,18 @@ static int s_number(json_t *root, const char *key, double lo, double hi, double 
     return 0;
 }
 
+/* An integer field in [lo, hi]; absent keeps *out. */
 static int s_integer(json_t *root, const char *key, int64_t lo, int64_t hi, int64_t *out, char *why,
                      size_t whylen)
 {
     json_t *v = json_object_get(root, key);
-    if (!v)
-        return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+    int64_t n = json_integer_value(v); /* 0 for what is not an integer */
+    if (v && (!json_is_integer(v) || n < lo || n > hi)) {
         S_WHY("\"%s\" must be a whole number from %lld to %lld", key, (long long)lo, (long long)hi);
         return -1;
     }
-    *out = json_integer_value(v);
+    if (v)
+        *out = n;
     return 0;
 }
 

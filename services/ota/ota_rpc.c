@@ -38,11 +38,8 @@ static json_t *s_firmware_json(PGresult *res, int r, void *ud)
                      (json_int_t)ota_i64(res, r, 5));
 }
 
-static void s_rpc_upload(void *ud, const void *req, void *reply)
+static void s_rpc_upload(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 {
-    ota_t *self = ud;
-    const Mh__OtaRequest *q = req;
-    s_reply_t *r = reply;
     if (!self->signer)
         return mh_rpc_fail(
             &r->base, 503, "unavailable",
@@ -86,31 +83,23 @@ static void s_rpc_upload(void *ud, const void *req, void *reply)
     PQclear(res);
 }
 
-static void s_rpc_list_firmware(void *ud, const void *req, void *reply)
+static void s_rpc_list_firmware(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 {
-    ota_t *self = ud;
-    const Mh__OtaRequest *q = req;
-    s_reply_t *r = reply;
-    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000);
+    char lim[16];
+    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000, lim);
     if (!limit)
         return;
-    char lim[16];
-    snprintf(lim, sizeof lim, "%u", limit + 1);
     const char *p[] = {*q->cursor ? q->cursor : NULL, lim};
     PGresult *res = mh_rpc_db_query(&self->db, &r->base,
                                     "SELECT " S_FIRMWARE_COLS " FROM ota.firmware"
                                     " WHERE ($1::text IS NULL OR version > $1) ORDER BY version"
                                     " LIMIT $2::int",
                                     2, p);
-    if (res)
-        mh_rpc_page(&r->base, res, limit, &(mh_rpc_page_t){.item = s_firmware_json});
+    mh_rpc_page(&r->base, res, limit, &(mh_rpc_page_t){.item = s_firmware_json});
 }
 
-static void s_rpc_get_firmware(void *ud, const void *req, void *reply)
+static void s_rpc_get_firmware(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 {
-    ota_t *self = ud;
-    const Mh__OtaRequest *q = req;
-    s_reply_t *r = reply;
     if (!ota_name_valid(q->version))
         return mh_rpc_fail(&r->base, 404, "not_found", "no firmware \"%.64s\"", q->version);
     const char *p[] = {q->version};
@@ -122,11 +111,9 @@ static void s_rpc_get_firmware(void *ud, const void *req, void *reply)
     PQclear(res);
 }
 
-static void s_rpc_signing_key(void *ud, const void *req, void *reply)
+static void s_rpc_signing_key(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 {
-    ota_t *self = ud;
-    s_reply_t *r = reply;
-    (void)req;
+    (void)q;
     if (!self->signer)
         return mh_rpc_fail(&r->base, 503, "unavailable",
                            "no signing key is configured (--signing-key)");
@@ -146,11 +133,8 @@ static void s_reply_rollout(ota_t *self, const char *id, uint32_t status, s_repl
     PQclear(res);
 }
 
-static void s_rpc_create_rollout(void *ud, const void *req, void *reply)
+static void s_rpc_create_rollout(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 {
-    ota_t *self = ud;
-    const Mh__OtaRequest *q = req;
-    s_reply_t *r = reply;
     ota_spec_t spec;
     char why[256], err[512], now_s[32];
     if (ota_spec_parse(q->body_json, &spec, why, sizeof why) < 0)
@@ -208,19 +192,15 @@ static json_t *s_rollout_item(PGresult *res, int i, void *ud)
     return ota_rollout_json(ud, res, i, true);
 }
 
-static void s_rpc_list_rollouts(void *ud, const void *req, void *reply)
+static void s_rpc_list_rollouts(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 {
-    ota_t *self = ud;
-    const Mh__OtaRequest *q = req;
-    s_reply_t *r = reply;
-    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000);
+    char lim[16];
+    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000, lim);
     if (!limit)
         return;
     char *end = NULL;
     if (*q->cursor && (strtoll(q->cursor, &end, 10) <= 0 || *end))
         return mh_rpc_fail(&r->base, 400, "bad_request", "\"cursor\" is not one this API returned");
-    char lim[16];
-    snprintf(lim, sizeof lim, "%u", limit + 1);
     const char *p[] = {*q->cursor ? q->cursor : NULL, *q->state ? q->state : NULL, lim};
     PGresult *res = mh_rpc_db_query(&self->db, &r->base,
                                     "SELECT " OTA_ROLLOUT_COLS " FROM ota.rollouts"
@@ -228,27 +208,20 @@ static void s_rpc_list_rollouts(void *ud, const void *req, void *reply)
                                     " AND ($2::text IS NULL OR state = $2)"
                                     " ORDER BY seq DESC LIMIT $3::int",
                                     3, p);
-    if (res)
-        mh_rpc_page(&r->base, res, limit,
-                    &(mh_rpc_page_t){.item = s_rollout_item, .ud = self, .cursor_col = 11});
+    mh_rpc_page(&r->base, res, limit,
+                &(mh_rpc_page_t){.item = s_rollout_item, .ud = self, .cursor_col = 11});
 }
 
-static void s_rpc_get_rollout(void *ud, const void *req, void *reply)
+static void s_rpc_get_rollout(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 {
-    ota_t *self = ud;
-    const Mh__OtaRequest *q = req;
-    s_reply_t *r = reply;
     if (!s_rollout_id_ok(q->rollout_id))
         return mh_rpc_fail(&r->base, 404, "not_found", "no rollout \"%.40s\"", q->rollout_id);
     s_reply_rollout(self, q->rollout_id, 200, r);
 }
 
 /* pause, resume, abort, rollback */
-static void s_rpc_control(void *ud, const void *req, void *reply)
+static void s_rpc_control(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 {
-    ota_t *self = ud;
-    const Mh__OtaRequest *q = req;
-    s_reply_t *r = reply;
     const char *id = q->rollout_id;
     if (!s_rollout_id_ok(id))
         return mh_rpc_fail(&r->base, 404, "not_found", "no rollout \"%.40s\"", id);
@@ -349,12 +322,10 @@ static void s_job_cursor(PGresult *res, int i, char *out, size_t outlen)
     snprintf(out, outlen, "%s:%s", PQgetvalue(res, i, 13), PQgetvalue(res, i, 2));
 }
 
-static void s_rpc_list_jobs(void *ud, const void *req, void *reply)
+static void s_rpc_list_jobs(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 {
-    ota_t *self = ud;
-    const Mh__OtaRequest *q = req;
-    s_reply_t *r = reply;
-    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000);
+    char lim[16];
+    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000, lim);
     if (!limit)
         return;
     if (!s_rollout_id_ok(q->rollout_id))
@@ -363,8 +334,7 @@ static void s_rpc_list_jobs(void *ud, const void *req, void *reply)
     char action[16] = "";
     if (*q->cursor && (sscanf(q->cursor, "%ld:%15[a-z]", &rank, action) != 2 || rank < 0))
         return mh_rpc_fail(&r->base, 400, "bad_request", "\"cursor\" is not one this API returned");
-    char lim[16], rk[24];
-    snprintf(lim, sizeof lim, "%u", limit + 1);
+    char rk[24];
     snprintf(rk, sizeof rk, "%ld", rank);
     const char *p[] = {q->rollout_id,
                        *q->cursor ? rk : NULL,
@@ -380,26 +350,52 @@ static void s_rpc_list_jobs(void *ud, const void *req, void *reply)
         " AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR device_id = $5)"
         " ORDER BY rank, action LIMIT $6::int",
         6, p);
-    if (res)
-        mh_rpc_page(&r->base, res, limit,
-                    &(mh_rpc_page_t){.item = s_job_item, .cursor = s_job_cursor});
+    mh_rpc_page(&r->base, res, limit, &(mh_rpc_page_t){.item = s_job_item, .cursor = s_job_cursor});
 }
 
-/* Indexed by OtaRequest.method; every method needs the database. */
-static const mh_rpc_method_t s_methods[] = {
-    [MH__OTA_REQUEST__METHOD__UPLOAD_FIRMWARE] = {"upload_firmware", s_rpc_upload, true},
-    [MH__OTA_REQUEST__METHOD__LIST_FIRMWARE] = {"list_firmware", s_rpc_list_firmware, true},
-    [MH__OTA_REQUEST__METHOD__GET_FIRMWARE] = {"get_firmware", s_rpc_get_firmware, true},
-    [MH__OTA_REQUEST__METHOD__SIGNING_KEY] = {"signing_key", s_rpc_signing_key, true},
-    [MH__OTA_REQUEST__METHOD__CREATE_ROLLOUT] = {"create_rollout", s_rpc_create_rollout, true},
-    [MH__OTA_REQUEST__METHOD__LIST_ROLLOUTS] = {"list_rollouts", s_rpc_list_rollouts, true},
-    [MH__OTA_REQUEST__METHOD__GET_ROLLOUT] = {"get_rollout", s_rpc_get_rollout, true},
-    [MH__OTA_REQUEST__METHOD__PAUSE_ROLLOUT] = {"pause_rollout", s_rpc_control, true},
-    [MH__OTA_REQUEST__METHOD__RESUME_ROLLOUT] = {"resume_rollout", s_rpc_control, true},
-    [MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT] = {"abort_rollout", s_rpc_control, true},
-    [MH__OTA_REQUEST__METHOD__ROLLBACK_ROLLOUT] = {"rollback_rollout", s_rpc_control, true},
-    [MH__OTA_REQUEST__METHOD__LIST_JOBS] = {"list_jobs", s_rpc_list_jobs, true},
+/* The methods, typed as ota_t writes them; indexed by Mh__OtaRequest.method like
+ * s_methods below. */
+typedef void(s_method_fn)(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r);
+static s_method_fn *const s_typed[] = {
+    [MH__OTA_REQUEST__METHOD__UPLOAD_FIRMWARE] = s_rpc_upload,
+    [MH__OTA_REQUEST__METHOD__LIST_FIRMWARE] = s_rpc_list_firmware,
+    [MH__OTA_REQUEST__METHOD__GET_FIRMWARE] = s_rpc_get_firmware,
+    [MH__OTA_REQUEST__METHOD__SIGNING_KEY] = s_rpc_signing_key,
+    [MH__OTA_REQUEST__METHOD__CREATE_ROLLOUT] = s_rpc_create_rollout,
+    [MH__OTA_REQUEST__METHOD__LIST_ROLLOUTS] = s_rpc_list_rollouts,
+    [MH__OTA_REQUEST__METHOD__GET_ROLLOUT] = s_rpc_get_rollout,
+    [MH__OTA_REQUEST__METHOD__PAUSE_ROLLOUT] = s_rpc_control,
+    [MH__OTA_REQUEST__METHOD__RESUME_ROLLOUT] = s_rpc_control,
+    [MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT] = s_rpc_control,
+    [MH__OTA_REQUEST__METHOD__ROLLBACK_ROLLOUT] = s_rpc_control,
+    [MH__OTA_REQUEST__METHOD__LIST_JOBS] = s_rpc_list_jobs,
 };
+
+/* The one handler the RPC server knows: the untyped arguments become
+ * ota_t's own here and nowhere else. */
+static void s_call(void *ud, const void *req, void *reply)
+{
+    const Mh__OtaRequest *q = req;
+    s_typed[q->method](ud, q, reply);
+}
+
+/* Every method needs the database. */
+static const mh_rpc_method_t s_methods[] = {
+    [MH__OTA_REQUEST__METHOD__UPLOAD_FIRMWARE] = {"upload_firmware", s_call, true},
+    [MH__OTA_REQUEST__METHOD__LIST_FIRMWARE] = {"list_firmware", s_call, true},
+    [MH__OTA_REQUEST__METHOD__GET_FIRMWARE] = {"get_firmware", s_call, true},
+    [MH__OTA_REQUEST__METHOD__SIGNING_KEY] = {"signing_key", s_call, true},
+    [MH__OTA_REQUEST__METHOD__CREATE_ROLLOUT] = {"create_rollout", s_call, true},
+    [MH__OTA_REQUEST__METHOD__LIST_ROLLOUTS] = {"list_rollouts", s_call, true},
+    [MH__OTA_REQUEST__METHOD__GET_ROLLOUT] = {"get_rollout", s_call, true},
+    [MH__OTA_REQUEST__METHOD__PAUSE_ROLLOUT] = {"pause_rollout", s_call, true},
+    [MH__OTA_REQUEST__METHOD__RESUME_ROLLOUT] = {"resume_rollout", s_call, true},
+    [MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT] = {"abort_rollout", s_call, true},
+    [MH__OTA_REQUEST__METHOD__ROLLBACK_ROLLOUT] = {"rollback_rollout", s_call, true},
+    [MH__OTA_REQUEST__METHOD__LIST_JOBS] = {"list_jobs", s_call, true},
+};
+_Static_assert(sizeof s_methods / sizeof s_methods[0] == sizeof s_typed / sizeof s_typed[0],
+               "s_typed and s_methods list the same methods");
 
 const mh_rpc_service_t ota_rpc_def = {
     .request_type = "ota.request",

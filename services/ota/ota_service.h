@@ -2,9 +2,10 @@
  * device jobs, all in PostgreSQL (schema `ota`), so replicas are stateless
  * and a killed process continues where it stood.
  *
- * Sockets: PULL (bind) for OTA status messages from the gateways, ROUTER
- * (bind) for the operator RPC, PUB (bind) for events, PUSH (connect, to
- * every gateway) for jobs, DEALER to twin's RPC for the targeted devices,
+ * Sockets: ROUTER (bind) for relay batches of OTA status messages from the
+ * gateways (mh_relay.h), ROUTER (bind) for the operator RPC, PUB (bind) for
+ * events, an mh_relay DEALER (connect, to every gateway) for jobs, DEALER to
+ * twin's RPC for the targeted devices,
  * and mh_idset (twin's RPC + events) for which devices are online.
  *
  * Every tick each active rollout is advanced by one replica at a time (its

@@ -131,11 +131,8 @@ static bool s_unhex(const char *in, char *out, size_t outlen)
     return true;
 }
 
-static void s_rpc_register(void *ud, const void *req, void *reply)
+static void s_rpc_register(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
 {
-    tw_t *self = ud;
-    const Mh__TwinRequest *q = req;
-    s_reply_t *r = reply;
     if (!s_check_id(q->device_id, r))
         return;
     bool bad;
@@ -177,11 +174,8 @@ static void s_rpc_register(void *ud, const void *req, void *reply)
     PQclear(res);
 }
 
-static void s_rpc_get_device(void *ud, const void *req, void *reply)
+static void s_rpc_get_device(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
 {
-    tw_t *self = ud;
-    const Mh__TwinRequest *q = req;
-    s_reply_t *r = reply;
     PGresult *res = s_device_row(self, q->device_id, r,
                                  "SELECT " S_DEVICE_COLS " FROM twin.devices WHERE id = $1");
     if (res)
@@ -189,12 +183,10 @@ static void s_rpc_get_device(void *ud, const void *req, void *reply)
     PQclear(res);
 }
 
-static void s_rpc_list_devices(void *ud, const void *req, void *reply)
+static void s_rpc_list_devices(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
 {
-    tw_t *self = ud;
-    const Mh__TwinRequest *q = req;
-    s_reply_t *r = reply;
-    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000);
+    char lim[16];
+    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000, lim);
     if (!limit)
         return;
     char cursor[MH_MAX_DEVICE_ID + 1] = "", upper[MH_MAX_DEVICE_ID + 1] = "";
@@ -229,8 +221,6 @@ static void s_rpc_list_devices(void *ud, const void *req, void *reply)
     }
     char *tags_text = json_array_size(tags) ? tw_dumps(tags) : NULL;
     json_decref(tags);
-    char lim[16];
-    snprintf(lim, sizeof lim, "%u", limit + 1);
     const char *p[] = {*cursor ? cursor : NULL,
                        *q->status ? (strcmp(q->status, "online") == 0 ? "t" : "f") : NULL,
                        *q->firmware ? q->firmware : NULL,
@@ -249,16 +239,12 @@ static void s_rpc_list_devices(void *ud, const void *req, void *reply)
         " ORDER BY id LIMIT $7::int",
         7, p);
     free(tags_text);
-    if (res)
-        mh_rpc_page(&r->base, res, limit,
-                    &(mh_rpc_page_t){.item = s_device_item, .cursor = s_device_cursor});
+    mh_rpc_page(&r->base, res, limit,
+                &(mh_rpc_page_t){.item = s_device_item, .cursor = s_device_cursor});
 }
 
-static void s_rpc_delete(void *ud, const void *req, void *reply)
+static void s_rpc_delete(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
 {
-    tw_t *self = ud;
-    const Mh__TwinRequest *q = req;
-    s_reply_t *r = reply;
     PGresult *res =
         s_device_row(self, q->device_id, r, "DELETE FROM twin.devices WHERE id = $1 RETURNING id");
     if (res) {
@@ -271,11 +257,8 @@ static void s_rpc_delete(void *ud, const void *req, void *reply)
     PQclear(res);
 }
 
-static void s_rpc_get_twin(void *ud, const void *req, void *reply)
+static void s_rpc_get_twin(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
 {
-    tw_t *self = ud;
-    const Mh__TwinRequest *q = req;
-    s_reply_t *r = reply;
     PGresult *res = s_device_row(self, q->device_id, r,
                                  "SELECT doc::text, version FROM twin.devices WHERE id = $1");
     if (res) {
@@ -285,11 +268,8 @@ static void s_rpc_get_twin(void *ud, const void *req, void *reply)
     PQclear(res);
 }
 
-static void s_rpc_patch_twin(void *ud, const void *req, void *reply)
+static void s_rpc_patch_twin(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
 {
-    tw_t *self = ud;
-    const Mh__TwinRequest *q = req;
-    s_reply_t *r = reply;
     if (!s_check_id(q->device_id, r))
         return;
     bool bad;
@@ -401,11 +381,8 @@ static json_t *s_command_row_json(PGresult *res)
     return PQntuples(res) ? tw_command_json(res, 0) : NULL;
 }
 
-static void s_rpc_send_command(void *ud, const void *req, void *reply)
+static void s_rpc_send_command(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
 {
-    tw_t *self = ud;
-    const Mh__TwinRequest *q = req;
-    s_reply_t *r = reply;
     if (!s_check_id(q->device_id, r))
         return;
     if (!tw_command_name_valid(q->command_name)) {
@@ -496,14 +473,12 @@ static void s_rpc_send_command(void *ud, const void *req, void *reply)
     free(ptext);
 }
 
-static void s_rpc_list_commands(void *ud, const void *req, void *reply)
+static void s_rpc_list_commands(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
 {
-    tw_t *self = ud;
-    const Mh__TwinRequest *q = req;
-    s_reply_t *r = reply;
     if (!s_check_id(q->device_id, r))
         return;
-    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000);
+    char lim[16];
+    uint32_t limit = mh_rpc_limit(&r->base, q->limit, 1000, lim);
     if (!limit)
         return;
     char *end = NULL;
@@ -512,9 +487,8 @@ static void s_rpc_list_commands(void *ud, const void *req, void *reply)
         mh_rpc_fail(&r->base, 400, "bad_request", "\"cursor\" is not one this API returned");
         return;
     }
-    char cur[32], lim[16];
+    char cur[32];
     snprintf(cur, sizeof cur, "%lld", cursor);
-    snprintf(lim, sizeof lim, "%u", limit + 1);
     const char *p[] = {q->device_id, *q->cursor ? cur : NULL, lim};
     /* one row, of NULLs, for a device without commands; none without the
      * device */
@@ -526,16 +500,11 @@ static void s_rpc_list_commands(void *ud, const void *req, void *reply)
                                   " ON c.device_id = dv.id AND ($2::bigint IS NULL OR c.seq < $2)"
                                   " WHERE dv.id = $1 ORDER BY c.seq DESC NULLS LAST LIMIT $3::int",
                                   3, p, "no device %s", q->device_id);
-    if (res)
-        mh_rpc_page(&r->base, res, limit,
-                    &(mh_rpc_page_t){.item = s_command_item, .cursor_col = 11});
+    mh_rpc_page(&r->base, res, limit, &(mh_rpc_page_t){.item = s_command_item, .cursor_col = 11});
 }
 
-static void s_rpc_get_command(void *ud, const void *req, void *reply)
+static void s_rpc_get_command(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
 {
-    tw_t *self = ud;
-    const Mh__TwinRequest *q = req;
-    s_reply_t *r = reply;
     if (!s_check_id(q->device_id, r))
         return;
     const char *p[] = {q->device_id, q->command_id};
@@ -548,11 +517,8 @@ static void s_rpc_get_command(void *ud, const void *req, void *reply)
     PQclear(res);
 }
 
-static void s_rpc_list_ids(void *ud, const void *req, void *reply)
+static void s_rpc_list_ids(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
 {
-    tw_t *self = ud;
-    const Mh__TwinRequest *q = req;
-    s_reply_t *r = reply;
     uint32_t limit = q->limit && q->limit <= 100000 ? q->limit : 10000;
     char lim[16];
     snprintf(lim, sizeof lim, "%u", limit);
@@ -585,11 +551,8 @@ static void s_rpc_list_ids(void *ud, const void *req, void *reply)
 /* What fleet-stats needs of every device to build its aggregates, in pages:
  * {"items":[[id, online, last_seen_ms, firmware, battery, rssi, lat, lon],…],
  *  "next": "<cursor>"|null}; JSON built by PostgreSQL. */
-static void s_rpc_snapshot(void *ud, const void *req, void *reply)
+static void s_rpc_snapshot(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
 {
-    tw_t *self = ud;
-    const Mh__TwinRequest *q = req;
-    s_reply_t *r = reply;
     uint32_t limit = q->limit && q->limit <= 20000 ? q->limit : 5000;
     char lim[16];
     snprintf(lim, sizeof lim, "%u", limit);
@@ -617,20 +580,47 @@ static void s_rpc_snapshot(void *ud, const void *req, void *reply)
     PQclear(res);
 }
 
-/* Indexed by TwinRequest.method; every method needs the database. */
-static const mh_rpc_method_t s_methods[] = {
-    [MH__TWIN_REQUEST__METHOD__REGISTER] = {"register", s_rpc_register, true},
-    [MH__TWIN_REQUEST__METHOD__GET_DEVICE] = {"get_device", s_rpc_get_device, true},
-    [MH__TWIN_REQUEST__METHOD__LIST_DEVICES] = {"list_devices", s_rpc_list_devices, true},
-    [MH__TWIN_REQUEST__METHOD__DELETE_DEVICE] = {"delete", s_rpc_delete, true},
-    [MH__TWIN_REQUEST__METHOD__GET_TWIN] = {"get_twin", s_rpc_get_twin, true},
-    [MH__TWIN_REQUEST__METHOD__PATCH_TWIN] = {"patch_twin", s_rpc_patch_twin, true},
-    [MH__TWIN_REQUEST__METHOD__SEND_COMMAND] = {"send_command", s_rpc_send_command, true},
-    [MH__TWIN_REQUEST__METHOD__LIST_COMMANDS] = {"list_commands", s_rpc_list_commands, true},
-    [MH__TWIN_REQUEST__METHOD__GET_COMMAND] = {"get_command", s_rpc_get_command, true},
-    [MH__TWIN_REQUEST__METHOD__LIST_IDS] = {"list_ids", s_rpc_list_ids, true},
-    [MH__TWIN_REQUEST__METHOD__SNAPSHOT] = {"snapshot", s_rpc_snapshot, true},
+/* The methods, typed as tw_t writes them; indexed by Mh__TwinRequest.method like
+ * s_methods below. */
+typedef void(s_method_fn)(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r);
+static s_method_fn *const s_typed[] = {
+    [MH__TWIN_REQUEST__METHOD__REGISTER] = s_rpc_register,
+    [MH__TWIN_REQUEST__METHOD__GET_DEVICE] = s_rpc_get_device,
+    [MH__TWIN_REQUEST__METHOD__LIST_DEVICES] = s_rpc_list_devices,
+    [MH__TWIN_REQUEST__METHOD__DELETE_DEVICE] = s_rpc_delete,
+    [MH__TWIN_REQUEST__METHOD__GET_TWIN] = s_rpc_get_twin,
+    [MH__TWIN_REQUEST__METHOD__PATCH_TWIN] = s_rpc_patch_twin,
+    [MH__TWIN_REQUEST__METHOD__SEND_COMMAND] = s_rpc_send_command,
+    [MH__TWIN_REQUEST__METHOD__LIST_COMMANDS] = s_rpc_list_commands,
+    [MH__TWIN_REQUEST__METHOD__GET_COMMAND] = s_rpc_get_command,
+    [MH__TWIN_REQUEST__METHOD__LIST_IDS] = s_rpc_list_ids,
+    [MH__TWIN_REQUEST__METHOD__SNAPSHOT] = s_rpc_snapshot,
 };
+
+/* The one handler the RPC server knows: the untyped arguments become
+ * tw_t's own here and nowhere else. */
+static void s_call(void *ud, const void *req, void *reply)
+{
+    const Mh__TwinRequest *q = req;
+    s_typed[q->method](ud, q, reply);
+}
+
+/* Every method needs the database. */
+static const mh_rpc_method_t s_methods[] = {
+    [MH__TWIN_REQUEST__METHOD__REGISTER] = {"register", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__GET_DEVICE] = {"get_device", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__LIST_DEVICES] = {"list_devices", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__DELETE_DEVICE] = {"delete", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__GET_TWIN] = {"get_twin", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__PATCH_TWIN] = {"patch_twin", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__SEND_COMMAND] = {"send_command", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__LIST_COMMANDS] = {"list_commands", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__GET_COMMAND] = {"get_command", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__LIST_IDS] = {"list_ids", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__SNAPSHOT] = {"snapshot", s_call, true},
+};
+_Static_assert(sizeof s_methods / sizeof s_methods[0] == sizeof s_typed / sizeof s_typed[0],
+               "s_typed and s_methods list the same methods");
 
 const mh_rpc_service_t tw_rpc_def = {
     .request_type = "twin.request",

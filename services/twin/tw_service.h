@@ -1,9 +1,11 @@
 /* tw_service — the twin actor: device registry, twin documents,
  * connectivity and the durable command queue, all in PostgreSQL.
  *
- * Sockets: PULL (bind) for device messages from the gateways, ROUTER (bind)
- * for the operator RPC, PUB (bind) for events, PUSH (connect, to every
- * gateway) for downlink publishes. Device messages are handled in batches:
+ * Sockets: ROUTER (bind) for relay batches of device messages from the
+ * gateways (mh_relay.h: acknowledged after COMMIT, a batch id applied once),
+ * ROUTER (bind) for the operator RPC, PUB (bind) for events, and an
+ * mh_relay DEALER (connect, to every gateway) for downlink publishes, kept
+ * until a gateway has published them. Device messages are handled in batches:
  * one transaction locks the batch's device rows in id order (so replicas
  * never deadlock on each other and never lose an update), applies every
  * message in arrival order, writes the rows back in one statement, and only

@@ -1,9 +1,9 @@
 #include "mh_test.h"
+#include "mh_http_client.h"
 #include "mh_metrics.h"
 
 #include <sys/prctl.h>
 #include <arpa/inet.h>
-#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -462,44 +462,17 @@ double mht_db_wait_num(mht_db_t *db, const char *sql, double want, int timeout_m
 
 /* ---- HTTP ---- */
 
-typedef struct {
-    char *buf;
-    size_t len;
-} s_body_t;
-
-static size_t s_write(char *data, size_t size, size_t n, void *userp)
-{
-    s_body_t *b = userp;
-    char *nb = realloc(b->buf, b->len + size * n + 1);
-    if (!nb)
-        return 0;
-    b->buf = nb;
-    memcpy(b->buf + b->len, data, size * n);
-    b->len += size * n;
-    b->buf[b->len] = 0;
-    return size * n;
-}
-
 int mht_http_get(int port, const char *path, char **body)
 {
     char url[512];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-    CURL *c = curl_easy_init();
-    s_body_t b = {calloc(1, 1), 0};
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_write);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    long status = 0;
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(c);
+    mh_http_resp_t resp;
+    mh_http_request(&(mh_http_req_t){.url = url, .timeout_ms = 5000}, &resp);
     if (body)
-        *body = b.buf;
+        *body = resp.body;
     else
-        free(b.buf);
-    return (int)status;
+        free(resp.body);
+    return (int)resp.status;
 }
 
 double mht_metric(int http_port, const char *name, const char *labels)
@@ -522,6 +495,37 @@ bool mht_wait_ready(int http_port, int timeout_ms)
         mht_sleep_ms(50);
     }
     return false;
+}
+
+/* ---- motesim ---- */
+
+pid_t mht_motesim_start(const char *name, const char *mqtt_url, const char *twin_rpc,
+                        const char *prefix, int devices, const char *const *args)
+{
+    char bin[600], a_url[300], a_pre[128], a_n[32], a_reg[300];
+    snprintf(a_url, sizeof a_url, "--mqtt-url=%s", mqtt_url);
+    snprintf(a_pre, sizeof a_pre, "--prefix=%s", prefix);
+    snprintf(a_n, sizeof a_n, "--devices=%d", devices);
+    snprintf(a_reg, sizeof a_reg, "--register=%s", twin_rpc);
+    char *argv[24] = {(char *)mht_build_path("tools/motesim/motesim", bin, sizeof bin), a_url,
+                      a_pre, a_n, a_reg};
+    int argc = 5;
+    for (const char *const *a = args; a && *a && argc < 21; a++)
+        argv[argc++] = (char *)*a;
+    argv[argc] = NULL;
+    return mht_spawn(name, argv);
+}
+
+void mht_fleet_wait_online(mht_db_t *db, const char *prefix, int n, const char *firmware)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM twin.devices WHERE id LIKE '%s-%%' AND firmware = '%s'"
+             " AND online",
+             prefix, firmware);
+    double got = mht_db_wait_num(db, sql, n, 30000);
+    if (got != n)
+        fail_msg("only %.0f of %d %s devices came online on %s", got, n, prefix, firmware);
 }
 
 /* ---- services ---- */
@@ -842,4 +846,19 @@ bool mht_platform_stop(mht_platform_t *p)
     mht_broker_stop(&p->broker);
     mht_db_drop(&p->db);
     return clean;
+}
+
+mht_platform_t mht_platform;
+
+int mht_platform_setup(void **state)
+{
+    (void)state;
+    mht_platform_start(&mht_platform);
+    return 0;
+}
+
+int mht_platform_teardown(void **state)
+{
+    (void)state;
+    return mht_platform_stop(&mht_platform) ? 0 : -1;
 }

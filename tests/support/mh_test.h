@@ -165,6 +165,21 @@ void mht_platform_start(mht_platform_t *p);
 /* Stops it, newest first, and drops the database; false when a daemon did
  * not exit cleanly (each named on stderr). */
 bool mht_platform_stop(mht_platform_t *p);
+/* For a suite on one platform: cmocka group setup and teardown that start
+ * and stop `mht_platform`. */
+extern mht_platform_t mht_platform;
+int mht_platform_setup(void **state);
+int mht_platform_teardown(void **state);
+
+/* A simulated fleet: motesim with `devices` devices `prefix`-N, registered
+ * at twin's RPC `twin_rpc` and connected to the broker at `mqtt_url`;
+ * `args` are motesim's other options (NULL-terminated, up to 16). Output
+ * goes to artifacts/<name>.log. */
+pid_t mht_motesim_start(const char *name, const char *mqtt_url, const char *twin_rpc,
+                        const char *prefix, int devices, const char *const *args);
+/* Waits until the `n` devices `prefix`-N are online and report `firmware`;
+ * fails the test (saying how many did) after 30 s. */
+void mht_fleet_wait_online(mht_db_t *db, const char *prefix, int n, const char *firmware);
 
 /* Makes the fleet's Ed25519 signing key pair in the artifacts folder with
  * openssl (fleet-signing.pem, fleet-signing.pub.pem) and gives the paths. */

@@ -15,7 +15,7 @@ Everything runs on 127.0.0.1 on free ports and stops at the end.
 import argparse, os, re, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from telemetry import free_port, psql, setup, teardown, wait_ready  # noqa: E402
+from telemetry import free_port, psql, setup, start_ingest, start_twin, teardown, wait_ready  # noqa: E402
 
 LUA_TWIN = """
 math.randomseed(os.time())
@@ -53,18 +53,9 @@ def main():
     try:
         key = os.path.join(work, "fleet-signing.pem")
         subprocess.check_call(["openssl", "genpkey", "-algorithm", "ed25519", "-out", key])
-        ing_port, ing_rpc, ing_http = free_port(), free_port(), free_port()
-        stack.spawn("ingest", [b("services/ingest/motehub-ingest"), f"--http-listen=127.0.0.1:{ing_http}",
-                               f"--bind=tcp://127.0.0.1:{ing_port}", "--events-bind=",
-                               f"--rpc-bind=tcp://127.0.0.1:{ing_rpc}", f"--pg-url={pg_url}"])
-        wait_ready(ing_http, "ingest")
+        ing_port, ing_rpc, _ = start_ingest(stack, pg_url, rpc=True)
         dl = f"tcp://127.0.0.1:{free_port()}"
-        t_port, t_rpc, t_ev, t_http = free_port(), free_port(), free_port(), free_port()
-        stack.spawn("twin", [
-            b("services/twin/motehub-twin"), f"--http-listen=127.0.0.1:{t_http}",
-            f"--bind=tcp://127.0.0.1:{t_port}", f"--rpc-bind=tcp://127.0.0.1:{t_rpc}",
-            f"--events-bind=tcp://127.0.0.1:{t_ev}", f"--downlink-endpoint={dl}", f"--pg-url={pg_url}"])
-        wait_ready(t_http, "twin")
+        _, (t_port, t_rpc, t_ev, _) = start_twin(stack, pg_url, dl)
         t0 = time.time()
         subprocess.check_call([b("tools/motesim/motesim"), f"--devices={args.devices}", "--prefix=bench",
                                f"--register=tcp://127.0.0.1:{t_rpc}", "--register-only=true"],

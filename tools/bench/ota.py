@@ -18,7 +18,7 @@ Everything runs on 127.0.0.1 on free ports and stops at the end.
 import argparse, os, re, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from telemetry import free_port, http_get, psql, setup, teardown, wait_ready  # noqa: E402
+from telemetry import free_port, http_get, psql, setup, start_ingest, start_twin, teardown, wait_ready  # noqa: E402
 
 
 def settle(gw_http, quiet=3.0, timeout=120):
@@ -56,18 +56,9 @@ def main():
         key, pub = os.path.join(work, "fleet-signing.pem"), os.path.join(work, "fleet-signing.pub.pem")
         subprocess.check_call(["openssl", "genpkey", "-algorithm", "ed25519", "-out", key])
         subprocess.check_call(["openssl", "pkey", "-in", key, "-pubout", "-out", pub])
-        ing_port, ing_http = free_port(), free_port()
-        stack.spawn("ingest", [os.path.join(stack.bin, "services/ingest/motehub-ingest"),
-                               f"--http-listen=127.0.0.1:{ing_http}", f"--bind=tcp://127.0.0.1:{ing_port}",
-                               "--events-bind=", "--rpc-bind=", f"--pg-url={pg_url}"])
-        wait_ready(ing_http, "ingest")
+        ing_port, _, _ = start_ingest(stack, pg_url)
         dl = f"tcp://127.0.0.1:{free_port()}"
-        t_port, t_rpc, t_ev, t_http = free_port(), free_port(), free_port(), free_port()
-        stack.spawn("twin", [
-            os.path.join(stack.bin, "services/twin/motehub-twin"), f"--http-listen=127.0.0.1:{t_http}",
-            f"--bind=tcp://127.0.0.1:{t_port}", f"--rpc-bind=tcp://127.0.0.1:{t_rpc}",
-            f"--events-bind=tcp://127.0.0.1:{t_ev}", f"--downlink-endpoint={dl}", f"--pg-url={pg_url}"])
-        wait_ready(t_http, "twin")
+        _, (t_port, t_rpc, t_ev, _) = start_twin(stack, pg_url, dl)
         o_port, o_rpc, o_http = free_port(), free_port(), free_port()
         stack.spawn("ota", [
             os.path.join(stack.bin, "services/ota/motehub-ota"), f"--http-listen=127.0.0.1:{o_http}",

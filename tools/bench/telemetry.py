@@ -174,6 +174,29 @@ def wait_ready(port, what, timeout=30):
     sys.exit(f"{what} did not become ready")
 
 
+def start_ingest(stack, pg_url, rpc=False, name="ingest"):
+    """One ingest on free ports, ready; its (batch port, RPC port or None, HTTP port)."""
+    port, http = free_port(), free_port()
+    rpc_port = free_port() if rpc else None
+    stack.spawn(name, [os.path.join(stack.bin, "services/ingest/motehub-ingest"),
+                       f"--http-listen=127.0.0.1:{http}", f"--bind=tcp://127.0.0.1:{port}", "--events-bind=",
+                       f"--rpc-bind=tcp://127.0.0.1:{rpc_port}" if rpc else "--rpc-bind=", f"--pg-url={pg_url}"])
+    wait_ready(http, name)
+    return port, rpc_port, http
+
+
+def start_twin(stack, pg_url, downlink, name="twin"):
+    """One twin on free ports, sending downlinks to `downlink`, ready; its process and
+    (device-message port, RPC port, events port, HTTP port)."""
+    port, rpc, ev, http = free_port(), free_port(), free_port(), free_port()
+    p = stack.spawn(name, [os.path.join(stack.bin, "services/twin/motehub-twin"), f"--http-listen=127.0.0.1:{http}",
+                           f"--bind=tcp://127.0.0.1:{port}", f"--rpc-bind=tcp://127.0.0.1:{rpc}",
+                           f"--events-bind=tcp://127.0.0.1:{ev}", f"--downlink-endpoint={downlink}",
+                           f"--pg-url={pg_url}"])
+    wait_ready(http, name)
+    return p, (port, rpc, ev, http)
+
+
 def run_publishers(stack, broker_port, rate, tag):
     a = stack.args
     per_rate, per_dev = rate / a.publishers, a.devices // a.publishers

@@ -16,7 +16,8 @@ Everything runs on 127.0.0.1 on free ports and stops at the end.
 import argparse, os, re, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from telemetry import cpu_seconds, free_port, postgres_cpu, postgres_pids, setup, teardown, wait_ready  # noqa: E402
+from telemetry import (cpu_seconds, free_port, postgres_cpu, postgres_pids, setup, start_ingest, start_twin,  # noqa: E402
+                       teardown, wait_ready)
 
 
 def motesim(stack, name, args):
@@ -43,21 +44,12 @@ def main():
     work = stack.work
     pg_url = f"host=127.0.0.1 port={pg_port} user=postgres dbname=bench"
     try:
-        ing_port, ing_http = free_port(), free_port()
-        stack.spawn("ingest", [os.path.join(stack.bin, "services/ingest/motehub-ingest"),
-                               f"--http-listen=127.0.0.1:{ing_http}", f"--bind=tcp://127.0.0.1:{ing_port}",
-                               "--events-bind=", "--rpc-bind=", f"--pg-url={pg_url}"])
-        wait_ready(ing_http, "ingest")
+        ing_port, _, _ = start_ingest(stack, pg_url)
         dl = f"tcp://127.0.0.1:{free_port()}"
         twins = []
         for i in range(args.twins):
-            port, rpc, ev, http = free_port(), free_port(), free_port(), free_port()
-            p = stack.spawn(f"twin-{i}", [
-                os.path.join(stack.bin, "services/twin/motehub-twin"), f"--http-listen=127.0.0.1:{http}",
-                f"--bind=tcp://127.0.0.1:{port}", f"--rpc-bind=tcp://127.0.0.1:{rpc}",
-                f"--events-bind=tcp://127.0.0.1:{ev}", f"--downlink-endpoint={dl}", f"--pg-url={pg_url}"])
-            wait_ready(http, "twin")
-            twins.append((p, port, rpc, ev, http))
+            p, ports = start_twin(stack, pg_url, dl, f"twin-{i}")
+            twins.append((p, *ports))
         rpc_ep = f"tcp://127.0.0.1:{twins[0][2]}"
         gw_http = free_port()
         gw = stack.spawn("gateway", [

@@ -9,6 +9,7 @@
 #include "mc_ca.h"
 #include "mh_json.h"
 #include "mh_curve.h"
+#include "mh_http_client.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -63,63 +64,25 @@ static const char *s_usage =
 
 /* ---- HTTP ---- */
 
-typedef struct {
-    char *data;
-    size_t len;
-} s_buf_t;
-
-static size_t s_collect(char *p, size_t sz, size_t n, void *ud)
-{
-    s_buf_t *b = ud;
-    char *nd = realloc(b->data, b->len + sz * n + 1);
-    if (!nd)
-        return 0;
-    b->data = nd;
-    memcpy(b->data + b->len, p, sz * n);
-    b->len += sz * n;
-    b->data[b->len] = 0;
-    return sz * n;
-}
-
 /* Performs a request; returns the HTTP status (0 when unreachable) and the
  * body in *out (caller frees). */
 static long s_http(const char *method, const char *path, const char *ctype, const char *body,
-                   size_t blen, const char *if_match, s_buf_t *out)
+                   size_t blen, const char *if_match, mh_http_resp_t *out)
 {
-    char url[4096], auth[300], im[100], ct[120];
+    char url[4096], im[100];
     snprintf(url, sizeof url, "%s%s", s_url, path);
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = NULL;
-    if (s_token) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", s_token);
-        h = curl_slist_append(h, auth);
-    }
-    if (if_match) {
-        snprintf(im, sizeof im, "If-Match: \"%s\"", if_match);
-        h = curl_slist_append(h, im);
-    }
-    if (body) {
-        snprintf(ct, sizeof ct, "Content-Type: %s", ctype);
-        h = curl_slist_append(h, ct);
-    }
-    memset(out, 0, sizeof *out);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-    }
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
-    long status = 0;
-    CURLcode rc = curl_easy_perform(c);
-    if (rc == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    else
-        fprintf(stderr, "motectl: cannot reach %s: %s\n", s_url, curl_easy_strerror(rc));
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
+    if (if_match)
+        snprintf(im, sizeof im, "\"%s\"", if_match);
+    mh_http_req_t req = {.method = method,
+                         .url = url,
+                         .bearer = s_token,
+                         .if_match = if_match ? im : NULL,
+                         .content_type = ctype,
+                         .body = body,
+                         .body_len = blen};
+    long status = mh_http_request(&req, out);
+    if (!status)
+        fprintf(stderr, "motectl: cannot reach %s: %s\n", s_url, out->error);
     return status;
 }
 
@@ -129,24 +92,24 @@ static json_t *s_call(const char *method, const char *path, json_t *body, const 
                       int *rc)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    s_buf_t out;
+    mh_http_resp_t out;
     long st =
         s_http(method, path, "application/json", text, text ? strlen(text) : 0, if_match, &out);
     free(text);
-    json_t *v = out.len ? mh_json_loadb(out.data, out.len, 0, MH_JSON_MAX_DEPTH, NULL) : NULL;
+    json_t *v = out.len ? mh_json_loadb(out.body, out.len, 0, MH_JSON_MAX_DEPTH, NULL) : NULL;
     if (st == 0 || st >= 400) {
         if (st) {
             json_t *e = json_object_get(v, "error");
             fprintf(stderr, "motectl: %ld %s: %s\n", st,
                     json_string_value(json_object_get(e, "code")) ?: "error",
-                    json_string_value(json_object_get(e, "message")) ?: (out.data ?: ""));
+                    json_string_value(json_object_get(e, "message")) ?: (out.body ?: ""));
         }
-        free(out.data);
+        free(out.body);
         json_decref(v);
         *rc = st ? 1 : 3;
         return NULL;
     }
-    free(out.data);
+    free(out.body);
     *rc = 0;
     return v ? v : json_object();
 }
@@ -589,13 +552,13 @@ static int s_firmware(int argc, char **argv)
     if (strcmp(argv[0], "list") == 0)
         return s_out(s_call("GET", "/api/v1/firmware", NULL, NULL, &rc), s_t_firmware) ? rc : 0;
     if (strcmp(argv[0], "signing-key") == 0) {
-        s_buf_t out;
+        mh_http_resp_t out;
         long st = s_http("GET", "/api/v1/firmware/signing-key", NULL, NULL, 0, NULL, &out);
         if (st == 200)
-            fputs(out.data ? out.data : "", stdout);
+            fputs(out.body ? out.body : "", stdout);
         else if (st)
-            fprintf(stderr, "motectl: %ld: %s\n", st, out.data ? out.data : "");
-        free(out.data);
+            fprintf(stderr, "motectl: %ld: %s\n", st, out.body ? out.body : "");
+        free(out.body);
         return st == 200 ? 0 : st ? 1 : 3;
     }
     NEED(2);
@@ -619,22 +582,27 @@ static int s_firmware(int argc, char **argv)
         perror(argv[1]);
         return 2;
     }
-    s_buf_t img = {0};
+    char *img = NULL;
+    size_t img_len = 0;
+    FILE *m = open_memstream(&img, &img_len);
     char chunk[65536];
     size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        s_collect(chunk, 1, n, &img);
+    while (m && (n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        fwrite(chunk, 1, n, m);
     fclose(f);
+    if (!m || fclose(m)) {
+        perror(argv[1]);
+        return 2;
+    }
     char q[512] = "";
     s_qappend(q, sizeof q, "version", s_opt(o, 2, "version"));
     s_qappend(q, sizeof q, "hardware", s_opt(o, 2, "hardware"));
     snprintf(path, sizeof path, "/api/v1/firmware%s", q);
-    s_buf_t out;
-    long st = s_http("POST", path, "application/octet-stream", img.data ? img.data : "", img.len,
-                     NULL, &out);
-    free(img.data);
-    json_t *v = out.len ? mh_json_loadb(out.data, out.len, 0, MH_JSON_MAX_DEPTH, NULL) : NULL;
-    free(out.data);
+    mh_http_resp_t out;
+    long st = s_http("POST", path, "application/octet-stream", img, img_len, NULL, &out);
+    free(img);
+    json_t *v = out.len ? mh_json_loadb(out.body, out.len, 0, MH_JSON_MAX_DEPTH, NULL) : NULL;
+    free(out.body);
     if (st != 201) {
         if (st)
             fprintf(stderr, "motectl: %ld: %s\n", st,
