@@ -16,6 +16,7 @@ typedef struct {
     char id[96];
     zframe_t *frame;
     size_t messages;
+    char **tags;     /* the messages' tags (NULL entries: none); NULL when none has one */
     int64_t sent_ms; /* 0: never reached a receiver yet */
     unsigned attempts;
 } s_batch_t;
@@ -27,6 +28,7 @@ struct mh_relay_t {
     mh_resolver_t *resolver;
     /* the batch being built: packed envelopes */
     zframe_t **building;
+    char **building_tags;
     size_t nbuilding;
     size_t held; /* messages in building, waiting and the window */
     int64_t started_ms;
@@ -43,6 +45,9 @@ static void s_batch_free(void **item)
     s_batch_t *b = *item;
     if (b) {
         zframe_destroy(&b->frame);
+        for (size_t i = 0; b->tags && i < b->messages; i++)
+            free(b->tags[i]);
+        free(b->tags);
         free(b);
         *item = NULL;
     }
@@ -67,6 +72,7 @@ mh_relay_t *mh_relay_new(const mh_relay_opts_t *opts, mh_metrics_t *metrics)
     self->name = strdup(opts->name);
     self->instance = strdup(opts->instance);
     self->building = calloc(self->o.batch_max, sizeof *self->building);
+    self->building_tags = calloc(self->o.batch_max, sizeof *self->building_tags);
     self->waiting = zlistx_new();
     self->window = zhashx_new();
     self->dealer = zsock_new(ZMQ_DEALER);
@@ -80,8 +86,8 @@ mh_relay_t *mh_relay_new(const mh_relay_opts_t *opts, mh_metrics_t *metrics)
         zsock_set_immediate(self->dealer, 1);
         self->resolver = mh_resolver_new(self->dealer, opts->endpoint);
     }
-    if (!self->name || !self->instance || !self->building || !self->waiting || !self->window ||
-        !self->resolver) {
+    if (!self->name || !self->instance || !self->building || !self->building_tags ||
+        !self->waiting || !self->window || !self->resolver) {
         mh_relay_destroy(&self);
         return NULL;
     }
@@ -111,9 +117,12 @@ void mh_relay_destroy(mh_relay_t **self_p)
     mh_relay_t *self = *self_p;
     if (!self)
         return;
-    for (size_t i = 0; i < self->nbuilding; i++)
+    for (size_t i = 0; i < self->nbuilding; i++) {
         zframe_destroy(&self->building[i]);
+        free(self->building_tags[i]);
+    }
     free(self->building);
+    free(self->building_tags);
     zlistx_destroy(&self->waiting);
     zhashx_destroy(&self->window);
     mh_resolver_destroy(&self->resolver);
@@ -182,36 +191,59 @@ static int s_close_batch(mh_relay_t *self)
         return -1;
     }
     b->messages = self->nbuilding;
-    for (size_t i = 0; i < self->nbuilding; i++)
+    for (size_t i = 0; i < self->nbuilding; i++) {
         zframe_destroy(&self->building[i]);
+        if (self->building_tags[i] && !b->tags)
+            b->tags = calloc(self->nbuilding, sizeof *b->tags);
+        if (b->tags) { /* out of memory: the tags are lost, never the messages */
+            b->tags[i] = self->building_tags[i];
+            self->building_tags[i] = NULL;
+        }
+        free(self->building_tags[i]);
+        self->building_tags[i] = NULL;
+    }
     self->nbuilding = 0;
     zlistx_add_end(self->waiting, b);
     s_fill_window(self);
     return 0;
 }
 
-int mh_relay_add(mh_relay_t *self, const char *type, const ProtobufCMessage *body)
-{
-    zframe_t *f = mh_envelope_pack(type, NULL, body);
-    return f ? mh_relay_add_packed(self, &f) : -1;
-}
-
-int mh_relay_add_packed(mh_relay_t *self, zframe_t **frame_p)
+static int s_add(mh_relay_t *self, zframe_t **frame_p, const char *tag)
 {
     zframe_t *f = *frame_p;
     *frame_p = NULL;
-    if (self->nbuilding == self->o.batch_max && s_close_batch(self) < 0) {
+    char *t = tag ? strdup(tag) : NULL;
+    if ((tag && !t) || (self->nbuilding == self->o.batch_max && s_close_batch(self) < 0)) {
         zframe_destroy(&f);
+        free(t);
         return -1;
     }
     if (self->nbuilding == 0)
         self->started_ms = mh_mono_ms();
+    self->building_tags[self->nbuilding] = t;
     self->building[self->nbuilding++] = f;
     self->held++;
     mh_counter_inc(self->m_messages);
     if (self->nbuilding == self->o.batch_max)
         s_close_batch(self);
     return 0;
+}
+
+int mh_relay_add(mh_relay_t *self, const char *type, const ProtobufCMessage *body)
+{
+    return mh_relay_add_tagged(self, type, body, NULL);
+}
+
+int mh_relay_add_tagged(mh_relay_t *self, const char *type, const ProtobufCMessage *body,
+                        const char *tag)
+{
+    zframe_t *f = mh_envelope_pack(type, NULL, body);
+    return f ? s_add(self, &f, tag) : -1;
+}
+
+int mh_relay_add_packed(mh_relay_t *self, zframe_t **frame_p)
+{
+    return s_add(self, frame_p, NULL);
 }
 
 bool mh_relay_full(const mh_relay_t *self)
@@ -244,6 +276,9 @@ void mh_relay_on_acks(mh_relay_t *self)
         s_batch_t *b = ack ? zhashx_lookup(self->window, ack->batch_id) : NULL;
         if (b) {
             self->held -= b->messages;
+            for (size_t i = 0; b->tags && self->o.delivered && i < b->messages; i++)
+                if (b->tags[i])
+                    self->o.delivered(self->o.ud, b->tags[i]);
             zhashx_delete(self->window, ack->batch_id);
         } else {
             mh_counter_inc(self->m_unknown);

@@ -39,6 +39,10 @@ typedef struct {
     /* metrics P_batches_sent_total, P_batches_resent_total,
      * P_acks_unknown_total, P_window_batches, P_messages_total */
     const char *metric_prefix;
+    /* called with each tag of a batch's messages once a receiver has
+     * acknowledged the batch (NULL: none) */
+    void (*delivered)(void *ud, const char *tag);
+    void *ud;
 } mh_relay_opts_t;
 
 /* NULL when the endpoint does not resolve or out of memory. */
@@ -52,6 +56,11 @@ void mh_relay_destroy(mh_relay_t **self_p);
  * memory, not messages (mh_relay_full tells the caller when to stop taking
  * input). */
 int mh_relay_add(mh_relay_t *self, const char *type, const ProtobufCMessage *body);
+/* The same with a tag (copied; NULL for none) that opts.delivered is given
+ * once the message's batch is acknowledged: how a sender learns that what
+ * it handed over has taken effect. */
+int mh_relay_add_tagged(mh_relay_t *self, const char *type, const ProtobufCMessage *body,
+                        const char *tag);
 /* The same for a message already packed as an Envelope (taken, even on
  * failure). */
 int mh_relay_add_packed(mh_relay_t *self, zframe_t **frame_p);

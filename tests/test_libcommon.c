@@ -136,19 +136,24 @@ static void test_metrics_render(void **state)
         mh_histogram_observe(h, 40);
     char *text = mh_metrics_render(m);
     assert_non_null(strstr(text, "# TYPE mh_x_total counter\n"));
+    const struct {
+        const char *name, *labels;
+        double want;
+    } series[] = {
+        {"mh_x_total", "reason=\"a\"", 5},
+        {"mh_x_total", "reason=\"b\"", 1},
+        {"mh_g", NULL, 2.5},
+        {"mh_lat_ms_bucket", "le=\"10\"", 90},
+        {"mh_lat_ms_bucket", "le=\"+Inf\"", 100},
+        {"mh_lat_ms_count", NULL, 100},
+    };
     double v;
-    assert_int_equal(mh_metrics_text_value(text, "mh_x_total", "reason=\"a\"", &v), 0);
-    assert_true(v == 5);
-    assert_int_equal(mh_metrics_text_value(text, "mh_x_total", "reason=\"b\"", &v), 0);
-    assert_true(v == 1);
-    assert_int_equal(mh_metrics_text_value(text, "mh_g", NULL, &v), 0);
-    assert_true(v == 2.5);
-    assert_int_equal(mh_metrics_text_value(text, "mh_lat_ms_bucket", "le=\"10\"", &v), 0);
-    assert_true(v == 90);
-    assert_int_equal(mh_metrics_text_value(text, "mh_lat_ms_bucket", "le=\"+Inf\"", &v), 0);
-    assert_true(v == 100);
-    assert_int_equal(mh_metrics_text_value(text, "mh_lat_ms_count", NULL, &v), 0);
-    assert_true(v == 100);
+    for (size_t i = 0; i < sizeof series / sizeof *series; i++) {
+        assert_int_equal(mh_metrics_text_value(text, series[i].name, series[i].labels, &v), 0);
+        if (v != series[i].want)
+            fail_msg("%s{%s} is %g, not %g", series[i].name,
+                     series[i].labels ? series[i].labels : "", v, series[i].want);
+    }
     assert_int_equal(mh_metrics_text_value(text, "mh_missing", NULL, &v), -ENOENT);
     /* The family header appears once even with two label sets. */
     const char *first = strstr(text, "# HELP mh_x_total");
@@ -462,9 +467,17 @@ static double s_metric(mh_metrics_t *m, const char *name)
     return v;
 }
 
+/* the relay's delivered callback: the tags, each followed by '|' */
+static void s_delivered(void *ud, const char *tag)
+{
+    strcat(ud, tag);
+    strcat(ud, "|");
+}
+
 static void test_relay(void **state)
 {
     (void)state;
+    char delivered[256] = "";
     mh_metrics_t *m = mh_metrics_new();
     zsock_t *router = zsock_new_router("inproc://relay-test");
     mh_relay_t *r = mh_relay_new(&(mh_relay_opts_t){.endpoint = "inproc://relay-test",
@@ -475,14 +488,17 @@ static void test_relay(void **state)
                                                     .window = 2,
                                                     .max_held = 7,
                                                     .ack_timeout_ms = 200,
-                                                    .metric_prefix = "mh_test_relay"},
+                                                    .metric_prefix = "mh_test_relay",
+                                                    .delivered = s_delivered,
+                                                    .ud = delivered},
                                  m);
     assert_non_null(r);
     mh_relay_refresh(r);
     Mh__DeviceSeen seen = MH__DEVICE_SEEN__INIT;
-    /* three messages make a full batch, sent at once */
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(mh_relay_add(r, "device.seen", &seen.base), 0);
+    /* three messages make a full batch, sent at once; two carry tags */
+    assert_int_equal(mh_relay_add_tagged(r, "device.seen", &seen.base, "a"), 0);
+    assert_int_equal(mh_relay_add(r, "device.seen", &seen.base), 0);
+    assert_int_equal(mh_relay_add_tagged(r, "device.seen", &seen.base, "b c"), 0);
     mh_relay_batch_t *b = s_relay_recv(router);
     assert_non_null(b);
     assert_string_equal(b->batch_id, "gw-1-1");
@@ -491,6 +507,7 @@ static void test_relay(void **state)
     assert_string_equal(env->type, "device.seen");
     mh_envelope_free(&env);
     assert_int_equal(mh_relay_unacked(r), 3);
+    assert_string_equal(delivered, ""); /* nothing is delivered before its ack */
     /* not acknowledged in time: sent again, with the same id */
     mh_relay_batch_t *again = NULL;
     for (int i = 0; i < 50 && !again; i++) {
@@ -508,6 +525,7 @@ static void test_relay(void **state)
     mh_relay_on_acks(r);
     assert_int_equal(mh_relay_unacked(r), 0);
     assert_true(s_metric(m, "mh_test_relay_acks_unknown_total") == 1);
+    assert_string_equal(delivered, "a|b c|"); /* once, for the first ack */
     mh_relay_batch_destroy(&b);
     mh_relay_batch_destroy(&again);
     /* a partial batch goes after the linger; the window holds two batches,

@@ -770,9 +770,11 @@ static void test_offline_queue(void **state)
         s_ji(json_object_get(json_object_get(json_array_get(items, 0), "result"), "echo"), "n"), 3);
     json_decref(list);
 
-    /* Online: published at once, status "sent" in the answer. */
+    /* Online: handed to a gateway at once, "queued" in the answer; "sent"
+     * once the gateway has published it (the broker's PUBACK), and the
+     * device's answer after. */
     c = s_cmd_body(s_command("cq-1", "blink", "{\"n\":9}", 0, 0));
-    assert_string_equal(json_string_value(json_object_get(c, "status")), "sent");
+    assert_string_equal(json_string_value(json_object_get(c, "status")), "queued");
     char now_id[64];
     snprintf(now_id, sizeof now_id, "%s", json_string_value(json_object_get(c, "id")));
     json_decref(c);
@@ -801,6 +803,8 @@ static void test_command_timeout(void **state)
     json_t *m = s_expect(d, "commands", 10000);
     assert_non_null(m);
     json_decref(m);
+    /* published: sent, and the 1 s timeout runs from there */
+    assert_true(s_wait_cmd("ct-1", id, "sent", 5000));
     assert_true(s_wait_cmd("ct-1", id, "timed_out", 5000));
     /* A late ack does not revive it. */
     assert_int_equal(mh_agent_ack(d->agent, id, MH_CMD_SUCCEEDED, NULL), 0);

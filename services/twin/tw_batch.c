@@ -565,9 +565,13 @@ static bool s_store(tw_t *self, s_batch_t *b, char *err, size_t errlen)
         const char *p[] = {text, now_s};
         PGresult *res = mh_pg_exec(
             self->pg, PGRES_TUPLES_OK,
-            "UPDATE twin.commands c SET status = u.status, result = u.result, completed_ms = $2"
+            /* a command handed to a gateway may be answered before the
+             * gateway's acknowledgement has marked it sent */
+            "UPDATE twin.commands c SET status = u.status, result = u.result, completed_ms = $2,"
+            " sent_ms = COALESCE(c.sent_ms, $2)"
             " FROM jsonb_to_recordset($1::jsonb) AS u(id text, device_id text, status text,"
-            " result jsonb) WHERE c.id = u.id AND c.device_id = u.device_id AND c.status = 'sent'"
+            " result jsonb) WHERE c.id = u.id AND c.device_id = u.device_id"
+            " AND (c.status = 'sent' OR (c.status = 'queued' AND c.handed_ms IS NOT NULL))"
             " RETURNING c.device_id, c.id, c.name, c.status",
             2, p, err, errlen);
         free(text);

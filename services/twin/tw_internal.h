@@ -56,6 +56,7 @@ typedef struct {
     mh_pg_t *pg;
     zsock_t *pull, *router, *pub;
     mh_relay_t *downlink; /* to the gateways, acknowledged once published */
+    zlist_t *published;   /* command ids a gateway published, not yet marked sent */
     mh_rpc_server_t *rpc; /* on router */
 
     /* relay batches read but not yet committed (database away); acknowledged
@@ -71,6 +72,7 @@ typedef struct {
     mh_ratelimit_t rl_warn, rl_db;
     mh_rpc_db_t db;           /* pg, m_db_errors and rl_db, for the RPC methods */
     int64_t next_relay_prune; /* wall ms: when tw_sweep next prunes relay ids */
+    int64_t next_rehand;      /* wall ms: when it next hands stale commands again */
 } tw_t;
 
 /* small helpers */
@@ -118,6 +120,7 @@ typedef struct {
     char device[MH_MAX_DEVICE_ID + 1];
     Mh__Publish **pubs;
     size_t n, cap;
+    char *commands; /* the command ids among them, space-separated: the relay tag */
 } tw_dl_t;
 
 typedef struct {
@@ -131,6 +134,9 @@ void tw_out_init(tw_out_t *o);
 void tw_out_clear(tw_out_t *o);
 void tw_out_destroy(tw_out_t *o);
 void tw_out_publish_json(tw_out_t *o, const char *device, const char *sub, json_t *v);
+/* The same for command `id`: it counts as sent once a gateway has
+ * published it (tw_commands_published). */
+void tw_out_publish_command(tw_out_t *o, const char *device, const char *id, json_t *v);
 void tw_out_event(tw_out_t *o, const char *type, const ProtobufCMessage *body);
 void tw_out_command_event(tw_out_t *o, const char *device, const char *id, const char *name,
                           const char *status);
@@ -142,6 +148,18 @@ void tw_out_flush(tw_t *self, tw_out_t *o);
 json_t *tw_command_json(PGresult *res, int r);
 bool tw_deliver(tw_t *self, tw_out_t *o, const char *const *devices, size_t n, int64_t now,
                 char *err, size_t errlen);
+/* The downlink relay's delivered callback: `tag` holds the ids of commands
+ * a gateway has published (the broker's PUBACK); noted for
+ * tw_commands_sent. */
+void tw_commands_published(void *ud, const char *tag);
+/* Marks the noted commands sent; kept for the next call while the
+ * database is away. */
+void tw_commands_sent(tw_t *self);
+/* Hands again the queued commands of online devices that were handed to a
+ * gateway TW_REHAND_MS ago and never acknowledged (the twin that handed
+ * them died holding them). */
+void tw_commands_rehand(tw_t *self);
+#define TW_REHAND_MS 30000
 
 /* ---- tw_batch.c ---- */
 

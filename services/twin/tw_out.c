@@ -20,6 +20,7 @@ void tw_out_clear(tw_out_t *o)
             free(o->dls[i].pubs[j]);
         }
         free(o->dls[i].pubs);
+        free(o->dls[i].commands);
     }
     free(o->dls);
     o->dls = NULL;
@@ -75,6 +76,19 @@ void tw_out_publish_json(tw_out_t *o, const char *device, const char *sub, json_
     json_decref(v);
 }
 
+void tw_out_publish_command(tw_out_t *o, const char *device, const char *id, json_t *v)
+{
+    tw_out_publish_json(o, device, "commands", v);
+    size_t idx = (size_t)(uintptr_t)zhashx_lookup(o->dl_index, device);
+    if (!idx)
+        return; /* out of memory before anything was queued */
+    tw_dl_t *dl = &o->dls[idx - 1];
+    char *old = dl->commands;
+    if (asprintf(&dl->commands, "%s%s%s", old ? old : "", old ? " " : "", id) < 0)
+        dl->commands = NULL; /* out of memory: sent once published is not known for these */
+    free(old);
+}
+
 void tw_out_event(tw_out_t *o, const char *type, const ProtobufCMessage *body)
 {
     zframe_t *f = mh_envelope_pack(type, NULL, body);
@@ -116,7 +130,7 @@ void tw_out_flush(tw_t *self, tw_out_t *o)
         dl.n_publishes = o->dls[i].n;
         /* one Downlink per device keeps its publishes in order at one
          * gateway */
-        if (mh_relay_add(self->downlink, "downlink", &dl.base) < 0) {
+        if (mh_relay_add_tagged(self->downlink, "downlink", &dl.base, o->dls[i].commands) < 0) {
             mh_counter_add(self->m_downlink_dropped, dl.n_publishes);
             mh_log_limited(&self->rl_warn, MH_LOG_WARN,
                            "out of memory: %zu downlinks to %s dropped", dl.n_publishes,

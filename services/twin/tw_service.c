@@ -9,13 +9,13 @@ const mh_cfg_opt_t tw_config_options[] = {
     {"pg-url", "MH_PG_URL", MH_CFG_STR, "postgresql://postgres@127.0.0.1:5433/motehub",
      S_CFG(pg_url), "PostgreSQL connection string"},
     {"bind", "MH_TWIN_BIND", MH_CFG_STR, "tcp://127.0.0.1:5580", S_CFG(bind),
-     "where the PULL for device messages from the gateways binds"},
+     "where the ROUTER for device messages from the gateways binds"},
     {"rpc-bind", "MH_TWIN_RPC_BIND", MH_CFG_STR, "tcp://127.0.0.1:5581", S_CFG(rpc_bind),
      "where the ROUTER for the operator RPC binds"},
     {"events-bind", "MH_TWIN_EVENTS_BIND", MH_CFG_STR, "tcp://127.0.0.1:5573", S_CFG(events_bind),
      "where the event PUB socket binds (empty: none)"},
     {"downlink-endpoint", "MH_DOWNLINK_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5590",
-     S_CFG(downlink_endpoint), "the gateways' downlink PULL endpoint(s); names resolve to all"},
+     S_CFG(downlink_endpoint), "the gateways' downlink ROUTER endpoint(s); names resolve to all"},
     {"batch-max", "MH_TWIN_BATCH_MAX", MH_CFG_INT, "1000", S_CFG(batch_max),
      "device messages handled in one transaction at most"},
     {"keepalive", "MH_DEVICE_KEEPALIVE", MH_CFG_DURATION, "60s", S_CFG(keepalive_ms),
@@ -86,6 +86,11 @@ static const char *s_schema_sql =
     "CREATE INDEX IF NOT EXISTS relay_batches_at ON twin.relay_batches (at_ms);"
     /* when the broker last listed the device as connected (motehub_presence.h) */
     "ALTER TABLE twin.devices ADD COLUMN IF NOT EXISTS present_ms bigint;"
+    /* when a queued command was last handed to a gateway; it is sent once
+     * a gateway says it has published it */
+    "ALTER TABLE twin.commands ADD COLUMN IF NOT EXISTS handed_ms bigint;"
+    "CREATE INDEX IF NOT EXISTS commands_handed ON twin.commands (handed_ms)"
+    "  WHERE status = 'queued';"
     /* when the broker last sent a presence list: while it does, a device it
      * never listed is not connected either */
     "CREATE TABLE IF NOT EXISTS twin.presence (k int PRIMARY KEY, at_ms bigint NOT NULL);"
@@ -165,6 +170,7 @@ static void s_destroy(tw_t **self_p)
     zsock_destroy(&self->router);
     zsock_destroy(&self->pub);
     mh_relay_destroy(&self->downlink);
+    zlist_destroy(&self->published);
     free(self);
     *self_p = NULL;
 }
@@ -191,10 +197,15 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
     self->downlink = mh_relay_new(&(mh_relay_opts_t){.endpoint = self->cfg->downlink_endpoint,
                                                      .name = "the gateways",
                                                      .instance = ctx->instance,
-                                                     .metric_prefix = "mh_twin_downlink_relay"},
+                                                     .metric_prefix = "mh_twin_downlink_relay",
+                                                     .delivered = tw_commands_published,
+                                                     .ud = self},
                                   ctx->metrics);
     self->rpc = mh_rpc_server_new(&tw_rpc_def, self, self->pg, ctx->metrics);
-    if (!self->pending || !self->pg || !self->downlink || !self->rpc) {
+    self->published = zlist_new();
+    if (self->published)
+        zlist_autofree(self->published);
+    if (!self->pending || !self->pg || !self->downlink || !self->rpc || !self->published) {
         mh_error("bad settings (downlink endpoint \"%s\")", self->cfg->downlink_endpoint);
         s_destroy(&self);
         return NULL;
@@ -291,6 +302,7 @@ void tw_actor(zsock_t *pipe, void *args)
             s_read_batch(self);
         s_run_pending(self);
         mh_relay_on_acks(self->downlink);
+        tw_commands_sent(self);
         mh_relay_tick(self->downlink, false);
 
         int64_t now = mh_mono_ms();

@@ -96,4 +96,8 @@ void tw_sweep(tw_t *self)
     }
     tw_out_flush(self, &out);
     tw_out_destroy(&out);
+    if (now >= self->next_rehand) {
+        self->next_rehand = now + TW_REHAND_MS / 6;
+        tw_commands_rehand(self);
+    }
 }
