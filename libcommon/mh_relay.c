@@ -1,6 +1,7 @@
 /* mh_relay — see mh_relay.h. */
 #include "mh_relay.h"
 #include "envelope.pb-c.h"
+#include "mh_window.h"
 #include "mh_envelope.h"
 #include "mh_log.h"
 #include "mh_time.h"
@@ -11,14 +12,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A batch: its packed "relay.batch" envelope, kept until acknowledged. */
+/* A batch: its packed "relay.batch" envelope until it is handed to the
+ * window (which keeps the frame from then on), and what the sender needs
+ * when it is acknowledged. */
 typedef struct {
     char id[96];
     zframe_t *frame;
     size_t messages;
-    char **tags;     /* the messages' tags (NULL entries: none); NULL when none has one */
-    int64_t sent_ms; /* 0: never reached a receiver yet */
-    unsigned attempts;
+    char **tags; /* the messages' tags (NULL entries: none); NULL when none has one */
 } s_batch_t;
 
 struct mh_relay_t {
@@ -33,24 +34,27 @@ struct mh_relay_t {
     size_t held; /* messages in building, waiting and the window */
     int64_t started_ms;
     uint64_t seq;
-    zlistx_t *waiting; /* s_batch_t built, not sent: the window was full */
-    zhashx_t *window;  /* id -> s_batch_t sent, not acknowledged */
-    mh_counter_t *m_sent, *m_resent, *m_unknown, *m_messages;
-    mh_gauge_t *m_window;
+    zlistx_t *waiting;   /* s_batch_t built, not sent: the window was full */
+    mh_window_t *window; /* sent, not acknowledged: items are s_batch_t */
+    mh_counter_t *m_messages;
     mh_ratelimit_t rl;
 };
 
-static void s_batch_free(void **item)
+static void s_batch_free(void *item)
 {
-    s_batch_t *b = *item;
-    if (b) {
-        zframe_destroy(&b->frame);
-        for (size_t i = 0; b->tags && i < b->messages; i++)
-            free(b->tags[i]);
-        free(b->tags);
-        free(b);
-        *item = NULL;
-    }
+    s_batch_t *b = item;
+    zframe_destroy(&b->frame);
+    for (size_t i = 0; b->tags && i < b->messages; i++)
+        free(b->tags[i]);
+    free(b->tags);
+    free(b);
+}
+
+static void s_batch_destructor(void **item)
+{
+    if (*item)
+        s_batch_free(*item);
+    *item = NULL;
 }
 
 mh_relay_t *mh_relay_new(const mh_relay_opts_t *opts, mh_metrics_t *metrics)
@@ -74,7 +78,6 @@ mh_relay_t *mh_relay_new(const mh_relay_opts_t *opts, mh_metrics_t *metrics)
     self->building = calloc(self->o.batch_max, sizeof *self->building);
     self->building_tags = calloc(self->o.batch_max, sizeof *self->building_tags);
     self->waiting = zlistx_new();
-    self->window = zhashx_new();
     self->dealer = zsock_new(ZMQ_DEALER);
     if (self->dealer) {
         zsock_set_linger(self->dealer, 0);
@@ -85,30 +88,24 @@ mh_relay_t *mh_relay_new(const mh_relay_opts_t *opts, mh_metrics_t *metrics)
          * replica's pipe would wait out the whole ack timeout */
         zsock_set_immediate(self->dealer, 1);
         self->resolver = mh_resolver_new(self->dealer, opts->endpoint);
+        self->window = mh_window_new(self->dealer,
+                                     &(mh_window_opts_t){.name = opts->name,
+                                                         .size = self->o.window,
+                                                         .ack_timeout_ms = self->o.ack_timeout_ms,
+                                                         .metric_prefix = opts->metric_prefix,
+                                                         .item_free = s_batch_free},
+                                     metrics);
     }
     if (!self->name || !self->instance || !self->building || !self->building_tags ||
         !self->waiting || !self->window || !self->resolver) {
         mh_relay_destroy(&self);
         return NULL;
     }
-    zlistx_set_destructor(self->waiting, s_batch_free);
-    zhashx_set_destructor(self->window, s_batch_free);
+    zlistx_set_destructor(self->waiting, s_batch_destructor);
     self->rl = (mh_ratelimit_t)MH_RATELIMIT_INIT(1000, 5);
     char name[128];
-    const char *p = opts->metric_prefix;
-    snprintf(name, sizeof name, "%s_batches_sent_total", p);
-    self->m_sent = mh_metrics_counter(metrics, name, "Batches sent the first time", NULL);
-    snprintf(name, sizeof name, "%s_batches_resent_total", p);
-    self->m_resent =
-        mh_metrics_counter(metrics, name, "Batches sent again, not acknowledged in time", NULL);
-    snprintf(name, sizeof name, "%s_acks_unknown_total", p);
-    self->m_unknown = mh_metrics_counter(
-        metrics, name, "Acknowledgements of no batch in the window (late, repeated or forged)",
-        NULL);
-    snprintf(name, sizeof name, "%s_messages_total", p);
+    snprintf(name, sizeof name, "%s_messages_total", opts->metric_prefix);
     self->m_messages = mh_metrics_counter(metrics, name, "Messages put into batches", NULL);
-    snprintf(name, sizeof name, "%s_window_batches", p);
-    self->m_window = mh_metrics_gauge(metrics, name, "Batches sent and not yet acknowledged", NULL);
     return self;
 }
 
@@ -124,7 +121,7 @@ void mh_relay_destroy(mh_relay_t **self_p)
     free(self->building);
     free(self->building_tags);
     zlistx_destroy(&self->waiting);
-    zhashx_destroy(&self->window);
+    mh_window_destroy(&self->window);
     mh_resolver_destroy(&self->resolver);
     zsock_destroy(&self->dealer);
     free(self->name);
@@ -133,35 +130,18 @@ void mh_relay_destroy(mh_relay_t **self_p)
     *self_p = NULL;
 }
 
-static void s_send(mh_relay_t *self, s_batch_t *b)
-{
-    zframe_t *copy = zframe_dup(b->frame);
-    void *raw = zsock_resolve(self->dealer);
-    if (copy && zmq_send(raw, zframe_data(copy), zframe_size(copy), ZMQ_DONTWAIT) >= 0) {
-        b->sent_ms = mh_mono_ms();
-        if (b->attempts++ > 0) {
-            mh_counter_inc(self->m_resent);
-            mh_log_limited(&self->rl, MH_LOG_WARN,
-                           "batch %s to %s not acknowledged in time, sent again (attempt %u)",
-                           b->id, self->name, b->attempts);
-        } else {
-            mh_counter_inc(self->m_sent);
-        }
-    } else {
-        b->sent_ms = 0; /* no receiver reachable: the next tick tries again */
-    }
-    zframe_destroy(&copy);
-}
-
 /* Moves waiting batches into the window while it has room. */
 static void s_fill_window(mh_relay_t *self)
 {
-    while (zhashx_size(self->window) < self->o.window && zlistx_size(self->waiting)) {
+    while (!mh_window_full(self->window) && zlistx_size(self->waiting)) {
         s_batch_t *b = zlistx_detach(self->waiting, NULL); /* the oldest */
-        zhashx_insert(self->window, b->id, b);
-        s_send(self, b);
+        if (mh_window_send(self->window, b->id, &b->frame, b) < 0) {
+            self->held -= b->messages; /* out of memory: the batch is lost */
+            mh_log_limited(&self->rl, MH_LOG_ERROR, "out of memory: a batch of %zu to %s lost",
+                           b->messages, self->name);
+            s_batch_free(b);
+        }
     }
-    mh_gauge_set(self->m_window, (double)zhashx_size(self->window));
 }
 
 /* Closes the batch being built. -1 when out of memory (the messages stay). */
@@ -241,9 +221,9 @@ int mh_relay_add_tagged(mh_relay_t *self, const char *type, const ProtobufCMessa
     return f ? s_add(self, &f, tag) : -1;
 }
 
-int mh_relay_add_packed(mh_relay_t *self, zframe_t **frame_p)
+int mh_relay_add_packed(mh_relay_t *self, zframe_t **frame_p, const char *tag)
 {
-    return s_add(self, frame_p, NULL);
+    return s_add(self, frame_p, tag);
 }
 
 bool mh_relay_full(const mh_relay_t *self)
@@ -273,18 +253,13 @@ void mh_relay_on_acks(mh_relay_t *self)
         if (env && strcmp(env->type, "relay.ack") == 0)
             ack = mh__relay_ack__unpack(NULL, env->body.len, env->body.data);
         mh_envelope_free(&env);
-        s_batch_t *b = ack ? zhashx_lookup(self->window, ack->batch_id) : NULL;
+        s_batch_t *b = mh_window_ack(self->window, ack ? ack->batch_id : "");
         if (b) {
             self->held -= b->messages;
             for (size_t i = 0; b->tags && self->o.delivered && i < b->messages; i++)
                 if (b->tags[i])
                     self->o.delivered(self->o.ud, b->tags[i]);
-            zhashx_delete(self->window, ack->batch_id);
-        } else {
-            mh_counter_inc(self->m_unknown);
-            mh_log_limited(&self->rl, MH_LOG_WARN,
-                           "an acknowledgement from %s for no batch in the window, ignoring",
-                           self->name);
+            s_batch_free(b);
         }
         if (ack)
             mh__relay_ack__free_unpacked(ack, NULL);
@@ -298,12 +273,10 @@ void mh_relay_tick(mh_relay_t *self, bool force)
     /* while the window is full a lingering batch keeps filling: fewer,
      * fuller batches to send when the receiver is back */
     if (self->nbuilding &&
-        (force || (now - self->started_ms >= self->o.linger_ms &&
-                   zhashx_size(self->window) < self->o.window && !zlistx_size(self->waiting))))
+        (force || (now - self->started_ms >= self->o.linger_ms && !mh_window_full(self->window) &&
+                   !zlistx_size(self->waiting))))
         s_close_batch(self);
-    for (s_batch_t *b = zhashx_first(self->window); b; b = zhashx_next(self->window))
-        if (!b->sent_ms || now - b->sent_ms >= self->o.ack_timeout_ms)
-            s_send(self, b);
+    mh_window_tick(self->window);
     s_fill_window(self);
 }
 

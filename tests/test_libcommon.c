@@ -11,6 +11,7 @@
 #include "mh_log.h"
 #include "mh_metrics.h"
 #include "mh_relay.h"
+#include "mh_window.h"
 #include "mh_resolver.h"
 #include "telemetry.pb-c.h"
 
@@ -467,6 +468,61 @@ static double s_metric(mh_metrics_t *m, const char *name)
     return v;
 }
 
+/* mh_window on its own: what it sends arrives, a full window says so, an
+ * id already in flight is refused, an ack gives the item back once, and
+ * what is not acknowledged in time is sent again. */
+static void test_window(void **state)
+{
+    (void)state;
+    mh_metrics_t *m = mh_metrics_new();
+    zsock_t *router = zsock_new_router("inproc://window-test");
+    zsock_t *dealer = zsock_new_dealer("inproc://window-test");
+    mh_window_t *w = mh_window_new(
+        dealer,
+        &(mh_window_opts_t){
+            .name = "test", .size = 2, .ack_timeout_ms = 100, .metric_prefix = "mh_test_window"},
+        m);
+    assert_non_null(w);
+    int *items[3];
+    for (int i = 0; i < 3; i++) {
+        items[i] = malloc(sizeof *items[i]);
+        *items[i] = i;
+    }
+    zframe_t *f = zframe_new("a", 1);
+    assert_int_equal(mh_window_send(w, "id-1", &f, items[0]), 0);
+    assert_null(f);
+    f = zframe_new("a", 1);
+    assert_int_equal(mh_window_send(w, "id-1", &f, items[2]), -1); /* in flight already */
+    free(items[2]); /* refused: the item stays the caller's */
+    f = zframe_new("b", 1);
+    assert_int_equal(mh_window_send(w, "id-2", &f, items[1]), 0);
+    assert_true(mh_window_full(w));
+    for (int i = 0; i < 2; i++) {
+        zmsg_t *msg = zmsg_recv(router);
+        assert_non_null(msg);
+        zmsg_destroy(&msg);
+    }
+    /* id-2 is acknowledged; id-1 is not, and goes again after the timeout */
+    int *back = mh_window_ack(w, "id-2");
+    assert_ptr_equal(back, items[1]);
+    free(back);
+    assert_null(mh_window_ack(w, "id-2"));
+    assert_null(mh_window_ack(w, "forged"));
+    assert_true(s_metric(m, "mh_test_window_acks_unknown_total") == 2);
+    assert_int_equal(mh_window_size(w), 1);
+    mht_sleep_ms(150);
+    mh_window_tick(w);
+    zmsg_t *again = zmsg_recv(router);
+    assert_non_null(again);
+    assert_memory_equal(zframe_data(zmsg_last(again)), "a", 1);
+    zmsg_destroy(&again);
+    assert_int_equal(mh_window_resent(w), 1);
+    mh_window_destroy(&w); /* frees id-1's item */
+    zsock_destroy(&dealer);
+    zsock_destroy(&router);
+    mh_metrics_destroy(&m);
+}
+
 /* the relay's delivered callback: the tags, each followed by '|' */
 static void s_delivered(void *ud, const char *tag)
 {
@@ -587,6 +643,7 @@ int main(void)
         cmocka_unit_test(test_ratelimit),
         cmocka_unit_test(test_json_depth),
         cmocka_unit_test(test_rpc_server),
+        cmocka_unit_test(test_window),
         cmocka_unit_test(test_relay),
     };
     return MHT_RUN(tests);

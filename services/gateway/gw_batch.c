@@ -1,5 +1,6 @@
-/* gateway: telemetry batches to ingest — building them, the window,
- * re-sends, acknowledgements (gw_internal.h). */
+/* gateway: telemetry batches to ingest — building them and reading their
+ * acknowledgements; the window and re-sends are mh_window's, as for every
+ * acknowledged path (gw_internal.h). */
 #include "gw_internal.h"
 
 /* ---- the batch ---- */
@@ -49,26 +50,6 @@ int gw_batch_add(gw_t *self, const char *device)
     return 0;
 }
 
-static void s_send_pending(gw_t *self, const char *batch_id, gw_pending_t *p)
-{
-    zframe_t *copy = zframe_dup(p->frame);
-    void *raw = zsock_resolve(self->dealer);
-    if (zmq_send(raw, zframe_data(copy), zframe_size(copy), ZMQ_DONTWAIT) >= 0) {
-        p->sent_ms = mh_mono_ms();
-        if (p->attempts++ > 0) {
-            mh_counter_inc(self->m_batches_resent);
-            mh_log_limited(&self->rl_warn, MH_LOG_WARN,
-                           "batch %s not acknowledged in time, sent again (attempt %u)", batch_id,
-                           p->attempts);
-        } else {
-            mh_counter_inc(self->m_batches_sent);
-        }
-    } else {
-        p->sent_ms = 0; /* no ingest reachable yet; the cron tries again */
-    }
-    zframe_destroy(&copy);
-}
-
 void gw_flush(gw_t *self)
 {
     if (!self->nitems)
@@ -103,25 +84,19 @@ void gw_flush(gw_t *self)
     if (!frame)
         return;
     gw_pending_t *p = calloc(1, sizeof *p);
-    p->frame = frame;
+    if (!p) {
+        zframe_destroy(&frame);
+        return; /* the points stay: tried again on the next tick */
+    }
     p->points = (uint32_t)n;
-    zhashx_insert(self->window, batch_id, p);
-    p = zhashx_lookup(self->window, batch_id);
-    s_send_pending(self, batch_id, p);
+    if (mh_window_send(self->window, batch_id, &frame, p) < 0) {
+        free(p);
+        return; /* out of memory: the points stay, tried again on the next tick */
+    }
+    self->points_in_flight += n;
     self->nitems = 0;
     self->arena_len = 0;
     self->batch_messages = 0;
-    mh_gauge_set(self->m_window, (double)zhashx_size(self->window));
-}
-
-void gw_pending_destroy(void **item)
-{
-    gw_pending_t *p = *item;
-    if (p) {
-        zframe_destroy(&p->frame);
-        free(p);
-        *item = NULL;
-    }
 }
 
 /* ---- acknowledgements from ingest ---- */
@@ -137,9 +112,10 @@ void gw_on_ack(gw_t *self, zframe_t *frame)
         mh_envelope_free(&env);
         return;
     }
-    gw_pending_t *p = zhashx_lookup(self->window, ack->batch_id);
+    gw_pending_t *p = mh_window_ack(self->window, ack->batch_id);
     if (p) {
         mh_counter_inc(self->m_batches_acked);
+        self->points_in_flight -= p->points;
         if (ack->status == MH__TELEMETRY_ACK__STATUS__REJECTED) {
             mh_counter_add(self->m_points_dropped_ingest, p->points);
             mh_log_limited(&self->rl_warn, MH_LOG_ERROR, "ingest refused batch %s (%u points): %s",
@@ -148,17 +124,8 @@ void gw_on_ack(gw_t *self, zframe_t *frame)
             mh_counter_add(self->m_points_stored, ack->stored);
             mh_counter_add(self->m_points_dropped_old, ack->dropped);
         }
-        zhashx_delete(self->window, ack->batch_id);
-        mh_gauge_set(self->m_window, (double)zhashx_size(self->window));
+        free(p);
     }
     mh__telemetry_ack__free_unpacked(ack, NULL);
     mh_envelope_free(&env);
-}
-
-void gw_resend_expired(gw_t *self)
-{
-    int64_t now = mh_mono_ms();
-    for (gw_pending_t *p = zhashx_first(self->window); p; p = zhashx_next(self->window))
-        if (p->sent_ms == 0 || now - p->sent_ms >= self->cfg->ack_timeout_ms)
-            s_send_pending(self, zhashx_cursor(self->window), p);
 }

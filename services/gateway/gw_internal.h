@@ -7,8 +7,8 @@
  *                  TLS, subscriptions
  *   gw_route.c     routing a device message: validation, refusals, and
  *                  forwarding to twin and ota (and "seen" to twin)
- *   gw_batch.c     telemetry batches to ingest: the window, re-sends,
- *                  acknowledgements
+ *   gw_batch.c     telemetry batches to ingest: building them, and their
+ *                  acknowledgements (the window and re-sends: mh_window)
  *   gw_downlink.c  twin's and ota's publishes to devices, in order
  *   gw_validate.c  the device protocol's rules (pure, fuzzed) */
 #pragma once
@@ -21,6 +21,7 @@
 #include "mh_curve.h"
 #include "mh_envelope.h"
 #include "mh_relay.h"
+#include "mh_window.h"
 #include "mh_resolver.h"
 #include "mh_time.h"
 #include "telemetry.pb-c.h"
@@ -33,10 +34,9 @@
 /* devices seen, told to twin in batches of at most this many */
 #define GW_SEEN_BATCH 1000
 
+/* A batch in ingest's window (mh_window keeps its frame). */
 typedef struct {
-    zframe_t *frame; /* the packed envelope, kept for re-sending */
-    int64_t sent_ms; /* monotonic; 0 = not sent yet (queue was full) */
-    uint32_t points, attempts;
+    uint32_t points;
 } gw_pending_t;
 
 /* The batch being filled: narrow points with offsets into a string arena. */
@@ -87,17 +87,17 @@ typedef struct {
     uint32_t batch_messages;
     int64_t batch_started_ms; /* monotonic, of the first point */
 
-    zhashx_t *window; /* batch id -> gw_pending_t */
+    mh_window_t *window;       /* batches to ingest, unacknowledged: gw_pending_t */
+    uint64_t points_in_flight; /* their points */
     uint64_t batch_seq;
     char id_prefix[48];
 
     /* metrics */
     mh_counter_t *m_received[GW_TOPIC_COUNT], *m_forwarded, *m_forward_dropped, *m_downlink_sent,
         *m_downlink_dropped, *m_downlink_retried, *m_downlink_unacked, *m_rejected[GW_REASON_COUNT],
-        *m_points, *m_batches_sent, *m_batches_resent, *m_batches_acked, *m_points_stored,
-        *m_points_dropped_ingest, *m_points_dropped_old, *m_points_lost_shutdown, *m_deferred,
-        *m_bad_internal;
-    mh_gauge_t *m_window, *m_connected, *m_acl_denied[3];
+        *m_points, *m_batches_acked, *m_points_stored, *m_points_dropped_ingest,
+        *m_points_dropped_old, *m_points_lost_shutdown, *m_deferred, *m_bad_internal;
+    mh_gauge_t *m_connected, *m_acl_denied[3];
     mh_ratelimit_t rl_reject, rl_warn;
 } gw_t;
 
@@ -127,9 +127,7 @@ void gw_on_connect_failed3(void *context, MQTTAsync_failureData *resp);
 
 int gw_batch_add(gw_t *self, const char *device);
 void gw_flush(gw_t *self);
-void gw_pending_destroy(void **item);
 void gw_on_ack(gw_t *self, zframe_t *frame);
-void gw_resend_expired(gw_t *self);
 
 /* ---- gw_route.c ---- */
 

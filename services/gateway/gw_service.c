@@ -194,10 +194,6 @@ static void s_register_metrics(gw_t *self)
     }
     self->m_points = mh_metrics_counter(m, "mh_gateway_points_accepted_total",
                                         "Telemetry points accepted from devices", NULL);
-    self->m_batches_sent =
-        mh_metrics_counter(m, "mh_gateway_batches_sent_total", "Batches sent to ingest", NULL);
-    self->m_batches_resent = mh_metrics_counter(m, "mh_gateway_batches_resent_total",
-                                                "Batches sent again after the ack timeout", NULL);
     self->m_batches_acked = mh_metrics_counter(m, "mh_gateway_batches_acked_total",
                                                "Batches acknowledged by ingest", NULL);
     self->m_points_stored = mh_metrics_counter(m, "mh_gateway_points_stored_total",
@@ -231,8 +227,6 @@ static void s_register_metrics(gw_t *self)
     self->m_downlink_unacked = mh_metrics_counter(
         m, "mh_gateway_downlink_unacknowledged_total",
         "Downlink batches not acknowledged: a publish failed, the sender sends them again", NULL);
-    self->m_window = mh_metrics_gauge(m, "mh_gateway_window_batches",
-                                      "Batches sent and not yet acknowledged", NULL);
     self->m_connected =
         mh_metrics_gauge(m, "mh_gateway_mqtt_connected", "1 while connected to the broker", NULL);
     static const char *acl_labels[3] = {"op=\"publish\"", "op=\"subscribe\"", "op=\"receive\""};
@@ -257,8 +251,6 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     char tid[33];
     mh_trace_id_new(tid);
     snprintf(self->id_prefix, sizeof self->id_prefix, "g%.16s", tid);
-    self->window = zhashx_new();
-    zhashx_set_destructor(self->window, gw_pending_destroy);
 
     char ep[64];
     snprintf(ep, sizeof ep, "inproc://gw-in-%p", (void *)self);
@@ -276,6 +268,12 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     zsock_set_reconnect_ivl(self->dealer, 100);
     zsock_set_reconnect_ivl_max(self->dealer, 2000);
     self->resolver = mh_resolver_new(self->dealer, self->cfg->ingest_endpoint);
+    self->window = mh_window_new(self->dealer,
+                                 &(mh_window_opts_t){.name = "ingest",
+                                                     .size = (size_t)self->cfg->window,
+                                                     .ack_timeout_ms = self->cfg->ack_timeout_ms,
+                                                     .metric_prefix = "mh_gateway"},
+                                 ctx->metrics);
     self->seen = zhashx_new();
     self->seen_pending = calloc(GW_SEEN_BATCH, sizeof *self->seen_pending);
     self->dl_queue = zlist_new();
@@ -336,7 +334,7 @@ static void s_destroy(gw_t **self_p)
     zsock_destroy(&self->downlink);
     zhashx_destroy(&self->seen);
     free(self->seen_pending);
-    zhashx_destroy(&self->window);
+    mh_window_destroy(&self->window);
     gw_points_free(&self->scratch);
     free(self->items);
     free(self->arena);
@@ -350,7 +348,7 @@ static bool s_take_messages(gw_t *self, int max)
 {
     for (int i = 0; i < max; i++) {
         if ((int64_t)self->nitems >= self->cfg->batch_max_points) {
-            if ((int64_t)zhashx_size(self->window) >= self->cfg->window)
+            if (mh_window_full(self->window))
                 return false;
             gw_flush(self);
         }
@@ -367,8 +365,7 @@ static bool s_take_messages(gw_t *self, int max)
 
 static bool s_window_full(gw_t *self)
 {
-    return ((int64_t)zhashx_size(self->window) >= self->cfg->window &&
-            (int64_t)self->nitems >= self->cfg->batch_max_points) ||
+    return (mh_window_full(self->window) && (int64_t)self->nitems >= self->cfg->batch_max_points) ||
            (self->twin_relay && mh_relay_full(self->twin_relay)) ||
            (self->ota_relay && mh_relay_full(self->ota_relay));
 }
@@ -424,7 +421,7 @@ void gw_actor(zsock_t *pipe, void *args)
 {
     mh_service_ctx_t *ctx = args;
     gw_t *self = s_new(pipe, ctx);
-    if (!self || !self->in_push || !self->resolver || self->bind_failed ||
+    if (!self || !self->in_push || !self->resolver || !self->window || self->bind_failed ||
         (*self->cfg->twin_endpoint && !self->twin_relay) ||
         (*self->cfg->ota_endpoint && !self->ota_relay) ||
         (self->cfg->check_registered && !self->registry)) {
@@ -486,7 +483,7 @@ void gw_actor(zsock_t *pipe, void *args)
         }
         if ((items[0].revents & ZMQ_POLLIN) && mh_actor_term(pipe) && phase == RUNNING) {
             mh_info("stopping: unsubscribing, then draining %zu unacknowledged batches",
-                    zhashx_size(self->window));
+                    mh_window_size(self->window));
             s_mqtt_unsubscribe(self);
             phase = UNSUBSCRIBING;
             phase_deadline = mh_mono_ms() + 5000;
@@ -512,7 +509,7 @@ void gw_actor(zsock_t *pipe, void *args)
             gw_downlink_settle(self);
         int64_t now = mh_mono_ms();
         if (self->nitems && now - self->batch_started_ms >= self->cfg->batch_linger_ms &&
-            (int64_t)zhashx_size(self->window) < self->cfg->window)
+            !mh_window_full(self->window))
             gw_flush(self);
         if (now >= next_stats) {
             next_stats = now + 1000;
@@ -520,7 +517,7 @@ void gw_actor(zsock_t *pipe, void *args)
         }
         if (now >= next_cron) {
             next_cron = now + 100;
-            gw_resend_expired(self);
+            mh_window_tick(self->window);
             gw_downlink_pump(self);
             gw_seen_flush(self);
             if (now - self->seen_pruned > 60000) {
@@ -563,14 +560,14 @@ void gw_actor(zsock_t *pipe, void *args)
             }
         }
         if (phase == DRAINING) {
-            if (self->nitems && (int64_t)zhashx_size(self->window) < self->cfg->window)
+            if (self->nitems && !mh_window_full(self->window))
                 gw_flush(self);
             /* Messages may still sit in the inproc queue when the batch was full. */
             if (zsock_events(self->in_pull) & ZMQ_POLLIN && !s_window_full(self))
                 s_take_messages(self, 2000);
             gw_seen_flush(self);
             s_relays(self, s_relay_flush);
-            bool empty = !self->nitems && zhashx_size(self->window) == 0 &&
+            bool empty = !self->nitems && mh_window_size(self->window) == 0 &&
                          !s_relay_unacked(self) && !(zsock_events(self->in_pull) & ZMQ_POLLIN);
             if (empty) {
                 if (zlist_size(self->dl_queue))
@@ -579,9 +576,7 @@ void gw_actor(zsock_t *pipe, void *args)
                 break;
             }
             if (now > phase_deadline) {
-                uint64_t lost = self->nitems;
-                for (gw_pending_t *p = zhashx_first(self->window); p; p = zhashx_next(self->window))
-                    lost += p->points;
+                uint64_t lost = self->nitems + self->points_in_flight;
                 mh_counter_add(self->m_points_lost_shutdown, lost);
                 mh_error("drain timed out: %" PRIu64 " points not acknowledged by ingest, %zu"
                          " messages not acknowledged by twin and ota",
@@ -593,7 +588,7 @@ void gw_actor(zsock_t *pipe, void *args)
     mh_info("drained: %" PRIu64 " messages received, %" PRIu64 " points accepted, %" PRIu64
             " stored, %" PRIu64 " batches re-sent",
             s_received_total(self), mh_counter_get(self->m_points),
-            mh_counter_get(self->m_points_stored), mh_counter_get(self->m_batches_resent));
+            mh_counter_get(self->m_points_stored), mh_window_resent(self->window));
     s_destroy(&self);
     /* Paho's clean-up ran OpenSSL on this thread; free its thread state now
      * (CZMQ's actor threads are detached, so the process may exit before
