@@ -251,3 +251,25 @@ PGresult *mh_pg_exec_ids(mh_pg_t *self, const char *sql, const char *const *ids,
     free(lit);
     return res;
 }
+
+PGresult *mh_pg_exec_list(mh_pg_t *self, const char *sql, zlist_t *ids, const char *arg2, char *err,
+                          size_t errlen)
+{
+    size_t n = zlist_size(ids), i = 0;
+    const char **v = calloc(n + 1, sizeof *v);
+    char *lit = NULL;
+    if (v) {
+        for (const char *id = zlist_first(ids); id; id = zlist_next(ids))
+            v[i++] = id;
+        lit = mh_pg_text_array(v, n);
+        free(v);
+    }
+    if (!lit) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    const char *p[] = {lit, arg2};
+    PGresult *res = mh_pg_exec(self, PGRES_TUPLES_OK, sql, arg2 ? 2 : 1, p, err, errlen);
+    free(lit);
+    return res;
+}

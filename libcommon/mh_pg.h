@@ -3,6 +3,7 @@
  * start together), run parameterised statements, and tell a lost connection
  * from a failed statement. Not thread-safe: one per actor. */
 #pragma once
+#include <czmq.h>
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -58,3 +59,7 @@ char *mh_pg_text_array(const char *const *items, size_t n);
  * rules as mh_pg_text_array). NULL with err filled on failure. */
 PGresult *mh_pg_exec_ids(mh_pg_t *self, const char *sql, const char *const *ids, size_t n,
                          char *err, size_t errlen);
+/* The same with the ids in a zlist of strings, and $2 = `arg2` (NULL: the
+ * statement takes $1 alone). */
+PGresult *mh_pg_exec_list(mh_pg_t *self, const char *sql, zlist_t *ids, const char *arg2, char *err,
+                          size_t errlen);

@@ -375,12 +375,12 @@ static void test_kill_and_resume(void **state)
     for (int k = 0; k < 3; k++)
         assert_int_equal(s_wave_num(r, k, "succeeded"), s_wave_num(r, k, "targeted"));
     json_decref(r);
-    /* Sent again only while unanswered: never after ota had the device's
-     * answer; and every repeat a device saw is one of those re-sends (an
-     * answer lost with the killed process). */
+    /* Sent again only while unfinished: never after ota had the device's
+     * final answer; and every repeat a device saw is one of those re-sends
+     * (an answer lost with the killed process), none ran twice. */
     assert_int_equal(mht_db_num(&s_db,
                                 "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
-                                " AND sends > 1 AND last_sent_ms > answered_ms",
+                                " AND sends > 1 AND last_sent_ms > finished_ms",
                                 id),
                      0);
     double resent = mht_db_num(&s_db,
@@ -389,6 +389,41 @@ static void test_kill_and_resume(void **state)
                                id);
     long repeats = s_fleet_stop("sim-d", sim);
     assert_true(repeats >= 0 && repeats <= resent);
+}
+
+/* A job counts as sent only once a gateway has published it: with no
+ * gateway running, jobs are handed over and stay queued; a gateway back,
+ * they are published, sent, and the rollout completes. */
+static void test_sent_once_published(void **state)
+{
+    (void)state;
+    s_upload_version("g-1.0", 1000);
+    s_upload_version("g-2.0", 2000);
+    pid_t sim = s_fleet("sim-g", "g", 5, "g-1.0", NULL, "0");
+    assert_int_equal(mht_stop(s_gw.pid, SIGTERM, 30000), 0);
+    const char *id = s_create("{\"firmware\":\"g-2.0\",\"target\":{\"firmware\":\"g-1.0\"},"
+                              "\"waves\":[{\"percent\":100}],\"soakSeconds\":0}");
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s' AND last_sent_ms IS NOT NULL",
+             id);
+    assert_int_equal(mht_db_wait_num(&s_db, sql, 5, 10000), 5);
+    mht_sleep_ms(1000);
+    assert_int_equal(mht_db_num(&s_db,
+                                "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
+                                " AND (status <> 'queued' OR sent_ms IS NOT NULL)",
+                                id),
+                     0);
+    json_t *r = s_rollout(id);
+    assert_int_equal(s_wave_num(r, 0, "sent"), 0);
+    json_decref(r);
+    mht_gateway_for_twin(&s_gw, "gateway-back", &s_broker, &s_ingest, &s_twin, s_downlink,
+                         s_ota.port);
+    r = s_wait_state(id, "completed", 60000);
+    assert_int_equal(s_wave_num(r, 0, "sent"), 5);
+    assert_int_equal(s_wave_num(r, 0, "succeeded"), 5);
+    json_decref(r);
+    s_fleet_stop("sim-g", sim);
 }
 
 /* Bad rollouts and uploads get a clear error and create nothing. */
@@ -521,9 +556,10 @@ static void test_download_links(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_requests),      cmocka_unit_test(test_download_links),
-        cmocka_unit_test(test_rollout_completes), cmocka_unit_test(test_failure_rolls_back),
-        cmocka_unit_test(test_tampered_image),    cmocka_unit_test(test_kill_and_resume),
+        cmocka_unit_test(test_bad_requests),        cmocka_unit_test(test_download_links),
+        cmocka_unit_test(test_rollout_completes),   cmocka_unit_test(test_failure_rolls_back),
+        cmocka_unit_test(test_tampered_image),      cmocka_unit_test(test_kill_and_resume),
+        cmocka_unit_test(test_sent_once_published),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -7,7 +7,8 @@
  *   ota_rollout.c  the rollout engine: per-wave counts, rollout JSON,
  *                  advancing a rollout (waves, gates, rate, rollback)
  *   ota_targets.c  the devices a rollout covers, from twin; the tick
- *   ota_status.c   devices' OTA status messages, applied in batches
+ *   ota_status.c   jobs a gateway published (sent), and devices' OTA status
+ *                  messages, applied in batches
  *   ota_rpc.c      the operator RPC methods (served by mh_rpc_server)
  *   ota_image.c    signed image downloads; ota_plan.c and ota_input.c pure
  *                  rules and parsers */
@@ -41,6 +42,7 @@
 typedef struct {
     char type[24]; /* event type, or "" for a downlink */
     zframe_t *frame;
+    char job[72]; /* a downlink's job id: sent once a gateway published it */
 } ota_out_t;
 
 typedef struct {
@@ -68,7 +70,8 @@ typedef struct {
     } res;
     uint64_t seq;
     int64_t next_tick;
-    zlistx_t *out; /* ota_out_t: published after COMMIT */
+    zlistx_t *out;      /* ota_out_t: published after COMMIT */
+    zlist_t *published; /* job ids a gateway published, not yet marked sent */
     /* relay batches of status messages waiting for the database;
      * acknowledged once applied */
     mh_relay_batch_t *pending[1000];
@@ -144,6 +147,12 @@ void ota_tick(ota_t *self);
 
 void ota_read_status(ota_t *self);
 void ota_run_status(ota_t *self);
+/* The downlink relay's delivered callback: a job id a gateway has
+ * published (the broker's PUBACK), noted for ota_jobs_sent. */
+void ota_jobs_published(void *ud, const char *job);
+/* Marks the noted jobs sent; kept for the next call while the database is
+ * away. */
+void ota_jobs_sent(ota_t *self);
 
 /* ---- ota_rpc.c ---- */
 

@@ -14,12 +14,13 @@ void ota_out_free(void **item)
 }
 
 static void s_out_add(ota_t *self, const char *type, const char *envelope_type,
-                      const ProtobufCMessage *body)
+                      const ProtobufCMessage *body, const char *job)
 {
     ota_out_t *o = calloc(1, sizeof *o);
     if (!o)
         return;
     snprintf(o->type, sizeof o->type, "%s", type);
+    snprintf(o->job, sizeof o->job, "%s", job ? job : "");
     o->frame = mh_envelope_pack(envelope_type, NULL, body);
     if (!o->frame) {
         free(o);
@@ -31,7 +32,7 @@ static void s_out_add(ota_t *self, const char *type, const char *envelope_type,
 static void s_out_event(ota_t *self, const char *type, const ProtobufCMessage *body)
 {
     if (self->pub)
-        s_out_add(self, type, type, body);
+        s_out_add(self, type, type, body, NULL);
 }
 
 void ota_job_event(ota_t *self, const char *rollout, const char *job, const char *device,
@@ -80,7 +81,7 @@ void ota_out_flush(ota_t *self)
             zsock_t *pub = self->pub;
             if (zstr_sendm(pub, o->type) == 0)
                 zframe_send(&o->frame, pub, ZFRAME_DONTWAIT);
-        } else if (mh_relay_add_packed(self->downlink, &o->frame) != 0) {
+        } else if (mh_relay_add_packed(self->downlink, &o->frame, *o->job ? o->job : NULL) != 0) {
             mh_counter_inc(self->m_downlink_dropped);
             mh_log_limited(&self->rl_warn, MH_LOG_WARN,
                            "out of memory: a job not handed over; it will be sent again");
@@ -127,6 +128,6 @@ void ota_out_job(ota_t *self, PGresult *res, int r, int64_t exp_s)
     Mh__Downlink dl = MH__DOWNLINK__INIT;
     dl.publishes = pubs;
     dl.n_publishes = 1;
-    s_out_add(self, "", "downlink", &dl.base);
+    s_out_add(self, "", "downlink", &dl.base, PQgetvalue(res, r, 0));
     free(payload);
 }

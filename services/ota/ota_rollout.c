@@ -36,18 +36,21 @@ static bool s_load_counts(ota_t *self, const char *id, s_counts_t *c, char *err,
         "SELECT wave,"
         " count(*) FILTER (WHERE action = 'install'),"
         " count(*) FILTER (WHERE action = 'install' AND status = 'pending'),"
-        " count(*) FILTER (WHERE action = 'install' AND status = 'queued'),"
-        " count(*) FILTER (WHERE action = 'install'"
-        "   AND status IN ('sent', 'downloading', 'installing')),"
+        /* a job handed to a gateway and not yet acknowledged is out */
+        " count(*) FILTER (WHERE action = 'install' AND status = 'queued'"
+        "   AND last_sent_ms IS NULL),"
+        " count(*) FILTER (WHERE action = 'install' AND (status IN ('sent', 'downloading',"
+        "   'installing') OR (status = 'queued' AND last_sent_ms IS NOT NULL))),"
         " count(*) FILTER (WHERE action = 'install' AND status = 'succeeded'),"
         " count(*) FILTER (WHERE action = 'install' AND status = 'failed'),"
         " count(*) FILTER (WHERE action = 'install' AND status = 'timed_out'),"
         " count(*) FILTER (WHERE action = 'install' AND status = 'cancelled'),"
         " count(*) FILTER (WHERE action = 'install' AND sent_ms IS NOT NULL),"
         " count(*) FILTER (WHERE action = 'rollback' AND sent_ms IS NOT NULL),"
-        " count(*) FILTER (WHERE action = 'rollback' AND status = 'queued'),"
-        " count(*) FILTER (WHERE action = 'rollback'"
-        "   AND status IN ('sent', 'downloading', 'installing')),"
+        " count(*) FILTER (WHERE action = 'rollback' AND status = 'queued'"
+        "   AND last_sent_ms IS NULL),"
+        " count(*) FILTER (WHERE action = 'rollback' AND (status IN ('sent', 'downloading',"
+        "   'installing') OR (status = 'queued' AND last_sent_ms IS NOT NULL))),"
         " count(*) FILTER (WHERE action = 'rollback' AND status = 'succeeded'),"
         " count(*) FILTER (WHERE action = 'rollback' AND status IN ('failed', 'timed_out'))"
         " FROM ota.jobs WHERE rollout_id = $1 GROUP BY wave",
@@ -146,8 +149,10 @@ bool ota_cancel_unsent(ota_t *self, const char *id, int64_t now, char *err, size
     const char *p[] = {id, now_s};
     PGresult *res = mh_pg_exec(self->pg, PGRES_COMMAND_OK,
                                "UPDATE ota.jobs SET status = 'cancelled', finished_ms = $2::bigint"
-                               " WHERE rollout_id = $1 AND status IN ('pending', 'queued')"
-                               " AND action = 'install'",
+                               " WHERE rollout_id = $1 AND action = 'install'"
+                               " AND (status = 'pending'"
+                               /* one handed to a gateway may be published yet */
+                               "   OR (status = 'queued' AND last_sent_ms IS NULL))",
                                2, p, err, errlen);
     if (!res)
         return false;
@@ -195,9 +200,11 @@ bool ota_set_state(ota_t *self, const char *id, const char *state, const char *r
                     5, p, err, errlen);
 }
 
-/* Sends queued jobs to online devices (installs within the token budget,
- * rollbacks at once) and again the ones not answered within resend-after.
- * Returns the tokens left, or NAN on a database error. */
+/* Hands queued jobs of online devices to the gateways (installs within the
+ * token budget, rollbacks at once), and again the ones not published, not
+ * answered, or not finished within resend-after. A job becomes "sent" when a gateway
+ * says it has published it (ota_jobs_sent). Returns the tokens left, or
+ * NAN on a database error. */
 static double s_dispatch(ota_t *self, const char *id, bool installs, double tokens,
                          const ota_spec_t *spec, int64_t now, char *err, size_t errlen)
 {
@@ -208,11 +215,17 @@ static double s_dispatch(ota_t *self, const char *id, bool installs, double toke
     PGresult *res = mh_pg_exec(
         self->pg, PGRES_TUPLES_OK,
         "SELECT j.id, j.device_id, j.action, j.to_version, j.rollout_id, f.size, f.sha256,"
-        " f.signature, j.status, j.wave"
+        " f.signature, j.last_sent_ms IS NULL, j.wave"
         " FROM ota.jobs j LEFT JOIN ota.firmware f ON f.version = j.to_version"
-        " WHERE j.rollout_id = $1 AND ((j.status = 'queued' AND (j.action = 'rollback' OR $2))"
-        "   OR (j.status = 'sent' AND j.last_sent_ms <= $3::bigint"
-        "     AND (j.action = 'rollback' OR $2)))"
+        " WHERE j.rollout_id = $1 AND (j.action = 'rollback' OR $2) AND ("
+        "   (j.status = 'queued' AND (j.last_sent_ms IS NULL OR j.last_sent_ms <= $3::bigint))"
+        "   OR (j.status = 'sent' AND j.last_sent_ms <= $3::bigint)"
+        /* in progress for longer than resend-after: its final answer may
+         * have been lost (a gateway killed holding it); the device ignores
+         * a job it is still running and repeats the final status of one it
+         * finished */
+        "   OR (j.status IN ('downloading', 'installing') AND j.last_sent_ms <= $3::bigint"
+        "     AND j.answered_ms <= $3::bigint))"
         " ORDER BY (j.action = 'rollback') DESC, j.rank LIMIT 20000",
         3, p, err, errlen);
     if (!res)
@@ -223,8 +236,8 @@ static double s_dispatch(ota_t *self, const char *id, bool installs, double toke
     size_t n = 0;
     for (int r = 0; r < rows && ids; r++) {
         if (!mh_idset_has(self->online, PQgetvalue(res, r, 1)))
-            continue; /* sent when it comes online */
-        bool fresh = strcmp(PQgetvalue(res, r, 8), "queued") == 0;
+            continue;                                         /* sent when it comes online */
+        bool fresh = strcmp(PQgetvalue(res, r, 8), "t") == 0; /* never handed over */
         bool install = strcmp(PQgetvalue(res, r, 2), "install") == 0;
         if (fresh && install) {
             if (tokens < 1)
@@ -238,9 +251,7 @@ static double s_dispatch(ota_t *self, const char *id, bool installs, double toke
         char *lit = mh_pg_text_array(ids, n);
         const char *up[] = {lit, now_s};
         bool ok = lit && mh_pg_ok(self->pg,
-                                  "UPDATE ota.jobs SET status = 'sent',"
-                                  " sent_ms = COALESCE(sent_ms, $2::bigint),"
-                                  " last_sent_ms = $2::bigint, sends = sends + 1"
+                                  "UPDATE ota.jobs SET last_sent_ms = $2::bigint, sends = sends + 1"
                                   " WHERE id = ANY($1::text[]) AND status IN ('queued', 'sent')",
                                   2, up, err, errlen);
         free(lit);
@@ -252,18 +263,9 @@ static double s_dispatch(ota_t *self, const char *id, bool installs, double toke
         }
         int64_t exp_s = now / 1000 + spec->job_timeout_s + 3600;
         for (size_t i = 0; i < n; i++) {
-            int r = pick[i];
-            ota_out_job(self, res, r, exp_s);
-            bool fresh = strcmp(PQgetvalue(res, r, 8), "queued") == 0;
-            bool install = strcmp(PQgetvalue(res, r, 2), "install") == 0;
-            if (fresh) {
-                mh_counter_inc(self->m_jobs_sent[install ? 0 : 1]);
-                ota_job_event(self, id, PQgetvalue(res, r, 0), PQgetvalue(res, r, 1),
-                              PQgetvalue(res, r, 2), "sent", PQgetvalue(res, r, 3),
-                              (int)ota_i64(res, r, 9), NULL);
-            } else {
+            ota_out_job(self, res, pick[i], exp_s);
+            if (strcmp(PQgetvalue(res, pick[i], 8), "t") != 0)
                 mh_counter_inc(self->m_resent);
-            }
         }
     }
     free(ids);

@@ -145,6 +145,7 @@ static void s_destroy(ota_t **self_p)
         mh_relay_batch_destroy(&self->pending[i]);
     ota_res_clear(self);
     zlistx_destroy(&self->out);
+    zlist_destroy(&self->published);
     mh_idset_destroy(&self->online);
     ota_signer_destroy(&self->signer);
     mh_pg_destroy(&self->pg);
@@ -173,6 +174,9 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
     s_register_metrics(self);
     self->out = zlistx_new();
     zlistx_set_destructor(self->out, ota_out_free);
+    self->published = zlist_new();
+    if (self->published)
+        zlist_autofree(self->published);
     if (*self->cfg->signing_key) {
         char err[512];
         self->signer = ota_signer_load(self->cfg->signing_key, err, sizeof err);
@@ -194,7 +198,9 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
     self->downlink = mh_relay_new(&(mh_relay_opts_t){.endpoint = self->cfg->downlink_endpoint,
                                                      .name = "the gateways",
                                                      .instance = ctx->instance,
-                                                     .metric_prefix = "mh_ota_downlink_relay"},
+                                                     .metric_prefix = "mh_ota_downlink_relay",
+                                                     .delivered = ota_jobs_published,
+                                                     .ud = self},
                                   ctx->metrics);
     self->dealer = zsock_new(ZMQ_DEALER);
     zsock_set_linger(self->dealer, 0);
@@ -210,7 +216,7 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
     self->images = ota_images_new(self->cfg->pg_url, ctx->metrics);
     self->rpc = mh_rpc_server_new(&ota_rpc_def, self, self->pg, ctx->metrics);
     if (!self->rpc || !self->pg || !self->downlink || !self->twin_resolver || !self->online ||
-        !self->images || !self->out) {
+        !self->images || !self->out || !self->published) {
         mh_error("bad settings (downlink \"%s\", twin RPC \"%s\", twin events \"%s\")",
                  self->cfg->downlink_endpoint, self->cfg->twin_rpc_endpoint,
                  self->cfg->twin_events_endpoint);
@@ -301,6 +307,7 @@ void ota_actor(zsock_t *pipe, void *args)
         while (ready && (zsock_events(self->dealer) & ZMQ_POLLIN))
             ota_on_twin_reply(self);
         mh_relay_on_acks(self->downlink);
+        ota_jobs_sent(self);
         mh_relay_tick(self->downlink, false);
         if (!self->npending)
             ota_read_status(self);

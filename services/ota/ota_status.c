@@ -1,5 +1,47 @@
-/* ota: devices' OTA status messages, applied in batches (ota_internal.h). */
+/* ota: jobs a gateway has published, and devices' OTA status messages,
+ * applied in batches (ota_internal.h). */
 #include "ota_internal.h"
+
+/* ---- jobs published: sent ---- */
+
+void ota_jobs_published(void *ud, const char *job)
+{
+    ota_t *self = ud;
+    zlist_append(self->published, (void *)job); /* the list copies (autofree) */
+}
+
+void ota_jobs_sent(ota_t *self)
+{
+    if (!zlist_size(self->published) || !mh_pg_ready(self->pg))
+        return;
+    char now_s[32], err[512];
+    ota_fmt_i64(now_s, sizeof now_s, mh_now_ms());
+    /* a device quick to answer may have moved it on already: it stays so */
+    PGresult *res =
+        mh_pg_exec_list(self->pg,
+                        "UPDATE ota.jobs SET status = 'sent',"
+                        " sent_ms = COALESCE(sent_ms, $2::bigint)"
+                        " WHERE id = ANY($1::text[]) AND status = 'queued'"
+                        " RETURNING rollout_id, id, device_id, action, to_version, wave",
+                        self->published, now_s, err, sizeof err);
+    if (!res) {
+        if (!mh_pg_retryable(self->pg)) {
+            mh_counter_inc(self->m_db_errors);
+            mh_log_limited(&self->rl_db, MH_LOG_ERROR, "marking jobs sent failed: %s", err);
+        }
+        return; /* kept: tried again next time */
+    }
+    zlist_purge(self->published);
+    for (int r = 0; r < PQntuples(res); r++) {
+        bool install = strcmp(PQgetvalue(res, r, 3), "install") == 0;
+        mh_counter_inc(self->m_jobs_sent[install ? 0 : 1]);
+        ota_job_event(self, PQgetvalue(res, r, 0), PQgetvalue(res, r, 1), PQgetvalue(res, r, 2),
+                      PQgetvalue(res, r, 3), "sent", PQgetvalue(res, r, 4), (int)ota_i64(res, r, 5),
+                      NULL);
+    }
+    PQclear(res);
+    ota_out_flush(self);
+}
 
 /* ---- status messages from devices ---- */
 
@@ -88,15 +130,18 @@ static int s_status_batch(ota_t *self, mh_relay_batch_t **batches, size_t nb)
     const char *p[] = {text};
     PGresult *res = mh_pg_exec(
         self->pg, PGRES_TUPLES_OK,
-        "UPDATE ota.jobs j SET status = u.state,"
+        "UPDATE ota.jobs j SET status = u.state, sent_ms = COALESCE(j.sent_ms, u.ts),"
         " progress = GREATEST(j.progress, COALESCE(u.progress, j.progress)),"
         " error = COALESCE(u.error, j.error), answered_ms = COALESCE(j.answered_ms, u.ts),"
         " finished_ms = CASE WHEN u.rk = 3 THEN u.ts ELSE j.finished_ms END"
         " FROM jsonb_to_recordset($1::jsonb) AS u(id text, device text, state text,"
         "   progress int, error text, ts bigint, rk int)"
         " WHERE j.id = u.id AND j.device_id = u.device"
-        " AND j.status IN ('sent', 'downloading', 'installing')"
-        " AND u.rk >= CASE j.status WHEN 'sent' THEN 0 WHEN 'downloading' THEN 1 ELSE 2 END"
+        /* a job handed to a gateway may be answered before the gateway's
+         * acknowledgement has marked it sent */
+        " AND (j.status IN ('sent', 'downloading', 'installing')"
+        "   OR (j.status = 'queued' AND j.last_sent_ms IS NOT NULL))"
+        " AND u.rk >= CASE j.status WHEN 'downloading' THEN 1 WHEN 'installing' THEN 2 ELSE 0 END"
         " RETURNING j.id, j.rollout_id, j.device_id, j.action, j.status, j.to_version, j.wave,"
         " j.error",
         1, p, err, sizeof err);

@@ -100,26 +100,16 @@ void tw_commands_published(void *ud, const char *tag)
 
 void tw_commands_sent(tw_t *self)
 {
-    size_t n = zlist_size(self->published);
-    if (!n || !mh_pg_ready(self->pg))
+    if (!zlist_size(self->published) || !mh_pg_ready(self->pg))
         return;
-    const char **ids = calloc(n, sizeof *ids);
-    if (!ids)
-        return;
-    size_t i = 0;
-    for (const char *id = zlist_first(self->published); id; id = zlist_next(self->published))
-        ids[i++] = id;
-    char *arr = mh_pg_text_array(ids, n), now_s[32], err[512];
-    free(ids);
+    char now_s[32], err[512];
     snprintf(now_s, sizeof now_s, "%" PRId64, mh_now_ms());
-    const char *p[] = {arr, now_s};
     /* a device quick to answer may have finished it already: it stays so */
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "UPDATE twin.commands SET status = 'sent', sent_ms = $2::bigint"
-                               " WHERE id = ANY($1::text[]) AND status = 'queued'"
-                               " RETURNING device_id, id, name",
-                               2, p, err, sizeof err);
-    free(arr);
+    PGresult *res = mh_pg_exec_list(self->pg,
+                                    "UPDATE twin.commands SET status = 'sent', sent_ms = $2::bigint"
+                                    " WHERE id = ANY($1::text[]) AND status = 'queued'"
+                                    " RETURNING device_id, id, name",
+                                    self->published, now_s, err, sizeof err);
     if (!res) {
         if (!mh_pg_retryable(self->pg))
             mh_log_limited(&self->rl_db, MH_LOG_ERROR, "marking commands sent failed: %s", err);
