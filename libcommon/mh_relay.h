@@ -62,8 +62,8 @@ int mh_relay_add(mh_relay_t *self, const char *type, const ProtobufCMessage *bod
 int mh_relay_add_tagged(mh_relay_t *self, const char *type, const ProtobufCMessage *body,
                         const char *tag);
 /* The same for a message already packed as an Envelope (taken, even on
- * failure). */
-int mh_relay_add_packed(mh_relay_t *self, zframe_t **frame_p);
+ * failure), with its tag or NULL. */
+int mh_relay_add_packed(mh_relay_t *self, zframe_t **frame_p, const char *tag);
 /* True while max_held messages are held: take no more input. */
 bool mh_relay_full(const mh_relay_t *self);
 /* Batches sent and not yet acknowledged, plus messages not yet sent. */

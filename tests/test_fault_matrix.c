@@ -9,12 +9,16 @@
  *  - connectivity: each is online in twin.
  * Phase 1 stops each service with SIGTERM, then a gateway; phase 2 kills
  * ingest, twin, ota, fleet-stats and one of the two gateways with SIGKILL,
- * then restarts PostgreSQL and mosquitto. motesim's load is counted — what
+ * then restarts PostgreSQL and mosquitto, while a firmware rollout runs to
+ * 100 more simulated devices: it completes, every job succeeded, and no
+ * job is sent again once its device finished it. motesim's
+ * load is counted — what
  * the broker acknowledged to it against what was stored — and printed
  * (phase 2 loses the killed gateway's window and what the broker held when
  * it restarted without persistence); nothing may be stored twice. */
 #include "mh_test.h"
 #include "mh_agent.h"
+#include "mh_http_client.h"
 
 #include <jansson.h>
 #include <signal.h>
@@ -317,6 +321,109 @@ static void s_restart_each(s_part_t first, s_part_t last, int sig)
     }
 }
 
+/* ---- a rollout through the faults ---- */
+
+#define S_OTA_DEVICES 100
+
+/* An operator's API call with the token; its status. */
+static long s_api(const char *method, const char *path, const char *ctype, const void *body,
+                  size_t len, char **answer)
+{
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", s_fleet.port, path);
+    mh_http_resp_t resp;
+    long st = mh_http_request(&(mh_http_req_t){.method = method,
+                                               .url = url,
+                                               .bearer = s_token,
+                                               .content_type = ctype,
+                                               .body = body,
+                                               .body_len = len},
+                              &resp);
+    if (answer)
+        *answer = resp.body;
+    else
+        mh_http_resp_free(&resp);
+    return st;
+}
+
+/* 100 devices on m-1.0 (motesim, OTA on) and a rollout to m-2.0 at 60 a
+ * minute: it runs through the SIGKILL phase. Returns motesim and the
+ * rollout's id in `id`. */
+static pid_t s_rollout_start(char id[64])
+{
+    static uint8_t image[4096];
+    const char *versions[] = {"m-1.0", "m-2.0"};
+    for (int v = 0; v < 2; v++) {
+        char path[128];
+        memset(image, 'a' + v, sizeof image);
+        snprintf(path, sizeof path, "/api/v1/firmware?version=%s&hardware=sim-1", versions[v]);
+        assert_int_equal(s_api("POST", path, "application/octet-stream", image, sizeof image, NULL),
+                         201);
+    }
+    char a_key[760];
+    snprintf(a_key, sizeof a_key, "--ota-key=%s", s_pub);
+    const char *args[] = {"--firmware=m-1.0", a_key,          "--ota-install-time=2s",
+                          "--interval=60s",   "--report=30s", NULL};
+    pid_t pid = mht_motesim_start("motesim-fw", s_broker.url, s_twin.rpc_endpoint, "fw",
+                                  S_OTA_DEVICES, args);
+    mht_fleet_wait_online(&s_db, "fw", S_OTA_DEVICES, "m-1.0");
+    const char *spec = "{\"firmware\":\"m-2.0\",\"target\":{\"firmware\":\"m-1.0\"},"
+                       "\"waves\":[{\"percent\":100}],\"soakSeconds\":0,\"maxPerMinute\":60}";
+    char *answer = NULL;
+    assert_int_equal(s_api("POST", "/api/v1/rollouts", NULL, spec, strlen(spec), &answer), 201);
+    json_t *r = json_loads(answer, 0, NULL);
+    free(answer);
+    assert_non_null(r);
+    snprintf(id, 64, "%s", json_string_value(json_object_get(r, "id")));
+    json_decref(r);
+    return pid;
+}
+
+/* The rollout completes with every job succeeded, and no job was sent
+ * again after its device had finished it. */
+static void s_rollout_check(pid_t pid, const char *id)
+{
+    int64_t t0 = mht_now_ms();
+    double done = mht_db_wait_num(&s_db,
+                                  "SELECT count(*) FROM ota.rollouts WHERE state = 'completed'"
+                                  " AND firmware = 'm-2.0'",
+                                  1, 300000);
+    double ok = mht_db_num(&s_db,
+                           "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
+                           " AND action = 'install' AND status = 'succeeded'",
+                           id);
+    double after = mht_db_num(&s_db,
+                              "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
+                              " AND sends > 1 AND last_sent_ms > finished_ms",
+                              id);
+    double resent = mht_db_num(&s_db,
+                               "SELECT coalesce(sum(sends - 1), 0) FROM ota.jobs"
+                               " WHERE rollout_id = '%s'",
+                               id);
+    /* twin's firmware field is the device's own report, printed, not
+     * asserted: one made while gateway-1 held it when killed is lost with
+     * its window (as telemetry is), until the device's next connect */
+    double on_new = mht_db_wait_num(&s_db,
+                                    "SELECT count(*) FROM twin.devices WHERE id LIKE 'fw-%'"
+                                    " AND firmware = 'm-2.0'",
+                                    S_OTA_DEVICES, 10000);
+    print_message("# rollout through the faults: completed %.0f, %.0f/%d jobs succeeded, %.0f"
+                  " devices report m-2.0, %.0f jobs handed again, %.0f sent once finished"
+                  " (%.1f s after the last fault)\n",
+                  done, ok, S_OTA_DEVICES, on_new, resent, after,
+                  (double)(mht_now_ms() - t0) / 1000.0);
+    if (done != 1 || ok != S_OTA_DEVICES)
+        mht_shell("psql '%s' -Atc \"SELECT status, sent_ms IS NULL, last_sent_ms IS NULL,"
+                  " answered_ms IS NULL, sends, count(*) FROM ota.jobs WHERE rollout_id = '%s'"
+                  " GROUP BY 1, 2, 3, 4, 5\" >&2",
+                  s_db.url, id);
+    assert_true(done == 1);
+    assert_true(ok == S_OTA_DEVICES);
+    assert_true(after == 0);
+    int st = mht_stop(pid, SIGTERM, 20000);
+    assert_true(WIFEXITED(st));
+}
+
 static void test_fault_matrix(void **state)
 {
     (void)state;
@@ -340,17 +447,26 @@ static void test_fault_matrix(void **state)
     s_restart_each(S_GATEWAY, S_GATEWAY, SIGTERM);
     s_load_report(s_load, "handoff", "SIGTERM of gateway-1");
 
-    /* phase 2: SIGKILL, then PostgreSQL and mosquitto restarted */
+    /* phase 2: SIGKILL, then PostgreSQL and mosquitto restarted, with a
+     * rollout running */
+    char rollout[64];
+    pid_t fw = s_rollout_start(rollout);
     s_load = s_load_start("storm", 2000);
     mht_sleep_ms(5000);
     s_restart_each(S_INGEST, S_GATEWAY, SIGKILL);
     mht_pg_restart();
     s_check_round("PostgreSQL restarted");
     mht_broker_restart(&s_broker);
+    /* a restarted broker without persistence has no subscriptions: what a
+     * device publishes before the gateways subscribe again has no receiver
+     * (docs/reliability.md); the check starts once they are ready again */
+    for (int i = 0; i < 2; i++)
+        assert_true(mht_wait_ready(s_gw[i].http_port, 30000));
     s_check_round("mosquitto restarted");
     s_load_report(s_load, "storm",
                   "SIGKILL phase (lost: the killed gateway's window and the restarted broker's"
                   " queue)");
+    s_rollout_check(fw, rollout);
 }
 
 int main(void)
