@@ -151,8 +151,9 @@ static pid_t s_fleet(const char *name, const char *prefix, int n, const char *fi
     return pid;
 }
 
-/* Stops motesim and returns the OTA repeats it saw (-1 if it said nothing). */
-static long s_fleet_stop(const char *name, pid_t pid)
+/* Stops motesim and returns the OTA repeats it saw (-1 if it said nothing);
+ * *installed (when given) gets how many installs its devices ran. */
+static long s_fleet_stop(const char *name, pid_t pid, long *installed)
 {
     mht_stop(pid, SIGINT, 20000);
     char path[700], line[512];
@@ -161,6 +162,8 @@ static long s_fleet_stop(const char *name, pid_t pid)
     long repeats = -1;
     while (f && fgets(line, sizeof line, f)) {
         const char *p = strstr(line, "motesim: ota jobs=");
+        if (p && installed && strstr(p, "installed="))
+            *installed = strtol(strstr(p, "installed=") + 10, NULL, 10);
         if (p && (p = strstr(p, "repeats=")))
             repeats = strtol(p + 8, NULL, 10);
     }
@@ -264,7 +267,7 @@ static void test_rollout_completes(void **state)
                                      " AND firmware = 'a-2.0'",
                                      200, 10000),
                      200);
-    assert_int_equal(s_fleet_stop("sim-a", sim), 0);
+    assert_int_equal(s_fleet_stop("sim-a", sim, NULL), 0);
 }
 
 /* The new version fails on half the devices: the rollout stops in the
@@ -316,7 +319,7 @@ static void test_failure_rolls_back(void **state)
                                      " AND firmware = 'b-1.0'",
                                      200, 10000),
                      200);
-    s_fleet_stop("sim-b", sim);
+    s_fleet_stop("sim-b", sim, NULL);
 }
 
 /* One byte of the stored image changed: every device refuses it (SHA-256
@@ -347,7 +350,7 @@ static void test_tampered_image(void **state)
     assert_int_equal(mht_db_num(&s_db, "SELECT count(*) FROM twin.devices WHERE id LIKE 'c-%%'"
                                        " AND firmware = 'c-1.0'"),
                      20);
-    s_fleet_stop("sim-c", sim);
+    s_fleet_stop("sim-c", sim, NULL);
 }
 
 /* ota SIGKILLed in the middle of a rollout and started again: the rollout
@@ -376,8 +379,7 @@ static void test_kill_and_resume(void **state)
         assert_int_equal(s_wave_num(r, k, "succeeded"), s_wave_num(r, k, "targeted"));
     json_decref(r);
     /* Sent again only while unfinished: never after ota had the device's
-     * final answer; and every repeat a device saw is one of those re-sends
-     * (an answer lost with the killed process), none ran twice. */
+     * final answer. */
     assert_int_equal(mht_db_num(&s_db,
                                 "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
                                 " AND sends > 1 AND last_sent_ms > finished_ms",
@@ -387,8 +389,15 @@ static void test_kill_and_resume(void **state)
                                "SELECT coalesce(sum(sends - 1), 0) FROM ota.jobs"
                                " WHERE rollout_id = '%s'",
                                id);
-    long repeats = s_fleet_stop("sim-d", sim);
-    assert_true(repeats >= 0 && repeats <= resent);
+    long installed = -1, repeats = s_fleet_stop("sim-d", sim, &installed);
+    /* a device may see a job twice — ota's re-sends, or a downlink batch
+     * the relay sent again when its acknowledgement was late — and ignores
+     * it: every device installed once */
+    print_message("# ota killed mid-rollout: %.0f jobs sent again, %ld repeats the devices saw"
+                  " and ignored, %ld installs\n",
+                  resent, repeats, installed);
+    assert_true(repeats >= 0);
+    assert_int_equal(installed, 200);
 }
 
 /* A job counts as sent only once a gateway has published it: with no
@@ -423,7 +432,7 @@ static void test_sent_once_published(void **state)
     assert_int_equal(s_wave_num(r, 0, "sent"), 5);
     assert_int_equal(s_wave_num(r, 0, "succeeded"), 5);
     json_decref(r);
-    s_fleet_stop("sim-g", sim);
+    s_fleet_stop("sim-g", sim, NULL);
 }
 
 /* Bad rollouts and uploads get a clear error and create nothing. */

@@ -1,5 +1,6 @@
-/* fs_live — see fs_live.h. */
-#include "fs_live.h"
+/* fs_live — the live aggregates: a snapshot from twin, kept current by
+ * events, and the active rollouts (fs_live.h; fs_live_internal.h). */
+#include "fs_live_internal.h"
 #include "mh_json.h"
 #include "mh_log.h"
 #include "mh_resolver.h"
@@ -13,75 +14,13 @@
 #include <math.h>
 #include <pthread.h>
 
-enum { S_BAT_N = 5, S_RSSI_N = 5, S_SEEN_N = 5, S_HISTORY = 360 };
-static const char *s_bat_names[S_BAT_N] = {"<20", "20-50", "50-80", ">=80", "unknown"};
-static const char *s_rssi_names[S_RSSI_N] = {"good", "fair", "weak", "poor", "unknown"};
-static const char *s_seen_names[S_SEEN_N] = {"online", "<1h", "<24h", ">=24h", "never"};
-
-/* One device as the aggregates need it. */
-typedef struct {
-    int64_t last_seen; /* ms; 0 never */
-    int64_t conn_ts;   /* time of the connectivity change last applied */
-    int64_t cell;      /* -1: no location */
-    int8_t bat, rssi;  /* bucket indexes */
-    bool online;
-    char fw[48]; /* "" unknown */
-} s_dev_t;
-
-typedef struct {
-    zhashx_t *devs;  /* id -> s_dev_t */
-    zhashx_t *fw;    /* version -> count */
-    zhashx_t *cells; /* cell key -> count */
-    int64_t total, online, bat[S_BAT_N], rssi[S_RSSI_N];
-} s_agg_t;
-
-typedef struct {
-    uint64_t received, published;
-    int64_t at; /* monotonic ms of the last stats */
-    double in, out;
-} s_gw_t;
-
-typedef struct {
-    void *conn;
-    fs_live_send_fn *send;
-    bool need_summary;
-} s_client_t;
-
-struct fs_live_t {
-    fs_live_opts_t o;
-    zsock_t *sub;
-    mh_resolver_t *res[3];
-    pthread_mutex_t lock; /* agg, rollouts, rates, history */
-    s_agg_t agg;
-    bool ready;
-    int64_t next_snapshot, next_resolve, next_history, next_rollouts, last_frame;
-    bool rollouts_dirty;
-    uint64_t gen, framed_gen; /* bumped on every change; what the last frame showed */
-    char *summary;            /* cached summary text */
-    uint64_t summary_gen;
-    int64_t summary_at;
-    json_t *rollouts;   /* active rollouts */
-    zhashx_t *gateways; /* instance -> s_gw_t */
-    int64_t seen[S_SEEN_N];
-    int64_t hist[S_HISTORY][3];
-    int nhist, hist_start, hist_sent; /* ring; hist_sent: points already in frames */
-    /* frames */
-    pthread_mutex_t ws_lock;
-    zlistx_t *clients; /* s_client_t */
-    char *last[6];     /* the sections as last framed */
-    char *full;        /* the last full frame */
-    uint64_t seq;
-    mh_counter_t *m_events, *m_snapshots, *m_frames, *m_snapshot_errors;
-    mh_gauge_t *m_clients, *m_devices;
-};
-
 static void s_free_ptr(void **p)
 {
     free(*p);
     *p = NULL;
 }
 
-static void s_agg_init(s_agg_t *a)
+static void s_agg_init(fs_live_agg_t *a)
 {
     memset(a, 0, sizeof *a);
     a->devs = zhashx_new();
@@ -90,7 +29,7 @@ static void s_agg_init(s_agg_t *a)
     a->cells = zhashx_new();
 }
 
-static void s_agg_free(s_agg_t *a)
+static void s_agg_free(fs_live_agg_t *a)
 {
     zhashx_destroy(&a->devs);
     zhashx_destroy(&a->fw);
@@ -114,7 +53,7 @@ static void s_cell_key(int64_t cell, char *out, size_t len)
 }
 
 /* Adds (sign 1) or removes (-1) a device's share of every aggregate. */
-static void s_account(s_agg_t *a, const s_dev_t *d, int sign)
+static void s_account(fs_live_agg_t *a, const fs_live_dev_t *d, int sign)
 {
     a->total += sign;
     if (d->online)
@@ -151,7 +90,7 @@ static int64_t s_cell(const fs_live_t *self, bool has, double lat, double lon)
     return y * per_row + x;
 }
 
-static void s_cell_corner(const fs_live_t *self, int64_t cell, double *lat, double *lon)
+void fs_live_cell_corner(const fs_live_t *self, int64_t cell, double *lat, double *lon)
 {
     double cd = self->o.cell_degrees;
     int64_t per_row = (int64_t)ceil(360 / cd) + 1;
@@ -159,9 +98,9 @@ static void s_cell_corner(const fs_live_t *self, int64_t cell, double *lat, doub
     *lon = (double)(cell % per_row) * cd - 180;
 }
 
-static s_dev_t *s_dev(s_agg_t *a, const char *id, bool create)
+static fs_live_dev_t *s_dev(fs_live_agg_t *a, const char *id, bool create)
 {
-    s_dev_t *d = zhashx_lookup(a->devs, id);
+    fs_live_dev_t *d = zhashx_lookup(a->devs, id);
     if (d || !create)
         return d;
     d = calloc(1, sizeof *d);
@@ -191,7 +130,7 @@ static json_t *s_twin_page(fs_live_t *self, const char *cursor, char *err, size_
 
 static bool s_snapshot(fs_live_t *self)
 {
-    s_agg_t fresh;
+    fs_live_agg_t fresh;
     s_agg_init(&fresh);
     char cursor[256] = "", err[256];
     int64_t t0 = mh_mono_ms();
@@ -208,7 +147,7 @@ static bool s_snapshot(fs_live_t *self)
         json_array_foreach(json_object_get(page, "items"), i, row)
         {
             const char *id = json_string_value(json_array_get(row, 0));
-            s_dev_t *d = id ? s_dev(&fresh, id, true) : NULL;
+            fs_live_dev_t *d = id ? s_dev(&fresh, id, true) : NULL;
             if (!d)
                 continue;
             s_account(&fresh, d, -1);
@@ -282,7 +221,7 @@ static void s_fetch_rollouts(fs_live_t *self)
 
 static void s_on_connectivity(fs_live_t *self, const Mh__DeviceConnectivity *ev)
 {
-    s_dev_t *d = s_dev(&self->agg, ev->device_id, true);
+    fs_live_dev_t *d = s_dev(&self->agg, ev->device_id, true);
     if (!d || (ev->ts_ms && ev->ts_ms < d->conn_ts))
         return; /* an older change than the one we have */
     s_account(&self->agg, d, -1);
@@ -297,7 +236,7 @@ static void s_on_connectivity(fs_live_t *self, const Mh__DeviceConnectivity *ev)
 
 static void s_on_twin(fs_live_t *self, const Mh__TwinChanged *ev)
 {
-    s_dev_t *d = s_dev(&self->agg, ev->device_id, true);
+    fs_live_dev_t *d = s_dev(&self->agg, ev->device_id, true);
     if (!d)
         return;
     s_account(&self->agg, d, -1);
@@ -313,7 +252,7 @@ static void s_on_twin(fs_live_t *self, const Mh__TwinChanged *ev)
 static void s_on_stats(fs_live_t *self, const Mh__GatewayStats *ev)
 {
     int64_t now = mh_mono_ms();
-    s_gw_t *g = zhashx_lookup(self->gateways, ev->gateway);
+    fs_live_gw_t *g = zhashx_lookup(self->gateways, ev->gateway);
     if (!g) {
         g = calloc(1, sizeof *g);
         if (!g)
@@ -351,7 +290,7 @@ void fs_live_on_event(fs_live_t *self)
                 mh__device_registered__free_unpacked(ev, NULL);
             } else if (strcmp(type, "device.deleted") == 0) {
                 Mh__DeviceDeleted *ev = mh__device_deleted__unpack(NULL, len, b);
-                s_dev_t *d = ev ? s_dev(&self->agg, ev->device_id, false) : NULL;
+                fs_live_dev_t *d = ev ? s_dev(&self->agg, ev->device_id, false) : NULL;
                 if (d) {
                     s_account(&self->agg, d, -1);
                     zhashx_delete(self->agg.devs, ev->device_id);
@@ -375,236 +314,6 @@ void fs_live_on_event(fs_live_t *self)
         }
         mh_envelope_free(&env);
     }
-}
-
-/* ---- documents ---- */
-
-static json_t *s_counts_object(zhashx_t *h)
-{
-    json_t *o = json_object();
-    for (void *v = zhashx_first(h); v; v = zhashx_next(h))
-        json_object_set_new(o, zhashx_cursor(h), json_integer((intptr_t)v));
-    return o;
-}
-
-/* Last-seen buckets age with the clock, so they take a pass over every
- * device (about 1 ms per 25,000 devices here) each time a summary or frame
- * is built. */
-static void s_seen_buckets(fs_live_t *self)
-{
-    memset(self->seen, 0, sizeof self->seen);
-    int64_t now = mh_now_ms();
-    for (s_dev_t *d = zhashx_first(self->agg.devs); d; d = zhashx_next(self->agg.devs)) {
-        int k = d->online                           ? 0
-                : !d->last_seen                     ? 4
-                : now - d->last_seen < 3600000      ? 1
-                : now - d->last_seen < 24 * 3600000 ? 2
-                                                    : 3;
-        self->seen[k]++;
-    }
-}
-
-static int s_cmp_cell(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* The sections, in frame order: devices, firmware, health, rates,
- * rollouts, geo. Under self->lock. */
-static void s_sections(fs_live_t *self, json_t *out[6])
-{
-    s_agg_t *a = &self->agg;
-    out[0] = json_pack("{s:I,s:I,s:I}", "total", (json_int_t)a->total, "online",
-                       (json_int_t)a->online, "offline", (json_int_t)(a->total - a->online));
-    out[1] = s_counts_object(a->fw);
-    json_t *bat = json_object(), *rssi = json_object(), *seen = json_object();
-    s_seen_buckets(self);
-    for (int i = 0; i < S_BAT_N; i++)
-        json_object_set_new(bat, s_bat_names[i], json_integer(a->bat[i]));
-    for (int i = 0; i < S_RSSI_N; i++)
-        json_object_set_new(rssi, s_rssi_names[i], json_integer(a->rssi[i]));
-    for (int i = 0; i < S_SEEN_N; i++)
-        json_object_set_new(seen, s_seen_names[i], json_integer(self->seen[i]));
-    out[2] = json_pack("{s:o,s:o,s:o}", "battery", bat, "rssi", rssi, "lastSeen", seen);
-    double in = 0, outr = 0;
-    int64_t now = mh_mono_ms();
-    for (s_gw_t *g = zhashx_first(self->gateways); g; g = zhashx_next(self->gateways))
-        if (now - g->at < 5000) {
-            in += g->in;
-            outr += g->out;
-        }
-    out[3] = json_pack("{s:f,s:f,s:I}", "in", round(in * 10) / 10, "out", round(outr * 10) / 10,
-                       "gateways", (json_int_t)zhashx_size(self->gateways));
-    out[4] = self->rollouts ? json_copy(self->rollouts) : json_array();
-    /* cells in a stable order (south to north, west to east), so replicas
-     * give the same document */
-    size_t nc = zhashx_size(a->cells), k = 0;
-    int64_t(*cv)[2] = calloc(nc ? nc : 1, sizeof *cv);
-    for (void *v = zhashx_first(a->cells); v && cv; v = zhashx_next(a->cells), k++) {
-        cv[k][0] = strtoll(zhashx_cursor(a->cells), NULL, 10);
-        cv[k][1] = (intptr_t)v;
-    }
-    if (cv)
-        qsort(cv, nc, sizeof *cv, s_cmp_cell);
-    json_t *cells = json_array();
-    for (k = 0; cv && k < nc; k++) {
-        double lat, lon;
-        s_cell_corner(self, cv[k][0], &lat, &lon);
-        json_array_append_new(cells, json_pack("{s:f,s:f,s:I}", "lat", lat, "lon", lon, "count",
-                                               (json_int_t)cv[k][1]));
-    }
-    free(cv);
-    out[5] = json_pack("{s:f,s:o}", "cellDegrees", self->o.cell_degrees, "cells", cells);
-}
-
-static const char *s_names[6] = {"devices", "firmware", "health", "rates", "rollouts", "geo"};
-
-/* Built at most once per change (and per second, as last-seen ages); under
- * a steady stream of changes at most every 100 ms, so many readers cost one
- * pass over the devices, not one each. */
-char *fs_live_summary(fs_live_t *self)
-{
-    pthread_mutex_lock(&self->lock);
-    char *text = NULL;
-    int64_t now = mh_mono_ms();
-    if (self->summary && ((self->summary_gen == self->gen && now - self->summary_at < 1000) ||
-                          now - self->summary_at < 100)) {
-        text = strdup(self->summary);
-    } else if (self->ready) {
-        json_t *s[6];
-        s_sections(self, s);
-        json_decref(s[5]);
-        json_t *o =
-            json_pack("{s:o,s:o,s:o,s:o,s:o,s:I}", "devices", s[0], "firmware", s[1], "health",
-                      s[2], "rates", s[3], "rollouts", s[4], "ts", (json_int_t)mh_now_ms());
-        text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
-        json_decref(o);
-        free(self->summary);
-        self->summary = text ? strdup(text) : NULL;
-        self->summary_gen = self->gen;
-        self->summary_at = now;
-    }
-    pthread_mutex_unlock(&self->lock);
-    return text;
-}
-
-char *fs_live_geo(fs_live_t *self)
-{
-    pthread_mutex_lock(&self->lock);
-    char *text = NULL;
-    if (self->ready) {
-        json_t *s[6];
-        s_sections(self, s);
-        for (int i = 0; i < 5; i++)
-            json_decref(s[i]);
-        text = json_dumps(s[5], JSON_COMPACT | JSON_SORT_KEYS);
-        json_decref(s[5]);
-    }
-    pthread_mutex_unlock(&self->lock);
-    return text;
-}
-
-static json_t *s_history_json(fs_live_t *self, int from)
-{
-    json_t *h = json_array();
-    for (int i = from; i < self->nhist; i++) {
-        int64_t *p = self->hist[(self->hist_start + i) % S_HISTORY];
-        json_array_append_new(
-            h, json_pack("[I,I,I]", (json_int_t)p[0], (json_int_t)p[1], (json_int_t)p[2]));
-    }
-    return h;
-}
-
-/* Builds the sections, and sends every client what it lacks: a full
- * frame to a new one, the sections that changed to the others. */
-static void s_frame(fs_live_t *self)
-{
-    json_t *s[6];
-    char *text[6];
-    pthread_mutex_lock(&self->lock);
-    self->framed_gen = self->gen;
-    s_sections(self, s);
-    json_t *full = json_pack("{s:s,s:I}", "type", "summary", "ts", (json_int_t)mh_now_ms());
-    json_t *changes = json_pack("{s:s,s:I}", "type", "changes", "ts", (json_int_t)mh_now_ms());
-    bool changed = false;
-    for (int i = 0; i < 6; i++) {
-        text[i] = json_dumps(s[i], JSON_COMPACT | JSON_SORT_KEYS);
-        if (!self->last[i] || !text[i] || strcmp(self->last[i], text[i]) != 0) {
-            json_object_set(changes, s_names[i], s[i]);
-            changed = true;
-        }
-        json_object_set_new(full, s_names[i], s[i]);
-    }
-    json_object_set_new(full, "history", s_history_json(self, 0));
-    if (self->hist_sent < self->nhist) {
-        json_object_set_new(changes, "history", s_history_json(self, self->hist_sent));
-        changed = true;
-    }
-    self->hist_sent = self->nhist;
-    pthread_mutex_unlock(&self->lock);
-
-    char *full_text = json_dumps(full, JSON_COMPACT);
-    char *change_text = changed ? json_dumps(changes, JSON_COMPACT) : NULL;
-    json_decref(full);
-    json_decref(changes);
-    pthread_mutex_lock(&self->ws_lock);
-    for (int i = 0; i < 6; i++) {
-        free(self->last[i]);
-        self->last[i] = text[i];
-    }
-    free(self->full);
-    self->full = full_text;
-    for (s_client_t *c = zlistx_first(self->clients); c; c = zlistx_next(self->clients)) {
-        const char *t = c->need_summary ? full_text : change_text;
-        if (t && full_text) {
-            c->send(c->conn, t, strlen(t));
-            c->need_summary = false;
-            mh_counter_inc(self->m_frames);
-        }
-    }
-    pthread_mutex_unlock(&self->ws_lock);
-    free(change_text);
-}
-
-void fs_live_attach(fs_live_t *self, void *conn, fs_live_send_fn *send)
-{
-    s_client_t *c = calloc(1, sizeof *c);
-    if (!c)
-        return;
-    c->conn = conn;
-    c->send = send;
-    pthread_mutex_lock(&self->ws_lock);
-    if (self->full) {
-        send(conn, self->full, strlen(self->full));
-        mh_counter_inc(self->m_frames);
-    } else {
-        c->need_summary = true;
-    }
-    zlistx_add_end(self->clients, c);
-    mh_gauge_set(self->m_clients, (double)zlistx_size(self->clients));
-    pthread_mutex_unlock(&self->ws_lock);
-}
-
-void fs_live_detach(fs_live_t *self, void *conn)
-{
-    pthread_mutex_lock(&self->ws_lock);
-    for (s_client_t *c = zlistx_first(self->clients); c; c = zlistx_next(self->clients))
-        if (c->conn == conn) {
-            free(c);
-            zlistx_delete(self->clients, zlistx_cursor(self->clients));
-            break;
-        }
-    mh_gauge_set(self->m_clients, (double)zlistx_size(self->clients));
-    pthread_mutex_unlock(&self->ws_lock);
-}
-
-size_t fs_live_clients(fs_live_t *self)
-{
-    pthread_mutex_lock(&self->ws_lock);
-    size_t n = zlistx_size(self->clients);
-    pthread_mutex_unlock(&self->ws_lock);
-    return n;
 }
 
 /* ---- life ---- */
@@ -636,13 +345,13 @@ void fs_live_tick(fs_live_t *self)
     if (now >= self->next_history) {
         self->next_history = now + 10000;
         pthread_mutex_lock(&self->lock);
-        if (self->nhist == S_HISTORY) {
-            self->hist_start = (self->hist_start + 1) % S_HISTORY;
+        if (self->nhist == FS_HISTORY) {
+            self->hist_start = (self->hist_start + 1) % FS_HISTORY;
             self->nhist--;
             if (self->hist_sent > 0)
                 self->hist_sent--;
         }
-        int64_t *p = self->hist[(self->hist_start + self->nhist) % S_HISTORY];
+        int64_t *p = self->hist[(self->hist_start + self->nhist) % FS_HISTORY];
         p[0] = mh_now_ms();
         p[1] = self->agg.online;
         p[2] = self->agg.total - self->agg.online;
@@ -655,7 +364,7 @@ void fs_live_tick(fs_live_t *self)
     if ((self->gen != self->framed_gen && now - self->last_frame >= self->o.min_frame_ms) ||
         now - self->last_frame >= 5000) {
         self->last_frame = now;
-        s_frame(self);
+        fs_live_frame(self);
         mh_gauge_set(self->m_devices, (double)self->agg.total);
     }
 }
@@ -724,7 +433,7 @@ void fs_live_destroy(fs_live_t **self_p)
     zsock_destroy(&self->sub);
     s_agg_free(&self->agg);
     zhashx_destroy(&self->gateways);
-    for (s_client_t *c = zlistx_first(self->clients); c; c = zlistx_next(self->clients))
+    for (fs_live_client_t *c = zlistx_first(self->clients); c; c = zlistx_next(self->clients))
         free(c);
     zlistx_destroy(&self->clients);
     for (int i = 0; i < 6; i++)

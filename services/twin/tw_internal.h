@@ -4,9 +4,12 @@
  * the others. The files, by concern:
  *   tw_service.c   configuration, schema, metrics, set-up and the loop
  *   tw_out.c       what a transaction publishes and sends after COMMIT
- *   tw_commands.c  command rows as JSON, and delivering queued commands
- *   tw_batch.c     device messages (status, twin get/update, command acks),
- *                  applied in batches, one transaction each
+ *   tw_commands.c  command rows as JSON, delivering queued commands, and
+ *                  marking them sent once a gateway published them
+ *   tw_batch.c     device messages applied in batches, one transaction
+ *                  each: decode, load, store, relay ids, acknowledgements
+ *   tw_messages.c  what each message (status, seen, twin get/update,
+ *                  command ack, presence) does to its device
  *   tw_rpc.c       the operator RPC methods (served by mh_rpc_server)
  *   tw_sweep.c     expiry, command timeouts, silence
  *   tw_doc.c       twin document rules (pure) */
@@ -161,9 +164,45 @@ void tw_commands_sent(tw_t *self);
 void tw_commands_rehand(tw_t *self);
 #define TW_REHAND_MS 30000
 
+/* ---- tw_messages.c ---- */
+
+/* A device in a batch: its row as loaded, and what the messages changed. */
+typedef struct {
+    char id[MH_MAX_DEVICE_ID + 1];
+    char *doc_text; /* as read; parsed on first need */
+    json_t *doc;
+    int64_t version, conn_ms, last_seen, present_ms;
+    bool online, doc_dirty, row_dirty, came_online;
+    char source[8];
+    char *firmware; /* the column: reported firmware, else the status message's */
+} tw_dev_t;
+
+/* One batch's transaction: its devices, the command acks it applies, what
+ * it sends after COMMIT. */
+typedef struct {
+    zhashx_t *devs; /* id -> tw_dev_t */
+    json_t *acks;   /* [{id, device_id, status, result}] */
+    tw_out_t out;
+    int64_t now;
+    mh_counter_t *m_online;
+    bool presence; /* a presence list is in the batch */
+} tw_batch_t;
+
+void tw_dev_free(void **item);
+/* The device's twin document, parsed on first need. */
+json_t *tw_dev_doc(tw_dev_t *d);
+/* Each device message, applied to its device in the batch. */
+void tw_msg_status(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMessage *m);
+void tw_msg_seen(tw_batch_t *b, tw_dev_t *d, int64_t ts);
+void tw_msg_twin_get(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMessage *m);
+void tw_msg_twin_update(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMessage *m);
+void tw_msg_command_ack(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMessage *m);
+/* The broker's list of connected devices (motehub_presence.h). */
+void tw_msg_present(tw_batch_t *b, const Mh__DeviceSeen *p);
+void tw_maybe_delta(tw_out_t *o, const char *device, json_t *old, json_t *doc);
+
 /* ---- tw_batch.c ---- */
 
-void tw_maybe_delta(tw_out_t *o, const char *device, json_t *old, json_t *doc);
 int tw_batch(tw_t *self, mh_relay_batch_t **batches, size_t n);
 
 /* ---- tw_rpc.c ---- */
