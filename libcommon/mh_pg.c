@@ -239,15 +239,15 @@ char *mh_pg_text_array(const char *const *items, size_t n)
 }
 
 PGresult *mh_pg_exec_ids(mh_pg_t *self, const char *sql, const char *const *ids, size_t n,
-                         char *err, size_t errlen)
+                         const char *arg2, char *err, size_t errlen)
 {
     char *lit = mh_pg_text_array(ids, n);
     if (!lit) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    const char *p[] = {lit};
-    PGresult *res = mh_pg_exec(self, PGRES_TUPLES_OK, sql, 1, p, err, errlen);
+    const char *p[] = {lit, arg2};
+    PGresult *res = mh_pg_exec(self, PGRES_TUPLES_OK, sql, arg2 ? 2 : 1, p, err, errlen);
     free(lit);
     return res;
 }
@@ -257,19 +257,13 @@ PGresult *mh_pg_exec_list(mh_pg_t *self, const char *sql, zlist_t *ids, const ch
 {
     size_t n = zlist_size(ids), i = 0;
     const char **v = calloc(n + 1, sizeof *v);
-    char *lit = NULL;
-    if (v) {
-        for (const char *id = zlist_first(ids); id; id = zlist_next(ids))
-            v[i++] = id;
-        lit = mh_pg_text_array(v, n);
-        free(v);
-    }
-    if (!lit) {
+    if (!v) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    const char *p[] = {lit, arg2};
-    PGresult *res = mh_pg_exec(self, PGRES_TUPLES_OK, sql, arg2 ? 2 : 1, p, err, errlen);
-    free(lit);
+    for (const char *id = zlist_first(ids); id; id = zlist_next(ids))
+        v[i++] = id;
+    PGresult *res = mh_pg_exec_ids(self, sql, v, n, arg2, err, errlen);
+    free(v);
     return res;
 }

@@ -56,10 +56,10 @@ bool mh_pg_retryable(mh_pg_t *self);
  * item is SQL NULL. Caller frees; NULL when out of memory. */
 char *mh_pg_text_array(const char *const *items, size_t n);
 /* Runs `sql`, which returns rows, with $1 = `ids` as text[] (the same
- * rules as mh_pg_text_array). NULL with err filled on failure. */
+ * rules as mh_pg_text_array) and $2 = `arg2` (NULL: the statement takes $1
+ * alone). NULL with err filled on failure. */
 PGresult *mh_pg_exec_ids(mh_pg_t *self, const char *sql, const char *const *ids, size_t n,
-                         char *err, size_t errlen);
-/* The same with the ids in a zlist of strings, and $2 = `arg2` (NULL: the
- * statement takes $1 alone). */
+                         const char *arg2, char *err, size_t errlen);
+/* The same with the ids in a zlist of strings. */
 PGresult *mh_pg_exec_list(mh_pg_t *self, const char *sql, zlist_t *ids, const char *arg2, char *err,
                           size_t errlen);

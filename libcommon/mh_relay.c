@@ -171,15 +171,17 @@ static int s_close_batch(mh_relay_t *self)
         return -1;
     }
     b->messages = self->nbuilding;
+    bool tagged = false;
+    for (size_t i = 0; i < self->nbuilding; i++)
+        tagged = tagged || self->building_tags[i];
+    /* out of memory: the tags are lost, never the messages */
+    b->tags = tagged ? calloc(self->nbuilding, sizeof *b->tags) : NULL;
     for (size_t i = 0; i < self->nbuilding; i++) {
         zframe_destroy(&self->building[i]);
-        if (self->building_tags[i] && !b->tags)
-            b->tags = calloc(self->nbuilding, sizeof *b->tags);
-        if (b->tags) { /* out of memory: the tags are lost, never the messages */
+        if (b->tags)
             b->tags[i] = self->building_tags[i];
-            self->building_tags[i] = NULL;
-        }
-        free(self->building_tags[i]);
+        else
+            free(self->building_tags[i]);
         self->building_tags[i] = NULL;
     }
     self->nbuilding = 0;

@@ -77,9 +77,10 @@ void mh_window_destroy(mh_window_t **self_p)
 
 static void s_send(mh_window_t *self, const char *id, s_flight_t *f)
 {
-    zframe_t *copy = zframe_dup(f->frame);
+    /* zmq_send copies the bytes into its own message: the kept frame is
+     * sent as it is, no copy of ours */
     void *raw = zsock_resolve(self->dealer);
-    if (copy && zmq_send(raw, zframe_data(copy), zframe_size(copy), ZMQ_DONTWAIT) >= 0) {
+    if (zmq_send(raw, zframe_data(f->frame), zframe_size(f->frame), ZMQ_DONTWAIT) >= 0) {
         f->sent_ms = mh_mono_ms();
         if (f->attempts++ > 0) {
             mh_counter_inc(self->m_resent);
@@ -92,7 +93,6 @@ static void s_send(mh_window_t *self, const char *id, s_flight_t *f)
     } else {
         f->sent_ms = 0; /* no receiver reachable: the next tick tries again */
     }
-    zframe_destroy(&copy);
 }
 
 int mh_window_send(mh_window_t *self, const char *id, zframe_t **frame_p, void *item)

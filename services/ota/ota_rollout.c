@@ -236,8 +236,9 @@ static double s_dispatch(ota_t *self, const char *id, bool installs, double toke
     size_t n = 0;
     for (int r = 0; r < rows && ids; r++) {
         if (!mh_idset_has(self->online, PQgetvalue(res, r, 1)))
-            continue;                                         /* sent when it comes online */
-        bool fresh = strcmp(PQgetvalue(res, r, 8), "t") == 0; /* never handed over */
+            continue; /* sent when it comes online */
+        /* never handed over: an install costs a token */
+        bool fresh = strcmp(PQgetvalue(res, r, 8), "t") == 0;
         bool install = strcmp(PQgetvalue(res, r, 2), "install") == 0;
         if (fresh && install) {
             if (tokens < 1)

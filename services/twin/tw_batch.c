@@ -112,7 +112,7 @@ static bool s_load(tw_t *self, tw_batch_t *b, s_msg_t *v, size_t n, char *err, s
                                    "SELECT id, doc::text, version, online, online_source, conn_ms,"
                                    " last_seen_ms, firmware, present_ms FROM twin.devices"
                                    " WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
-                                   arr, nk, err, errlen);
+                                   arr, nk, NULL, err, errlen);
     free(arr);
     zlistx_destroy(&keys);
     zhashx_destroy(&ids);

@@ -32,18 +32,16 @@ bool tw_deliver(tw_t *self, tw_out_t *o, const char *const *devices, size_t n, i
 {
     if (!n)
         return true;
-    char *ids_in = mh_pg_text_array(devices, n), rehand_s[32], now_s[32];
+    char rehand_s[32], now_s[32];
     snprintf(rehand_s, sizeof rehand_s, "%" PRId64, now - TW_REHAND_MS);
     snprintf(now_s, sizeof now_s, "%" PRId64, now);
-    const char *sp[] = {ids_in, rehand_s};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT id, device_id, name, params::text, expires_ms"
-                               " FROM twin.commands WHERE device_id = ANY($1::text[])"
-                               " AND status = 'queued'"
-                               " AND (handed_ms IS NULL OR handed_ms <= $2::bigint)"
-                               " ORDER BY device_id, seq",
-                               2, sp, err, errlen);
-    free(ids_in);
+    PGresult *res = mh_pg_exec_ids(self->pg,
+                                   "SELECT id, device_id, name, params::text, expires_ms"
+                                   " FROM twin.commands WHERE device_id = ANY($1::text[])"
+                                   " AND status = 'queued'"
+                                   " AND (handed_ms IS NULL OR handed_ms <= $2::bigint)"
+                                   " ORDER BY device_id, seq",
+                                   devices, n, rehand_s, err, errlen);
     if (!res)
         return false;
     int rows = PQntuples(res);
