@@ -526,6 +526,22 @@ void mh_agent_kill_connection(mh_agent_t *self)
     s_create_client(self);
 }
 
+/* The broker's PUBACK of a telemetry message (Paho calls onFailure
+ * instead for a PUBACK with an error reason code). */
+static void s_on_telemetry_acked(void *ctx, MQTTAsync_successData *r)
+{
+    (void)r;
+    mh_agent_t *self = ctx;
+    __atomic_add_fetch(&self->telemetry_acked, 1, __ATOMIC_RELAXED);
+}
+
+static void s_on_telemetry_acked5(void *ctx, MQTTAsync_successData5 *r)
+{
+    (void)r;
+    mh_agent_t *self = ctx;
+    __atomic_add_fetch(&self->telemetry_acked, 1, __ATOMIC_RELAXED);
+}
+
 int mh_agent_publish(mh_agent_t *self, const char *subtopic, const void *payload, size_t len,
                      int qos)
 {
@@ -540,17 +556,32 @@ int mh_agent_publish(mh_agent_t *self, const char *subtopic, const void *payload
     m.payload = (void *)payload;
     m.payloadlen = (int)len;
     m.qos = qos;
+    /* telemetry's own count of acknowledgements: the status, twin and
+     * command messages a device sends (one status per reconnect) are not
+     * samples */
+    bool telemetry = strncmp(subtopic, "telemetry", 9) == 0;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    if (telemetry && qos > 0) {
+        ro.context = self;
+        if (self->mqtt_version == 5)
+            ro.onSuccess5 = s_on_telemetry_acked5;
+        else
+            ro.onSuccess = s_on_telemetry_acked;
+    }
     if (qos > 0)
         __atomic_add_fetch(&self->inflight, 1, __ATOMIC_RELAXED);
-    int rc = MQTTAsync_sendMessage(self->client, topic, &m, NULL);
+    int rc = MQTTAsync_sendMessage(self->client, topic, &m, &ro);
     if (rc != MQTTASYNC_SUCCESS) {
         if (qos > 0)
             __atomic_sub_fetch(&self->inflight, 1, __ATOMIC_RELAXED);
         return rc == MQTTASYNC_MAX_BUFFERED_MESSAGES ? -EAGAIN : -EIO;
     }
     __atomic_add_fetch(&self->published, 1, __ATOMIC_RELAXED);
-    if (qos == 0)
+    if (qos == 0) {
         __atomic_add_fetch(&self->delivered, 1, __ATOMIC_RELAXED);
+        if (telemetry)
+            __atomic_add_fetch(&self->telemetry_acked, 1, __ATOMIC_RELAXED);
+    }
     return 0;
 }
 
@@ -591,6 +622,11 @@ int mh_agent_publish_samples(mh_agent_t *self, const mh_sample_t *samples, size_
 uint64_t mh_agent_delivered(mh_agent_t *self)
 {
     return __atomic_load_n(&self->delivered, __ATOMIC_RELAXED);
+}
+
+uint64_t mh_agent_telemetry_acked(mh_agent_t *self)
+{
+    return __atomic_load_n(&self->telemetry_acked, __ATOMIC_RELAXED);
 }
 
 uint64_t mh_agent_published(mh_agent_t *self)

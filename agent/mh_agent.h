@@ -79,6 +79,9 @@ int mh_agent_publish_samples(mh_agent_t *self, const mh_sample_t *samples, size_
 
 /* Messages acknowledged by the broker (QoS1) and sent (QoS0). */
 uint64_t mh_agent_delivered(mh_agent_t *self);
+/* Telemetry messages acknowledged by the broker (QoS1) and sent (QoS0):
+ * what a sender may count on being stored. */
+uint64_t mh_agent_telemetry_acked(mh_agent_t *self);
 /* Messages accepted by mh_agent_publish. */
 uint64_t mh_agent_published(mh_agent_t *self);
 /* Waits until every published QoS1 message is acknowledged. */

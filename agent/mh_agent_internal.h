@@ -22,6 +22,7 @@ struct mh_agent_t {
     int mqtt_version, keepalive, max_inflight;
     int connected;
     uint64_t published, delivered, inflight, commands_handled;
+    uint64_t telemetry_acked; /* telemetry messages the broker acknowledged */
     char status_topic[96];
     size_t prefix_len; /* strlen("devices/{id}/") */
 

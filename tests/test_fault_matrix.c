@@ -11,11 +11,11 @@
  * ingest, twin, ota, fleet-stats and one of the two gateways with SIGKILL,
  * then restarts PostgreSQL and mosquitto, while a firmware rollout runs to
  * 100 more simulated devices: it completes, every job succeeded, and no
- * job is sent again once its device finished it. motesim's
- * load is counted — what
- * the broker acknowledged to it against what was stored — and printed
- * (phase 2 loses the killed gateway's window and what the broker held when
- * it restarted without persistence); nothing may be stored twice. */
+ * job is sent again once its device finished it. motesim's load is
+ * counted — the telemetry the broker acknowledged to it against what was
+ * stored: phase 1 loses none; phase 2's loss (the killed gateway's window,
+ * what the broker held when it restarted without persistence) is printed;
+ * nothing may be stored twice. */
 #include "mh_test.h"
 #include "mh_agent.h"
 #include "mh_http_client.h"
@@ -161,8 +161,10 @@ static void s_stored(const char *prefix, double *rows, double *distinct)
 }
 
 /* Stops motesim `prefix`, prints what the broker acknowledged to it against
- * what was stored, and asserts nothing was stored twice. */
-static void s_load_report(pid_t pid, const char *prefix, const char *what)
+ * what was stored, and asserts nothing was stored twice and, when
+ * `lossless`, nothing acknowledged lost. (Stored may exceed acknowledged:
+ * a flapping device drops its connection with PUBACKs still on the way.) */
+static void s_load_report(pid_t pid, const char *prefix, const char *what, bool lossless)
 {
     double acked = s_load_stop(pid, prefix) * 3, rows, distinct;
     s_stored(prefix, &rows, &distinct);
@@ -172,6 +174,8 @@ static void s_load_report(pid_t pid, const char *prefix, const char *what)
                   rows - distinct);
     assert_true(acked > 0);
     assert_true(rows == distinct);
+    if (lossless)
+        assert_true(distinct >= acked);
 }
 
 static void s_connect_checks(void)
@@ -430,22 +434,18 @@ static void test_fault_matrix(void **state)
     s_connect_checks();
     s_check_round("(no fault)");
 
-    /* phase 1: SIGTERM of a service loses nothing */
+    /* phase 1: SIGTERM of anything loses nothing */
     s_load = s_load_start("calm", 2000);
     mht_sleep_ms(5000);
     s_restart_each(S_INGEST, S_FLEET, SIGTERM);
-    /* motesim's own count is printed, not asserted: under the sanitizers
-     * 30 of 130,803 samples went missing before any gateway took them, with
-     * no gateway restarted (docs/reliability.md); the check devices above
-     * are the exactly-once assertion */
-    s_load_report(s_load, "calm", "SIGTERM of ingest, twin, ota, fleet-stats");
+    s_load_report(s_load, "calm", "SIGTERM of ingest, twin, ota, fleet-stats", true);
 
-    /* SIGTERM of a gateway under load: measured apart (docs/reliability.md:
-     * a few messages can be lost at the broker's hand-off) */
+    /* SIGTERM of a gateway under load: its share moves to the other one
+     * (15 s in, when motesim's flapping devices drop off too) */
     s_load = s_load_start("handoff", 2000);
     mht_sleep_ms(15000);
     s_restart_each(S_GATEWAY, S_GATEWAY, SIGTERM);
-    s_load_report(s_load, "handoff", "SIGTERM of gateway-1");
+    s_load_report(s_load, "handoff", "SIGTERM of gateway-1", true);
 
     /* phase 2: SIGKILL, then PostgreSQL and mosquitto restarted, with a
      * rollout running */
@@ -465,7 +465,8 @@ static void test_fault_matrix(void **state)
     s_check_round("mosquitto restarted");
     s_load_report(s_load, "storm",
                   "SIGKILL phase (lost: the killed gateway's window and the restarted broker's"
-                  " queue)");
+                  " queue)",
+                  false);
     s_rollout_check(fw, rollout);
 }
 
