@@ -13,6 +13,7 @@
 
 struct mh_idset_t {
     zsock_t *dealer, *sub;
+    zsock_t *monitor; /* the SUB's handshakes: a twin replica (re)connected */
     mh_resolver_t *rpc_resolver, *ev_resolver;
     zhashx_t *live, *building; /* id -> (void *)1 */
     bool loaded, online_only;
@@ -48,6 +49,16 @@ mh_idset_t *mh_idset_new(const mh_idset_opts_t *o, mh_metrics_t *m)
         zsock_set_subscribe(self->sub, "device.registered");
     }
     zsock_set_subscribe(self->sub, "device.deleted");
+    /* Events published while the SUB was not connected to a replica (twin
+     * restarting, a replica just started) are gone: every handshake with a
+     * replica starts a load afresh (s_on_handshake). */
+    char addr[64];
+    snprintf(addr, sizeof addr, "inproc://mh-idset-monitor-%p", (void *)self);
+    if (zmq_socket_monitor(zsock_resolve(self->sub), addr, ZMQ_EVENT_HANDSHAKE_SUCCEEDED) == 0) {
+        self->monitor = zsock_new(ZMQ_PAIR);
+        if (self->monitor && zsock_connect(self->monitor, "%s", addr) != 0)
+            zsock_destroy(&self->monitor);
+    }
     self->rpc_resolver = mh_resolver_new(self->dealer, o->rpc_endpoint);
     self->ev_resolver = mh_resolver_new(self->sub, o->events_endpoint);
     if (!self->rpc_resolver || !self->ev_resolver) {
@@ -78,6 +89,10 @@ void mh_idset_destroy(mh_idset_t **self_p)
         return;
     mh_resolver_destroy(&self->rpc_resolver);
     mh_resolver_destroy(&self->ev_resolver);
+    if (self->monitor) {
+        zmq_socket_monitor(zsock_resolve(self->sub), NULL, 0);
+        zsock_destroy(&self->monitor);
+    }
     zsock_destroy(&self->dealer);
     zsock_destroy(&self->sub);
     zhashx_destroy(&self->live);
@@ -132,8 +147,46 @@ static void s_request(mh_idset_t *self)
     self->sent_ms = mh_mono_ms();
 }
 
+/* A replica's event stream (re)connected: what it published before is
+ * not in the set. A load in progress starts over (its snapshot may predate
+ * the handshake); otherwise one starts now. Before the first load is asked
+ * for, nothing to do: it will come after. */
+static void s_on_handshake(mh_idset_t *self, const char *endpoint)
+{
+    if (!self->building && !self->loaded)
+        return;
+    mh_info("twin's events (re)connected at %s: loading the %s again", endpoint, self->what);
+    if (self->building) {
+        zhashx_purge(self->building);
+        self->cursor[0] = 0;
+        s_request(self);
+    } else {
+        self->next_load = mh_mono_ms();
+    }
+}
+
+static void s_monitor(mh_idset_t *self)
+{
+    while (self->monitor && (zsock_events(self->monitor) & ZMQ_POLLIN)) {
+        zmsg_t *m = zmsg_recv(self->monitor);
+        if (!m)
+            break;
+        zframe_t *ev = zmsg_first(m), *ep = zmsg_next(m);
+        uint16_t event = 0;
+        if (ev && zframe_size(ev) >= 2)
+            memcpy(&event, zframe_data(ev), 2);
+        if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            char *endpoint = ep ? zframe_strdup(ep) : NULL;
+            s_on_handshake(self, endpoint ? endpoint : "?");
+            free(endpoint);
+        }
+        zmsg_destroy(&m);
+    }
+}
+
 void mh_idset_tick(mh_idset_t *self)
 {
+    s_monitor(self);
     int64_t now = mh_mono_ms();
     if (!self->building && now >= self->next_load) {
         self->building = zhashx_new();

@@ -7,7 +7,10 @@
  * device.registered / device.deleted, or device.online / device.offline /
  * device.deleted for the online set. Events that arrive during a reload are
  * applied to both the live set and the one being built, so nothing that
- * happens meanwhile is missed. Used from one actor's thread only. */
+ * happens meanwhile is missed. Events published while the SUB had no
+ * connection to a replica (twin restarting, a replica just started) are
+ * lost, so every handshake with a replica (seen by a socket monitor in
+ * mh_idset_tick) loads the set again. Used from one actor's thread only. */
 #pragma once
 #include "mh_metrics.h"
 #include <czmq.h>
@@ -40,7 +43,7 @@ void mh_idset_tick(mh_idset_t *self);
 bool mh_idset_loaded(mh_idset_t *self);
 bool mh_idset_has(mh_idset_t *self, const char *device_id);
 /* The caller met an id the set does not have: an event may have been lost
- * (twin restarting while a device was registered), so the set is loaded
- * again soon — at most once every 10 seconds. */
+ * (a replica's events missed some other way), so the set is loaded again
+ * soon — at most once every 10 seconds. */
 void mh_idset_missed(mh_idset_t *self);
 size_t mh_idset_size(mh_idset_t *self);
