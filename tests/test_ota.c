@@ -435,6 +435,50 @@ static void test_sent_once_published(void **state)
     s_fleet_stop("sim-g", sim, NULL);
 }
 
+/* Jobs handed over while no gateway ran, their rollout aborted (which
+ * leaves a job that may be on its way in progress) and the ota holding them
+ * killed: nothing will ever hand them again, and they time out instead of
+ * staying in progress forever. */
+static void test_handed_jobs_time_out(void **state)
+{
+    (void)state;
+    s_upload_version("h-1.0", 1000);
+    s_upload_version("h-2.0", 2000);
+    pid_t sim = s_fleet("sim-h", "h", 5, "h-1.0", NULL, "0");
+    assert_int_equal(mht_stop(s_gw.pid, SIGTERM, 30000), 0);
+    const char *id = s_create("{\"firmware\":\"h-2.0\",\"target\":{\"firmware\":\"h-1.0\"},"
+                              "\"waves\":[{\"percent\":100}],\"soakSeconds\":0,"
+                              "\"jobTimeoutSeconds\":3}");
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s' AND last_sent_ms IS NOT NULL",
+             id);
+    assert_int_equal(mht_db_wait_num(&s_db, sql, 5, 10000), 5);
+    Mh__OtaReply *r = s_control(MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT, id);
+    assert_int_equal(r->status, 200);
+    mh__ota_reply__free_unpacked(r, NULL);
+    int st = mht_stop(s_ota.pid, SIGKILL, 5000);
+    assert_true(WIFSIGNALED(st));
+    mht_ota_start(&s_ota, "ota", &s_db, s_downlink, &s_twin, s_key, s_ota_extra);
+    mht_gateway_for_twin(&s_gw, "gateway-after-abort", &s_broker, &s_ingest, &s_twin, s_downlink,
+                         s_ota.port);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s' AND status = 'timed_out'", id);
+    double timed_out = mht_db_wait_num(&s_db, sql, 5, 20000);
+    print_message("# 5 jobs handed by an ota killed after their rollout was aborted: %.0f timed"
+                  " out, %.0f still in progress\n",
+                  timed_out,
+                  mht_db_num(&s_db,
+                             "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s' AND status"
+                             " IN ('queued', 'sent', 'downloading', 'installing')",
+                             id));
+    assert_int_equal(timed_out, 5);
+    json_t *v = s_rollout(id);
+    assert_int_equal(s_wave_num(v, 0, "timedOut"), 5);
+    json_decref(v);
+    s_fleet_stop("sim-h", sim, NULL);
+}
+
 /* Bad rollouts and uploads get a clear error and create nothing. */
 static void test_bad_requests(void **state)
 {
@@ -568,7 +612,7 @@ int main(void)
         cmocka_unit_test(test_bad_requests),        cmocka_unit_test(test_download_links),
         cmocka_unit_test(test_rollout_completes),   cmocka_unit_test(test_failure_rolls_back),
         cmocka_unit_test(test_tampered_image),      cmocka_unit_test(test_kill_and_resume),
-        cmocka_unit_test(test_sent_once_published),
+        cmocka_unit_test(test_sent_once_published), cmocka_unit_test(test_handed_jobs_time_out),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -449,8 +449,15 @@ void ota_sweep_timeouts(ota_t *self, int64_t now)
         mh_pg_exec(self->pg, PGRES_TUPLES_OK,
                    "UPDATE ota.jobs j SET status = 'timed_out', finished_ms = $1::bigint"
                    " FROM ota.rollouts r WHERE j.rollout_id = r.id"
-                   " AND j.status IN ('sent', 'downloading', 'installing')"
-                   " AND j.sent_ms <= $1::bigint - (r.spec->>'jobTimeoutSeconds')::bigint * 1000"
+                   " AND (j.status IN ('sent', 'downloading', 'installing')"
+                   "   AND j.sent_ms <= $1::bigint - (r.spec->>'jobTimeoutSeconds')::bigint * 1000"
+                   /* handed to a gateway and never confirmed published: an
+                    * active rollout hands it again every resend-after, so
+                    * its last hand-over gets old only when nothing will
+                    * (an aborted rollout whose ota died holding it, its
+                    * device offline since) */
+                   "   OR j.status = 'queued' AND j.last_sent_ms <= $1::bigint"
+                   "     - (r.spec->>'jobTimeoutSeconds')::bigint * 1000)"
                    " RETURNING j.id, j.rollout_id, j.device_id, j.action, j.to_version, j.wave",
                    1, p, err, sizeof err);
     if (!res) {
