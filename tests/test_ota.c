@@ -400,23 +400,39 @@ static void test_kill_and_resume(void **state)
     assert_int_equal(installed, 200);
 }
 
+/* Five devices PREFIX-* on PREFIX-1.0, the gateway stopped, and a rollout
+ * to PREFIX-2.0 (its spec with `more`) whose five jobs ota has handed over
+ * and nobody can publish. Returns the rollout's id; *sim gets motesim. */
+static const char *s_handed_without_gateway(const char *prefix, const char *more, pid_t *sim)
+{
+    char v1[32], v2[32], name[32], spec[512], sql[256];
+    snprintf(v1, sizeof v1, "%s-1.0", prefix);
+    snprintf(v2, sizeof v2, "%s-2.0", prefix);
+    snprintf(name, sizeof name, "sim-%s", prefix);
+    s_upload_version(v1, 1000);
+    s_upload_version(v2, 2000);
+    *sim = s_fleet(name, prefix, 5, v1, NULL, "0");
+    assert_int_equal(mht_stop(s_gw.pid, SIGTERM, 30000), 0);
+    snprintf(spec, sizeof spec,
+             "{\"firmware\":\"%s\",\"target\":{\"firmware\":\"%s\"},"
+             "\"waves\":[{\"percent\":100}],\"soakSeconds\":0%s}",
+             v2, v1, more);
+    const char *id = s_create(spec);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s' AND last_sent_ms IS NOT NULL",
+             id);
+    assert_int_equal(mht_db_wait_num(&s_db, sql, 5, 10000), 5);
+    return id;
+}
+
 /* A job counts as sent only once a gateway has published it: with no
  * gateway running, jobs are handed over and stay queued; a gateway back,
  * they are published, sent, and the rollout completes. */
 static void test_sent_once_published(void **state)
 {
     (void)state;
-    s_upload_version("g-1.0", 1000);
-    s_upload_version("g-2.0", 2000);
-    pid_t sim = s_fleet("sim-g", "g", 5, "g-1.0", NULL, "0");
-    assert_int_equal(mht_stop(s_gw.pid, SIGTERM, 30000), 0);
-    const char *id = s_create("{\"firmware\":\"g-2.0\",\"target\":{\"firmware\":\"g-1.0\"},"
-                              "\"waves\":[{\"percent\":100}],\"soakSeconds\":0}");
-    char sql[256];
-    snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s' AND last_sent_ms IS NOT NULL",
-             id);
-    assert_int_equal(mht_db_wait_num(&s_db, sql, 5, 10000), 5);
+    pid_t sim;
+    const char *id = s_handed_without_gateway("g", "", &sim);
     mht_sleep_ms(1000);
     assert_int_equal(mht_db_num(&s_db,
                                 "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
@@ -442,23 +458,14 @@ static void test_sent_once_published(void **state)
 static void test_handed_jobs_time_out(void **state)
 {
     (void)state;
-    s_upload_version("h-1.0", 1000);
-    s_upload_version("h-2.0", 2000);
-    pid_t sim = s_fleet("sim-h", "h", 5, "h-1.0", NULL, "0");
-    assert_int_equal(mht_stop(s_gw.pid, SIGTERM, 30000), 0);
-    const char *id = s_create("{\"firmware\":\"h-2.0\",\"target\":{\"firmware\":\"h-1.0\"},"
-                              "\"waves\":[{\"percent\":100}],\"soakSeconds\":0,"
-                              "\"jobTimeoutSeconds\":3}");
-    char sql[256];
-    snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s' AND last_sent_ms IS NOT NULL",
-             id);
-    assert_int_equal(mht_db_wait_num(&s_db, sql, 5, 10000), 5);
+    pid_t sim;
+    const char *id = s_handed_without_gateway("h", ",\"jobTimeoutSeconds\":3", &sim);
     Mh__OtaReply *r = s_control(MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT, id);
     assert_int_equal(r->status, 200);
     mh__ota_reply__free_unpacked(r, NULL);
     int st = mht_stop(s_ota.pid, SIGKILL, 5000);
     assert_true(WIFSIGNALED(st));
+    char sql[256];
     mht_ota_start(&s_ota, "ota", &s_db, s_downlink, &s_twin, s_key, s_ota_extra);
     mht_gateway_for_twin(&s_gw, "gateway-after-abort", &s_broker, &s_ingest, &s_twin, s_downlink,
                          s_ota.port);
