@@ -318,6 +318,6 @@ int mh_metrics_text_value(const char *text, const char *name, const char *labels
     return -ENOENT;
 }
 
-const double mh_ms_bounds[MH_MS_NBOUNDS] = {0.5, 1,   2,   3,    5,    7,    10,    15,
-                                            20,  30,  40,  50,   75,   100,  150,   200,
-                                            300, 500, 750, 1000, 2000, 5000, 10000, 30000};
+const double mh_seconds_bounds[MH_SECONDS_NBOUNDS] = {
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.007, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
+    0.075,  0.1,   0.15,  0.2,   0.3,   0.5,   0.75, 1,     2,    5,    10,   30};

@@ -23,10 +23,11 @@ mh_counter_t *mh_metrics_counter(mh_metrics_t *self, const char *name, const cha
 mh_gauge_t *mh_metrics_gauge(mh_metrics_t *self, const char *name, const char *help,
                              const char *labels);
 /* `bounds` are the upper bounds of the buckets, ascending; +Inf is implied. */
-/* Buckets for request and transaction times, 0.5 ms to 30 s (MH_MS_NBOUNDS
- * of them): the RPC server's and twin's batches. */
-extern const double mh_ms_bounds[];
-#define MH_MS_NBOUNDS 24
+/* Buckets for request and transaction times in seconds (Prometheus' base
+ * unit), 0.5 ms to 30 s (MH_SECONDS_NBOUNDS of them): the RPC server's,
+ * twin's batches, ota's ticks. */
+extern const double mh_seconds_bounds[];
+#define MH_SECONDS_NBOUNDS 24
 mh_histogram_t *mh_metrics_histogram(mh_metrics_t *self, const char *name, const char *help,
                                      const char *labels, const double *bounds, size_t nbounds);
 
@@ -39,6 +40,11 @@ uint64_t mh_counter_get(const mh_counter_t *c);
 void mh_gauge_set(mh_gauge_t *g, double v);
 double mh_gauge_get(const mh_gauge_t *g);
 void mh_histogram_observe(mh_histogram_t *h, double v);
+/* A duration measured in milliseconds, into a histogram in seconds. */
+static inline void mh_histogram_observe_ms(mh_histogram_t *h, int64_t ms)
+{
+    mh_histogram_observe(h, (double)ms / 1000.0);
+}
 /* Approximate quantile (0..1) by linear interpolation inside the bucket. */
 double mh_histogram_quantile(const mh_histogram_t *h, double q);
 uint64_t mh_histogram_count(const mh_histogram_t *h);

@@ -14,7 +14,7 @@ struct mh_rpc_server_t {
     void *self;
     mh_pg_t *db;
     mh_counter_t **requests, *errors, *malformed;
-    mh_histogram_t *ms;
+    mh_histogram_t *handling_time;
     mh_ratelimit_t rl;
 };
 
@@ -59,9 +59,9 @@ mh_rpc_server_t *mh_rpc_server_new(const mh_rpc_service_t *def, void *self, mh_p
     snprintf(name, sizeof name, "%s_malformed_total", def->metric_prefix);
     s->malformed =
         mh_metrics_counter(metrics, name, "RPC requests that did not decode, ignored", NULL);
-    snprintf(name, sizeof name, "%s_ms", def->metric_prefix);
-    s->ms = mh_metrics_histogram(metrics, name, "RPC handling time, in milliseconds", NULL,
-                                 mh_ms_bounds, MH_MS_NBOUNDS);
+    snprintf(name, sizeof name, "%s_seconds", def->metric_prefix);
+    s->handling_time = mh_metrics_histogram(metrics, name, "RPC handling time, in seconds", NULL,
+                                            mh_seconds_bounds, MH_SECONDS_NBOUNDS);
     return s;
 }
 
@@ -131,7 +131,7 @@ void mh_rpc_server_handle(mh_rpc_server_t *s, zsock_t *router)
         mh_counter_inc(s->errors);
     s_fill_reply(msg, *request_id, r);
     mh_envelope_send(router, routing, def->reply_type, env->trace_id, msg, true);
-    mh_histogram_observe(s->ms, (double)(mh_mono_ms() - t0));
+    mh_histogram_observe_ms(s->handling_time, mh_mono_ms() - t0);
     if (def->reply_free)
         def->reply_free(reply);
     free(r->body);

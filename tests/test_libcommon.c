@@ -129,12 +129,12 @@ static void test_metrics_render(void **state)
     mh_counter_add(a, 5);
     mh_counter_inc(b);
     mh_gauge_set(mh_metrics_gauge(m, "mh_g", "A gauge", NULL), 2.5);
-    double bounds[] = {10, 20, 50};
-    mh_histogram_t *h = mh_metrics_histogram(m, "mh_lat_ms", "Latency", NULL, bounds, 3);
+    double bounds[] = {0.01, 0.02, 0.05};
+    mh_histogram_t *h = mh_metrics_histogram(m, "mh_lat_seconds", "Latency", NULL, bounds, 3);
     for (int i = 0; i < 90; i++)
-        mh_histogram_observe(h, 5);
+        mh_histogram_observe_ms(h, 5);
     for (int i = 0; i < 10; i++)
-        mh_histogram_observe(h, 40);
+        mh_histogram_observe(h, 0.04);
     char *text = mh_metrics_render(m);
     assert_non_null(strstr(text, "# TYPE mh_x_total counter\n"));
     const struct {
@@ -144,9 +144,9 @@ static void test_metrics_render(void **state)
         {"mh_x_total", "reason=\"a\"", 5},
         {"mh_x_total", "reason=\"b\"", 1},
         {"mh_g", NULL, 2.5},
-        {"mh_lat_ms_bucket", "le=\"10\"", 90},
-        {"mh_lat_ms_bucket", "le=\"+Inf\"", 100},
-        {"mh_lat_ms_count", NULL, 100},
+        {"mh_lat_seconds_bucket", "le=\"0.01\"", 90},
+        {"mh_lat_seconds_bucket", "le=\"+Inf\"", 100},
+        {"mh_lat_seconds_count", NULL, 100},
     };
     double v;
     for (size_t i = 0; i < sizeof series / sizeof *series; i++) {
@@ -161,9 +161,9 @@ static void test_metrics_render(void **state)
     assert_null(strstr(first + 1, "# HELP mh_x_total"));
     free(text);
     /* p50 inside the first bucket, p99 inside (20, 50] */
-    assert_true(mh_histogram_quantile(h, 0.5) <= 10);
+    assert_true(mh_histogram_quantile(h, 0.5) <= 0.01);
     double p99 = mh_histogram_quantile(h, 0.99);
-    assert_true(p99 > 20 && p99 <= 50);
+    assert_true(p99 > 0.02 && p99 <= 0.05);
     mh_metrics_destroy(&m);
     assert_null(m);
     mh_counter_inc(NULL); /* NULL-safe */
@@ -429,7 +429,7 @@ static void test_rpc_server(void **state)
     assert_true(v == 3);
     assert_int_equal(mh_metrics_text_value(text, "mh_test_rpc_errors_total", NULL, &v), 0);
     assert_true(v == 5 + 3); /* 404, 504, 503, 400 x2, and the malformed */
-    assert_int_equal(mh_metrics_text_value(text, "mh_test_rpc_ms_count", NULL, &v), 0);
+    assert_int_equal(mh_metrics_text_value(text, "mh_test_rpc_seconds_count", NULL, &v), 0);
     assert_true(v == 6);
     free(text);
     zsock_destroy(&client);

@@ -6,7 +6,7 @@ pkgs=(build-essential pkg-config meson ninja-build clang-format clang libclang-r
       libzmq3-dev libczmq-dev libpaho-mqtt-dev librdkafka-dev libpq-dev libprotobuf-c-dev
       protobuf-c-compiler libssl-dev libjansson-dev libmicrohttpd-dev libcmocka-dev
       libcurl4-openssl-dev libcivetweb-dev zlib1g-dev postgresql-15 mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev docker-compose python3-yaml python3 curl
-      nodejs chromium)
+      nodejs chromium prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

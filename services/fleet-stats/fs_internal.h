@@ -61,7 +61,7 @@ typedef struct {
     zhashx_t *tokens; /* hash -> fs_tok_t, tokens seen valid lately */
     uint64_t seq;
     mh_counter_t *m_requests[5]; /* 2xx 3xx 4xx 5xx 401 */
-    mh_histogram_t *m_ms;
+    mh_histogram_t *m_request_time;
 } fs_t;
 
 /* ---- fs_service.c ---- */

@@ -54,7 +54,8 @@ const char *fs_schema_sql = "CREATE SCHEMA IF NOT EXISTS fleet;"
 
 /* ---- the actor ---- */
 
-static const double s_bounds[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000};
+/* seconds */
+static const double s_bounds[] = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 5};
 
 static void s_destroy(fs_t **self_p)
 {
@@ -109,9 +110,9 @@ void fs_actor(zsock_t *pipe, void *args)
         self->m_requests[i] = mh_metrics_counter(ctx->metrics, "mh_api_requests_total",
                                                  "Operator API requests, by answer", labels);
     }
-    self->m_ms = mh_metrics_histogram(ctx->metrics, "mh_api_request_ms",
-                                      "Operator API request time, in milliseconds", NULL, s_bounds,
-                                      sizeof s_bounds / sizeof s_bounds[0]);
+    self->m_request_time = mh_metrics_histogram(ctx->metrics, "mh_api_request_seconds",
+                                                "Operator API request time, in seconds", NULL,
+                                                s_bounds, sizeof s_bounds / sizeof s_bounds[0]);
     char threads[32];
     int64_t nthreads = self->cfg->api_threads > 4 ? self->cfg->api_threads : 4;
     snprintf(threads, sizeof threads, "%" PRId64, nthreads);

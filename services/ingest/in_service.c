@@ -59,10 +59,11 @@ const mh_service_def_t in_service_def = {
     .actor = in_actor,
 };
 
-static const double s_ms_bounds[] = {1,    2,    3,    5,     7,     10,    15,     20,     30,
-                                     40,   50,   75,   100,   150,   200,   300,    500,    750,
-                                     1000, 2000, 5000, 10000, 30000, 60000, 300000, 3600000};
-#define S_NBOUNDS (sizeof s_ms_bounds / sizeof s_ms_bounds[0])
+/* seconds: 1 ms to an hour (a sample's lag can be that old) */
+static const double s_bounds[] = {0.001, 0.002, 0.003, 0.005, 0.007, 0.01, 0.015, 0.02, 0.03,
+                                  0.04,  0.05,  0.075, 0.1,   0.15,  0.2,  0.3,   0.5,  0.75,
+                                  1,     2,     5,     10,    30,    60,   300,   3600};
+#define S_NBOUNDS (sizeof s_bounds / sizeof s_bounds[0])
 
 typedef struct {
     zframe_t *routing;
@@ -81,7 +82,7 @@ typedef struct {
     in_item_t *items;
     mh_counter_t *m_stored, *m_duplicate, *m_rejected, *m_points, *m_dropped_old, *m_commits,
         *m_db_errors, *m_rollups, *m_malformed;
-    mh_histogram_t *m_lag, *m_commit_ms;
+    mh_histogram_t *m_lag, *m_commit_time;
     mh_gauge_t *m_connected;
     mh_ratelimit_t rl;
 } in_t;
@@ -147,7 +148,7 @@ static void s_account(in_t *self, s_req_t *r, in_item_t *it, int64_t now)
         mh_counter_add(self->m_points, it->stored);
         mh_counter_add(self->m_dropped_old, it->dropped);
         for (size_t j = 0; j < r->batch->n_points; j++)
-            mh_histogram_observe(self->m_lag, (double)(now - r->batch->points[j]->ts_ms));
+            mh_histogram_observe_ms(self->m_lag, now - r->batch->points[j]->ts_ms);
         s_ack(self, r, MH__TELEMETRY_ACK__STATUS__STORED, it->stored, it->dropped, NULL);
     } else if (it->outcome == IN_DUPLICATE) {
         mh_counter_inc(self->m_duplicate);
@@ -167,7 +168,7 @@ static void s_write_group(in_t *self, size_t n)
     int rc = in_store_write(self->store, self->items, n, err, sizeof err);
     if (rc == 0) {
         int64_t now = mh_now_ms();
-        mh_histogram_observe(self->m_commit_ms, (double)(mh_mono_ms() - t0));
+        mh_histogram_observe_ms(self->m_commit_time, mh_mono_ms() - t0);
         mh_counter_inc(self->m_commits);
         Mh__TelemetryStored ev = MH__TELEMETRY_STORED__INIT;
         for (size_t i = 0; i < n; i++) {
@@ -232,13 +233,12 @@ static void s_register_metrics(in_t *self)
         mh_metrics_counter(m, "mh_ingest_rollup_buckets_total", "Rollup buckets recomputed", NULL);
     self->m_malformed = mh_metrics_counter(m, "mh_ingest_malformed_total",
                                            "Malformed messages on the telemetry socket", NULL);
-    self->m_lag =
-        mh_metrics_histogram(m, "mh_ingest_point_lag_ms",
-                             "Time from a sample's timestamp to its commit, in milliseconds", NULL,
-                             s_ms_bounds, S_NBOUNDS);
-    self->m_commit_ms = mh_metrics_histogram(m, "mh_ingest_commit_ms",
-                                             "Time to write and commit one group, in milliseconds",
-                                             NULL, s_ms_bounds, S_NBOUNDS);
+    self->m_lag = mh_metrics_histogram(m, "mh_ingest_point_lag_seconds",
+                                       "Time from a sample's timestamp to its commit, in seconds",
+                                       NULL, s_bounds, S_NBOUNDS);
+    self->m_commit_time = mh_metrics_histogram(m, "mh_ingest_commit_seconds",
+                                               "Time to write and commit one group, in seconds",
+                                               NULL, s_bounds, S_NBOUNDS);
     self->m_connected = mh_metrics_gauge(
         m, "mh_ingest_db_connected", "1 while connected to PostgreSQL with the schema ready", NULL);
 }

@@ -87,11 +87,6 @@ static const char *s_schema_sql =
     "CREATE INDEX IF NOT EXISTS jobs_in_flight ON ota.jobs (sent_ms)"
     "  WHERE status IN ('sent', 'downloading', 'installing');";
 
-static const double s_ms_bounds[] = {0.5, 1,   2,    3,    5,    7,     10,   15,
-                                     20,  30,  50,   75,   100,  150,   200,  300,
-                                     500, 750, 1000, 2000, 5000, 10000, 30000};
-#define S_NBOUNDS (sizeof s_ms_bounds / sizeof s_ms_bounds[0])
-
 /* ---- set-up and the loop ---- */
 
 static void s_register_metrics(ota_t *self)
@@ -126,9 +121,9 @@ static void s_register_metrics(ota_t *self)
         mh_metrics_counter(m, "mh_ota_db_errors_total", "Failed database statements", NULL);
     self->m_downlink_dropped = mh_metrics_counter(m, "mh_ota_downlink_dropped_total",
                                                   "Jobs no gateway could take (sent again)", NULL);
-    self->m_tick_ms = mh_metrics_histogram(
-        m, "mh_ota_tick_ms", "Time to advance every active rollout once, in milliseconds", NULL,
-        s_ms_bounds, S_NBOUNDS);
+    self->m_tick_time = mh_metrics_histogram(
+        m, "mh_ota_tick_seconds", "Time to advance every active rollout once, in seconds", NULL,
+        mh_seconds_bounds, MH_SECONDS_NBOUNDS);
     self->m_db = mh_metrics_gauge(m, "mh_ota_db_connected",
                                   "1 while connected to PostgreSQL with the schema ready", NULL);
 }

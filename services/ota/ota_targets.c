@@ -244,5 +244,5 @@ void ota_tick(ota_t *self)
         s_res_start(self);
     else if (mh_mono_ms() - self->res.sent_ms > OTA_RPC_TIMEOUT)
         s_res_request(self); /* the page was lost, or twin is away: ask again */
-    mh_histogram_observe(self->m_tick_ms, (double)(mh_mono_ms() - t0));
+    mh_histogram_observe_ms(self->m_tick_time, mh_mono_ms() - t0);
 }

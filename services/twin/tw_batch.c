@@ -412,7 +412,7 @@ int tw_batch(tw_t *self, mh_relay_batch_t **batches, size_t nb)
         rc = rc == -EIO ? -EIO : s_settle(self, &rl, err, sizeof err);
     } else if (rc == 0) {
         mh_counter_inc(self->m_commits);
-        mh_histogram_observe(self->m_batch_ms, (double)(mh_mono_ms() - t0));
+        mh_histogram_observe_ms(self->m_batch_time, mh_mono_ms() - t0);
         tw_out_flush(self, &out);
         s_ack(self, &rl);
     } else {

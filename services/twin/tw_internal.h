@@ -70,7 +70,7 @@ typedef struct {
     mh_counter_t *m_messages[TW_NKINDS], *m_rejected[TW_R_COUNT], *m_updates_accepted,
         *m_updates_changed, *m_commits, *m_db_errors, *m_retries, *m_relay_duplicates,
         *m_downlink_dropped, *m_commands[7], *m_online, *m_offline, *m_published;
-    mh_histogram_t *m_batch_ms;
+    mh_histogram_t *m_batch_time;
     mh_gauge_t *m_db;
     mh_ratelimit_t rl_warn, rl_db;
     mh_rpc_db_t db;           /* pg, m_db_errors and rl_db, for the RPC methods */

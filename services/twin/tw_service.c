@@ -149,9 +149,9 @@ static void s_register_metrics(tw_t *self)
         mh_metrics_counter(m, "mh_twin_devices_online_total", "Devices that came online", NULL);
     self->m_offline = mh_metrics_counter(m, "mh_twin_devices_offline_total",
                                          "Devices that went offline by silence", NULL);
-    self->m_batch_ms = mh_metrics_histogram(m, "mh_twin_batch_ms",
-                                            "Time to apply and commit a batch, in milliseconds",
-                                            NULL, mh_ms_bounds, MH_MS_NBOUNDS);
+    self->m_batch_time = mh_metrics_histogram(m, "mh_twin_batch_seconds",
+                                              "Time to apply and commit a batch, in seconds", NULL,
+                                              mh_seconds_bounds, MH_SECONDS_NBOUNDS);
     self->m_db = mh_metrics_gauge(m, "mh_twin_db_connected",
                                   "1 while connected to PostgreSQL with the schema ready", NULL);
 }

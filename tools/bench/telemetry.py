@@ -5,7 +5,7 @@ message, and for each rate the bare-broker baseline (the same publishers to a
 mosquitto_sub that discards), so the ratio shows.
 
 Prints per rate: delivered msg/s, p50/p99 latency from publish to committed
-row (from ingest's mh_ingest_point_lag_ms histogram; motesim stamps each
+row (from ingest's mh_ingest_point_lag_seconds histogram; motesim stamps each
 sample with its publish time), lost and duplicated samples, and CPU seconds
 per 1,000 messages for each process.
 
@@ -69,7 +69,8 @@ def histogram(text, name):
     """Cumulative buckets [(le, count)] of a Prometheus histogram."""
     out = []
     for m in re.finditer(r'^%s_bucket\{le="([^"]+)"\} (\S+)$' % name, text, re.M):
-        le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+        # bounds in milliseconds, as the tables print them
+        le = float("inf") if m.group(1) == "+Inf" else float(m.group(1)) * 1000
         out.append((le, float(m.group(2))))
     return out
 
@@ -280,7 +281,7 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
             "--events-bind=", "--check-registered=false", "--twin-endpoint=", "--downlink-bind=", "--ota-endpoint="])
         wait_ready(http, "gateway")
         gateways.append((p, http))
-    hist0 = [histogram(http_get(h, "/metrics"), "mh_ingest_point_lag_ms") for _, h in ingests]
+    hist0 = [histogram(http_get(h, "/metrics"), "mh_ingest_point_lag_seconds") for _, h in ingests]
     pg0 = {pid: cpu_seconds(pid) for pid in postgres_pids()}
     c0 = {"mosquitto": cpu_seconds(broker.pid)}
     kp = getattr(stack, "kafka_proc", None)
@@ -311,7 +312,7 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
         cpu[f"gateway{i}"] = cpu_seconds(p.pid) - c0[f"gateway{i}"]
     for i, (p, _) in enumerate(ingests):
         cpu[f"ingest{i}"] = cpu_seconds(p.pid) - c0[f"ingest{i}"]
-    hist1 = [histogram(http_get(h, "/metrics"), "mh_ingest_point_lag_ms") for _, h in ingests]
+    hist1 = [histogram(http_get(h, "/metrics"), "mh_ingest_point_lag_seconds") for _, h in ingests]
     merged0 = [(b[0][0], sum(x[i][1] for x in hist0)) for i, b in enumerate(zip(*hist0))] if hist0 else []
     merged1 = [(b[0][0], sum(x[i][1] for x in hist1)) for i, b in enumerate(zip(*hist1))] if hist1 else []
     rows = int(psql(pg_port, "SELECT count(*) FROM ingest.telemetry_raw"))
