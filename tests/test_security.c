@@ -14,6 +14,7 @@
 
 #include <inttypes.h>
 #include <sys/stat.h>
+#include <time.h>
 
 static char s_ca[700], s_other_ca[700], s_certs[700], s_other[700];
 
@@ -177,6 +178,12 @@ static void test_acl_one_device_cannot_use_anothers_topics(void **state)
     print_message("# denied: %.0f publishes, %.0f subscriptions\n", pub, sub);
     assert_true(pub == 3);
     assert_true(sub == 3);
+    /* and when the broker's CRL must be replaced: `motectl ca crl` writes
+     * one good for 30 days */
+    double crl = mht_metric(gw.http_port, "mh_broker_crl_next_update_timestamp_seconds", NULL);
+    double days = (crl - (double)time(NULL)) / 86400.0;
+    print_message("# the broker's CRL is good for %.1f more days\n", days);
+    assert_true(days > 29 && days <= 30.01);
 
     /* nothing stored for dev-b, dev-a's one sample only */
     mht_sleep_ms(500);

@@ -55,6 +55,7 @@ fi
 [ "$root" = 1 ] && echo "user root"
 cat <<CONF
 plugin $plugin
+plugin_opt_crl_file $certs/crl.pem
 CONF
 if [ -n "$plain_port" ]; then
     # no certificate, no username: the plugin lets these through (loopback only)

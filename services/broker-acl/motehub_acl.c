@@ -8,7 +8,9 @@
  * their PUBACK / SUBACK — and counted; the counts are published (retained,
  * when they change, at most once a second) on $SYS/motehub/acl as
  * {"denied_publish":N,"denied_subscribe":N,"denied_receive":N}, which the
- * gateway exports as metrics. Denials are logged, at most 10 a second.
+ * gateway exports as metrics, with "crl_next_update" (the CRL's nextUpdate,
+ * seconds since the epoch; motehub_crl.h). Denials are logged, at most 10 a
+ * second.
  *
  * mosquitto.conf (global: mosquitto 2.0.11 runs plugin ticks only for
  * global plugins; deploy/mosquitto/mosquitto-conf.sh writes it):
@@ -19,7 +21,9 @@
  *                                            username may use every topic)
  *   plugin_opt_presence_interval 30         (seconds; 0: off. The connected
  *                                            devices on motehub/present,
- *                                            motehub_presence.h) */
+ *                                            motehub_presence.h)
+ *   plugin_opt_crl_file /path/crl.pem       (the listener's crlfile) */
+#include "motehub_crl.h"
 #include "motehub_presence.h"
 
 #include <mosquitto.h>
@@ -36,6 +40,8 @@ typedef struct {
     char *service_prefix;
     int anonymous_allowed;
     unsigned long long denied[3], published[3];
+    char *crl_file;
+    time_t crl_next, crl_published, crl_checked;
     time_t last_publish, log_second;
     int logged_this_second;
 } s_acl_t;
@@ -140,15 +146,22 @@ static int s_on_tick(int event, void *data, void *ud)
     s_acl_t *self = ud;
     time_t now = time(NULL);
     presence_tick(now);
+    if (self->crl_file && now - self->crl_checked >= 10) {
+        self->crl_checked = now;
+        self->crl_next = crl_next_update(self->crl_file);
+    }
     if (now == self->last_publish ||
-        memcmp(self->denied, self->published, sizeof self->denied) == 0)
+        (memcmp(self->denied, self->published, sizeof self->denied) == 0 &&
+         self->crl_next == self->crl_published))
         return MOSQ_ERR_SUCCESS;
     self->last_publish = now;
     memcpy(self->published, self->denied, sizeof self->denied);
-    char payload[160];
+    self->crl_published = self->crl_next;
+    char payload[200];
     int n = snprintf(payload, sizeof payload,
-                     "{\"denied_publish\":%llu,\"denied_subscribe\":%llu,\"denied_receive\":%llu}",
-                     self->denied[0], self->denied[1], self->denied[2]);
+                     "{\"denied_publish\":%llu,\"denied_subscribe\":%llu,\"denied_receive\":%llu,"
+                     "\"crl_next_update\":%lld}",
+                     self->denied[0], self->denied[1], self->denied[2], (long long)self->crl_next);
     mosquitto_broker_publish_copy(NULL, "$SYS/motehub/acl", n, payload, 0, true, NULL);
     return MOSQ_ERR_SUCCESS;
 }
@@ -168,6 +181,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *id, void **ud, struct mosquitto
             self->anonymous_allowed = strcmp(opts[i].value, "allow") == 0;
         else if (strcmp(opts[i].key, "presence_interval") == 0 && opts[i].value)
             presence_interval = atoi(opts[i].value);
+        else if (strcmp(opts[i].key, "crl_file") == 0 && opts[i].value && *opts[i].value)
+            self->crl_file = strdup(opts[i].value);
     self->service_prefix = strdup(prefix);
     if (!self->service_prefix || presence_init(presence_interval) < 0)
         return MOSQ_ERR_NOMEM;
@@ -195,5 +210,7 @@ int mosquitto_plugin_cleanup(void *ud, struct mosquitto_opt *opts, int nopts)
     presence_cleanup();
     free(self->service_prefix);
     self->service_prefix = NULL;
+    free(self->crl_file);
+    self->crl_file = NULL;
     return MOSQ_ERR_SUCCESS;
 }

@@ -11,7 +11,8 @@ bool gw_tls(const gw_config_t *cfg)
     return strncmp(cfg->mqtt_url, "ssl://", 6) == 0 || strncmp(cfg->mqtt_url, "mqtts://", 8) == 0;
 }
 
-/* The broker's ACL denial counts (services/broker-acl), mirrored as gauges. */
+/* The broker's ACL denial counts and its CRL's nextUpdate
+ * (services/broker-acl), mirrored as gauges. */
 static void s_acl_stats(gw_t *self, const MQTTAsync_message *msg)
 {
     json_t *j = mh_json_loadb(msg->payload, (size_t)msg->payloadlen, 0, MH_JSON_MAX_DEPTH, NULL);
@@ -20,6 +21,9 @@ static void s_acl_stats(gw_t *self, const MQTTAsync_message *msg)
         if (json_is_integer(json_object_get(j, keys[i])))
             mh_gauge_set(self->m_acl_denied[i],
                          (double)json_integer_value(json_object_get(j, keys[i])));
+    if (j && json_is_integer(json_object_get(j, "crl_next_update")))
+        mh_gauge_set(self->m_crl_next_update,
+                     (double)json_integer_value(json_object_get(j, "crl_next_update")));
     json_decref(j);
 }
 

@@ -235,6 +235,11 @@ static void s_register_metrics(gw_t *self)
             m, "mh_broker_acl_denied",
             "Operations the broker's ACL denied since it started (its motehub_acl plugin)",
             acl_labels[i]);
+    self->m_crl_next_update = mh_metrics_gauge(
+        m, "mh_broker_crl_next_update_timestamp_seconds",
+        "When the broker's CRL must be replaced (its nextUpdate; 0: no CRL): past it, the broker"
+        " refuses every certificate",
+        NULL);
 }
 
 static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)

@@ -39,6 +39,10 @@
 #define OTA_PAGE        1000
 #define OTA_RPC_TIMEOUT 10000
 
+/* a rollout's states (ota.rollouts.state), in the order of the gauges */
+#define OTA_NSTATES 7
+extern const char *const ota_states[OTA_NSTATES];
+
 typedef struct {
     char type[24]; /* event type, or "" for a downlink */
     zframe_t *frame;
@@ -81,7 +85,8 @@ typedef struct {
     mh_counter_t *m_jobs_sent[2], *m_resent, *m_status[3], *m_job_final[4], *m_db_errors,
         *m_downlink_dropped, *m_rollouts[2];
     mh_histogram_t *m_tick_time;
-    mh_gauge_t *m_db, *m_online;
+    mh_gauge_t *m_db, *m_online, *m_rollout_states[OTA_NSTATES], *m_stopped_by_gate;
+    int64_t next_gauges; /* mono ms */
 } ota_t;
 
 #define OTA_ROLLOUT_COLS                                                                           \
@@ -136,6 +141,9 @@ bool ota_set_state(ota_t *self, const char *id, const char *state, const char *r
                    const char *paused_by, int64_t now, char *err, size_t errlen);
 bool ota_advance(ota_t *self, const char *id, int64_t now);
 void ota_sweep_timeouts(ota_t *self, int64_t now);
+/* The rollouts by state, and those a gate stopped, into the gauges (every
+ * replica reports the same database: alert on max, not sum). */
+void ota_rollout_gauges(ota_t *self);
 
 /* ---- ota_targets.c ---- */
 

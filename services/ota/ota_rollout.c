@@ -472,3 +472,32 @@ void ota_sweep_timeouts(ota_t *self, int64_t now)
     PQclear(res);
     ota_out_flush(self);
 }
+
+const char *const ota_states[OTA_NSTATES] = {"scheduled", "running", "paused",     "rolling_back",
+                                             "completed", "aborted", "rolled_back"};
+
+void ota_rollout_gauges(ota_t *self)
+{
+    char err[512];
+    /* stopped by a gate: paused by it (an operator must look), or rolling
+     * back on its own (not at an operator's word) */
+    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                               "SELECT state, count(*), count(*) FILTER (WHERE"
+                               " (state = 'paused' AND paused_by = 'gate') OR (state ="
+                               " 'rolling_back' AND reason <> 'rolled back by an operator'))"
+                               " FROM ota.rollouts GROUP BY state",
+                               0, NULL, err, sizeof err);
+    if (!res)
+        return;
+    double by_state[OTA_NSTATES] = {0}, by_gate = 0;
+    for (int r = 0; r < PQntuples(res); r++) {
+        for (int k = 0; k < OTA_NSTATES; k++)
+            if (strcmp(PQgetvalue(res, r, 0), ota_states[k]) == 0)
+                by_state[k] = (double)ota_i64(res, r, 1);
+        by_gate += (double)ota_i64(res, r, 2);
+    }
+    PQclear(res);
+    for (int k = 0; k < OTA_NSTATES; k++)
+        mh_gauge_set(self->m_rollout_states[k], by_state[k]);
+    mh_gauge_set(self->m_stopped_by_gate, by_gate);
+}

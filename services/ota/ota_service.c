@@ -117,6 +117,14 @@ static void s_register_metrics(ota_t *self)
     }
     self->m_rollouts[0] =
         mh_metrics_counter(m, "mh_ota_rollouts_created_total", "Rollouts created", NULL);
+    for (int k = 0; k < OTA_NSTATES; k++) {
+        snprintf(labels, sizeof labels, "state=\"%s\"", ota_states[k]);
+        self->m_rollout_states[k] =
+            mh_metrics_gauge(m, "mh_ota_rollouts", "Rollouts by state (the database's)", labels);
+    }
+    self->m_stopped_by_gate = mh_metrics_gauge(
+        m, "mh_ota_rollouts_stopped_by_gate",
+        "Rollouts their failure gate stopped: paused by it, or rolling back on their own", NULL);
     self->m_db_errors =
         mh_metrics_counter(m, "mh_ota_db_errors_total", "Failed database statements", NULL);
     self->m_downlink_dropped = mh_metrics_counter(m, "mh_ota_downlink_dropped_total",

@@ -244,5 +244,9 @@ void ota_tick(ota_t *self)
         s_res_start(self);
     else if (mh_mono_ms() - self->res.sent_ms > OTA_RPC_TIMEOUT)
         s_res_request(self); /* the page was lost, or twin is away: ask again */
+    if (mh_mono_ms() >= self->next_gauges) {
+        self->next_gauges = mh_mono_ms() + 10000;
+        ota_rollout_gauges(self);
+    }
     mh_histogram_observe_ms(self->m_tick_time, mh_mono_ms() - t0);
 }
