@@ -15,7 +15,7 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN meson setup /build --buildtype=release --prefix=/usr \
+RUN meson setup /build --buildtype=release --prefix=/usr -Dtests=false \
     && ninja -C /build \
     && DESTDIR=/out meson install -C /build --skip-subprojects \
     && install -D -m 755 deploy/mosquitto/mosquitto-conf.sh /out/usr/bin/motehub-mosquitto-conf \
