@@ -19,6 +19,8 @@ tools/install-deps.sh
 # serves dashboard/dist; the browser test opens it).
 echo "== dashboard: npm ci, build"
 (cd dashboard && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent) >/dev/null
+# the Kubernetes schemas the manifests are validated against
+(cd tests/deploy/k8s-validate && npm ci --no-audit --no-fund --loglevel=error) >/dev/null
 
 work=$(mktemp -d /tmp/motehub-tests.XXXXXX)
 chmod 755 "$work"
@@ -90,6 +92,17 @@ else
     echo '{"name":"clang-format","result":"FAIL","stdout":""}' >"$fmt_log"
 fi
 logs+=("$fmt_log")
+
+# The compose stack for real: every image built from the Dockerfile,
+# docker-compose.yml started with podman-compose and checked from outside
+# (tests/containers/compose-test.sh; each check is one test).
+echo "== the compose stack in containers (podman): images, up, checks, restart, down"
+compose_log="$work/compose.json"
+if tests/containers/compose-test.sh >"$work/compose.txt" 2>&1; then result=OK; else result=FAIL; fi
+grep -E '^(not )?ok|^== |^# ' "$work/compose.txt" | head -80 || true
+python3 -c 'import json,sys; print(json.dumps({"name":"compose-stack","result":sys.argv[1],"stdout":open(sys.argv[2]).read()}))' \
+    "$result" "$work/compose.txt" >"$compose_log"
+logs+=("$compose_log")
 
 python3 tests/lib/count.py "${logs[@]}" || status=1
 exit $status
