@@ -3,7 +3,7 @@
 # (tests/containers/images.sh), nothing else installed — in a container:
 #   1. deploy/local/up.sh: installs what it needs, builds, starts the whole
 #      platform with 1,000 simulated devices; checked through the API it
-#      prints, then stopped (Ctrl-C, as a person would);
+#      prints, then stopped (SIGTERM, which up.sh takes as Ctrl-C);
 #   2. tests/run.sh --quick: installs, builds and runs the suite once.
 # Slow (the first install downloads a few hundred MB and everything is
 # compiled twice): not part of the test command; docs/deploy.md has its last
@@ -54,7 +54,7 @@ run '
   done
   echo "devices online: ${n:-none}"
   tail -20 /tmp/up.log > /src/.readme-up-tail.log
-  kill -INT $up; wait $up
+  kill -TERM $up; wait $up  # (a background job ignores SIGINT)
   exit $ok
 ' > "$art/command-1.log" 2>&1
 rc1=$?
