@@ -152,8 +152,6 @@ const char *mh_agent_firmware(mh_agent_t *self, char *buf, size_t len);
  * answered them. */
 uint64_t mh_agent_ota_jobs(mh_agent_t *self);
 uint64_t mh_agent_ota_repeats(mh_agent_t *self);
-/* QoS1 messages the OTA handling published (statuses, firmware reports). */
-uint64_t mh_agent_ota_messages(mh_agent_t *self);
 /* OTA worker threads shared by every agent in the process (default 4);
  * call before the first job arrives. */
 void mh_agent_ota_workers(int n);

@@ -50,7 +50,7 @@ struct mh_agent_t {
         char *status; /* the final status payload, repeated for a repeated job */
     } ota_done[8];
     size_t ota_done_next;
-    uint64_t ota_jobs, ota_repeats, ota_messages;
+    uint64_t ota_jobs, ota_repeats;
     int ota_active; /* work items queued or running (under s_pool_lock) */
 };
 

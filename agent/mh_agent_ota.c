@@ -50,7 +50,6 @@ static void s_ota_status(mh_agent_t *self, const char *job, const char *state, i
         json_object_set_new(v, "error", json_string(error));
     ag_send(self, "ota/status", v);
     json_decref(v);
-    __atomic_add_fetch(&self->ota_messages, 1, __ATOMIC_RELAXED);
 }
 
 /* Ends the current job: remembers its final status (a repeated job gets it
@@ -88,7 +87,6 @@ static int s_ota_finish(mh_agent_t *self, const char *job_id, bool ok, const cha
     }
     ag_send(self, "ota/status", st);
     json_decref(st);
-    __atomic_add_fetch(&self->ota_messages, ok ? 2 : 1, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -352,7 +350,6 @@ void ag_ota_job(mh_agent_t *self, const char *payload, size_t len)
         m.payloadlen = (int)strlen(repeat);
         m.qos = 1;
         MQTTAsync_sendMessage(self->client, topic, &m, NULL);
-        __atomic_add_fetch(&self->ota_messages, 1, __ATOMIC_RELAXED);
         free(repeat);
     } else if (busy) {
         char why[128];
@@ -395,11 +392,6 @@ uint64_t mh_agent_ota_jobs(mh_agent_t *self)
     uint64_t n = self->ota_jobs;
     pthread_mutex_unlock(&self->lock);
     return n;
-}
-
-uint64_t mh_agent_ota_messages(mh_agent_t *self)
-{
-    return __atomic_load_n(&self->ota_messages, __ATOMIC_RELAXED);
 }
 
 uint64_t mh_agent_ota_repeats(mh_agent_t *self)

@@ -65,7 +65,7 @@ static void *s_publisher(void *arg)
             mht_sleep_ms(5); /* a steady stream rather than one burst */
         int delivered = 0;
         for (int d = 0; d < l->devices; d++)
-            delivered += (int)mh_agent_delivered(agents[d]) - 1; /* minus the status message */
+            delivered += (int)mh_agent_telemetry_acked(agents[d]);
         l->sent = delivered;
     }
     for (int d = 0; d < l->devices; d++) {

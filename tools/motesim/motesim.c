@@ -143,7 +143,6 @@ typedef struct {
     int led;
     bool was_connected;
     int64_t down_until; /* flapping: reconnect at this time */
-    uint64_t reports;   /* twin updates sent (QoS1, counted in the agent's delivered) */
     int64_t next_ms;
     int64_t seq, last_ts;
     double temp_bias, battery, rssi;
@@ -212,8 +211,7 @@ static void s_report_state(s_device_t *d, const char *firmware, bool full)
     }
     json_object_set_new(rep, "battery", json_real(round(d->battery * 10) / 10));
     json_object_set_new(rep, "rssi", json_integer((json_int_t)round(d->rssi)));
-    if (mh_agent_report(d->agent, rep, NULL) == 0)
-        __atomic_add_fetch(&d->reports, 1, __ATOMIC_RELAXED);
+    mh_agent_report(d->agent, rep, NULL);
     json_decref(rep);
 }
 
@@ -232,8 +230,8 @@ static void s_on_delta(mh_agent_t *a, json_t *state, int64_t version, void *ud)
         d->led = json_is_true(led);
         json_object_set(applied, "led", led);
     }
-    if (json_object_size(applied) && mh_agent_report(a, applied, NULL) == 0)
-        __atomic_add_fetch(&d->reports, 1, __ATOMIC_RELAXED);
+    if (json_object_size(applied))
+        mh_agent_report(a, applied, NULL);
     json_decref(applied);
 }
 
@@ -710,7 +708,6 @@ int main(int argc, char **argv)
                          (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3);
                 json_t *rep = json_pack("{s:I}", "counter", (json_int_t)twin_sent);
                 if (mh_agent_report(d->agent, rep, tok) == 0) {
-                    __atomic_add_fetch(&d->reports, 1, __ATOMIC_RELAXED);
                     twin_sent++;
                     twin_credit -= 1;
                 }
