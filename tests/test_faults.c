@@ -24,12 +24,7 @@ static mht_platform_t *const s_p = &mht_platform;
 /* Registers PREFIX-0000.. through twin's RPC, as motesim does. */
 static void s_register(const char *prefix, int n)
 {
-    char bin[600];
-    assert_int_equal(mht_shell("%s --register=%s --register-only=true --prefix=%s --devices=%d"
-                               " >> %s/register.log 2>&1",
-                               mht_build_path("tools/motesim/motesim", bin, sizeof bin),
-                               s_p->twin.rpc_endpoint, prefix, n, mht_artifacts()),
-                     0);
+    mht_register_devices(s_p->twin.rpc_endpoint, prefix, n);
 }
 
 /* Every device PREFIX-i says `state` on its status topic (QoS 1). */

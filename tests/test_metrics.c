@@ -7,16 +7,11 @@
 
 static mht_platform_t *const s_p = &mht_platform;
 
-/* Some of everything: a device's status, telemetry and a twin report,
+/* Some of everything: a registration, a device's status and telemetry,
  * and an API call, so the histograms have observations. */
 static void s_traffic(void)
 {
-    char bin[600];
-    assert_int_equal(mht_shell("%s --register=%s --register-only=true --prefix=met --devices=1"
-                               " >> %s/register.log 2>&1",
-                               mht_build_path("tools/motesim/motesim", bin, sizeof bin),
-                               s_p->twin.rpc_endpoint, mht_artifacts()),
-                     0);
+    mht_register_devices(s_p->twin.rpc_endpoint, "met", 1);
     mh_agent_t *a =
         mh_agent_new(&(mh_agent_opts_t){.url = s_p->broker.url, .device_id = "met-0000"});
     mh_agent_connect(a);

@@ -862,3 +862,13 @@ int mht_platform_teardown(void **state)
     (void)state;
     return mht_platform_stop(&mht_platform) ? 0 : -1;
 }
+
+void mht_register_devices(const char *twin_rpc, const char *prefix, int n)
+{
+    char bin[600];
+    assert_int_equal(mht_shell("%s --register=%s --register-only=true --prefix=%s --devices=%d"
+                               " >> %s/register.log 2>&1",
+                               mht_build_path("tools/motesim/motesim", bin, sizeof bin), twin_rpc,
+                               prefix, n, mht_artifacts()),
+                     0);
+}

@@ -152,6 +152,10 @@ void mht_backends_start(mht_backends_t *b);
  * not exit cleanly. */
 bool mht_backends_stop(mht_backends_t *b);
 
+/* Registers PREFIX-0000.. (n devices) with twin over its RPC, as motesim
+ * does (motesim --register-only); fails the test if it cannot. */
+void mht_register_devices(const char *twin_rpc, const char *prefix, int n);
+
 /* The whole platform on one new database and broker: ingest, twin, ota,
  * a gateway forwarding to them and fleet-stats with an API token (what
  * MH_CURVE_DIR etc. in the environment say applies to all). */
