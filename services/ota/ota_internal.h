@@ -41,6 +41,9 @@
 
 /* a rollout's states (ota.rollouts.state), in the order of the gauges */
 #define OTA_NSTATES 7
+/* the reason an operator's rollback leaves (an automatic one names the
+ * wave that failed); ota_rollout_gauges tells the two apart by it */
+#define OTA_OPERATOR_ROLLBACK "rolled back by an operator"
 extern const char *const ota_states[OTA_NSTATES];
 
 typedef struct {

@@ -481,12 +481,13 @@ void ota_rollout_gauges(ota_t *self)
     char err[512];
     /* stopped by a gate: paused by it (an operator must look), or rolling
      * back on its own (not at an operator's word) */
+    const char *p[] = {OTA_OPERATOR_ROLLBACK};
     PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
                                "SELECT state, count(*), count(*) FILTER (WHERE"
                                " (state = 'paused' AND paused_by = 'gate') OR (state ="
-                               " 'rolling_back' AND reason <> 'rolled back by an operator'))"
+                               " 'rolling_back' AND reason <> $1))"
                                " FROM ota.rollouts GROUP BY state",
-                               0, NULL, err, sizeof err);
+                               1, p, err, sizeof err);
     if (!res)
         return;
     double by_state[OTA_NSTATES] = {0}, by_gate = 0;

@@ -279,7 +279,7 @@ static void s_rpc_control(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
     default: /* rollback */
         if (has_jobs && (strcmp(state, "running") == 0 || strcmp(state, "paused") == 0 ||
                          strcmp(state, "completed") == 0 || strcmp(state, "aborted") == 0))
-            to = "rolling_back", reason = "rolled back by an operator", cancel = true;
+            to = "rolling_back", reason = OTA_OPERATOR_ROLLBACK, cancel = true;
         break;
     }
     if (!to) {
