@@ -21,6 +21,8 @@ echo "== dashboard: npm ci, build"
 (cd dashboard && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent) >/dev/null
 # the Kubernetes schemas the manifests are validated against
 (cd tests/deploy/k8s-validate && npm ci --no-audit --no-fund --loglevel=error) >/dev/null
+# the AWS IoT Device SDKs the compatibility tests run (tests/test_aws.c)
+(cd tests/aws && npm ci --no-audit --no-fund --loglevel=error) >/dev/null
 
 work=$(mktemp -d /tmp/motehub-tests.XXXXXX)
 chmod 755 "$work"

@@ -230,6 +230,42 @@ static void test_operator_patch_tags_and_desired(void **state)
     json_decref(doc);
 }
 
+/* An AWS shadow update: desired and reported in one version, a null
+ * section cleared, a version mismatch changing nothing. */
+static void test_shadow_update(void **state)
+{
+    (void)state;
+    char why[256];
+    bool changed = false;
+    json_t *doc = tw_doc_new(NULL, 10);
+    json_t *d = json_pack("{s:i}", "led", 1), *r = json_pack("{s:i,s:i}", "led", 0, "t", 5);
+    assert_int_equal(tw_apply_shadow(doc, d, r, 20, 1, &changed, why, sizeof why), TW_OK);
+    assert_true(changed);
+    assert_int_equal(tw_doc_version(doc), 2);
+    assert_int_equal(json_integer_value(json_object_get(tw_doc_delta(doc), "led")), 1);
+    /* stale version: 409, nothing applied */
+    json_t *r2 = json_pack("{s:i}", "t", 6);
+    assert_int_equal(tw_apply_shadow(doc, NULL, r2, 30, 1, &changed, why, sizeof why), TW_CONFLICT);
+    assert_false(changed);
+    assert_int_equal(tw_doc_version(doc), 2);
+    /* "desired": null clears the section */
+    json_t *null = json_null();
+    assert_int_equal(tw_apply_shadow(doc, null, NULL, 40, -1, &changed, why, sizeof why), TW_OK);
+    assert_true(changed);
+    assert_int_equal(json_object_size(json_object_get(json_object_get(doc, "state"), "desired")),
+                     0);
+    assert_int_equal(json_object_size(tw_doc_delta(doc)), 0);
+    assert_int_equal(tw_doc_version(doc), 3);
+    /* nothing new: no version */
+    assert_int_equal(tw_apply_shadow(doc, NULL, r, 50, -1, &changed, why, sizeof why), TW_OK);
+    assert_false(changed);
+    assert_int_equal(tw_doc_version(doc), 3);
+    json_decref(d);
+    json_decref(r);
+    json_decref(r2);
+    json_decref(doc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -241,6 +277,7 @@ int main(void)
         cmocka_unit_test(test_limits_413_change_nothing),
         cmocka_unit_test(test_out_of_order_reported_keys),
         cmocka_unit_test(test_operator_patch_tags_and_desired),
+        cmocka_unit_test(test_shadow_update),
     };
     return MHT_RUN(tests);
 }

@@ -45,6 +45,30 @@ static void test_topics(void **state)
     strcpy(long_id + 8 + 64, "/telemetry");
     assert_int_equal(T(long_id), GW_OK);
     assert_int_equal(strlen(id), 64);
+    /* the AWS IoT shadow requests, as published and as the broker plugin
+     * moves them */
+    assert_int_equal(T("$aws/things/dev-1/shadow/update"), GW_OK);
+    assert_string_equal(id, "dev-1");
+    assert_int_equal(k, GW_TOPIC_SHADOW_UPDATE);
+    assert_int_equal(T("motehub/aws/things/dev-2/shadow/name/cfg:a_b-1/get"), GW_OK);
+    assert_string_equal(id, "dev-2");
+    assert_int_equal(k, GW_TOPIC_SHADOW_GET);
+    char name[GW_MAX_SHADOW_NAME + 1];
+    const char *t = "$aws/things/x/shadow/name/n1/delete";
+    assert_int_equal(gw_aws_topic_parse(t, strlen(t), id, name, &k), GW_OK);
+    assert_string_equal(name, "n1");
+    assert_int_equal(k, GW_TOPIC_SHADOW_DELETE);
+    t = "$aws/things/x/shadow/get";
+    assert_int_equal(gw_aws_topic_parse(t, strlen(t), id, name, &k), GW_OK);
+    assert_string_equal(name, "");
+    assert_int_equal(T("$aws/things/x/shadow/update/accepted"), GW_BAD_TOPIC);
+    assert_int_equal(T("$aws/things/x/shadow/name//get"), GW_BAD_TOPIC);
+    assert_int_equal(T("$aws/things/x/shadow/name/a.b/get"), GW_BAD_TOPIC);
+    assert_int_equal(T("$aws/things/x/shadow/name/n"), GW_BAD_TOPIC);
+    assert_int_equal(T("$aws/things/x/jobs/get"), GW_BAD_TOPIC);
+    assert_int_equal(T("$aws/things/bad+id/shadow/get"), GW_BAD_DEVICE_ID);
+    assert_int_equal(T("$SYS/broker/uptime"), GW_BAD_TOPIC);
+    assert_int_equal(T("motehub/aws/x"), GW_BAD_TOPIC);
 #undef T
 }
 

@@ -2,7 +2,8 @@
  *
  * With `use_identity_as_username true` on the mTLS listener the username is
  * the client certificate's CN. A device (CN = its device id) may publish,
- * subscribe and receive only under devices/<its CN>/; a platform service
+ * subscribe and receive only under devices/<its CN>/ and the AWS IoT
+ * device APIs' $aws/things/<its CN>/{shadow,jobs}/; a platform service
  * (CN starting "motehub:", which no device id can contain) may use every
  * topic. Everything else is denied — MQTT 5 clients get reason code 0x87 on
  * their PUBACK / SUBACK — and counted; the counts are published (retained,
@@ -70,13 +71,26 @@ static const char *s_access_name(int access)
     }
 }
 
-/* True when `topic` is devices/<id>/... (a filter's wildcards may only
- * follow that prefix). */
+/* True when `topic` is under `prefix`<id>/ (a filter's wildcards may only
+ * follow that). */
+static int s_under(const char *topic, const char *prefix, const char *id)
+{
+    size_t p = strlen(prefix), n = strlen(id);
+    return strncmp(topic, prefix, p) == 0 && strncmp(topic + p, id, n) == 0 &&
+           topic[p + n] == '/' && topic[p + n + 1] != '\0';
+}
+
+/* A device's own topics: devices/<id>/..., and the AWS IoT device APIs
+ * under $aws/things/<id>/shadow/... and $aws/things/<id>/jobs/...
+ * (shared/spec/aws-iot-compat.md), with the SDKs' wildcard filters. */
 static int s_own_topic(const char *topic, const char *id)
 {
-    size_t n = strlen(id);
-    return strncmp(topic, "devices/", 8) == 0 && strncmp(topic + 8, id, n) == 0 &&
-           topic[8 + n] == '/' && topic[9 + n] != '\0';
+    if (s_under(topic, "devices/", id))
+        return 1;
+    if (!s_under(topic, "$aws/things/", id))
+        return 0;
+    const char *rest = topic + strlen("$aws/things/") + strlen(id) + 1;
+    return strncmp(rest, "shadow/", 7) == 0 || strncmp(rest, "jobs/", 5) == 0;
 }
 
 /* An "offline" status is the device saying goodbye — and its last will,
@@ -125,6 +139,31 @@ static int s_on_acl(int event, void *data, void *ud)
                              mosquitto_client_id(e->client) ? mosquitto_client_id(e->client) : "?",
                              user ? user : "(none)");
     return MOSQ_ERR_ACL_DENIED;
+}
+
+/* A device's AWS IoT request ($aws/things/<id>/...) goes on as
+ * motehub/aws/things/<id>/...: mosquitto 2.0 never matches a shared
+ * subscription's filter against a topic starting with '$', so the gateways
+ * take the requests on $share/<group>/motehub/aws/... (gw_mqtt.c). Replies,
+ * which services publish, keep their $aws topics. */
+static int s_on_message(int event, void *data, void *ud)
+{
+    (void)event;
+    s_acl_t *self = ud;
+    struct mosquitto_evt_message *e = data;
+    const char *user = mosquitto_client_username(e->client);
+    if (!e->topic || strncmp(e->topic, "$aws/things/", 12) != 0 ||
+        (user && strncmp(user, self->service_prefix, strlen(self->service_prefix)) == 0))
+        return MOSQ_ERR_SUCCESS;
+    size_t n = strlen(e->topic);
+    char *t = mosquitto_malloc(n + sizeof "motehub/");
+    if (!t)
+        return MOSQ_ERR_NOMEM;
+    memcpy(t, "motehub/", 8);
+    memcpy(t + 8, e->topic + 1, n); /* "aws/things/..." and the NUL */
+    mosquitto_free(e->topic);
+    e->topic = t;
+    return MOSQ_ERR_SUCCESS;
 }
 
 static int s_on_disconnect(int event, void *data, void *ud)
@@ -194,6 +233,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *id, void **ud, struct mosquitto
         rc = mosquitto_callback_register(id, MOSQ_EVT_TICK, s_on_tick, NULL, self);
     if (rc == MOSQ_ERR_SUCCESS)
         rc = mosquitto_callback_register(id, MOSQ_EVT_DISCONNECT, s_on_disconnect, NULL, self);
+    if (rc == MOSQ_ERR_SUCCESS)
+        rc = mosquitto_callback_register(id, MOSQ_EVT_MESSAGE, s_on_message, NULL, self);
     mosquitto_log_printf(MOSQ_LOG_INFO, "motehub_acl: devices/<CN>/ only; services \"%s*\"",
                          self->service_prefix);
     return rc;
@@ -207,6 +248,7 @@ int mosquitto_plugin_cleanup(void *ud, struct mosquitto_opt *opts, int nopts)
     mosquitto_callback_unregister(self->id, MOSQ_EVT_ACL_CHECK, s_on_acl, NULL);
     mosquitto_callback_unregister(self->id, MOSQ_EVT_TICK, s_on_tick, NULL);
     mosquitto_callback_unregister(self->id, MOSQ_EVT_DISCONNECT, s_on_disconnect, NULL);
+    mosquitto_callback_unregister(self->id, MOSQ_EVT_MESSAGE, s_on_message, NULL);
     presence_cleanup();
     free(self->service_prefix);
     self->service_prefix = NULL;

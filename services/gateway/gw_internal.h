@@ -103,10 +103,12 @@ typedef struct {
 
 /* the MQTT subscriptions: every device topic the gateway serves */
 #define GW_NTOPICS 7
+#define GW_NAWS    12 /* the AWS IoT shadow requests, classic and named, twice */
 typedef struct {
-    char buf[GW_NTOPICS + 1][160]; /* and the broker plugin's presence list */
-    char *ptr[GW_NTOPICS + 1];
-    int qos[GW_NTOPICS + 1];
+    /* and the broker plugin's presence list */
+    char buf[GW_NTOPICS + GW_NAWS + 1][160];
+    char *ptr[GW_NTOPICS + GW_NAWS + 1];
+    int qos[GW_NTOPICS + GW_NAWS + 1];
     int n;
 } gw_topics_t;
 

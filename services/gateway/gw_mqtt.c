@@ -86,8 +86,8 @@ static void s_on_sub_failed3(void *context, MQTTAsync_failureData *resp)
 }
 
 /* The topic filters the gateway takes, shared or plain: telemetry and
- * status always, the twin topics when a twin endpoint is set, ota/status
- * when an ota endpoint is. */
+ * status always, the twin topics (and the AWS IoT shadow requests) when a
+ * twin endpoint is set, ota/status when an ota endpoint is. */
 
 void gw_topics(gw_t *self, gw_topics_t *t)
 {
@@ -106,6 +106,30 @@ void gw_topics(gw_t *self, gw_topics_t *t)
             snprintf(t->buf[i], sizeof t->buf[i], "devices/+/%s", suffixes[i]);
         t->ptr[i] = t->buf[i];
         t->qos[i] = 1;
+    }
+    /* The AWS IoT shadow requests, spelled out ('+' at the first level never
+     * matches a topic starting with '$'), without the reply topics so that
+     * the gateway does not hear its own replies. The broker plugin moves
+     * them to motehub/aws/...: mosquitto 2.0 matches no shared subscription
+     * against a '$' topic (motehub_acl.c). Without a share group the
+     * gateway takes them where they were published too (a broker without
+     * the plugin). */
+    static const char *aws[GW_NAWS / 2] = {
+        "things/+/shadow/get",           "things/+/shadow/update",
+        "things/+/shadow/delete",        "things/+/shadow/name/+/get",
+        "things/+/shadow/name/+/update", "things/+/shadow/name/+/delete"};
+    for (int i = 0; *self->cfg->twin_endpoint && i < GW_NAWS / 2; i++) {
+        if (*self->cfg->share_group) {
+            snprintf(t->buf[t->n], sizeof t->buf[t->n], "$share/%s/motehub/aws/%s",
+                     self->cfg->share_group, aws[i]);
+        } else {
+            snprintf(t->buf[t->n], sizeof t->buf[t->n], "motehub/aws/%s", aws[i]);
+            t->ptr[t->n] = t->buf[t->n];
+            t->qos[t->n++] = 1;
+            snprintf(t->buf[t->n], sizeof t->buf[t->n], "$aws/%s", aws[i]);
+        }
+        t->ptr[t->n] = t->buf[t->n];
+        t->qos[t->n++] = 1;
     }
     /* the devices connected, for twin to correct a lost last will; each
      * list to one gateway */

@@ -204,6 +204,29 @@ void gw_handle(gw_t *self, zmsg_t *m)
             s_forward_message(self, device, k, payload, plen, now, false, NULL);
         }
         break;
+    case GW_TOPIC_SHADOW_GET:
+    case GW_TOPIC_SHADOW_UPDATE:
+    case GW_TOPIC_SHADOW_DELETE:
+        /* Twin validates these and answers on the AWS reply topics. */
+        if (plen > GW_MAX_PAYLOAD) {
+            snprintf(detail, sizeof detail, "payload of %zu bytes is over the limit", plen);
+            r = GW_TOO_LARGE;
+        } else if (self->twin_relay) {
+            char name[GW_MAX_SHADOW_NAME + 1];
+            gw_aws_topic_parse((const char *)zframe_data(ft), zframe_size(ft), device, name, &kind);
+            Mh__DeviceMessage dm = MH__DEVICE_MESSAGE__INIT;
+            dm.device_id = device;
+            dm.kind = kind == GW_TOPIC_SHADOW_GET      ? MH__DEVICE_MESSAGE__KIND__SHADOW_GET
+                      : kind == GW_TOPIC_SHADOW_UPDATE ? MH__DEVICE_MESSAGE__KIND__SHADOW_UPDATE
+                                                       : MH__DEVICE_MESSAGE__KIND__SHADOW_DELETE;
+            dm.shadow = name;
+            dm.payload.data = (uint8_t *)payload;
+            dm.payload.len = plen;
+            dm.received_ms = now;
+            s_forward(self, "device.message", &dm.base);
+            zhashx_update(self->seen, device, (void *)(uintptr_t)mh_mono_ms());
+        }
+        break;
     case GW_TOPIC_OTA_STATUS:
         r = gw_validate_ota_status(payload, plen, detail, sizeof detail);
         if (!r && self->ota_relay) {

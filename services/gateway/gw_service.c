@@ -78,7 +78,8 @@ const mh_service_def_t gw_service_def = {
 /* A sent, unacknowledged batch. */
 
 static const char *s_kind_names[GW_TOPIC_COUNT] = {
-    "telemetry", "telemetry_pb", "status", "twin_get", "twin_update", "command_ack", "ota_status"};
+    "telemetry",   "telemetry_pb", "status",     "twin_get",      "twin_update",
+    "command_ack", "ota_status",   "shadow_get", "shadow_update", "shadow_delete"};
 
 /* ---- set-up and tear-down ---- */
 

@@ -43,18 +43,30 @@ bool gw_metric_name_valid(const char *name, size_t len)
     return s_charset(name, len, "_.");
 }
 
+/* "<prefix><id>/...": the id's start and length, and the '/' after it. */
+static gw_reason_t s_split_id(const char *topic, size_t len, const char *prefix, const char **id,
+                              size_t *idlen, const char **slash)
+{
+    size_t plen = strlen(prefix);
+    if (len <= plen || memcmp(topic, prefix, plen) != 0)
+        return GW_BAD_TOPIC;
+    *id = topic + plen;
+    *slash = memchr(*id, '/', len - plen);
+    if (!*slash)
+        return GW_BAD_TOPIC;
+    *idlen = (size_t)(*slash - *id);
+    return gw_device_id_valid(*id, *idlen) ? GW_OK : GW_BAD_DEVICE_ID;
+}
+
 gw_reason_t gw_topic_parse(const char *topic, size_t len, char *id_out, gw_topic_kind_t *kind)
 {
-    static const char prefix[] = "devices/";
-    if (len <= sizeof prefix - 1 || memcmp(topic, prefix, sizeof prefix - 1) != 0)
-        return GW_BAD_TOPIC;
-    const char *id = topic + sizeof prefix - 1, *end = topic + len;
-    const char *slash = memchr(id, '/', (size_t)(end - id));
-    if (!slash)
-        return GW_BAD_TOPIC;
-    size_t idlen = (size_t)(slash - id);
-    if (!gw_device_id_valid(id, idlen))
-        return GW_BAD_DEVICE_ID;
+    if (len > 0 && (topic[0] == '$' || (len > 12 && memcmp(topic, "motehub/aws/", 12) == 0)))
+        return gw_aws_topic_parse(topic, len, id_out, NULL, kind);
+    const char *id, *slash, *end = topic + len;
+    size_t idlen;
+    gw_reason_t r = s_split_id(topic, len, "devices/", &id, &idlen, &slash);
+    if (r)
+        return r;
     const char *rest = slash + 1;
     size_t rlen = (size_t)(end - rest);
 #define S_IS(lit) (rlen == sizeof(lit) - 1 && memcmp(rest, lit, rlen) == 0)
@@ -77,6 +89,53 @@ gw_reason_t gw_topic_parse(const char *topic, size_t len, char *id_out, gw_topic
 #undef S_IS
     memcpy(id_out, id, idlen);
     id_out[idlen] = 0;
+    return GW_OK;
+}
+
+gw_reason_t gw_aws_topic_parse(const char *topic, size_t len, char *id_out, char *name_out,
+                               gw_topic_kind_t *kind)
+{
+    /* as published, or as the broker plugin moved it (motehub_acl.c) */
+    const char *id, *slash, *end = topic + len;
+    size_t idlen;
+    gw_reason_t r = s_split_id(topic, len, topic[0] == '$' ? "$aws/things/" : "motehub/aws/things/",
+                               &id, &idlen, &slash);
+    if (r)
+        return r;
+    static const char shadow[] = "/shadow/", named[] = "name/";
+    const char *rest = slash;
+    if ((size_t)(end - rest) <= sizeof shadow - 1 || memcmp(rest, shadow, sizeof shadow - 1))
+        return GW_BAD_TOPIC;
+    rest += sizeof shadow - 1;
+    const char *name = rest;
+    size_t nlen = 0;
+    if ((size_t)(end - rest) > sizeof named - 1 && memcmp(rest, named, sizeof named - 1) == 0) {
+        name = rest + sizeof named - 1;
+        const char *ns = memchr(name, '/', (size_t)(end - name));
+        if (!ns)
+            return GW_BAD_TOPIC;
+        nlen = (size_t)(ns - name);
+        if (nlen > GW_MAX_SHADOW_NAME || !s_charset(name, nlen, ":_-"))
+            return GW_BAD_TOPIC;
+        rest = ns + 1;
+    }
+    size_t rlen = (size_t)(end - rest);
+#define S_IS(lit) (rlen == sizeof(lit) - 1 && memcmp(rest, lit, rlen) == 0)
+    if (S_IS("get"))
+        *kind = GW_TOPIC_SHADOW_GET;
+    else if (S_IS("update"))
+        *kind = GW_TOPIC_SHADOW_UPDATE;
+    else if (S_IS("delete"))
+        *kind = GW_TOPIC_SHADOW_DELETE;
+    else
+        return GW_BAD_TOPIC;
+#undef S_IS
+    memcpy(id_out, id, idlen);
+    id_out[idlen] = 0;
+    if (name_out) {
+        memcpy(name_out, name, nlen);
+        name_out[nlen] = 0;
+    }
     return GW_OK;
 }
 

@@ -43,15 +43,31 @@ typedef enum {
     GW_TOPIC_TWIN_UPDATE,
     GW_TOPIC_COMMAND_ACK,
     GW_TOPIC_OTA_STATUS, /* forwarded to ota */
+    GW_TOPIC_SHADOW_GET, /* $aws/things/{id}/shadow[/name/{n}]/get: to twin */
+    GW_TOPIC_SHADOW_UPDATE,
+    GW_TOPIC_SHADOW_DELETE,
     GW_TOPIC_COUNT
 } gw_topic_kind_t;
 
 bool gw_device_id_valid(const char *id, size_t len);
 bool gw_metric_name_valid(const char *name, size_t len);
 
-/* Splits "devices/{id}/{rest}". On success copies the id (NUL-terminated)
- * into id_out[GW_MAX_ID + 1] and sets *kind. */
+/* Splits "devices/{id}/{rest}", or one of the AWS IoT request topics
+ * (gw_aws_topic_parse). On success copies the id (NUL-terminated) into
+ * id_out[GW_MAX_ID + 1] and sets *kind. */
 gw_reason_t gw_topic_parse(const char *topic, size_t len, char *id_out, gw_topic_kind_t *kind);
+
+/* The longest shadow name (shared/spec/aws-iot-compat.md): 1-64 of
+ * a-zA-Z0-9:_- */
+#define GW_MAX_SHADOW_NAME 64
+
+/* Splits "$aws/things/{id}/shadow/{get,update,delete}" and
+ * "$aws/things/{id}/shadow/name/{shadow}/{get,update,delete}": the id into
+ * id_out[GW_MAX_ID + 1], the shadow's name (or "") into
+ * name_out[GW_MAX_SHADOW_NAME + 1] when name_out is not NULL. The same
+ * under motehub/aws/things/, where the broker plugin moves them. */
+gw_reason_t gw_aws_topic_parse(const char *topic, size_t len, char *id_out, char *name_out,
+                               gw_topic_kind_t *kind);
 
 /* One accepted point. `metric` points into gw_points_t's string arena. */
 typedef struct {

@@ -82,6 +82,9 @@ static s_msg_t *s_decode(tw_t *self, mh_relay_batch_t **batches, size_t nb, size
                            "malformed message on the device socket, ignoring");
         } else if (v[i].msg && v[i].msg->kind < 4) {
             mh_counter_inc(self->m_messages[v[i].msg->kind]);
+        } else if (v[i].msg && v[i].msg->kind >= MH__DEVICE_MESSAGE__KIND__SHADOW_GET &&
+                   v[i].msg->kind <= MH__DEVICE_MESSAGE__KIND__SHADOW_DELETE) {
+            mh_counter_inc(self->m_messages[v[i].msg->kind]); /* 5..7 */
         } else if (v[i].seen) {
             mh_counter_inc(self->m_messages[4]);
         }
@@ -322,7 +325,15 @@ static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_relays_t *rl, tw_out_
                 tw_msg_twin_update(self, &b, d, m);
             else if (m->kind == MH__DEVICE_MESSAGE__KIND__COMMAND_ACK)
                 tw_msg_command_ack(self, &b, d, m);
+            else if (m->kind >= MH__DEVICE_MESSAGE__KIND__SHADOW_GET &&
+                     m->kind <= MH__DEVICE_MESSAGE__KIND__SHADOW_DELETE &&
+                     !tw_msg_shadow(self, &b, d, m, err, errlen)) {
+                ok = false;
+                break;
+            }
         }
+    }
+    if (ok) {
         /* Devices that came online get their delta and their queue. */
         size_t cap = zhashx_size(b.devs), nc = 0;
         const char **online = calloc(cap + 1, sizeof *online);
@@ -330,7 +341,7 @@ static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_relays_t *rl, tw_out_
             if (!d->came_online)
                 continue;
             online[nc++] = d->id;
-            tw_maybe_delta(&b.out, d->id, NULL, tw_dev_doc(d));
+            tw_maybe_delta(&b.out, d->id, NULL, tw_dev_doc(d), false);
         }
         ok = (!b.presence || s_presence_heard(self, b.now, err, errlen)) &&
              s_store(self, &b, err, errlen) &&

@@ -216,3 +216,49 @@ tw_status_t tw_apply_operator(json_t *doc, json_t *desired, json_t *tags, int64_
     json_decref(scratch);
     return st;
 }
+
+/* A section set to null in a shadow update: a patch removing every key. */
+static json_t *s_clear_patch(json_t *doc, const char *section)
+{
+    json_t *patch = json_object();
+    const char *key;
+    json_t *v;
+    json_object_foreach(json_object_get(json_object_get(doc, "state"), section), key, v)
+    {
+        json_object_set_new(patch, key, json_null());
+    }
+    return patch;
+}
+
+tw_status_t tw_apply_shadow(json_t *doc, json_t *desired, json_t *reported, int64_t ts,
+                            int64_t expected_version, bool *changed, char *why, size_t why_len)
+{
+    *changed = false;
+    if (expected_version >= 0 && expected_version != tw_doc_version(doc)) {
+        S_WHY("Version conflict: version %lld does not match the stored version %lld",
+              (long long)expected_version, (long long)tw_doc_version(doc));
+        return TW_CONFLICT;
+    }
+    json_t *scratch = json_deep_copy(doc);
+    bool c1 = false, c2 = false;
+    tw_status_t st = TW_OK;
+    const char *names[2] = {"desired", "reported"};
+    json_t *patches[2] = {desired, reported};
+    bool *flags[2] = {&c1, &c2};
+    for (int i = 0; i < 2 && st == TW_OK; i++) {
+        if (!patches[i])
+            continue;
+        json_t *p =
+            json_is_null(patches[i]) ? s_clear_patch(scratch, names[i]) : json_incref(patches[i]);
+        st =
+            s_patch_section(scratch, names[i], p, ts, i == 1, TW_MAX_STATE, flags[i], why, why_len);
+        json_decref(p);
+    }
+    if (st == TW_OK && (c1 || c2)) {
+        s_bump(scratch, ts);
+        json_object_update(doc, scratch);
+        *changed = true;
+    }
+    json_decref(scratch);
+    return st;
+}

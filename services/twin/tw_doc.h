@@ -60,3 +60,11 @@ tw_status_t tw_apply_operator(json_t *doc, json_t *desired, json_t *tags, int64_
 /* The state.delta of the document (borrowed), and whether it is non-empty. */
 json_t *tw_doc_delta(json_t *doc);
 int64_t tw_doc_version(json_t *doc);
+
+/* An AWS IoT shadow update (shared/spec/aws-iot-compat.md): merge patches
+ * of desired and/or reported (either NULL when absent; JSON null clears the
+ * whole section), applied together with one version bump when something
+ * changed. `expected_version` < 0: no check. Nothing is applied on an
+ * error. */
+tw_status_t tw_apply_shadow(json_t *doc, json_t *desired, json_t *reported, int64_t ts,
+                            int64_t expected_version, bool *changed, char *why, size_t why_len);

@@ -10,6 +10,7 @@
  *                  each: decode, load, store, relay ids, acknowledgements
  *   tw_messages.c  what each message (status, seen, twin get/update,
  *                  command ack, presence) does to its device
+ *   tw_shadow.c    the AWS IoT Device Shadow requests, classic and named
  *   tw_rpc.c       the operator RPC methods (served by mh_rpc_server)
  *   tw_sweep.c     expiry, command timeouts, silence
  *   tw_doc.c       twin document rules (pure) */
@@ -51,7 +52,7 @@ typedef enum {
     TW_R_COUNT
 } tw_reason_t;
 
-#define TW_NKINDS 5
+#define TW_NKINDS 8
 
 typedef struct {
     mh_service_ctx_t *ctx;
@@ -137,6 +138,8 @@ void tw_out_init(tw_out_t *o);
 void tw_out_clear(tw_out_t *o);
 void tw_out_destroy(tw_out_t *o);
 void tw_out_publish_json(tw_out_t *o, const char *device, const char *sub, json_t *v);
+/* The same to a whole topic (the AWS IoT reply topics, tw_shadow.c). */
+void tw_out_publish_topic(tw_out_t *o, const char *device, const char *topic, json_t *v);
 /* The same for command `id`: it counts as sent once a gateway has
  * published it (tw_commands_published). */
 void tw_out_publish_command(tw_out_t *o, const char *device, const char *id, json_t *v);
@@ -199,7 +202,27 @@ void tw_msg_twin_update(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__Device
 void tw_msg_command_ack(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMessage *m);
 /* The broker's list of connected devices (motehub_presence.h). */
 void tw_msg_present(tw_batch_t *b, const Mh__DeviceSeen *p);
-void tw_maybe_delta(tw_out_t *o, const char *device, json_t *old, json_t *doc);
+/* twin/delta when the delta is not empty and differs from `old` (NULL:
+ * always); with `aws` also the AWS shadow's update/delta. */
+void tw_maybe_delta(tw_out_t *o, const char *device, json_t *old, json_t *doc, bool aws);
+/* A device's twin changed from `before`: its row to store, its firmware
+ * column, the twin.changed event. */
+void tw_dev_changed(tw_t *self, tw_batch_t *b, tw_dev_t *d, json_t *before);
+/* The types of the reported keys the platform reads (device-protocol.md). */
+bool tw_reported_types_ok(json_t *rep, char *why, size_t len);
+
+/* ---- tw_shadow.c ---- */
+
+/* A $aws/things/{id}/shadow request (classic: the twin; named: twin.shadows),
+ * answered on its reply topics. False on a database error. */
+bool tw_msg_shadow(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMessage *m, char *err,
+                   size_t errlen);
+/* The shadow's update/delta (name NULL: the classic shadow) when its delta
+ * is not empty. */
+void tw_shadow_delta(tw_out_t *o, const char *device, const char *name, json_t *doc);
+/* An operator's desired patch to the twin, on the classic shadow's
+ * update/accepted (an SDK reports it as a change it did not make). */
+void tw_shadow_operator_update(tw_out_t *o, const char *device, json_t *desired, json_t *doc);
 
 /* ---- tw_batch.c ---- */
 

@@ -161,7 +161,7 @@ void tw_msg_twin_get(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMes
 }
 
 /* Types of the reported keys the platform reads (device-protocol.md). */
-static bool s_reported_types_ok(json_t *rep, char *why, size_t len)
+bool tw_reported_types_ok(json_t *rep, char *why, size_t len)
 {
     json_t *v;
     if ((v = json_object_get(rep, "firmware")) && !json_is_null(v) &&
@@ -245,7 +245,7 @@ static bool s_update_valid(json_t *root, int64_t now, json_t **reported, int64_t
         return false;
     }
     *ts = v ? json_integer_value(v) : now;
-    return s_reported_types_ok(*reported, why, len);
+    return tw_reported_types_ok(*reported, why, len);
 }
 
 static void s_twin_changed_event(tw_batch_t *b, tw_dev_t *d, json_t *before_rep, json_t *doc)
@@ -273,8 +273,9 @@ static void s_twin_changed_event(tw_batch_t *b, tw_dev_t *d, json_t *before_rep,
     tw_out_event(&b->out, "twin.changed", &ev.base);
 }
 
-/* Publishes twin/delta when the delta is non-empty and differs from `old`. */
-void tw_maybe_delta(tw_out_t *o, const char *device, json_t *old, json_t *doc)
+/* Publishes twin/delta when the delta is non-empty and differs from `old`,
+ * and with `aws` the AWS IoT shadow's update/delta too. */
+void tw_maybe_delta(tw_out_t *o, const char *device, json_t *old, json_t *doc, bool aws)
 {
     json_t *delta = tw_doc_delta(doc);
     if (json_object_size(delta) == 0 || (old && json_equal(old, delta)))
@@ -284,6 +285,23 @@ void tw_maybe_delta(tw_out_t *o, const char *device, json_t *old, json_t *doc)
     json_object_set_new(msg, "version", json_integer(tw_doc_version(doc)));
     json_object_set(msg, "timestamp", json_object_get(doc, "timestamp"));
     tw_out_publish_json(o, device, "twin/delta", msg);
+    if (aws)
+        tw_shadow_delta(o, device, NULL, doc);
+}
+
+void tw_dev_changed(tw_t *self, tw_batch_t *b, tw_dev_t *d, json_t *before)
+{
+    json_t *doc = tw_dev_doc(d);
+    mh_counter_inc(self->m_updates_changed);
+    d->doc_dirty = d->row_dirty = true;
+    d->version = tw_doc_version(doc);
+    json_t *fw =
+        json_object_get(json_object_get(json_object_get(doc, "state"), "reported"), "firmware");
+    if (json_is_string(fw) && (!d->firmware || strcmp(d->firmware, json_string_value(fw)))) {
+        free(d->firmware);
+        d->firmware = strdup(json_string_value(fw));
+    }
+    s_twin_changed_event(b, d, json_object_get(json_object_get(before, "state"), "reported"), doc);
 }
 
 void tw_msg_twin_update(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMessage *m)
@@ -304,27 +322,15 @@ void tw_msg_twin_update(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__Device
         return;
     }
     json_t *doc = tw_dev_doc(d);
-    json_t *old_delta = json_deep_copy(tw_doc_delta(doc));
-    json_t *before_rep = json_deep_copy(json_object_get(json_object_get(doc, "state"), "reported"));
+    json_t *before = json_deep_copy(doc);
     bool changed = false;
     tw_status_t st = tw_apply_reported(doc, reported, ts, version, &changed, why, sizeof why);
     if (st != TW_OK) {
         s_reject(self, b, d, "twin/update", (int)st, why, tok);
     } else {
         mh_counter_inc(self->m_updates_accepted);
-        if (changed) {
-            mh_counter_inc(self->m_updates_changed);
-            d->doc_dirty = d->row_dirty = true;
-            d->version = tw_doc_version(doc);
-            json_t *fw = json_object_get(json_object_get(json_object_get(doc, "state"), "reported"),
-                                         "firmware");
-            if (json_is_string(fw) &&
-                (!d->firmware || strcmp(d->firmware, json_string_value(fw)))) {
-                free(d->firmware);
-                d->firmware = strdup(json_string_value(fw));
-            }
-            s_twin_changed_event(b, d, before_rep, doc);
-        }
+        if (changed)
+            tw_dev_changed(self, b, d, before);
         json_t *acc = json_object();
         json_object_set_new(acc, "state", json_pack("{s:O}", "reported", reported));
         json_object_set_new(acc, "version", json_integer(tw_doc_version(doc)));
@@ -333,10 +339,9 @@ void tw_msg_twin_update(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__Device
             json_object_set(acc, "clientToken", tok);
         tw_out_publish_json(&b->out, d->id, "twin/update/accepted", acc);
         if (changed)
-            tw_maybe_delta(&b->out, d->id, old_delta, doc);
+            tw_maybe_delta(&b->out, d->id, tw_doc_delta(before), doc, false);
     }
-    json_decref(old_delta);
-    json_decref(before_rep);
+    json_decref(before);
     json_decref(root);
 }
 

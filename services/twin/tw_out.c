@@ -38,8 +38,9 @@ void tw_out_destroy(tw_out_t *o)
     zlist_destroy(&o->events);
 }
 
-/* Queues a publish to devices/{device}/{sub}; `payload` is taken. */
-static void s_publish(tw_out_t *o, const char *device, const char *sub, char *payload)
+/* Queues a publish to `topic` in the downlink of `device`; `payload` is
+ * taken. */
+static void s_publish(tw_out_t *o, const char *device, const char *topic, char *payload)
 {
     if (!payload)
         return;
@@ -61,8 +62,6 @@ static void s_publish(tw_out_t *o, const char *device, const char *sub, char *pa
     }
     Mh__Publish *p = malloc(sizeof *p);
     mh__publish__init(p);
-    char topic[160];
-    snprintf(topic, sizeof topic, "devices/%s/%s", device, sub);
     p->topic = strdup(topic);
     p->payload.data = (uint8_t *)payload;
     p->payload.len = strlen(payload);
@@ -72,7 +71,15 @@ static void s_publish(tw_out_t *o, const char *device, const char *sub, char *pa
 
 void tw_out_publish_json(tw_out_t *o, const char *device, const char *sub, json_t *v)
 {
-    s_publish(o, device, sub, tw_dumps(v));
+    char topic[160];
+    snprintf(topic, sizeof topic, "devices/%s/%s", device, sub);
+    s_publish(o, device, topic, tw_dumps(v));
+    json_decref(v);
+}
+
+void tw_out_publish_topic(tw_out_t *o, const char *device, const char *topic, json_t *v)
+{
+    s_publish(o, device, topic, tw_dumps(v));
     json_decref(v);
 }
 

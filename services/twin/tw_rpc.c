@@ -339,7 +339,9 @@ static void s_rpc_patch_twin(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
             free(text);
             if (ok) {
                 if (online)
-                    tw_maybe_delta(&out, q->device_id, old_delta, doc);
+                    tw_maybe_delta(&out, q->device_id, old_delta, doc, true);
+                if (online && desired)
+                    tw_shadow_operator_update(&out, q->device_id, desired, doc);
                 Mh__TwinChanged ev = MH__TWIN_CHANGED__INIT;
                 ev.device_id = q->device_id;
                 ev.version = tw_doc_version(doc);

@@ -91,6 +91,13 @@ static const char *s_schema_sql =
     "ALTER TABLE twin.commands ADD COLUMN IF NOT EXISTS handed_ms bigint;"
     "CREATE INDEX IF NOT EXISTS commands_handed ON twin.commands (handed_ms)"
     "  WHERE status = 'queued';"
+    "CREATE TABLE IF NOT EXISTS twin.shadows ("
+    "  device_id text COLLATE \"C\" NOT NULL REFERENCES twin.devices (id) ON DELETE CASCADE,"
+    "  name text COLLATE \"C\" NOT NULL,"
+    "  doc jsonb," /* NULL once deleted: the row keeps the version */
+    "  version bigint NOT NULL,"
+    "  deleted boolean NOT NULL DEFAULT false,"
+    "  PRIMARY KEY (device_id, name));"
     /* when the broker last sent a presence list: while it does, a device it
      * never listed is not connected either */
     "CREATE TABLE IF NOT EXISTS twin.presence (k int PRIMARY KEY, at_ms bigint NOT NULL);"
@@ -101,7 +108,10 @@ static const char *s_reason_names[TW_R_COUNT] = {
     "bad_json", "bad_request",     "version_conflict", "too_large",         "unregistered",
     "bad_ack",  "unknown_command", "stale_status",     "malformed_internal"};
 
-static const char *s_kind_names[] = {"status", "twin_get", "twin_update", "command_ack", "seen"};
+/* by DeviceMessage kind; 4 (ota/status, never sent here) counts "seen" */
+static const char *s_kind_names[TW_NKINDS] = {"status",        "twin_get",     "twin_update",
+                                              "command_ack",   "seen",         "shadow_get",
+                                              "shadow_update", "shadow_delete"};
 
 /* ---- set-up and the loop ---- */
 

@@ -2,6 +2,8 @@
  * in front of them. Input: one byte choosing the operation, then up to two
  * JSON texts separated by a NUL byte (a device's or an operator's patches).
  *
+ * Operations: a device's reported patch, an operator's desired patch,
+ * desired and tags together, an AWS shadow update (tw_apply_shadow).
  * Checked: mh_json_depth agrees with the tree jansson builds; a refused
  * patch leaves the document exactly as it was; an accepted one keeps every
  * limit (depth 8, 32 KiB, tags 8 KiB), bumps the version by one when it
@@ -92,15 +94,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             continue;
         json_t *before = json_deep_copy(doc);
         tw_status_t st;
-        switch (data[0] % 3) {
+        switch (data[0] % 4) {
         case 0: /* a device's reported patch, the second one older */
             st = tw_apply_reported(doc, patch, step ? 1500 : 2000, -1, &changed, why, sizeof why);
             break;
         case 1: /* an operator's desired patch */
             st = tw_apply_operator(doc, patch, NULL, 3000 + step, &changed, why, sizeof why);
             break;
-        default: /* desired and tags together: both hold or neither */
+        case 2: /* desired and tags together: both hold or neither */
             st = tw_apply_operator(doc, pa, step ? pb : pa, 3000 + step, &changed, why, sizeof why);
+            break;
+        default: /* an AWS shadow update: desired and reported (null: cleared), a
+                    version that matches on the first step */
+            st = tw_apply_shadow(doc, pa, step ? pb : pa, 4000 + step, step ? -1 : 1, &changed, why,
+                                 sizeof why);
             break;
         }
         s_check(doc, before, st, changed);

@@ -818,7 +818,12 @@ bool mht_backends_stop(mht_backends_t *b)
 
 void mht_platform_start(mht_platform_t *p)
 {
-    mht_broker_start(&p->broker);
+    if (p->broker.certs[0]) {
+        char certs[sizeof p->broker.certs];
+        snprintf(certs, sizeof certs, "%s", p->broker.certs);
+        mht_broker_start_tls(&p->broker, certs);
+    } else
+        mht_broker_start(&p->broker);
     mht_db_create(&p->db);
     mht_ingest_start(&p->ingest, "ingest", &p->db, 0, NULL);
     snprintf(p->downlink, sizeof p->downlink, "tcp://127.0.0.1:%d", mht_free_port());

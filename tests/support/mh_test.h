@@ -158,7 +158,9 @@ void mht_register_devices(const char *twin_rpc, const char *prefix, int n);
 
 /* The whole platform on one new database and broker: ingest, twin, ota,
  * a gateway forwarding to them and fleet-stats with an API token (what
- * MH_CURVE_DIR etc. in the environment say applies to all). */
+ * MH_CURVE_DIR etc. in the environment say applies to all). With
+ * broker.certs set beforehand the broker is the mutual-TLS one
+ * (mht_broker_start_tls). */
 typedef struct {
     mht_broker_t broker;
     mht_db_t db;

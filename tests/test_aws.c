@@ -1,0 +1,73 @@
+/* The AWS IoT device APIs (shared/spec/aws-iot-compat.md) with the AWS IoT
+ * Device SDKs from npm, unmodified, over mutual TLS against the whole
+ * platform. Each test runs one scenario in tests/aws/ (node), which checks
+ * what a device and an operator see and prints "# ok - ..." per check; the
+ * scenario exits non-zero when any check failed. */
+#include "mh_test.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static char s_ca[700];
+static mht_platform_t s_p;
+
+/* The fleet CA, the broker's certificate with the names clients dial, the
+ * gateway's, and devices thing-0000..0003 (registered in twin). */
+static int s_setup(void **state)
+{
+    (void)state;
+    snprintf(s_ca, sizeof s_ca, "%s/ca", mht_artifacts());
+    snprintf(s_p.broker.certs, sizeof s_p.broker.certs, "%s/certs", mht_artifacts());
+    mht_shell("rm -rf '%s' '%s'", s_ca, s_p.broker.certs);
+    if (mht_motectl("ca --ca-dir '%s' init", s_ca) != 0 ||
+        mht_motectl("ca --ca-dir '%s' issue --server broker --san 127.0.0.1 --san localhost "
+                    "--out '%s'",
+                    s_ca, s_p.broker.certs) != 0 ||
+        mht_motectl("ca --ca-dir '%s' issue --service gateway --out '%s'", s_ca,
+                    s_p.broker.certs) != 0 ||
+        mht_motectl("ca --ca-dir '%s' issue thing-0000 thing-0001 thing-0002 thing-0003 "
+                    "--out '%s'",
+                    s_ca, s_p.broker.certs) != 0 ||
+        mht_shell("cp '%s/crl.pem' '%s/crl.pem'", s_ca, s_p.broker.certs) != 0)
+        return -1;
+    mht_platform_start(&s_p);
+    mht_register_devices(s_p.twin.rpc_endpoint, "thing", 4);
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    return mht_platform_stop(&s_p) ? 0 : -1;
+}
+
+/* Runs tests/aws/<script> for `thing`; its exit status. */
+static int s_scenario(const char *script, const char *thing)
+{
+    const char *src = getenv("MH_SOURCE_ROOT") ? getenv("MH_SOURCE_ROOT") : ".";
+    return mht_shell("cd '%s/tests/aws' && MH_AWS_PORT=%d MH_AWS_CERTS='%s' MH_API_PORT=%d "
+                     "MH_API_TOKEN='%s' MH_AWS_THING='%s' timeout 120 node '%s' "
+                     "2>>'%s/%s.stderr'",
+                     src, s_p.broker.port, s_p.broker.certs, s_p.fleet.port, s_p.token, thing,
+                     script, mht_artifacts(), script);
+}
+
+#define S_SCENARIO(fn, script, thing)                                                              \
+    static void fn(void **state)                                                                   \
+    {                                                                                              \
+        (void)state;                                                                               \
+        assert_int_equal(s_scenario(script, thing), 0);                                            \
+    }
+
+S_SCENARIO(test_v1_thing_shadow, "shadow-v1.mjs", "thing-0000")
+S_SCENARIO(test_named_shadows_and_bad_input, "shadow-raw.mjs", "thing-0001")
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_v1_thing_shadow),
+        cmocka_unit_test(test_named_shadows_and_bad_input),
+    };
+    cmocka_set_message_output(CM_OUTPUT_TAP);
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
