@@ -41,32 +41,36 @@ static int s_teardown(void **state)
     return mht_platform_stop(&s_p) ? 0 : -1;
 }
 
-/* Runs tests/aws/<script> for `thing`; its exit status. */
-static int s_scenario(const char *script, const char *thing)
+/* Runs tests/aws/<script> <arg> for `thing`; its exit status. */
+static int s_scenario(const char *script, const char *arg, const char *thing)
 {
     const char *src = getenv("MH_SOURCE_ROOT") ? getenv("MH_SOURCE_ROOT") : ".";
     return mht_shell("cd '%s/tests/aws' && MH_AWS_PORT=%d MH_AWS_CERTS='%s' MH_API_PORT=%d "
-                     "MH_API_TOKEN='%s' MH_AWS_THING='%s' timeout 120 node '%s' "
+                     "MH_API_TOKEN='%s' MH_AWS_THING='%s' timeout 120 node '%s' %s "
                      "2>>'%s/%s.stderr'",
                      src, s_p.broker.port, s_p.broker.certs, s_p.fleet.port, s_p.token, thing,
-                     script, mht_artifacts(), script);
+                     script, arg, mht_artifacts(), script);
 }
 
-#define S_SCENARIO(fn, script, thing)                                                              \
+#define S_SCENARIO(fn, script, arg, thing)                                                         \
     static void fn(void **state)                                                                   \
     {                                                                                              \
         (void)state;                                                                               \
-        assert_int_equal(s_scenario(script, thing), 0);                                            \
+        assert_int_equal(s_scenario(script, arg, thing), 0);                                       \
     }
 
-S_SCENARIO(test_v1_thing_shadow, "shadow-v1.mjs", "thing-0000")
-S_SCENARIO(test_named_shadows_and_bad_input, "shadow-raw.mjs", "thing-0001")
+S_SCENARIO(test_v1_thing_shadow, "shadow-v1.mjs", "", "thing-0000")
+S_SCENARIO(test_named_shadows_and_bad_input, "shadow-raw.mjs", "", "thing-0001")
+S_SCENARIO(test_v2_shadow_mqtt5, "shadow-v2.mjs", "mqtt5", "thing-0002")
+S_SCENARIO(test_v2_shadow_mqtt311, "shadow-v2.mjs", "mqtt311", "thing-0002")
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_v1_thing_shadow),
         cmocka_unit_test(test_named_shadows_and_bad_input),
+        cmocka_unit_test(test_v2_shadow_mqtt5),
+        cmocka_unit_test(test_v2_shadow_mqtt311),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
