@@ -65,7 +65,20 @@ static void test_topics(void **state)
     assert_int_equal(T("$aws/things/x/shadow/name//get"), GW_BAD_TOPIC);
     assert_int_equal(T("$aws/things/x/shadow/name/a.b/get"), GW_BAD_TOPIC);
     assert_int_equal(T("$aws/things/x/shadow/name/n"), GW_BAD_TOPIC);
-    assert_int_equal(T("$aws/things/x/jobs/get"), GW_BAD_TOPIC);
+    /* the jobs requests: get, start-next, {jobId}/get and /update, $next/get */
+    const char *jobs[] = {"get", "start-next", "$next/get", "job-1_a/get", "job-1_a/update"};
+    for (size_t i = 0; i < sizeof jobs / sizeof *jobs; i++) {
+        char topic[128];
+        snprintf(topic, sizeof topic, "$aws/things/x/jobs/%s", jobs[i]);
+        assert_int_equal(gw_aws_topic_parse(topic, strlen(topic), id, name, &k), GW_OK);
+        assert_int_equal(k, GW_TOPIC_JOBS);
+        assert_string_equal(name, jobs[i]);
+    }
+    assert_int_equal(T("$aws/things/x/jobs/notify-next"), GW_BAD_TOPIC);
+    assert_int_equal(T("$aws/things/x/jobs/get/accepted"), GW_BAD_TOPIC);
+    assert_int_equal(T("$aws/things/x/jobs/$next/update"), GW_BAD_TOPIC);
+    assert_int_equal(T("$aws/things/x/jobs/a.b/update"), GW_BAD_TOPIC);
+    assert_int_equal(T("$aws/things/x/jobs/j/delete"), GW_BAD_TOPIC);
     assert_int_equal(T("$aws/things/bad+id/shadow/get"), GW_BAD_DEVICE_ID);
     assert_int_equal(T("$SYS/broker/uptime"), GW_BAD_TOPIC);
     assert_int_equal(T("motehub/aws/x"), GW_BAD_TOPIC);

@@ -144,16 +144,33 @@ static int s_on_acl(int event, void *data, void *ud)
 /* A device's AWS IoT request ($aws/things/<id>/...) goes on as
  * motehub/aws/things/<id>/...: mosquitto 2.0 never matches a shared
  * subscription's filter against a topic starting with '$', so the gateways
- * take the requests on $share/<group>/motehub/aws/... (gw_mqtt.c). Replies,
- * which services publish, keep their $aws topics. */
+ * take the requests on $share/<group>/motehub/aws/... (gw_mqtt.c).
+ *
+ * A service's publish to motehub/to/<client id>/<topic> is delivered as
+ * <topic> to that client alone, whether or not it subscribed (AWS IoT
+ * answers a request so: the embedded SDK's jobs demo subscribes only to
+ * notify-next). Nobody subscribes to motehub/to/, so nothing else gets it. */
 static int s_on_message(int event, void *data, void *ud)
 {
     (void)event;
     s_acl_t *self = ud;
     struct mosquitto_evt_message *e = data;
     const char *user = mosquitto_client_username(e->client);
-    if (!e->topic || strncmp(e->topic, "$aws/things/", 12) != 0 ||
-        (user && strncmp(user, self->service_prefix, strlen(self->service_prefix)) == 0))
+    bool service = user && strncmp(user, self->service_prefix, strlen(self->service_prefix)) == 0;
+    if (!e->topic)
+        return MOSQ_ERR_SUCCESS;
+    if (service && strncmp(e->topic, "motehub/to/", 11) == 0) {
+        const char *client = e->topic + 11, *slash = strchr(client, '/');
+        if (!slash || slash == client || !slash[1] || slash - client > 128)
+            return MOSQ_ERR_SUCCESS;
+        char id[129];
+        memcpy(id, client, (size_t)(slash - client));
+        id[slash - client] = 0;
+        mosquitto_broker_publish_copy(id, slash + 1, (int)e->payloadlen, e->payload, e->qos, false,
+                                      NULL);
+        return MOSQ_ERR_SUCCESS;
+    }
+    if (service || strncmp(e->topic, "$aws/things/", 12) != 0)
         return MOSQ_ERR_SUCCESS;
     size_t n = strlen(e->topic);
     char *t = mosquitto_malloc(n + sizeof "motehub/");

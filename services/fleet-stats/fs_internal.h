@@ -102,8 +102,10 @@ int fs_devices(fs_t *self, struct mg_connection *c, const char *method, const ch
 /* ---- fs_ota.c ---- */
 
 int fs_firmware(fs_t *self, struct mg_connection *c, const char *method, const char *version);
+/* /api/v1/rollouts, and with `jobs` /api/v1/jobs: the rollouts of a
+ * document (AWS IoT Jobs), whose per-device list is "executions" */
 int fs_rollouts(fs_t *self, struct mg_connection *c, const char *method, const char *id,
-                const char *action);
+                const char *action, bool jobs);
 
 /* ---- fs_routes.c ---- */
 

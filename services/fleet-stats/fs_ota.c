@@ -89,7 +89,7 @@ int fs_firmware(fs_t *self, struct mg_connection *c, const char *method, const c
 }
 
 int fs_rollouts(fs_t *self, struct mg_connection *c, const char *method, const char *id,
-                const char *action)
+                const char *action, bool jobs)
 {
     const char *qs = mg_get_request_info(c)->query_string;
     Mh__OtaRequest q = MH__OTA_REQUEST__INIT;
@@ -99,6 +99,12 @@ int fs_rollouts(fs_t *self, struct mg_connection *c, const char *method, const c
             json_t *b = fs_body_object(self, c, true);
             if (!b)
                 return 400;
+            if (jobs && !json_object_get(b, "document")) {
+                json_decref(b);
+                return fs_error(self, c, 400, "bad_request",
+                                "a job needs a \"document\" (a JSON object); firmware goes to"
+                                " /api/v1/rollouts");
+            }
             char *text = json_dumps(b, JSON_COMPACT);
             json_decref(b);
             q.method = MH__OTA_REQUEST__METHOD__CREATE_ROLLOUT;
@@ -117,6 +123,7 @@ int fs_rollouts(fs_t *self, struct mg_connection *c, const char *method, const c
         q.limit = fs_query_u32(qs, "limit", &bad);
         q.cursor = cursor;
         q.state = state;
+        q.kind = jobs ? "job" : "";
         if (bad)
             return fs_error(self, c, 400, "bad_request", "\"limit\" is a number from 1 to 1000");
         return s_ota(self, c, &q, false);
@@ -125,6 +132,24 @@ int fs_rollouts(fs_t *self, struct mg_connection *c, const char *method, const c
         if (strcmp(method, "GET") != 0)
             return fs_error(self, c, 405, "method_not_allowed", "GET");
         q.method = MH__OTA_REQUEST__METHOD__GET_ROLLOUT;
+        return s_ota(self, c, &q, false);
+    }
+    if (strcmp(action, jobs ? "executions" : "jobs") == 0) {
+        /* each device's job, the AWS IoT status beside ota's */
+        if (strcmp(method, "GET") != 0)
+            return fs_error(self, c, 405, "method_not_allowed", "GET");
+        bool bad = false;
+        char cursor[64], state[32], device[MH_MAX_DEVICE_ID + 1];
+        fs_query_str(qs, "cursor", cursor, sizeof cursor);
+        fs_query_str(qs, "state", state, sizeof state);
+        fs_query_str(qs, "device", device, sizeof device);
+        q.method = MH__OTA_REQUEST__METHOD__LIST_JOBS;
+        q.limit = fs_query_u32(qs, "limit", &bad);
+        q.cursor = cursor;
+        q.state = state;
+        q.device_id = device;
+        if (bad)
+            return fs_error(self, c, 400, "bad_request", "\"limit\" is a number from 1 to 1000");
         return s_ota(self, c, &q, false);
     }
     if (strcmp(method, "POST") != 0)

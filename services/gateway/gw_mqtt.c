@@ -87,7 +87,8 @@ static void s_on_sub_failed3(void *context, MQTTAsync_failureData *resp)
 
 /* The topic filters the gateway takes, shared or plain: telemetry and
  * status always, the twin topics (and the AWS IoT shadow requests) when a
- * twin endpoint is set, ota/status when an ota endpoint is. */
+ * twin endpoint is set, ota/status (and the AWS IoT jobs requests) when an
+ * ota endpoint is. */
 
 void gw_topics(gw_t *self, gw_topics_t *t)
 {
@@ -114,11 +115,16 @@ void gw_topics(gw_t *self, gw_topics_t *t)
      * against a '$' topic (motehub_acl.c). Without a share group the
      * gateway takes them where they were published too (a broker without
      * the plugin). */
-    static const char *aws[GW_NAWS / 2] = {
-        "things/+/shadow/get",           "things/+/shadow/update",
-        "things/+/shadow/delete",        "things/+/shadow/name/+/get",
-        "things/+/shadow/name/+/update", "things/+/shadow/name/+/delete"};
-    for (int i = 0; *self->cfg->twin_endpoint && i < GW_NAWS / 2; i++) {
+    static const char *aws[GW_NAWS / 2] = {"things/+/shadow/get", "things/+/shadow/update",
+                                           "things/+/shadow/delete", "things/+/shadow/name/+/get",
+                                           "things/+/shadow/name/+/update",
+                                           "things/+/shadow/name/+/delete",
+                                           /* to ota; "jobs/+/get" takes "$next/get" too */
+                                           "things/+/jobs/get", "things/+/jobs/start-next",
+                                           "things/+/jobs/+/get", "things/+/jobs/+/update"};
+    for (int i = 0; i < GW_NAWS / 2; i++) {
+        if (!*(i < 6 ? self->cfg->twin_endpoint : self->cfg->ota_endpoint))
+            continue;
         if (*self->cfg->share_group) {
             snprintf(t->buf[t->n], sizeof t->buf[t->n], "$share/%s/motehub/aws/%s",
                      self->cfg->share_group, aws[i]);

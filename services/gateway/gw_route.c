@@ -86,6 +86,22 @@ void gw_seen_flush(gw_t *self)
     self->nseen = 0;
 }
 
+/* A device's message as it came, with `arg` (a shadow's name, a jobs
+ * request, or ""), to twin or ota. */
+static void s_forward_raw(gw_t *self, mh_relay_t *relay, const char *who, const char *device,
+                          Mh__DeviceMessage__Kind kind, const char *arg, const char *payload,
+                          size_t plen, int64_t now)
+{
+    Mh__DeviceMessage dm = MH__DEVICE_MESSAGE__INIT;
+    dm.device_id = (char *)device;
+    dm.kind = kind;
+    dm.shadow = (char *)arg;
+    dm.payload.data = (uint8_t *)payload;
+    dm.payload.len = plen;
+    dm.received_ms = now;
+    s_forward_to(self, relay, who, "device.message", &dm.base);
+}
+
 /* Telemetry tells twin a device is alive, at most once per seen-interval. */
 static void s_seen(gw_t *self, const char *device, int64_t received_ms)
 {
@@ -207,37 +223,37 @@ void gw_handle(gw_t *self, zmsg_t *m)
     case GW_TOPIC_SHADOW_GET:
     case GW_TOPIC_SHADOW_UPDATE:
     case GW_TOPIC_SHADOW_DELETE:
-        /* Twin validates these and answers on the AWS reply topics. */
+    case GW_TOPIC_JOBS: {
+        /* Twin (shadows) and ota (jobs) validate these and answer on the AWS
+         * reply topics; the shadow's name or the jobs request goes along. */
+        bool jobs = kind == GW_TOPIC_JOBS;
+        mh_relay_t *to = jobs ? self->ota_relay : self->twin_relay;
         if (plen > GW_MAX_PAYLOAD) {
             snprintf(detail, sizeof detail, "payload of %zu bytes is over the limit", plen);
             r = GW_TOO_LARGE;
-        } else if (self->twin_relay) {
-            char name[GW_MAX_SHADOW_NAME + 1];
-            gw_aws_topic_parse((const char *)zframe_data(ft), zframe_size(ft), device, name, &kind);
-            Mh__DeviceMessage dm = MH__DEVICE_MESSAGE__INIT;
-            dm.device_id = device;
-            dm.kind = kind == GW_TOPIC_SHADOW_GET      ? MH__DEVICE_MESSAGE__KIND__SHADOW_GET
-                      : kind == GW_TOPIC_SHADOW_UPDATE ? MH__DEVICE_MESSAGE__KIND__SHADOW_UPDATE
-                                                       : MH__DEVICE_MESSAGE__KIND__SHADOW_DELETE;
-            dm.shadow = name;
-            dm.payload.data = (uint8_t *)payload;
-            dm.payload.len = plen;
-            dm.received_ms = now;
-            s_forward(self, "device.message", &dm.base);
-            zhashx_update(self->seen, device, (void *)(uintptr_t)mh_mono_ms());
+        } else if (to) {
+            char arg[GW_MAX_AWS_ARG + 1];
+            gw_aws_topic_parse((const char *)zframe_data(ft), zframe_size(ft), device, arg, &kind);
+            s_forward_raw(self, to, jobs ? "ota" : "twin", device,
+                          jobs                          ? MH__DEVICE_MESSAGE__KIND__JOBS_REQUEST
+                          : kind == GW_TOPIC_SHADOW_GET ? MH__DEVICE_MESSAGE__KIND__SHADOW_GET
+                          : kind == GW_TOPIC_SHADOW_UPDATE
+                              ? MH__DEVICE_MESSAGE__KIND__SHADOW_UPDATE
+                              : MH__DEVICE_MESSAGE__KIND__SHADOW_DELETE,
+                          arg, payload, plen, now);
         }
+        /* twin sees a device in its own messages; ota's are told to it */
+        if (!r && !jobs && self->twin_relay)
+            zhashx_update(self->seen, device, (void *)(uintptr_t)mh_mono_ms());
+        else if (!r && self->twin_relay)
+            s_seen(self, device, now);
         break;
+    }
     case GW_TOPIC_OTA_STATUS:
         r = gw_validate_ota_status(payload, plen, detail, sizeof detail);
-        if (!r && self->ota_relay) {
-            Mh__DeviceMessage dm = MH__DEVICE_MESSAGE__INIT;
-            dm.device_id = device;
-            dm.kind = MH__DEVICE_MESSAGE__KIND__OTA_STATUS;
-            dm.payload.data = (uint8_t *)payload;
-            dm.payload.len = plen;
-            dm.received_ms = now;
-            s_forward_to(self, self->ota_relay, "ota", "device.message", &dm.base);
-        }
+        if (!r && self->ota_relay)
+            s_forward_raw(self, self->ota_relay, "ota", device,
+                          MH__DEVICE_MESSAGE__KIND__OTA_STATUS, "", payload, plen, now);
         if (!r && self->twin_relay)
             s_seen(self, device, now);
         break;

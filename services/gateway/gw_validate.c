@@ -92,6 +92,22 @@ gw_reason_t gw_topic_parse(const char *topic, size_t len, char *id_out, gw_topic
     return GW_OK;
 }
 
+/* A jobs request after "jobs/": get, start-next, or {jobId}/get and
+ * {jobId}/update, where the job id may be $next (get only, as AWS). */
+static bool s_jobs_request(const char *rest, size_t len)
+{
+#define S_IS(lit) (len == sizeof(lit) - 1 && memcmp(rest, lit, len) == 0)
+    if (S_IS("get") || S_IS("start-next") || S_IS("$next/get"))
+        return true;
+#undef S_IS
+    const char *slash = memchr(rest, '/', len);
+    if (!slash || slash - rest > GW_MAX_JOB_ID || !s_charset(rest, (size_t)(slash - rest), "_-"))
+        return false;
+    size_t tail = len - (size_t)(slash - rest);
+    return (tail == 4 && memcmp(slash, "/get", 4) == 0) ||
+           (tail == 7 && memcmp(slash, "/update", 7) == 0);
+}
+
 gw_reason_t gw_aws_topic_parse(const char *topic, size_t len, char *id_out, char *name_out,
                                gw_topic_kind_t *kind)
 {
@@ -102,8 +118,21 @@ gw_reason_t gw_aws_topic_parse(const char *topic, size_t len, char *id_out, char
                                &id, &idlen, &slash);
     if (r)
         return r;
-    static const char shadow[] = "/shadow/", named[] = "name/";
+    static const char shadow[] = "/shadow/", named[] = "name/", jobs[] = "/jobs/";
     const char *rest = slash;
+    if ((size_t)(end - rest) > sizeof jobs - 1 && memcmp(rest, jobs, sizeof jobs - 1) == 0) {
+        rest += sizeof jobs - 1;
+        if (!s_jobs_request(rest, (size_t)(end - rest)))
+            return GW_BAD_TOPIC;
+        *kind = GW_TOPIC_JOBS;
+        memcpy(id_out, id, idlen);
+        id_out[idlen] = 0;
+        if (name_out) {
+            memcpy(name_out, rest, (size_t)(end - rest));
+            name_out[end - rest] = 0;
+        }
+        return GW_OK;
+    }
     if ((size_t)(end - rest) <= sizeof shadow - 1 || memcmp(rest, shadow, sizeof shadow - 1))
         return GW_BAD_TOPIC;
     rest += sizeof shadow - 1;

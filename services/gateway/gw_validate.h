@@ -46,6 +46,7 @@ typedef enum {
     GW_TOPIC_SHADOW_GET, /* $aws/things/{id}/shadow[/name/{n}]/get: to twin */
     GW_TOPIC_SHADOW_UPDATE,
     GW_TOPIC_SHADOW_DELETE,
+    GW_TOPIC_JOBS, /* $aws/things/{id}/jobs/...: to ota */
     GW_TOPIC_COUNT
 } gw_topic_kind_t;
 
@@ -60,12 +61,19 @@ gw_reason_t gw_topic_parse(const char *topic, size_t len, char *id_out, gw_topic
 /* The longest shadow name (shared/spec/aws-iot-compat.md): 1-64 of
  * a-zA-Z0-9:_- */
 #define GW_MAX_SHADOW_NAME 64
+/* AWS IoT job ids: 1-64 of a-zA-Z0-9_- */
+#define GW_MAX_JOB_ID 64
+/* What gw_aws_topic_parse gives in name_out: a shadow's name or a jobs
+ * request ("start-next", "{jobId}/update", ...) */
+#define GW_MAX_AWS_ARG (GW_MAX_JOB_ID + 8)
 
-/* Splits "$aws/things/{id}/shadow/{get,update,delete}" and
- * "$aws/things/{id}/shadow/name/{shadow}/{get,update,delete}": the id into
- * id_out[GW_MAX_ID + 1], the shadow's name (or "") into
- * name_out[GW_MAX_SHADOW_NAME + 1] when name_out is not NULL. The same
- * under motehub/aws/things/, where the broker plugin moves them. */
+/* Splits "$aws/things/{id}/shadow/{get,update,delete}",
+ * "$aws/things/{id}/shadow/name/{shadow}/{get,update,delete}" and the jobs
+ * requests "$aws/things/{id}/jobs/{get,start-next,{jobId}/get,
+ * {jobId}/update}": the id into id_out[GW_MAX_ID + 1], and when name_out
+ * is not NULL the shadow's name (or "") or the jobs request after "jobs/"
+ * into name_out[GW_MAX_AWS_ARG + 1]. The same under motehub/aws/things/,
+ * where the broker plugin moves them. */
 gw_reason_t gw_aws_topic_parse(const char *topic, size_t len, char *id_out, char *name_out,
                                gw_topic_kind_t *kind);
 

@@ -9,6 +9,7 @@
  *   ota_targets.c  the devices a rollout covers, from twin; the tick
  *   ota_status.c   jobs a gateway published (sent), and devices' OTA status
  *                  messages, applied in batches
+ *   ota_jobs.c     the AWS IoT Jobs device API over the same jobs
  *   ota_rpc.c      the operator RPC methods (served by mh_rpc_server)
  *   ota_image.c    signed image downloads; ota_plan.c and ota_input.c pure
  *                  rules and parsers */
@@ -134,6 +135,25 @@ void ota_rollout_event(ota_t *self, const char *id, const char *firmware, const 
 void ota_out_flush(ota_t *self);
 void ota_out_discard(ota_t *self);
 void ota_out_job(ota_t *self, PGresult *res, int r, int64_t exp_s);
+/* Publishes `v` (taken) on `topic` through the device's gateway; `direct`:
+ * to that client alone, subscribed or not (motehub/to/, motehub_acl.c). */
+void ota_out_publish(ota_t *self, const char *device, const char *topic, json_t *v, bool direct);
+
+/* ---- ota_jobs.c ---- */
+
+/* A device's request on $aws/things/{device}/jobs/{request}, answered on
+ * its reply topics. 0, or -EIO when the database is away (keep it). */
+int ota_jobs_request(ota_t *self, const char *device, const char *request, const uint8_t *payload,
+                     size_t len);
+/* The AWS IoT status of an ota job status (and the outcome a device gave). */
+const char *ota_jobs_aws_status(const char *status, const char *outcome);
+/* The AWS jobId of a rollout's install or rollback. */
+void ota_jobs_id(const char *rollout, const char *action, char *out, size_t len);
+/* A job's document: the rollout's own, or for firmware one Motehub builds
+ * (operation, version, url, size, sha256, signature, rollout). */
+json_t *ota_jobs_document(ota_t *self, const char *document, const char *action,
+                          const char *version, const char *rollout, int64_t size, const char *sha,
+                          const char *sig);
 
 /* ---- ota_rollout.c ---- */
 

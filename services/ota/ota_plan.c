@@ -27,6 +27,8 @@ void ota_spec_clear(ota_spec_t *spec)
 {
     json_decref(spec->target_tags);
     spec->target_tags = NULL;
+    json_decref(spec->document);
+    spec->document = NULL;
 }
 
 /* A number field in [lo, hi]; absent keeps *out. */
@@ -156,6 +158,7 @@ int ota_spec_from_json(json_t *root, ota_spec_t *out, char *why, size_t whylen)
         return -1;
     }
     static const char *known[] = {"firmware",
+                                  "document",
                                   "target",
                                   "waves",
                                   "successThreshold",
@@ -178,12 +181,25 @@ int ota_spec_from_json(json_t *root, ota_spec_t *out, char *why, size_t whylen)
             return -1;
         }
     }
-    json_t *fw = json_object_get(root, "firmware");
-    if (!json_is_string(fw) || !ota_name_valid(json_string_value(fw))) {
-        S_WHY("\"firmware\" must be the version to install (1-64 of A-Z a-z 0-9 . _ + -)");
+    json_t *fw = json_object_get(root, "firmware"), *doc = json_object_get(root, "document");
+    if (fw && doc) {
+        S_WHY("a rollout installs \"firmware\" or runs a job's \"document\", not both");
         return -1;
     }
-    snprintf(out->firmware, sizeof out->firmware, "%s", json_string_value(fw));
+    if (doc) {
+        if (!json_is_object(doc) || json_dumpb(doc, NULL, 0, JSON_COMPACT) > OTA_MAX_DOCUMENT) {
+            S_WHY("\"document\" must be a JSON object of at most %d bytes", OTA_MAX_DOCUMENT);
+            return -1;
+        }
+        out->document = json_incref(doc);
+        out->rollback_on_failure = false; /* nothing to roll back to */
+    } else if (!json_is_string(fw) || !ota_name_valid(json_string_value(fw))) {
+        S_WHY("\"firmware\" must be the version to install (1-64 of A-Z a-z 0-9 . _ + -),"
+              " or \"document\" a job's document");
+        return -1;
+    } else {
+        snprintf(out->firmware, sizeof out->firmware, "%s", json_string_value(fw));
+    }
     double min_devices = 1;
     if (s_target(json_object_get(root, "target"), out, why, whylen) < 0 ||
         s_waves(json_object_get(root, "waves"), out, why, whylen) < 0 ||
@@ -208,6 +224,11 @@ int ota_spec_from_json(json_t *root, ota_spec_t *out, char *why, size_t whylen)
         const char *s = json_string_value(of);
         if (!s || (strcmp(s, "rollback") && strcmp(s, "pause"))) {
             S_WHY("\"onFailure\" is \"rollback\" or \"pause\"");
+            ota_spec_clear(out);
+            return -1;
+        }
+        if (out->document && strcmp(s, "rollback") == 0) {
+            S_WHY("a job of a document cannot roll back: \"onFailure\" is \"pause\"");
             ota_spec_clear(out);
             return -1;
         }
@@ -241,12 +262,17 @@ json_t *ota_spec_json(const ota_spec_t *s)
     json_t *waves = json_array();
     for (int i = 0; i < s->nwaves; i++)
         json_array_append_new(waves, json_pack("{s:f}", "percent", s->percents[i]));
-    return json_pack(
+    json_t *out = json_pack(
         "{s:s,s:o,s:o,s:f,s:f,s:I,s:I,s:I,s:I,s:s}", "firmware", s->firmware, "target", target,
         "waves", waves, "successThreshold", s->success_threshold, "failureThreshold",
         s->failure_threshold, "minDevicesPerWave", (json_int_t)s->min_devices, "soakSeconds",
         (json_int_t)s->soak_s, "jobTimeoutSeconds", (json_int_t)s->job_timeout_s, "maxPerMinute",
         (json_int_t)s->max_per_minute, "onFailure", s->rollback_on_failure ? "rollback" : "pause");
+    if (s->document) {
+        json_object_del(out, "firmware");
+        json_object_set(out, "document", s->document);
+    }
+    return out;
 }
 
 uint64_t ota_device_hash(const char *id)

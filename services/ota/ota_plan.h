@@ -14,8 +14,12 @@
 #define OTA_MAX_WAVES   20
 #define OTA_MAX_VERSION 64
 
+/* A job's document: a JSON object of at most 32 KiB (AWS IoT's limit) */
+#define OTA_MAX_DOCUMENT (32 * 1024)
+
 typedef struct {
-    char firmware[OTA_MAX_VERSION + 1];
+    char firmware[OTA_MAX_VERSION + 1];        /* "" for a job of a document */
+    json_t *document;                          /* a job: the document devices get; else NULL */
     json_t *target_tags;                       /* object of strings, or NULL */
     char target_firmware[OTA_MAX_VERSION + 1]; /* "" = any */
     double percents[OTA_MAX_WAVES];            /* cumulative, rising, last 100 */
@@ -26,7 +30,7 @@ typedef struct {
     int64_t soak_s;           /* default 600 */
     int64_t job_timeout_s;    /* default 3600 */
     int64_t max_per_minute;   /* default 1000 */
-    bool rollback_on_failure; /* onFailure "rollback" (default) or "pause" */
+    bool rollback_on_failure; /* onFailure "rollback" (firmware's default) or "pause" */
 } ota_spec_t;
 
 /* Parses a rollout request. 0, or -1 with `why` filled (the API's 400). */

@@ -215,8 +215,9 @@ static double s_dispatch(ota_t *self, const char *id, bool installs, double toke
     PGresult *res = mh_pg_exec(
         self->pg, PGRES_TUPLES_OK,
         "SELECT j.id, j.device_id, j.action, j.to_version, j.rollout_id, f.size, f.sha256,"
-        " f.signature, j.last_sent_ms IS NULL, j.wave"
-        " FROM ota.jobs j LEFT JOIN ota.firmware f ON f.version = j.to_version"
+        " f.signature, j.last_sent_ms IS NULL, j.wave, (r.spec->'document')::text, j.created_ms"
+        " FROM ota.jobs j JOIN ota.rollouts r ON r.id = j.rollout_id"
+        " LEFT JOIN ota.firmware f ON f.version = j.to_version"
         " WHERE j.rollout_id = $1 AND (j.action = 'rollback' OR $2) AND ("
         "   (j.status = 'queued' AND (j.last_sent_ms IS NULL OR j.last_sent_ms <= $3::bigint))"
         "   OR (j.status = 'sent' AND j.last_sent_ms <= $3::bigint)"
@@ -447,10 +448,14 @@ void ota_sweep_timeouts(ota_t *self, int64_t now)
     const char *p[] = {now_s};
     PGresult *res =
         mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                   "UPDATE ota.jobs j SET status = 'timed_out', finished_ms = $1::bigint"
+                   "UPDATE ota.jobs j SET status = 'timed_out', finished_ms = $1::bigint,"
+                   " updated_ms = $1::bigint, version_number = j.version_number + 1"
                    " FROM ota.rollouts r WHERE j.rollout_id = r.id"
                    " AND (j.status IN ('sent', 'downloading', 'installing')"
                    "   AND j.sent_ms <= $1::bigint - (r.spec->>'jobTimeoutSeconds')::bigint * 1000"
+                   /* an AWS IoT job's step timer ran out (ota_jobs.c) */
+                   "   OR j.status IN ('sent', 'downloading', 'installing')"
+                   "   AND j.step_deadline_ms <= $1::bigint"
                    /* handed to a gateway and never confirmed published: an
                     * active rollout hands it again every resend-after, so
                     * its last hand-over gets old only when nothing will

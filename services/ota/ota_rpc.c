@@ -147,11 +147,13 @@ static void s_rpc_create_rollout(ota_t *self, const Mh__OtaRequest *q, s_reply_t
     bool ok = text && mh_pg_begin(self->pg, err, sizeof err);
     PGresult *res = NULL;
     if (ok) {
+        /* a job of a document (AWS IoT Jobs) installs no firmware */
         res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
                          "INSERT INTO ota.rollouts (id, firmware, spec, state, created_ms,"
-                         " updated_ms) SELECT gen_random_uuid()::text, version, $2::jsonb,"
-                         " 'scheduled', $3::bigint, $3::bigint FROM ota.firmware"
-                         " WHERE version = $1 RETURNING id",
+                         " updated_ms) SELECT gen_random_uuid()::text, NULLIF($1, ''), $2::jsonb,"
+                         " 'scheduled', $3::bigint, $3::bigint"
+                         " WHERE $1 = '' OR EXISTS (SELECT 1 FROM ota.firmware WHERE version = $1)"
+                         " RETURNING id",
                          3, p, err, sizeof err);
         ok = res != NULL;
     }
@@ -201,13 +203,15 @@ static void s_rpc_list_rollouts(ota_t *self, const Mh__OtaRequest *q, s_reply_t 
     char *end = NULL;
     if (*q->cursor && (strtoll(q->cursor, &end, 10) <= 0 || *end))
         return mh_rpc_fail(&r->base, 400, "bad_request", "\"cursor\" is not one this API returned");
-    const char *p[] = {*q->cursor ? q->cursor : NULL, *q->state ? q->state : NULL, lim};
+    const char *p[] = {*q->cursor ? q->cursor : NULL, *q->state ? q->state : NULL, lim,
+                       q->kind && *q->kind ? q->kind : NULL};
     PGresult *res = mh_rpc_db_query(&self->db, &r->base,
                                     "SELECT " OTA_ROLLOUT_COLS " FROM ota.rollouts"
                                     " WHERE ($1::bigint IS NULL OR seq < $1::bigint)"
                                     " AND ($2::text IS NULL OR state = $2)"
+                                    " AND ($4::text IS NULL OR (firmware IS NULL) = ($4 = 'job'))"
                                     " ORDER BY seq DESC LIMIT $3::int",
-                                    3, p);
+                                    4, p);
     mh_rpc_page(&r->base, res, limit,
                 &(mh_rpc_page_t){.item = s_rollout_item, .ud = self, .cursor_col = 11});
 }
@@ -276,15 +280,17 @@ static void s_rpc_control(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
             strcmp(state, "paused") == 0)
             to = "aborted", reason = "aborted by an operator", cancel = true;
         break;
-    default: /* rollback */
-        if (has_jobs && (strcmp(state, "running") == 0 || strcmp(state, "paused") == 0 ||
-                         strcmp(state, "completed") == 0 || strcmp(state, "aborted") == 0))
+    default: /* rollback; a job of a document (no firmware) has nothing to go back to */
+        if (has_jobs && *firmware &&
+            (strcmp(state, "running") == 0 || strcmp(state, "paused") == 0 ||
+             strcmp(state, "completed") == 0 || strcmp(state, "aborted") == 0))
             to = "rolling_back", reason = OTA_OPERATOR_ROLLBACK, cancel = true;
         break;
     }
     if (!to) {
         mh_pg_rollback(self->pg);
-        return mh_rpc_fail(&r->base, 409, "conflict", "the rollout is %s; it cannot be %s", state,
+        return mh_rpc_fail(&r->base, 409, "conflict", "the rollout is %s%s; it cannot be %s", state,
+                           *firmware ? "" : " (a job of a document)",
                            q->method == MH__OTA_REQUEST__METHOD__PAUSE_ROLLOUT    ? "paused"
                            : q->method == MH__OTA_REQUEST__METHOD__RESUME_ROLLOUT ? "resumed"
                            : q->method == MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT  ? "aborted"
@@ -306,14 +312,17 @@ static void s_rpc_control(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 static json_t *s_job_item(PGresult *res, int i, void *ud)
 {
     (void)ud;
-    return json_pack("{s:s,s:s,s:s,s:s,s:o,s:I,s:s,s:I,s:o,s:o,s:o,s:o,s:I}", "jobId",
-                     PQgetvalue(res, i, 0), "device", PQgetvalue(res, i, 1), "action",
-                     PQgetvalue(res, i, 2), "version", PQgetvalue(res, i, 3), "fromVersion",
-                     ota_str_or_null(res, i, 4), "wave", (json_int_t)ota_i64(res, i, 5), "status",
-                     PQgetvalue(res, i, 6), "progress", (json_int_t)ota_i64(res, i, 7), "error",
-                     ota_str_or_null(res, i, 8), "sentAt", ota_ms_or_null(res, i, 9), "answeredAt",
-                     ota_ms_or_null(res, i, 10), "finishedAt", ota_ms_or_null(res, i, 11), "sends",
-                     (json_int_t)ota_i64(res, i, 12));
+    json_t *details = PQgetisnull(res, i, 15) ? NULL : json_loads(PQgetvalue(res, i, 15), 0, NULL);
+    return json_pack(
+        "{s:s,s:s,s:s,s:o,s:o,s:I,s:s,s:I,s:o,s:o,s:o,s:o,s:I,s:s,s:o,s:I}", "jobId",
+        PQgetvalue(res, i, 0), "device", PQgetvalue(res, i, 1), "action", PQgetvalue(res, i, 2),
+        "version", ota_str_or_null(res, i, 3), "fromVersion", ota_str_or_null(res, i, 4), "wave",
+        (json_int_t)ota_i64(res, i, 5), "status", PQgetvalue(res, i, 6), "progress",
+        (json_int_t)ota_i64(res, i, 7), "error", ota_str_or_null(res, i, 8), "sentAt",
+        ota_ms_or_null(res, i, 9), "answeredAt", ota_ms_or_null(res, i, 10), "finishedAt",
+        ota_ms_or_null(res, i, 11), "sends", (json_int_t)ota_i64(res, i, 12), "awsStatus",
+        ota_jobs_aws_status(PQgetvalue(res, i, 6), PQgetvalue(res, i, 14)), "statusDetails",
+        details ? details : json_null(), "versionNumber", (json_int_t)ota_i64(res, i, 16));
 }
 
 /* A job list's cursor: "rank:action" of the last job given. */
@@ -345,7 +354,8 @@ static void s_rpc_list_jobs(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
     PGresult *res = mh_rpc_db_query(
         &self->db, &r->base,
         "SELECT id, device_id, action, to_version, from_version, wave, status, progress, error,"
-        " sent_ms, answered_ms, finished_ms, sends, rank FROM ota.jobs WHERE rollout_id = $1"
+        " sent_ms, answered_ms, finished_ms, sends, rank, outcome, status_details::text,"
+        " version_number FROM ota.jobs WHERE rollout_id = $1"
         " AND ($2::int IS NULL OR (rank, action) > ($2::int, $3::text))"
         " AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR device_id = $5)"
         " ORDER BY rank, action LIMIT $6::int",

@@ -85,7 +85,19 @@ static const char *s_schema_sql =
     "  UNIQUE (rollout_id, device_id, action));"
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON ota.jobs (rollout_id, status, rank);"
     "CREATE INDEX IF NOT EXISTS jobs_in_flight ON ota.jobs (sent_ms)"
-    "  WHERE status IN ('sent', 'downloading', 'installing');";
+    "  WHERE status IN ('sent', 'downloading', 'installing');"
+    /* AWS IoT Jobs (ota_jobs.c): a rollout of a document has no firmware;
+     * an execution's version, details, start, last update, step deadline,
+     * and the terminal status a device gave when ota's differs (REJECTED) */
+    "ALTER TABLE ota.rollouts ALTER COLUMN firmware DROP NOT NULL;"
+    "ALTER TABLE ota.jobs ADD COLUMN IF NOT EXISTS version_number int NOT NULL DEFAULT 1,"
+    "  ADD COLUMN IF NOT EXISTS status_details jsonb,"
+    "  ADD COLUMN IF NOT EXISTS started_ms bigint, ADD COLUMN IF NOT EXISTS updated_ms bigint,"
+    "  ADD COLUMN IF NOT EXISTS step_deadline_ms bigint,"
+    "  ADD COLUMN IF NOT EXISTS outcome text;"
+    "CREATE INDEX IF NOT EXISTS jobs_by_device ON ota.jobs (device_id, created_ms);"
+    "CREATE INDEX IF NOT EXISTS jobs_step_deadline ON ota.jobs (step_deadline_ms)"
+    "  WHERE step_deadline_ms IS NOT NULL;";
 
 /* ---- set-up and the loop ---- */
 

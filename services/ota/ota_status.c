@@ -57,17 +57,29 @@ static void s_free_item(void **item)
     *item = NULL;
 }
 
-/* Adds one status message to `by_job` (the newest state of each job). */
-static void s_take(zhashx_t *by_job, const zframe_t *f, size_t *bad)
+static void s_free_message(void **item)
+{
+    if (*item)
+        mh__device_message__free_unpacked(*item, NULL);
+    *item = NULL;
+}
+
+/* Adds one status message to `by_job` (the newest state of each job), or
+ * an AWS IoT jobs request to `requests` (in order). */
+static void s_take(zhashx_t *by_job, zlistx_t *requests, const zframe_t *f, size_t *bad)
 {
     Mh__Envelope *env = mh_envelope_unpack(f);
     Mh__DeviceMessage *m = NULL;
     if (env && strcmp(env->type, "device.message") == 0)
         m = mh__device_message__unpack(NULL, env->body.len, env->body.data);
     ota_status_msg_t sm;
-    if (!m || m->kind != MH__DEVICE_MESSAGE__KIND__OTA_STATUS ||
-        !mh_device_id_valid(m->device_id, strlen(m->device_id)) ||
-        ota_status_parse((const char *)m->payload.data, m->payload.len, &sm) < 0) {
+    if (m && m->kind == MH__DEVICE_MESSAGE__KIND__JOBS_REQUEST &&
+        mh_device_id_valid(m->device_id, strlen(m->device_id)) && m->shadow) {
+        zlistx_add_end(requests, m); /* the list owns it now */
+        m = NULL;
+    } else if (!m || m->kind != MH__DEVICE_MESSAGE__KIND__OTA_STATUS ||
+               !mh_device_id_valid(m->device_id, strlen(m->device_id)) ||
+               ota_status_parse((const char *)m->payload.data, m->payload.len, &sm) < 0) {
         (*bad)++;
     } else {
         s_status_t *st = zhashx_lookup(by_job, sm.job);
@@ -90,6 +102,17 @@ static void s_take(zhashx_t *by_job, const zframe_t *f, size_t *bad)
     mh_envelope_free(&env);
 }
 
+/* The AWS IoT jobs requests of a batch, one by one (ota_jobs.c). */
+static int s_requests(ota_t *self, zlistx_t *requests)
+{
+    for (Mh__DeviceMessage *m = zlistx_first(requests); m; m = zlistx_next(requests)) {
+        int rc = ota_jobs_request(self, m->device_id, m->shadow, m->payload.data, m->payload.len);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* Applies relay batches of status messages in one statement. 0, -EAGAIN
  * (retry), -EIO (database lost: keep the messages).
  *
@@ -101,10 +124,18 @@ static int s_status_batch(ota_t *self, mh_relay_batch_t **batches, size_t nb)
 {
     zhashx_t *by_job = zhashx_new();
     zhashx_set_destructor(by_job, s_free_item);
+    zlistx_t *requests = zlistx_new();
+    zlistx_set_destructor(requests, s_free_message);
     size_t bad = 0;
     for (size_t k = 0; k < nb; k++)
         for (size_t j = 0; j < batches[k]->n; j++)
-            s_take(by_job, batches[k]->messages[j], &bad);
+            s_take(by_job, requests, batches[k]->messages[j], &bad);
+    int rc = s_requests(self, requests);
+    zlistx_destroy(&requests);
+    if (rc < 0) {
+        zhashx_destroy(&by_job);
+        return rc;
+    }
     if (bad) {
         mh_counter_add(self->m_status[2], bad);
         mh_log_limited(&self->rl_warn, MH_LOG_WARN, "%zu malformed OTA status messages ignored",

@@ -106,7 +106,7 @@ static void s_res_finish(ota_t *self)
         goto done;
     const char *p[] = {id};
     PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT firmware FROM ota.rollouts WHERE id = $1"
+                               "SELECT COALESCE(firmware, '') FROM ota.rollouts WHERE id = $1"
                                " AND state = 'scheduled' FOR UPDATE",
                                1, p, err, sizeof err);
     if (!res || PQntuples(res) != 1) {
@@ -133,7 +133,8 @@ static void s_res_finish(ota_t *self)
     }
     char n_s[32];
     ota_fmt_i64(n_s, sizeof n_s, (int64_t)n);
-    const char *jp[] = {id, firmware, now_s, ids, wv, rk, fws};
+    /* a job of a document installs no version */
+    const char *jp[] = {id, *firmware ? firmware : NULL, now_s, ids, wv, rk, fws};
     ok = ok &&
          mh_pg_ok(self->pg,
                   "INSERT INTO ota.jobs (id, rollout_id, device_id, action, wave, rank,"
@@ -197,7 +198,7 @@ void ota_on_twin_reply(ota_t *self)
     {
         const char *id = json_string_value(json_object_get(it, "id"));
         const char *fw = json_string_value(json_object_get(it, "firmware"));
-        if (!id || (fw && strcmp(fw, self->res.spec.firmware) == 0))
+        if (!id || (fw && *self->res.spec.firmware && strcmp(fw, self->res.spec.firmware) == 0))
             continue; /* already on the version this rollout installs */
         if (self->res.n == self->res.cap) {
             size_t cap = self->res.cap ? self->res.cap * 2 : 1024;
