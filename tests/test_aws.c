@@ -64,6 +64,8 @@ S_SCENARIO(test_named_shadows_and_bad_input, "shadow-raw.mjs", "", "thing-0001")
 S_SCENARIO(test_v2_shadow_mqtt5, "shadow-v2.mjs", "mqtt5", "thing-0002")
 S_SCENARIO(test_v2_shadow_mqtt311, "shadow-v2.mjs", "mqtt311", "thing-0002")
 S_SCENARIO(test_v1_jobs, "jobs-v1.mjs", "", "thing-0003")
+S_SCENARIO(test_v2_jobs_mqtt5, "jobs-v2.mjs", "mqtt5", "thing-0002")
+S_SCENARIO(test_v2_jobs_mqtt311, "jobs-v2.mjs", "mqtt311", "thing-0002")
 
 int main(void)
 {
@@ -73,6 +75,8 @@ int main(void)
         cmocka_unit_test(test_v2_shadow_mqtt5),
         cmocka_unit_test(test_v2_shadow_mqtt311),
         cmocka_unit_test(test_v1_jobs),
+        cmocka_unit_test(test_v2_jobs_mqtt5),
+        cmocka_unit_test(test_v2_jobs_mqtt311),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
