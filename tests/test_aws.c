@@ -66,6 +66,7 @@ S_SCENARIO(test_v2_shadow_mqtt311, "shadow-v2.mjs", "mqtt311", "thing-0002")
 S_SCENARIO(test_v1_jobs, "jobs-v1.mjs", "", "thing-0003")
 S_SCENARIO(test_v2_jobs_mqtt5, "jobs-v2.mjs", "mqtt5", "thing-0002")
 S_SCENARIO(test_v2_jobs_mqtt311, "jobs-v2.mjs", "mqtt311", "thing-0002")
+S_SCENARIO(test_firmware_as_aws_job, "jobs-firmware.mjs", "", "thing-0001")
 
 int main(void)
 {
@@ -77,6 +78,7 @@ int main(void)
         cmocka_unit_test(test_v1_jobs),
         cmocka_unit_test(test_v2_jobs_mqtt5),
         cmocka_unit_test(test_v2_jobs_mqtt311),
+        cmocka_unit_test(test_firmware_as_aws_job),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
