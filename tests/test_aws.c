@@ -7,6 +7,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 static char s_ca[700];
 static mht_platform_t s_p;
@@ -68,6 +69,37 @@ S_SCENARIO(test_v2_jobs_mqtt5, "jobs-v2.mjs", "mqtt5", "thing-0002")
 S_SCENARIO(test_v2_jobs_mqtt311, "jobs-v2.mjs", "mqtt311", "thing-0002")
 S_SCENARIO(test_firmware_as_aws_job, "jobs-firmware.mjs", "", "thing-0001")
 
+/* motectl: named shadows and jobs, as an operator types them */
+static void test_motectl_shadows_and_jobs(void **state)
+{
+    (void)state;
+    char url[64], out[800];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", s_p.fleet.port);
+    setenv("MOTEHUB_URL", url, 1);
+    setenv("MOTEHUB_TOKEN", s_p.token, 1);
+    snprintf(out, sizeof out, "%s/motectl.out", mht_artifacts());
+    assert_int_equal(mht_motectl("--json shadow set thing-0003 ops mode='\"eco\"' level=3"), 0);
+    assert_int_equal(mht_motectl("--json shadow get thing-0003 ops > '%s' 2>&1", out), 0);
+    assert_int_equal(mht_shell("grep -q '\"level\": *3' '%s'", out), 0);
+    assert_int_equal(mht_motectl("--json shadow set thing-0003 ops level=4 --version 1"), 0);
+    /* a stale version: refused, non-zero */
+    assert_int_not_equal(mht_motectl("shadow set thing-0003 ops level=5 --version 1"), 0);
+    assert_int_equal(mht_motectl("--json shadow list thing-0003 > '%s' 2>&1", out), 0);
+    assert_int_equal(mht_shell("grep -q '\"ops\"' '%s'", out), 0);
+    assert_int_equal(mht_motectl("shadow delete thing-0003 ops"), 0);
+    assert_int_not_equal(mht_motectl("shadow get thing-0003 ops"), 0);
+    /* a job: made from a document, listed, its executions, aborted */
+    assert_int_equal(mht_motectl("--json job create --document '{\"operation\":\"noop\"}'"
+                                 " --tag jobs:nobody > '%s' 2>&1",
+                                 out),
+                     0);
+    assert_int_equal(mht_shell("grep -q '\"operation\": *\"noop\"' '%s'", out), 0);
+    assert_int_equal(mht_motectl("--json job list > '%s' 2>&1", out), 0);
+    assert_int_equal(mht_shell("grep -q noop '%s'", out), 0);
+    /* a job needs a document; a document cannot roll back */
+    assert_int_not_equal(mht_motectl("job create --firmware 1.0.0"), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -79,6 +111,7 @@ int main(void)
         cmocka_unit_test(test_v2_jobs_mqtt5),
         cmocka_unit_test(test_v2_jobs_mqtt311),
         cmocka_unit_test(test_firmware_as_aws_job),
+        cmocka_unit_test(test_motectl_shadows_and_jobs),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

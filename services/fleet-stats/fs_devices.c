@@ -107,6 +107,43 @@ int fs_devices(fs_t *self, struct mg_connection *c, const char *method, const ch
         json_decref(b);
         return st;
     }
+    if (strcmp(sub, "shadows") == 0) {
+        /* named shadows (AWS IoT Device Shadow); the classic one is the twin */
+        q.shadow = (char *)(cid ? cid : "");
+        if (!cid) {
+            if (strcmp(method, "GET") != 0)
+                return fs_error(self, c, 405, "method_not_allowed", "GET");
+            q.method = MH__TWIN_REQUEST__METHOD__LIST_SHADOWS;
+            return fs_twin(self, c, &q, false);
+        }
+        if (strcmp(method, "GET") == 0 || strcmp(method, "DELETE") == 0) {
+            q.method = *method == 'G' ? MH__TWIN_REQUEST__METHOD__GET_SHADOW
+                                      : MH__TWIN_REQUEST__METHOD__DELETE_SHADOW;
+            return fs_twin(self, c, &q, false);
+        }
+        if (strcmp(method, "PATCH") != 0)
+            return fs_error(self, c, 405, "method_not_allowed", "GET, PATCH or DELETE");
+        json_t *b = fs_body_object(self, c, true);
+        if (!b)
+            return 400;
+        json_t *desired = json_object_get(b, "desired"), *ver = json_object_get(b, "version");
+        size_t known = !!desired + !!ver;
+        int st;
+        if (!desired || json_object_size(b) != known ||
+            (ver && (!json_is_integer(ver) || json_integer_value(ver) < 0))) {
+            st = fs_error(self, c, 400, "bad_request",
+                          "the body is {\"desired\":{…}} with an optional \"version\"");
+        } else {
+            char *d = json_dumps(desired, JSON_COMPACT | JSON_ENCODE_ANY);
+            q.method = MH__TWIN_REQUEST__METHOD__UPDATE_SHADOW;
+            q.desired_json = d ? d : "";
+            q.if_match = ver ? json_integer_value(ver) : 0;
+            st = fs_twin(self, c, &q, false);
+            free(d);
+        }
+        json_decref(b);
+        return st;
+    }
     if (strcmp(sub, "commands") == 0) {
         if (cid) {
             if (strcmp(method, "GET") != 0)

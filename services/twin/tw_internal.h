@@ -11,6 +11,7 @@
  *   tw_messages.c  what each message (status, seen, twin get/update,
  *                  command ack, presence) does to its device
  *   tw_shadow.c    the AWS IoT Device Shadow requests, classic and named
+ *   tw_shadow_rpc.c  the operator's named shadows
  *   tw_rpc.c       the operator RPC methods (served by mh_rpc_server)
  *   tw_sweep.c     expiry, command timeouts, silence
  *   tw_doc.c       twin document rules (pure) */
@@ -220,6 +221,28 @@ bool tw_msg_shadow(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMessa
 /* The shadow's update/delta (name NULL: the classic shadow) when its delta
  * is not empty. */
 void tw_shadow_delta(tw_out_t *o, const char *device, const char *name, json_t *doc);
+/* The AWS shadow document of a twin-format one: state (desired, reported,
+ * delta when `with_delta`), metadata on every leaf, version, timestamp (s). */
+json_t *tw_shadow_aws_doc(json_t *doc, bool with_delta);
+/* A named shadow's row, locked: *doc (new, version 0 or the deleted one's,
+ * when there is none or it was deleted) and *exists; false on a database
+ * error. */
+bool tw_shadow_load(tw_t *self, const char *device, const char *name, int64_t now, json_t **doc,
+                    bool *exists, char *err, size_t errlen);
+bool tw_shadow_store(tw_t *self, const char *device, const char *name, json_t *doc, bool deleted,
+                     char *err, size_t errlen);
+/* update/accepted (the request's sections), and when `changed`
+ * update/documents and update/delta, after an update from `before` to
+ * `doc`; `token` (may be NULL) echoed. */
+void tw_shadow_updated(tw_out_t *o, const char *device, const char *name, json_t *before,
+                       json_t *doc, json_t *desired, json_t *reported, json_t *token, bool changed);
+
+/* ---- tw_shadow_rpc.c ---- */
+
+/* The operator's methods on named shadows (LIST_, GET_, UPDATE_,
+ * DELETE_SHADOW), answering into `reply`. */
+void tw_shadow_rpc(tw_t *self, const Mh__TwinRequest *q, mh_rpc_reply_t *reply);
+
 /* An operator's desired patch to the twin, on the classic shadow's
  * update/accepted (an SDK reports it as a change it did not make). */
 void tw_shadow_operator_update(tw_out_t *o, const char *device, json_t *desired, json_t *doc);

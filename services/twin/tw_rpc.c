@@ -582,6 +582,12 @@ static void s_rpc_snapshot(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
     PQclear(res);
 }
 
+static void s_rpc_shadow(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
+{
+    if (s_check_id(q->device_id, r))
+        tw_shadow_rpc(self, q, &r->base);
+}
+
 /* The methods, typed as tw_t writes them; indexed by Mh__TwinRequest.method like
  * s_methods below. */
 typedef void(s_method_fn)(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r);
@@ -597,6 +603,10 @@ static s_method_fn *const s_typed[] = {
     [MH__TWIN_REQUEST__METHOD__GET_COMMAND] = s_rpc_get_command,
     [MH__TWIN_REQUEST__METHOD__LIST_IDS] = s_rpc_list_ids,
     [MH__TWIN_REQUEST__METHOD__SNAPSHOT] = s_rpc_snapshot,
+    [MH__TWIN_REQUEST__METHOD__LIST_SHADOWS] = s_rpc_shadow,
+    [MH__TWIN_REQUEST__METHOD__GET_SHADOW] = s_rpc_shadow,
+    [MH__TWIN_REQUEST__METHOD__UPDATE_SHADOW] = s_rpc_shadow,
+    [MH__TWIN_REQUEST__METHOD__DELETE_SHADOW] = s_rpc_shadow,
 };
 
 /* The one handler the RPC server knows: the untyped arguments become
@@ -620,6 +630,10 @@ static const mh_rpc_method_t s_methods[] = {
     [MH__TWIN_REQUEST__METHOD__GET_COMMAND] = {"get_command", s_call, true},
     [MH__TWIN_REQUEST__METHOD__LIST_IDS] = {"list_ids", s_call, true},
     [MH__TWIN_REQUEST__METHOD__SNAPSHOT] = {"snapshot", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__LIST_SHADOWS] = {"list_shadows", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__GET_SHADOW] = {"get_shadow", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__UPDATE_SHADOW] = {"update_shadow", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__DELETE_SHADOW] = {"delete_shadow", s_call, true},
 };
 _Static_assert(sizeof s_methods / sizeof s_methods[0] == sizeof s_typed / sizeof s_typed[0],
                "s_typed and s_methods list the same methods");

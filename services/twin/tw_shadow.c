@@ -67,7 +67,7 @@ static json_int_t s_seconds(json_t *doc)
 /* The AWS shadow document of a twin-format document: state (desired,
  * reported, and delta when `with_delta` and they differ), metadata,
  * version, timestamp. Empty sections are left out, as AWS does. */
-static json_t *s_aws_doc(json_t *doc, bool with_delta)
+json_t *tw_shadow_aws_doc(json_t *doc, bool with_delta)
 {
     json_t *state = json_object(), *meta = json_object();
     json_t *src = json_object_get(doc, "state");
@@ -201,9 +201,8 @@ static bool s_update_valid(json_t *root, json_t **desired, json_t **reported, in
     return true;
 }
 
-/* update/accepted, update/documents and update/delta after an update. */
-static void s_updated(tw_out_t *o, const char *device, const char *name, json_t *before,
-                      json_t *doc, json_t *desired, json_t *reported, json_t *token, bool changed)
+void tw_shadow_updated(tw_out_t *o, const char *device, const char *name, json_t *before,
+                       json_t *doc, json_t *desired, json_t *reported, json_t *token, bool changed)
 {
     json_t *state = json_object(), *meta = json_object();
     json_t *secs[2] = {desired, reported};
@@ -223,8 +222,8 @@ static void s_updated(tw_out_t *o, const char *device, const char *name, json_t 
     s_send(o, device, name, "update/accepted", acc);
     if (!changed)
         return;
-    json_t *docs = json_pack("{s:o,s:o,s:I}", "previous", s_aws_doc(before, false), "current",
-                             s_aws_doc(doc, false), "timestamp", s_seconds(doc));
+    json_t *docs = json_pack("{s:o,s:o,s:I}", "previous", tw_shadow_aws_doc(before, false),
+                             "current", tw_shadow_aws_doc(doc, false), "timestamp", s_seconds(doc));
     json_object_del(json_object_get(docs, "previous"), "timestamp");
     json_object_del(json_object_get(docs, "current"), "timestamp");
     if (token)
@@ -242,7 +241,7 @@ static void s_classic(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMe
     json_t *doc = tw_dev_doc(d), *tok = json_object_get(root, "clientToken");
     char why[256];
     if (m->kind == MH__DEVICE_MESSAGE__KIND__SHADOW_GET) {
-        json_t *g = s_aws_doc(doc, true);
+        json_t *g = tw_shadow_aws_doc(doc, true);
         if (tok)
             json_object_set(g, "clientToken", tok);
         s_send(&b->out, d->id, NULL, "get/accepted", g);
@@ -280,7 +279,7 @@ static void s_classic(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMe
             json_object_set(acc, "clientToken", tok);
         s_send(&b->out, d->id, NULL, "delete/accepted", acc);
     } else {
-        s_updated(&b->out, d->id, NULL, before, doc, desired, reported, tok, changed);
+        tw_shadow_updated(&b->out, d->id, NULL, before, doc, desired, reported, tok, changed);
         /* a native device hears of the operator's and other clients' desired
          * changes on twin/delta */
         if (changed && desired)
@@ -291,10 +290,8 @@ static void s_classic(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMe
 
 /* ---- named shadows: twin.shadows ---- */
 
-/* The named shadow's row, locked: *doc (a new empty one when there is none
- * or it was deleted), *exists. False on a database error. */
-static bool s_load_named(tw_t *self, const char *device, const char *name, int64_t now,
-                         json_t **doc, bool *exists, char *err, size_t errlen)
+bool tw_shadow_load(tw_t *self, const char *device, const char *name, int64_t now, json_t **doc,
+                    bool *exists, char *err, size_t errlen)
 {
     const char *p[2] = {device, name};
     PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
@@ -317,8 +314,8 @@ static bool s_load_named(tw_t *self, const char *device, const char *name, int64
     return true;
 }
 
-static bool s_store_named(tw_t *self, const char *device, const char *name, json_t *doc,
-                          bool deleted, char *err, size_t errlen)
+bool tw_shadow_store(tw_t *self, const char *device, const char *name, json_t *doc, bool deleted,
+                     char *err, size_t errlen)
 {
     char *text = deleted ? NULL : tw_dumps(doc);
     char version[24];
@@ -341,19 +338,19 @@ static bool s_named(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMess
     json_t *tok = json_object_get(root, "clientToken"), *doc = NULL;
     bool exists = false;
     char why[256];
-    if (!s_load_named(self, d->id, name, b->now, &doc, &exists, err, errlen))
+    if (!tw_shadow_load(self, d->id, name, b->now, &doc, &exists, err, errlen))
         return false;
     bool ok = true;
     if (m->kind != MH__DEVICE_MESSAGE__KIND__SHADOW_UPDATE && !exists) {
         snprintf(why, sizeof why, "No shadow exists with name: '%s'", name);
         s_reject(self, b, d->id, name, op, 404, why, tok);
     } else if (m->kind == MH__DEVICE_MESSAGE__KIND__SHADOW_GET) {
-        json_t *g = s_aws_doc(doc, true);
+        json_t *g = tw_shadow_aws_doc(doc, true);
         if (tok)
             json_object_set(g, "clientToken", tok);
         s_send(&b->out, d->id, name, "get/accepted", g);
     } else if (m->kind == MH__DEVICE_MESSAGE__KIND__SHADOW_DELETE) {
-        ok = s_store_named(self, d->id, name, doc, true, err, errlen);
+        ok = tw_shadow_store(self, d->id, name, doc, true, err, errlen);
         json_t *acc = json_pack("{s:I,s:I}", "version", (json_int_t)tw_doc_version(doc),
                                 "timestamp", b->now / 1000);
         if (tok)
@@ -379,8 +376,8 @@ static bool s_named(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMess
         } else {
             mh_counter_inc(self->m_updates_accepted);
             if (changed || !exists)
-                ok = s_store_named(self, d->id, name, doc, false, err, errlen);
-            s_updated(&b->out, d->id, name, before, doc, desired, reported, tok, changed);
+                ok = tw_shadow_store(self, d->id, name, doc, false, err, errlen);
+            tw_shadow_updated(&b->out, d->id, name, before, doc, desired, reported, tok, changed);
         }
         json_decref(before);
     }

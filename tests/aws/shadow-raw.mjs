@@ -2,7 +2,7 @@
 // connection of the v1 SDK (awsIot.device, mqtt.js) with the thing's
 // certificate: every request gets AWS's reply and refusals change nothing.
 import awsIot from "aws-iot-device-sdk";
-import { certFiles, check, deadline, done, env, waitFor } from "./lib.mjs";
+import { api, certFiles, check, deadline, done, env, waitFor } from "./lib.mjs";
 
 const thing = process.env.MH_AWS_THING;
 const base = `$aws/things/${thing}/shadow`;
@@ -88,6 +88,34 @@ check(how === "accepted" && doc.version === 3 && doc.state.reported.rate === 1 &
   !doc.state.desired, "after the refusals the shadow is unchanged", doc);
 [how, doc] = await ask(`${base}/get`, "not json");
 check(how === "rejected" && doc.code === 400, "get with invalid JSON: 400", doc);
+
+// the operator's side: list, read, change desired (the device hears the
+// delta), a stale version refused, delete
+let res = await api("GET", `/api/v1/devices/${thing}/shadows`);
+check(res.status === 200 && res.body.items.some((x) => x.name === "config" && x.version === 3),
+  "operator API lists the named shadows", res.body);
+const delta = waitFor(dev, "message", (t) => t === `${cfg}/update/delta`, 8000);
+res = await api("PATCH", `/api/v1/devices/${thing}/shadows/config`,
+  { desired: { rate: 7 }, version: 3 });
+check(res.status === 200 && res.body.version === 4 && res.body.state.delta.rate === 7,
+  "operator changed desired with the version check", res.body);
+const dm = await delta;
+check(dm && JSON.parse(dm[1].toString()).state.rate === 7, "the device got update/delta",
+  dm && dm[1].toString());
+res = await api("PATCH", `/api/v1/devices/${thing}/shadows/config`,
+  { desired: { rate: 8 }, version: 3 });
+check(res.status === 409, "operator's stale version: 409", res);
+res = await api("GET", `/api/v1/devices/${thing}/shadows/config`);
+check(res.status === 200 && res.body.state.desired.rate === 7 && res.body.version === 4,
+  "operator reads the shadow", res.body);
+res = await api("PATCH", `/api/v1/devices/${thing}/shadows/bad name`, { desired: {} });
+check(res.status === 400 || res.status === 404, "a malformed name refused", res.status);
+res = await api("DELETE", `/api/v1/devices/${thing}/shadows/config`);
+check(res.status === 200 && res.body.version === 4, "operator deleted it", res.body);
+res = await api("GET", `/api/v1/devices/${thing}/shadows/config`);
+check(res.status === 404, "gone: 404", res.status);
+res = await api("GET", `/api/v1/devices/nobody-here/shadows`);
+check(res.status === 404, "an unknown device: 404", res.status);
 
 dev.end(true);
 done();

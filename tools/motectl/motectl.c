@@ -47,7 +47,13 @@ static const char *s_usage =
     "  rollout create --firmware V [--waves 1,10,100] [--tag K:V]... [--from-firmware V]\n"
     "                 [--success 0.95] [--failure 0.05] [--soak S] [--max-per-minute N]\n"
     "                 [--on-failure rollback|pause] [--json-spec JSON]\n"
-    "  rollout list | get ID | pause ID | resume ID | abort ID | rollback ID\n"
+    "  rollout list | get ID | pause ID | resume ID | abort ID | rollback ID | jobs ID\n"
+    "jobs (a rollout of a JSON document; AWS IoT devices run them, docs/aws-migration.md):\n"
+    "  job create --document JSON [the rollout options but --firmware, --on-failure]\n"
+    "  job list | get ID | pause ID | resume ID | abort ID | executions ID\n"
+    "named shadows (AWS IoT Device Shadow; the classic shadow is the twin):\n"
+    "  shadow list ID | get ID NAME | delete ID NAME\n"
+    "  shadow set ID NAME KEY=JSON ... [--version N]   (desired; JSON null deletes)\n"
     "fleet and tokens:\n"
     "  fleet summary | fleet geo\n"
     "  token create NAME | token list | token revoke NAME|PREFIX   [--pg-url URL]\n"
@@ -438,6 +444,25 @@ static int s_devices(int argc, char **argv)
     return 2;
 }
 
+/* KEY=VALUE arguments as an object: with `json` the values are JSON (a
+ * bare word is a string), else strings. NULL (said why) on a malformed one. */
+static json_t *s_key_values(char **pos, int np, bool json)
+{
+    json_t *o = json_object();
+    for (int i = 0; i < np; i++) {
+        char *eq = strchr(pos[i], '=');
+        if (!eq) {
+            fprintf(stderr, "motectl: give KEY=VALUE\n");
+            json_decref(o);
+            return NULL;
+        }
+        *eq = 0;
+        json_t *val = json ? mh_json_loads(eq + 1, JSON_DECODE_ANY, MH_JSON_MAX_DEPTH, NULL) : NULL;
+        json_object_set_new(o, pos[i], val ? val : json_string(eq + 1));
+    }
+    return o;
+}
+
 static int s_twin(int argc, char **argv)
 {
     NEED(2);
@@ -458,23 +483,52 @@ static int s_twin(int argc, char **argv)
         fputs(s_usage, stderr);
         return 2;
     }
-    json_t *patch = json_object();
-    for (int i = 0; i < np; i++) {
-        char *eq = strchr(pos[i], '=');
-        if (!eq) {
-            fprintf(stderr, "motectl: give KEY=VALUE\n");
-            json_decref(patch);
-            return 2;
-        }
-        *eq = 0;
-        json_t *val = set ? mh_json_loads(eq + 1, JSON_DECODE_ANY, MH_JSON_MAX_DEPTH, NULL)
-                          : json_string(eq + 1);
-        if (!val)
-            val = json_string(eq + 1); /* a bare word is a string */
-        json_object_set_new(patch, pos[i], val);
-    }
+    json_t *patch = s_key_values(pos, np, set);
+    if (!patch)
+        return 2;
     json_t *body = json_pack("{s:o}", set ? "desired" : "tags", patch);
     json_t *v = s_call("PATCH", path, body, s_opt(o, 1, "if-match"), &rc);
+    json_decref(body);
+    return s_out(v, NULL) ? rc : 0;
+}
+
+/* "10" → 10, "0.95" → 0.95: whole numbers stay integers. */
+static json_t *s_number(const char *t)
+{
+    char *end;
+    long long n = strtoll(t, &end, 10);
+    return *end ? json_real(atof(t)) : json_integer(n);
+}
+
+/* A device's named shadows: /api/v1/devices/{id}/shadows[/{name}] */
+static int s_shadow(int argc, char **argv)
+{
+    NEED(2);
+    int rc;
+    char path[1024];
+    if (strcmp(argv[0], "list") == 0) {
+        s_path_escape(path, sizeof path, "/api/v1/devices/%s/shadows%s", argv[1], NULL);
+        return s_out(s_call("GET", path, NULL, NULL, &rc), NULL) ? rc : 0;
+    }
+    NEED(3);
+    s_path_escape(path, sizeof path, "/api/v1/devices/%s/shadows/%s", argv[1], argv[2]);
+    if (strcmp(argv[0], "get") == 0 || strcmp(argv[0], "delete") == 0)
+        return s_out(s_call(*argv[0] == 'g' ? "GET" : "DELETE", path, NULL, NULL, &rc), NULL) ? rc
+                                                                                              : 0;
+    s_opt_t o[] = {{"version"}};
+    char *pos[64];
+    int np;
+    if (strcmp(argv[0], "set") || s_opts(argc - 3, argv + 3, o, 1, pos, &np) || np == 0) {
+        fputs(s_usage, stderr);
+        return 2;
+    }
+    json_t *desired = s_key_values(pos, np, true);
+    if (!desired)
+        return 2;
+    json_t *body = json_pack("{s:o}", "desired", desired);
+    if (s_opt(o, 1, "version"))
+        json_object_set_new(body, "version", s_number(s_opt(o, 1, "version")));
+    json_t *v = s_call("PATCH", path, body, NULL, &rc);
     json_decref(body);
     return s_out(v, NULL) ? rc : 0;
 }
@@ -614,29 +668,29 @@ static int s_firmware(int argc, char **argv)
     return s_out(v, s_t_firmware);
 }
 
-/* "10" → 10, "0.95" → 0.95: whole numbers stay integers. */
-static json_t *s_number(const char *t)
-{
-    char *end;
-    long long n = strtoll(t, &end, 10);
-    return *end ? json_real(atof(t)) : json_integer(n);
-}
-
-static int s_rollout(int argc, char **argv)
+/* rollout and job: /api/v1/rollouts and /api/v1/jobs (`jobs`) */
+static int s_rollout(int argc, char **argv, bool jobs)
 {
     NEED(1);
     int rc;
     char path[1024];
+    const char *base = jobs ? "/api/v1/jobs" : "/api/v1/rollouts";
     if (strcmp(argv[0], "list") == 0)
-        return s_out(s_call("GET", "/api/v1/rollouts", NULL, NULL, &rc), s_t_rollouts) ? rc : 0;
+        return s_out(s_call("GET", base, NULL, NULL, &rc), s_t_rollouts) ? rc : 0;
     if (strcmp(argv[0], "create") == 0) {
-        s_opt_t o[] = {{"firmware"},   {"waves"},     {"tag"},        {"from-firmware"},
-                       {"success"},    {"failure"},   {"soak"},       {"max-per-minute"},
-                       {"on-failure"}, {"json-spec"}, {"job-timeout"}};
+        s_opt_t o[] = {{"firmware"},   {"waves"},     {"tag"},         {"from-firmware"},
+                       {"success"},    {"failure"},   {"soak"},        {"max-per-minute"},
+                       {"on-failure"}, {"json-spec"}, {"job-timeout"}, {"document"}};
         char *pos[4];
         int np;
-        if (s_opts(argc - 1, argv + 1, o, 11, pos, &np))
+        if (s_opts(argc - 1, argv + 1, o, 12, pos, &np))
             return 2;
+        json_t *doc = NULL;
+        if (s_opt(o, 12, "document") &&
+            !(doc = mh_json_loads(s_opt(o, 12, "document"), 0, MH_JSON_MAX_DEPTH, NULL))) {
+            fprintf(stderr, "motectl: --document is not a JSON object\n");
+            return 2;
+        }
         json_t *spec;
         if (s_opt(o, 11, "json-spec")) {
             spec = mh_json_loads(s_opt(o, 11, "json-spec"), 0, MH_JSON_MAX_DEPTH, NULL);
@@ -645,11 +699,14 @@ static int s_rollout(int argc, char **argv)
                 return 2;
             }
         } else {
-            if (!s_opt(o, 11, "firmware")) {
-                fprintf(stderr, "motectl: rollout create --firmware V ...\n");
+            if (!s_opt(o, 11, "firmware") == !doc) {
+                fprintf(stderr, jobs ? "motectl: job create --document JSON ...\n"
+                                     : "motectl: rollout create --firmware V ...\n");
+                json_decref(doc);
                 return 2;
             }
-            spec = json_pack("{s:s}", "firmware", s_opt(o, 11, "firmware"));
+            spec = doc ? json_pack("{s:o}", "document", doc)
+                       : json_pack("{s:s}", "firmware", s_opt(o, 11, "firmware"));
             json_t *target = json_object(), *tags = json_object();
             for (int j = 0; j < o[2].n; j++) {
                 char kv[256];
@@ -684,20 +741,26 @@ static int s_rollout(int argc, char **argv)
             if (s_opt(o, 11, "on-failure"))
                 json_object_set_new(spec, "onFailure", json_string(s_opt(o, 11, "on-failure")));
         }
-        json_t *v = s_call("POST", "/api/v1/rollouts", spec, NULL, &rc);
+        json_t *v = s_call("POST", base, spec, NULL, &rc);
         json_decref(spec);
         return s_out(v, s_t_rollout) ? rc : 0;
     }
     NEED(2);
+    char fmt[64];
     if (strcmp(argv[0], "get") == 0) {
-        s_path_escape(path, sizeof path, "/api/v1/rollouts/%s%s", argv[1], NULL);
+        snprintf(fmt, sizeof fmt, "%s/%%s%%s", base);
+        s_path_escape(path, sizeof path, fmt, argv[1], NULL);
         return s_out(s_call("GET", path, NULL, NULL, &rc), s_t_rollout) ? rc : 0;
     }
+    if (strcmp(argv[0], jobs ? "executions" : "jobs") == 0) {
+        snprintf(fmt, sizeof fmt, "%s/%%s/%s%%s", base, argv[0]);
+        s_path_escape(path, sizeof path, fmt, argv[1], NULL);
+        return s_out(s_call("GET", path, NULL, NULL, &rc), NULL) ? rc : 0;
+    }
     static const char *controls[] = {"pause", "resume", "abort", "rollback"};
-    for (size_t k = 0; k < 4; k++)
+    for (size_t k = 0; k < (jobs ? 3 : 4); k++)
         if (strcmp(argv[0], controls[k]) == 0) {
-            char fmt[64];
-            snprintf(fmt, sizeof fmt, "/api/v1/rollouts/%%s/%s%%s", controls[k]);
+            snprintf(fmt, sizeof fmt, "%s/%%s/%s%%s", base, controls[k]);
             s_path_escape(path, sizeof path, fmt, argv[1], NULL);
             return s_out(s_call("POST", path, NULL, NULL, &rc), s_t_rollout) ? rc : 0;
         }
@@ -843,7 +906,11 @@ int main(int argc, char **argv)
     else if (strcmp(cmd, "firmware") == 0)
         rc = s_firmware(argc - 1, argv + 1);
     else if (strcmp(cmd, "rollout") == 0 || strcmp(cmd, "rollouts") == 0)
-        rc = s_rollout(argc - 1, argv + 1);
+        rc = s_rollout(argc - 1, argv + 1, false);
+    else if (strcmp(cmd, "job") == 0 || strcmp(cmd, "jobs") == 0)
+        rc = s_rollout(argc - 1, argv + 1, true);
+    else if (strcmp(cmd, "shadow") == 0 || strcmp(cmd, "shadows") == 0)
+        rc = s_shadow(argc - 1, argv + 1);
     else if (strcmp(cmd, "fleet") == 0)
         rc = s_fleet(argc - 1, argv + 1);
     else if (strcmp(cmd, "token") == 0 || strcmp(cmd, "tokens") == 0)
