@@ -76,12 +76,18 @@ static void s_on_connected(void *ctx, char *cause)
     (void)cause;
     mh_agent_t *self = ctx;
     static const char *subs[] = {"twin/get/+", "twin/update/+", "twin/delta", "commands", "ota"};
-    char buf[5][160];
-    char *topics[5];
-    int qos[5] = {1, 1, 1, 1, 1};
+    char buf[7][160];
+    char *topics[7];
+    int qos[7] = {1, 1, 1, 1, 1, 1, 1}, n = 5;
     for (int i = 0; i < 5; i++) {
         snprintf(buf[i], sizeof buf[i], "devices/%s/%s", self->device_id, subs[i]);
         topics[i] = buf[i];
+    }
+    if (self->aws) { /* as an AWS SDK device subscribes */
+        snprintf(buf[n], sizeof buf[n], "$aws/things/%s/shadow/update/+", self->device_id);
+        topics[n] = buf[n], n++;
+        snprintf(buf[n], sizeof buf[n], "$aws/things/%s/jobs/notify-next", self->device_id);
+        topics[n] = buf[n], n++;
     }
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     ro.context = self;
@@ -92,7 +98,7 @@ static void s_on_connected(void *ctx, char *cause)
         ro.onSuccess = s_on_subscribed3;
         ro.onFailure = s_on_sub_failed3;
     }
-    if (MQTTAsync_subscribeMany(self->client, 5, topics, qos, &ro) != MQTTASYNC_SUCCESS)
+    if (MQTTAsync_subscribeMany(self->client, n, topics, qos, &ro) != MQTTASYNC_SUCCESS)
         s_on_subscribed3(self, NULL);
 }
 
@@ -232,7 +238,11 @@ static int s_on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
     size_t len = tlen > 0 ? (size_t)tlen : strlen(topic);
     const char *sub = len > self->prefix_len ? topic + self->prefix_len : "";
     char subtopic[64];
-    snprintf(subtopic, sizeof subtopic, "%.*s", (int)(len - (size_t)(sub - topic)), sub);
+    size_t aws = strlen("$aws/things/") + strlen(self->device_id) + 1;
+    if (len > aws && strncmp(topic, "$aws/things/", 12) == 0) /* "aws/shadow/update/accepted" */
+        snprintf(subtopic, sizeof subtopic, "aws/%.*s", (int)(len - aws), topic + aws);
+    else
+        snprintf(subtopic, sizeof subtopic, "%.*s", (int)(len - (size_t)(sub - topic)), sub);
     pthread_mutex_lock(&self->lock);
     mh_agent_message_fn *raw = self->on_message;
     void *raw_ud = self->on_message_ud;
@@ -327,7 +337,8 @@ int mh_agent_report(mh_agent_t *self, json_t *reported, const char *client_token
     json_decref(msg);
     if (!text)
         return -ENOMEM;
-    int rc = mh_agent_publish(self, "twin/update", text, strlen(text), 1);
+    int rc = self->aws ? mh_agent_publish_aws(self, "shadow/update", text, strlen(text), 1)
+                       : mh_agent_publish(self, "twin/update", text, strlen(text), 1);
     free(text);
     return rc;
 }
@@ -384,6 +395,7 @@ mh_agent_t *mh_agent_new(const mh_agent_opts_t *o)
     self->mqtt_version = o->mqtt_version ? o->mqtt_version : 5;
     self->keepalive = o->keepalive_s ? o->keepalive_s : 30;
     self->max_inflight = o->max_inflight ? o->max_inflight : 100;
+    self->aws = o->aws;
     snprintf(self->status_topic, sizeof self->status_topic, "devices/%s/status", o->device_id);
     self->prefix_len = strlen("devices/") + strlen(o->device_id) + 1;
     pthread_mutex_init(&self->lock, NULL);
@@ -542,16 +554,33 @@ static void s_on_telemetry_acked5(void *ctx, MQTTAsync_successData5 *r)
     __atomic_add_fetch(&self->telemetry_acked, 1, __ATOMIC_RELAXED);
 }
 
+static int s_publish(mh_agent_t *self, const char *topic, const char *subtopic, const void *payload,
+                     size_t len, int qos);
+
 int mh_agent_publish(mh_agent_t *self, const char *subtopic, const void *payload, size_t len,
                      int qos)
+{
+    char topic[160];
+    snprintf(topic, sizeof topic, "devices/%s/%s", self->device_id, subtopic);
+    return s_publish(self, topic, subtopic, payload, len, qos);
+}
+
+int mh_agent_publish_aws(mh_agent_t *self, const char *subtopic, const void *payload, size_t len,
+                         int qos)
+{
+    char topic[256];
+    snprintf(topic, sizeof topic, "$aws/things/%s/%s", self->device_id, subtopic);
+    return s_publish(self, topic, "aws", payload, len, qos);
+}
+
+static int s_publish(mh_agent_t *self, const char *topic, const char *subtopic, const void *payload,
+                     size_t len, int qos)
 {
     if (!self->client || !mh_agent_connected(self))
         return -ENOTCONN;
     if (qos > 0 &&
         __atomic_load_n(&self->inflight, __ATOMIC_RELAXED) >= (uint64_t)self->max_inflight)
         return -EAGAIN;
-    char topic[160];
-    snprintf(topic, sizeof topic, "devices/%s/%s", self->device_id, subtopic);
     MQTTAsync_message m = MQTTAsync_message_initializer;
     m.payload = (void *)payload;
     m.payloadlen = (int)len;

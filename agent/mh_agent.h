@@ -35,6 +35,13 @@ typedef struct {
      * the broker's must chain to, and this device's certificate (CN = its
      * device id) and private key, all PEM files. */
     const char *ca_file, *cert_file, *key_file;
+    /* Speak the AWS IoT device APIs too (shared/spec/aws-iot-compat.md), as
+     * a device built on an AWS SDK would: mh_agent_report updates the
+     * classic shadow ($aws/things/<id>/shadow/update), and the shadow's
+     * update replies and the jobs' notify-next reach on_message as
+     * "aws/shadow/update/accepted", ".../rejected", "aws/jobs/notify-next".
+     * mh_agent_publish_aws publishes under $aws/things/<id>/. */
+    bool aws;
 } mh_agent_opts_t;
 
 /* One telemetry sample: up to 16 metrics; ts 0 = let the gateway stamp it. */
@@ -75,6 +82,9 @@ int mh_agent_publish(mh_agent_t *self, const char *subtopic, const void *payload
                      int qos);
 /* Publishes samples as the JSON telemetry message (one object, or an array
  * when n > 1). */
+/* Publishes under $aws/things/<id>/ (e.g. "jobs/<jobId>/update"). */
+int mh_agent_publish_aws(mh_agent_t *self, const char *subtopic, const void *payload, size_t len,
+                         int qos);
 int mh_agent_publish_samples(mh_agent_t *self, const mh_sample_t *samples, size_t n, int qos);
 
 /* Messages acknowledged by the broker (QoS1) and sent (QoS0). */

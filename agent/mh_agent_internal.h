@@ -25,6 +25,7 @@ struct mh_agent_t {
     uint64_t telemetry_acked; /* telemetry messages the broker acknowledged */
     char status_topic[96];
     size_t prefix_len; /* strlen("devices/{id}/") */
+    bool aws;          /* the AWS IoT device APIs too (mh_agent_opts_t) */
 
     pthread_mutex_t lock; /* handlers and the seen-id ring */
     mh_agent_message_fn *on_message;

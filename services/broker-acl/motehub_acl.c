@@ -150,6 +150,19 @@ static int s_on_acl(int event, void *data, void *ud)
  * <topic> to that client alone, whether or not it subscribed (AWS IoT
  * answers a request so: the embedded SDK's jobs demo subscribes only to
  * notify-next). Nobody subscribes to motehub/to/, so nothing else gets it. */
+/* A reply or notification of the AWS IoT APIs (a gateway on the anonymous
+ * loopback listener publishes them too): it stays where it is. */
+static bool s_aws_reply(const char *topic)
+{
+    const char *last = strrchr(topic, '/');
+    static const char *const replies[] = {"accepted", "rejected",    "delta", "documents",
+                                          "notify",   "notify-next", NULL};
+    for (int i = 0; last && replies[i]; i++)
+        if (strcmp(last + 1, replies[i]) == 0)
+            return true;
+    return false;
+}
+
 static int s_on_message(int event, void *data, void *ud)
 {
     (void)event;
@@ -170,7 +183,7 @@ static int s_on_message(int event, void *data, void *ud)
                                       NULL);
         return MOSQ_ERR_SUCCESS;
     }
-    if (service || strncmp(e->topic, "$aws/things/", 12) != 0)
+    if (service || strncmp(e->topic, "$aws/things/", 12) != 0 || s_aws_reply(e->topic))
         return MOSQ_ERR_SUCCESS;
     size_t n = strlen(e->topic);
     char *t = mosquitto_malloc(n + sizeof "motehub/");

@@ -126,9 +126,11 @@ def build(args):
     subprocess.check_call(["ninja", "-C", args.build], cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
-def setup(args, prefix):
+def setup(args, prefix, plugin=False):
     """Installs what is missing, builds (release), and starts a private
-    PostgreSQL (database "bench") and mosquitto on free loopback ports.
+    PostgreSQL (database "bench") and mosquitto on free loopback ports; with
+    `plugin` the broker loads Motehub's plugin as deployed (motehub_acl.so,
+    anonymous loopback clients allowed), which the AWS IoT topics need.
     Returns (stack, pg_port, broker, broker_port); call teardown(stack)."""
     build(args)
     work = tempfile.mkdtemp(prefix=prefix)
@@ -145,6 +147,9 @@ def setup(args, prefix):
             f.write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                     "max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
                     "log_dest stderr\nlog_type error\n" + ("user root\n" if os.getuid() == 0 else ""))
+            if plugin:
+                f.write(f"plugin {os.path.join(ROOT, args.build, 'services/broker-acl/motehub_acl.so')}\n"
+                        "plugin_opt_anonymous allow\n")
         broker = stack.spawn("mosquitto", ["mosquitto", "-c", conf])
         time.sleep(0.5)
     except BaseException:

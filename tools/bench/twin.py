@@ -4,12 +4,15 @@ twin -> PostgreSQL -> twin -> gateway -> mosquitto -> motesim):
 
 1. Twin updates per second at 1,000 devices, with p50/p99 from publishing
    twin/update to receiving update/accepted (motesim puts the send time in
-   the clientToken), at each offered rate.
+   the clientToken), at each offered rate; with --protocols native,aws the
+   same devices also update through the AWS IoT classic shadow
+   ($aws/things/ID/shadow/update, motesim --aws), in the same run.
 2. Delivery of 10,000 queued commands to 1,000 offline devices that then
    connect at once: time from the first connect to the last command handled.
 
     tools/bench/twin.py --rates 2000,5000,8000 --duration 20
     tools/bench/twin.py --twins 2
+    tools/bench/twin.py --rates 1000,2000 --protocols native,aws --no-commands
 
 Everything runs on 127.0.0.1 on free ports and stops at the end.
 """
@@ -39,8 +42,11 @@ def main():
     ap.add_argument("--commands", type=int, default=10000)
     ap.add_argument("--twins", type=int, default=1, help="twin replicas")
     ap.add_argument("--build", default="build")
+    ap.add_argument("--protocols", default="native", help="native and/or aws, comma-separated")
+    ap.add_argument("--no-commands", action="store_true", help="skip the command-delivery part")
     args = ap.parse_args()
-    stack, pg_port, broker, broker_port = setup(args, "motehub-bench-twin-")
+    protocols = args.protocols.split(",")
+    stack, pg_port, broker, broker_port = setup(args, "motehub-bench-twin-", plugin="aws" in protocols)
     work = stack.work
     pg_url = f"host=127.0.0.1 port={pg_port} user=postgres dbname=bench"
     try:
@@ -64,14 +70,15 @@ def main():
               f"1 gateway, PostgreSQL 15; logs in {work}", flush=True)
         common = [f"--mqtt-url=tcp://127.0.0.1:{broker_port}", f"--devices={args.devices}",
                   "--interval=24h", "--report=0", "--connect-rate=5000", f"--register={rpc_ep}"]
-        for rate in [int(r) for r in args.rates.split(",")]:
+        for rate, proto in [(int(r), p) for r in args.rates.split(",") for p in protocols]:
             c0 = {"gateway": cpu_seconds(gw.pid), "mosquitto": cpu_seconds(broker.pid)}
             for i, t in enumerate(twins):
                 c0[f"twin{i}"] = cpu_seconds(t[0].pid)
             pg0 = {pid: cpu_seconds(pid) for pid in postgres_pids()}
-            out, sim_cpu = motesim(stack, f"motesim-updates-{rate}",
-                                   common + [f"--prefix=u{rate}", f"--twin-rate={rate}",
-                                             f"--duration={args.duration + 5}s"])
+            out, sim_cpu = motesim(stack, f"motesim-updates-{rate}-{proto}",
+                                   common + [f"--prefix=u{rate}{proto[0]}", f"--twin-rate={rate}",
+                                             f"--duration={args.duration + 5}s",
+                                             f"--aws={'true' if proto == 'aws' else 'false'}"])
             m = re.search(r"twin_updates sent=(\d+) accepted=(\d+) rejected=(\d+) rate=(\S+) "
                           r"p50_ms=(\S+) p99_ms=(\S+)", out)
             if not m:
@@ -83,10 +90,12 @@ def main():
                 cpu[f"twin{i}"] = cpu_seconds(t[0].pid) - c0[f"twin{i}"]
             acc = int(m.group(2))
             per_k = acc / 1000 or 1
-            print(f"updates offered={rate}/s: sent {m.group(1)}, accepted {acc}, rejected {m.group(3)}; "
+            print(f"{proto} updates offered={rate}/s: sent {m.group(1)}, accepted {acc}, rejected {m.group(3)}; "
                   f"{float(m.group(4)):.0f} updates/s; p50 {float(m.group(5)):.1f} ms, "
                   f"p99 {float(m.group(6)):.1f} ms; CPU s/1k updates: "
                   + ", ".join(f"{k} {v / per_k:.3f}" for k, v in cpu.items()), flush=True)
+        if args.no_commands:
+            return
         out, _ = motesim(stack, "motesim-commands",
                          common + ["--prefix=c", "--twin=false", "--connect-rate=100000",
                                    f"--queue-commands={args.commands}", "--duration=300s"])

@@ -67,6 +67,7 @@ typedef struct {
     int64_t ota_workers;
     char *mqtt_ca, *certs, *issue_certs, *motectl;
     char *curve_dir;
+    bool aws;
 } sim_config_t;
 
 #define S_CFG(f) offsetof(sim_config_t, f)
@@ -111,6 +112,9 @@ static const mh_cfg_opt_t s_options[] = {
      "register the devices through --register and exit (for benchmarks of a large registry)"},
     {"register", "MOTESIM_REGISTER", MH_CFG_STR, "", S_CFG(register_rpc),
      "twin RPC endpoint to register the devices at first (e.g. tcp://127.0.0.1:5581)"},
+    {"aws", "MOTESIM_AWS", MH_CFG_BOOL, "false", S_CFG(aws),
+     "speak the AWS IoT device APIs as an AWS SDK device: twin updates through the classic"
+     " shadow ($aws/things/ID/shadow/update), jobs from notify-next answered SUCCEEDED"},
     {"twin-rate", "MOTESIM_TWIN_RATE", MH_CFG_DOUBLE, "0", S_CFG(twin_rate),
      "twin updates per second across devices; latency to update/accepted is measured"},
     {"flap-fraction", "MOTESIM_FLAP_FRACTION", MH_CFG_DOUBLE, "0", S_CFG(flap_fraction),
@@ -252,13 +256,39 @@ static mh_cmd_outcome_t s_on_command(mh_agent_t *a, const char *id, json_t *para
     return MH_CMD_SUCCEEDED;
 }
 
+/* An AWS IoT job from notify-next: done at once (SUCCEEDED), counted. */
+static uint64_t s_aws_jobs, s_aws_first_ms, s_aws_last_ms;
+static void s_aws_job(mh_agent_t *a, const char *payload, size_t len)
+{
+    json_t *v = mh_json_loadb(payload, len, 0, MH_JSON_MAX_DEPTH, NULL);
+    const char *job = json_string_value(json_object_get(json_object_get(v, "execution"), "jobId"));
+    char topic[160];
+    static const char done[] = "{\"status\":\"SUCCEEDED\",\"statusDetails\":{\"by\":\"motesim\"}}";
+    if (job && snprintf(topic, sizeof topic, "jobs/%s/update", job) < (int)sizeof topic &&
+        mh_agent_publish_aws(a, topic, done, sizeof done - 1, 1) == 0) {
+        uint64_t now = (uint64_t)mh_now_ms();
+        pthread_mutex_lock(&s_lat_lock);
+        if (!s_aws_jobs++)
+            s_aws_first_ms = now;
+        s_aws_last_ms = now;
+        pthread_mutex_unlock(&s_lat_lock);
+    }
+    json_decref(v);
+}
+
 /* Latency of twin updates: the clientToken carries the send time in µs. */
 static void s_on_message(mh_agent_t *a, const char *sub, const char *payload, size_t len, void *ud)
 {
     (void)a;
     (void)ud;
-    bool acc = strcmp(sub, "twin/update/accepted") == 0;
-    if (!acc && strcmp(sub, "twin/update/rejected") != 0)
+    if (strcmp(sub, "aws/jobs/notify-next") == 0) {
+        s_aws_job(a, payload, len);
+        return;
+    }
+    bool acc =
+        strcmp(sub, "twin/update/accepted") == 0 || strcmp(sub, "aws/shadow/update/accepted") == 0;
+    if (!acc && strcmp(sub, "twin/update/rejected") != 0 &&
+        strcmp(sub, "aws/shadow/update/rejected") != 0)
         return;
     json_t *v = mh_json_loadb(payload, len, 0, MH_JSON_MAX_DEPTH, NULL);
     const char *tok = json_string_value(json_object_get(v, "clientToken"));
@@ -597,7 +627,8 @@ int main(int argc, char **argv)
                              .firmware = cfg.firmware,
                              .ca_file = *cfg.mqtt_ca ? cfg.mqtt_ca : ca_default,
                              .cert_file = *cfg.certs ? crt : NULL,
-                             .key_file = *cfg.certs ? key : NULL};
+                             .key_file = *cfg.certs ? key : NULL,
+                             .aws = cfg.aws};
         devs[i].agent = mh_agent_new(&o);
         if (!devs[i].agent) {
             mh_error("cannot create device %s (bad --mqtt-url?)", id);
@@ -804,6 +835,9 @@ int main(int argc, char **argv)
         printf("motesim: commands handled=%" PRIu64 " first_ms=%" PRId64 " last_ms=%" PRId64
                " all_done_ms=%" PRId64 "\n",
                s_commands, s_first_cmd_ms, s_last_cmd_ms, commands_done_ms);
+    if (s_aws_jobs)
+        printf("motesim: aws_jobs done=%" PRIu64 " first_ms=%" PRIu64 " last_ms=%" PRIu64 "\n",
+               s_aws_jobs, s_aws_first_ms, s_aws_last_ms);
     if (ota_jobs)
         printf("motesim: ota jobs=%" PRIu64 " installed=%" PRIu64 " simulated_failures=%" PRIu64
                " repeats=%" PRIu64 "\n",
