@@ -10,8 +10,14 @@ and report back through the gateway):
    at most 500, finished):
    time from the failure gate tripping to every rollback job sent.
 
+3. With --aws-jobs instead: the devices speak the AWS IoT device APIs
+   (motesim --aws), and one job of a JSON document goes to all of them in
+   one wave: jobs handed, notified (notify-next), answered SUCCEEDED
+   ($aws/things/ID/jobs/JOB/update) and counted, per second.
+
     tools/bench/ota.py --devices 10000
     tools/bench/ota.py --devices 2000 --install-time 500ms
+    tools/bench/ota.py --devices 10000 --aws-jobs
 
 Everything runs on 127.0.0.1 on free ports and stops at the end.
 """
@@ -48,8 +54,9 @@ def main():
     ap.add_argument("--max-per-minute", type=int, default=600000)
     ap.add_argument("--sim-workers", type=int, default=8, help="motesim's download/verify threads")
     ap.add_argument("--build", default="build")
+    ap.add_argument("--aws-jobs", action="store_true", help="AWS IoT jobs instead of firmware (3.)")
     args = ap.parse_args()
-    stack, pg_port, broker, broker_port = setup(args, "motehub-bench-ota-")
+    stack, pg_port, broker, broker_port = setup(args, "motehub-bench-ota-", plugin=args.aws_jobs)
     work = stack.work
     pg_url = f"host=127.0.0.1 port={pg_port} user=postgres dbname=bench"
     try:
@@ -80,7 +87,9 @@ def main():
             f"--devices={args.devices}", "--prefix=o", f"--register=tcp://127.0.0.1:{t_rpc}",
             "--firmware=1.0.0", f"--ota-key={pub}", "--ota-fail=3.0.0:0.08",
             f"--ota-install-time={args.install_time}", f"--ota-workers={args.sim_workers}",
-            "--interval=1h", "--report=30s",
+            "--interval=1h", "--report=30s", f"--aws={'true' if args.aws_jobs else 'false'}",
+            # the AWS devices' job path alone: no shadow report on every connect
+            f"--twin={'false' if args.aws_jobs else 'true'}",
             "--connect-rate=2000"])
         end = time.time() + 300
         while int(psql(pg_port, "SELECT count(*) FROM twin.devices WHERE online AND firmware = '1.0.0'")
@@ -94,6 +103,25 @@ def main():
         bench = os.path.join(stack.bin, "tools/bench/ota_bench")
         settle(gw_http)
         common = [f"--rpc=tcp://127.0.0.1:{o_rpc}", f"--pg-url={pg_url}"]
+        if args.aws_jobs:
+            t0 = time.time()
+            subprocess.check_call([bench] + common + [
+                "--rollout={\"document\":{\"operation\":\"rotate-logs\"},"
+                "\"waves\":[{\"percent\":100}],\"soakSeconds\":0,"
+                f"\"maxPerMinute\":{args.max_per_minute},\"jobTimeoutSeconds\":600}}", "--until=completed"])
+            took = time.time() - t0
+            sim.send_signal(2)
+            sim.wait(300)
+            stack.procs.remove(sim)
+            with open(os.path.join(work, "motesim.log")) as f:
+                m = re.search(r"motesim: aws_jobs done=(\d+) first_ms=(\d+) last_ms=(\d+)", f.read())
+            if not m:
+                sys.exit(f"motesim printed no AWS jobs summary; see {work}")
+            done, span = int(m.group(1)), (int(m.group(3)) - int(m.group(2))) / 1000 or 1
+            print(f"AWS IoT jobs: {done} of {args.devices} devices ran the job (notify-next, then "
+                  f"SUCCEEDED); {done / span:.0f} jobs/s from the first device's start to the last's; "
+                  f"the rollout completed {took:.1f} s after it was created", flush=True)
+            return
         subprocess.check_call([bench] + common + [
             f"--upload=1.0.0:{args.image_size},2.0.0:{args.image_size},3.0.0:{args.image_size}",
             "--rollout={\"firmware\":\"2.0.0\",\"target\":{\"firmware\":\"1.0.0\"},"
