@@ -3,6 +3,7 @@ import { useParams } from "react-router-dom";
 import { CartesianGrid, ComposedChart, Area, Line, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
 import { api, ApiError } from "./api";
 import { ago, mergePatch, parseDesired, pickBucket, RANGES } from "./logic";
+import { Shadows } from "./Shadows";
 
 type Cmd = { id: string; name: string; status: string; createdAt: number };
 
@@ -160,6 +161,7 @@ export function DevicePage() {
             <h3>Delta</h3>
             <pre className="code">{JSON.stringify(twin?.state?.delta ?? {}, null, 2)}</pre>
           </div>
+          <Shadows id={id} />
         </div>
         <div className="col" style={{ width: 420 }}>
           <div className="panel">

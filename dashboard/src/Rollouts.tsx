@@ -16,7 +16,7 @@ export function RolloutCard({ rollout, onChanged }: { rollout: Rollout; onChange
   return (
     <div className="rollout" data-testid="rollout" data-state={rollout.state}>
       <div className="rollout-head">
-        <b>{rollout.firmware}</b>
+        <b>{rollout.firmware ?? `job ${String((rollout as any).document?.operation ?? "")}`}</b>
         <span className={`state state-${rollout.state}`} data-testid="rollout-state">{rollout.state.replace("_", " ")}</span>
         <span className="muted mono">{rollout.id.slice(0, 8)}</span>
         <span className="grow" />

@@ -7,6 +7,7 @@ import { Overview } from "./Overview";
 import { DevicesPage } from "./Devices";
 import { DevicePage } from "./Device";
 import { FirmwarePage } from "./Rollouts";
+import { JobsPage } from "./Jobs";
 import "./styles.css";
 
 // A token may arrive in the URL (#token=… as local mode prints it); it is
@@ -63,6 +64,7 @@ function App() {
         <NavLink to="/" end>Overview</NavLink>
         <NavLink to="/devices">Devices</NavLink>
         <NavLink to="/firmware">Firmware &amp; rollouts</NavLink>
+        <NavLink to="/jobs">Jobs</NavLink>
         <span className="grow" />
         <span className={`live ${live.connected ? "on" : "off"}`} data-testid="live-status">{live.connected ? "live" : "reconnecting"}</span>
         <button className="small" onClick={() => setTheme(theme === "dark" ? "light" : "dark")} aria-label="theme">{theme === "dark" ? "☀ light" : "☾ dark"}</button>
@@ -74,6 +76,7 @@ function App() {
           <Route path="/devices" element={<DevicesPage />} />
           <Route path="/devices/:id" element={<DevicePage />} />
           <Route path="/firmware" element={<FirmwarePage liveRollouts={live.summary?.rollouts ?? []} />} />
+          <Route path="/jobs" element={<JobsPage liveRollouts={live.summary?.rollouts ?? []} />} />
         </Routes>
       </main>
     </BrowserRouter>
