@@ -56,6 +56,11 @@ static void test_spec_rejects(void **state)
         "{\"firmware\":\"1\",\"target\":{\"model\":\"x\"}}",
         "{\"firmware\":\"1\",\"firmware\":\"2\"}",
         "nope",
+        /* a job of a document: an object, not beside firmware, no rollback */
+        "{\"document\":[1]}",
+        "{\"document\":{\"a\":1},\"firmware\":\"1\"}",
+        "{\"document\":{\"a\":1},\"onFailure\":\"rollback\"}",
+        "{}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ota_spec_t s;
@@ -64,6 +69,27 @@ static void test_spec_rejects(void **state)
             fail_msg("accepted %s", bad[i]);
         assert_true(strlen(why) > 5);
     }
+}
+
+/* A job of a document (AWS IoT Jobs): kept whole, no firmware, pause on
+ * failure, and written back as "document". */
+static void test_document_job(void **state)
+{
+    (void)state;
+    ota_spec_t s;
+    char why[256];
+    assert_int_equal(ota_spec_parse("{\"document\":{\"operation\":\"reboot\",\"n\":[1,2]}}", &s,
+                                    why, sizeof why),
+                     0);
+    assert_string_equal(s.firmware, "");
+    assert_false(s.rollback_on_failure);
+    json_t *j = ota_spec_json(&s);
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(j, "document"), "operation")), "reboot");
+    assert_null(json_object_get(j, "firmware"));
+    assert_string_equal(json_string_value(json_object_get(j, "onFailure")), "pause");
+    json_decref(j);
+    ota_spec_clear(&s);
 }
 
 static void test_waves(void **state)
@@ -221,9 +247,10 @@ static void test_ranges(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_spec_defaults),   cmocka_unit_test(test_spec_rejects),
-        cmocka_unit_test(test_waves),           cmocka_unit_test(test_decide),
-        cmocka_unit_test(test_status_messages), cmocka_unit_test(test_ranges),
+        cmocka_unit_test(test_spec_defaults), cmocka_unit_test(test_spec_rejects),
+        cmocka_unit_test(test_waves),         cmocka_unit_test(test_document_job),
+        cmocka_unit_test(test_decide),        cmocka_unit_test(test_status_messages),
+        cmocka_unit_test(test_ranges),
     };
     return MHT_RUN(tests);
 }

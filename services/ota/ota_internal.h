@@ -142,9 +142,13 @@ void ota_out_publish(ota_t *self, const char *device, const char *topic, json_t 
 /* ---- ota_jobs.c ---- */
 
 /* A device's request on $aws/things/{device}/jobs/{request}, answered on
- * its reply topics. 0, or -EIO when the database is away (keep it). */
+ * its reply topics (queued in self->out), inside the caller's transaction.
+ * 0, or on a database error -EIO (away), -EAGAIN (try again) or -EINVAL:
+ * the caller rolls back and discards what was queued. */
 int ota_jobs_request(ota_t *self, const char *device, const char *request, const uint8_t *payload,
                      size_t len);
+/* Answers a request that could not be completed: InternalError. */
+void ota_jobs_failed(ota_t *self, const char *device, const char *request);
 /* The AWS IoT status of an ota job status (and the outcome a device gave). */
 const char *ota_jobs_aws_status(const char *status, const char *outcome);
 /* The AWS jobId of a rollout's install or rollback. */

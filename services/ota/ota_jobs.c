@@ -348,8 +348,6 @@ static int s_start_next(ota_t *self, s_req_t *q, json_t *root, char *err, size_t
         return 0;
     }
     int64_t now = mh_now_ms();
-    if (!mh_pg_begin(self->pg, err, errlen))
-        return -1;
     PGresult *res = s_pending(self, q->device, true, err, errlen);
     bool ok = res != NULL;
     if (ok && PQntuples(res) &&
@@ -360,9 +358,7 @@ static int s_start_next(ota_t *self, s_req_t *q, json_t *root, char *err, size_t
         res = ok ? s_pending(self, q->device, false, err, errlen) : NULL;
         ok = res != NULL;
     }
-    if (!ok || !mh_pg_commit(self->pg, err, errlen)) {
-        mh_pg_rollback(self->pg);
-        ota_out_discard(self);
+    if (!ok) {
         if (res)
             PQclear(res);
         return -1;
@@ -405,8 +401,6 @@ static int s_update(ota_t *self, s_req_t *q, const char *job_id, json_t *root, c
         return 0;
     }
     int64_t now = mh_now_ms();
-    if (!mh_pg_begin(self->pg, err, errlen))
-        return -1;
     const char *p[] = {q->device, rollout, action};
     PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
                                "SELECT " S_EXEC_COLS S_EXEC_FROM
@@ -415,13 +409,10 @@ static int s_update(ota_t *self, s_req_t *q, const char *job_id, json_t *root, c
                                " AND NOT (j.status = 'queued' AND j.last_sent_ms IS NULL)"
                                " FOR UPDATE OF j",
                                3, p, err, errlen);
-    if (!res) {
-        mh_pg_rollback(self->pg);
+    if (!res)
         return -1;
-    }
     if (PQntuples(res) == 0) {
         PQclear(res);
-        mh_pg_rollback(self->pg);
         s_error(self, q, "ResourceNotFound", "no such job execution", NULL);
         return 0;
     }
@@ -436,7 +427,6 @@ static int s_update(ota_t *self, s_req_t *q, const char *job_id, json_t *root, c
         code = "InvalidStateTransition", why = "the job execution is already in a terminal state";
     if (code) {
         PQclear(res);
-        mh_pg_rollback(self->pg);
         s_error(self, q, code, why, state);
         return 0;
     }
@@ -456,9 +446,7 @@ static int s_update(ota_t *self, s_req_t *q, const char *job_id, json_t *root, c
         ok = pending != NULL;
     }
     PQclear(res);
-    if (!ok || !mh_pg_commit(self->pg, err, errlen)) {
-        mh_pg_rollback(self->pg);
-        ota_out_discard(self);
+    if (!ok) {
         if (after)
             PQclear(after);
         if (pending)
@@ -488,6 +476,13 @@ static int s_update(ota_t *self, s_req_t *q, const char *job_id, json_t *root, c
         PQclear(pending);
     }
     return 0;
+}
+
+void ota_jobs_failed(ota_t *self, const char *device, const char *request)
+{
+    s_req_t q = {.device = device, .now_s = mh_now_ms() / 1000};
+    snprintf(q.base, sizeof q.base, "$aws/things/%s/jobs/%s", device, request);
+    s_error(self, &q, "InternalError", "the request could not be completed; try again", NULL);
 }
 
 int ota_jobs_request(ota_t *self, const char *device, const char *request, const uint8_t *payload,
@@ -529,12 +524,8 @@ int ota_jobs_request(ota_t *self, const char *device, const char *request, const
     }
     json_decref(root);
     if (rc < 0) {
-        mh_counter_inc(self->m_db_errors);
-        mh_log_limited(&self->rl_db, MH_LOG_ERROR, "jobs request %s failed: %s", q.base, err);
-        if (mh_pg_lost(self->pg))
-            return -EIO;
-        s_error(self, &q, "InternalError", "the request could not be completed; try again", NULL);
+        mh_log_limited(&self->rl_db, MH_LOG_WARN, "jobs request %s failed: %s", q.base, err);
+        return mh_pg_lost(self->pg) ? -EIO : mh_pg_retryable(self->pg) ? -EAGAIN : -EINVAL;
     }
-    ota_out_flush(self);
     return 0;
 }

@@ -102,14 +102,57 @@ static void s_take(zhashx_t *by_job, zlistx_t *requests, const zframe_t *f, size
     mh_envelope_free(&env);
 }
 
-/* The AWS IoT jobs requests of a batch, one by one (ota_jobs.c). */
+/* Runs requests [from, to) of `requests` in one transaction. */
+static int s_requests_txn(ota_t *self, Mh__DeviceMessage **v, size_t from, size_t to)
+{
+    char err[512];
+    if (!mh_pg_begin(self->pg, err, sizeof err))
+        return mh_pg_lost(self->pg) ? -EIO : -EAGAIN;
+    int rc = 0;
+    for (size_t i = from; i < to && rc == 0; i++)
+        rc = ota_jobs_request(self, v[i]->device_id, v[i]->shadow, v[i]->payload.data,
+                              v[i]->payload.len);
+    if (rc == 0 && !mh_pg_commit(self->pg, err, sizeof err))
+        rc = mh_pg_lost(self->pg) ? -EIO : -EAGAIN;
+    if (rc < 0) {
+        mh_pg_rollback(self->pg);
+        ota_out_discard(self);
+    }
+    return rc;
+}
+
+/* The AWS IoT jobs requests of a batch (ota_jobs.c), in one transaction:
+ * one commit for all. A conflict is tried again; a request that keeps
+ * failing is answered InternalError on its own, the others applied. */
 static int s_requests(ota_t *self, zlistx_t *requests)
 {
-    for (Mh__DeviceMessage *m = zlistx_first(requests); m; m = zlistx_next(requests)) {
-        int rc = ota_jobs_request(self, m->device_id, m->shadow, m->payload.data, m->payload.len);
-        if (rc < 0)
-            return rc;
+    size_t n = zlistx_size(requests), k = 0;
+    if (!n)
+        return 0;
+    Mh__DeviceMessage **v = calloc(n, sizeof *v);
+    if (!v)
+        return -EAGAIN;
+    for (Mh__DeviceMessage *m = zlistx_first(requests); m; m = zlistx_next(requests))
+        v[k++] = m;
+    int rc, tries = 0;
+    do
+        rc = s_requests_txn(self, v, 0, n);
+    while (rc == -EAGAIN && ++tries < 5);
+    for (size_t i = 0; rc < 0 && rc != -EIO && i < n; i++) {
+        int one = s_requests_txn(self, v, i, i + 1);
+        if (one == -EIO) {
+            rc = -EIO;
+            break;
+        }
+        if (one < 0) {
+            mh_counter_inc(self->m_db_errors);
+            ota_jobs_failed(self, v[i]->device_id, v[i]->shadow);
+        }
     }
+    free(v);
+    if (rc == -EIO)
+        return rc;
+    ota_out_flush(self);
     return 0;
 }
 

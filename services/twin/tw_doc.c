@@ -1,5 +1,7 @@
 #include "tw_doc.h"
 
+#include "mh_json.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -261,4 +263,81 @@ tw_status_t tw_apply_shadow(json_t *doc, json_t *desired, json_t *reported, int6
     }
     json_decref(scratch);
     return st;
+}
+
+/* ---- AWS IoT shadow requests (tw_shadow.c) ---- */
+
+json_t *tw_shadow_parse(const uint8_t *data, size_t n, bool empty_ok, char *why, size_t len)
+{
+    while (n && data[n - 1] == 0)
+        n--;
+    if (n == 0 && empty_ok)
+        return json_object();
+    json_error_t err;
+    json_t *v =
+        mh_json_loadb((const char *)data, n, JSON_REJECT_DUPLICATES, MH_JSON_MAX_DEPTH, &err);
+    if (!v)
+        snprintf(why, len, "Invalid JSON: %s", err.text);
+    return v;
+}
+
+bool tw_shadow_token_ok(json_t *root, char *why, size_t len)
+{
+    json_t *t = json_object_get(root, "clientToken");
+    if (t && (!json_is_string(t) || json_string_length(t) > TW_SHADOW_MAX_TOKEN)) {
+        snprintf(why, len, "clientToken must be a string of at most %d bytes", TW_SHADOW_MAX_TOKEN);
+        return false;
+    }
+    return true;
+}
+
+bool tw_shadow_update_valid(json_t *root, json_t **desired, json_t **reported, int64_t *version,
+                            char *why, size_t len)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v)
+    {
+        if (strcmp(key, "state") && strcmp(key, "clientToken") && strcmp(key, "version")) {
+            snprintf(why, len, "Unexpected field: %.64s", key);
+            return false;
+        }
+    }
+    if (!tw_shadow_token_ok(root, why, len))
+        return false;
+    json_t *state = json_object_get(root, "state");
+    if (!state) {
+        snprintf(why, len, "Missing required node: state");
+        return false;
+    }
+    if (!json_is_object(state)) {
+        snprintf(why, len, "State node must be an object");
+        return false;
+    }
+    *desired = *reported = NULL;
+    json_object_foreach(state, key, v)
+    {
+        bool d = strcmp(key, "desired") == 0;
+        if (!d && strcmp(key, "reported")) {
+            snprintf(why, len, "State contains an invalid node: '%.64s'", key);
+            return false;
+        }
+        if (!json_is_object(v) && !json_is_null(v)) {
+            snprintf(why, len, "%s node must be an object", d ? "Desired" : "Reported");
+            return false;
+        }
+        if (tw_depth(v) > TW_MAX_DEPTH) {
+            snprintf(why, len, "JSON contains too many levels of nesting; maximum is %d",
+                     TW_MAX_DEPTH);
+            return false;
+        }
+        *(d ? desired : reported) = v;
+    }
+    v = json_object_get(root, "version");
+    if (v && (!json_is_integer(v) || json_integer_value(v) < 0)) {
+        snprintf(why, len, "Invalid version");
+        return false;
+    }
+    *version = v ? json_integer_value(v) : -1;
+    return true;
 }

@@ -68,3 +68,19 @@ int64_t tw_doc_version(json_t *doc);
  * error. */
 tw_status_t tw_apply_shadow(json_t *doc, json_t *desired, json_t *reported, int64_t ts,
                             int64_t expected_version, bool *changed, char *why, size_t why_len);
+
+#define TW_SHADOW_MAX_TOKEN 64
+
+/* An AWS IoT shadow request's payload as a JSON object: an empty one is {}
+ * where `empty_ok`; trailing NUL bytes (the embedded C SDK's demos send
+ * one) are dropped. NULL with `why` ("Invalid JSON: ...") otherwise; the
+ * caller checks it is an object. */
+json_t *tw_shadow_parse(const uint8_t *data, size_t len, bool empty_ok, char *why, size_t why_len);
+/* clientToken absent, or a string of at most TW_SHADOW_MAX_TOKEN bytes. */
+bool tw_shadow_token_ok(json_t *root, char *why, size_t why_len);
+/* An update request's shape (state with desired and/or reported, each an
+ * object or null, at most TW_MAX_DEPTH deep; clientToken; version): on
+ * success *desired and *reported are the sections (NULL when absent,
+ * borrowed from root) and *version the expected version (-1: none). */
+bool tw_shadow_update_valid(json_t *root, json_t **desired, json_t **reported, int64_t *version,
+                            char *why, size_t why_len);

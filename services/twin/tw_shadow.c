@@ -121,86 +121,6 @@ static void s_reject(tw_t *self, tw_batch_t *b, const char *device, const char *
     s_send(&b->out, device, name, what, rej);
 }
 
-/* The request's JSON: an empty payload is {} where allowed; trailing NUL
- * bytes (the embedded C SDK's demos send one) are dropped. */
-static json_t *s_parse(const Mh__DeviceMessage *m, bool empty_ok, char *why, size_t len)
-{
-    size_t n = m->payload.len;
-    while (n && m->payload.data[n - 1] == 0)
-        n--;
-    if (n == 0 && empty_ok)
-        return json_object();
-    json_error_t err;
-    json_t *v = mh_json_loadb((const char *)m->payload.data, n, JSON_REJECT_DUPLICATES,
-                              MH_JSON_MAX_DEPTH, &err);
-    if (!v)
-        snprintf(why, len, "Invalid JSON: %s", err.text);
-    return v;
-}
-
-static bool s_token_ok(json_t *root, char *why, size_t len)
-{
-    json_t *t = json_object_get(root, "clientToken");
-    if (t && (!json_is_string(t) || json_string_length(t) > TW_MAX_TOKEN)) {
-        snprintf(why, len, "clientToken must be a string of at most %d bytes", TW_MAX_TOKEN);
-        return false;
-    }
-    return true;
-}
-
-/* An update request's shape; on success *desired and *reported are the
- * sections (NULL when absent) and *version the expected version (-1: none). */
-static bool s_update_valid(json_t *root, json_t **desired, json_t **reported, int64_t *version,
-                           char *why, size_t len)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(root, key, v)
-    {
-        if (strcmp(key, "state") && strcmp(key, "clientToken") && strcmp(key, "version")) {
-            snprintf(why, len, "Unexpected field: %.64s", key);
-            return false;
-        }
-    }
-    if (!s_token_ok(root, why, len))
-        return false;
-    json_t *state = json_object_get(root, "state");
-    if (!state) {
-        snprintf(why, len, "Missing required node: state");
-        return false;
-    }
-    if (!json_is_object(state)) {
-        snprintf(why, len, "State node must be an object");
-        return false;
-    }
-    *desired = *reported = NULL;
-    json_object_foreach(state, key, v)
-    {
-        bool d = strcmp(key, "desired") == 0;
-        if (!d && strcmp(key, "reported")) {
-            snprintf(why, len, "State contains an invalid node: '%.64s'", key);
-            return false;
-        }
-        if (!json_is_object(v) && !json_is_null(v)) {
-            snprintf(why, len, "%s node must be an object", d ? "Desired" : "Reported");
-            return false;
-        }
-        if (tw_depth(v) > TW_MAX_DEPTH) {
-            snprintf(why, len, "JSON contains too many levels of nesting; maximum is %d",
-                     TW_MAX_DEPTH);
-            return false;
-        }
-        *(d ? desired : reported) = v;
-    }
-    v = json_object_get(root, "version");
-    if (v && (!json_is_integer(v) || json_integer_value(v) < 0)) {
-        snprintf(why, len, "Invalid version");
-        return false;
-    }
-    *version = v ? json_integer_value(v) : -1;
-    return true;
-}
-
 void tw_shadow_updated(tw_out_t *o, const char *device, const char *name, json_t *before,
                        json_t *doc, json_t *desired, json_t *reported, json_t *token, bool changed)
 {
@@ -252,7 +172,7 @@ static void s_classic(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMe
     bool del = m->kind == MH__DEVICE_MESSAGE__KIND__SHADOW_DELETE;
     if (del)
         desired = reported = json_null();
-    else if (!s_update_valid(root, &desired, &reported, &version, why, sizeof why)) {
+    else if (!tw_shadow_update_valid(root, &desired, &reported, &version, why, sizeof why)) {
         s_reject(self, b, d->id, NULL, op, 400, why, tok);
         return;
     }
@@ -361,7 +281,7 @@ static bool s_named(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMess
         int64_t version = -1;
         bool changed = false;
         tw_status_t st = TW_BAD_REQUEST;
-        if (s_update_valid(root, &desired, &reported, &version, why, sizeof why))
+        if (tw_shadow_update_valid(root, &desired, &reported, &version, why, sizeof why))
             st =
                 tw_apply_shadow(doc, desired, reported, b->now, version, &changed, why, sizeof why);
         json_t *state = json_object_get(doc, "state");
@@ -400,7 +320,7 @@ bool tw_msg_shadow(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMessa
         return true;
     }
     bool empty_ok = m->kind != MH__DEVICE_MESSAGE__KIND__SHADOW_UPDATE;
-    json_t *root = s_parse(m, empty_ok, why, sizeof why);
+    json_t *root = tw_shadow_parse(m->payload.data, m->payload.len, empty_ok, why, sizeof why);
     if (root && !json_is_object(root)) {
         snprintf(why, sizeof why, "Invalid JSON: the payload must be an object");
         json_decref(root);
@@ -412,7 +332,7 @@ bool tw_msg_shadow(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__DeviceMessa
         return true;
     }
     bool ok = true;
-    if (!s_token_ok(root, why, sizeof why))
+    if (!tw_shadow_token_ok(root, why, sizeof why))
         s_reject(self, b, d->id, name, op, 400, why, NULL);
     else if (name)
         ok = s_named(self, b, d, m, op, root, err, errlen);

@@ -3,7 +3,9 @@
  * JSON texts separated by a NUL byte (a device's or an operator's patches).
  *
  * Operations: a device's reported patch, an operator's desired patch,
- * desired and tags together, an AWS shadow update (tw_apply_shadow).
+ * desired and tags together, an AWS shadow update (tw_apply_shadow); and
+ * the first text as an AWS shadow request (tw_shadow_parse,
+ * tw_shadow_update_valid) applied to a new document.
  * Checked: mh_json_depth agrees with the tree jansson builds; a refused
  * patch leaves the document exactly as it was; an accepted one keeps every
  * limit (depth 8, 32 KiB, tags 8 KiB), bumps the version by one when it
@@ -123,6 +125,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         json_decref(once);
         json_decref(t);
     }
+    /* the first text as an AWS shadow update request: refused, or its
+     * sections applied to a new document within every limit */
+    char why2[256];
+    json_t *req = tw_shadow_parse((const uint8_t *)a, alen, false, why2, sizeof why2), *d = NULL,
+           *r = NULL;
+    int64_t ver = -1;
+    if (req && json_is_object(req) &&
+        tw_shadow_update_valid(req, &d, &r, &ver, why2, sizeof why2)) {
+        assert(!d || json_is_object(d) || json_is_null(d));
+        assert(!r || json_is_object(r) || json_is_null(r));
+        json_t *fresh = tw_doc_new(NULL, 1000), *before = json_deep_copy(fresh);
+        tw_status_t st = tw_apply_shadow(fresh, d, r, 5000, ver, &changed, why, sizeof why);
+        s_check(fresh, before, st, changed);
+        json_decref(before);
+        json_decref(fresh);
+    }
+    json_decref(req);
     json_decref(doc);
     json_decref(pa);
     json_decref(pb);
