@@ -189,9 +189,14 @@ Use the operator API, or motectl over it:
   curl -s -H "Authorization: Bearer $token" 'http://127.0.0.1:8080/api/v1/devices?limit=5'
   curl -s -H "Authorization: Bearer $token" http://127.0.0.1:8080/api/v1/devices/sim-0000/twin
 Roll out firmware (motesim's devices run 1.0.0; 9.9.9-bad fails on half of them):
-  build/tools/bench/ota_bench --pg-url="$MH_PG_URL" --upload=1.0.0:65536,2.0.0:65536 \\
-    --rollout='{"firmware":"2.0.0","target":{"firmware":"1.0.0"},"soakSeconds":10}'
-  $psql motehub -c "SELECT state, reason FROM ota.rollouts ORDER BY seq DESC LIMIT 3"
+  head -c 65536 /dev/urandom > /tmp/fw-2.0.0.bin
+  build/tools/motectl/motectl firmware upload /tmp/fw-2.0.0.bin --version 2.0.0 --hardware sim
+  build/tools/motectl/motectl rollout create --firmware 2.0.0 --from-firmware 1.0.0 --soak 10
+  build/tools/motectl/motectl rollout list
+Run a job of a JSON document (devices built on the AWS IoT SDKs take it through
+the Jobs API; motesim's devices do with --aws; docs/aws-migration.md):
+  build/tools/motectl/motectl job create --document '{"operation":"reboot"}' --waves 10,100
+  build/tools/motectl/motectl job list
 Publish a sample yourself as a registered simulated device, with its certificate:
   mosquitto_pub -p $mqtts_port --cafile $certs/ca.crt --cert $state/device-certs/sim-0000.crt \\
     --key $state/device-certs/sim-0000.key -q 1 -t devices/sim-0000/telemetry -m '{"temperature":21.5}'
