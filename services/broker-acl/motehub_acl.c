@@ -172,7 +172,9 @@ static int s_on_message(int event, void *data, void *ud)
     bool service = user && strncmp(user, self->service_prefix, strlen(self->service_prefix)) == 0;
     if (!e->topic)
         return MOSQ_ERR_SUCCESS;
-    if (service && strncmp(e->topic, "motehub/to/", 11) == 0) {
+    /* services, and on local mode's anonymous loopback listener anybody */
+    bool trusted = service || (!user && self->anonymous_allowed);
+    if (trusted && strncmp(e->topic, "motehub/to/", 11) == 0) {
         const char *client = e->topic + 11, *slash = strchr(client, '/');
         if (!slash || slash == client || !slash[1] || slash - client > 128)
             return MOSQ_ERR_SUCCESS;
