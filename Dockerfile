@@ -27,6 +27,8 @@ WORKDIR /dashboard
 COPY dashboard/package.json dashboard/package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY dashboard/ ./
+# the API client's types come from the API's OpenAPI document
+COPY services/fleet-stats/openapi.json /services/fleet-stats/openapi.json
 RUN npm run build
 
 FROM debian:12-slim AS motehub

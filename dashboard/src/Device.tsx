@@ -1,7 +1,7 @@
 import { useEffect, useState } from "react";
 import { useParams } from "react-router-dom";
 import { CartesianGrid, ComposedChart, Area, Line, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
-import { api, ApiError } from "./api";
+import { ApiError, call } from "./api";
 import { ago, mergePatch, parseDesired, pickBucket, RANGES } from "./logic";
 import { Shadows } from "./Shadows";
 
@@ -18,7 +18,7 @@ function Telemetry({ id }: { id: string }) {
       const to = Date.now();
       const from = to - range;
       try {
-        const r = await api("GET", `/api/v1/devices/${encodeURIComponent(id)}/telemetry?from=${from}&to=${to}&bucket=auto&limit=20000`);
+        const r = await call("get", "/api/v1/devices/{id}/telemetry", { path: { id }, query: { from, to, bucket: "auto", limit: 20000 } });
         if (!stop) {
           setSeries(r.data.series);
           setBucket(r.data.bucket);
@@ -74,7 +74,6 @@ function Telemetry({ id }: { id: string }) {
 
 export function DevicePage() {
   const { id = "" } = useParams();
-  const enc = encodeURIComponent(id);
   const [device, setDevice] = useState<any>(null);
   const [twin, setTwin] = useState<any>(null);
   const [etag, setEtag] = useState<string | null>(null);
@@ -83,16 +82,16 @@ export function DevicePage() {
   const [msg, setMsg] = useState("");
   const [err, setErr] = useState("");
   const loadTwin = async () => {
-    const t = await api("GET", `/api/v1/devices/${enc}/twin`);
+    const t = await call("get", "/api/v1/devices/{id}/twin", { path: { id } });
     setTwin(t.data);
     setEtag(t.etag);
     setDesired(JSON.stringify(t.data.state?.desired ?? {}, null, 2));
   };
-  const loadCmds = async () => setCmds((await api("GET", `/api/v1/devices/${enc}/commands?limit=20`)).data.items);
+  const loadCmds = async () => setCmds((await call("get", "/api/v1/devices/{id}/commands", { path: { id }, query: { limit: 20 } })).data.items);
   useEffect(() => {
     (async () => {
       try {
-        setDevice((await api("GET", `/api/v1/devices/${enc}`)).data);
+        setDevice((await call("get", "/api/v1/devices/{id}", { path: { id } })).data);
         await loadTwin();
         await loadCmds();
       } catch (e) {
@@ -109,7 +108,7 @@ export function DevicePage() {
     const d = parseDesired(desired);
     if (typeof d === "string") return setErr(d);
     try {
-      const r = await api("PATCH", `/api/v1/devices/${enc}/twin`, { desired: mergePatch(twin?.state?.desired ?? {}, d) }, etag ? { "If-Match": etag } : {});
+      const r = await call("patch", "/api/v1/devices/{id}/twin", { path: { id }, body: { desired: mergePatch(twin?.state?.desired ?? {}, d) }, headers: etag ? { "If-Match": etag } : {} });
       setTwin(r.data);
       setEtag(r.etag);
       setMsg(`saved: version ${r.data.version}`);
@@ -125,7 +124,7 @@ export function DevicePage() {
     const params = parseDesired(String(f.get("params") || "{}"));
     if (typeof params === "string") return setErr(`params: ${params}`);
     try {
-      const r = await api("POST", `/api/v1/devices/${enc}/commands`, { name: f.get("name"), params, ttl: Number(f.get("ttl")) });
+      const r = await call("post", "/api/v1/devices/{id}/commands", { path: { id }, body: { name: f.get("name"), params, ttl: Number(f.get("ttl")) } });
       setMsg(`command ${r.data.name} ${r.data.status}`);
       loadCmds();
     } catch (e) {

@@ -1,6 +1,6 @@
 import { useEffect, useState } from "react";
 import { Link, useSearchParams } from "react-router-dom";
-import { api } from "./api";
+import { call } from "./api";
 import { ago } from "./logic";
 
 type Device = { id: string; status: string; firmware: string | null; lastSeen: number | null; tags: Record<string, string> };
@@ -12,18 +12,16 @@ export function DevicesPage() {
   const [err, setErr] = useState("");
   const [loading, setLoading] = useState(false);
   const query = (cursor?: string) => {
-    const q = new URLSearchParams();
-    for (const k of ["q", "status", "firmware"]) if (params.get(k)) q.set(k, params.get(k)!);
-    for (const t of (params.get("tag") ?? "").split(",").map((s) => s.trim()).filter(Boolean)) q.append("tag", t);
-    q.set("limit", "100");
-    if (cursor) q.set("cursor", cursor);
-    return `/api/v1/devices?${q}`;
+    const q: Record<string, string | string[] | undefined> = { limit: "100", cursor };
+    for (const k of ["q", "status", "firmware"]) if (params.get(k)) q[k] = params.get(k)!;
+    q.tag = (params.get("tag") ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+    return q;
   };
   const load = async (cursor?: string) => {
     setLoading(true);
     setErr("");
     try {
-      const r = await api("GET", query(cursor));
+      const r = await call("get", "/api/v1/devices", { query: query(cursor) });
       setItems((prev) => (cursor ? [...prev, ...r.data.items] : r.data.items));
       setNext(r.data.next);
     } catch (e) {

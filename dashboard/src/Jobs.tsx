@@ -1,7 +1,7 @@
 // Jobs: rollouts of a JSON document (AWS IoT Jobs, docs/aws-migration.md),
 // with the same waves, thresholds and controls as firmware rollouts.
 import { useEffect, useState } from "react";
-import { api, ApiError } from "./api";
+import { ApiError, call } from "./api";
 import { parseDesired, parseTags, parseWaves, Rollout } from "./logic";
 import { RolloutCard } from "./Rollouts";
 
@@ -11,7 +11,7 @@ export function JobsPage({ liveRollouts }: { liveRollouts: Rollout[] }) {
   const [err, setErr] = useState("");
   const load = async () => {
     try {
-      setJobs((await api("GET", "/api/v1/jobs?limit=50")).data.items);
+      setJobs((await call("get", "/api/v1/jobs", { query: { limit: 50 } })).data.items);
     } catch (e) {
       setErr((e as Error).message);
     }
@@ -46,7 +46,7 @@ export function JobsPage({ liveRollouts }: { liveRollouts: Rollout[] }) {
       jobTimeoutSeconds: Number(f.get("timeout")),
     };
     try {
-      const r = await api("POST", "/api/v1/jobs", spec);
+      const r = await call("post", "/api/v1/jobs", { body: spec });
       setMsg(`job ${r.data.id.slice(0, 8)} created`);
       load();
     } catch (e) {

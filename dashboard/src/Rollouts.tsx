@@ -1,13 +1,20 @@
 import { useEffect, useState } from "react";
-import { api, ApiError } from "./api";
+import { ApiError, call } from "./api";
 import { controlsFor, parseTags, parseWaves, Rollout, waveShares } from "./logic";
 
 export function RolloutCard({ rollout, onChanged }: { rollout: Rollout; onChanged?: () => void }) {
   const [err, setErr] = useState("");
   const act = async (what: string) => {
     setErr("");
+    const paths = {
+      pause: "/api/v1/rollouts/{id}/pause",
+      resume: "/api/v1/rollouts/{id}/resume",
+      abort: "/api/v1/rollouts/{id}/abort",
+      rollback: "/api/v1/rollouts/{id}/rollback",
+    } as const;
+    if (!(what in paths)) return setErr(`unknown action ${what}`);
     try {
-      await api("POST", `/api/v1/rollouts/${rollout.id}/${what}`);
+      await call("post", paths[what as keyof typeof paths], { path: { id: rollout.id } });
       onChanged?.();
     } catch (e) {
       setErr((e as Error).message);
@@ -53,8 +60,8 @@ export function FirmwarePage({ liveRollouts }: { liveRollouts: Rollout[] }) {
   const [err, setErr] = useState("");
   const load = async () => {
     try {
-      setFirmware((await api("GET", "/api/v1/firmware?limit=200")).data.items);
-      setRollouts((await api("GET", "/api/v1/rollouts?limit=50")).data.items);
+      setFirmware((await call("get", "/api/v1/firmware", { query: { limit: 200 } })).data.items);
+      setRollouts((await call("get", "/api/v1/rollouts", { query: { limit: 50 } })).data.items);
     } catch (e) {
       setErr((e as Error).message);
     }
@@ -72,9 +79,8 @@ export function FirmwarePage({ liveRollouts }: { liveRollouts: Rollout[] }) {
     const f = new FormData(ev.currentTarget);
     const file = f.get("file") as File | null;
     if (!file || !file.size) return setErr("choose an image file");
-    const q = new URLSearchParams({ version: String(f.get("version")), hardware: String(f.get("hardware") || "") });
     try {
-      const r = await api("POST", `/api/v1/firmware?${q}`, await file.arrayBuffer());
+      const r = await call("post", "/api/v1/firmware", { query: { version: String(f.get("version")), hardware: String(f.get("hardware") || "") }, body: await file.arrayBuffer() });
       setMsg(`uploaded ${r.data.version} (${r.data.size} bytes, sha256 ${String(r.data.sha256).slice(0, 12)}…)`);
       load();
     } catch (e) {
@@ -105,7 +111,7 @@ export function FirmwarePage({ liveRollouts }: { liveRollouts: Rollout[] }) {
       onFailure: String(f.get("onFailure")),
     };
     try {
-      const r = await api("POST", "/api/v1/rollouts", spec);
+      const r = await call("post", "/api/v1/rollouts", { body: spec });
       setMsg(`rollout ${r.data.id.slice(0, 8)} created`);
       load();
     } catch (e) {

@@ -1,26 +1,25 @@
 // A device's named shadows (AWS IoT Device Shadow; the classic shadow is
 // the twin above): pick one, edit desired with the version check, delete.
 import { useEffect, useState } from "react";
-import { api, ApiError } from "./api";
+import { ApiError, call } from "./api";
 import { parseDesired } from "./logic";
 
 type Item = { name: string; version: number; updatedAt: number };
 
 export function Shadows({ id }: { id: string }) {
-  const enc = encodeURIComponent(id);
   const [items, setItems] = useState<Item[]>([]);
   const [name, setName] = useState("");
   const [doc, setDoc] = useState<any>(null);
   const [desired, setDesired] = useState("{}");
   const [err, setErr] = useState("");
   const [msg, setMsg] = useState("");
-  const list = async () => setItems((await api("GET", `/api/v1/devices/${enc}/shadows`)).data.items);
+  const list = async () => setItems((await call("get", "/api/v1/devices/{id}/shadows", { path: { id } })).data.items);
   const open = async (n: string) => {
     setErr("");
     setMsg("");
     setName(n);
     try {
-      const r = await api("GET", `/api/v1/devices/${enc}/shadows/${encodeURIComponent(n)}`);
+      const r = await call("get", "/api/v1/devices/{id}/shadows/{name}", { path: { id, name: n } });
       setDoc(r.data);
       setDesired(JSON.stringify(r.data.state?.desired ?? {}, null, 2));
     } catch (e) {
@@ -44,7 +43,7 @@ export function Shadows({ id }: { id: string }) {
     try {
       const body: Record<string, unknown> = { desired: patch };
       if (doc) body.version = doc.version;
-      const r = await api("PATCH", `/api/v1/devices/${enc}/shadows/${encodeURIComponent(name)}`, body);
+      const r = await call("patch", "/api/v1/devices/{id}/shadows/{name}", { path: { id, name }, body });
       setDoc(r.data);
       setMsg(`saved ${name}: version ${r.data.version}`);
       list();
@@ -55,7 +54,7 @@ export function Shadows({ id }: { id: string }) {
   };
   const remove = async () => {
     try {
-      await api("DELETE", `/api/v1/devices/${enc}/shadows/${encodeURIComponent(name)}`);
+      await call("delete", "/api/v1/devices/{id}/shadows/{name}", { path: { id, name } });
       setMsg(`deleted ${name}`);
       setDoc(null);
       setName("");

@@ -1,7 +1,7 @@
 import { StrictMode, useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
 import { BrowserRouter, NavLink, Route, Routes } from "react-router-dom";
-import { api, getToken, setToken } from "./api";
+import { call, getToken, setToken } from "./api";
 import { useLive } from "./live";
 import { Overview } from "./Overview";
 import { DevicesPage } from "./Devices";
@@ -32,7 +32,7 @@ function Login({ onToken }: { onToken: (t: string) => void }) {
           const t = String(new FormData(e.currentTarget).get("token")).trim();
           setToken(t);
           try {
-            await api("GET", "/api/v1/fleet/summary");
+            await call("get", "/api/v1/fleet/summary");
             onToken(t);
           } catch (x) {
             setToken("");
