@@ -12,7 +12,9 @@ pkgs=(build-essential pkg-config meson ninja-build clang-format clang libclang-r
       libcurl4-openssl-dev libcivetweb-dev zlib1g-dev postgresql-15 mosquitto mosquitto-clients
       mosquitto-dev libmosquitto-dev docker-compose python3-yaml python3 curl ca-certificates
       chromium prometheus podman runc netavark aardvark-dns podman-compose
-      debootstrap)
+      iptables debootstrap)
+# iptables: netavark sets up the containers' networks with it ("netavark: No
+# such file or directory" without it; not on every machine, found on a fresh one)
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 
