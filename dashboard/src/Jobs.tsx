@@ -2,7 +2,7 @@
 // with the same waves, thresholds and controls as firmware rollouts.
 import { useEffect, useState } from "react";
 import { ApiError, call } from "./api";
-import { parseDesired, parseTags, parseWaves, Rollout } from "./logic";
+import { parseDesired, Rollout, rolloutOptions } from "./logic";
 import { RolloutCard } from "./Rollouts";
 
 export function JobsPage({ liveRollouts }: { liveRollouts: Rollout[] }) {
@@ -28,23 +28,9 @@ export function JobsPage({ liveRollouts }: { liveRollouts: Rollout[] }) {
     const f = new FormData(ev.currentTarget);
     const document = parseDesired(String(f.get("document")));
     if (typeof document === "string") return setErr(`document: ${document}`);
-    const waves = parseWaves(String(f.get("waves")));
-    if (typeof waves === "string") return setErr(waves);
-    const tags = parseTags(String(f.get("tags") ?? ""));
-    if (typeof tags === "string") return setErr(tags);
-    const target: Record<string, unknown> = {};
-    if (Object.keys(tags).length) target.tags = tags;
-    if (f.get("from")) target.firmware = String(f.get("from"));
-    const spec = {
-      document,
-      target,
-      waves,
-      successThreshold: Number(f.get("success")),
-      failureThreshold: Number(f.get("failure")),
-      soakSeconds: Number(f.get("soak")),
-      maxPerMinute: Number(f.get("rate")),
-      jobTimeoutSeconds: Number(f.get("timeout")),
-    };
+    const options = rolloutOptions(f);
+    if (typeof options === "string") return setErr(options);
+    const spec = { document, ...options, jobTimeoutSeconds: Number(f.get("timeout")) };
     try {
       const r = await call("post", "/api/v1/jobs", { body: spec });
       setMsg(`job ${r.data.id.slice(0, 8)} created`);

@@ -1,6 +1,6 @@
 import { useEffect, useState } from "react";
 import { ApiError, call } from "./api";
-import { controlsFor, parseTags, parseWaves, Rollout, waveShares } from "./logic";
+import { controlsFor, Rollout, rolloutOptions, waveShares } from "./logic";
 
 export function RolloutCard({ rollout, onChanged }: { rollout: Rollout; onChanged?: () => void }) {
   const [err, setErr] = useState("");
@@ -93,23 +93,9 @@ export function FirmwarePage({ liveRollouts }: { liveRollouts: Rollout[] }) {
     setErr("");
     setMsg("");
     const f = new FormData(ev.currentTarget);
-    const waves = parseWaves(String(f.get("waves")));
-    if (typeof waves === "string") return setErr(waves);
-    const tags = parseTags(String(f.get("tags") ?? ""));
-    if (typeof tags === "string") return setErr(tags);
-    const target: Record<string, unknown> = {};
-    if (Object.keys(tags).length) target.tags = tags;
-    if (f.get("from")) target.firmware = String(f.get("from"));
-    const spec = {
-      firmware: String(f.get("firmware")),
-      target,
-      waves,
-      successThreshold: Number(f.get("success")),
-      failureThreshold: Number(f.get("failure")),
-      soakSeconds: Number(f.get("soak")),
-      maxPerMinute: Number(f.get("rate")),
-      onFailure: String(f.get("onFailure")),
-    };
+    const options = rolloutOptions(f);
+    if (typeof options === "string") return setErr(options);
+    const spec = { firmware: String(f.get("firmware")), ...options, onFailure: String(f.get("onFailure")) };
     try {
       const r = await call("post", "/api/v1/rollouts", { body: spec });
       setMsg(`rollout ${r.data.id.slice(0, 8)} created`);

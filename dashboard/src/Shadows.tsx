@@ -2,7 +2,7 @@
 // the twin above): pick one, edit desired with the version check, delete.
 import { useEffect, useState } from "react";
 import { ApiError, call } from "./api";
-import { parseDesired } from "./logic";
+import { mergePatch, parseDesired } from "./logic";
 
 type Item = { name: string; version: number; updatedAt: number };
 
@@ -37,11 +37,9 @@ export function Shadows({ id }: { id: string }) {
     setMsg("");
     const d = parseDesired(desired);
     if (typeof d === "string") return setErr(d);
-    // keys left out of the edit are removed, as on the twin
-    const patch: Record<string, unknown> = { ...d };
-    for (const k of Object.keys(doc?.state?.desired ?? {})) if (!(k in patch)) patch[k] = null;
     try {
-      const body: Record<string, unknown> = { desired: patch };
+      // what changed, as the twin's editor sends it: keys left out removed
+      const body: Record<string, unknown> = { desired: mergePatch(doc?.state?.desired ?? {}, d) };
       if (doc) body.version = doc.version;
       const r = await call("patch", "/api/v1/devices/{id}/shadows/{name}", { path: { id, name }, body });
       setDoc(r.data);

@@ -144,6 +144,27 @@ export function waveShares(w: Wave): { succeeded: number; failed: number; inProg
 }
 
 // Which operator controls apply in a state (the API answers 409 otherwise).
+/** The options a firmware rollout and a job share, from their forms'
+ * fields (waves, tags, from, success, failure, soak, rate), or what is
+ * wrong with them. */
+export function rolloutOptions(f: FormData): Record<string, unknown> | string {
+  const waves = parseWaves(String(f.get("waves")));
+  if (typeof waves === "string") return waves;
+  const tags = parseTags(String(f.get("tags") ?? ""));
+  if (typeof tags === "string") return tags;
+  const target: Record<string, unknown> = {};
+  if (Object.keys(tags).length) target.tags = tags;
+  if (f.get("from")) target.firmware = String(f.get("from"));
+  return {
+    target,
+    waves,
+    successThreshold: Number(f.get("success")),
+    failureThreshold: Number(f.get("failure")),
+    soakSeconds: Number(f.get("soak")),
+    maxPerMinute: Number(f.get("rate")),
+  };
+}
+
 export function controlsFor(state: string): string[] {
   switch (state) {
     case "scheduled":
