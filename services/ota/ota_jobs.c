@@ -129,18 +129,14 @@ static json_t *s_summary(PGresult *res, int r)
 }
 
 /* The device's pending executions, in progress first, then oldest first. */
+#define S_PENDING                                                                                  \
+    "SELECT " S_EXEC_COLS S_EXEC_FROM " WHERE j.device_id = $1 AND " S_VISIBLE                     \
+    " ORDER BY j.status IN ('downloading', 'installing') DESC, j.created_ms, j.id"
 static PGresult *s_pending(ota_t *self, const char *device, bool lock, char *err, size_t errlen)
 {
     const char *p[] = {device};
-    return mh_pg_exec(
-        self->pg, PGRES_TUPLES_OK,
-        lock ? "SELECT " S_EXEC_COLS S_EXEC_FROM " WHERE j.device_id = $1 AND " S_VISIBLE
-               " ORDER BY j.status IN ('downloading', 'installing') DESC,"
-               " j.created_ms, j.id FOR UPDATE OF j"
-             : "SELECT " S_EXEC_COLS S_EXEC_FROM " WHERE j.device_id = $1 AND " S_VISIBLE
-               " ORDER BY j.status IN ('downloading', 'installing') DESC,"
-               " j.created_ms, j.id",
-        1, p, err, errlen);
+    return mh_pg_exec(self->pg, PGRES_TUPLES_OK, lock ? S_PENDING " FOR UPDATE OF j" : S_PENDING, 1,
+                      p, err, errlen);
 }
 
 /* ---- replies ---- */
