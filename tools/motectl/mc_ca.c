@@ -11,10 +11,13 @@
  *   crlnumber   the CRL's sequence number
  * Device certificates carry CN = device id (1-64 of A-Z a-z 0-9 . _ -),
  * clientAuth only; service certificates CN = motehub:NAME (a name no device
- * id can take), server certificates serverAuth with subjectAltNames. Every
- * change to index.tsv holds an exclusive lock on it. */
+ * id can take), claim certificates CN = claim:NAME (fleet provisioning
+ * only; twin issues the devices' own, CN cert:<certificateId>), server
+ * certificates serverAuth with subjectAltNames. The directory and its locking:
+ * mh_ca.h. */
 #include "mc_ca.h"
 
+#include "mh_ca.h"
 #include "mh_ids.h"
 
 #include <errno.h>
@@ -44,6 +47,8 @@ static const char *s_usage =
     "                                             a fleet: P-0000 ... (motesim's ids)\n"
     "  ca issue --service NAME [--out DIR]        CN motehub:NAME (gateway, ...)\n"
     "  ca issue --server NAME [--san DNS|IP]...   a broker's certificate\n"
+    "  ca issue --claim NAME [--out DIR]          a claim certificate (CN claim:NAME):\n"
+    "                                             fleet provisioning only\n"
     "  ca sign CSR-FILE [--out FILE] [--days 825] sign a device's request (its key\n"
     "                                             never leaves the device)\n"
     "  ca revoke ID|SERIAL                        revoke, and write crl.pem\n"
@@ -51,13 +56,6 @@ static const char *s_usage =
     "  ca list\n"
     "T is RFC 3339 (2030-01-01T00:00:00Z). Files: OUT/ID.crt, OUT/ID.key (0600).\n"
     "The CA directory is --ca-dir, $MOTEHUB_CA_DIR, or ~/.motehub/ca.\n";
-
-typedef struct {
-    const char *dir;
-    char key_path[4200], crt_path[4200], index_path[4200], crl_path[4200], crlnum_path[4200];
-    EVP_PKEY *key;
-    X509 *crt;
-} s_ca_t;
 
 static int s_fail(const char *what)
 {
@@ -72,86 +70,40 @@ bool mc_valid_device_id(const char *id)
     return mh_device_id_valid(id, strlen(id));
 }
 
-static void s_paths(s_ca_t *ca, const char *dir)
+static int s_say(mh_ca_t *ca)
 {
-    ca->dir = dir;
-    snprintf(ca->key_path, sizeof ca->key_path, "%s/ca.key", dir);
-    snprintf(ca->crt_path, sizeof ca->crt_path, "%s/ca.crt", dir);
-    snprintf(ca->index_path, sizeof ca->index_path, "%s/index.tsv", dir);
-    snprintf(ca->crl_path, sizeof ca->crl_path, "%s/crl.pem", dir);
-    snprintf(ca->crlnum_path, sizeof ca->crlnum_path, "%s/crlnumber", dir);
+    fprintf(stderr, "motectl ca: %s\n", ca->err);
+    return -1;
 }
 
-/* Writes a PEM file through a temporary and a rename, with `mode`. */
-static int s_write_pem(const char *path, mode_t mode, int (*write)(BIO *, void *), void *obj)
+static int s_load(mh_ca_t *ca)
 {
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode);
-    if (fd < 0) {
-        fprintf(stderr, "motectl ca: %s: %s\n", tmp, strerror(errno));
-        return -1;
-    }
-    FILE *f = fdopen(fd, "w");
-    BIO *b = f ? BIO_new_fp(f, BIO_CLOSE) : NULL;
-    if (!b) {
-        if (f)
-            fclose(f);
-        else
-            close(fd);
-        unlink(tmp);
-        return -1;
-    }
-    int ok = write(b, obj);
-    BIO_free(b);
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        fprintf(stderr, "motectl ca: cannot write %s\n", path);
-        return -1;
-    }
-    return 0;
+    return mh_ca_load(ca) < 0 ? s_say(ca) : 0;
 }
 
-static int s_w_key(BIO *b, void *k)
+static int s_write_pem(mh_ca_t *ca, const char *path, mode_t mode, int (*write)(BIO *, void *),
+                       void *obj)
 {
-    return PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL);
-}
-static int s_w_crt(BIO *b, void *x)
-{
-    return PEM_write_bio_X509(b, x);
-}
-static int s_w_crl(BIO *b, void *c)
-{
-    return PEM_write_bio_X509_CRL(b, c);
+    return mh_ca_write_pem(ca, path, mode, write, obj) < 0 ? s_say(ca) : 0;
 }
 
-static int s_load(s_ca_t *ca)
+static FILE *s_index_lock(mh_ca_t *ca, const char *mode)
 {
-    FILE *f = fopen(ca->key_path, "r");
-    if (!f) {
-        fprintf(stderr, "motectl ca: no CA in %s (run motectl ca init)\n", ca->dir);
-        return -1;
-    }
-    ca->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-    fclose(f);
-    f = fopen(ca->crt_path, "r");
-    if (f) {
-        ca->crt = PEM_read_X509(f, NULL, NULL, NULL);
-        fclose(f);
-    }
-    if (!ca->key || !ca->crt) {
-        s_fail("cannot read the CA key or certificate");
-        return -1;
-    }
-    return 0;
+    FILE *f = mh_ca_index_lock(ca, mode);
+    if (!f)
+        s_say(ca);
+    return f;
 }
 
-static void s_unload(s_ca_t *ca)
+static X509 *s_make_cert(mh_ca_t *ca, EVP_PKEY *pub, EVP_PKEY *signer, const char *cn,
+                         mh_ca_kind_t kind, time_t not_before, time_t not_after, const char *san,
+                         char *serial, size_t serial_len)
 {
-    EVP_PKEY_free(ca->key);
-    X509_free(ca->crt);
-    ca->key = NULL;
-    ca->crt = NULL;
+    X509 *x =
+        mh_ca_make_cert(ca, pub, signer, cn, kind, not_before, not_after, san, serial, serial_len);
+    if (!x)
+        s_say(ca);
+    return x;
 }
 
 /* RFC 3339 UTC ("2030-01-01T00:00:00Z") → Unix seconds; -1 if malformed. */
@@ -164,116 +116,9 @@ static time_t s_parse_time(const char *t)
     return timegm(&tm);
 }
 
-/* A random positive 127-bit serial. */
-static int s_serial(X509 *x, char *hex, size_t hexlen)
-{
-    BIGNUM *bn = BN_new();
-    int ok = bn && BN_rand(bn, 127, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) &&
-             BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
-    if (ok) {
-        char *h = BN_bn2hex(bn);
-        snprintf(hex, hexlen, "%s", h ? h : "");
-        OPENSSL_free(h);
-        ok = h != NULL;
-    }
-    BN_free(bn);
-    return ok ? 0 : -1;
-}
+static int s_crl(mh_ca_t *ca, int days);
 
-static int s_ext(X509 *x, X509 *issuer, int nid, const char *value)
-{
-    X509V3_CTX ctx;
-    X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
-    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-    if (!e)
-        return -1;
-    int ok = X509_add_ext(x, e, -1);
-    X509_EXTENSION_free(e);
-    return ok ? 0 : -1;
-}
-
-typedef struct {
-    char status;
-    char serial[64];
-    long long not_after, revoked;
-    char cn[256];
-} s_entry_t;
-
-static bool s_parse_entry(char *line, s_entry_t *e)
-{
-    return sscanf(line, "%c\t%63s\t%lld\t%lld\t%255[^\n]", &e->status, e->serial, &e->not_after,
-                  &e->revoked, e->cn) == 5;
-}
-
-/* One index.tsv line (what s_parse_entry reads); the revocation time is 0
- * while valid. */
-static char *s_format_entry(char *buf, size_t len, char status, const char *serial,
-                            long long not_after, long long revoked, const char *cn)
-{
-    snprintf(buf, len, "%c\t%s\t%lld\t%lld\t%s\n", status, serial, not_after, revoked, cn);
-    return buf;
-}
-
-typedef enum { S_DEVICE, S_SERVICE, S_SERVER, S_CA } s_kind_t;
-
-/* A certificate for `pub` with CN `cn`, signed by the CA (or by `pub`'s own
- * key for the CA itself). */
-static X509 *s_make_cert(s_ca_t *ca, EVP_PKEY *pub, EVP_PKEY *signer, const char *cn, s_kind_t kind,
-                         time_t not_before, time_t not_after, const char *san, char *serial,
-                         size_t serial_len)
-{
-    X509 *x = X509_new();
-    if (!x || !X509_set_version(x, 2) || s_serial(x, serial, serial_len) < 0)
-        goto fail;
-    X509_NAME *name = X509_get_subject_name(x);
-    if (!X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1,
-                                    0))
-        goto fail;
-    if (kind == S_CA)
-        X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, (const unsigned char *)"Motehub", -1,
-                                   -1, 0);
-    X509 *issuer = kind == S_CA ? x : ca->crt;
-    if (!X509_set_issuer_name(x, X509_get_subject_name(issuer)) || !X509_set_pubkey(x, pub))
-        goto fail;
-    if (!ASN1_TIME_set(X509_getm_notBefore(x), not_before) ||
-        !ASN1_TIME_set(X509_getm_notAfter(x), not_after))
-        goto fail;
-    int rc = s_ext(x, issuer, NID_subject_key_identifier, "hash");
-    if (kind == S_CA) {
-        rc |= s_ext(x, issuer, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
-        rc |= s_ext(x, issuer, NID_key_usage, "critical,keyCertSign,cRLSign");
-    } else {
-        rc |= s_ext(x, issuer, NID_authority_key_identifier, "keyid");
-        rc |= s_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE");
-        rc |= s_ext(x, issuer, NID_key_usage, "critical,digitalSignature");
-        rc |= s_ext(x, issuer, NID_ext_key_usage, kind == S_SERVER ? "serverAuth" : "clientAuth");
-        if (san && *san)
-            rc |= s_ext(x, issuer, NID_subject_alt_name, san);
-    }
-    if (rc || !X509_sign(x, signer, EVP_sha256()))
-        goto fail;
-    return x;
-fail:
-    s_fail("cannot make the certificate");
-    X509_free(x);
-    return NULL;
-}
-
-/* Appends issued certificates to index.tsv under its lock. */
-static FILE *s_index_lock(s_ca_t *ca, const char *mode)
-{
-    FILE *f = fopen(ca->index_path, mode);
-    if (!f) {
-        fprintf(stderr, "motectl ca: %s: %s\n", ca->index_path, strerror(errno));
-        return NULL;
-    }
-    flock(fileno(f), LOCK_EX);
-    return f;
-}
-
-static int s_crl(s_ca_t *ca, int days);
-
-static int s_init(s_ca_t *ca, const char *cn, int days)
+static int s_init(mh_ca_t *ca, const char *cn, int days)
 {
     if (access(ca->key_path, F_OK) == 0) {
         fprintf(stderr, "motectl ca: a CA already exists in %s\n", ca->dir);
@@ -296,10 +141,10 @@ static int s_init(s_ca_t *ca, const char *cn, int days)
         return s_fail("cannot make a key");
     char serial[64];
     time_t now = time(NULL);
-    ca->crt = s_make_cert(ca, ca->key, ca->key, cn, S_CA, now - 300, now + (time_t)days * 86400,
-                          NULL, serial, sizeof serial);
-    if (!ca->crt || s_write_pem(ca->key_path, 0600, s_w_key, ca->key) < 0 ||
-        s_write_pem(ca->crt_path, 0644, s_w_crt, ca->crt) < 0)
+    ca->crt = s_make_cert(ca, ca->key, ca->key, cn, MH_CA_ROOT, now - 300,
+                          now + (time_t)days * 86400, NULL, serial, sizeof serial);
+    if (!ca->crt || s_write_pem(ca, ca->key_path, 0600, mh_ca_pem_key, ca->key) < 0 ||
+        s_write_pem(ca, ca->crt_path, 0644, mh_ca_pem_crt, ca->crt) < 0)
         return 1;
     FILE *f = s_index_lock(ca, "a");
     if (f)
@@ -318,8 +163,8 @@ typedef struct {
 
 /* Issues one certificate and key pair for `cn` into OUT/FILE.crt/.key and
  * records it. */
-static int s_issue_one(s_ca_t *ca, FILE *index, const s_issue_opts_t *o, const char *cn,
-                       const char *file, s_kind_t kind, const char *san)
+static int s_issue_one(mh_ca_t *ca, FILE *index, const s_issue_opts_t *o, const char *cn,
+                       const char *file, mh_ca_kind_t kind, const char *san)
 {
     char crt_path[4200], key_path[4200];
     snprintf(crt_path, sizeof crt_path, "%s/%s.crt", o->out, file);
@@ -334,13 +179,13 @@ static int s_issue_one(s_ca_t *ca, FILE *index, const s_issue_opts_t *o, const c
     time_t nb = o->not_before ? o->not_before : now - 300;
     time_t na = o->not_after ? o->not_after : now + (time_t)o->days * 86400;
     X509 *x = s_make_cert(ca, key, ca->key, cn, kind, nb, na, san, serial, sizeof serial);
-    int rc = x && s_write_pem(key_path, 0600, s_w_key, key) == 0 &&
-                     s_write_pem(crt_path, 0644, s_w_crt, x) == 0
+    int rc = x && s_write_pem(ca, key_path, 0600, mh_ca_pem_key, key) == 0 &&
+                     s_write_pem(ca, crt_path, 0644, mh_ca_pem_crt, x) == 0
                  ? 0
                  : 1;
     if (rc == 0) {
         char line[512];
-        fputs(s_format_entry(line, sizeof line, 'V', serial, (long long)na, 0, cn), index);
+        fputs(mh_ca_format_entry(line, sizeof line, 'V', serial, (long long)na, 0, cn), index);
         if (!o->quiet)
             printf("%s\t%s\t%s\n", cn, serial, crt_path);
     }
@@ -350,28 +195,24 @@ static int s_issue_one(s_ca_t *ca, FILE *index, const s_issue_opts_t *o, const c
 }
 
 /* The CA certificate next to the issued ones, for devices to trust. */
-static void s_copy_ca(s_ca_t *ca, const char *out)
+static void s_copy_ca(mh_ca_t *ca, const char *out)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/ca.crt", out);
-    s_write_pem(path, 0644, s_w_crt, ca->crt);
+    s_write_pem(ca, path, 0644, mh_ca_pem_crt, ca->crt);
 }
 
-static int s_issue(s_ca_t *ca, int argc, char **argv)
+static int s_issue(mh_ca_t *ca, int argc, char **argv)
 {
-    static const struct option lo[] = {{"out", required_argument, NULL, 'o'},
-                                       {"days", required_argument, NULL, 'd'},
-                                       {"not-before", required_argument, NULL, 'b'},
-                                       {"not-after", required_argument, NULL, 'a'},
-                                       {"prefix", required_argument, NULL, 'p'},
-                                       {"count", required_argument, NULL, 'n'},
-                                       {"skip-existing", no_argument, NULL, 'k'},
-                                       {"service", required_argument, NULL, 's'},
-                                       {"server", required_argument, NULL, 'S'},
-                                       {"san", required_argument, NULL, 'A'},
-                                       {NULL, 0, NULL, 0}};
+    static const struct option lo[] = {
+        {"out", required_argument, NULL, 'o'},        {"days", required_argument, NULL, 'd'},
+        {"not-before", required_argument, NULL, 'b'}, {"not-after", required_argument, NULL, 'a'},
+        {"prefix", required_argument, NULL, 'p'},     {"count", required_argument, NULL, 'n'},
+        {"skip-existing", no_argument, NULL, 'k'},    {"service", required_argument, NULL, 's'},
+        {"server", required_argument, NULL, 'S'},     {"san", required_argument, NULL, 'A'},
+        {"claim", required_argument, NULL, 'c'},      {NULL, 0, NULL, 0}};
     s_issue_opts_t o = {.out = ".", .days = 825};
-    const char *prefix = NULL, *service = NULL, *server = NULL;
+    const char *prefix = NULL, *service = NULL, *server = NULL, *claim = NULL;
     long count = -1;
     char san[2048] = "";
     int c;
@@ -406,6 +247,9 @@ static int s_issue(s_ca_t *ca, int argc, char **argv)
         case 's':
             service = optarg;
             break;
+        case 'c':
+            claim = optarg;
+            break;
         case 'S':
             server = optarg;
             break;
@@ -421,8 +265,9 @@ static int s_issue(s_ca_t *ca, int argc, char **argv)
         }
     }
     int nids = argc - optind;
-    if (o.days < 1 || (!!prefix != (count >= 0)) || (nids == 0 && !prefix && !service && !server) ||
-        (nids && (prefix || service || server))) {
+    if (o.days < 1 || (!!prefix != (count >= 0)) ||
+        (nids == 0 && !prefix && !service && !server && !claim) ||
+        (nids && (prefix || service || server || claim))) {
         fputs(s_usage, stderr);
         return 2;
     }
@@ -434,6 +279,10 @@ static int s_issue(s_ca_t *ca, int argc, char **argv)
         }
     if (prefix && (!mc_valid_device_id(prefix) || strlen(prefix) > 50 || count > 10000000)) {
         fprintf(stderr, "motectl ca: bad --prefix or --count\n");
+        return 2;
+    }
+    if (claim && (!mc_valid_device_id(claim) || strlen(claim) > 56)) {
+        fprintf(stderr, "motectl ca: bad claim name \"%s\"\n", claim);
         return 2;
     }
     if (service && !mc_valid_device_id(service)) {
@@ -452,21 +301,26 @@ static int s_issue(s_ca_t *ca, int argc, char **argv)
     int rc = 0;
     o.quiet = prefix && count > 20;
     for (int i = optind; i < argc && !rc; i++)
-        rc = s_issue_one(ca, index, &o, argv[i], argv[i], S_DEVICE, NULL);
+        rc = s_issue_one(ca, index, &o, argv[i], argv[i], MH_CA_DEVICE, NULL);
     for (long i = 0; prefix && i < count && !rc; i++) {
         char id[80];
         snprintf(id, sizeof id, "%s-%04ld", prefix, i);
-        rc = s_issue_one(ca, index, &o, id, id, S_DEVICE, NULL);
+        rc = s_issue_one(ca, index, &o, id, id, MH_CA_DEVICE, NULL);
     }
     if (service) {
         char cn[128];
         snprintf(cn, sizeof cn, "motehub:%s", service);
-        rc = s_issue_one(ca, index, &o, cn, service, S_SERVICE, NULL);
+        rc = s_issue_one(ca, index, &o, cn, service, MH_CA_SERVICE, NULL);
+    }
+    if (claim) {
+        char cn[128];
+        snprintf(cn, sizeof cn, "claim:%s", claim);
+        rc = s_issue_one(ca, index, &o, cn, claim, MH_CA_DEVICE, NULL);
     }
     if (server) {
         if (!*san)
             snprintf(san, sizeof san, "DNS:%s", server);
-        rc = s_issue_one(ca, index, &o, server, server, S_SERVER, san);
+        rc = s_issue_one(ca, index, &o, server, server, MH_CA_SERVER, san);
     }
     fclose(index);
     if (!rc)
@@ -476,7 +330,7 @@ static int s_issue(s_ca_t *ca, int argc, char **argv)
     return rc;
 }
 
-static int s_sign(s_ca_t *ca, int argc, char **argv)
+static int s_sign(mh_ca_t *ca, int argc, char **argv)
 {
     static const struct option lo[] = {{"out", required_argument, NULL, 'o'},
                                        {"days", required_argument, NULL, 'd'},
@@ -525,15 +379,16 @@ static int s_sign(s_ca_t *ca, int argc, char **argv)
     char serial[64];
     time_t now = time(NULL), not_after = now + (time_t)days * 86400;
     /* Only the CN is taken from the request; the CA sets every extension. */
-    X509 *x = s_make_cert(ca, pub, ca->key, cn, S_DEVICE, now - 300, not_after, NULL, serial,
+    X509 *x = s_make_cert(ca, pub, ca->key, cn, MH_CA_DEVICE, now - 300, not_after, NULL, serial,
                           sizeof serial);
     if (!x)
         goto done;
     FILE *index = s_index_lock(ca, "a");
     if (index) {
-        if (out ? s_write_pem(out, 0644, s_w_crt, x) == 0 : PEM_write_X509(stdout, x) == 1) {
+        if (out ? s_write_pem(ca, out, 0644, mh_ca_pem_crt, x) == 0
+                : PEM_write_X509(stdout, x) == 1) {
             char line[512];
-            fputs(s_format_entry(line, sizeof line, 'V', serial, (long long)not_after, 0, cn),
+            fputs(mh_ca_format_entry(line, sizeof line, 'V', serial, (long long)not_after, 0, cn),
                   index);
             if (out)
                 printf("%s\t%s\t%s\n", cn, serial, out);
@@ -548,7 +403,7 @@ done:
     return rc;
 }
 
-static int s_revoke(s_ca_t *ca, const char *what)
+static int s_revoke(mh_ca_t *ca, const char *what)
 {
     if (s_load(ca) < 0)
         return 1;
@@ -562,10 +417,10 @@ static int s_revoke(s_ca_t *ca, const char *what)
     int n = 0;
     time_t now = time(NULL);
     while (fgets(line, sizeof line, f)) {
-        s_entry_t e;
-        if (s_parse_entry(line, &e) && e.status == 'V' &&
+        mh_ca_entry_t e;
+        if (mh_ca_parse_entry(line, &e) && e.status == 'V' &&
             (strcmp(e.cn, what) == 0 || strcasecmp(e.serial, what) == 0)) {
-            s_format_entry(line, sizeof line, 'R', e.serial, e.not_after, (long long)now, e.cn);
+            mh_ca_format_entry(line, sizeof line, 'R', e.serial, e.not_after, (long long)now, e.cn);
             n++;
         }
         size_t l = strlen(line);
@@ -600,7 +455,7 @@ static int s_revoke(s_ca_t *ca, const char *what)
     return rc;
 }
 
-static int s_crl(s_ca_t *ca, int days)
+static int s_crl(mh_ca_t *ca, int days)
 {
     if (!ca->key && s_load(ca) < 0)
         return 1;
@@ -622,8 +477,8 @@ static int s_crl(s_ca_t *ca, int days)
     int revoked = 0;
     char line[512];
     while (ok && f && fgets(line, sizeof line, f)) {
-        s_entry_t e;
-        if (!s_parse_entry(line, &e) || e.status != 'R')
+        mh_ca_entry_t e;
+        if (!mh_ca_parse_entry(line, &e) || e.status != 'R')
             continue;
         X509_REVOKED *r = X509_REVOKED_new();
         BIGNUM *bn = NULL;
@@ -650,7 +505,7 @@ static int s_crl(s_ca_t *ca, int days)
     int rc = 1;
     if (!ok)
         s_fail("cannot make the CRL");
-    else if (s_write_pem(ca->crl_path, 0644, s_w_crl, crl) == 0) {
+    else if (s_write_pem(ca, ca->crl_path, 0644, mh_ca_pem_crl, crl) == 0) {
         nf = fopen(ca->crlnum_path, "w");
         if (nf) {
             fprintf(nf, "%ld\n", number + 1);
@@ -665,7 +520,7 @@ static int s_crl(s_ca_t *ca, int days)
     return rc;
 }
 
-static int s_list(s_ca_t *ca)
+static int s_list(mh_ca_t *ca)
 {
     FILE *f = fopen(ca->index_path, "r");
     if (!f) {
@@ -676,8 +531,8 @@ static int s_list(s_ca_t *ca)
     time_t now = time(NULL);
     printf("%-8s %-34s %-20s %s\n", "STATUS", "SERIAL", "EXPIRES", "CN");
     while (fgets(line, sizeof line, f)) {
-        s_entry_t e;
-        if (!s_parse_entry(line, &e))
+        mh_ca_entry_t e;
+        if (!mh_ca_parse_entry(line, &e))
             continue;
         char when[32];
         time_t na = (time_t)e.not_after;
@@ -711,8 +566,8 @@ int mc_ca_main(int argc, char **argv)
         fputs(s_usage, argc < 1 ? stderr : stdout);
         return argc < 1 ? 2 : 0;
     }
-    s_ca_t ca = {0};
-    s_paths(&ca, dir);
+    mh_ca_t ca = {0};
+    mh_ca_paths(&ca, dir);
     const char *cmd = argv[0];
     int rc;
     if (strcmp(cmd, "init") == 0) {
@@ -740,6 +595,6 @@ int mc_ca_main(int argc, char **argv)
         rc = 2;
     if (rc == 2)
         fputs(s_usage, stderr);
-    s_unload(&ca);
+    mh_ca_unload(&ca);
     return rc;
 }
