@@ -7,6 +7,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 
 static char s_ca[700];
@@ -29,8 +30,11 @@ static int s_setup(void **state)
         mht_motectl("ca --ca-dir '%s' issue thing-0000 thing-0001 thing-0002 thing-0003 "
                     "--out '%s'",
                     s_ca, s_p.broker.certs) != 0 ||
+        mht_motectl("ca --ca-dir '%s' issue --claim claim-factory --out '%s'", s_ca,
+                    s_p.broker.certs) != 0 ||
         mht_shell("cp '%s/crl.pem' '%s/crl.pem'", s_ca, s_p.broker.certs) != 0)
         return -1;
+    snprintf(s_p.ca_dir, sizeof s_p.ca_dir, "%s", s_ca); /* twin signs provisioned devices' */
     mht_platform_start(&s_p);
     mht_register_devices(s_p.twin.rpc_endpoint, "thing", 4);
     return 0;
@@ -68,6 +72,39 @@ S_SCENARIO(test_v1_jobs, "jobs-v1.mjs", "", "thing-0003")
 S_SCENARIO(test_v2_jobs_mqtt5, "jobs-v2.mjs", "mqtt5", "thing-0002")
 S_SCENARIO(test_v2_jobs_mqtt311, "jobs-v2.mjs", "mqtt311", "thing-0002")
 S_SCENARIO(test_firmware_as_aws_job, "jobs-firmware.mjs", "", "thing-0001")
+
+/* Fleet provisioning with the v2 SDK's iotidentity from a claim
+ * certificate (tests/aws/provision-v2.mjs); then the first device's
+ * certificate, listed by `motectl ca list` like any other, is revoked and
+ * no longer connects. */
+static void test_v2_fleet_provisioning_mqtt5(void **state)
+{
+    (void)state;
+    assert_int_equal(s_scenario("provision-v2.mjs", "mqtt5", ""), 0);
+    char out[800], cn[128] = "";
+    snprintf(out, sizeof out, "%s/ca-list.out", mht_artifacts());
+    assert_int_equal(mht_motectl("ca --ca-dir '%s' list > '%s'", s_ca, out), 0);
+    /* two certificates issued to devices through provisioning */
+    assert_int_equal(mht_shell("test $(grep -c ' cert:' '%s') -eq 2", out), 0);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "openssl x509 -noout -subject -nameopt multiline -in '%s/sensor-00C0FFA1.crt'"
+             " | sed -n 's/ *commonName *= *//p'",
+             s_p.broker.certs);
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    if (!fgets(cn, sizeof cn, f))
+        cn[0] = 0;
+    pclose(f);
+    cn[strcspn(cn, "\n")] = 0;
+    assert_true(strncmp(cn, "cert:", 5) == 0);
+    assert_int_equal(mht_motectl("ca --ca-dir '%s' revoke '%s'", s_ca, cn), 0);
+    assert_int_equal(mht_shell("cp '%s/crl.pem' '%s/crl.pem'", s_ca, s_p.broker.certs), 0);
+    mht_broker_reload(&s_p.broker);
+    assert_int_equal(s_scenario("provision-v2.mjs", "mqtt5 revoked", ""), 0);
+}
+
+S_SCENARIO(test_v2_fleet_provisioning_mqtt311, "provision-v2.mjs", "mqtt311", "")
 
 /* motectl: named shadows and jobs, as an operator types them */
 static void test_motectl_shadows_and_jobs(void **state)
@@ -112,6 +149,8 @@ int main(void)
         cmocka_unit_test(test_v2_jobs_mqtt311),
         cmocka_unit_test(test_firmware_as_aws_job),
         cmocka_unit_test(test_motectl_shadows_and_jobs),
+        cmocka_unit_test(test_v2_fleet_provisioning_mqtt5),
+        cmocka_unit_test(test_v2_fleet_provisioning_mqtt311),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -2,6 +2,7 @@
 #include "mh_test.h"
 
 #include "tw_doc.h"
+#include "tw_template.h"
 
 static json_t *J(const char *text)
 {
@@ -266,6 +267,75 @@ static void test_shadow_update(void **state)
     json_decref(doc);
 }
 
+/* Provisioning templates, both spellings: what a device becomes from its
+ * parameters, and each kind of bad template or parameter refused. */
+static void test_templates(void **state)
+{
+    (void)state;
+    char err[512];
+    json_t *mh = J("{\"parameters\":{\"Serial\":{\"pattern\":\"[0-9]{4}\"},"
+                   "\"Model\":{\"default\":\"m1\"}},\"thingName\":\"s-{Serial}\","
+                   "\"tags\":{\"model\":\"{Model}\",\"fixed\":\"x\"},\"desired\":{\"i\":30},"
+                   "\"deviceConfiguration\":{\"a\":\"{Model}-{Serial}\"}}");
+    assert_true(tw_template_check(mh, err, sizeof err));
+    assert_true(tw_template_enabled(mh));
+    json_t *p = J("{\"Serial\":\"0042\"}"), *made = tw_template_apply(mh, p, err, sizeof err);
+    s_expect(made, "{\"thingName\":\"s-0042\",\"tags\":{\"model\":\"m1\",\"fixed\":\"x\"},"
+                   "\"desired\":{\"i\":30},\"deviceConfiguration\":{\"a\":\"m1-0042\"}}");
+    json_decref(made);
+    json_decref(p);
+    /* the pattern holds for the whole value; missing, non-string, too long */
+    const char *bad[] = {"{\"Serial\":\"00421\"}", "{}", "{\"Serial\":42}",
+                         "{\"Serial\":\"0042\",\"Model\":\"bad/id\"}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        p = J(bad[i]);
+        made = tw_template_apply(mh, p, err, sizeof err);
+        if (i < 3)
+            assert_null(made);
+        else /* a tag may hold anything; the thing name is what must be an id */
+            json_decref(made);
+        json_decref(p);
+    }
+    json_decref(mh);
+    /* AWS's spelling: Ref and Fn::Join; its plain strings are literal */
+    json_t *aws = J("{\"Parameters\":{\"SN\":{\"Type\":\"String\",\"AllowedPattern\":\"[A-F]+\"}},"
+                    "\"Resources\":{\"t\":{\"Type\":\"AWS::IoT::Thing\",\"Properties\":{"
+                    "\"ThingName\":{\"Fn::Join\":[\"_\",[\"dev\",{\"Ref\":\"SN\"}]]},"
+                    "\"AttributePayload\":{\"sn\":{\"Ref\":\"SN\"}}}},"
+                    "\"cert\":{\"Type\":\"AWS::IoT::Certificate\"}},"
+                    "\"DeviceConfiguration\":{\"c\":\"{SN}\"},\"enabled\":false}");
+    assert_true(tw_template_check(aws, err, sizeof err));
+    assert_false(tw_template_enabled(aws));
+    p = J("{\"SN\":\"ABC\"}");
+    made = tw_template_apply(aws, p, err, sizeof err);
+    s_expect(made, "{\"thingName\":\"dev_ABC\",\"tags\":{\"sn\":\"ABC\"},\"desired\":{},"
+                   "\"deviceConfiguration\":{\"c\":\"{SN}\"}}");
+    json_decref(made);
+    json_decref(p);
+    json_decref(aws);
+    /* bad templates, each refused with a message */
+    const char *bad_t[] = {
+        "[]",
+        "{\"parameters\":{}}",
+        "{\"parameters\":{\"a\":{\"pattern\":\"([\"}},\"thingName\":\"{a}\"}",
+        "{\"parameters\":{},\"thingName\":\"{nope}\"}",
+        "{\"parameters\":{},\"thingName\":{\"Ref\":\"nope\"}}",
+        "{\"parameters\":{},\"thingName\":{\"Fn::Join\":[1]}}",
+        "{\"parameters\":{},\"thingName\":\"x\",\"tags\":[]}",
+        "{\"parameters\":{},\"thingName\":\"x\",\"desired\":3}",
+        "{\"parameters\":{},\"thingName\":\"x\",\"enabled\":\"yes\"}",
+        "{\"Resources\":{\"t\":{\"Type\":\"AWS::IoT::Policy\"}}}",
+    };
+    for (size_t i = 0; i < sizeof bad_t / sizeof *bad_t; i++) {
+        json_t *t = J(bad_t[i]);
+        err[0] = 0;
+        if (tw_template_check(t, err, sizeof err))
+            fail_msg("template %s accepted", bad_t[i]);
+        assert_true(err[0] != 0);
+        json_decref(t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -278,6 +348,7 @@ int main(void)
         cmocka_unit_test(test_out_of_order_reported_keys),
         cmocka_unit_test(test_operator_patch_tags_and_desired),
         cmocka_unit_test(test_shadow_update),
+        cmocka_unit_test(test_templates),
     };
     return MHT_RUN(tests);
 }

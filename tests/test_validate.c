@@ -82,6 +82,30 @@ static void test_topics(void **state)
     assert_int_equal(T("$aws/things/bad+id/shadow/get"), GW_BAD_DEVICE_ID);
     assert_int_equal(T("$SYS/broker/uptime"), GW_BAD_TOPIC);
     assert_int_equal(T("motehub/aws/x"), GW_BAD_TOPIC);
+    /* fleet provisioning, as the broker plugin moves it: the claim's client */
+    char tpl[GW_MAX_AWS_ARG + 1];
+    t = "motehub/aws/provision/claim:line-1/certificates/create/json";
+    assert_int_equal(gw_provision_topic_parse(t, strlen(t), id, tpl, &k), GW_OK);
+    assert_string_equal(id, "claim:line-1");
+    assert_int_equal(k, GW_TOPIC_PROVISION_CREATE);
+    assert_int_equal(T("motehub/aws/provision/claim:a/certificates/create-from-csr/json"), GW_OK);
+    assert_int_equal(k, GW_TOPIC_PROVISION_CSR);
+    t = "motehub/aws/provision/claim:a/provisioning-templates/factory_1-b/provision/json";
+    assert_int_equal(gw_provision_topic_parse(t, strlen(t), id, tpl, &k), GW_OK);
+    assert_int_equal(k, GW_TOPIC_PROVISION_REGISTER);
+    assert_string_equal(tpl, "factory_1-b");
+    /* not a claim, a bad template name, a reply, an unknown request */
+    assert_int_equal(T("motehub/aws/provision/dev-1/certificates/create/json"), GW_BAD_DEVICE_ID);
+    assert_int_equal(T("motehub/aws/provision/claim:/certificates/create/json"), GW_BAD_DEVICE_ID);
+    assert_int_equal(T("motehub/aws/provision/claim:a+b/certificates/create/json"),
+                     GW_BAD_DEVICE_ID);
+    assert_int_equal(T("motehub/aws/provision/claim:a/provisioning-templates/a.b/provision/json"),
+                     GW_BAD_TOPIC);
+    assert_int_equal(T("motehub/aws/provision/claim:a/provisioning-templates//provision/json"),
+                     GW_BAD_TOPIC);
+    assert_int_equal(T("motehub/aws/provision/claim:a/certificates/create/json/accepted"),
+                     GW_BAD_TOPIC);
+    assert_int_equal(T("motehub/aws/provision/claim:a/certificates/create/cbor"), GW_BAD_TOPIC);
 #undef T
 }
 

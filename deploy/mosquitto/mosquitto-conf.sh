@@ -3,6 +3,7 @@
 #
 #   mosquitto-conf.sh --certs DIR --plugin PATH [--tls-port 8883] [--tls-bind ADDR]
 #                     [--plain-port PORT] [--data DIR] [--root] [--log-notice]
+#                     [--pg CONNINFO]
 #
 # DIR holds ca.crt, broker.crt, broker.key and crl.pem, as written by
 #   motectl ca init && motectl ca issue --server broker --san HOST --out DIR
@@ -12,9 +13,11 @@
 # id (a device cannot take over another's session), and the motehub_acl
 # plugin lets a device use only devices/<CN>/... (services, CN motehub:NAME,
 # everything). --plain-port adds an anonymous plain listener on 127.0.0.1
-# only — for local development; deploy/ never sets it.
+# only — for local development; deploy/ never sets it. --pg is the database
+# twin keeps fleet-provisioned certificates in (read once per such
+# certificate, motehub_certmap.h); without it those certificates get nothing.
 set -euo pipefail
-certs="" plugin="" tls_port=8883 tls_bind="" plain_port="" data="" root=0 notice=0
+certs="" plugin="" pg="" tls_port=8883 tls_bind="" plain_port="" data="" root=0 notice=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --certs) certs="$2"; shift 2 ;;
@@ -25,6 +28,7 @@ while [ $# -gt 0 ]; do
     --data) data="$2"; shift 2 ;;
     --root) root=1; shift ;;
     --log-notice) notice=1; shift ;;
+    --pg) pg="$2"; shift 2 ;;
     *) echo "mosquitto-conf.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -57,6 +61,7 @@ cat <<CONF
 plugin $plugin
 plugin_opt_crl_file $certs/crl.pem
 CONF
+[ -n "$pg" ] && echo "plugin_opt_pg_conninfo $pg"
 if [ -n "$plain_port" ]; then
     # no certificate, no username: the plugin lets these through (loopback only)
     printf 'allow_anonymous true\nplugin_opt_anonymous allow\n'

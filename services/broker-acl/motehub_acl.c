@@ -23,7 +23,18 @@
  *   plugin_opt_presence_interval 30         (seconds; 0: off. The connected
  *                                            devices on motehub/present,
  *                                            motehub_presence.h)
- *   plugin_opt_crl_file /path/crl.pem       (the listener's crlfile) */
+ *   plugin_opt_crl_file /path/crl.pem       (the listener's crlfile)
+ *   plugin_opt_pg_conninfo "host=..."       (fleet provisioning: where
+ *                                            twin.certificates is,
+ *                                            motehub_certmap.h)
+ *
+ * Fleet provisioning (shared/spec/aws-iot-compat.md): a claim certificate
+ * (CN "claim:NAME") may use only the provisioning topics, and its requests
+ * go on as motehub/aws/provision/<client id>/... for twin to answer that
+ * client alone. A certificate twin issued (CN "cert:<id>") is the device
+ * RegisterThing bound it to: its topics, presence and direct replies are
+ * that device's. */
+#include "motehub_certmap.h"
 #include "motehub_crl.h"
 #include "motehub_presence.h"
 
@@ -93,6 +104,60 @@ static int s_own_topic(const char *topic, const char *id)
     return strncmp(rest, "shadow/", 7) == 0 || strncmp(rest, "jobs/", 5) == 0;
 }
 
+static bool s_prefixed(const char *s, const char *prefix)
+{
+    return s && strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* The provisioning request topics (claim certificates publish these) and,
+ * with "/accepted", "/rejected", "/+" or "/#" after them, their replies. */
+static bool s_provision_topic(const char *topic, bool request)
+{
+    static const char *const bases[] = {"$aws/certificates/create/json",
+                                        "$aws/certificates/create-from-csr/json", NULL};
+    const char *rest = NULL;
+    for (int i = 0; bases[i] && !rest; i++)
+        if (s_prefixed(topic, bases[i]))
+            rest = topic + strlen(bases[i]);
+    if (!rest && s_prefixed(topic, "$aws/provisioning-templates/")) {
+        const char *t = topic + strlen("$aws/provisioning-templates/"), *slash = strchr(t, '/');
+        if (slash && slash > t && !memchr(t, '+', (size_t)(slash - t)) &&
+            !memchr(t, '#', (size_t)(slash - t)) && s_prefixed(slash, "/provision/json"))
+            rest = slash + strlen("/provision/json");
+    }
+    if (!rest)
+        return false;
+    if (request)
+        return *rest == 0;
+    return *rest == 0 || strcmp(rest, "/accepted") == 0 || strcmp(rest, "/rejected") == 0 ||
+           strcmp(rest, "/+") == 0 || strcmp(rest, "/#") == 0;
+}
+
+typedef enum { S_ANONYMOUS, S_SERVICE, S_DEVICE, S_CLAIM, S_UNBOUND } s_kind_t;
+
+/* Who a client is: a service, a claim certificate, a device (its CN, or
+ * the device a provisioned certificate is bound to; S_UNBOUND when that is
+ * not known) or, without a certificate, anonymous. *who: the device's id,
+ * the claim's CN, or the anonymous client's id. */
+static s_kind_t s_identify(s_acl_t *self, struct mosquitto *client, const char **who)
+{
+    const char *user = mosquitto_client_username(client);
+    *who = user;
+    if (!user) {
+        *who = mosquitto_client_id(client);
+        return S_ANONYMOUS;
+    }
+    if (s_prefixed(user, self->service_prefix))
+        return S_SERVICE;
+    if (s_prefixed(user, "claim:"))
+        return S_CLAIM;
+    if (s_prefixed(user, "cert:")) {
+        *who = certmap_thing(user);
+        return *who ? S_DEVICE : S_UNBOUND;
+    }
+    return S_DEVICE;
+}
+
 /* An "offline" status is the device saying goodbye — and its last will,
  * which the broker publishes (and checks here) after the disconnect: the
  * device is gone. Any other use of the broker says it is here. */
@@ -115,16 +180,20 @@ static int s_on_acl(int event, void *data, void *ud)
     const char *user = mosquitto_client_username(e->client);
     if (e->access == MOSQ_ACL_UNSUBSCRIBE)
         return MOSQ_ERR_SUCCESS; /* dropping a subscription never hurts */
-    /* a device is present: its CN, or on the anonymous loopback listener
-     * its client id (platform services are not devices) */
-    const char *who = user ? user : mosquitto_client_id(e->client);
-    if (who && !(user && strncmp(user, self->service_prefix, strlen(self->service_prefix)) == 0))
+    /* a device is present: its CN (or its provisioned certificate's
+     * device), or on the anonymous loopback listener its client id
+     * (platform services and claim certificates are not devices) */
+    const char *who;
+    s_kind_t kind = s_identify(self, e->client, &who);
+    if (who && (kind == S_DEVICE || kind == S_ANONYMOUS))
         s_presence(e, who);
-    if (!user && self->anonymous_allowed)
+    if (kind == S_ANONYMOUS && self->anonymous_allowed)
         return MOSQ_ERR_SUCCESS;
-    if (user && strncmp(user, self->service_prefix, strlen(self->service_prefix)) == 0)
+    if (kind == S_SERVICE)
         return MOSQ_ERR_SUCCESS;
-    if (user && s_own_topic(e->topic, user))
+    if (kind == S_DEVICE && s_own_topic(e->topic, who))
+        return MOSQ_ERR_SUCCESS;
+    if (kind == S_CLAIM && s_provision_topic(e->topic, e->access == MOSQ_ACL_WRITE))
         return MOSQ_ERR_SUCCESS;
     int k = e->access == MOSQ_ACL_WRITE ? 0 : e->access == MOSQ_ACL_SUBSCRIBE ? 1 : 2;
     self->denied[k]++;
@@ -134,10 +203,12 @@ static int s_on_acl(int event, void *data, void *ud)
         self->logged_this_second = 0;
     }
     if (self->logged_this_second++ < 10)
-        mosquitto_log_printf(MOSQ_LOG_NOTICE, "motehub_acl: denied %s of \"%s\" to %s (user %s)",
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, "motehub_acl: denied %s of \"%s\" to %s (user %s%s)",
                              s_access_name(e->access), e->topic,
                              mosquitto_client_id(e->client) ? mosquitto_client_id(e->client) : "?",
-                             user ? user : "(none)");
+                             user ? user : "(none)",
+                             kind == S_UNBOUND ? ", a certificate no device is registered with"
+                                               : "");
     return MOSQ_ERR_ACL_DENIED;
 }
 
@@ -172,6 +243,18 @@ static int s_on_message(int event, void *data, void *ud)
     bool service = user && strncmp(user, self->service_prefix, strlen(self->service_prefix)) == 0;
     if (!e->topic)
         return MOSQ_ERR_SUCCESS;
+    if (s_prefixed(user, "claim:") && s_provision_topic(e->topic, true)) {
+        /* motehub/aws/provision/<client id>/<the topic after "$aws/"> */
+        const char *id = mosquitto_client_id(e->client);
+        size_t n = strlen(e->topic) + strlen(id) + sizeof "motehub/aws/provision//";
+        char *t = mosquitto_malloc(n);
+        if (!t)
+            return MOSQ_ERR_NOMEM;
+        snprintf(t, n, "motehub/aws/provision/%s/%s", id, e->topic + 5);
+        mosquitto_free(e->topic);
+        e->topic = t;
+        return MOSQ_ERR_SUCCESS;
+    }
     /* services, and on local mode's anonymous loopback listener anybody */
     bool trusted = service || (!user && self->anonymous_allowed);
     if (trusted && strncmp(e->topic, "motehub/to/", 11) == 0) {
@@ -181,8 +264,10 @@ static int s_on_message(int event, void *data, void *ud)
         char id[129];
         memcpy(id, client, (size_t)(slash - client));
         id[slash - client] = 0;
-        mosquitto_broker_publish_copy(id, slash + 1, (int)e->payloadlen, e->payload, e->qos, false,
-                                      NULL);
+        /* a provisioned device's client id is its certificate's CN */
+        const char *cn = certmap_client(id);
+        mosquitto_broker_publish_copy(cn ? cn : id, slash + 1, (int)e->payloadlen, e->payload,
+                                      e->qos, false, NULL);
         return MOSQ_ERR_SUCCESS;
     }
     if (service || strncmp(e->topic, "$aws/things/", 12) != 0 || s_aws_reply(e->topic))
@@ -203,9 +288,9 @@ static int s_on_disconnect(int event, void *data, void *ud)
     (void)event;
     (void)ud;
     struct mosquitto_evt_disconnect *e = data;
-    const char *user = mosquitto_client_username(e->client);
-    const char *who = user ? user : mosquitto_client_id(e->client);
-    if (who)
+    const char *who;
+    s_kind_t kind = s_identify(ud, e->client, &who);
+    if (who && (kind == S_DEVICE || kind == S_ANONYMOUS))
         presence_gone(who);
     return MOSQ_ERR_SUCCESS;
 }
@@ -254,6 +339,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *id, void **ud, struct mosquitto
             presence_interval = atoi(opts[i].value);
         else if (strcmp(opts[i].key, "crl_file") == 0 && opts[i].value && *opts[i].value)
             self->crl_file = strdup(opts[i].value);
+        else if (strcmp(opts[i].key, "pg_conninfo") == 0 && opts[i].value)
+            certmap_init(opts[i].value);
     self->service_prefix = strdup(prefix);
     if (!self->service_prefix || presence_init(presence_interval) < 0)
         return MOSQ_ERR_NOMEM;
@@ -282,6 +369,7 @@ int mosquitto_plugin_cleanup(void *ud, struct mosquitto_opt *opts, int nopts)
     mosquitto_callback_unregister(self->id, MOSQ_EVT_DISCONNECT, s_on_disconnect, NULL);
     mosquitto_callback_unregister(self->id, MOSQ_EVT_MESSAGE, s_on_message, NULL);
     presence_cleanup();
+    certmap_cleanup();
     free(self->service_prefix);
     self->service_prefix = NULL;
     free(self->crl_file);

@@ -8,6 +8,7 @@
  *   fs_routes.c    routing a request by resource, authorisation, the
  *                  /api/v1/live WebSocket handlers, the dashboard's files
  *   fs_devices.c   devices, twins and commands (twin)
+ *   fs_templates.c fleet provisioning templates (twin)
  *   fs_telemetry.c telemetry queries (ingest)
  *   fs_ota.c       firmware and rollouts (ota)
  *   fs_live.c      live fleet aggregates from events, WebSocket frames */
@@ -93,6 +94,11 @@ void fs_query_str(const char *qs, const char *name, char *out, size_t len);
 
 int fs_telemetry(fs_t *self, struct mg_connection *c, const char *method, const char *id,
                  const char *what);
+
+/* ---- fs_templates.c ---- */
+
+/* /api/v1/provisioning-templates[/{name}] */
+int fs_templates(fs_t *self, struct mg_connection *c, const char *method, const char *name);
 
 /* ---- fs_devices.c ---- */
 

@@ -94,6 +94,9 @@ static int s_handle(struct mg_connection *c, void *ud)
                (strcmp(parts[2], "rollouts") == 0 || strcmp(parts[2], "jobs") == 0)) {
         status = fs_rollouts(self, c, ri->request_method, n >= 4 ? parts[3] : NULL,
                              n >= 5 ? parts[4] : NULL, strcmp(parts[2], "jobs") == 0);
+    } else if (n >= 3 && n <= 4 && strcmp(parts[0], "api") == 0 && strcmp(parts[1], "v1") == 0 &&
+               strcmp(parts[2], "provisioning-templates") == 0) {
+        status = fs_templates(self, c, ri->request_method, n >= 4 ? parts[3] : NULL);
     } else if (n == 3 && strcmp(parts[0], "api") == 0 && strcmp(parts[1], "v1") == 0 &&
                strcmp(parts[2], "live") == 0) {
         status = fs_error(self, c, 400, "bad_request",

@@ -103,7 +103,7 @@ typedef struct {
 
 /* the MQTT subscriptions: every device topic the gateway serves */
 #define GW_NTOPICS 7
-#define GW_NAWS    20 /* the AWS IoT shadow and jobs requests, twice */
+#define GW_NAWS    23 /* the AWS IoT shadow and jobs requests, twice; provisioning */
 typedef struct {
     /* and the broker plugin's presence list */
     char buf[GW_NTOPICS + GW_NAWS + 1][160];

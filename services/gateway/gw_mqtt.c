@@ -115,24 +115,30 @@ void gw_topics(gw_t *self, gw_topics_t *t)
      * against a '$' topic (motehub_acl.c). Without a share group the
      * gateway takes them where they were published too (a broker without
      * the plugin). */
-    static const char *aws[GW_NAWS / 2] = {"things/+/shadow/get", "things/+/shadow/update",
-                                           "things/+/shadow/delete", "things/+/shadow/name/+/get",
-                                           "things/+/shadow/name/+/update",
-                                           "things/+/shadow/name/+/delete",
-                                           /* to ota; "jobs/+/get" takes "$next/get" too */
-                                           "things/+/jobs/get", "things/+/jobs/start-next",
-                                           "things/+/jobs/+/get", "things/+/jobs/+/update"};
-    for (int i = 0; i < GW_NAWS / 2; i++) {
-        if (!*(i < 6 ? self->cfg->twin_endpoint : self->cfg->ota_endpoint))
+    static const char *aws[] = {"things/+/shadow/get", "things/+/shadow/update",
+                                "things/+/shadow/delete", "things/+/shadow/name/+/get",
+                                "things/+/shadow/name/+/update", "things/+/shadow/name/+/delete",
+                                /* to ota; "jobs/+/get" takes "$next/get" too */
+                                "things/+/jobs/get", "things/+/jobs/start-next",
+                                "things/+/jobs/+/get", "things/+/jobs/+/update",
+                                /* to twin: fleet provisioning, which only the
+                                 * plugin can attribute to a client */
+                                "provision/+/certificates/create/json",
+                                "provision/+/certificates/create-from-csr/json",
+                                "provision/+/provisioning-templates/+/provision/json"};
+    for (int i = 0; i < (int)(sizeof aws / sizeof *aws); i++) {
+        if (!*(i < 6 || i >= 10 ? self->cfg->twin_endpoint : self->cfg->ota_endpoint))
             continue;
         if (*self->cfg->share_group) {
             snprintf(t->buf[t->n], sizeof t->buf[t->n], "$share/%s/motehub/aws/%s",
                      self->cfg->share_group, aws[i]);
         } else {
             snprintf(t->buf[t->n], sizeof t->buf[t->n], "motehub/aws/%s", aws[i]);
-            t->ptr[t->n] = t->buf[t->n];
-            t->qos[t->n++] = 1;
-            snprintf(t->buf[t->n], sizeof t->buf[t->n], "$aws/%s", aws[i]);
+            if (i < 10) {
+                t->ptr[t->n] = t->buf[t->n];
+                t->qos[t->n++] = 1;
+                snprintf(t->buf[t->n], sizeof t->buf[t->n], "$aws/%s", aws[i]);
+            }
         }
         t->ptr[t->n] = t->buf[t->n];
         t->qos[t->n++] = 1;

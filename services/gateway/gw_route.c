@@ -179,7 +179,8 @@ void gw_handle(gw_t *self, zmsg_t *m)
         return;
     }
     mh_counter_inc(self->m_received[kind]);
-    if (self->registry && !mh_idset_has(self->registry, device)) {
+    bool provision = kind >= GW_TOPIC_PROVISION_CREATE && kind <= GW_TOPIC_PROVISION_REGISTER;
+    if (self->registry && !provision && !mh_idset_has(self->registry, device)) {
         mh_idset_missed(self->registry);
         s_reject(self, device, ft, GW_UNREGISTERED, "the device is not registered");
         return;
@@ -249,6 +250,26 @@ void gw_handle(gw_t *self, zmsg_t *m)
             s_seen(self, device, now);
         break;
     }
+    case GW_TOPIC_PROVISION_CREATE:
+    case GW_TOPIC_PROVISION_CSR:
+    case GW_TOPIC_PROVISION_REGISTER:
+        /* Twin answers the claim certificate's client (tw_provision.c);
+         * `device` is that client's id here, no device's. */
+        if (plen > GW_MAX_PAYLOAD) {
+            snprintf(detail, sizeof detail, "payload of %zu bytes is over the limit", plen);
+            r = GW_TOO_LARGE;
+        } else if (self->twin_relay) {
+            char tpl[GW_MAX_AWS_ARG + 1];
+            gw_provision_topic_parse((const char *)zframe_data(ft), zframe_size(ft), device, tpl,
+                                     &kind);
+            s_forward_raw(
+                self, self->twin_relay, "twin", device,
+                kind == GW_TOPIC_PROVISION_CREATE ? MH__DEVICE_MESSAGE__KIND__PROVISION_CREATE
+                : kind == GW_TOPIC_PROVISION_CSR  ? MH__DEVICE_MESSAGE__KIND__PROVISION_CSR
+                                                  : MH__DEVICE_MESSAGE__KIND__PROVISION_REGISTER,
+                tpl, payload, plen, now);
+        }
+        break;
     case GW_TOPIC_OTA_STATUS:
         r = gw_validate_ota_status(payload, plen, detail, sizeof detail);
         if (!r && self->ota_relay)

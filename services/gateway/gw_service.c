@@ -78,8 +78,9 @@ const mh_service_def_t gw_service_def = {
 /* A sent, unacknowledged batch. */
 
 static const char *s_kind_names[GW_TOPIC_COUNT] = {
-    "telemetry",   "telemetry_pb", "status",     "twin_get",      "twin_update",
-    "command_ack", "ota_status",   "shadow_get", "shadow_update", "shadow_delete"};
+    "telemetry",   "telemetry_pb",     "status",        "twin_get",          "twin_update",
+    "command_ack", "ota_status",       "shadow_get",    "shadow_update",     "shadow_delete",
+    "jobs",        "provision_create", "provision_csr", "provision_register"};
 
 /* ---- set-up and tear-down ---- */
 

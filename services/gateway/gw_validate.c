@@ -60,6 +60,8 @@ static gw_reason_t s_split_id(const char *topic, size_t len, const char *prefix,
 
 gw_reason_t gw_topic_parse(const char *topic, size_t len, char *id_out, gw_topic_kind_t *kind)
 {
+    if (len > 22 && memcmp(topic, "motehub/aws/provision/", 22) == 0)
+        return gw_provision_topic_parse(topic, len, id_out, NULL, kind);
     if (len > 0 && (topic[0] == '$' || (len > 12 && memcmp(topic, "motehub/aws/", 12) == 0)))
         return gw_aws_topic_parse(topic, len, id_out, NULL, kind);
     const char *id, *slash, *end = topic + len;
@@ -164,6 +166,48 @@ gw_reason_t gw_aws_topic_parse(const char *topic, size_t len, char *id_out, char
     if (name_out) {
         memcpy(name_out, name, nlen);
         name_out[nlen] = 0;
+    }
+    return GW_OK;
+}
+
+gw_reason_t gw_provision_topic_parse(const char *topic, size_t len, char *client_out,
+                                     char *template_out, gw_topic_kind_t *kind)
+{
+    static const char prefix[] = "motehub/aws/provision/", claim[] = "claim:";
+    static const char create[] = "certificates/create/json",
+                      csr[] = "certificates/create-from-csr/json",
+                      tpl[] = "provisioning-templates/", prov[] = "/provision/json";
+    const char *end = topic + len, *client = topic + sizeof prefix - 1;
+    if (len <= sizeof prefix - 1 || memcmp(topic, prefix, sizeof prefix - 1) != 0)
+        return GW_BAD_TOPIC;
+    const char *slash = memchr(client, '/', (size_t)(end - client));
+    size_t clen = slash ? (size_t)(slash - client) : 0;
+    if (!slash || clen > GW_MAX_ID || clen <= sizeof claim - 1 ||
+        memcmp(client, claim, sizeof claim - 1) != 0 ||
+        !gw_device_id_valid(client + sizeof claim - 1, clen - (sizeof claim - 1)))
+        return GW_BAD_DEVICE_ID;
+    const char *rest = slash + 1, *name = rest;
+    size_t rlen = (size_t)(end - rest), nlen = 0;
+#define S_IS(lit) (rlen == sizeof(lit) - 1 && memcmp(rest, lit, rlen) == 0)
+    if (S_IS(create))
+        *kind = GW_TOPIC_PROVISION_CREATE;
+    else if (S_IS(csr))
+        *kind = GW_TOPIC_PROVISION_CSR;
+    else if (rlen > sizeof tpl - 1 + sizeof prov - 1 && memcmp(rest, tpl, sizeof tpl - 1) == 0 &&
+             memcmp(end - (sizeof prov - 1), prov, sizeof prov - 1) == 0) {
+        name = rest + sizeof tpl - 1;
+        nlen = (size_t)(end - (sizeof prov - 1) - name);
+        if (nlen == 0 || nlen > GW_MAX_TEMPLATE || !s_charset(name, nlen, "_-"))
+            return GW_BAD_TOPIC;
+        *kind = GW_TOPIC_PROVISION_REGISTER;
+    } else
+        return GW_BAD_TOPIC;
+#undef S_IS
+    memcpy(client_out, client, clen);
+    client_out[clen] = 0;
+    if (template_out) {
+        memcpy(template_out, name, nlen);
+        template_out[nlen] = 0;
     }
     return GW_OK;
 }

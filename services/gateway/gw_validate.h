@@ -47,6 +47,10 @@ typedef enum {
     GW_TOPIC_SHADOW_UPDATE,
     GW_TOPIC_SHADOW_DELETE,
     GW_TOPIC_JOBS, /* $aws/things/{id}/jobs/...: to ota */
+    /* fleet provisioning, as the broker plugin moved it: to twin */
+    GW_TOPIC_PROVISION_CREATE,
+    GW_TOPIC_PROVISION_CSR,
+    GW_TOPIC_PROVISION_REGISTER,
     GW_TOPIC_COUNT
 } gw_topic_kind_t;
 
@@ -76,6 +80,19 @@ gw_reason_t gw_topic_parse(const char *topic, size_t len, char *id_out, gw_topic
  * where the broker plugin moves them. */
 gw_reason_t gw_aws_topic_parse(const char *topic, size_t len, char *id_out, char *name_out,
                                gw_topic_kind_t *kind);
+
+/* A provisioning template's name: 1-36 of A-Za-z0-9_- (as AWS IoT). */
+#define GW_MAX_TEMPLATE 36
+
+/* Splits the fleet provisioning requests as the broker plugin moves them
+ * (motehub_acl.c): motehub/aws/provision/{client}/certificates/create/json,
+ * .../certificates/create-from-csr/json and
+ * .../provisioning-templates/{template}/provision/json, where {client} is
+ * a claim certificate's client id ("claim:" and a device id, GW_MAX_ID in
+ * all): the client into client_out[GW_MAX_ID + 1], the template (or "")
+ * into template_out[GW_MAX_AWS_ARG + 1]. */
+gw_reason_t gw_provision_topic_parse(const char *topic, size_t len, char *client_out,
+                                     char *template_out, gw_topic_kind_t *kind);
 
 /* One accepted point. `metric` points into gw_points_t's string arena. */
 typedef struct {

@@ -43,6 +43,17 @@ static bool s_ids_valid(const Mh__DeviceSeen *s)
 }
 
 /* Decodes every message of the batches into *n_out entries. */
+/* A fleet provisioning request from a claim certificate's client
+ * ("claim:" and a device id), as the gateway forwards it. */
+static bool s_provision_client(const Mh__DeviceMessage *m)
+{
+    size_t n = strlen(m->device_id);
+    return m->kind >= MH__DEVICE_MESSAGE__KIND__PROVISION_CREATE &&
+           m->kind <= MH__DEVICE_MESSAGE__KIND__PROVISION_REGISTER && n > 6 &&
+           n <= MH_MAX_DEVICE_ID && strncmp(m->device_id, "claim:", 6) == 0 &&
+           mh_device_id_valid(m->device_id + 6, n - 6) && strlen(m->shadow) <= 36;
+}
+
 static s_msg_t *s_decode(tw_t *self, mh_relay_batch_t **batches, size_t nb, size_t *n_out)
 {
     size_t n = 0;
@@ -64,7 +75,8 @@ static s_msg_t *s_decode(tw_t *self, mh_relay_batch_t **batches, size_t nb, size
             v[i].seen = mh__device_seen__unpack(NULL, env->body.len, env->body.data);
         else if (env && strcmp(env->type, "broker.present") == 0)
             v[i].present = mh__device_seen__unpack(NULL, env->body.len, env->body.data);
-        if (v[i].msg && !mh_device_id_valid(v[i].msg->device_id, strlen(v[i].msg->device_id))) {
+        if (v[i].msg && !mh_device_id_valid(v[i].msg->device_id, strlen(v[i].msg->device_id)) &&
+            !s_provision_client(v[i].msg)) {
             mh__device_message__free_unpacked(v[i].msg, NULL);
             v[i].msg = NULL;
         }
@@ -98,7 +110,7 @@ static bool s_load(tw_t *self, tw_batch_t *b, s_msg_t *v, size_t n, char *err, s
 {
     zhashx_t *ids = zhashx_new();
     for (size_t i = 0; i < n; i++) {
-        if (v[i].msg)
+        if (v[i].msg && !s_provision_client(v[i].msg))
             zhashx_insert(ids, v[i].msg->device_id, (void *)1);
         for (int k = 0; k < 2; k++) {
             const Mh__DeviceSeen *s = k ? v[i].present : v[i].seen;
@@ -307,6 +319,13 @@ static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_relays_t *rl, tw_out_
             Mh__DeviceMessage *m = v[i].msg;
             if (!m)
                 continue;
+            if (s_provision_client(m)) {
+                if (!tw_msg_provision(self, &b, m, err, errlen)) {
+                    ok = false;
+                    break;
+                }
+                continue;
+            }
             tw_dev_t *d = zhashx_lookup(b.devs, m->device_id);
             if (!d) {
                 mh_counter_inc(self->m_rejected[TW_R_UNREGISTERED]);

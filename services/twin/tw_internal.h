@@ -12,10 +12,13 @@
  *                  command ack, presence) does to its device
  *   tw_shadow.c    the AWS IoT Device Shadow requests, classic and named
  *   tw_shadow_rpc.c  the operator's named shadows
+ *   tw_provision.c fleet provisioning: certificates and RegisterThing
+ *   tw_provision_rpc.c  the operator's provisioning templates
  *   tw_rpc.c       the operator RPC methods (served by mh_rpc_server)
  *   tw_sweep.c     expiry, command timeouts, silence
  *   tw_doc.c       twin document rules (pure) */
 #pragma once
+#include "mh_ca.h"
 #include "mh_curve.h"
 #include "mh_envelope.h"
 #include "mh_ids.h"
@@ -30,6 +33,7 @@
 #include "tw_service.h"
 #include "twin.pb-c.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <jansson.h>
 
@@ -78,6 +82,7 @@ typedef struct {
     mh_rpc_db_t db;           /* pg, m_db_errors and rl_db, for the RPC methods */
     int64_t next_relay_prune; /* wall ms: when tw_sweep next prunes relay ids */
     int64_t next_rehand;      /* wall ms: when it next hands stale commands again */
+    mh_ca_t ca;               /* the fleet CA (--ca-dir); ca.key NULL: no provisioning */
 } tw_t;
 
 /* small helpers */
@@ -113,6 +118,18 @@ static inline bool tw_command_name_valid(const char *s)
 {
     /* Same alphabet as device ids: names become handler keys on devices. */
     return s && mh_device_id_valid(s, strlen(s));
+}
+
+/* 1..max characters of A-Z a-z 0-9 and `extra`: shadow and template names. */
+static inline bool tw_name_ok(const char *s, size_t max, const char *extra)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n < 1 || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr(extra, s[i]))
+            return false;
+    return true;
 }
 
 #define TW_COMMAND_COLS                                                                            \
@@ -246,6 +263,15 @@ void tw_shadow_rpc(tw_t *self, const Mh__TwinRequest *q, mh_rpc_reply_t *reply);
 /* An operator's desired patch to the twin, on the classic shadow's
  * update/accepted (an SDK reports it as a change it did not make). */
 void tw_shadow_operator_update(tw_out_t *o, const char *device, json_t *desired, json_t *doc);
+
+/* ---- tw_provision.c, tw_provision_rpc.c ---- */
+
+/* A fleet provisioning request from a claim certificate's client
+ * (m->device_id), answered to that client. False on a database error. */
+bool tw_msg_provision(tw_t *self, tw_batch_t *b, const Mh__DeviceMessage *m, char *err,
+                      size_t errlen);
+/* The operator's methods on provisioning templates (*_TEMPLATE). */
+void tw_provision_rpc(tw_t *self, const Mh__TwinRequest *q, mh_rpc_reply_t *reply);
 
 /* ---- tw_batch.c ---- */
 

@@ -588,6 +588,11 @@ static void s_rpc_shadow(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
         tw_shadow_rpc(self, q, &r->base);
 }
 
+static void s_rpc_template(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
+{
+    tw_provision_rpc(self, q, &r->base);
+}
+
 /* The methods, typed as tw_t writes them; indexed by Mh__TwinRequest.method like
  * s_methods below. */
 typedef void(s_method_fn)(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r);
@@ -607,6 +612,10 @@ static s_method_fn *const s_typed[] = {
     [MH__TWIN_REQUEST__METHOD__GET_SHADOW] = s_rpc_shadow,
     [MH__TWIN_REQUEST__METHOD__UPDATE_SHADOW] = s_rpc_shadow,
     [MH__TWIN_REQUEST__METHOD__DELETE_SHADOW] = s_rpc_shadow,
+    [MH__TWIN_REQUEST__METHOD__LIST_TEMPLATES] = s_rpc_template,
+    [MH__TWIN_REQUEST__METHOD__GET_TEMPLATE] = s_rpc_template,
+    [MH__TWIN_REQUEST__METHOD__PUT_TEMPLATE] = s_rpc_template,
+    [MH__TWIN_REQUEST__METHOD__DELETE_TEMPLATE] = s_rpc_template,
 };
 
 /* The one handler the RPC server knows: the untyped arguments become
@@ -634,6 +643,10 @@ static const mh_rpc_method_t s_methods[] = {
     [MH__TWIN_REQUEST__METHOD__GET_SHADOW] = {"get_shadow", s_call, true},
     [MH__TWIN_REQUEST__METHOD__UPDATE_SHADOW] = {"update_shadow", s_call, true},
     [MH__TWIN_REQUEST__METHOD__DELETE_SHADOW] = {"delete_shadow", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__LIST_TEMPLATES] = {"list_templates", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__GET_TEMPLATE] = {"get_template", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__PUT_TEMPLATE] = {"put_template", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__DELETE_TEMPLATE] = {"delete_template", s_call, true},
 };
 _Static_assert(sizeof s_methods / sizeof s_methods[0] == sizeof s_typed / sizeof s_typed[0],
                "s_typed and s_methods list the same methods");

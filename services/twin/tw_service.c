@@ -34,6 +34,9 @@ const mh_cfg_opt_t tw_config_options[] = {
      "how often expired commands, timed-out commands and silent devices are found"},
     {"resolve-interval", "MH_RESOLVE_INTERVAL", MH_CFG_DURATION, "10s", S_CFG(resolve_interval_ms),
      "how often service names are resolved again"},
+    {"ca-dir", "MH_CA_DIR", MH_CFG_STR, "", S_CFG(ca_dir),
+     "the fleet CA's directory (motectl ca): with it, devices holding a claim certificate get"
+     " their own through fleet provisioning (empty: refused)"},
     MH_CFG_END,
 };
 
@@ -102,7 +105,25 @@ static const char *s_schema_sql =
      * never listed is not connected either */
     "CREATE TABLE IF NOT EXISTS twin.presence (k int PRIMARY KEY, at_ms bigint NOT NULL);"
     "CREATE INDEX IF NOT EXISTS devices_absent ON twin.devices (present_ms)"
-    "  WHERE online AND online_source = 'status';";
+    "  WHERE online AND online_source = 'status';"
+    /* fleet provisioning (tw_provision.c) */
+    "CREATE TABLE IF NOT EXISTS twin.provisioning_templates ("
+    "  name text COLLATE \"C\" PRIMARY KEY,"
+    "  body jsonb NOT NULL,"
+    "  created_ms bigint NOT NULL,"
+    "  updated_ms bigint NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS twin.certificates ("
+    "  id text PRIMARY KEY,"                   /* certificateId: the certificate's SHA-256 */
+    "  cn text COLLATE \"C\" NOT NULL UNIQUE," /* cert:<random>: the broker's username */
+    "  serial text NOT NULL,"
+    "  claim text NOT NULL," /* the claim certificate's client that asked */
+    "  token text UNIQUE,"   /* certificateOwnershipToken; NULL once used */
+    "  token_expires_ms bigint NOT NULL,"
+    "  device_id text COLLATE \"C\" REFERENCES twin.devices (id) ON DELETE CASCADE,"
+    "  template text,"
+    "  created_ms bigint NOT NULL,"
+    "  registered_ms bigint);"
+    "CREATE INDEX IF NOT EXISTS certificates_device ON twin.certificates (device_id);";
 
 static const char *s_reason_names[TW_R_COUNT] = {
     "bad_json", "bad_request",     "version_conflict", "too_large",         "unregistered",
@@ -181,6 +202,7 @@ static void s_destroy(tw_t **self_p)
     zsock_destroy(&self->pub);
     mh_relay_destroy(&self->downlink);
     zlist_destroy(&self->published);
+    mh_ca_unload(&self->ca);
     free(self);
     *self_p = NULL;
 }
@@ -230,6 +252,15 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
     if (mh_events_bind(&self->pub, self->cfg->events_bind, 100000) < 0) {
         s_destroy(&self);
         return NULL;
+    }
+    if (*self->cfg->ca_dir) {
+        mh_ca_paths(&self->ca, self->cfg->ca_dir);
+        if (mh_ca_load(&self->ca) < 0) {
+            mh_error("fleet provisioning: %s", self->ca.err);
+            s_destroy(&self);
+            return NULL;
+        }
+        mh_info("fleet provisioning on: certificates signed by the CA in %s", self->cfg->ca_dir);
     }
     return self;
 }

@@ -28,6 +28,7 @@ typedef struct {
     int64_t command_timeout_ms;
     int64_t sweep_interval_ms;
     int64_t resolve_interval_ms;
+    char *ca_dir;
 } tw_config_t;
 
 extern const mh_cfg_opt_t tw_config_options[];

@@ -4,8 +4,6 @@
  * update/documents and update/delta on the shadow's topics. */
 #include "tw_internal.h"
 
-#include <ctype.h>
-
 static void s_list(tw_t *self, const Mh__TwinRequest *q, mh_rpc_reply_t *r)
 {
     const char *p[] = {q->device_id};
@@ -31,23 +29,12 @@ static void s_list(tw_t *self, const Mh__TwinRequest *q, mh_rpc_reply_t *r)
     mh_rpc_ok_json(r, 200, json_pack("{s:o}", "items", items));
 }
 
-static bool s_name_ok(const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (n < 1 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)s[i]) && !strchr(":_-", s[i]))
-            return false;
-    return true;
-}
-
 void tw_shadow_rpc(tw_t *self, const Mh__TwinRequest *q, mh_rpc_reply_t *r)
 {
     if (q->method == MH__TWIN_REQUEST__METHOD__LIST_SHADOWS)
         return s_list(self, q, r);
     const char *name = q->shadow;
-    if (!s_name_ok(name))
+    if (!tw_name_ok(name, 64, ":_-"))
         return mh_rpc_fail(r, 400, "bad_request",
                            "a shadow's name is 1-64 characters of A-Z a-z 0-9 : _ -");
     json_t *desired = NULL;

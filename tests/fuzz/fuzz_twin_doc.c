@@ -5,13 +5,17 @@
  * Operations: a device's reported patch, an operator's desired patch,
  * desired and tags together, an AWS shadow update (tw_apply_shadow); and
  * the first text as an AWS shadow request (tw_shadow_parse,
- * tw_shadow_update_valid) applied to a new document.
+ * tw_shadow_update_valid) applied to a new document; and the first text as
+ * a provisioning template (tw_template_check) applied to the second as a
+ * device's parameters (tw_template_apply).
  * Checked: mh_json_depth agrees with the tree jansson builds; a refused
  * patch leaves the document exactly as it was; an accepted one keeps every
  * limit (depth 8, 32 KiB, tags 8 KiB), bumps the version by one when it
  * changed something, and leaves delta equal to desired minus reported. */
 #include "mh_json.h"
+#include "mh_ids.h"
 #include "tw_doc.h"
+#include "tw_template.h"
 
 #include <assert.h>
 #include <stdint.h>
@@ -142,6 +146,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         json_decref(fresh);
     }
     json_decref(req);
+    /* a template and a device's parameters: refused with a message, or a
+     * device whose id is a device id */
+    char terr[512];
+    if (pa && tw_template_check(pa, terr, sizeof terr)) {
+        json_t *made = tw_template_apply(pa, pb, terr, sizeof terr);
+        const char *id = json_string_value(json_object_get(made, "thingName"));
+        assert(!made || (id && mh_device_id_valid(id, strlen(id))));
+        assert(!made || json_is_object(json_object_get(made, "tags")));
+        json_decref(made);
+    }
     json_decref(doc);
     json_decref(pa);
     json_decref(pb);

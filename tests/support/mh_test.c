@@ -223,9 +223,10 @@ void mht_broker_start_tls(mht_broker_t *b, const char *certs)
     snprintf(conf, sizeof conf, "%s/mosquitto-tls-%d.conf", mht_artifacts(), b->port);
     mht_build_path("services/broker-acl/motehub_acl.so", plugin, sizeof plugin);
     if (mht_shell("'%s/deploy/mosquitto/mosquitto-conf.sh' --certs '%s' --plugin '%s' "
-                  "--tls-port %d --tls-bind 127.0.0.1 --log-notice %s > '%s'",
+                  "--tls-port %d --tls-bind 127.0.0.1 --log-notice %s %s%s%s > '%s'",
                   getenv("MH_SOURCE_ROOT") ? getenv("MH_SOURCE_ROOT") : ".", certs, plugin, b->port,
-                  getuid() == 0 ? "--root" : "", conf) != 0)
+                  getuid() == 0 ? "--root" : "", b->pg[0] ? "--pg '" : "", b->pg,
+                  b->pg[0] ? "'" : "", conf) != 0)
         fail_msg("deploy/mosquitto/mosquitto-conf.sh failed");
     char name[64];
     snprintf(name, sizeof name, "mosquitto-tls-%d", b->port);
@@ -818,16 +819,20 @@ bool mht_backends_stop(mht_backends_t *b)
 
 void mht_platform_start(mht_platform_t *p)
 {
+    mht_db_create(&p->db);
     if (p->broker.certs[0]) {
         char certs[sizeof p->broker.certs];
         snprintf(certs, sizeof certs, "%s", p->broker.certs);
+        snprintf(p->broker.pg, sizeof p->broker.pg, "%s", p->db.url);
         mht_broker_start_tls(&p->broker, certs);
     } else
         mht_broker_start(&p->broker);
-    mht_db_create(&p->db);
     mht_ingest_start(&p->ingest, "ingest", &p->db, 0, NULL);
     snprintf(p->downlink, sizeof p->downlink, "tcp://127.0.0.1:%d", mht_free_port());
-    mht_twin_start(&p->twin, "twin", &p->db, p->downlink, NULL);
+    char ca_arg[720];
+    snprintf(ca_arg, sizeof ca_arg, "--ca-dir=%s", p->ca_dir);
+    const char *twin_extra[] = {ca_arg, NULL};
+    mht_twin_start(&p->twin, "twin", &p->db, p->downlink, p->ca_dir[0] ? twin_extra : NULL);
     char key[700], pub[700];
     mht_signing_key(key, sizeof key, pub, sizeof pub);
     mht_ota_start(&p->ota, "ota", &p->db, p->downlink, &p->twin, key, NULL);

@@ -41,6 +41,7 @@ typedef struct {
     int port;
     char url[64];
     char certs[512]; /* mutual TLS: ca.crt, broker.crt, crl.pem, gateway.crt ... */
+    char pg[512];    /* mutual TLS: the plugin's database (provisioned certificates) */
 } mht_broker_t;
 void mht_broker_start(mht_broker_t *b);
 /* The broker as deploy/ runs it (deploy/mosquitto/mosquitto-conf.sh): mTLS
@@ -160,12 +161,14 @@ void mht_register_devices(const char *twin_rpc, const char *prefix, int n);
  * a gateway forwarding to them and fleet-stats with an API token (what
  * MH_CURVE_DIR etc. in the environment say applies to all). With
  * broker.certs set beforehand the broker is the mutual-TLS one
- * (mht_broker_start_tls). */
+ * (mht_broker_start_tls), reading the platform's database; with ca_dir set
+ * twin signs fleet-provisioned certificates with that CA. */
 typedef struct {
     mht_broker_t broker;
     mht_db_t db;
     mht_service_t ingest, twin, ota, gateway, fleet;
     char downlink[64], token[128];
+    char ca_dir[700];
 } mht_platform_t;
 void mht_platform_start(mht_platform_t *p);
 /* Stops it, newest first, and drops the database; false when a daemon did
