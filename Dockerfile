@@ -45,7 +45,7 @@ CMD ["motehub-gateway", "--help"]
 
 FROM debian:12-slim AS broker
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      mosquitto mosquitto-clients \
+      mosquitto mosquitto-clients libpq5 \
     && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /mosquitto/data && chown mosquitto:mosquitto /mosquitto/data
 COPY --from=build /out/usr/lib/ /usr/lib/

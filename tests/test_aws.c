@@ -73,6 +73,38 @@ S_SCENARIO(test_v2_jobs_mqtt5, "jobs-v2.mjs", "mqtt5", "thing-0002")
 S_SCENARIO(test_v2_jobs_mqtt311, "jobs-v2.mjs", "mqtt311", "thing-0002")
 S_SCENARIO(test_firmware_as_aws_job, "jobs-firmware.mjs", "", "thing-0001")
 
+/* motectl: provisioning templates, as an operator types them */
+static void test_motectl_templates(void **state)
+{
+    (void)state;
+    char url[64], out[800], tpl[800];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", s_p.fleet.port);
+    setenv("MOTEHUB_URL", url, 1);
+    setenv("MOTEHUB_TOKEN", s_p.token, 1);
+    snprintf(out, sizeof out, "%s/motectl-templates.out", mht_artifacts());
+    snprintf(tpl, sizeof tpl, "%s/lab.json", mht_artifacts());
+    FILE *f = fopen(tpl, "w");
+    assert_non_null(f);
+    fputs("{\"parameters\":{\"Serial\":{\"pattern\":\"[0-9]{4}\"}},"
+          "\"thingName\":\"lab-{Serial}\",\"tags\":{\"site\":\"lab\"}}",
+          f);
+    fclose(f);
+    assert_int_equal(mht_motectl("template put lab '%s'", tpl), 0);
+    assert_int_equal(mht_motectl("template list > '%s' 2>&1", out), 0);
+    assert_int_equal(mht_shell("grep -q '^lab ' '%s'", out), 0);
+    assert_int_equal(mht_motectl("--json template get lab > '%s' 2>&1", out), 0);
+    assert_int_equal(mht_shell("grep -q 'lab-{Serial}' '%s'", out), 0);
+    /* a placeholder naming no parameter: refused, and the old one kept */
+    assert_int_equal(mht_shell("echo '{\"thingName\":\"x-{nope}\"}' > '%s.bad'", tpl), 0);
+    assert_int_not_equal(mht_motectl("template put lab - < '%s.bad' 2> '%s'", tpl, out), 0);
+    assert_int_equal(mht_shell("grep -q 'names no parameter' '%s'", out), 0);
+    assert_int_equal(mht_motectl("--json template get lab > '%s' 2>&1", out), 0);
+    assert_int_equal(mht_shell("grep -q 'lab-{Serial}' '%s'", out), 0);
+    assert_int_not_equal(mht_motectl("template put 'bad name' '%s'", tpl), 0);
+    assert_int_equal(mht_motectl("template delete lab"), 0);
+    assert_int_not_equal(mht_motectl("template get lab"), 0);
+}
+
 /* Fleet provisioning with the v2 SDK's iotidentity from a claim
  * certificate (tests/aws/provision-v2.mjs); then the first device's
  * certificate, listed by `motectl ca list` like any other, is revoked and
@@ -149,6 +181,7 @@ int main(void)
         cmocka_unit_test(test_v2_jobs_mqtt311),
         cmocka_unit_test(test_firmware_as_aws_job),
         cmocka_unit_test(test_motectl_shadows_and_jobs),
+        cmocka_unit_test(test_motectl_templates),
         cmocka_unit_test(test_v2_fleet_provisioning_mqtt5),
         cmocka_unit_test(test_v2_fleet_provisioning_mqtt311),
     };

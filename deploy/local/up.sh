@@ -67,7 +67,7 @@ root_flag=""
 [ "$(id -u)" = 0 ] && root_flag="--root"
 deploy/mosquitto/mosquitto-conf.sh --certs "$certs" --plugin "$root/build/services/broker-acl/motehub_acl.so" \
     --tls-port "$mqtts_port" --tls-bind 127.0.0.1 --plain-port "$mqtt_port" $root_flag \
-    >"$state/mosquitto.conf"
+    --pg "postgresql://postgres@127.0.0.1:$pg_port/motehub" >"$state/mosquitto.conf"
 mosquitto -c "$state/mosquitto.conf" >"$logs/mosquitto.log" 2>&1 & pids+=($!)
 
 # Kafka for the cold path: librdkafka's mock cluster (Debian has no Kafka
@@ -102,7 +102,8 @@ for ((k=0; k<replicas; k++)); do
         --http-listen=127.0.0.1:$((9102 + o)) >"$logs/ingest$sfx.log" 2>&1 & pids+=($!)
     build/services/twin/motehub-twin --bind=tcp://127.0.0.1:$((5580 + o)) \
         --rpc-bind=tcp://127.0.0.1:$((5581 + o)) --events-bind=tcp://127.0.0.1:$((5573 + o)) \
-        --http-listen=127.0.0.1:$((9103 + o)) >"$logs/twin$sfx.log" 2>&1 & pids+=($!)
+        --http-listen=127.0.0.1:$((9103 + o)) --ca-dir="$MOTEHUB_CA_DIR" \
+        >"$logs/twin$sfx.log" 2>&1 & pids+=($!)
 done
 # The fleet's firmware signing key: made once, kept in .local/ (never in git).
 if [ ! -f "$state/fleet-signing.pem" ]; then
@@ -197,6 +198,12 @@ Run a job of a JSON document (devices built on the AWS IoT SDKs take it through
 the Jobs API; motesim's devices do with --aws; docs/aws-migration.md):
   build/tools/motectl/motectl job create --document '{"operation":"reboot"}' --waves 10,100
   build/tools/motectl/motectl job list
+Let devices with a claim certificate provision themselves (AWS IoT fleet
+provisioning: CreateKeysAndCertificate, then RegisterThing through a template):
+  build/tools/motectl/motectl ca --ca-dir $MOTEHUB_CA_DIR issue --claim factory --out $state/claim
+  echo '{"parameters":{"Serial":{"pattern":"[0-9A-F]{8}"}},"thingName":"sensor-{Serial}",
+         "tags":{"line":"A"},"desired":{"interval":30}}' | build/tools/motectl/motectl template put factory -
+  build/tools/motectl/motectl template list
 Publish a sample yourself as a registered simulated device, with its certificate:
   mosquitto_pub -p $mqtts_port --cafile $certs/ca.crt --cert $state/device-certs/sim-0000.crt \\
     --key $state/device-certs/sim-0000.key -q 1 -t devices/sim-0000/telemetry -m '{"temperature":21.5}'
