@@ -20,7 +20,7 @@ static double s_m(const mht_service_t *s, const char *name, const char *labels)
 static void test_two_of_each_split_and_take_over(void **state)
 {
     (void)state;
-    mht_broker_t b;
+    mht_broker_t b = {0};
     mht_broker_start(&b);
     mht_db_t db;
     mht_db_create(&db);

@@ -128,7 +128,7 @@ static void test_acl_one_device_cannot_use_anothers_topics(void **state)
     mht_broker_start_tls(&b, s_certs);
     mht_db_t db;
     mht_db_create(&db);
-    mht_service_t ing, gw;
+    mht_service_t ing = {0}, gw = {0};
     mht_ingest_start(&ing, "ingest-acl", &db, 0, NULL);
     mht_gateway_start(&gw, "gateway-acl", &b, ing.endpoint, NULL);
     /* the gateway (CN motehub:gateway) is connected over mTLS */
