@@ -55,6 +55,9 @@ def main():
     ap.add_argument("--sim-workers", type=int, default=8, help="motesim's download/verify threads")
     ap.add_argument("--build", default="build")
     ap.add_argument("--aws-jobs", action="store_true", help="AWS IoT jobs instead of firmware (3.)")
+    ap.add_argument("--online-timeout", type=int, default=300,
+                    help="seconds to wait for every device to come online (motesim connects"
+                         " about 50 a second at 10,000 here)")
     args = ap.parse_args()
     stack, pg_port, broker, broker_port = setup(args, "motehub-bench-ota-", plugin=args.aws_jobs)
     work = stack.work
@@ -91,7 +94,7 @@ def main():
             # the AWS devices' job path alone: no shadow report on every connect
             f"--twin={'false' if args.aws_jobs else 'true'}",
             "--connect-rate=2000"])
-        end = time.time() + 300
+        end = time.time() + args.online_timeout
         while int(psql(pg_port, "SELECT count(*) FROM twin.devices WHERE online AND firmware = '1.0.0'")
                   or 0) < args.devices:
             if time.time() > end or sim.poll() is not None:
