@@ -42,9 +42,12 @@ int fs_send(fs_t *self, struct mg_connection *c, int status, const char *body,
             const char *extra_headers)
 {
     size_t len = body ? strlen(body) : 0;
+    /* CivetWeb runs without keep-alive (a connection holds a worker) and
+     * closes after each answer; a client must hear it, or it reuses the
+     * socket and its next request dies with it (Node's fetch did). */
     mg_printf(c,
               "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
-              "Cache-Control: no-store\r\n%s\r\n",
+              "Cache-Control: no-store\r\nConnection: close\r\n%s\r\n",
               status, s_reason(status), len, extra_headers ? extra_headers : "");
     if (len)
         mg_write(c, body, len);

@@ -18,7 +18,7 @@ static int s_ota(fs_t *self, struct mg_connection *c, Mh__OtaRequest *q, bool pe
         const char *key = json_string_value(json_object_get(v, "publicKey"));
         size_t len = key ? strlen(key) : 0;
         mg_printf(c,
-                  "HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\n"
+                  "HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\nConnection: close\r\n"
                   "Content-Length: %zu\r\n\r\n",
                   len);
         mg_write(c, key ? key : "", len);

@@ -64,7 +64,7 @@ static int s_handle(struct mg_connection *c, void *ud)
         if (strcmp(ri->request_method, "GET") != 0)
             return fs_error(self, c, 405, "method_not_allowed", "GET");
         mg_printf(c,
-                  "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                  "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                   "Content-Length: %zu\r\n\r\n",
                   fs_openapi_len);
         mg_write(c, fs_openapi, fs_openapi_len);
