@@ -5,6 +5,7 @@
 #include "gw_validate.h"
 
 #include <assert.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,8 +28,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 0: {
         char id[GW_MAX_ID + 1];
         gw_topic_kind_t kind;
-        if (gw_topic_parse((const char *)in, n, id, &kind) == GW_OK)
-            assert(gw_device_id_valid(id, strlen(id)));
+        /* a device id, or for fleet provisioning a claim's client id */
+        if (gw_topic_parse((const char *)in, n, id, &kind) == GW_OK) {
+            bool claim = kind >= GW_TOPIC_PROVISION_CREATE && kind <= GW_TOPIC_PROVISION_REGISTER;
+            assert(claim
+                       ? strncmp(id, "claim:", 6) == 0 && gw_device_id_valid(id + 6, strlen(id) - 6)
+                       : gw_device_id_valid(id, strlen(id)));
+        }
         break;
     }
     case 1:
