@@ -12,6 +12,7 @@ struct mh_pg_t {
     char *url, *schema;
     int64_t lock_key;
     bool migrated;
+    bool any_result; /* mh_pg_ok: a statement returning rows succeeds too */
     char sqlstate[8];
     int64_t next_try, backoff; /* monotonic ms */
 };
@@ -83,7 +84,10 @@ PGresult *mh_pg_exec_bin(mh_pg_t *self, ExecStatusType want, const char *sql, in
     }
     PGresult *res =
         PQexecParams(self->conn, sql, nparams, NULL, params, lengths, formats, result_format);
-    if (PQresultStatus(res) == want)
+    /* mh_pg_ok's statements may return rows too */
+    if (PQresultStatus(res) == want ||
+        (want == PGRES_COMMAND_OK && PQresultStatus(res) == PGRES_TUPLES_OK &&
+         self->any_result))
         return res;
     const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     snprintf(self->sqlstate, sizeof self->sqlstate, "%s", st ? st : "");
@@ -101,11 +105,12 @@ PGresult *mh_pg_exec_bin(mh_pg_t *self, ExecStatusType want, const char *sql, in
 bool mh_pg_ok(mh_pg_t *self, const char *sql, int nparams, const char *const *params, char *err,
               size_t errlen)
 {
+    /* Statements that return rows are fine too. */
+    self->any_result = true;
     PGresult *res = mh_pg_exec(self, PGRES_COMMAND_OK, sql, nparams, params, err, errlen);
-    if (!res) {
-        /* Statements that return rows are fine too. */
+    self->any_result = false;
+    if (!res)
         return false;
-    }
     PQclear(res);
     return true;
 }
