@@ -1,5 +1,7 @@
 /* in_query — see in_query.h. */
 #include "in_query.h"
+#include "in_block.h"
+#include "in_compress.h"
 #include "mh_curve.h"
 #include "mh_envelope.h"
 #include "mh_ids.h"
@@ -29,19 +31,98 @@ const char *in_query_auto_bucket(int64_t from_ms, int64_t to_ms)
     " AND " col " < timestamptz 'epoch' + $4::bigint * interval '1 millisecond'"                   \
     " AND ($5::text IS NULL OR (metric, " col                                                      \
     ") > ($5::text, timestamptz 'epoch' + $6::bigint * interval '1 millisecond'))"                 \
-    " ORDER BY metric, " col " LIMIT $7::int"
+    " ORDER BY metric, " col
+/* Raw points of one millisecond in value order: the order sealed blocks
+ * keep (in_compress.c), so an answer is the same before and after. */
 static const char *s_sql_raw = "SELECT metric, (extract(epoch FROM ts) * 1000)::bigint, value"
-                               " FROM ingest.telemetry_raw" S_RANGE("ts");
+                               " FROM ingest.telemetry_raw" S_RANGE("ts") ", value LIMIT $7::int";
 static const char *s_sql_1m =
     "SELECT metric, (extract(epoch FROM bucket) * 1000)::bigint, min, max, sum / count, count"
-    " FROM ingest.rollup_1m" S_RANGE("bucket");
+    " FROM ingest.rollup_1m" S_RANGE("bucket") " LIMIT $7::int";
 static const char *s_sql_1h =
     "SELECT metric, (extract(epoch FROM bucket) * 1000)::bigint, min, max, sum / count, count"
-    " FROM ingest.rollup_1h" S_RANGE("bucket");
+    " FROM ingest.rollup_1h" S_RANGE("bucket") " LIMIT $7::int";
 static const char *s_sql_latest =
     "SELECT DISTINCT ON (metric) metric, (extract(epoch FROM ts) * 1000)::bigint, value"
     " FROM ingest.telemetry_raw WHERE device_id = $1"
-    " AND ($2::text[] IS NULL OR metric = ANY($2::text[])) ORDER BY metric, ts DESC";
+    " AND ($2::text[] IS NULL OR metric = ANY($2::text[])) ORDER BY metric, ts DESC, value DESC";
+
+/* Sealed blocks (in_compress.h) that may hold points of the range: an
+ * hour's block starts at most an hour before `from`. Binary results: the
+ * blocks' bytes as they are. */
+static const char *s_sql_blocks =
+    "SELECT metric, data FROM ingest.telemetry_blocks WHERE device_id = $1"
+    " AND ($2::text[] IS NULL OR metric = ANY($2::text[]))"
+    " AND period_start > timestamptz 'epoch' + ($3::bigint - 3600000) * interval '1 millisecond'"
+    " AND period_start < timestamptz 'epoch' + $4::bigint * interval '1 millisecond'"
+    " AND ($5::text IS NULL OR metric >= $5::text) ORDER BY metric, period_start";
+static const char *s_sql_latest_blocks =
+    "SELECT DISTINCT ON (metric) metric, data FROM ingest.telemetry_blocks WHERE device_id = $1"
+    " AND ($2::text[] IS NULL OR metric = ANY($2::text[])) ORDER BY metric, period_start DESC";
+
+/* A raw point of the answer, from a row or a block. */
+typedef struct {
+    const char *metric;
+    int64_t t;
+    double v;
+    size_t order; /* ties keep their order */
+} s_point_t;
+
+typedef struct {
+    s_point_t *v;
+    size_t n, cap;
+} s_points_t;
+
+static bool s_add(s_points_t *p, const char *metric, int64_t t, double v)
+{
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? 2 * p->cap : 1024;
+        s_point_t *b = realloc(p->v, cap * sizeof *b);
+        if (!b)
+            return false;
+        p->v = b;
+        p->cap = cap;
+    }
+    p->v[p->n] = (s_point_t){metric, t, v, p->n};
+    p->n++;
+    return true;
+}
+
+static int s_cmp_point(const void *a, const void *b)
+{
+    const s_point_t *x = a, *y = b;
+    int c = strcmp(x->metric, y->metric);
+    if (c)
+        return c;
+    if (x->t != y->t)
+        return x->t < y->t ? -1 : 1;
+    if (x->v != y->v)
+        return x->v < y->v ? -1 : 1;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* The points of the blocks in `res` (metric, data; binary) within
+ * [from, to) and after the cursor; false when a block is corrupt. */
+static bool s_block_points(PGresult *res, int64_t from, int64_t to, const char *cur_metric,
+                           int64_t cur_ms, s_points_t *out)
+{
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *metric = PQgetvalue(res, i, 0);
+        int64_t *ts;
+        double *v;
+        long n = in_block_decode((const uint8_t *)PQgetvalue(res, i, 1),
+                                 (size_t)PQgetlength(res, i, 1), &ts, &v);
+        if (n < 0)
+            return false;
+        int c = cur_metric ? strcmp(metric, cur_metric) : 1;
+        for (long k = 0; k < n; k++)
+            if (ts[k] >= from && ts[k] < to && (c > 0 || (c == 0 && ts[k] > cur_ms)))
+                s_add(out, metric, ts[k], v[k]);
+        free(ts);
+        free(v);
+    }
+    return true;
+}
 
 /* A reply in the making (mh_rpc_server.h): the common fields first, then
  * the query's reply message. */
@@ -90,16 +171,46 @@ static void s_answer(mh_pg_t *pg, const Mh__TelemetryQuery *q, int64_t max_limit
     if (q->latest) {
         const char *p[] = {q->device_id, metrics};
         PGresult *res = mh_pg_exec(pg, PGRES_TUPLES_OK, s_sql_latest, 2, p, err, sizeof err);
+        PGresult *blk = res ? mh_pg_exec_bin(pg, PGRES_TUPLES_OK, s_sql_latest_blocks, 2, p, NULL,
+                                             NULL, 1, err, sizeof err)
+                            : NULL;
         free(metrics);
-        if (!res)
+        if (!blk) {
+            PQclear(res);
             return s_fail(r, 503, "unavailable", "the telemetry query failed; try again");
+        }
+        /* a metric's newest sample, from its raw rows or, once they are
+         * sealed, its newest block */
+        s_points_t pts = {0};
+        bool ok = s_block_points(blk, INT64_MIN, INT64_MAX, NULL, 0, &pts);
         json_t *m = json_object();
-        for (int i = 0; i < PQntuples(res); i++)
-            json_object_set_new(m, PQgetvalue(res, i, 0),
-                                json_pack("{s:I,s:f}", "t",
-                                          (json_int_t)strtoll(PQgetvalue(res, i, 1), NULL, 10),
-                                          "value", strtod(PQgetvalue(res, i, 2), NULL)));
+        for (size_t i = 0; ok && i < pts.n; i++) {
+            json_t *have = json_object_get(m, pts.v[i].metric);
+            if (!have || json_integer_value(json_object_get(have, "t")) < pts.v[i].t ||
+                (json_integer_value(json_object_get(have, "t")) == pts.v[i].t &&
+                 json_real_value(json_object_get(have, "value")) <= pts.v[i].v))
+                json_object_set_new(
+                    m, pts.v[i].metric,
+                    json_pack("{s:I,s:f}", "t", (json_int_t)pts.v[i].t, "value", pts.v[i].v));
+        }
+        for (int i = 0; ok && i < PQntuples(res); i++) {
+            json_int_t t = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+            json_t *have = json_object_get(m, PQgetvalue(res, i, 0));
+            double v = strtod(PQgetvalue(res, i, 2), NULL);
+            if (!have || json_integer_value(json_object_get(have, "t")) < t ||
+                (json_integer_value(json_object_get(have, "t")) == t &&
+                 json_real_value(json_object_get(have, "value")) <= v))
+                json_object_set_new(
+                    m, PQgetvalue(res, i, 0),
+                    json_pack("{s:I,s:f}", "t", t, "value", strtod(PQgetvalue(res, i, 2), NULL)));
+        }
+        free(pts.v);
         PQclear(res);
+        PQclear(blk);
+        if (!ok) {
+            json_decref(m);
+            return s_fail(r, 500, "internal", "a stored block is corrupt");
+        }
         return s_ok(r, json_pack("{s:o}", "metrics", m));
     }
     int64_t to = q->to_ms ? q->to_ms : mh_now_ms() + 1;
@@ -142,43 +253,69 @@ static void s_answer(mh_pg_t *pg, const Mh__TelemetryQuery *q, int64_t max_limit
     const char *p[] = {q->device_id, metrics, from_s, to_s, *cur_metric ? cur_metric : NULL,
                        cur_ms,       lim_s};
     PGresult *res = mh_pg_exec(pg, PGRES_TUPLES_OK, sql, 7, p, err, sizeof err);
+    bool raw = sql == s_sql_raw;
+    /* the raw tier: sealed blocks and raw rows together */
+    PGresult *blk = res && raw ? mh_pg_exec_bin(pg, PGRES_TUPLES_OK, s_sql_blocks, 5, p, NULL, NULL,
+                                                1, err, sizeof err)
+                               : NULL;
     free(metrics);
-    if (!res)
+    if (!res || (raw && !blk)) {
+        PQclear(res);
         return s_fail(r, 503, "unavailable", "the telemetry query failed; try again");
-    int rows = PQntuples(res);
+    }
+    s_points_t pts = {0};
+    if (raw) {
+        if (!s_block_points(blk, from, to, *cur_metric ? cur_metric : NULL,
+                            strtoll(cur_ms, NULL, 10), &pts)) {
+            free(pts.v);
+            PQclear(res);
+            PQclear(blk);
+            return s_fail(r, 500, "internal", "a stored block is corrupt");
+        }
+        for (int i = 0; i < PQntuples(res); i++)
+            s_add(&pts, PQgetvalue(res, i, 0), strtoll(PQgetvalue(res, i, 1), NULL, 10),
+                  strtod(PQgetvalue(res, i, 2), NULL));
+        qsort(pts.v, pts.n, sizeof *pts.v, s_cmp_point);
+    }
+    int rows = raw ? (int)(pts.n < (size_t)INT32_MAX ? pts.n : INT32_MAX) : PQntuples(res);
     bool more = rows > limit;
     if (more)
         rows = (int)limit;
-    bool raw = sql == s_sql_raw;
     json_t *series = json_array(), *points = NULL;
     const char *metric = NULL;
     for (int i = 0; i < rows; i++) {
-        const char *m = PQgetvalue(res, i, 0);
+        const char *m = raw ? pts.v[i].metric : PQgetvalue(res, i, 0);
         if (!metric || strcmp(metric, m) != 0) {
             metric = m;
             points = json_array();
             json_array_append_new(series, json_pack("{s:s,s:s,s:o}", "metric", m, "bucket", bucket,
                                                     "points", points));
         }
+        if (raw) {
+            json_array_append_new(points, json_pack("[I,f]", (json_int_t)pts.v[i].t, pts.v[i].v));
+            continue;
+        }
         json_int_t t = strtoll(PQgetvalue(res, i, 1), NULL, 10);
-        if (raw)
-            json_array_append_new(points,
-                                  json_pack("[I,f]", t, strtod(PQgetvalue(res, i, 2), NULL)));
-        else
-            json_array_append_new(points,
-                                  json_pack("{s:I,s:f,s:f,s:f,s:I}", "t", t, "min",
-                                            strtod(PQgetvalue(res, i, 2), NULL), "max",
-                                            strtod(PQgetvalue(res, i, 3), NULL), "avg",
-                                            strtod(PQgetvalue(res, i, 4), NULL), "count",
-                                            (json_int_t)strtoll(PQgetvalue(res, i, 5), NULL, 10)));
+        json_array_append_new(points,
+                              json_pack("{s:I,s:f,s:f,s:f,s:I}", "t", t, "min",
+                                        strtod(PQgetvalue(res, i, 2), NULL), "max",
+                                        strtod(PQgetvalue(res, i, 3), NULL), "avg",
+                                        strtod(PQgetvalue(res, i, 4), NULL), "count",
+                                        (json_int_t)strtoll(PQgetvalue(res, i, 5), NULL, 10)));
     }
     json_t *next = json_null();
     if (more) {
         char c[128];
-        snprintf(c, sizeof c, "%s:%s", PQgetvalue(res, rows - 1, 1), PQgetvalue(res, rows - 1, 0));
+        if (raw)
+            snprintf(c, sizeof c, "%" PRId64 ":%s", pts.v[rows - 1].t, pts.v[rows - 1].metric);
+        else
+            snprintf(c, sizeof c, "%s:%s", PQgetvalue(res, rows - 1, 1),
+                     PQgetvalue(res, rows - 1, 0));
         next = json_string(c);
     }
+    free(pts.v);
     PQclear(res);
+    PQclear(blk);
     s_ok(r, json_pack("{s:o,s:o,s:s,s:I,s:I}", "series", series, "next", next, "bucket", bucket,
                       "from", (json_int_t)from, "to", (json_int_t)to));
 }

@@ -2,6 +2,7 @@
  * from group commit (every batch waiting on the socket goes into one
  * transaction) and from running more replicas. */
 #include "in_service.h"
+#include "in_compress.h"
 #include "in_query.h"
 #include "in_kafka.h"
 #include "in_store.h"
@@ -48,6 +49,14 @@ const mh_cfg_opt_t in_config_options[] = {
      S_CFG(maintain_interval_ms), "how often partitions are created ahead and retention applied"},
     {"dedupe-window", "MH_DEDUPE_WINDOW", MH_CFG_DURATION, "2d", S_CFG(dedupe_ms),
      "how long committed batch ids are remembered for exactly-once"},
+    {"compress-interval", "MH_COMPRESS_INTERVAL", MH_CFG_DURATION, "1m",
+     S_CFG(compress_interval_ms),
+     "how often sealed hours of raw telemetry are compressed into blocks (0: never)"},
+    {"seal-lag", "MH_SEAL_LAG", MH_CFG_DURATION, "2h", S_CFG(seal_lag_ms),
+     "an hour of raw telemetry is sealed (compressed) this long after it ends; later samples"
+     " are merged into its block on the next pass"},
+    {"compress-chunk", "MH_COMPRESS_CHUNK", MH_CFG_INT, "500", S_CFG(compress_chunk),
+     "devices compressed in one transaction"},
     MH_CFG_END,
 };
 
@@ -343,6 +352,13 @@ void in_actor(zsock_t *pipe, void *args)
             return;
         }
     }
+    zactor_t *compress = NULL;
+    if (self->cfg->compress_interval_ms > 0) {
+        in_compress_opts_t co = {
+            self->cfg->pg_url,           self->cfg->compress_interval_ms, self->cfg->seal_lag_ms,
+            self->cfg->retention_raw_ms, (int)self->cfg->compress_chunk,  self->ctx->metrics};
+        compress = zactor_new(in_compress_actor, &co);
+    }
     s_try_connect(self);
     mh_actor_ready(pipe);
     int64_t next_rollup = 0, next_maintain = mh_mono_ms() + self->cfg->maintain_interval_ms;
@@ -388,6 +404,7 @@ void in_actor(zsock_t *pipe, void *args)
     if (in_store_connected(self->store))
         for (int i = 0; i < 100 && (zsock_events(self->router) & ZMQ_POLLIN); i++)
             s_drain_socket(self);
+    zactor_destroy(&compress);
     zactor_destroy(&query);
     s_destroy(&self);
 }

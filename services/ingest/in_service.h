@@ -18,6 +18,7 @@ typedef struct {
     int64_t rollup_interval_ms, rollup_grace_ms;
     int64_t maintain_interval_ms;
     int64_t dedupe_ms;
+    int64_t compress_interval_ms, seal_lag_ms, compress_chunk;
 } in_config_t;
 
 extern const mh_cfg_opt_t in_config_options[];

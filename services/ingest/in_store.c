@@ -13,7 +13,7 @@
 #define S_DAY_MS        (86400LL * 1000)
 #define S_PG_EPOCH_MS   946684800000LL /* 2000-01-01 in Unix ms */
 #define S_LOCK_MIGRATE  727274000
-#define S_LOCK_ROLLUP   727274001
+#define S_LOCK_ROLLUP   IN_LOCK_ROLLUP
 #define S_LOCK_MAINTAIN 727274002
 
 struct in_store_t {
@@ -59,6 +59,15 @@ static const char *s_schema_sql =
     "CREATE TABLE IF NOT EXISTS ingest.batches ("
     "  batch_id text PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT now());"
     "CREATE INDEX IF NOT EXISTS batches_committed ON ingest.batches USING brin (committed_at);"
+    /* sealed raw data, one compressed block per (device, metric, hour)
+     * (in_block.h, in_compress.c); the raw tier's retention applies. Blocks
+     * do not compress further: no TOAST compression. */
+    "CREATE TABLE IF NOT EXISTS ingest.telemetry_blocks ("
+    "  device_id text NOT NULL, metric text NOT NULL, period_start timestamptz NOT NULL,"
+    "  n int NOT NULL, data bytea NOT NULL,"
+    "  PRIMARY KEY (device_id, metric, period_start)"
+    ") PARTITION BY RANGE (period_start);"
+    "ALTER TABLE ingest.telemetry_blocks ALTER COLUMN data SET STORAGE EXTERNAL;"
     "CREATE TABLE IF NOT EXISTS ingest.rollup_dirty ("
     "  id bigserial PRIMARY KEY, tier text NOT NULL, bucket timestamptz NOT NULL);"
     "CREATE INDEX IF NOT EXISTS rollup_dirty_tier ON ingest.rollup_dirty (tier, bucket);"
@@ -207,13 +216,14 @@ int in_store_maintain(in_store_t *self, char *err, size_t errlen)
     static const struct {
         const char *table;
         int width_days;
-    } tiers[] = {{"telemetry_raw", 1}, {"rollup_1m", 7}, {"rollup_1h", 30}};
-    int64_t keep[] = {self->ret.raw_ms, self->ret.m1_ms, self->ret.h1_ms};
+    } tiers[] = {
+        {"telemetry_raw", 1}, {"rollup_1m", 7}, {"rollup_1h", 30}, {"telemetry_blocks", 1}};
+    int64_t keep[] = {self->ret.raw_ms, self->ret.m1_ms, self->ret.h1_ms, self->ret.raw_ms};
     int64_t now = mh_now_ms();
     int mine = s_begin_locked(self, "BEGIN", S_LOCK_MAINTAIN, err, errlen);
     if (mine <= 0) /* failed, or another replica is at it */
         return mine;
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < sizeof tiers / sizeof *tiers; i++) {
         char width[16], lo[32], hi[32], cutoff[32];
         snprintf(width, sizeof width, "%d", tiers[i].width_days);
         /* Raw data is refused past its retention, but rollup tiers keep
@@ -449,6 +459,28 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
 
 /* ---- rollups ---- */
 
+/* The 1-minute rollup of one bucket ($1, epoch ms), shared with the
+ * compression pass (in_compress.c). A series already compressed for the
+ * minute's hour is the compression pass's to roll up (from its block and
+ * any late raw rows); the rest from the raw rows. */
+const char *const in_sql_rollup_1m_clear =
+    "DELETE FROM ingest.rollup_1m r WHERE bucket = to_timestamp($1::bigint / 1000.0) "
+    "AND NOT EXISTS (SELECT 1 FROM ingest.telemetry_blocks k WHERE k.device_id = "
+    "r.device_id AND k.metric = r.metric AND k.period_start = "
+    "to_timestamp(floor(extract(epoch FROM r.bucket) / 3600) * 3600))";
+const char *const in_sql_rollup_1m_recompute =
+    "WITH b AS (SELECT to_timestamp($1::bigint / 1000.0) AS t) "
+    "INSERT INTO ingest.rollup_1m (device_id, metric, bucket, min, max, sum, count) "
+    "SELECT device_id, metric, (SELECT t FROM b), min(value), max(value), sum(value), "
+    "count(*) FROM ingest.telemetry_raw w WHERE ts >= (SELECT t FROM b) "
+    "AND ts < (SELECT t FROM b) + interval '1 minute' AND NOT EXISTS (SELECT 1 FROM "
+    "ingest.telemetry_blocks k WHERE k.device_id = w.device_id AND k.metric = w.metric "
+    "AND k.period_start = to_timestamp(floor(extract(epoch FROM (SELECT t FROM b)) / 3600) "
+    "* 3600)) GROUP BY device_id, metric";
+const char *const in_sql_rollup_mark_1h =
+    "INSERT INTO ingest.rollup_dirty (tier, bucket) "
+    "VALUES ('1h', to_timestamp(floor($1::bigint / 3600000.0) * 3600))";
+
 /* Recomputes up to `limit` dirty buckets of one tier from the tier below. */
 static int s_rollup_tier(in_store_t *self, const char *tier, const char *select_dirty,
                          const char *clear, const char *recompute, const char *mark_next, int *done,
@@ -502,15 +534,8 @@ int in_store_rollup(in_store_t *self, int *done_out, char *err, size_t errlen)
             "WHERE tier = '1m' AND bucket + interval '1 minute' + "
             "make_interval(secs => $1::bigint / 1000.0) <= now() "
             "GROUP BY bucket ORDER BY bucket LIMIT 120",
-            "DELETE FROM ingest.rollup_1m WHERE bucket = to_timestamp($1::bigint / 1000.0)",
-            "WITH b AS (SELECT to_timestamp($1::bigint / 1000.0) AS t) "
-            "INSERT INTO ingest.rollup_1m (device_id, metric, bucket, min, max, sum, count) "
-            "SELECT device_id, metric, (SELECT t FROM b), min(value), max(value), sum(value), "
-            "count(*) FROM ingest.telemetry_raw WHERE ts >= (SELECT t FROM b) "
-            "AND ts < (SELECT t FROM b) + interval '1 minute' GROUP BY device_id, metric",
-            "INSERT INTO ingest.rollup_dirty (tier, bucket) "
-            "VALUES ('1h', date_trunc('hour', to_timestamp($1::bigint / 1000.0)))",
-            &done, err, errlen) < 0)
+            in_sql_rollup_1m_clear, in_sql_rollup_1m_recompute, in_sql_rollup_mark_1h, &done, err,
+            errlen) < 0)
         return s_fail(self);
     /* Hours as soon as a minute of theirs changed, so the open hour is at
      * most one rollup interval behind the 1-minute tier. */

@@ -8,6 +8,8 @@
  *   rollup_1h      (same)                              30-day partitions
  *   batches        (batch_id, committed_at)            ids of committed batches
  *   rollup_dirty   (id, tier, bucket)                  buckets whose rollup is stale
+ *   telemetry_blocks (device_id, metric, period_start, n, data)  sealed raw data,
+ *                  one in_block per series and hour (in_compress.h); daily partitions
  *
  * Rollups are recomputed from the tier below for each dirty bucket, so they
  * are exact whatever order or lateness the data has, and any replica may run
@@ -25,6 +27,14 @@ typedef struct {
 } in_retention_t;
 
 typedef struct in_store_t in_store_t;
+
+/* The rollup job's advisory lock; the compression pass takes it too. */
+#define IN_LOCK_ROLLUP 727274001
+/* A 1-minute bucket's rollup ($1 = its start, epoch ms): clear, recompute
+ * from the raw rows (series already compressed for that hour left to the
+ * compression pass), and mark its hour for the 1-hour tier. */
+extern const char *const in_sql_rollup_1m_clear, *const in_sql_rollup_1m_recompute,
+                                                     *const in_sql_rollup_mark_1h;
 
 /* One incoming batch and what became of it. */
 typedef enum { IN_STORED, IN_DUPLICATE, IN_REJECTED } in_outcome_t;

@@ -1,0 +1,483 @@
+/* in_compress — see in_compress.h. */
+#include "in_compress.h"
+
+#include "in_block.h"
+#include "in_store.h"
+#include "mh_log.h"
+#include "mh_pg.h"
+#include "mh_time.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    in_compress_opts_t o;
+    mh_pg_t *pg;
+    mh_counter_t *m_samples, *m_blocks, *m_bytes, *m_late, *m_errors;
+    mh_histogram_t *m_pass;
+    mh_ratelimit_t rl;
+} s_t;
+
+/* One series of a chunk: its old block's samples and its new raw rows. */
+typedef struct {
+    char *device, *metric;
+    int64_t *ts;
+    double *v;
+    size_t n, cap;
+    size_t n_old; /* the first n_old came from an existing block */
+} s_series_t;
+
+static s_series_t *s_series(zhashx_t *all, const char *device, const char *metric)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%s\t%s", device, metric);
+    s_series_t *s = zhashx_lookup(all, key);
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        s->device = strdup(device);
+        s->metric = strdup(metric);
+        zhashx_insert(all, key, s);
+    }
+    return s;
+}
+
+static bool s_push(s_series_t *s, int64_t ts, double v)
+{
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 128;
+        int64_t *t = realloc(s->ts, cap * sizeof *t);
+        if (t)
+            s->ts = t;
+        double *d = t ? realloc(s->v, cap * sizeof *d) : NULL;
+        if (!d)
+            return false;
+        s->v = d;
+        s->cap = cap;
+    }
+    s->ts[s->n] = ts;
+    s->v[s->n++] = v;
+    return true;
+}
+
+static void s_series_free(void **item)
+{
+    s_series_t *s = *item;
+    if (s) {
+        free(s->device);
+        free(s->metric);
+        free(s->ts);
+        free(s->v);
+        free(s);
+    }
+    *item = NULL;
+}
+
+/* Sorts a series by time, then value (the order queries answer in,
+ * in_query.c): an insertion merge of two sorted runs. */
+static void s_sort(s_series_t *s)
+{
+    for (size_t i = 1; i < s->n; i++) {
+        int64_t t = s->ts[i];
+        double v = s->v[i];
+        size_t j = i;
+        while (j > 0 && (s->ts[j - 1] > t || (s->ts[j - 1] == t && s->v[j - 1] > v))) {
+            s->ts[j] = s->ts[j - 1];
+            s->v[j] = s->v[j - 1];
+            j--;
+        }
+        s->ts[j] = t;
+        s->v[j] = v;
+    }
+}
+
+static char *s_hex(const uint8_t *b, size_t n)
+{
+    char *h = malloc(2 * n + 1);
+    for (size_t i = 0; h && i < n; i++)
+        snprintf(h + 2 * i, 3, "%02x", b[i]);
+    return h;
+}
+
+/* A growing text[] (or bigint[], float8[]) literal. */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} s_arr_t;
+
+static void s_arr_add(s_arr_t *a, const char *item)
+{
+    size_t need = strlen(item) + 4;
+    if (a->len + need + 2 > a->cap) {
+        size_t cap = (a->cap + need) * 2 + 64;
+        char *b = realloc(a->buf, cap);
+        if (!b)
+            return;
+        a->buf = b;
+        a->cap = cap;
+    }
+    a->len +=
+        (size_t)snprintf(a->buf + a->len, a->cap - a->len, "%s\"%s\"", a->len ? "," : "{", item);
+}
+
+static const char *s_arr_end(s_arr_t *a)
+{
+    if (!a->buf || !a->len)
+        return "{}";
+    if (a->len + 2 <= a->cap) {
+        a->buf[a->len] = '}';
+        a->buf[a->len + 1] = 0;
+    }
+    return a->buf;
+}
+
+/* The 1-minute rollups of the minutes of `s` that late rows touched,
+ * from the merged series, into the arrays of an INSERT. */
+static void s_rollups(const s_series_t *s, const int64_t *late_minutes, size_t nlate, s_arr_t *a)
+{
+    for (size_t k = 0; k < nlate; k++) {
+        int64_t b = late_minutes[k];
+        double mn = 0, mx = 0, sum = 0;
+        int64_t count = 0;
+        for (size_t i = 0; i < s->n; i++) {
+            if (s->ts[i] < b || s->ts[i] >= b + 60000)
+                continue;
+            mn = count ? (s->v[i] < mn ? s->v[i] : mn) : s->v[i];
+            mx = count ? (s->v[i] > mx ? s->v[i] : mx) : s->v[i];
+            sum += s->v[i];
+            count++;
+        }
+        if (!count)
+            continue;
+        char num[48];
+        s_arr_add(&a[0], s->device);
+        s_arr_add(&a[1], s->metric);
+        snprintf(num, sizeof num, "%" PRId64, b);
+        s_arr_add(&a[2], num);
+        snprintf(num, sizeof num, "%.17g", mn);
+        s_arr_add(&a[3], num);
+        snprintf(num, sizeof num, "%.17g", mx);
+        s_arr_add(&a[4], num);
+        snprintf(num, sizeof num, "%.17g", sum);
+        s_arr_add(&a[5], num);
+        snprintf(num, sizeof num, "%" PRId64, count);
+        s_arr_add(&a[6], num);
+    }
+}
+
+static int s_cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* One chunk of devices of one hour, in one transaction. Returns the
+ * samples compressed, 0 when another replica holds the lock, -1 on an
+ * error (rolled back; nothing changed). */
+static long s_chunk(s_t *self, int64_t period, const char *devices, bool first, char *err,
+                    size_t errlen)
+{
+    char p_s[32], e_s[32], lock[32], rlock[32];
+    snprintf(p_s, sizeof p_s, "%" PRId64, period);
+    snprintf(e_s, sizeof e_s, "%" PRId64, period + IN_PERIOD_MS);
+    snprintf(lock, sizeof lock, "%d", IN_LOCK_COMPRESS);
+    snprintf(rlock, sizeof rlock, "%d", IN_LOCK_ROLLUP);
+    if (!mh_pg_begin(self->pg, err, errlen))
+        return -1;
+    PGresult *res =
+        mh_pg_exec(self->pg, PGRES_TUPLES_OK, "SELECT pg_try_advisory_xact_lock($1::bigint)", 1,
+                   (const char *[]){lock}, err, errlen);
+    if (!res)
+        goto fail;
+    bool mine = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (!mine) {
+        mh_pg_rollback(self->pg);
+        return 0;
+    }
+    /* the rollup job's lock: it and this never write rollups at once */
+    if (!mh_pg_ok(self->pg, "SELECT pg_advisory_xact_lock($1::bigint)", 1, (const char *[]){rlock},
+                  err, errlen))
+        goto fail;
+    const char *range[] = {p_s, e_s};
+    if (!mh_pg_ok(self->pg,
+                  "SELECT ingest.ensure_partitions('telemetry_blocks', 1,"
+                  " to_timestamp($1::bigint / 1000.0), to_timestamp($2::bigint / 1000.0))",
+                  2, range, err, errlen))
+        goto fail;
+    if (first) {
+        /* Minutes of this hour still waiting for their rollup get it from
+         * the raw rows now, before those rows become a block. */
+        res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                         "SELECT DISTINCT (extract(epoch FROM bucket) * 1000)::bigint"
+                         " FROM ingest.rollup_dirty WHERE tier = '1m'"
+                         " AND bucket >= to_timestamp($1::bigint / 1000.0)"
+                         " AND bucket < to_timestamp($2::bigint / 1000.0)",
+                         2, range, err, errlen);
+        if (!res)
+            goto fail;
+        for (int i = 0; i < PQntuples(res); i++) {
+            const char *b[] = {PQgetvalue(res, i, 0)};
+            if (!mh_pg_ok(self->pg, in_sql_rollup_1m_clear, 1, b, err, errlen) ||
+                !mh_pg_ok(self->pg, in_sql_rollup_1m_recompute, 1, b, err, errlen) ||
+                !mh_pg_ok(self->pg, in_sql_rollup_mark_1h, 1, b, err, errlen) ||
+                !mh_pg_ok(self->pg,
+                          "DELETE FROM ingest.rollup_dirty WHERE tier = '1m'"
+                          " AND bucket = to_timestamp($1::bigint / 1000.0)",
+                          1, b, err, errlen)) {
+                PQclear(res);
+                goto fail;
+            }
+        }
+        PQclear(res);
+    }
+    zhashx_t *all = zhashx_new();
+    zhashx_set_destructor(all, s_series_free);
+    const char *q[] = {p_s, e_s, devices};
+    /* the hour's blocks of these devices, taken out to be written again */
+    res = mh_pg_exec_bin(self->pg, PGRES_TUPLES_OK,
+                         "DELETE FROM ingest.telemetry_blocks WHERE period_start ="
+                         " to_timestamp($1::bigint / 1000.0) AND $2::bigint > 0"
+                         " AND device_id = ANY($3::text[]) RETURNING device_id, metric, data",
+                         3, q, NULL, NULL, 1, err, errlen);
+    if (!res) {
+        zhashx_destroy(&all);
+        goto fail;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        int64_t *ts;
+        double *v;
+        long n = in_block_decode((const uint8_t *)PQgetvalue(res, i, 2),
+                                 (size_t)PQgetlength(res, i, 2), &ts, &v);
+        if (n < 0) {
+            snprintf(err, errlen, "a corrupt block of %s %s at %s: left as it was",
+                     PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), p_s);
+            PQclear(res);
+            zhashx_destroy(&all);
+            goto fail;
+        }
+        s_series_t *s = s_series(all, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+        for (long k = 0; k < n; k++)
+            s_push(s, ts[k], v[k]);
+        s->n_old = s->n;
+        free(ts);
+        free(v);
+    }
+    PQclear(res);
+    /* exactly the raw rows deleted are the rows encoded */
+    res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                     "WITH d AS (DELETE FROM ingest.telemetry_raw"
+                     " WHERE ts >= to_timestamp($1::bigint / 1000.0)"
+                     " AND ts < to_timestamp($2::bigint / 1000.0) AND device_id = ANY($3::text[])"
+                     " RETURNING device_id, metric, ts, value)"
+                     " SELECT device_id, metric, (extract(epoch FROM ts) * 1000)::bigint, value"
+                     " FROM d ORDER BY device_id, metric, ts, value",
+                     3, q, err, errlen);
+    if (!res) {
+        zhashx_destroy(&all);
+        goto fail;
+    }
+    long samples = PQntuples(res);
+    for (int i = 0; i < PQntuples(res); i++) {
+        s_series_t *s = s_series(all, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+        if (!s_push(s, strtoll(PQgetvalue(res, i, 2), NULL, 10),
+                    strtod(PQgetvalue(res, i, 3), NULL))) {
+            snprintf(err, errlen, "out of memory");
+            PQclear(res);
+            zhashx_destroy(&all);
+            goto fail;
+        }
+    }
+    PQclear(res);
+    s_arr_t b[4] = {{0}}, r[7] = {{0}};
+    uint64_t bytes = 0, blocks = 0, late = 0;
+    bool ok = true;
+    for (s_series_t *s = zhashx_first(all); s && ok; s = zhashx_next(all)) {
+        /* late rows of a series already compressed: their minutes rolled
+         * up again from the merged series */
+        size_t nlate = s->n_old ? s->n - s->n_old : 0;
+        int64_t *minutes = nlate ? malloc(nlate * sizeof *minutes) : NULL;
+        for (size_t i = 0; i < nlate; i++)
+            minutes[i] = s->ts[s->n_old + i] - (((s->ts[s->n_old + i] % 60000) + 60000) % 60000);
+        size_t nm = 0;
+        if (nlate) {
+            qsort(minutes, nlate, sizeof *minutes, s_cmp_i64);
+            for (size_t i = 0; i < nlate; i++)
+                if (!nm || minutes[nm - 1] != minutes[i])
+                    minutes[nm++] = minutes[i];
+        }
+        s_sort(s);
+        uint8_t *block = NULL;
+        size_t len = in_block_encode(s->ts, s->v, s->n, &block);
+        char *hex = len ? s_hex(block, len) : NULL;
+        free(block);
+        if (!hex) {
+            snprintf(err, errlen, "could not encode %s %s", s->device, s->metric);
+            ok = false;
+        } else {
+            char num[24];
+            s_arr_add(&b[0], s->device);
+            s_arr_add(&b[1], s->metric);
+            snprintf(num, sizeof num, "%zu", s->n);
+            s_arr_add(&b[2], num);
+            s_arr_add(&b[3], hex);
+            bytes += len;
+            blocks++;
+            late += nlate;
+            s_rollups(s, minutes, nm, r);
+        }
+        free(hex);
+        free(minutes);
+    }
+    zhashx_destroy(&all);
+    const char *bp[] = {s_arr_end(&b[0]), s_arr_end(&b[1]), p_s, s_arr_end(&b[2]),
+                        s_arr_end(&b[3])};
+    const char *rp[] = {s_arr_end(&r[0]), s_arr_end(&r[1]), s_arr_end(&r[2]), s_arr_end(&r[3]),
+                        s_arr_end(&r[4]), s_arr_end(&r[5]), s_arr_end(&r[6])};
+    ok = ok &&
+         mh_pg_ok(self->pg,
+                  "INSERT INTO ingest.telemetry_blocks (device_id, metric, period_start, n, data)"
+                  " SELECT d, m, to_timestamp($3::bigint / 1000.0), n, decode(x, 'hex')"
+                  " FROM unnest($1::text[], $2::text[], $4::int[], $5::text[]) AS u(d, m, n, x)",
+                  5, bp, err, errlen) &&
+         (!late ||
+          (mh_pg_ok(self->pg,
+                    "DELETE FROM ingest.rollup_1m r USING unnest($1::text[], $2::text[],"
+                    " $3::bigint[]) AS u(d, m, b) WHERE r.device_id = u.d AND"
+                    " r.metric = u.m AND r.bucket = to_timestamp(u.b / 1000.0)",
+                    3, rp, err, errlen) &&
+           mh_pg_ok(self->pg,
+                    "INSERT INTO ingest.rollup_1m (device_id, metric, bucket, min, max,"
+                    " sum, count) SELECT d, m, to_timestamp(b / 1000.0), mn, mx, sm, c"
+                    " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[],"
+                    " $5::float8[], $6::float8[], $7::bigint[]) AS u(d, m, b, mn, mx, sm, c)",
+                    7, rp, err, errlen) &&
+           mh_pg_ok(self->pg, in_sql_rollup_mark_1h, 1, (const char *[]){p_s}, err, errlen))) &&
+         mh_pg_commit(self->pg, err, errlen);
+    for (int i = 0; i < 4; i++)
+        free(b[i].buf);
+    for (int i = 0; i < 7; i++)
+        free(r[i].buf);
+    if (!ok)
+        goto fail;
+    mh_counter_add(self->m_samples, (uint64_t)samples);
+    mh_counter_add(self->m_blocks, blocks);
+    mh_counter_add(self->m_bytes, bytes);
+    mh_counter_add(self->m_late, late);
+    return samples;
+fail:
+    mh_pg_rollback(self->pg);
+    return -1;
+}
+
+/* Compresses one sealed hour: its devices with raw rows, a chunk at a
+ * time. Returns the samples compressed, -1 on an error. */
+static long s_period(s_t *self, int64_t period, char *err, size_t errlen)
+{
+    char p_s[32], e_s[32];
+    snprintf(p_s, sizeof p_s, "%" PRId64, period);
+    snprintf(e_s, sizeof e_s, "%" PRId64, period + IN_PERIOD_MS);
+    const char *range[] = {p_s, e_s};
+    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                               "SELECT DISTINCT device_id FROM ingest.telemetry_raw"
+                               " WHERE ts >= to_timestamp($1::bigint / 1000.0)"
+                               " AND ts < to_timestamp($2::bigint / 1000.0) ORDER BY device_id",
+                               2, range, err, errlen);
+    if (!res)
+        return -1;
+    long total = 0;
+    int n = PQntuples(res), chunk = self->o.chunk_devices > 0 ? self->o.chunk_devices : 500;
+    for (int i = 0; i < n; i += chunk) {
+        s_arr_t a = {0};
+        for (int k = i; k < n && k < i + chunk; k++)
+            s_arr_add(&a, PQgetvalue(res, k, 0));
+        long got = s_chunk(self, period, s_arr_end(&a), i == 0, err, errlen);
+        free(a.buf);
+        if (got < 0) {
+            PQclear(res);
+            return -1;
+        }
+        if (got == 0 && i == 0)
+            break; /* another replica is at it */
+        total += got;
+    }
+    PQclear(res);
+    return total;
+}
+
+/* One pass: every sealed hour within retention that still has raw rows. */
+static void s_pass(s_t *self)
+{
+    char err[512];
+    if (mh_pg_connect(self->pg, err, sizeof err) < 0)
+        return;
+    int64_t t0 = mh_mono_ms(), now = mh_now_ms();
+    int64_t sealed = now - self->o.seal_lag_ms; /* hours ending by then */
+    sealed -= ((sealed % IN_PERIOD_MS) + IN_PERIOD_MS) % IN_PERIOD_MS;
+    int64_t oldest = now - self->o.retention_ms;
+    oldest -= ((oldest % IN_PERIOD_MS) + IN_PERIOD_MS) % IN_PERIOD_MS;
+    char lo[32], hi[32];
+    snprintf(lo, sizeof lo, "%" PRId64, oldest);
+    snprintf(hi, sizeof hi, "%" PRId64, sealed);
+    const char *range[] = {lo, hi};
+    /* the sealed hours with raw rows: one index probe an hour */
+    PGresult *res = mh_pg_exec(
+        self->pg, PGRES_TUPLES_OK,
+        "SELECT (extract(epoch FROM h) * 1000)::bigint FROM generate_series("
+        " to_timestamp($1::bigint / 1000.0), to_timestamp($2::bigint / 1000.0) - interval '1 hour',"
+        " interval '1 hour') AS h WHERE EXISTS (SELECT 1 FROM ingest.telemetry_raw"
+        " WHERE ts >= h AND ts < h + interval '1 hour')",
+        2, range, err, sizeof err);
+    if (!res) {
+        mh_counter_inc(self->m_errors);
+        mh_log_limited(&self->rl, MH_LOG_WARN, "compression: %s", err);
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        int64_t period = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+        long n = s_period(self, period, err, sizeof err);
+        if (n < 0) {
+            mh_counter_inc(self->m_errors);
+            mh_log_limited(&self->rl, MH_LOG_WARN, "compression of the hour at %" PRId64 ": %s",
+                           period, err);
+            break;
+        }
+        if (n > 0)
+            mh_info("compressed %ld samples of the hour at %" PRId64, n, period);
+    }
+    PQclear(res);
+    mh_histogram_observe_ms(self->m_pass, mh_mono_ms() - t0);
+}
+
+void in_compress_actor(zsock_t *pipe, void *args)
+{
+    s_t self = {.o = *(in_compress_opts_t *)args};
+    self.pg = mh_pg_new(self.o.pg_url, NULL, 0);
+    self.rl = (mh_ratelimit_t)MH_RATELIMIT_INIT(10000, 3);
+    mh_metrics_t *m = self.o.metrics;
+    self.m_samples = mh_metrics_counter(m, "mh_ingest_compressed_samples_total",
+                                        "Raw samples turned into sealed blocks", NULL);
+    self.m_blocks =
+        mh_metrics_counter(m, "mh_ingest_compressed_blocks_total",
+                           "Sealed blocks written (a late merge writes one again)", NULL);
+    self.m_bytes = mh_metrics_counter(m, "mh_ingest_compressed_bytes_total",
+                                      "Bytes of sealed blocks written", NULL);
+    self.m_late = mh_metrics_counter(m, "mh_ingest_compressed_late_samples_total",
+                                     "Late samples merged into an existing block", NULL);
+    self.m_errors = mh_metrics_counter(m, "mh_ingest_compress_errors_total",
+                                       "Compression passes that failed (nothing changed)", NULL);
+    static const double bounds[] = {0.01, 0.1, 1, 10, 60, 600};
+    self.m_pass =
+        mh_metrics_histogram(m, "mh_ingest_compress_pass_seconds", "Time one compression pass took",
+                             NULL, bounds, sizeof bounds / sizeof *bounds);
+    zsock_signal(pipe, 0);
+    zpoller_t *poller = zpoller_new(pipe, NULL);
+    for (;;) {
+        void *which = zpoller_wait(poller, (int)self.o.interval_ms);
+        if (which == pipe || zpoller_terminated(poller))
+            break;
+        s_pass(&self);
+    }
+    zpoller_destroy(&poller);
+    mh_pg_destroy(&self.pg);
+}
