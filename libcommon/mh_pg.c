@@ -86,8 +86,7 @@ PGresult *mh_pg_exec_bin(mh_pg_t *self, ExecStatusType want, const char *sql, in
         PQexecParams(self->conn, sql, nparams, NULL, params, lengths, formats, result_format);
     /* mh_pg_ok's statements may return rows too */
     if (PQresultStatus(res) == want ||
-        (want == PGRES_COMMAND_OK && PQresultStatus(res) == PGRES_TUPLES_OK &&
-         self->any_result))
+        (want == PGRES_COMMAND_OK && PQresultStatus(res) == PGRES_TUPLES_OK && self->any_result))
         return res;
     const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     snprintf(self->sqlstate, sizeof self->sqlstate, "%s", st ? st : "");
