@@ -180,13 +180,14 @@ def wait_ready(port, what, timeout=30):
     sys.exit(f"{what} did not become ready")
 
 
-def start_ingest(stack, pg_url, rpc=False, name="ingest"):
+def start_ingest(stack, pg_url, rpc=False, name="ingest", extra=()):
     """One ingest on free ports, ready; its (batch port, RPC port or None, HTTP port)."""
     port, http = free_port(), free_port()
     rpc_port = free_port() if rpc else None
     stack.spawn(name, [os.path.join(stack.bin, "services/ingest/motehub-ingest"),
                        f"--http-listen=127.0.0.1:{http}", f"--bind=tcp://127.0.0.1:{port}", "--events-bind=",
-                       f"--rpc-bind=tcp://127.0.0.1:{rpc_port}" if rpc else "--rpc-bind=", f"--pg-url={pg_url}"])
+                       f"--rpc-bind=tcp://127.0.0.1:{rpc_port}" if rpc else "--rpc-bind=", f"--pg-url={pg_url}",
+                       *extra])
     wait_ready(http, name)
     return port, rpc_port, http
 
