@@ -5,6 +5,10 @@
 
 #define MH_MAX_DEVICE_ID 64
 
+/* A publish to MH_DIRECT_PREFIX "<client id>/<topic>" reaches that client
+ * alone, as <topic>, subscribed or not (the broker plugin, motehub_acl.c). */
+#define MH_DIRECT_PREFIX "motehub/to/"
+
 /* A device id is 1-64 characters of A-Z a-z 0-9 . _ - */
 static inline bool mh_device_id_valid(const char *id, size_t len)
 {

@@ -104,7 +104,7 @@ void ota_out_publish(ota_t *self, const char *device, const char *topic, json_t 
         return;
     char full[384];
     if (direct) /* to the device alone (the broker plugin, motehub_acl.c) */
-        snprintf(full, sizeof full, "motehub/to/%s/%s", device, topic);
+        snprintf(full, sizeof full, MH_DIRECT_PREFIX "%s/%s", device, topic);
     else
         snprintf(full, sizeof full, "%s", topic);
     Mh__Publish pub = MH__PUBLISH__INIT;

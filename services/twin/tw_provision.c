@@ -33,7 +33,7 @@ static void s_hex(char *out, size_t bytes)
 static void s_reply(tw_batch_t *b, const Mh__DeviceMessage *m, const char *base, bool ok, json_t *v)
 {
     char topic[384];
-    snprintf(topic, sizeof topic, "motehub/to/%s/%s/%s", m->device_id, base,
+    snprintf(topic, sizeof topic, MH_DIRECT_PREFIX "%s/%s/%s", m->device_id, base,
              ok ? "accepted" : "rejected");
     tw_out_publish_topic(&b->out, m->device_id, topic, v);
 }
@@ -93,10 +93,9 @@ static bool s_issue(tw_t *self, tw_batch_t *b, const Mh__DeviceMessage *m, const
     return true;
 }
 
-static bool s_create(tw_t *self, tw_batch_t *b, const Mh__DeviceMessage *m, json_t *req, char *err,
-                     size_t errlen)
+static bool s_create(tw_t *self, tw_batch_t *b, const Mh__DeviceMessage *m, const char *base,
+                     json_t *req, char *err, size_t errlen)
 {
-    static const char base[] = "$aws/certificates/create/json";
     (void)req;
     EVP_PKEY *key = EVP_EC_gen("P-256");
     char *key_pem = key ? mh_ca_key_pem(key) : NULL;
@@ -119,10 +118,9 @@ static bool s_key_ok(EVP_PKEY *k)
     return (type == EVP_PKEY_EC && bits >= 256) || (type == EVP_PKEY_RSA && bits >= 2048);
 }
 
-static bool s_csr(tw_t *self, tw_batch_t *b, const Mh__DeviceMessage *m, json_t *req, char *err,
-                  size_t errlen)
+static bool s_csr(tw_t *self, tw_batch_t *b, const Mh__DeviceMessage *m, const char *base,
+                  json_t *req, char *err, size_t errlen)
 {
-    static const char base[] = "$aws/certificates/create-from-csr/json";
     const char *pem = json_string_value(json_object_get(req, "certificateSigningRequest"));
     if (!pem)
         return s_reject(b, m, base, 400, "InvalidPayload",
@@ -186,11 +184,9 @@ static bool s_make_device(tw_t *self, tw_batch_t *b, json_t *made, bool *exists,
     return true;
 }
 
-static bool s_register(tw_t *self, tw_batch_t *b, const Mh__DeviceMessage *m, json_t *req,
-                       char *err, size_t errlen)
+static bool s_register(tw_t *self, tw_batch_t *b, const Mh__DeviceMessage *m, const char *base,
+                       json_t *req, char *err, size_t errlen)
 {
-    char base[128];
-    snprintf(base, sizeof base, "$aws/provisioning-templates/%s/provision/json", m->shadow);
     const char *token = json_string_value(json_object_get(req, "certificateOwnershipToken"));
     json_t *params = json_object_get(req, "parameters");
     if (!token || (params && !json_is_object(params)))
@@ -278,6 +274,7 @@ done:
 bool tw_msg_provision(tw_t *self, tw_batch_t *b, const Mh__DeviceMessage *m, char *err,
                       size_t errlen)
 {
+    /* the request's topic, spelled once: replies go to base/accepted|rejected */
     char base[128];
     if (m->kind == MH__DEVICE_MESSAGE__KIND__PROVISION_REGISTER)
         snprintf(base, sizeof base, "$aws/provisioning-templates/%s/provision/json", m->shadow);
@@ -301,10 +298,10 @@ bool tw_msg_provision(tw_t *self, tw_batch_t *b, const Mh__DeviceMessage *m, cha
                true;
     }
     bool ok = m->kind == MH__DEVICE_MESSAGE__KIND__PROVISION_CREATE
-                  ? s_create(self, b, m, req, err, errlen)
+                  ? s_create(self, b, m, base, req, err, errlen)
               : m->kind == MH__DEVICE_MESSAGE__KIND__PROVISION_CSR
-                  ? s_csr(self, b, m, req, err, errlen)
-                  : s_register(self, b, m, req, err, errlen);
+                  ? s_csr(self, b, m, base, req, err, errlen)
+                  : s_register(self, b, m, base, req, err, errlen);
     json_decref(req);
     return ok;
 }
