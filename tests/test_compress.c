@@ -92,7 +92,7 @@ static char *s_answers(const char *device)
  * sensor's decimals and a noisy double, every 30 s with jitter, a repeated
  * timestamp, negative zero and huge values; as the hot path would leave
  * them, with their minutes marked for the rollup job. */
-static void s_load(int first, int devices)
+static void s_load_at(int64_t from, int64_t to, int first, int devices)
 {
     mht_db_num(&s_p.db,
                "WITH s AS (SELECT format('cp-%%s', lpad(d::text, 4, '0')) AS dev, k,"
@@ -106,13 +106,48 @@ static void s_load(int first, int devices)
                " UNION ALL SELECT dev, 'temperature', ts, 99.5 FROM s WHERE k = 100"
                " RETURNING 1)"
                " SELECT count(*) FROM i",
-               s_from, first, first + devices - 1);
+               from, first, first + devices - 1);
     mht_db_num(&s_p.db,
                "WITH i AS (INSERT INTO ingest.rollup_dirty (tier, bucket)"
                " SELECT '1m', generate_series(to_timestamp(%" PRId64 " / 1000.0),"
                " to_timestamp(%" PRId64 " / 1000.0) - interval '1 minute', interval '1 minute')"
                " RETURNING 1) SELECT count(*) FROM i",
-               s_from, s_to);
+               from, to);
+}
+
+static void s_load(int first, int devices)
+{
+    s_load_at(s_from, s_to, first, devices);
+}
+
+static void s_wait_rollups(void)
+{
+    assert_true(mht_db_wait_num(&s_p.db, "SELECT count(*) FROM ingest.rollup_dirty", 0, 30000) ==
+                0);
+}
+
+/* A late temperature of -40.25 for a compressed span, as the hot path
+ * writes it (row and dirty minute); waits until it is merged and rolled up. */
+static void s_late_sample(const char *device, int64_t late)
+{
+    mht_db_num(&s_p.db,
+               "WITH i AS (INSERT INTO ingest.telemetry_raw VALUES ('%s', 'temperature',"
+               " to_timestamp(%" PRId64 " / 1000.0), -40.25) RETURNING 1),"
+               " m AS (INSERT INTO ingest.rollup_dirty (tier, bucket) VALUES ('1m',"
+               " to_timestamp(%" PRId64 " / 1000.0)) RETURNING 1) SELECT count(*) FROM i, m",
+               device, late, late - late % 60000);
+    assert_true(mht_db_wait_num(&s_p.db, "SELECT count(*) FROM ingest.telemetry_raw", 0, 30000) ==
+                0);
+    s_wait_rollups();
+}
+
+/* Blocks of one series that overlap: none may. */
+static double s_overlapping_blocks(void)
+{
+    return mht_db_num(&s_p.db, "SELECT count(*) FROM ingest.telemetry_blocks a JOIN"
+                               " ingest.telemetry_blocks b USING (device_id, metric)"
+                               " WHERE a.period_start < b.period_start AND a.period_start"
+                               " + a.hours * interval '1 hour' > b.period_start");
 }
 
 /* Fails showing where two answers part. */
@@ -137,12 +172,6 @@ static int64_t s_count(const char *like)
                                like, like);
 }
 
-static void s_wait_rollups(void)
-{
-    assert_true(mht_db_wait_num(&s_p.db, "SELECT count(*) FROM ingest.rollup_dirty", 0, 30000) ==
-                0);
-}
-
 static void s_compressor(mht_service_t *s, const char *name, const char *chunk)
 {
     char c[64];
@@ -164,7 +193,8 @@ static void test_same_answers_across_the_seal(void **state)
                                 "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id"
                                 " LIKE 'cp-000_'",
                                 0, 30000) == 0);
-    assert_true(mht_db_num(&s_p.db, "SELECT count(*) FROM ingest.telemetry_blocks") >= 12);
+    /* one block per series and hour (or day, once the day is sealed) */
+    assert_true(mht_db_num(&s_p.db, "SELECT count(*) FROM ingest.telemetry_blocks") >= 4);
     for (int d = 0; d < 2; d++) {
         char *after = s_answers(d ? "cp-0001" : "cp-0000");
         s_same(d ? "cp-0001" : "cp-0000", before[d], after);
@@ -180,15 +210,7 @@ static void test_same_answers_across_the_seal(void **state)
 
     /* a late sample of a compressed hour: merged, and its minute rolled up */
     int64_t late = s_from + 90 * 60000 + 1234;
-    mht_db_num(&s_p.db,
-               "WITH i AS (INSERT INTO ingest.telemetry_raw VALUES ('cp-0000', 'temperature',"
-               " to_timestamp(%" PRId64 " / 1000.0), -40.25) RETURNING 1),"
-               " m AS (INSERT INTO ingest.rollup_dirty (tier, bucket) VALUES ('1m',"
-               " to_timestamp(%" PRId64 " / 1000.0)) RETURNING 1) SELECT count(*) FROM i, m",
-               late, late - late % 60000);
-    assert_true(mht_db_wait_num(&s_p.db, "SELECT count(*) FROM ingest.telemetry_raw", 0, 30000) ==
-                0);
-    s_wait_rollups();
+    s_late_sample("cp-0000", late);
     char path[512];
     snprintf(path, sizeof path,
              "/api/v1/devices/cp-0000/telemetry?bucket=raw&metric=temperature&from=%" PRId64
@@ -250,6 +272,7 @@ static void test_sigkill_and_two_replicas_lose_nothing(void **state)
     assert_int_equal(mht_db_num(&s_p.db, "SELECT count(*) - count(DISTINCT (device_id, metric,"
                                          " period_start)) FROM ingest.telemetry_blocks"),
                      0);
+    assert_int_equal(s_overlapping_blocks(), 0);
     s_wait_rollups();
     char *after = s_answers("cp-0150");
     s_same("cp-0150", before, after);
@@ -257,11 +280,65 @@ static void test_sigkill_and_two_replicas_lose_nothing(void **state)
     free(after);
 }
 
+/* A sealed day's hourly blocks become one block a series, answering the
+ * same; a late sample of that day is merged into the day's block. */
+static void test_sealed_days_become_one_block(void **state)
+{
+    (void)state;
+    int64_t now = (int64_t)time(NULL) * 1000, day = now - now % (24 * S_HOUR) - 24 * S_HOUR;
+    int64_t from = s_from, to = s_to;
+    s_from = day + 20 * S_HOUR; /* yesterday 20:00 to 23:00 */
+    s_to = day + 23 * S_HOUR;
+    s_load_at(s_from, s_to, 10, 2); /* cp-0010, cp-0011 */
+    s_wait_rollups();
+    char *before = s_answers("cp-0010");
+    mht_service_t c;
+    s_compressor(&c, "ingest-days", "500");
+    assert_true(mht_db_wait_num(&s_p.db,
+                                "SELECT (SELECT count(*) FROM ingest.telemetry_raw WHERE"
+                                " device_id LIKE 'cp-001_') + (SELECT count(*) FROM"
+                                " ingest.telemetry_blocks WHERE device_id LIKE 'cp-001_' AND"
+                                " hours < 24)",
+                                0, 30000) == 0);
+    const char *day_blocks =
+        "SELECT count(*) FROM ingest.telemetry_blocks WHERE device_id ="
+        " 'cp-0010' AND hours = 24 AND period_start = to_timestamp(%" PRId64 " / 1000.0)";
+    assert_int_equal(mht_db_num(&s_p.db, "SELECT count(*) FROM ingest.telemetry_blocks WHERE"
+                                         " device_id = 'cp-0010'"),
+                     2);
+    assert_int_equal(mht_db_num(&s_p.db, day_blocks, day), 2); /* temperature, noise */
+    char *after = s_answers("cp-0010");
+    s_same("cp-0010 after its day's blocks joined", before, after);
+    free(after);
+    free(before);
+
+    int64_t late = day + 21 * S_HOUR + 30 * 60000 + 1234;
+    s_late_sample("cp-0010", late);
+    assert_int_equal(mht_db_num(&s_p.db, day_blocks, day), 2);
+    assert_int_equal(s_overlapping_blocks(), 0);
+    assert_int_equal(s_count("cp-0010"), 2 * 360 + 1 + 1);
+    char path[512];
+    snprintf(path, sizeof path,
+             "/api/v1/devices/cp-0010/telemetry?bucket=1m&metric=temperature&from=%" PRId64
+             "&to=%" PRId64,
+             late - late % 60000, late - late % 60000 + 60000);
+    json_t *v = s_get(path);
+    json_t *pt = json_array_get(
+        json_object_get(json_array_get(json_object_get(v, "series"), 0), "points"), 0);
+    assert_int_equal(json_integer_value(json_object_get(pt, "count")), 3);
+    assert_true(json_real_value(json_object_get(pt, "min")) == -40.25);
+    json_decref(v);
+    assert_int_equal(mht_stop(c.pid, SIGTERM, 20000), 0);
+    s_from = from;
+    s_to = to;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_answers_across_the_seal),
         cmocka_unit_test(test_sigkill_and_two_replicas_lose_nothing),
+        cmocka_unit_test(test_sealed_days_become_one_block),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

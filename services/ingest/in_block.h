@@ -2,16 +2,22 @@
  * series as one block of a few bytes a sample (issue 19; the format in
  * docs/telemetry.md). Pure: no I/O, no allocation but the output.
  *
- * Timestamps (ms) are stored as the first, the first delta, then
- * delta-of-delta in Gorilla's prefix buckets: a regular series costs one
- * bit a sample; irregular, repeated or decreasing timestamps round-trip
- * too. Values take the cheaper of two codecs, chosen per block:
+ * Timestamps (ms): the first, then the cheaper per block of
+ * delta-of-delta and a residual from a grid at the series' own step that
+ * follows its mean phase (a device's publish jitter then costs its few
+ * bits, not delta-of-delta's doubled range; a missed sample re-anchors
+ * it); irregular, repeated or decreasing timestamps round-trip too. Values
+ * take the cheaper of two codecs, chosen per block:
  *   decimal  when every value is a decimal with at most 6 places that
  *            survives the round trip bit for bit (what sensors report:
- *            21.53, 45.2, -71, booleans): the scaled integers as deltas
- *            in prefix buckets — an unchanged value costs one bit;
+ *            21.53, 45.2, -71, booleans): the scaled integers' residuals
+ *            from a level that follows the series (shift 0: the plain
+ *            delta; more: noisy readings of a slow signal);
  *   xor      otherwise (NaN payloads, infinities, -0, subnormals, noisy
  *            doubles): Gorilla's XOR with the previous value's bits.
+ * Every integer stream is written in the prefix code (k-bit body, escape
+ * to Gorilla's buckets, optionally a 1-bit zero) that its own histogram
+ * says is cheapest. Version 1 blocks (buckets alone) still decode.
  * Decoding checks everything: a corrupt or truncated block is an error,
  * never an over-read. */
 #pragma once

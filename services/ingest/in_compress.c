@@ -8,6 +8,7 @@
 #include "mh_time.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,7 +26,8 @@ typedef struct {
     int64_t *ts;
     double *v;
     size_t n, cap;
-    size_t n_old; /* the first n_old came from an existing block */
+    size_t n_old;       /* the first n_old came from an existing block */
+    int64_t start, end; /* the span its block will cover (ms) */
 } s_series_t;
 
 static s_series_t *s_series(zhashx_t *all, const char *device, const char *metric)
@@ -73,22 +75,43 @@ static void s_series_free(void **item)
     *item = NULL;
 }
 
-/* Sorts a series by time, then value (the order queries answer in,
- * in_query.c): an insertion merge of two sorted runs. */
-static void s_sort(s_series_t *s)
+/* A sample while its series is sorted. */
+typedef struct {
+    int64_t t;
+    double v;
+    size_t order;
+} s_sample_t;
+
+/* Time, then value (NaN after every number, as PostgreSQL orders them),
+ * then the order it came in: the order queries answer in (in_query.c). */
+static int s_cmp_sample(const void *a, const void *b)
 {
-    for (size_t i = 1; i < s->n; i++) {
-        int64_t t = s->ts[i];
-        double v = s->v[i];
-        size_t j = i;
-        while (j > 0 && (s->ts[j - 1] > t || (s->ts[j - 1] == t && s->v[j - 1] > v))) {
-            s->ts[j] = s->ts[j - 1];
-            s->v[j] = s->v[j - 1];
-            j--;
-        }
-        s->ts[j] = t;
-        s->v[j] = v;
+    const s_sample_t *x = a, *y = b;
+    if (x->t != y->t)
+        return x->t < y->t ? -1 : 1;
+    bool xn = isnan(x->v), yn = isnan(y->v);
+    if (xn != yn)
+        return xn ? 1 : -1;
+    if (!xn && x->v != y->v)
+        return x->v < y->v ? -1 : 1;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* Sorts a series (its old blocks and new rows come in any order). */
+static bool s_sort(s_series_t *s)
+{
+    s_sample_t *all = malloc(s->n * sizeof *all);
+    if (!all)
+        return false;
+    for (size_t i = 0; i < s->n; i++)
+        all[i] = (s_sample_t){s->ts[i], s->v[i], i};
+    qsort(all, s->n, sizeof *all, s_cmp_sample);
+    for (size_t i = 0; i < s->n; i++) {
+        s->ts[i] = all[i].t;
+        s->v[i] = all[i].v;
     }
+    free(all);
+    return true;
 }
 
 static char *s_hex(const uint8_t *b, size_t n)
@@ -171,15 +194,24 @@ static int s_cmp_i64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* One chunk of devices of one hour, in one transaction. Returns the
- * samples compressed, 0 when another replica holds the lock, -1 on an
- * error (rolled back; nothing changed). */
-static long s_chunk(s_t *self, int64_t period, const char *devices, bool first, char *err,
-                    size_t errlen)
+static int64_t s_floor(int64_t t, int64_t unit)
 {
-    char p_s[32], e_s[32], lock[32], rlock[32];
+    return t - ((t % unit) + unit) % unit;
+}
+
+/* One chunk of devices of one span [period, period + width) — an hour, or
+ * a day whose hourly blocks become one — in one transaction: the span's
+ * raw rows and every block that overlaps it (a block never leaves its UTC
+ * day) merged into one block per series. Returns the samples that were
+ * raw, 0 when another replica holds the lock or there was nothing, -1 on
+ * an error (rolled back; nothing changed). */
+static long s_chunk(s_t *self, int64_t period, int64_t width, const char *devices, bool first,
+                    char *err, size_t errlen)
+{
+    char p_s[32], e_s[32], d_s[32], lock[32], rlock[32];
     snprintf(p_s, sizeof p_s, "%" PRId64, period);
-    snprintf(e_s, sizeof e_s, "%" PRId64, period + IN_PERIOD_MS);
+    snprintf(e_s, sizeof e_s, "%" PRId64, period + width);
+    snprintf(d_s, sizeof d_s, "%" PRId64, s_floor(period, IN_DAY_MS));
     snprintf(lock, sizeof lock, "%d", IN_LOCK_COMPRESS);
     snprintf(rlock, sizeof rlock, "%d", IN_LOCK_ROLLUP);
     if (!mh_pg_begin(self->pg, err, errlen))
@@ -233,13 +265,18 @@ static long s_chunk(s_t *self, int64_t period, const char *devices, bool first, 
     }
     zhashx_t *all = zhashx_new();
     zhashx_set_destructor(all, s_series_free);
-    const char *q[] = {p_s, e_s, devices};
-    /* the hour's blocks of these devices, taken out to be written again */
+    const char *q[] = {p_s, e_s, devices, d_s};
+    /* the blocks of these devices that overlap the span, taken out to be
+     * written again (integers as text, the data as it is) */
     res = mh_pg_exec_bin(self->pg, PGRES_TUPLES_OK,
-                         "DELETE FROM ingest.telemetry_blocks WHERE period_start ="
-                         " to_timestamp($1::bigint / 1000.0) AND $2::bigint > 0"
-                         " AND device_id = ANY($3::text[]) RETURNING device_id, metric, data",
-                         3, q, NULL, NULL, 1, err, errlen);
+                         "DELETE FROM ingest.telemetry_blocks WHERE device_id = ANY($3::text[])"
+                         " AND period_start >= to_timestamp($4::bigint / 1000.0)"
+                         " AND period_start < to_timestamp($2::bigint / 1000.0)"
+                         " AND period_start + hours * interval '1 hour' >"
+                         "     to_timestamp($1::bigint / 1000.0)"
+                         " RETURNING device_id, metric, data,"
+                         " (extract(epoch FROM period_start) * 1000)::bigint::text, hours::text",
+                         4, q, NULL, NULL, 1, err, errlen);
     if (!res) {
         zhashx_destroy(&all);
         goto fail;
@@ -260,6 +297,10 @@ static long s_chunk(s_t *self, int64_t period, const char *devices, bool first, 
         for (long k = 0; k < n; k++)
             s_push(s, ts[k], v[k]);
         s->n_old = s->n;
+        int64_t start = strtoll(PQgetvalue(res, i, 3), NULL, 10);
+        int64_t end = start + strtoll(PQgetvalue(res, i, 4), NULL, 10) * IN_PERIOD_MS;
+        s->start = !s->start || start < s->start ? start : s->start;
+        s->end = end > s->end ? end : s->end;
         free(ts);
         free(v);
     }
@@ -278,6 +319,12 @@ static long s_chunk(s_t *self, int64_t period, const char *devices, bool first, 
         goto fail;
     }
     long samples = PQntuples(res);
+    if (!samples && width == IN_PERIOD_MS) {
+        PQclear(res); /* nothing new: the blocks stay as they were */
+        zhashx_destroy(&all);
+        mh_pg_rollback(self->pg);
+        return 0;
+    }
     for (int i = 0; i < PQntuples(res); i++) {
         s_series_t *s = s_series(all, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
         if (!s_push(s, strtoll(PQgetvalue(res, i, 2), NULL, 10),
@@ -289,7 +336,7 @@ static long s_chunk(s_t *self, int64_t period, const char *devices, bool first, 
         }
     }
     PQclear(res);
-    s_arr_t b[4] = {{0}}, r[7] = {{0}};
+    s_arr_t b[6] = {{0}}, r[7] = {{0}};
     uint64_t bytes = 0, blocks = 0, late = 0;
     bool ok = true;
     for (s_series_t *s = zhashx_first(all); s && ok; s = zhashx_next(all)) {
@@ -306,9 +353,13 @@ static long s_chunk(s_t *self, int64_t period, const char *devices, bool first, 
                 if (!nm || minutes[nm - 1] != minutes[i])
                     minutes[nm++] = minutes[i];
         }
-        s_sort(s);
         uint8_t *block = NULL;
-        size_t len = in_block_encode(s->ts, s->v, s->n, &block);
+        size_t len = s_sort(s) ? in_block_encode(s->ts, s->v, s->n, &block) : 0;
+        /* the block's span: the span compressed, and the blocks merged in */
+        if (!s->n_old || period < s->start)
+            s->start = period;
+        if (!s->n_old || period + width > s->end)
+            s->end = period + width;
         char *hex = len ? s_hex(block, len) : NULL;
         free(block);
         if (!hex) {
@@ -321,6 +372,10 @@ static long s_chunk(s_t *self, int64_t period, const char *devices, bool first, 
             snprintf(num, sizeof num, "%zu", s->n);
             s_arr_add(&b[2], num);
             s_arr_add(&b[3], hex);
+            snprintf(num, sizeof num, "%" PRId64, s->start);
+            s_arr_add(&b[4], num);
+            snprintf(num, sizeof num, "%" PRId64, (s->end - s->start) / IN_PERIOD_MS);
+            s_arr_add(&b[5], num);
             bytes += len;
             blocks++;
             late += nlate;
@@ -330,16 +385,17 @@ static long s_chunk(s_t *self, int64_t period, const char *devices, bool first, 
         free(minutes);
     }
     zhashx_destroy(&all);
-    const char *bp[] = {s_arr_end(&b[0]), s_arr_end(&b[1]), p_s, s_arr_end(&b[2]),
-                        s_arr_end(&b[3])};
+    const char *bp[] = {s_arr_end(&b[0]), s_arr_end(&b[1]), s_arr_end(&b[4]),
+                        s_arr_end(&b[2]), s_arr_end(&b[3]), s_arr_end(&b[5])};
     const char *rp[] = {s_arr_end(&r[0]), s_arr_end(&r[1]), s_arr_end(&r[2]), s_arr_end(&r[3]),
                         s_arr_end(&r[4]), s_arr_end(&r[5]), s_arr_end(&r[6])};
     ok = ok &&
          mh_pg_ok(self->pg,
-                  "INSERT INTO ingest.telemetry_blocks (device_id, metric, period_start, n, data)"
-                  " SELECT d, m, to_timestamp($3::bigint / 1000.0), n, decode(x, 'hex')"
-                  " FROM unnest($1::text[], $2::text[], $4::int[], $5::text[]) AS u(d, m, n, x)",
-                  5, bp, err, errlen) &&
+                  "INSERT INTO ingest.telemetry_blocks (device_id, metric, period_start, hours,"
+                  " n, data) SELECT d, m, to_timestamp(p / 1000.0), h, n, decode(x, 'hex')"
+                  " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::text[],"
+                  " $6::smallint[]) AS u(d, m, p, n, x, h)",
+                  6, bp, err, errlen) &&
          (!late ||
           (mh_pg_ok(self->pg,
                     "DELETE FROM ingest.rollup_1m r USING unnest($1::text[], $2::text[],"
@@ -352,9 +408,12 @@ static long s_chunk(s_t *self, int64_t period, const char *devices, bool first, 
                     " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[],"
                     " $5::float8[], $6::float8[], $7::bigint[]) AS u(d, m, b, mn, mx, sm, c)",
                     7, rp, err, errlen) &&
-           mh_pg_ok(self->pg, in_sql_rollup_mark_1h, 1, (const char *[]){p_s}, err, errlen))) &&
+           mh_pg_ok(self->pg,
+                    "INSERT INTO ingest.rollup_dirty (tier, bucket) SELECT DISTINCT '1h',"
+                    " to_timestamp(floor(b / 3600000.0) * 3600) FROM unnest($1::bigint[]) b",
+                    1, (const char *[]){rp[2]}, err, errlen))) &&
          mh_pg_commit(self->pg, err, errlen);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 6; i++)
         free(b[i].buf);
     for (int i = 0; i < 7; i++)
         free(r[i].buf);
@@ -370,19 +429,28 @@ fail:
     return -1;
 }
 
-/* Compresses one sealed hour: its devices with raw rows, a chunk at a
- * time. Returns the samples compressed, -1 on an error. */
-static long s_period(s_t *self, int64_t period, char *err, size_t errlen)
+/* The devices with raw rows in an hour. */
+static const char *s_sql_hour_devices =
+    "SELECT DISTINCT device_id FROM ingest.telemetry_raw"
+    " WHERE ts >= to_timestamp($1::bigint / 1000.0)"
+    " AND ts < to_timestamp($2::bigint / 1000.0) ORDER BY device_id";
+/* The devices with more than one block in a day: those with an hour's. */
+static const char *s_sql_day_devices =
+    "SELECT DISTINCT device_id FROM ingest.telemetry_blocks WHERE hours < 24"
+    " AND period_start >= to_timestamp($1::bigint / 1000.0)"
+    " AND period_start < to_timestamp($2::bigint / 1000.0) ORDER BY device_id";
+
+/* Compresses one sealed span (an hour; or a day, its hours' blocks into
+ * one): the devices `devices_sql` names, a chunk at a time. Returns the
+ * raw samples compressed, -1 on an error. */
+static long s_span(s_t *self, int64_t period, int64_t width, const char *devices_sql, char *err,
+                   size_t errlen)
 {
     char p_s[32], e_s[32];
     snprintf(p_s, sizeof p_s, "%" PRId64, period);
-    snprintf(e_s, sizeof e_s, "%" PRId64, period + IN_PERIOD_MS);
+    snprintf(e_s, sizeof e_s, "%" PRId64, period + width);
     const char *range[] = {p_s, e_s};
-    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                               "SELECT DISTINCT device_id FROM ingest.telemetry_raw"
-                               " WHERE ts >= to_timestamp($1::bigint / 1000.0)"
-                               " AND ts < to_timestamp($2::bigint / 1000.0) ORDER BY device_id",
-                               2, range, err, errlen);
+    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK, devices_sql, 2, range, err, errlen);
     if (!res)
         return -1;
     long total = 0;
@@ -391,61 +459,79 @@ static long s_period(s_t *self, int64_t period, char *err, size_t errlen)
         s_arr_t a = {0};
         for (int k = i; k < n && k < i + chunk; k++)
             s_arr_add(&a, PQgetvalue(res, k, 0));
-        long got = s_chunk(self, period, s_arr_end(&a), i == 0, err, errlen);
+        long got = s_chunk(self, period, width, s_arr_end(&a), i == 0, err, errlen);
         free(a.buf);
         if (got < 0) {
             PQclear(res);
             return -1;
         }
-        if (got == 0 && i == 0)
-            break; /* another replica is at it */
         total += got;
     }
     PQclear(res);
     return total;
 }
 
-/* One pass: every sealed hour within retention that still has raw rows. */
+/* The spans of a pass: every sealed hour within retention that still has
+ * raw rows, then every sealed day with hours' blocks. */
+static const char *s_sql_hours =
+    "SELECT (extract(epoch FROM h) * 1000)::bigint FROM generate_series("
+    " to_timestamp($1::bigint / 1000.0), to_timestamp($2::bigint / 1000.0) - interval '1 hour',"
+    " interval '1 hour') AS h WHERE EXISTS (SELECT 1 FROM ingest.telemetry_raw"
+    " WHERE ts >= h AND ts < h + interval '1 hour')";
+static const char *s_sql_days =
+    "SELECT (extract(epoch FROM d) * 1000)::bigint FROM generate_series("
+    " to_timestamp($1::bigint / 1000.0), to_timestamp($2::bigint / 1000.0) - interval '1 day',"
+    " interval '1 day') AS d WHERE EXISTS (SELECT 1 FROM ingest.telemetry_blocks"
+    " WHERE hours < 24 AND period_start >= d AND period_start < d + interval '1 day')";
+
+/* Compresses every span `spans_sql` lists in [lo, hi); false on an error
+ * (logged). */
+static bool s_spans(s_t *self, const char *spans_sql, int64_t lo, int64_t hi, int64_t width,
+                    const char *devices_sql)
+{
+    char err[512], lo_s[32], hi_s[32];
+    snprintf(lo_s, sizeof lo_s, "%" PRId64, lo);
+    snprintf(hi_s, sizeof hi_s, "%" PRId64, hi);
+    if (hi <= lo)
+        return true;
+    const char *range[] = {lo_s, hi_s};
+    PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK, spans_sql, 2, range, err, sizeof err);
+    bool ok = res != NULL;
+    for (int i = 0; ok && i < PQntuples(res); i++) {
+        int64_t period = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+        long n = s_span(self, period, width, devices_sql, err, sizeof err);
+        if (n < 0) {
+            mh_log_limited(&self->rl, MH_LOG_WARN, "compression of the %s at %" PRId64 ": %s",
+                           width == IN_PERIOD_MS ? "hour" : "day", period, err);
+            mh_counter_inc(self->m_errors);
+            PQclear(res);
+            return false;
+        }
+        if (n > 0)
+            mh_info("compressed %ld samples of the hour at %" PRId64, n, period);
+    }
+    if (!res) {
+        mh_counter_inc(self->m_errors);
+        mh_log_limited(&self->rl, MH_LOG_WARN, "compression: %s", err);
+    }
+    PQclear(res);
+    return ok;
+}
+
+/* One pass: sealed hours into blocks, then sealed days' hourly blocks into
+ * one block a day (a row's overhead, ~140 bytes, spread over 24 times the
+ * samples). */
 static void s_pass(s_t *self)
 {
     char err[512];
     if (mh_pg_connect(self->pg, err, sizeof err) < 0)
         return;
     int64_t t0 = mh_mono_ms(), now = mh_now_ms();
-    int64_t sealed = now - self->o.seal_lag_ms; /* hours ending by then */
-    sealed -= ((sealed % IN_PERIOD_MS) + IN_PERIOD_MS) % IN_PERIOD_MS;
-    int64_t oldest = now - self->o.retention_ms;
-    oldest -= ((oldest % IN_PERIOD_MS) + IN_PERIOD_MS) % IN_PERIOD_MS;
-    char lo[32], hi[32];
-    snprintf(lo, sizeof lo, "%" PRId64, oldest);
-    snprintf(hi, sizeof hi, "%" PRId64, sealed);
-    const char *range[] = {lo, hi};
-    /* the sealed hours with raw rows: one index probe an hour */
-    PGresult *res = mh_pg_exec(
-        self->pg, PGRES_TUPLES_OK,
-        "SELECT (extract(epoch FROM h) * 1000)::bigint FROM generate_series("
-        " to_timestamp($1::bigint / 1000.0), to_timestamp($2::bigint / 1000.0) - interval '1 hour',"
-        " interval '1 hour') AS h WHERE EXISTS (SELECT 1 FROM ingest.telemetry_raw"
-        " WHERE ts >= h AND ts < h + interval '1 hour')",
-        2, range, err, sizeof err);
-    if (!res) {
-        mh_counter_inc(self->m_errors);
-        mh_log_limited(&self->rl, MH_LOG_WARN, "compression: %s", err);
-        return;
-    }
-    for (int i = 0; i < PQntuples(res); i++) {
-        int64_t period = strtoll(PQgetvalue(res, i, 0), NULL, 10);
-        long n = s_period(self, period, err, sizeof err);
-        if (n < 0) {
-            mh_counter_inc(self->m_errors);
-            mh_log_limited(&self->rl, MH_LOG_WARN, "compression of the hour at %" PRId64 ": %s",
-                           period, err);
-            break;
-        }
-        if (n > 0)
-            mh_info("compressed %ld samples of the hour at %" PRId64, n, period);
-    }
-    PQclear(res);
+    int64_t sealed = s_floor(now - self->o.seal_lag_ms, IN_PERIOD_MS); /* hours ending by then */
+    int64_t oldest = s_floor(now - self->o.retention_ms, IN_PERIOD_MS);
+    if (s_spans(self, s_sql_hours, oldest, sealed, IN_PERIOD_MS, s_sql_hour_devices))
+        s_spans(self, s_sql_days, s_floor(oldest, IN_DAY_MS), s_floor(sealed, IN_DAY_MS), IN_DAY_MS,
+                s_sql_day_devices);
     mh_histogram_observe_ms(self->m_pass, mh_mono_ms() - t0);
 }
 

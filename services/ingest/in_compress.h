@@ -3,8 +3,10 @@
  * than the seal lag into one in_block per (device, metric, hour) in
  * ingest.telemetry_blocks, deleting those rows in the same transaction
  * that writes the blocks (a DELETE ... RETURNING: exactly the rows it
- * encodes). A crash at any point loses and duplicates nothing. Late rows
- * of a compressed hour are merged into its block on the next pass, and
+ * encodes); once a whole UTC day is sealed, its hourly blocks become one
+ * block per (device, metric, day) the same way. A crash at any point loses
+ * and duplicates nothing. Late rows of a compressed span are merged into
+ * the block over them on the next pass, and
  * their minutes rolled up again from the merged series. Any number of
  * replicas run it; an advisory lock lets one work at a time, and it shares
  * the rollup job's lock, so the two never write rollups at once. The hot
@@ -16,7 +18,8 @@
 #include <czmq.h>
 #include <stdint.h>
 
-#define IN_PERIOD_MS     ((int64_t)3600000) /* a block's period */
+#define IN_PERIOD_MS     ((int64_t)3600000)  /* an hour: what is sealed at a time */
+#define IN_DAY_MS        ((int64_t)86400000) /* the longest a block spans */
 #define IN_LOCK_COMPRESS 727274003
 
 typedef struct {

@@ -47,13 +47,15 @@ static const char *s_sql_latest =
     " FROM ingest.telemetry_raw WHERE device_id = $1"
     " AND ($2::text[] IS NULL OR metric = ANY($2::text[])) ORDER BY metric, ts DESC, value DESC";
 
-/* Sealed blocks (in_compress.h) that may hold points of the range: an
- * hour's block starts at most an hour before `from`. Binary results: the
- * blocks' bytes as they are. */
+/* Sealed blocks (in_compress.h) that may hold points of the range: a
+ * block starts at most a day before `from` and ends after it. Binary
+ * results: the blocks' bytes as they are. */
 static const char *s_sql_blocks =
     "SELECT metric, data FROM ingest.telemetry_blocks WHERE device_id = $1"
     " AND ($2::text[] IS NULL OR metric = ANY($2::text[]))"
-    " AND period_start > timestamptz 'epoch' + ($3::bigint - 3600000) * interval '1 millisecond'"
+    " AND period_start > timestamptz 'epoch' + ($3::bigint - 86400000) * interval '1 millisecond'"
+    " AND period_start + hours * interval '1 hour' >"
+    "     timestamptz 'epoch' + $3::bigint * interval '1 millisecond'"
     " AND period_start < timestamptz 'epoch' + $4::bigint * interval '1 millisecond'"
     " AND ($5::text IS NULL OR metric >= $5::text) ORDER BY metric, period_start";
 static const char *s_sql_latest_blocks =

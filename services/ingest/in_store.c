@@ -59,15 +59,22 @@ static const char *s_schema_sql =
     "CREATE TABLE IF NOT EXISTS ingest.batches ("
     "  batch_id text PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT now());"
     "CREATE INDEX IF NOT EXISTS batches_committed ON ingest.batches USING brin (committed_at);"
-    /* sealed raw data, one compressed block per (device, metric, hour)
+    /* sealed raw data, one compressed block per (device, metric, hour),
+     * and once its day is sealed per (device, metric, day): a block holds
+     * [period_start, period_start + hours) and never leaves its UTC day
      * (in_block.h, in_compress.c); the raw tier's retention applies. Blocks
-     * do not compress further: no TOAST compression. */
+     * do not compress further: no TOAST compression. The partial index
+     * finds the days whose hourly blocks are still to be joined. */
     "CREATE TABLE IF NOT EXISTS ingest.telemetry_blocks ("
     "  device_id text NOT NULL, metric text NOT NULL, period_start timestamptz NOT NULL,"
     "  n int NOT NULL, data bytea NOT NULL,"
     "  PRIMARY KEY (device_id, metric, period_start)"
     ") PARTITION BY RANGE (period_start);"
     "ALTER TABLE ingest.telemetry_blocks ALTER COLUMN data SET STORAGE EXTERNAL;"
+    "ALTER TABLE ingest.telemetry_blocks ADD COLUMN IF NOT EXISTS hours smallint NOT NULL "
+    "DEFAULT 1;"
+    "CREATE INDEX IF NOT EXISTS telemetry_blocks_hourly ON ingest.telemetry_blocks "
+    "(period_start) WHERE hours < 24;"
     "CREATE TABLE IF NOT EXISTS ingest.rollup_dirty ("
     "  id bigserial PRIMARY KEY, tier text NOT NULL, bucket timestamptz NOT NULL);"
     "CREATE INDEX IF NOT EXISTS rollup_dirty_tier ON ingest.rollup_dirty (tier, bucket);"
@@ -460,14 +467,16 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
 /* ---- rollups ---- */
 
 /* The 1-minute rollup of one bucket ($1, epoch ms), shared with the
- * compression pass (in_compress.c). A series already compressed for the
- * minute's hour is the compression pass's to roll up (from its block and
- * any late raw rows); the rest from the raw rows. */
+ * compression pass (in_compress.c). A series with a block over the minute
+ * is the compression pass's to roll up (from its block and any late raw
+ * rows); the rest from the raw rows. */
+#define S_BLOCK_OVER(minute)                                                                       \
+    "k.period_start <= " minute " AND k.period_start > " minute " - interval '1 day' AND "         \
+    "k.period_start + k.hours * interval '1 hour' > " minute
 const char *const in_sql_rollup_1m_clear =
     "DELETE FROM ingest.rollup_1m r WHERE bucket = to_timestamp($1::bigint / 1000.0) "
     "AND NOT EXISTS (SELECT 1 FROM ingest.telemetry_blocks k WHERE k.device_id = "
-    "r.device_id AND k.metric = r.metric AND k.period_start = "
-    "to_timestamp(floor(extract(epoch FROM r.bucket) / 3600) * 3600))";
+    "r.device_id AND k.metric = r.metric AND " S_BLOCK_OVER("r.bucket") ")";
 const char *const in_sql_rollup_1m_recompute =
     "WITH b AS (SELECT to_timestamp($1::bigint / 1000.0) AS t) "
     "INSERT INTO ingest.rollup_1m (device_id, metric, bucket, min, max, sum, count) "
@@ -475,8 +484,7 @@ const char *const in_sql_rollup_1m_recompute =
     "count(*) FROM ingest.telemetry_raw w WHERE ts >= (SELECT t FROM b) "
     "AND ts < (SELECT t FROM b) + interval '1 minute' AND NOT EXISTS (SELECT 1 FROM "
     "ingest.telemetry_blocks k WHERE k.device_id = w.device_id AND k.metric = w.metric "
-    "AND k.period_start = to_timestamp(floor(extract(epoch FROM (SELECT t FROM b)) / 3600) "
-    "* 3600)) GROUP BY device_id, metric";
+    "AND " S_BLOCK_OVER("(SELECT t FROM b)") ") GROUP BY device_id, metric";
 const char *const in_sql_rollup_mark_1h =
     "INSERT INTO ingest.rollup_dirty (tier, bucket) "
     "VALUES ('1h', to_timestamp(floor($1::bigint / 3600000.0) * 3600))";

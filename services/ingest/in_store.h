@@ -8,8 +8,9 @@
  *   rollup_1h      (same)                              30-day partitions
  *   batches        (batch_id, committed_at)            ids of committed batches
  *   rollup_dirty   (id, tier, bucket)                  buckets whose rollup is stale
- *   telemetry_blocks (device_id, metric, period_start, n, data)  sealed raw data,
- *                  one in_block per series and hour (in_compress.h); daily partitions
+ *   telemetry_blocks (device_id, metric, period_start, hours, n, data)  sealed raw
+ *                  data, one in_block per series and hour, then day (in_compress.h);
+ *                  daily partitions
  *
  * Rollups are recomputed from the tier below for each dirty bucket, so they
  * are exact whatever order or lateness the data has, and any replica may run
