@@ -95,18 +95,30 @@ static char *s_answers(const char *device)
 static void s_load_at(int64_t from, int64_t to, int first, int devices)
 {
     mht_db_num(&s_p.db,
-               "WITH s AS (SELECT format('cp-%%s', lpad(d::text, 4, '0')) AS dev, k,"
-               " to_timestamp((%" PRId64 " + k * 30000 + (d * 7 + k * 13) %% 1000) / 1000.0) AS ts"
-               " FROM generate_series(%d, %d) d, generate_series(0, 359) k),"
-               " i AS (INSERT INTO ingest.telemetry_raw (device_id, metric, ts, value)"
-               " SELECT dev, 'temperature', ts, round((20 + sin(k / 30.0) * 3)::numeric, 2)::float8"
-               "   FROM s"
-               " UNION ALL SELECT dev, 'noise', ts, CASE WHEN k = 5 THEN '-0'::float8"
-               "   WHEN k = 6 THEN 1e300 ELSE random() * 1e-3 + k END FROM s"
-               " UNION ALL SELECT dev, 'temperature', ts, 99.5 FROM s WHERE k = 100"
-               " RETURNING 1)"
-               " SELECT count(*) FROM i",
-               from, first, first + devices - 1);
+               "WITH i AS (INSERT INTO ingest.device_ids (device_id) SELECT format('cp-%%s',"
+               " lpad(d::text, 4, '0')) FROM generate_series(%d, %d) d ON CONFLICT DO NOTHING"
+               " RETURNING 1) SELECT count(*) FROM i",
+               first, first + devices - 1);
+    mht_db_num(&s_p.db, "WITH i AS (INSERT INTO ingest.metric_sets (metrics) VALUES"
+                        " ('{temperature,noise}'), ('{temperature}') ON CONFLICT DO NOTHING"
+                        " RETURNING 1) SELECT count(*) FROM i");
+    /* the rows the hot path writes: a message a row (ingest.samples) */
+    mht_db_num(
+        &s_p.db,
+        "WITH s AS (SELECT k.id AS dev, n, to_timestamp((%" PRId64 " + n * 30000 +"
+        " (d * 7 + n * 13) %% 1000) / 1000.0) AS ts"
+        " FROM generate_series(%d, %d) d JOIN ingest.device_ids k ON k.device_id ="
+        " format('cp-%%s', lpad(d::text, 4, '0')), generate_series(0, 359) n),"
+        " i AS (INSERT INTO ingest.samples (ts, device, metric_set, value)"
+        " SELECT ts, dev, (SELECT id FROM ingest.metric_sets WHERE metrics ="
+        "   '{temperature,noise}'), ARRAY[round((20 + sin(n / 30.0) * 3)::numeric, 2)::float8,"
+        "   CASE WHEN n = 5 THEN '-0'::float8 WHEN n = 6 THEN 1e300 ELSE random() * 1e-3 + n"
+        "   END] FROM s"
+        " UNION ALL SELECT ts, dev, (SELECT id FROM ingest.metric_sets WHERE metrics ="
+        "   '{temperature}'), ARRAY[99.5::float8] FROM s WHERE n = 100"
+        " RETURNING 1)"
+        " SELECT count(*) FROM i",
+        from, first, first + devices - 1);
     mht_db_num(&s_p.db,
                "WITH i AS (INSERT INTO ingest.rollup_dirty (tier, bucket)"
                " SELECT '1m', generate_series(to_timestamp(%" PRId64 " / 1000.0),"
@@ -247,15 +259,18 @@ static void test_sigkill_and_two_replicas_lose_nothing(void **state)
     srandom(42);
     for (int i = 0; i < 6; i++) {
         mht_service_t a, b;
-        s_compressor(&a, i % 2 ? "ingest-ka" : "ingest-kb", "7");
-        s_compressor(&b, i % 2 ? "ingest-kc" : "ingest-kd", "7");
-        mht_sleep_ms(150 + random() % 600);
+        s_compressor(&a, i % 2 ? "ingest-ka" : "ingest-kb", "2");
+        s_compressor(&b, i % 2 ? "ingest-kc" : "ingest-kd", "2");
+        mht_sleep_ms(100 + random() % 400);
         mht_stop(a.pid, SIGKILL, 5000);
         mht_sleep_ms(random() % 200);
         mht_stop(b.pid, SIGKILL, 5000);
         int64_t got = s_count("cp-0%") - s_count("cp-000%");
         if (got != want)
             fail_msg("after SIGKILL %d: %" PRId64 " samples, want %" PRId64, i + 1, got, want);
+        printf("# SIGKILL %d: %.0f raw rows, %.0f blocks\n", i + 1,
+               mht_db_num(&s_p.db, "SELECT count(*) FROM ingest.samples"),
+               mht_db_num(&s_p.db, "SELECT count(*) FROM ingest.telemetry_blocks"));
     }
     printf("# after six SIGKILLs: %.0f raw rows left, %.0f blocks\n",
            mht_db_num(&s_p.db, "SELECT count(*) FROM ingest.telemetry_raw"),

@@ -86,6 +86,13 @@ static void test_mosquitto_pub_lands_as_rows(void **state)
         mht_db_num(&s_db, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-311' "
                           "AND metric = 'door' AND value = 1"),
         1);
+    /* stored compactly: the message is one row, its metric names one set */
+    assert_int_equal(mht_db_num(&s_db,
+                                "SELECT count(*) FROM ingest.samples s JOIN ingest.device_ids"
+                                " d ON d.id = s.device JOIN ingest.metric_sets m ON m.id ="
+                                " s.metric_set WHERE d.device_id = 'e2e-311' AND m.metrics ="
+                                " '{temp,door}' AND s.value = '{21.5,1}'"),
+                     1);
     assert_int_equal(
         s_wait(2, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'e2e-5'"), 2);
     assert_int_equal(
@@ -400,17 +407,16 @@ static void test_ingest_batch_stored_once(void **state)
 static void test_partitions_and_retention(void **state)
 {
     (void)state;
-    assert_int_equal(
-        mht_db_num(&s_db, "SELECT count(*) FROM pg_class WHERE relname = 'telemetry_raw_p' || "
-                          "to_char(now() AT TIME ZONE 'UTC' + interval '1 day', 'YYYYMMDD')"),
-        1);
+    assert_int_equal(mht_db_num(&s_db,
+                                "SELECT count(*) FROM pg_class WHERE relname = 'samples_p' || "
+                                "to_char(now() AT TIME ZONE 'UTC' + interval '1 day', 'YYYYMMDD')"),
+                     1);
     /* an old partition, as a long-running system would have */
-    mht_db_num(
-        &s_db,
-        "SELECT ingest.ensure_partitions('telemetry_raw', 1, now() - interval '20 days', now() - "
-        "interval '19 days')");
+    mht_db_num(&s_db,
+               "SELECT ingest.ensure_partitions('samples', 1, now() - interval '20 days', now() - "
+               "interval '19 days')");
     assert_int_equal(
-        mht_db_num(&s_db, "SELECT count(*) FROM pg_class WHERE relname = 'telemetry_raw_p' || "
+        mht_db_num(&s_db, "SELECT count(*) FROM pg_class WHERE relname = 'samples_p' || "
                           "to_char(now() AT TIME ZONE 'UTC' - interval '20 days', 'YYYYMMDD')"),
         1);
     mht_service_t second = {0};
@@ -418,7 +424,7 @@ static void test_partitions_and_retention(void **state)
     mht_ingest_start(&second, "ingest-retention", &s_db, 0, extra);
     assert_int_equal(
         mht_db_wait_num(&s_db,
-                        "SELECT count(*) FROM pg_class WHERE relname = 'telemetry_raw_p' || "
+                        "SELECT count(*) FROM pg_class WHERE relname = 'samples_p' || "
                         "to_char(now() AT TIME ZONE 'UTC' - interval '20 days', 'YYYYMMDD')",
                         0, 10000),
         0);
@@ -428,6 +434,52 @@ static void test_partitions_and_retention(void **state)
                    "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
                    "WHERE p.relname = 'rollup_1m'") >= 13);
     assert_int_equal(mht_stop(second.pid, SIGTERM, 10000), 0);
+}
+
+/* A database from before the compact raw tier: its rows are moved into
+ * it when ingest starts, and read the same through the view. */
+static void test_upgrade_moves_the_old_raw_tier(void **state)
+{
+    (void)state;
+    mht_db_t old;
+    mht_db_create(&old);
+    int64_t t = s_wall_ms() - 3600000;
+    /* the old schema, as ingest made it */
+    PGresult *r =
+        PQexec(old.conn,
+               "CREATE SCHEMA ingest;"
+               "CREATE TABLE ingest.telemetry_raw (device_id text NOT NULL, metric text NOT NULL,"
+               " ts timestamptz NOT NULL, value double precision NOT NULL) PARTITION BY RANGE (ts);"
+               "CREATE INDEX telemetry_raw_device ON ingest.telemetry_raw (device_id, metric, ts);"
+               "CREATE TABLE ingest.telemetry_raw_p0 PARTITION OF ingest.telemetry_raw"
+               " FOR VALUES FROM (now() - interval '2 days') TO (now() + interval '2 days');");
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    mht_db_num(&old,
+               "WITH i AS (INSERT INTO ingest.telemetry_raw VALUES"
+               " ('up-1', 'temp', to_timestamp(%" PRId64 " / 1000.0), 21.5),"
+               " ('up-1', 'hum', to_timestamp(%" PRId64 " / 1000.0), -0.0),"
+               " ('up-2', 'temp', to_timestamp(%" PRId64 " / 1000.0), 1e300) RETURNING 1)"
+               " SELECT count(*) FROM i",
+               t, t, t + 1);
+    mht_service_t ing = {0};
+    mht_ingest_start(&ing, "ingest-upgrade", &old, 0, NULL);
+    assert_int_equal(mht_db_num(&old, "SELECT count(*) FROM pg_class WHERE relname ="
+                                      " 'telemetry_raw' AND relkind = 'v'"),
+                     1);
+    assert_int_equal(mht_db_num(&old, "SELECT count(*) FROM pg_class WHERE relname LIKE"
+                                      " 'telemetry_raw_%%'"),
+                     0);
+    assert_int_equal(mht_db_num(&old, "SELECT count(*) FROM ingest.telemetry_raw"), 3);
+    assert_int_equal(mht_db_num(&old,
+                                "SELECT count(*) FROM ingest.telemetry_raw WHERE"
+                                " (device_id, metric, value) IN (('up-1', 'temp', 21.5),"
+                                " ('up-1', 'hum', 0), ('up-2', 'temp', 1e300)) AND ts ="
+                                " to_timestamp((%" PRId64 " + (device_id = 'up-2')::int) / 1000.0)",
+                                t),
+                     3);
+    assert_int_equal(mht_stop(ing.pid, SIGTERM, 20000), 0);
+    mht_db_drop(&old);
 }
 
 int main(void)
@@ -440,6 +492,7 @@ int main(void)
         cmocka_unit_test(test_too_old_dropped_and_counted),
         cmocka_unit_test(test_ingest_batch_stored_once),
         cmocka_unit_test(test_partitions_and_retention),
+        cmocka_unit_test(test_upgrade_moves_the_old_raw_tier),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

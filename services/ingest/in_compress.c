@@ -307,12 +307,15 @@ static long s_chunk(s_t *self, int64_t period, int64_t width, const char *device
     PQclear(res);
     /* exactly the raw rows deleted are the rows encoded */
     res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                     "WITH d AS (DELETE FROM ingest.telemetry_raw"
+                     "WITH d AS (DELETE FROM ingest.samples"
                      " WHERE ts >= to_timestamp($1::bigint / 1000.0)"
-                     " AND ts < to_timestamp($2::bigint / 1000.0) AND device_id = ANY($3::text[])"
-                     " RETURNING device_id, metric, ts, value)"
-                     " SELECT device_id, metric, (extract(epoch FROM ts) * 1000)::bigint, value"
-                     " FROM d ORDER BY device_id, metric, ts, value",
+                     " AND ts < to_timestamp($2::bigint / 1000.0) AND device IN (SELECT id FROM"
+                     " ingest.device_ids WHERE device_id = ANY($3::text[]))"
+                     " RETURNING device, ts, metric_set, value)"
+                     " SELECT k.device_id, m.metrics[i], (extract(epoch FROM d.ts) * 1000)::bigint,"
+                     " d.value[i] FROM d JOIN ingest.device_ids k ON k.id = d.device"
+                     " JOIN ingest.metric_sets m ON m.id = d.metric_set"
+                     " CROSS JOIN LATERAL generate_subscripts(d.value, 1) AS i ORDER BY 1, 2, 3, 4",
                      3, q, err, errlen);
     if (!res) {
         zhashx_destroy(&all);
@@ -431,9 +434,10 @@ fail:
 
 /* The devices with raw rows in an hour. */
 static const char *s_sql_hour_devices =
-    "SELECT DISTINCT device_id FROM ingest.telemetry_raw"
+    "SELECT k.device_id FROM (SELECT DISTINCT device FROM ingest.samples"
     " WHERE ts >= to_timestamp($1::bigint / 1000.0)"
-    " AND ts < to_timestamp($2::bigint / 1000.0) ORDER BY device_id";
+    " AND ts < to_timestamp($2::bigint / 1000.0)) s JOIN ingest.device_ids k ON k.id = s.device"
+    " ORDER BY k.device_id";
 /* The devices with more than one block in a day: those with an hour's. */
 static const char *s_sql_day_devices =
     "SELECT DISTINCT device_id FROM ingest.telemetry_blocks WHERE hours < 24"
@@ -476,7 +480,7 @@ static long s_span(s_t *self, int64_t period, int64_t width, const char *devices
 static const char *s_sql_hours =
     "SELECT (extract(epoch FROM h) * 1000)::bigint FROM generate_series("
     " to_timestamp($1::bigint / 1000.0), to_timestamp($2::bigint / 1000.0) - interval '1 hour',"
-    " interval '1 hour') AS h WHERE EXISTS (SELECT 1 FROM ingest.telemetry_raw"
+    " interval '1 hour') AS h WHERE EXISTS (SELECT 1 FROM ingest.samples"
     " WHERE ts >= h AND ts < h + interval '1 hour')";
 static const char *s_sql_days =
     "SELECT (extract(epoch FROM d) * 1000)::bigint FROM generate_series("

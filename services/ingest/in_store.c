@@ -1,4 +1,6 @@
 #include "in_store.h"
+#include "in_dict.h"
+#include "in_schema.h"
 #include "mh_pg.h"
 #include "mh_time.h"
 
@@ -26,99 +28,35 @@ struct in_store_t {
     /* the COPY buffer, reused */
     char *buf;
     size_t len, cap;
+    /* the raw tier's dictionaries, and a batch's rows (reused) */
+    in_dict_t *dict;
+    struct s_row *rows;
+    size_t nrows, rows_cap;
+    char *key;
+    size_t key_cap;
 };
 
-/* Idempotent; run under an advisory lock so replicas starting together do
- * not race. Partition DDL is built inside PostgreSQL with format(%I, %L),
- * so no SQL text is ever assembled from data in C. */
-static const char *s_schema_sql =
-    "CREATE SCHEMA IF NOT EXISTS ingest;"
-    "CREATE TABLE IF NOT EXISTS ingest.telemetry_raw ("
-    "  device_id text NOT NULL, metric text NOT NULL,"
-    "  ts timestamptz NOT NULL, value double precision NOT NULL"
-    ") PARTITION BY RANGE (ts);"
-    "CREATE INDEX IF NOT EXISTS telemetry_raw_ts ON ingest.telemetry_raw USING brin (ts);"
-    "CREATE INDEX IF NOT EXISTS telemetry_raw_device ON ingest.telemetry_raw (device_id, metric, "
-    "ts);"
-    "CREATE TABLE IF NOT EXISTS ingest.rollup_1m ("
-    "  device_id text NOT NULL, metric text NOT NULL, bucket timestamptz NOT NULL,"
-    "  min double precision NOT NULL, max double precision NOT NULL,"
-    "  sum double precision NOT NULL, count bigint NOT NULL,"
-    "  PRIMARY KEY (device_id, metric, bucket)"
-    ") PARTITION BY RANGE (bucket);"
-    "CREATE INDEX IF NOT EXISTS rollup_1m_bucket ON ingest.rollup_1m USING brin (bucket);"
-    "CREATE TABLE IF NOT EXISTS ingest.rollup_1h (LIKE ingest.rollup_1m) PARTITION BY RANGE "
-    "(bucket);"
-    "DO $$ BEGIN"
-    "  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'rollup_1h_pkey') THEN"
-    "    ALTER TABLE ingest.rollup_1h ADD CONSTRAINT rollup_1h_pkey PRIMARY KEY (device_id, "
-    "metric, bucket);"
-    "  END IF;"
-    "END $$;"
-    "CREATE INDEX IF NOT EXISTS rollup_1h_bucket ON ingest.rollup_1h USING brin (bucket);"
-    "CREATE TABLE IF NOT EXISTS ingest.batches ("
-    "  batch_id text PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT now());"
-    "CREATE INDEX IF NOT EXISTS batches_committed ON ingest.batches USING brin (committed_at);"
-    /* sealed raw data, one compressed block per (device, metric, hour),
-     * and once its day is sealed per (device, metric, day): a block holds
-     * [period_start, period_start + hours) and never leaves its UTC day
-     * (in_block.h, in_compress.c); the raw tier's retention applies. Blocks
-     * do not compress further: no TOAST compression. The partial index
-     * finds the days whose hourly blocks are still to be joined. */
-    "CREATE TABLE IF NOT EXISTS ingest.telemetry_blocks ("
-    "  device_id text NOT NULL, metric text NOT NULL, period_start timestamptz NOT NULL,"
-    "  n int NOT NULL, data bytea NOT NULL,"
-    "  PRIMARY KEY (device_id, metric, period_start)"
-    ") PARTITION BY RANGE (period_start);"
-    "ALTER TABLE ingest.telemetry_blocks ALTER COLUMN data SET STORAGE EXTERNAL;"
-    "ALTER TABLE ingest.telemetry_blocks ADD COLUMN IF NOT EXISTS hours smallint NOT NULL "
-    "DEFAULT 1;"
-    "CREATE INDEX IF NOT EXISTS telemetry_blocks_hourly ON ingest.telemetry_blocks "
-    "(period_start) WHERE hours < 24;"
-    "CREATE TABLE IF NOT EXISTS ingest.rollup_dirty ("
-    "  id bigserial PRIMARY KEY, tier text NOT NULL, bucket timestamptz NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS rollup_dirty_tier ON ingest.rollup_dirty (tier, bucket);"
-    /* Creates the partitions of `parent` (each `width_days` wide, aligned to
-     * the epoch) that cover [lo, hi). Returns how many it made. */
-    "CREATE OR REPLACE FUNCTION ingest.ensure_partitions(parent text, width_days int,"
-    "    lo timestamptz, hi timestamptz) RETURNS int LANGUAGE plpgsql SET timezone = 'UTC' AS $f$"
-    "DECLARE s timestamptz; w interval := make_interval(days => width_days); n text; made int := 0;"
-    "BEGIN"
-    "  s := to_timestamp(floor(extract(epoch FROM lo) / 86400 / width_days) * width_days * 86400);"
-    "  WHILE s < hi LOOP"
-    "    n := parent || '_p' || to_char(s, 'YYYYMMDD');"
-    "    IF to_regclass(format('ingest.%I', n)) IS NULL THEN"
-    "      EXECUTE format('CREATE TABLE ingest.%I PARTITION OF ingest.%I FOR VALUES FROM (%L) TO "
-    "(%L)',"
-    "                     n, parent, s, s + w);"
-    "      made := made + 1;"
-    "    END IF;"
-    "    s := s + w;"
-    "  END LOOP;"
-    "  RETURN made;"
-    "END $f$;"
-    /* Drops the partitions of `parent` that end at or before `cutoff`. */
-    "CREATE OR REPLACE FUNCTION ingest.drop_partitions(parent text, width_days int,"
-    "    cutoff timestamptz) RETURNS int LANGUAGE plpgsql SET timezone = 'UTC' AS $f$"
-    "DECLARE r record; s timestamptz; dropped int := 0;"
-    "BEGIN"
-    "  FOR r IN SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-    "           JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace ns ON ns.oid = "
-    "p.relnamespace"
-    "           WHERE ns.nspname = 'ingest' AND p.relname = parent LOOP"
-    "    s := to_timestamp(substring(r.relname FROM '_p([0-9]{8})$'), 'YYYYMMDD');"
-    "    IF s IS NOT NULL AND s + make_interval(days => width_days) <= cutoff THEN"
-    "      EXECUTE format('DROP TABLE ingest.%I', r.relname);"
-    "      dropped := dropped + 1;"
-    "    END IF;"
-    "  END LOOP;"
-    "  RETURN dropped;"
-    "END $f$;";
+/* One row of ingest.samples: a run of a batch's points with one device
+ * and timestamp (one device message), at most S_ROW_MAX of them. */
+#define S_ROW_MAX 64
+typedef struct s_row {
+    size_t item;
+    Mh__Point **points;
+    uint32_t n;
+    int32_t device, set; /* dictionary ids; 0 while unknown */
+} s_row_t;
+
+/* Devices (and metric sets) one ingest keeps the ids of: a million-device
+ * fleet's at ~60 bytes each. */
+#define S_DICT_MAX 4000000
 
 in_store_t *in_store_new(const char *pg_url, const in_retention_t *ret)
 {
     in_store_t *self = calloc(1, sizeof *self);
-    if (!self || !(self->pg = mh_pg_new(pg_url, s_schema_sql, S_LOCK_MIGRATE))) {
+    if (!self || !(self->pg = mh_pg_new(pg_url, in_schema_sql, S_LOCK_MIGRATE)) ||
+        !(self->dict = in_dict_new(S_DICT_MAX))) {
+        if (self)
+            mh_pg_destroy(&self->pg);
         free(self);
         return NULL;
     }
@@ -132,7 +70,10 @@ void in_store_destroy(in_store_t **self_p)
     if (!self)
         return;
     mh_pg_destroy(&self->pg);
+    in_dict_destroy(&self->dict);
     free(self->buf);
+    free(self->rows);
+    free(self->key);
     free(self);
     *self_p = NULL;
 }
@@ -223,8 +164,7 @@ int in_store_maintain(in_store_t *self, char *err, size_t errlen)
     static const struct {
         const char *table;
         int width_days;
-    } tiers[] = {
-        {"telemetry_raw", 1}, {"rollup_1m", 7}, {"rollup_1h", 30}, {"telemetry_blocks", 1}};
+    } tiers[] = {{"samples", 1}, {"rollup_1m", 7}, {"rollup_1h", 30}, {"telemetry_blocks", 1}};
     int64_t keep[] = {self->ret.raw_ms, self->ret.m1_ms, self->ret.h1_ms, self->ret.raw_ms};
     int64_t now = mh_now_ms();
     int mine = s_begin_locked(self, "BEGIN", S_LOCK_MAINTAIN, err, errlen);
@@ -298,25 +238,90 @@ static void s_put64(in_store_t *self, uint64_t v)
     self->len += 8;
 }
 
-/* One row of PostgreSQL's binary COPY format: (text, text, timestamptz, float8). */
-static int s_copy_row(in_store_t *self, const Mh__Point *p)
+/* One row of PostgreSQL's binary COPY format: (timestamptz, int, int,
+ * float8[]). */
+static int s_copy_row(in_store_t *self, const s_row_t *r)
 {
-    size_t dl = strlen(p->device_id), ml = strlen(p->metric);
-    if (s_reserve(self, 2 + 4 + dl + 4 + ml + 12 + 12) < 0)
+    if (s_reserve(self, 2 + 12 + 8 + 8 + 4 + 20 + (size_t)r->n * 12) < 0)
         return -ENOMEM;
     s_put16(self, 4);
-    s_put32(self, (int32_t)dl);
-    memcpy(self->buf + self->len, p->device_id, dl);
-    self->len += dl;
-    s_put32(self, (int32_t)ml);
-    memcpy(self->buf + self->len, p->metric, ml);
-    self->len += ml;
     s_put32(self, 8);
-    s_put64(self, (uint64_t)((p->ts_ms - S_PG_EPOCH_MS) * 1000));
-    s_put32(self, 8);
-    uint64_t bits;
-    memcpy(&bits, &p->value, 8);
-    s_put64(self, bits);
+    s_put64(self, (uint64_t)((r->points[0]->ts_ms - S_PG_EPOCH_MS) * 1000));
+    s_put32(self, 4);
+    s_put32(self, r->device);
+    s_put32(self, 4);
+    s_put32(self, r->set);
+    s_put32(self, (int32_t)(20 + r->n * 12)); /* the array: */
+    s_put32(self, 1);                         /* dimensions */
+    s_put32(self, 0);                         /* no NULLs */
+    s_put32(self, 701);                       /* float8 */
+    s_put32(self, (int32_t)r->n);             /* length */
+    s_put32(self, 1);                         /* lower bound */
+    for (uint32_t i = 0; i < r->n; i++) {
+        uint64_t bits;
+        memcpy(&bits, &r->points[i]->value, 8);
+        s_put32(self, 8);
+        s_put64(self, bits);
+    }
+    return 0;
+}
+
+/* The ids of a row's device and metric set from the dictionary; false when
+ * one is not cached (it is then wanted). */
+static bool s_row_ids(in_store_t *self, s_row_t *r)
+{
+    if (!r->device)
+        r->device = in_dict_device(self->dict, r->points[0]->device_id);
+    if (!r->set) {
+        if (!in_dict_set_key(r->points, r->n, &self->key, &self->key_cap))
+            return false;
+        r->set = in_dict_set(self->dict, self->key);
+    }
+    return r->device && r->set;
+}
+
+/* The batches' points as rows (a device message each) with their
+ * dictionary ids, resolving those not cached. 0, or s_fail's code. */
+static int s_rows(in_store_t *self, in_item_t *items, size_t n, char *err, size_t errlen)
+{
+    self->nrows = 0;
+    bool missing = false;
+    for (size_t i = 0; i < n; i++) {
+        Mh__TelemetryBatch *b = items[i].batch;
+        for (size_t j = 0; j < b->n_points;) {
+            Mh__Point **p = b->points + j;
+            size_t k = 1;
+            while (j + k < b->n_points && k < S_ROW_MAX && p[k]->ts_ms == p[0]->ts_ms &&
+                   strcmp(p[k]->device_id, p[0]->device_id) == 0)
+                k++;
+            if (self->nrows == self->rows_cap) {
+                size_t cap = self->rows_cap * 2 + 256;
+                s_row_t *rows = realloc(self->rows, cap * sizeof *rows);
+                if (!rows) {
+                    snprintf(err, errlen, "out of memory");
+                    return -ENOMEM;
+                }
+                self->rows = rows;
+                self->rows_cap = cap;
+            }
+            s_row_t *r = &self->rows[self->nrows++];
+            *r = (s_row_t){i, p, (uint32_t)k, 0, 0};
+            if (in_store_keeps(self, p[0]->ts_ms) && !s_row_ids(self, r))
+                missing = true;
+            j += k;
+        }
+    }
+    if (!missing)
+        return 0;
+    if (in_dict_fetch(self->dict, self->pg, err, errlen) < 0)
+        return s_fail(self);
+    for (size_t i = 0; i < self->nrows; i++) {
+        s_row_t *r = &self->rows[i];
+        if (in_store_keeps(self, r->points[0]->ts_ms) && !s_row_ids(self, r)) {
+            snprintf(err, errlen, "no dictionary id for device %s", r->points[0]->device_id);
+            return -EIO;
+        }
+    }
     return 0;
 }
 
@@ -354,11 +359,14 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
         snprintf(err, errlen, "not connected to PostgreSQL");
         return -EIO;
     }
-    if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN", 0, NULL, err, errlen))
-        return s_fail(self);
     int64_t now = mh_now_ms();
     self->keep_from = now - self->ret.raw_ms;
     self->keep_until = now + S_DAY_MS;
+    int rc = s_rows(self, items, n, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN", 0, NULL, err, errlen))
+        return s_fail(self);
     /* Claim the batch ids first: a conflict means the batch was committed
      * before (a re-send), and its points must not be written again. */
     for (size_t i = 0; i < n; i++) {
@@ -374,7 +382,7 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
         PQclear(res);
     }
     PGresult *res =
-        PQexec(mh_pg_conn(self->pg), "COPY ingest.telemetry_raw (device_id, metric, ts, value) "
+        PQexec(mh_pg_conn(self->pg), "COPY ingest.samples (ts, device, metric_set, value) "
                                      "FROM STDIN (FORMAT binary)");
     if (PQresultStatus(res) != PGRES_COPY_IN) {
         s_err(err, errlen, "COPY failed to start", mh_pg_conn(self->pg));
@@ -389,23 +397,20 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
     s_put32(self, 0); /* flags */
     s_put32(self, 0); /* header extension */
     s_minutes_t minutes = {0};
-    int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        if (items[i].outcome != IN_STORED)
+    for (size_t i = 0; i < self->nrows && rc == 0; i++) {
+        const s_row_t *r = &self->rows[i];
+        in_item_t *item = &items[r->item];
+        if (item->outcome != IN_STORED)
             continue;
-        Mh__TelemetryBatch *b = items[i].batch;
-        for (size_t j = 0; j < b->n_points && rc == 0; j++) {
-            const Mh__Point *p = b->points[j];
-            if (!in_store_keeps(self, p->ts_ms)) {
-                items[i].dropped++;
-                continue;
-            }
-            rc = s_copy_row(self, p);
-            items[i].stored++;
-            s_minute_add(&minutes, p->ts_ms);
-            if (rc == 0 && self->len > (1 << 20))
-                rc = s_copy_flush(self);
+        if (!in_store_keeps(self, r->points[0]->ts_ms)) {
+            item->dropped += r->n;
+            continue;
         }
+        rc = s_copy_row(self, r);
+        item->stored += r->n;
+        s_minute_add(&minutes, r->points[0]->ts_ms);
+        if (rc == 0 && self->len > (1 << 20))
+            rc = s_copy_flush(self);
     }
     if (rc == 0 && s_reserve(self, 2) == 0) {
         s_put16(self, -1);
@@ -478,13 +483,18 @@ const char *const in_sql_rollup_1m_clear =
     "AND NOT EXISTS (SELECT 1 FROM ingest.telemetry_blocks k WHERE k.device_id = "
     "r.device_id AND k.metric = r.metric AND " S_BLOCK_OVER("r.bucket") ")";
 const char *const in_sql_rollup_1m_recompute =
-    "WITH b AS (SELECT to_timestamp($1::bigint / 1000.0) AS t) "
+    "WITH b AS (SELECT to_timestamp($1::bigint / 1000.0) AS t), "
+    "g AS (SELECT s.device, m.metrics[i] AS metric, min(s.value[i]) AS mn, "
+    "max(s.value[i]) AS mx, sum(s.value[i]) AS sm, count(*) AS c FROM ingest.samples s "
+    "JOIN ingest.metric_sets m ON m.id = s.metric_set "
+    "CROSS JOIN LATERAL generate_subscripts(s.value, 1) AS i "
+    "WHERE s.ts >= (SELECT t FROM b) AND s.ts < (SELECT t FROM b) + interval '1 minute' "
+    "GROUP BY s.device, m.metrics[i]) "
     "INSERT INTO ingest.rollup_1m (device_id, metric, bucket, min, max, sum, count) "
-    "SELECT device_id, metric, (SELECT t FROM b), min(value), max(value), sum(value), "
-    "count(*) FROM ingest.telemetry_raw w WHERE ts >= (SELECT t FROM b) "
-    "AND ts < (SELECT t FROM b) + interval '1 minute' AND NOT EXISTS (SELECT 1 FROM "
-    "ingest.telemetry_blocks k WHERE k.device_id = w.device_id AND k.metric = w.metric "
-    "AND " S_BLOCK_OVER("(SELECT t FROM b)") ") GROUP BY device_id, metric";
+    "SELECT d.device_id, g.metric, (SELECT t FROM b), g.mn, g.mx, g.sm, g.c FROM g "
+    "JOIN ingest.device_ids d ON d.id = g.device WHERE NOT EXISTS (SELECT 1 FROM "
+    "ingest.telemetry_blocks k WHERE k.device_id = d.device_id AND k.metric = g.metric "
+    "AND " S_BLOCK_OVER("(SELECT t FROM b)") ")";
 const char *const in_sql_rollup_mark_1h =
     "INSERT INTO ingest.rollup_dirty (tier, bucket) "
     "VALUES ('1h', to_timestamp(floor($1::bigint / 3600000.0) * 3600))";

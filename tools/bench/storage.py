@@ -11,9 +11,10 @@ and after.
 2. The raw tier's bytes a sample (heap + indexes), and the rollups'.
 3. Query times through the operator API (fleet-stats -> ingest): one
    device-day of raw data (and a device-week with --days >= 7), before.
-4. An ingest with compression on seals every hour: samples per second of
-   compression (its own CPU), the blocks' bytes a sample (data, and with
-   PostgreSQL's row and index overhead), rows left.
+4. An ingest with compression on seals every hour, then joins each sealed
+   day's hourly blocks into one a series: samples per second of both (its
+   own CPU), the blocks' bytes a sample (data, and with PostgreSQL's row
+   and index overhead), rows left.
 5. The same queries after, and a check that they answered the same.
 
     tools/bench/storage.py --devices 1000 --days 1
@@ -70,7 +71,7 @@ def main():
     b = lambda p: os.path.join(stack.bin, p)  # noqa: E731
     try:
         # the ingest that answers queries never compresses: step 4's does
-        _, ing_rpc, _ = start_ingest(stack, pg_url, rpc=True, extra=["--compress-interval=0"])
+        _, ing_rpc, _ = start_ingest(stack, pg_url, rpc=True, extra=["--compress-interval=0", "--retention-raw=60d"])
         dl = f"tcp://127.0.0.1:{free_port()}"
         _, (t_port, t_rpc, t_ev, _) = start_twin(stack, pg_url, dl)
         subprocess.check_call([b("tools/motesim/motesim"), f"--devices={args.devices}", "--prefix=st",
@@ -99,29 +100,33 @@ def main():
         wait_ready(fs_http, "fleet-stats")
 
         now = int(time.time() * 1000)
-        to = now - now % HOUR - 3 * HOUR
+        to = now - now % (24 * HOUR)  # whole UTC days, all sealed
         frm = to - args.days * 24 * HOUR
         per_day = 86400 // args.interval
         t0 = time.time()
+        psql(pg_port, f"INSERT INTO ingest.device_ids (device_id) SELECT format('st-%s', lpad(d::text, 4, '0'))"
+                      f" FROM generate_series(0, {args.devices - 1}) d")
+        mset = psql(pg_port, "INSERT INTO ingest.metric_sets (metrics) VALUES ('{temperature,humidity,battery}')"
+                             " RETURNING id")
         for day in range(args.days):
             lo = frm + day * 24 * HOUR
+            # as the hot path writes them: a row per device message, its three values in one array
             psql(pg_port, f"""
-                INSERT INTO ingest.telemetry_raw (device_id, metric, ts, value)
-                SELECT format('st-%s', lpad(d::text, 4, '0')), m.name,
-                       to_timestamp(({lo} + k::bigint * {args.interval * 1000} + (random() * 20)::int) / 1000.0),
-                       CASE m.name
-                         WHEN 'temperature' THEN round((18 + (d % 7) + 4 * sin(2 * pi() * (((k * {args.interval}) / 3600.0) % 24 - 9) / 24)
-                                                       + random() - 0.5)::numeric, 2)::float8
-                         WHEN 'humidity' THEN round((45 + 10 * cos(2 * pi() * ((k * {args.interval}) / 3600.0 % 24) / 24)
-                                                    + (random() - 0.5) * 4)::numeric, 1)::float8
-                         ELSE round((100 - (d % 40) - ({day} * {per_day} + k) * 0.00025)::numeric, 1)::float8
-                       END
-                FROM generate_series(0, {args.devices - 1}) d, generate_series(0, {per_day - 1}) k,
-                     (VALUES ('temperature'), ('humidity'), ('battery')) AS m(name)""")
+                INSERT INTO ingest.samples (ts, device, metric_set, value)
+                SELECT to_timestamp(({lo} + k::bigint * {args.interval * 1000} + (random() * 20)::int) / 1000.0),
+                       i.id, {mset},
+                       ARRAY[round((18 + (d % 7) + 4 * sin(2 * pi() * (((k * {args.interval}) / 3600.0) % 24 - 9) / 24)
+                                    + random() - 0.5)::numeric, 2)::float8,
+                             round((45 + 10 * cos(2 * pi() * ((k * {args.interval}) / 3600.0 % 24) / 24)
+                                    + (random() - 0.5) * 4)::numeric, 1)::float8,
+                             round((100 - (d % 40) - ({day} * {per_day} + k) * 0.00025)::numeric, 1)::float8]
+                FROM generate_series(0, {args.devices - 1}) d
+                JOIN ingest.device_ids i ON i.device_id = format('st-%s', lpad(d::text, 4, '0')),
+                     generate_series(0, {per_day - 1}) k""")
             psql(pg_port, f"INSERT INTO ingest.rollup_dirty (tier, bucket) SELECT '1m', generate_series("
                           f"to_timestamp({lo} / 1000.0), to_timestamp({lo + 24 * HOUR} / 1000.0) - interval '1 minute',"
                           f" interval '1 minute')")
-        samples = int(psql(pg_port, "SELECT count(*) FROM ingest.telemetry_raw"))
+        samples = int(psql(pg_port, "SELECT sum(array_length(value, 1)) FROM ingest.samples"))
         print(f"# {samples} samples ({args.devices} devices x 3 metrics, every {args.interval} s, {args.days} day(s))"
               f" written in {time.time() - t0:.0f} s; PostgreSQL 15 and Motehub on this machine; logs in {work}",
               flush=True)
@@ -129,7 +134,7 @@ def main():
         while int(psql(pg_port, "SELECT count(*) FROM ingest.rollup_dirty")) and time.time() < end:
             time.sleep(2)
         psql(pg_port, "VACUUM ANALYZE")
-        raw_bytes = size(pg_port, "telemetry_raw")
+        raw_bytes = size(pg_port, "samples")
         m1, h1 = size(pg_port, "rollup_1m"), size(pg_port, "rollup_1h")
         print(f"raw tier: {raw_bytes / samples:.1f} bytes a sample (heap + indexes, {raw_bytes / 1e6:.0f} MB)")
         print(f"rollups: 1-minute {m1 / samples:.2f} bytes a raw sample ({m1 / 1e6:.0f} MB), "
@@ -147,23 +152,30 @@ def main():
         comp = stack.spawn("ingest-compress", [
             b("services/ingest/motehub-ingest"), f"--http-listen=127.0.0.1:{ing_http}",
             f"--bind=tcp://127.0.0.1:{free_port()}", "--events-bind=", "--rpc-bind=", f"--pg-url={pg_url}",
-            "--compress-interval=1s", "--seal-lag=1s"])
+            "--compress-interval=1s", "--seal-lag=1s", "--retention-raw=60d"])
         wait_ready(ing_http, "ingest-compress")
         cpu0, t0 = cpu_seconds(comp.pid), time.time()
-        while int(psql(pg_port, "SELECT count(*) FROM ingest.telemetry_raw")) and time.time() < end:
+        # sealed hours become blocks, then each day's hourly blocks one block a day
+        while time.time() < end and int(psql(pg_port, "SELECT (SELECT count(*) FROM ingest.samples)"
+                                                      " + (SELECT count(*) FROM ingest.telemetry_blocks"
+                                                      " WHERE hours < 24)")):
             time.sleep(1)
         took, cpu = time.time() - t0, cpu_seconds(comp.pid) - cpu0
         psql(pg_port, "VACUUM ANALYZE")
         blocks = int(psql(pg_port, "SELECT count(*) FROM ingest.telemetry_blocks"))
         data = int(psql(pg_port, "SELECT sum(length(data)) FROM ingest.telemetry_blocks"))
         blk_bytes = size(pg_port, "telemetry_blocks")
-        raw_after = size(pg_port, "telemetry_raw")
+        raw_after = size(pg_port, "samples")
         print(f"compression: {samples} samples in {took:.1f} s ({samples / took:.0f} samples/s; ingest's CPU "
               f"{cpu:.1f} s: {samples / max(cpu, 0.01):.0f} samples per CPU-second; the rest is PostgreSQL)")
         print(f"sealed tier: {blocks} blocks, {data / samples:.2f} bytes a sample of block data, "
               f"{blk_bytes / samples:.2f} with PostgreSQL's rows and index ({blk_bytes / 1e6:.1f} MB, "
               f"{raw_bytes / blk_bytes:.0f}x smaller than raw); raw partitions after: {raw_after / 1e6:.1f} MB "
               f"before VACUUM FULL", flush=True)
+        per_metric = psql(pg_port, "SELECT string_agg(format('%s %s', metric, round(b, 2)), ', ' ORDER BY metric)"
+                                   " FROM (SELECT metric, sum(length(data))::numeric / sum(n) AS b"
+                                   " FROM ingest.telemetry_blocks GROUP BY metric) m")
+        print(f"sealed tier per metric, bytes a sample of block data: {per_metric}", flush=True)
         for name, a, z in ranges:
             query_all(api, token, "st-0007", a, z)
             pts, secs = query_all(api, token, "st-0007", a, z)
