@@ -452,7 +452,15 @@ static void test_upgrade_moves_the_old_raw_tier(void **state)
                " ts timestamptz NOT NULL, value double precision NOT NULL) PARTITION BY RANGE (ts);"
                "CREATE INDEX telemetry_raw_device ON ingest.telemetry_raw (device_id, metric, ts);"
                "CREATE TABLE ingest.telemetry_raw_p0 PARTITION OF ingest.telemetry_raw"
-               " FOR VALUES FROM (now() - interval '2 days') TO (now() + interval '2 days');");
+               " FOR VALUES FROM (now() - interval '2 days') TO (now() + interval '2 days');"
+               /* and the blocks of the first compression, by range alone */
+               "CREATE TABLE ingest.telemetry_blocks (device_id text NOT NULL, metric text NOT"
+               " NULL, period_start timestamptz NOT NULL, n int NOT NULL, data bytea NOT NULL,"
+               " PRIMARY KEY (device_id, metric, period_start)) PARTITION BY RANGE (period_start);"
+               "CREATE TABLE ingest.telemetry_blocks_p0 PARTITION OF ingest.telemetry_blocks"
+               " FOR VALUES FROM (now() - interval '2 days') TO (now() + interval '2 days');"
+               "INSERT INTO ingest.telemetry_blocks VALUES ('up-3', 'temp',"
+               " date_trunc('hour', now() - interval '1 day'), 2, '\\x0102');");
     assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
     PQclear(r);
     mht_db_num(&old,
@@ -468,8 +476,13 @@ static void test_upgrade_moves_the_old_raw_tier(void **state)
                                       " 'telemetry_raw' AND relkind = 'v'"),
                      1);
     assert_int_equal(mht_db_num(&old, "SELECT count(*) FROM pg_class WHERE relname LIKE"
-                                      " 'telemetry_raw_%%'"),
+                                      " 'telemetry_raw_%%' OR relname LIKE 'telemetry_blocks_v1%%'"
+                                      " OR relname = 'telemetry_blocks_p0'"),
                      0);
+    assert_int_equal(mht_db_num(&old, "SELECT count(*) FROM ingest.telemetry_blocks_hour WHERE"
+                                      " device_id = 'up-3' AND hours = 1 AND n = 2 AND data ="
+                                      " '\\x0102'"),
+                     1);
     assert_int_equal(mht_db_num(&old, "SELECT count(*) FROM ingest.telemetry_raw"), 3);
     assert_int_equal(mht_db_num(&old,
                                 "SELECT count(*) FROM ingest.telemetry_raw WHERE"

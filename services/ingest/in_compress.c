@@ -233,7 +233,9 @@ static long s_chunk(s_t *self, int64_t period, int64_t width, const char *device
         goto fail;
     const char *range[] = {p_s, e_s};
     if (!mh_pg_ok(self->pg,
-                  "SELECT ingest.ensure_partitions('telemetry_blocks', 1,"
+                  "SELECT ingest.ensure_partitions('telemetry_blocks_day', 1,"
+                  " to_timestamp($1::bigint / 1000.0), to_timestamp($2::bigint / 1000.0))"
+                  " + ingest.ensure_partitions('telemetry_blocks_hour', 1,"
                   " to_timestamp($1::bigint / 1000.0), to_timestamp($2::bigint / 1000.0))",
                   2, range, err, errlen))
         goto fail;
@@ -522,6 +524,29 @@ static bool s_spans(s_t *self, const char *spans_sql, int64_t lo, int64_t hi, in
     return ok;
 }
 
+/* The raw and hour-block partitions of sealed days that compression
+ * emptied, truncated (their disk back, indexes included). A lock the
+ * truncation cannot get at once (a long query) is left to the next pass. */
+static void s_truncate(s_t *self, int64_t sealed_day)
+{
+    char err[512], day[32];
+    snprintf(day, sizeof day, "%" PRId64, sealed_day);
+    const char *p[] = {day};
+    bool ok =
+        mh_pg_begin(self->pg, err, sizeof err) &&
+        mh_pg_ok(self->pg, "SET LOCAL lock_timeout = '200ms'", 0, NULL, err, sizeof err) &&
+        mh_pg_ok(self->pg,
+                 "SELECT ingest.truncate_emptied('samples', to_timestamp($1::bigint / 1000.0))"
+                 " + ingest.truncate_emptied('telemetry_blocks_hour',"
+                 " to_timestamp($1::bigint / 1000.0))",
+                 1, p, err, sizeof err) &&
+        mh_pg_commit(self->pg, err, sizeof err);
+    if (!ok) {
+        mh_pg_rollback(self->pg);
+        mh_debug("truncating emptied partitions: %s", err);
+    }
+}
+
 /* One pass: sealed hours into blocks, then sealed days' hourly blocks into
  * one block a day (a row's overhead, ~140 bytes, spread over 24 times the
  * samples). */
@@ -533,9 +558,10 @@ static void s_pass(s_t *self)
     int64_t t0 = mh_mono_ms(), now = mh_now_ms();
     int64_t sealed = s_floor(now - self->o.seal_lag_ms, IN_PERIOD_MS); /* hours ending by then */
     int64_t oldest = s_floor(now - self->o.retention_ms, IN_PERIOD_MS);
-    if (s_spans(self, s_sql_hours, oldest, sealed, IN_PERIOD_MS, s_sql_hour_devices))
+    if (s_spans(self, s_sql_hours, oldest, sealed, IN_PERIOD_MS, s_sql_hour_devices) &&
         s_spans(self, s_sql_days, s_floor(oldest, IN_DAY_MS), s_floor(sealed, IN_DAY_MS), IN_DAY_MS,
-                s_sql_day_devices);
+                s_sql_day_devices))
+        s_truncate(self, s_floor(sealed, IN_DAY_MS));
     mh_histogram_observe_ms(self->m_pass, mh_mono_ms() - t0);
 }
 

@@ -71,22 +71,35 @@ const char *const in_schema_sql =
     "CREATE TABLE IF NOT EXISTS ingest.batches ("
     "  batch_id text PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT now());"
     "CREATE INDEX IF NOT EXISTS batches_committed ON ingest.batches USING brin (committed_at);"
-    /* sealed raw data, one compressed block per (device, metric, hour),
+    /* Sealed raw data, one compressed block per (device, metric, hour),
      * and once its day is sealed per (device, metric, day): a block holds
      * [period_start, period_start + hours) and never leaves its UTC day
-     * (in_block.h, in_compress.c); the raw tier's retention applies. Blocks
-     * do not compress further: no TOAST compression. The partial index
-     * finds the days whose hourly blocks are still to be joined. */
+     * (in_block.h, in_compress.c); the raw tier's retention applies. Day
+     * blocks and hour blocks live in partitions of their own (each by day),
+     * so a day's hour blocks, once joined, leave an empty partition that is
+     * truncated rather than dead rows beside the day's blocks. Blocks do
+     * not compress further: no TOAST compression. The blocks table of the
+     * first version (by range alone) is moved at the end. */
+    "DO $$ BEGIN"
+    "  IF EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partstrat = 'r'"
+    "             AND partrelid = to_regclass('ingest.telemetry_blocks')) THEN"
+    "    ALTER TABLE ingest.telemetry_blocks ADD COLUMN IF NOT EXISTS hours smallint NOT NULL"
+    "      DEFAULT 1;"
+    "    ALTER TABLE ingest.telemetry_blocks RENAME TO telemetry_blocks_v1;"
+    "  END IF;"
+    "END $$;"
     "CREATE TABLE IF NOT EXISTS ingest.telemetry_blocks ("
     "  device_id text NOT NULL, metric text NOT NULL, period_start timestamptz NOT NULL,"
-    "  n int NOT NULL, data bytea NOT NULL,"
-    "  PRIMARY KEY (device_id, metric, period_start)"
-    ") PARTITION BY RANGE (period_start);"
+    "  hours smallint NOT NULL, n int NOT NULL, data bytea NOT NULL,"
+    "  PRIMARY KEY (device_id, metric, period_start, hours)"
+    ") PARTITION BY LIST (hours);"
     "ALTER TABLE ingest.telemetry_blocks ALTER COLUMN data SET STORAGE EXTERNAL;"
-    "ALTER TABLE ingest.telemetry_blocks ADD COLUMN IF NOT EXISTS hours smallint NOT NULL "
-    "DEFAULT 1;"
-    "CREATE INDEX IF NOT EXISTS telemetry_blocks_hourly ON ingest.telemetry_blocks "
-    "(period_start) WHERE hours < 24;"
+    "CREATE TABLE IF NOT EXISTS ingest.telemetry_blocks_day PARTITION OF ingest.telemetry_blocks"
+    "  FOR VALUES IN (24) PARTITION BY RANGE (period_start);"
+    "CREATE TABLE IF NOT EXISTS ingest.telemetry_blocks_hour PARTITION OF ingest.telemetry_blocks"
+    "  DEFAULT PARTITION BY RANGE (period_start);"
+    "CREATE INDEX IF NOT EXISTS telemetry_blocks_hour_start ON ingest.telemetry_blocks_hour"
+    "  (period_start);"
     "CREATE TABLE IF NOT EXISTS ingest.rollup_dirty ("
     "  id bigserial PRIMARY KEY, tier text NOT NULL, bucket timestamptz NOT NULL);"
     "CREATE INDEX IF NOT EXISTS rollup_dirty_tier ON ingest.rollup_dirty (tier, bucket);"
@@ -126,6 +139,45 @@ const char *const in_schema_sql =
     "  END LOOP;"
     "  RETURN dropped;"
     "END $f$;"
+    /* Truncates the partitions of `parent` (daily) that end by `sealed`
+     * and hold no rows: what compression emptied gives its disk back at
+     * once, index included. Under an exclusive lock, so a row written
+     * meanwhile is either seen (and nothing truncated) or waits. Returns
+     * how many. */
+    "CREATE OR REPLACE FUNCTION ingest.truncate_emptied(parent text, sealed timestamptz)"
+    "    RETURNS int LANGUAGE plpgsql SET timezone = 'UTC' AS $f$"
+    "DECLARE r record; s timestamptz; empty bool; done int := 0;"
+    "BEGIN"
+    "  FOR r IN SELECT c.oid, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+    "           JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace ns"
+    "           ON ns.oid = p.relnamespace WHERE ns.nspname = 'ingest' AND p.relname = parent LOOP"
+    "    s := to_timestamp(substring(r.relname FROM '_p([0-9]{8})$'), 'YYYYMMDD');"
+    "    IF s IS NOT NULL AND s + interval '1 day' <= sealed"
+    "       AND pg_relation_size(r.oid) > 0 THEN"
+    "      EXECUTE format('LOCK TABLE ingest.%I IN ACCESS EXCLUSIVE MODE', r.relname);"
+    "      EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM ingest.%I)', r.relname) INTO empty;"
+    "      IF empty THEN"
+    "        EXECUTE format('TRUNCATE ingest.%I', r.relname);"
+    "        done := done + 1;"
+    "      END IF;"
+    "    END IF;"
+    "  END LOOP;"
+    "  RETURN done;"
+    "END $f$;"
+    /* the first version's blocks moved into the partitions by kind */
+    "DO $$ DECLARE lo timestamptz; hi timestamptz; BEGIN"
+    "  IF to_regclass('ingest.telemetry_blocks_v1') IS NOT NULL THEN"
+    "    SELECT min(period_start), max(period_start) INTO lo, hi FROM ingest.telemetry_blocks_v1;"
+    "    IF lo IS NOT NULL THEN"
+    "      PERFORM ingest.ensure_partitions('telemetry_blocks_day', 1, lo, hi + interval '1 day');"
+    "      PERFORM ingest.ensure_partitions('telemetry_blocks_hour', 1, lo, hi + interval '1 day');"
+    "      INSERT INTO ingest.telemetry_blocks (device_id, metric, period_start, hours, n, data)"
+    "        SELECT device_id, metric, period_start, hours, n, data"
+    "        FROM ingest.telemetry_blocks_v1;"
+    "    END IF;"
+    "    DROP TABLE ingest.telemetry_blocks_v1;"
+    "  END IF;"
+    "END $$;"
     /* the old raw tier's rows moved into the compact one, then dropped */
     "DO $$ DECLARE lo timestamptz; hi timestamptz; BEGIN"
     "  IF to_regclass('ingest.telemetry_raw_v1') IS NOT NULL THEN"

@@ -164,8 +164,13 @@ int in_store_maintain(in_store_t *self, char *err, size_t errlen)
     static const struct {
         const char *table;
         int width_days;
-    } tiers[] = {{"samples", 1}, {"rollup_1m", 7}, {"rollup_1h", 30}, {"telemetry_blocks", 1}};
-    int64_t keep[] = {self->ret.raw_ms, self->ret.m1_ms, self->ret.h1_ms, self->ret.raw_ms};
+    } tiers[] = {{"samples", 1},
+                 {"rollup_1m", 7},
+                 {"rollup_1h", 30},
+                 {"telemetry_blocks_day", 1},
+                 {"telemetry_blocks_hour", 1}};
+    int64_t keep[] = {self->ret.raw_ms, self->ret.m1_ms, self->ret.h1_ms, self->ret.raw_ms,
+                      self->ret.raw_ms};
     int64_t now = mh_now_ms();
     int mine = s_begin_locked(self, "BEGIN", S_LOCK_MAINTAIN, err, errlen);
     if (mine <= 0) /* failed, or another replica is at it */
