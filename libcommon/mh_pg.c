@@ -172,7 +172,13 @@ static int s_connect(mh_pg_t *self, char *err, size_t errlen)
     if (self->conn)
         PQfinish(self->conn);
     self->migrated = false;
-    self->conn = PQconnectdb(self->url);
+    /* JIT off unless the URL says otherwise (its options come after and
+     * win): Motehub's statements are short, and a row estimate that trips
+     * JIT's cost threshold (a set-returning function over an array is
+     * guessed at 1,000 rows) spends more compiling than the query takes. */
+    const char *const keys[] = {"options", "dbname", NULL};
+    const char *const values[] = {"-c jit=off", self->url, NULL};
+    self->conn = PQconnectdbParams(keys, values, 1);
     /* "relation … already exists, skipping" from the idempotent schema is
      * not news. */
     PQsetNoticeProcessor(self->conn, s_ignore_notice, NULL);

@@ -314,10 +314,11 @@ static long s_chunk(s_t *self, int64_t period, int64_t width, const char *device
                      " AND ts < to_timestamp($2::bigint / 1000.0) AND device IN (SELECT id FROM"
                      " ingest.device_ids WHERE device_id = ANY($3::text[]))"
                      " RETURNING device, ts, metric_set, value)"
-                     " SELECT k.device_id, m.metrics[i], (extract(epoch FROM d.ts) * 1000)::bigint,"
-                     " d.value[i] FROM d JOIN ingest.device_ids k ON k.id = d.device"
+                     " SELECT k.device_id, m.metrics[u.i], (extract(epoch FROM d.ts) * 1000)::bigint,"
+                     " u.v FROM d JOIN ingest.device_ids k ON k.id = d.device"
                      " JOIN ingest.metric_sets m ON m.id = d.metric_set"
-                     " CROSS JOIN LATERAL generate_subscripts(d.value, 1) AS i ORDER BY 1, 2, 3, 4",
+                     " CROSS JOIN LATERAL unnest(d.value) WITH ORDINALITY AS u(v, i)"
+                     " ORDER BY 1, 2, 3, 4",
                      3, q, err, errlen);
     if (!res) {
         zhashx_destroy(&all);

@@ -489,12 +489,12 @@ const char *const in_sql_rollup_1m_clear =
     "r.device_id AND k.metric = r.metric AND " S_BLOCK_OVER("r.bucket") ")";
 const char *const in_sql_rollup_1m_recompute =
     "WITH b AS (SELECT to_timestamp($1::bigint / 1000.0) AS t), "
-    "g AS (SELECT s.device, m.metrics[i] AS metric, min(s.value[i]) AS mn, "
-    "max(s.value[i]) AS mx, sum(s.value[i]) AS sm, count(*) AS c FROM ingest.samples s "
+    "g AS (SELECT s.device, m.metrics[u.i] AS metric, min(u.v) AS mn, max(u.v) AS mx, "
+    "sum(u.v) AS sm, count(*) AS c FROM ingest.samples s "
     "JOIN ingest.metric_sets m ON m.id = s.metric_set "
-    "CROSS JOIN LATERAL generate_subscripts(s.value, 1) AS i "
+    "CROSS JOIN LATERAL unnest(s.value) WITH ORDINALITY AS u(v, i) "
     "WHERE s.ts >= (SELECT t FROM b) AND s.ts < (SELECT t FROM b) + interval '1 minute' "
-    "GROUP BY s.device, m.metrics[i]) "
+    "GROUP BY s.device, m.metrics[u.i]) "
     "INSERT INTO ingest.rollup_1m (device_id, metric, bucket, min, max, sum, count) "
     "SELECT d.device_id, g.metric, (SELECT t FROM b), g.mn, g.mx, g.sm, g.c FROM g "
     "JOIN ingest.device_ids d ON d.id = g.device WHERE NOT EXISTS (SELECT 1 FROM "

@@ -71,7 +71,7 @@ def main():
     b = lambda p: os.path.join(stack.bin, p)  # noqa: E731
     try:
         # the ingest that answers queries never compresses: step 4's does
-        _, ing_rpc, _ = start_ingest(stack, pg_url, rpc=True, extra=["--compress-interval=0", "--retention-raw=60d"])
+        _, ing_rpc, _ = start_ingest(stack, pg_url, rpc=True, extra=["--compress-interval=0", f"--retention-raw={args.days + 2}d"])
         dl = f"tcp://127.0.0.1:{free_port()}"
         _, (t_port, t_rpc, t_ev, _) = start_twin(stack, pg_url, dl)
         subprocess.check_call([b("tools/motesim/motesim"), f"--devices={args.devices}", "--prefix=st",
@@ -152,7 +152,7 @@ def main():
         comp = stack.spawn("ingest-compress", [
             b("services/ingest/motehub-ingest"), f"--http-listen=127.0.0.1:{ing_http}",
             f"--bind=tcp://127.0.0.1:{free_port()}", "--events-bind=", "--rpc-bind=", f"--pg-url={pg_url}",
-            "--compress-interval=1s", "--seal-lag=1s", "--retention-raw=60d"])
+            "--compress-interval=1s", "--seal-lag=1s", f"--retention-raw={args.days + 2}d"])
         wait_ready(ing_http, "ingest-compress")
         cpu0, t0 = cpu_seconds(comp.pid), time.time()
         # sealed hours become blocks, then each day's hourly blocks one block a day
