@@ -249,13 +249,19 @@ static uint64_t s_choose(const int64_t *r, size_t n, s_code_t *best)
     uint64_t hist[65] = {0}, best_bits = UINT64_MAX;
     for (size_t i = 0; i < n; i++)
         hist[s_len(s_zig(r[i]))]++;
+    /* the lengths present (a k past the longest never costs less) */
+    unsigned lens[65], nlens = 0, longest = 0;
+    for (unsigned len = 0; len <= 64; len++)
+        if (hist[len]) {
+            lens[nlens++] = len;
+            longest = len;
+        }
     *best = (s_code_t){2, 0, false};
     for (unsigned zero = 0; zero < 2; zero++) {
-        for (unsigned k = 0; k < 64; k++) {
+        for (unsigned k = 0; k < 64 && k <= longest; k++) {
             uint64_t bits = 0;
-            for (unsigned len = 0; len <= 64; len++) {
-                if (!hist[len])
-                    continue;
+            for (unsigned j = 0; j < nlens; j++) {
+                unsigned len = lens[j];
                 uint64_t each = zero ? (len == 0   ? 1
                                         : len <= k ? 2 + k
                                                    : 2 + s_bucket_cost(len))

@@ -136,7 +136,8 @@ int32_t in_dict_set(in_dict_t *self, const char *key)
 }
 
 /* The wanted of one kind as a JSON array: devices as strings, sets (whose
- * keys are JSON arrays already) as they are. */
+ * keys are JSON arrays already) as they are. NULL when a name is not
+ * UTF-8 (PostgreSQL would refuse it as text too) or memory ran out. */
 static char *s_want_json(s_kind_t *k, bool raw, zlistx_t *order)
 {
     json_t *arr = raw ? NULL : json_array();
@@ -144,10 +145,12 @@ static char *s_want_json(s_kind_t *k, bool raw, zlistx_t *order)
     for (void *v = zhashx_first(k->want); v; v = zhashx_next(k->want)) {
         const char *key = zhashx_cursor(k->want);
         zlistx_add_end(order, (void *)key);
-        if (raw)
+        if (raw) {
             len += strlen(key) + 1;
-        else
-            json_array_append_new(arr, json_string(key));
+        } else if (json_array_append_new(arr, json_string(key)) < 0) {
+            json_decref(arr);
+            return NULL;
+        }
     }
     if (!raw) {
         char *s = json_dumps(arr, JSON_COMPACT);
@@ -184,7 +187,7 @@ static int s_fetch(in_dict_t *self, s_kind_t *k, mh_pg_t *pg, bool raw, char *er
         if (!res) {
             zlistx_destroy(&order);
             if (!json)
-                snprintf(err, errlen, "out of memory");
+                snprintf(err, errlen, "a name that is not UTF-8, or out of memory");
             return -1;
         }
         if (zhashx_size(k->ids) + (size_t)PQntuples(res) > self->max)
@@ -219,8 +222,12 @@ static int s_fetch(in_dict_t *self, s_kind_t *k, mh_pg_t *pg, bool raw, char *er
 
 int in_dict_fetch(in_dict_t *self, mh_pg_t *pg, char *err, size_t errlen)
 {
-    return s_fetch(self, &self->devices, pg, false, err, errlen) < 0 ||
-                   s_fetch(self, &self->sets, pg, true, err, errlen) < 0
-               ? -1
-               : 0;
+    if (s_fetch(self, &self->devices, pg, false, err, errlen) < 0 ||
+        s_fetch(self, &self->sets, pg, true, err, errlen) < 0) {
+        /* a name that cannot be stored must not block the next batches */
+        zhashx_purge(self->devices.want);
+        zhashx_purge(self->sets.want);
+        return -1;
+    }
+    return 0;
 }

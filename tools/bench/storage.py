@@ -52,10 +52,9 @@ def query_all(port, token, device, frm, to):
 
 
 def size(pg_port, parent):
-    """Heap + index bytes of a partitioned table's partitions."""
-    return int(psql(pg_port, f"SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_inherits i"
-                             f" JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent"
-                             f" WHERE p.relname = '{parent}'") or 0)
+    """Heap + index (+ TOAST) bytes of a partitioned table's partitions, at every level."""
+    return int(psql(pg_port, f"SELECT coalesce(sum(pg_total_relation_size(relid)), 0)"
+                             f" FROM pg_partition_tree('ingest.{parent}')") or 0)
 
 
 def main():
@@ -64,6 +63,8 @@ def main():
     ap.add_argument("--days", type=int, default=1)
     ap.add_argument("--interval", type=int, default=30, help="seconds between a device's samples")
     ap.add_argument("--build", default="build")
+    ap.add_argument("--no-rollups", action="store_true",
+                    help="skip the rollups (a week's 10,080 minutes take the rollup job ~25 min here)")
     args = ap.parse_args()
     stack, pg_port, _, broker_port = setup(args, "motehub-bench-storage-")
     work = stack.work
@@ -123,9 +124,10 @@ def main():
                 FROM generate_series(0, {args.devices - 1}) d
                 JOIN ingest.device_ids i ON i.device_id = format('st-%s', lpad(d::text, 4, '0')),
                      generate_series(0, {per_day - 1}) k""")
-            psql(pg_port, f"INSERT INTO ingest.rollup_dirty (tier, bucket) SELECT '1m', generate_series("
-                          f"to_timestamp({lo} / 1000.0), to_timestamp({lo + 24 * HOUR} / 1000.0) - interval '1 minute',"
-                          f" interval '1 minute')")
+            if not args.no_rollups:
+                psql(pg_port, f"INSERT INTO ingest.rollup_dirty (tier, bucket) SELECT '1m', generate_series("
+                              f"to_timestamp({lo} / 1000.0), to_timestamp({lo + 24 * HOUR} / 1000.0)"
+                              f" - interval '1 minute', interval '1 minute')")
         samples = int(psql(pg_port, "SELECT sum(array_length(value, 1)) FROM ingest.samples"))
         print(f"# {samples} samples ({args.devices} devices x 3 metrics, every {args.interval} s, {args.days} day(s))"
               f" written in {time.time() - t0:.0f} s; PostgreSQL 15 and Motehub on this machine; logs in {work}",
@@ -137,8 +139,11 @@ def main():
         raw_bytes = size(pg_port, "samples")
         m1, h1 = size(pg_port, "rollup_1m"), size(pg_port, "rollup_1h")
         print(f"raw tier: {raw_bytes / samples:.1f} bytes a sample (heap + indexes, {raw_bytes / 1e6:.0f} MB)")
-        print(f"rollups: 1-minute {m1 / samples:.2f} bytes a raw sample ({m1 / 1e6:.0f} MB), "
-              f"1-hour {h1 / samples:.3f} ({h1 / 1e6:.1f} MB)", flush=True)
+        if args.no_rollups:
+            print("rollups: skipped (--no-rollups)", flush=True)
+        else:
+            print(f"rollups: 1-minute {m1 / samples:.2f} bytes a raw sample ({m1 / 1e6:.0f} MB), "
+                  f"1-hour {h1 / samples:.3f} ({h1 / 1e6:.1f} MB)", flush=True)
 
         ranges = [("device-day", to - 24 * HOUR, to)] + ([("device-week", to - 7 * 24 * HOUR, to)] if args.days >= 7 else [])
         before = {}
