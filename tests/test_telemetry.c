@@ -358,8 +358,40 @@ static void test_too_old_dropped_and_counted(void **state)
                            "reason=\"too_old\"") == before + 1);
 }
 
+/* Sends one batch of one point straight to ingest; its acknowledgement. */
+static Mh__TelemetryAck__Status s_direct(zsock_t *d, const char *batch_id, const char *device)
+{
+    Mh__Point p = MH__POINT__INIT;
+    p.device_id = (char *)device;
+    p.metric = "m";
+    p.ts_ms = s_wall_ms() - 1000;
+    p.value = 3;
+    Mh__Point *pts[] = {&p};
+    Mh__TelemetryBatch b = MH__TELEMETRY_BATCH__INIT;
+    b.batch_id = (char *)batch_id;
+    b.points = pts;
+    b.n_points = 1;
+    b.messages = 1;
+    assert_int_equal(mh_envelope_send(d, NULL, "telemetry.batch", NULL, &b.base, false), 0);
+    zframe_t *f = zframe_recv(d);
+    assert_non_null(f);
+    Mh__Envelope *env = mh_envelope_unpack(f);
+    assert_non_null(env);
+    assert_string_equal(env->type, "telemetry.ack");
+    Mh__TelemetryAck *ack = mh__telemetry_ack__unpack(NULL, env->body.len, env->body.data);
+    assert_non_null(ack);
+    assert_string_equal(ack->batch_id, batch_id);
+    Mh__TelemetryAck__Status status = ack->status;
+    mh__telemetry_ack__free_unpacked(ack, NULL);
+    mh_envelope_free(&env);
+    zframe_destroy(&f);
+    return status;
+}
+
 /* Straight to ingest's socket: a re-sent batch id is stored once and
- * acknowledged as a duplicate; garbage does not hurt it. */
+ * acknowledged as a duplicate; garbage does not hurt it, and a device id
+ * PostgreSQL cannot store (not UTF-8) is refused without blocking the
+ * batches after it. */
 static void test_ingest_batch_stored_once(void **state)
 {
     (void)state;
@@ -368,36 +400,19 @@ static void test_ingest_batch_stored_once(void **state)
     assert_int_equal(zsock_connect(d, "%s", s_ingest.endpoint), 0);
     /* garbage first */
     zstr_send(d, "this is not an envelope");
-    Mh__Point p = MH__POINT__INIT;
-    p.device_id = "direct-1";
-    p.metric = "m";
-    p.ts_ms = s_wall_ms() - 1000;
-    p.value = 3;
-    Mh__Point *pts[] = {&p};
-    Mh__TelemetryBatch b = MH__TELEMETRY_BATCH__INIT;
-    b.batch_id = "test-direct-batch-1";
-    b.points = pts;
-    b.n_points = 1;
-    b.messages = 1;
-    Mh__TelemetryAck__Status want[] = {MH__TELEMETRY_ACK__STATUS__STORED,
-                                       MH__TELEMETRY_ACK__STATUS__DUPLICATE};
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(mh_envelope_send(d, NULL, "telemetry.batch", NULL, &b.base, false), 0);
-        zframe_t *f = zframe_recv(d);
-        assert_non_null(f);
-        Mh__Envelope *env = mh_envelope_unpack(f);
-        assert_non_null(env);
-        assert_string_equal(env->type, "telemetry.ack");
-        Mh__TelemetryAck *ack = mh__telemetry_ack__unpack(NULL, env->body.len, env->body.data);
-        assert_non_null(ack);
-        assert_string_equal(ack->batch_id, "test-direct-batch-1");
-        assert_int_equal(ack->status, want[i]);
-        mh__telemetry_ack__free_unpacked(ack, NULL);
-        mh_envelope_free(&env);
-        zframe_destroy(&f);
-    }
+    assert_int_equal(s_direct(d, "test-direct-batch-1", "direct-1"),
+                     MH__TELEMETRY_ACK__STATUS__STORED);
+    assert_int_equal(s_direct(d, "test-direct-batch-1", "direct-1"),
+                     MH__TELEMETRY_ACK__STATUS__DUPLICATE);
     assert_int_equal(
         mht_db_num(&s_db, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'direct-1'"),
+        1);
+    assert_int_equal(s_direct(d, "test-direct-batch-2", "direct-\xff"),
+                     MH__TELEMETRY_ACK__STATUS__REJECTED);
+    assert_int_equal(s_direct(d, "test-direct-batch-3", "direct-3"),
+                     MH__TELEMETRY_ACK__STATUS__STORED);
+    assert_int_equal(
+        mht_db_num(&s_db, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'direct-3'"),
         1);
     assert_true(mht_alive(s_ingest.pid));
     zsock_destroy(&d);
