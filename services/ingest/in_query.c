@@ -25,23 +25,29 @@ const char *in_query_auto_bucket(int64_t from_ms, int64_t to_ms)
 /* The tiers' statements; the table is chosen from this fixed set, never
  * built from input. $1 device, $2 metrics text[] or NULL, $3 from, $4 to,
  * $5 cursor metric or NULL, $6 cursor ms, $7 limit. */
-#define S_RANGE(col)                                                                               \
+/* The raw tier is sorted anyway (its rows are messages, unnested), so it
+ * sorts metric names by their bytes — the order sealed blocks are merged
+ * in (strcmp) and cheaper than a locale's collation. The rollup tiers
+ * keep their primary key's order. */
+#define S_BYTES " COLLATE \"C\""
+#define S_RANGE(col, coll)                                                                         \
     " WHERE device_id = $1 AND ($2::text[] IS NULL OR metric = ANY($2::text[]))"                   \
     " AND " col " >= timestamptz 'epoch' + $3::bigint * interval '1 millisecond'"                  \
     " AND " col " < timestamptz 'epoch' + $4::bigint * interval '1 millisecond'"                   \
-    " AND ($5::text IS NULL OR (metric, " col                                                      \
-    ") > ($5::text, timestamptz 'epoch' + $6::bigint * interval '1 millisecond'))"                 \
-    " ORDER BY metric, " col
+    " AND ($5::text IS NULL OR (metric" coll ", " col ") > ($5::text" coll                         \
+    ", timestamptz 'epoch' + $6::bigint * interval '1 millisecond'))"                              \
+    " ORDER BY metric" coll ", " col
 /* Raw points of one millisecond in value order: the order sealed blocks
  * keep (in_compress.c), so an answer is the same before and after. */
-static const char *s_sql_raw = "SELECT metric, (extract(epoch FROM ts) * 1000)::bigint, value"
-                               " FROM ingest.telemetry_raw" S_RANGE("ts") ", value LIMIT $7::int";
+static const char *s_sql_raw =
+    "SELECT metric, (extract(epoch FROM ts) * 1000)::bigint, value"
+    " FROM ingest.telemetry_raw" S_RANGE("ts", S_BYTES) ", value LIMIT $7::int";
 static const char *s_sql_1m =
     "SELECT metric, (extract(epoch FROM bucket) * 1000)::bigint, min, max, sum / count, count"
-    " FROM ingest.rollup_1m" S_RANGE("bucket") " LIMIT $7::int";
+    " FROM ingest.rollup_1m" S_RANGE("bucket", "") " LIMIT $7::int";
 static const char *s_sql_1h =
     "SELECT metric, (extract(epoch FROM bucket) * 1000)::bigint, min, max, sum / count, count"
-    " FROM ingest.rollup_1h" S_RANGE("bucket") " LIMIT $7::int";
+    " FROM ingest.rollup_1h" S_RANGE("bucket", "") " LIMIT $7::int";
 static const char *s_sql_latest =
     "SELECT DISTINCT ON (metric) metric, (extract(epoch FROM ts) * 1000)::bigint, value"
     " FROM ingest.telemetry_raw WHERE device_id = $1"
@@ -57,7 +63,7 @@ static const char *s_sql_blocks =
     " AND period_start + hours * interval '1 hour' >"
     "     timestamptz 'epoch' + $3::bigint * interval '1 millisecond'"
     " AND period_start < timestamptz 'epoch' + $4::bigint * interval '1 millisecond'"
-    " AND ($5::text IS NULL OR metric >= $5::text) ORDER BY metric, period_start";
+    " AND ($5::text IS NULL OR metric COLLATE \"C\" >= $5::text) ORDER BY metric, period_start";
 static const char *s_sql_latest_blocks =
     "SELECT DISTINCT ON (metric) metric, data FROM ingest.telemetry_blocks WHERE device_id = $1"
     " AND ($2::text[] IS NULL OR metric = ANY($2::text[])) ORDER BY metric, period_start DESC";
