@@ -2,15 +2,18 @@
  * exactly-once batch write (COPY + batch ids in one transaction) and the
  * rollups.
  *
- * Tables (schema "ingest"):
- *   telemetry_raw  (device_id, metric, ts, value)      daily partitions
+ * Tables (schema "ingest"; the SQL in in_schema.c):
+ *   samples        (ts, device, metric_set, value[])   the raw tier, a row per device
+ *                  message, daily partitions; device_ids and metric_sets are its
+ *                  dictionaries (in_dict.h); telemetry_raw is a view of it, a row per
+ *                  sample (device_id, metric, ts, value)
  *   rollup_1m      (device_id, metric, bucket, min, max, sum, count)  7-day partitions
  *   rollup_1h      (same)                              30-day partitions
  *   batches        (batch_id, committed_at)            ids of committed batches
  *   rollup_dirty   (id, tier, bucket)                  buckets whose rollup is stale
  *   telemetry_blocks (device_id, metric, period_start, hours, n, data)  sealed raw
  *                  data, one in_block per series and hour, then day (in_compress.h);
- *                  daily partitions
+ *                  _day and _hour partitions, each by day
  *
  * Rollups are recomputed from the tier below for each dirty bucket, so they
  * are exact whatever order or lateness the data has, and any replica may run
