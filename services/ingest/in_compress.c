@@ -308,18 +308,19 @@ static long s_chunk(s_t *self, int64_t period, int64_t width, const char *device
     }
     PQclear(res);
     /* exactly the raw rows deleted are the rows encoded */
-    res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                     "WITH d AS (DELETE FROM ingest.samples"
-                     " WHERE ts >= to_timestamp($1::bigint / 1000.0)"
-                     " AND ts < to_timestamp($2::bigint / 1000.0) AND device IN (SELECT id FROM"
-                     " ingest.device_ids WHERE device_id = ANY($3::text[]))"
-                     " RETURNING device, ts, metric_set, value)"
-                     " SELECT k.device_id, m.metrics[u.i], (extract(epoch FROM d.ts) * 1000)::bigint,"
-                     " u.v FROM d JOIN ingest.device_ids k ON k.id = d.device"
-                     " JOIN ingest.metric_sets m ON m.id = d.metric_set"
-                     " CROSS JOIN LATERAL unnest(d.value) WITH ORDINALITY AS u(v, i)"
-                     " ORDER BY 1, 2, 3, 4",
-                     3, q, err, errlen);
+    res =
+        mh_pg_exec(self->pg, PGRES_TUPLES_OK,
+                   "WITH d AS (DELETE FROM ingest.samples"
+                   " WHERE ts >= to_timestamp($1::bigint / 1000.0)"
+                   " AND ts < to_timestamp($2::bigint / 1000.0) AND device IN (SELECT id FROM"
+                   " ingest.device_ids WHERE device_id = ANY($3::text[]))"
+                   " RETURNING device, ts, metric_set, value)"
+                   " SELECT k.device_id, m.metrics[u.i], (extract(epoch FROM d.ts) * 1000)::bigint,"
+                   " u.v FROM d JOIN ingest.device_ids k ON k.id = d.device"
+                   " JOIN ingest.metric_sets m ON m.id = d.metric_set"
+                   " CROSS JOIN LATERAL unnest(d.value) WITH ORDINALITY AS u(v, i)"
+                   " ORDER BY 1, 2, 3, 4",
+                   3, q, err, errlen);
     if (!res) {
         zhashx_destroy(&all);
         goto fail;
@@ -526,8 +527,10 @@ static bool s_spans(s_t *self, const char *spans_sql, int64_t lo, int64_t hi, in
 }
 
 /* The raw and hour-block partitions of sealed days that compression
- * emptied, truncated (their disk back, indexes included). A lock the
- * truncation cannot get at once (a long query) is left to the next pass. */
+ * emptied, truncated (their disk back, indexes included). The lock waits
+ * at most 1.5 s — past deadlock_timeout (1 s), when an autovacuum of the
+ * partition gives way — so a query of those days waits no longer than
+ * that, once; a lock not had in time is left to the next pass. */
 static void s_truncate(s_t *self, int64_t sealed_day)
 {
     char err[512], day[32];
@@ -535,7 +538,7 @@ static void s_truncate(s_t *self, int64_t sealed_day)
     const char *p[] = {day};
     bool ok =
         mh_pg_begin(self->pg, err, sizeof err) &&
-        mh_pg_ok(self->pg, "SET LOCAL lock_timeout = '200ms'", 0, NULL, err, sizeof err) &&
+        mh_pg_ok(self->pg, "SET LOCAL lock_timeout = '1500ms'", 0, NULL, err, sizeof err) &&
         mh_pg_ok(self->pg,
                  "SELECT ingest.truncate_emptied('samples', to_timestamp($1::bigint / 1000.0))"
                  " + ingest.truncate_emptied('telemetry_blocks_hour',"

@@ -160,10 +160,15 @@ def main():
             "--compress-interval=1s", "--seal-lag=1s", f"--retention-raw={args.days + 2}d"])
         wait_ready(ing_http, "ingest-compress")
         cpu0, t0 = cpu_seconds(comp.pid), time.time()
-        # sealed hours become blocks, then each day's hourly blocks one block a day
+        # sealed hours become blocks, then each day's hourly blocks one block a day, then the
+        # partitions that emptied are truncated (the next pass after; the steady state)
         while time.time() < end and int(psql(pg_port, "SELECT (SELECT count(*) FROM ingest.samples)"
                                                       " + (SELECT count(*) FROM ingest.telemetry_blocks"
-                                                      " WHERE hours < 24)")):
+                                                      " WHERE hours < 24) + (SELECT coalesce(sum("
+                                                      "pg_relation_size(relid)), 0) FROM pg_partition_tree("
+                                                      "'ingest.samples')) + (SELECT coalesce(sum("
+                                                      "pg_relation_size(relid)), 0) FROM pg_partition_tree("
+                                                      "'ingest.telemetry_blocks_hour'))")):
             time.sleep(1)
         took, cpu = time.time() - t0, cpu_seconds(comp.pid) - cpu0
         psql(pg_port, "VACUUM ANALYZE")
@@ -176,7 +181,7 @@ def main():
         print(f"sealed tier: {blocks} blocks, {data / samples:.2f} bytes a sample of block data, "
               f"{blk_bytes / samples:.2f} with PostgreSQL's rows and index ({blk_bytes / 1e6:.1f} MB, "
               f"{raw_bytes / blk_bytes:.0f}x smaller than raw); raw partitions after: {raw_after / 1e6:.1f} MB "
-              f"before VACUUM FULL", flush=True)
+              f"(truncated: indexes' metapages)", flush=True)
         per_metric = psql(pg_port, "SELECT string_agg(format('%s %s', metric, round(b, 2)), ', ' ORDER BY metric)"
                                    " FROM (SELECT metric, sum(length(data))::numeric / sum(n) AS b"
                                    " FROM ingest.telemetry_blocks GROUP BY metric) m")
