@@ -332,16 +332,18 @@ static void test_sealed_days_become_one_block(void **state)
     assert_int_equal(mht_db_num(&s_p.db, day_blocks, day), 2);
     assert_int_equal(s_overlapping_blocks(), 0);
     assert_int_equal(s_count("cp-0010"), 2 * 360 + 1 + 1);
-    /* the day's raw and hour-block partitions, emptied, give their disk back */
+    /* the day's raw and hour-block partitions, emptied, give their disk back:
+     * a truncated one is its indexes' metapages, at most 64 KB */
     char emptied[512];
     snprintf(emptied, sizeof emptied,
-             "SELECT pg_relation_size(format('ingest.samples_p%%s', d)::regclass) +"
-             " pg_relation_size(format('ingest.telemetry_blocks_hour_p%%s', d)::regclass)"
+             "SELECT greatest(pg_total_relation_size(format('ingest.samples_p%%s', d)::regclass),"
+             " pg_total_relation_size(format('ingest.telemetry_blocks_hour_p%%s',"
+             " d)::regclass)) / 65537"
              " FROM to_char(to_timestamp(%" PRId64 " / 1000.0) AT TIME ZONE 'UTC', 'YYYYMMDD') d",
              day);
     double left = mht_db_wait_num(&s_p.db, emptied, 0, 30000);
     if (left != 0)
-        fail_msg("the emptied partitions still take %.0f bytes", left);
+        fail_msg("an emptied partition still takes more than 64 KB (index metapages)");
     char path[512];
     snprintf(path, sizeof path,
              "/api/v1/devices/cp-0010/telemetry?bucket=1m&metric=temperature&from=%" PRId64

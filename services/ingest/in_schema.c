@@ -154,8 +154,11 @@ const char *const in_schema_sql =
     "           JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace ns"
     "           ON ns.oid = p.relnamespace WHERE ns.nspname = 'ingest' AND p.relname = parent LOOP"
     "    s := to_timestamp(substring(r.relname FROM '_p([0-9]{8})$'), 'YYYYMMDD');"
-    "    IF s IS NOT NULL AND s + interval '1 day' <= sealed"
-    "       AND pg_relation_size(r.oid) > 0 THEN"
+    /* by its heap, and its whole size: autovacuum may have cut an emptied
+     * heap to nothing and left its indexes whole; a truncated partition
+     * is a few pages (index metapages) */
+    "    IF s IS NOT NULL AND s + interval '1 day' <= sealed AND (pg_relation_size(r.oid) > 0"
+    "       OR pg_total_relation_size(r.oid) > 65536) THEN"
     "      EXECUTE format('LOCK TABLE ingest.%I IN ACCESS EXCLUSIVE MODE', r.relname);"
     "      EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM ingest.%I)', r.relname) INTO empty;"
     "      IF empty THEN"

@@ -164,11 +164,11 @@ def main():
         # partitions that emptied are truncated (the next pass after; the steady state)
         while time.time() < end and int(psql(pg_port, "SELECT (SELECT count(*) FROM ingest.samples)"
                                                       " + (SELECT count(*) FROM ingest.telemetry_blocks"
-                                                      " WHERE hours < 24) + (SELECT coalesce(sum("
-                                                      "pg_relation_size(relid)), 0) FROM pg_partition_tree("
-                                                      "'ingest.samples')) + (SELECT coalesce(sum("
-                                                      "pg_relation_size(relid)), 0) FROM pg_partition_tree("
-                                                      "'ingest.telemetry_blocks_hour'))")):
+                                                      " WHERE hours < 24) + (SELECT count(*) FROM"
+                                                      " (SELECT relid FROM pg_partition_tree('ingest.samples')"
+                                                      " UNION ALL SELECT relid FROM pg_partition_tree("
+                                                      "'ingest.telemetry_blocks_hour')) p"
+                                                      " WHERE pg_total_relation_size(relid) > 65536)")):
             time.sleep(1)
         took, cpu = time.time() - t0, cpu_seconds(comp.pid) - cpu0
         psql(pg_port, "VACUUM ANALYZE")
