@@ -456,12 +456,23 @@ static void test_fault_matrix(void **state)
     s_restart_each(S_INGEST, S_GATEWAY, SIGKILL);
     mht_pg_restart();
     s_check_round("PostgreSQL restarted");
+    double connects[2];
+    for (int i = 0; i < 2; i++)
+        connects[i] = mht_metric(s_gw[i].http_port, "mh_gateway_mqtt_connects_total", NULL);
     mht_broker_restart(&s_broker);
     /* a restarted broker without persistence has no subscriptions: what a
      * device publishes before the gateways subscribe again has no receiver
-     * (docs/reliability.md); the check starts once they are ready again */
-    for (int i = 0; i < 2; i++)
+     * (docs/reliability.md); the check starts once they have connected
+     * again (a gateway still ready from before it noticed the restart is
+     * not) and are ready */
+    for (int i = 0; i < 2; i++) {
+        int64_t until = mht_now_ms() + 60000;
+        while (!(mht_metric(s_gw[i].http_port, "mh_gateway_mqtt_connects_total", NULL) >
+                 connects[i]) &&
+               mht_now_ms() < until)
+            mht_sleep_ms(100);
         assert_true(mht_wait_ready(s_gw[i].http_port, 30000));
+    }
     s_check_round("mosquitto restarted");
     s_load_report(s_load, "storm",
                   "SIGKILL phase (lost: the killed gateway's window and the restarted broker's"

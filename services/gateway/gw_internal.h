@@ -96,7 +96,7 @@ typedef struct {
     mh_counter_t *m_received[GW_TOPIC_COUNT], *m_forwarded, *m_forward_dropped, *m_downlink_sent,
         *m_downlink_dropped, *m_downlink_retried, *m_downlink_unacked, *m_rejected[GW_REASON_COUNT],
         *m_points, *m_batches_acked, *m_points_stored, *m_points_dropped_ingest,
-        *m_points_dropped_old, *m_points_lost_shutdown, *m_deferred, *m_bad_internal;
+        *m_points_dropped_old, *m_points_lost_shutdown, *m_deferred, *m_bad_internal, *m_connects;
     mh_gauge_t *m_connected, *m_acl_denied[3], *m_crl_next_update;
     mh_ratelimit_t rl_reject, rl_warn;
 } gw_t;

@@ -186,6 +186,7 @@ void gw_on_connected(void *context, char *cause)
      * subscribes once they are (see s_registry_ready). */
     if (__atomic_load_n(&self->may_subscribe, __ATOMIC_SEQ_CST))
         gw_subscribe(self);
+    mh_counter_inc(self->m_connects);
     /* The broker plugin's denial counts: a plain subscription (every replica
      * mirrors them); a broker without the plugin just never publishes. */
     if (gw_tls(self->cfg)) {

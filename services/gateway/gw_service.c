@@ -231,6 +231,9 @@ static void s_register_metrics(gw_t *self)
         "Downlink batches not acknowledged: a publish failed, the sender sends them again", NULL);
     self->m_connected =
         mh_metrics_gauge(m, "mh_gateway_mqtt_connected", "1 while connected to the broker", NULL);
+    self->m_connects = mh_metrics_counter(
+        m, "mh_gateway_mqtt_connects_total",
+        "Connections to the broker made (the first and every reconnect), subscriptions sent", NULL);
     static const char *acl_labels[3] = {"op=\"publish\"", "op=\"subscribe\"", "op=\"receive\""};
     for (int i = 0; i < 3; i++)
         self->m_acl_denied[i] = mh_metrics_gauge(
