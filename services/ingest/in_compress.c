@@ -352,7 +352,7 @@ static long s_chunk(s_t *self, int64_t period, int64_t width, const char *device
         size_t nlate = s->n_old ? s->n - s->n_old : 0;
         int64_t *minutes = nlate ? malloc(nlate * sizeof *minutes) : NULL;
         for (size_t i = 0; i < nlate; i++)
-            minutes[i] = s->ts[s->n_old + i] - (((s->ts[s->n_old + i] % 60000) + 60000) % 60000);
+            minutes[i] = s_floor(s->ts[s->n_old + i], 60000);
         size_t nm = 0;
         if (nlate) {
             qsort(minutes, nlate, sizeof *minutes, s_cmp_i64);
@@ -516,7 +516,8 @@ static bool s_spans(s_t *self, const char *spans_sql, int64_t lo, int64_t hi, in
             return false;
         }
         if (n > 0)
-            mh_info("compressed %ld samples of the hour at %" PRId64, n, period);
+            mh_info("compressed %ld samples of the %s at %" PRId64, n,
+                    width == IN_PERIOD_MS ? "hour" : "day", period);
     }
     if (!res) {
         mh_counter_inc(self->m_errors);
