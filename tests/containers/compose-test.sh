@@ -35,6 +35,21 @@ wait_for() {
     done
 }
 
+# The project's networks, and what aardvark-dns (netavark's DNS) kept of
+# them: a network torn down uncleanly leaves its file under
+# /run/containers/networks/aardvark-dns (first line: the old gateway), and
+# a new network of the same name then gets its DNS served on that old
+# address, where no service finds another by name — seen on a machine
+# whose /run outlived an interrupted run.
+remove_networks() {
+    podman network ls -q | grep "^${project}_" | xargs -r podman network rm -f > /dev/null 2>&1
+    local f
+    for f in /run/containers/networks/aardvark-dns/"${project}"_*; do
+        [ -e "$f" ] && ! podman network exists "${f##*/}" && rm -f "$f"
+    done
+    return 0
+}
+
 teardown() {
     compose ps > "$art/ps.txt" 2>&1
     for c in $(podman ps -a --filter "label=io.podman.compose.project=$project" --format '{{.Names}}'); do
@@ -43,7 +58,7 @@ teardown() {
     if [ -z "${MH_COMPOSE_KEEP:-}" ]; then
         compose down -v > "$art/down.log" 2>&1
         podman volume ls -q | grep "^${project}_" | xargs -r podman volume rm -f > /dev/null 2>&1
-        podman network ls -q | grep "^${project}_" | xargs -r podman network rm -f > /dev/null 2>&1
+        remove_networks
     fi
 }
 
@@ -59,7 +74,7 @@ ok "every image builds (Dockerfile targets motehub and broker, and the stand-ins
 # a stack left by an interrupted run
 compose down -v > /dev/null 2>&1
 podman volume ls -q | grep "^${project}_" | xargs -r podman volume rm -f > /dev/null 2>&1
-podman network ls -q | grep "^${project}_" | xargs -r podman network rm -f > /dev/null 2>&1
+remove_networks
 trap teardown EXIT
 
 # ---- up ----
@@ -81,7 +96,8 @@ if [ $up_rc != 0 ]; then
     echo "1..$n"
     exit 1
 fi
-check "the secrets job makes the CA, certificates, CURVE keys and the API token" wait_for 120 secrets_done
+secrets_ok() { wait_for 120 secrets_done || { podman logs --tail 3 ${project}_secrets_1; return 1; }; }
+check "the secrets job makes the CA, certificates, CURVE keys and the API token" secrets_ok
 token=$(podman logs ${project}_secrets_1 2>/dev/null | sed -n 's/^API token: //p' | tail -1)
 
 readyz() { # container port
