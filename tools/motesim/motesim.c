@@ -20,6 +20,7 @@
 #include "mh_envelope.h"
 #include "mh_log.h"
 #include "mh_time.h"
+#include "sim_readings.h"
 #include "twin.pb-c.h"
 
 #include <czmq.h>
@@ -149,8 +150,7 @@ typedef struct {
     int64_t down_until; /* flapping: reconnect at this time */
     int64_t next_ms;
     int64_t seq, last_ts;
-    double temp_bias, battery, rssi;
-    bool door;
+    sim_readings_t r;
     bool started;
 } s_device_t;
 
@@ -161,34 +161,24 @@ static void s_on_signal(int sig)
     s_stop = 1;
 }
 
+static uint64_t s_rng = 0x9E3779B97F4A7C15ULL;
+
 static double s_rand(void)
 {
-    return (double)random() / RAND_MAX;
+    return sim_rand(&s_rng);
 }
 
 static void s_fill(s_device_t *d, mh_sample_t *s, int64_t ts, size_t metrics)
 {
-    double hour = fmod((double)ts / 3600000.0, 24.0);
+    double v[SIM_METRICS];
+    sim_readings_next(&d->r, ts, &s_rng, v);
     s->ts = ts;
     s->seq = d->seq++;
-    s->n = 5;
-    d->battery = fmax(0, d->battery - 0.0005 * s_rand());
-    d->rssi = fmin(-40, fmax(-110, d->rssi + (s_rand() - 0.5) * 3));
-    if (s_rand() < 0.01)
-        d->door = !d->door;
-    s->m[0].name = "temperature";
-    s->m[0].value =
-        round((18 + d->temp_bias + 4 * sin((hour - 9) / 24 * 2 * M_PI) + (s_rand() - 0.5)) * 100) /
-        100;
-    s->m[1].name = "humidity";
-    s->m[1].value = round((45 + 10 * cos(hour / 24 * 2 * M_PI) + (s_rand() - 0.5) * 4) * 10) / 10;
-    s->m[2].name = "battery";
-    s->m[2].value = round(d->battery * 10) / 10;
-    s->m[3].name = "rssi";
-    s->m[3].value = round(d->rssi);
-    s->m[4].name = "door_open";
-    s->m[4].value = d->door;
-    s->m[4].is_bool = true;
+    for (size_t i = 0; i < SIM_METRICS; i++) {
+        s->m[i].name = sim_metric_names[i];
+        s->m[i].value = v[i];
+        s->m[i].is_bool = sim_metric_decimals[i] < 0;
+    }
     s->n = metrics;
 }
 
@@ -213,8 +203,8 @@ static void s_report_state(s_device_t *d, const char *firmware, bool full)
                             json_pack("{s:f,s:f}", "lat", 40 + (h % 2000) / 100.0, "lon",
                                       -5 + ((h / 2000) % 3000) / 100.0));
     }
-    json_object_set_new(rep, "battery", json_real(round(d->battery * 10) / 10));
-    json_object_set_new(rep, "rssi", json_integer((json_int_t)round(d->rssi)));
+    json_object_set_new(rep, "battery", json_real(round(d->r.battery * 10) / 10));
+    json_object_set_new(rep, "rssi", json_integer((json_int_t)round(d->r.rssi)));
     mh_agent_report(d->agent, rep, NULL);
     json_decref(rep);
 }
@@ -593,7 +583,9 @@ int main(int argc, char **argv)
     struct sigaction sa = {.sa_handler = s_on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    srandom((unsigned)time(NULL));
+    s_rng ^= (uint64_t)time(NULL) * 0x100000001B3ULL;
+    if (!s_rng)
+        s_rng = 1;
 
     int64_t interval =
         cfg.rate > 0 ? (int64_t)(1000.0 * (double)cfg.devices / cfg.rate) : cfg.interval_ms;
@@ -643,9 +635,7 @@ int main(int argc, char **argv)
             mh_error("%s is not an Ed25519 public key in PEM", cfg.ota_key);
             return 1;
         }
-        devs[i].temp_bias = (s_rand() - 0.5) * 6;
-        devs[i].battery = 60 + s_rand() * 40;
-        devs[i].rssi = -60 - s_rand() * 30;
+        sim_readings_init(&devs[i].r, &s_rng);
         /* spread the first publications over one interval */
         devs[i].next_ms = start + (int64_t)((double)interval * (double)i / (double)n);
     }
