@@ -67,7 +67,7 @@ logs+=("$vitest_log")
 # Every parser of outside input has a libFuzzer target (docs/security.md);
 # each runs 20 s here on its seeds and past findings, and counts as a test.
 echo "== fuzzing every parser of outside input (libFuzzer + ASan + UBSan, 20 s each)"
-fuzz_targets=(validate twin_doc agent ota envelope http block)
+fuzz_targets=(validate twin_doc agent ota envelope http block mqtt_client)
 tests/fuzz/run.sh build-test-fuzz 20 "${fuzz_targets[@]}" >"$work/fuzz.txt" 2>&1 || true
 cat "$work/fuzz.txt"
 for t in "${fuzz_targets[@]}"; do

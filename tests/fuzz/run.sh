@@ -17,7 +17,7 @@ build=$1
 secs=${2:-30}
 shift $(( $# >= 2 ? 2 : $# ))
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(validate twin_doc agent ota envelope http block)
+[ ${#targets[@]} -gt 0 ] || targets=(validate twin_doc agent ota envelope http block mqtt_client)
 
 if [ ! -f "$build/build.ninja" ]; then
     CC=clang meson setup "$build" "$root" -Dfuzz=true -Db_sanitize=address,undefined \
