@@ -209,12 +209,21 @@ def start_twin(stack, pg_url, downlink, name="twin"):
     return p, (port, rpc, ev, http)
 
 
-def run_publishers(stack, broker_port, rate, tag):
+def run_publishers(stack, broker_port, rate, tag, generator=None):
+    """The load: moteload (one process, --publishers threads) or motesim
+    (--publishers processes); returns their processes."""
     a = stack.args
+    generator = generator or a.generator[0]
+    if generator == "moteload":
+        return [stack.spawn(f"{generator}-{tag}-0", [
+            os.path.join(stack.bin, "tools/moteload/moteload"),
+            f"--mqtt-url=tcp://127.0.0.1:{broker_port}", f"--prefix=b{tag}", f"--devices={a.devices}",
+            f"--rate={rate}", f"--duration={a.duration}s", f"--metrics={METRICS}", "--report=0",
+            f"--threads={a.publishers}"])]
     per_rate, per_dev = rate / a.publishers, a.devices // a.publishers
     pubs = []
     for i in range(a.publishers):
-        pubs.append(stack.spawn(f"motesim-{tag}-{i}", [
+        pubs.append(stack.spawn(f"{generator}-{tag}-{i}", [
             os.path.join(stack.bin, "tools/motesim/motesim"),
             f"--mqtt-url=tcp://127.0.0.1:{broker_port}", f"--prefix=b{tag}p{i}",
             f"--devices={per_dev}", f"--rate={per_rate}", f"--duration={a.duration}s",
@@ -234,39 +243,62 @@ def wait_publishers(pubs):
     return cpu
 
 
-def publisher_results(stack, pubs, tag):
+def publisher_results(stack, pubs, tag, generator=None):
+    """(published, acked, PUBACK p50, p99 in ms or None) from the publishers' logs."""
+    generator = generator or stack.args.generator[0]
     acked = published = 0
+    p50 = p99 = None
     for i, p in enumerate(pubs):
         p.wait()
         stack.procs.remove(p)
-        with open(os.path.join(stack.work, f"motesim-{tag}-{i}.log")) as f:
-            m = re.findall(r"published=(\d+) acked=(\d+)", f.read())
+        with open(os.path.join(stack.work, f"{generator}-{tag}-{i}.log")) as f:
+            text = f.read()
+        m = re.findall(r"published=(\d+) acked=(\d+)", text)
         if m:
             published += int(m[-1][0])
             acked += int(m[-1][1])
-    return published, acked
+        lat = re.findall(r"puback_p50_ms=(\S+) puback_p99_ms=(\S+)", text)
+        if lat:
+            p50, p99 = float(lat[-1][0]), float(lat[-1][1])
+    return published, acked, p50, p99
 
 
-def baseline(stack, broker, broker_port, rate):
+def sink_span(path):
+    """Seconds from the sink's first message to its last (it prints each
+    message's arrival time, %U)."""
+    first = last = None
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                t = float(line)
+            except ValueError:
+                continue
+            first = t if first is None else first
+            last = t
+    return (last - first) if first is not None and last > first else None
+
+
+def baseline(stack, broker, broker_port, rate, generator):
     """Same publishers, a subscriber that discards."""
     out = os.path.join(stack.work, f"sub-{rate}.out")
     sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker_port), "-q", "1",
-                            "-t", "devices/+/telemetry", "-i", f"sink-{rate}"],
+                            "-t", "devices/+/telemetry", "-i", f"sink-{rate}", "-F", "%U"],
                            stdout=open(out, "wb"), stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     c0 = {"mosquitto": cpu_seconds(broker.pid), "sink": cpu_seconds(sub.pid)}
     t0 = time.time()
-    pubs = run_publishers(stack, broker_port, rate, f"base{rate}")
+    pubs = run_publishers(stack, broker_port, rate, f"base{rate}", generator)
     pub_cpu = wait_publishers(pubs)
-    published, acked = publisher_results(stack, pubs, f"base{rate}")
+    published, acked, p50, p99 = publisher_results(stack, pubs, f"base{rate}", generator)
     time.sleep(1)
     cpu = {"mosquitto": cpu_seconds(broker.pid) - c0["mosquitto"],
-           "sink": cpu_seconds(sub.pid) - c0["sink"], "motesim": sum(pub_cpu.values())}
+           "sink": cpu_seconds(sub.pid) - c0["sink"], generator: sum(pub_cpu.values())}
     sub.send_signal(signal.SIGTERM)
     sub.wait()
     got = sum(1 for _ in open(out, "rb"))
-    return {"published": published, "acked": acked, "received": got,
-            "rate": got / stack.args.duration, "cpu": cpu}
+    span = sink_span(out)
+    return {"published": published, "acked": acked, "received": got, "p50": p50, "p99": p99,
+            "rate": got / (span or stack.args.duration), "cpu": cpu}
 
 
 def pipeline(stack, broker, broker_port, pg_port, rate):
@@ -307,7 +339,7 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
     t0 = time.time()
     pubs = run_publishers(stack, broker_port, rate, f"pipe{rate}")
     pub_cpu = wait_publishers(pubs)
-    published, acked = publisher_results(stack, pubs, f"pipe{rate}")
+    published, acked, _, _ = publisher_results(stack, pubs, f"pipe{rate}")
     pub_end = time.time()
     # wait until the points stored stop growing (the pipeline drained); asked of the
     # ingests, not of PostgreSQL, whose CPU is being measured
@@ -318,7 +350,7 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
             last, last_change = n, time.time()
         time.sleep(0.5)
     tail = max(0.0, last_change - pub_end)
-    cpu = {"mosquitto": cpu_seconds(broker.pid) - c0["mosquitto"], "motesim": sum(pub_cpu.values()),
+    cpu = {"mosquitto": cpu_seconds(broker.pid) - c0["mosquitto"], a.generator[0]: sum(pub_cpu.values()),
            "postgres": postgres_cpu(pg0)}
     if kp:
         cpu["kafka-mock"] = cpu_seconds(kp.pid) - c0["kafka-mock"]
@@ -349,7 +381,10 @@ def main():
     ap.add_argument("--rates", default="5000,10000,20000,30000")
     ap.add_argument("--duration", type=int, default=30)
     ap.add_argument("--devices", type=int, default=1000)
-    ap.add_argument("--publishers", type=int, default=2, help="motesim processes")
+    ap.add_argument("--publishers", type=int, default=2, help="moteload threads, or motesim processes")
+    ap.add_argument("--generator", default="moteload",
+                    help="moteload or motesim; a list (moteload,motesim) runs the bare-broker baseline "
+                         "with each and the pipeline with the first")
     ap.add_argument("--gateways", type=int, default=1)
     ap.add_argument("--ingests", type=int, default=1)
     ap.add_argument("--no-baseline", action="store_true")
@@ -359,6 +394,9 @@ def main():
     ap.add_argument("--curve", action="store_true",
                     help="CURVE on the internal sockets (keys from motectl curve keygen)")
     args = ap.parse_args()
+    args.generator = args.generator.split(",")
+    if any(g not in ("moteload", "motesim") for g in args.generator):
+        sys.exit("--generator: moteload or motesim")
     stack, pg_port, broker, broker_port = setup(args, "motehub-bench-")
     work = stack.work
     if args.kafka:
@@ -374,25 +412,39 @@ def main():
                                "--out", keys], stdout=subprocess.DEVNULL)
         os.environ["MH_CURVE_DIR"] = keys  # every service spawned from here on
     try:
-        print(f"# {args.devices} devices in {args.publishers} motesim processes, QoS1, {METRICS} metrics "
+        print(f"# {args.devices} devices, {args.generator[0]} ({args.publishers} "
+              f"{'threads' if args.generator[0] == 'moteload' else 'processes'}), QoS1, {METRICS} metrics "
               f"per message, {args.duration} s per rate, {args.gateways} gateway(s), {args.ingests} ingest(s), "
-              f"CURVE {'on' if args.curve else 'off'}, Kafka {'on' if args.kafka else 'off'}; "
-              f"logs in {work}")
+              f"CPU in µs a message (acknowledged), CURVE {'on' if args.curve else 'off'}, "
+              f"Kafka {'on' if args.kafka else 'off'}; logs in {work}")
+        best = {"baseline": 0.0, "pipeline": 0.0}
         for rate in [int(r) for r in args.rates.split(",")]:
-            if not args.no_baseline:
-                b = baseline(stack, broker, broker_port, rate)
-                per_k = b["acked"] / 1000 or 1
-                print(f"baseline rate={rate}: delivered {b['rate']:.0f} msg/s "
-                      f"(published {b['published']}, received {b['received']}); CPU s/1k msgs: "
-                      + ", ".join(f"{k} {v / per_k:.3f}" for k, v in b["cpu"].items()), flush=True)
+            base_rate = None
+            for g in ([] if args.no_baseline else args.generator):
+                b = baseline(stack, broker, broker_port, rate, g)
+                per_msg = b["acked"] or 1
+                if g == args.generator[0]:
+                    base_rate = b["rate"]
+                    best["baseline"] = max(best["baseline"], b["rate"])
+                lat = f", PUBACK p50 {b['p50']:.1f} ms p99 {b['p99']:.1f} ms" if b["p50"] is not None else ""
+                print(f"baseline rate={rate} ({g}): delivered {b['rate']:.0f} msg/s "
+                      f"(published {b['published']}, received {b['received']}{lat}); CPU µs/msg: "
+                      + ", ".join(f"{k} {v * 1e6 / per_msg:.1f}" for k, v in b["cpu"].items()), flush=True)
             r = pipeline(stack, broker, broker_port, pg_port, rate)
-            per_k = r["acked"] / 1000 or 1
-            print(f"pipeline rate={rate}: delivered {r['rate']:.0f} msg/s, latency p50 {r['p50']:.1f} ms "
+            best["pipeline"] = max(best["pipeline"], r["rate"])
+            per_msg = r["acked"] or 1
+            own = sum(v for k, v in r["cpu"].items() if k.startswith(("gateway", "ingest", "postgres")))
+            ratio = f", {r['rate'] / base_rate:.2f} of the bare broker" if base_rate else ""
+            print(f"pipeline rate={rate}: delivered {r['rate']:.0f} msg/s{ratio}, latency p50 {r['p50']:.1f} ms "
                   f"p99 {r['p99']:.1f} ms, lost {r['lost']} dup {r['dup']} samples "
                   f"(+{r['unacked_stored']} stored before their PUBACK reached the publisher) "
                   f"(acked {r['acked']} msgs, {r['distinct']} samples stored, last commit {r['tail']:.1f} s "
-                  f"after publishing ended); CPU s/1k msgs: "
-                  + ", ".join(f"{k} {v / per_k:.3f}" for k, v in r["cpu"].items()), flush=True)
+                  f"after publishing ended); CPU µs/msg: "
+                  + ", ".join(f"{k} {v * 1e6 / per_msg:.1f}" for k, v in r["cpu"].items())
+                  + f"; Motehub (gateway + ingest + PostgreSQL) {own * 1e6 / per_msg:.1f}", flush=True)
+        if not args.no_baseline:
+            print(f"saturation: bare broker {best['baseline']:.0f} msg/s, pipeline {best['pipeline']:.0f} msg/s "
+                  f"({best['pipeline'] / (best['baseline'] or 1):.2f} of the bare broker)", flush=True)
     finally:
         teardown(stack)
 
