@@ -150,6 +150,67 @@ static void test_json_accepts(void **state)
     gw_points_free(&p);
 }
 
+/* The fast path (gw_fastjson.c) takes the common shape and agrees with
+ * the full parser point for point; everything else it leaves to it. */
+static void test_json_fast_path(void **state)
+{
+    (void)state;
+    const int64_t now = 1800000000000LL;
+    const char *takes[] = {
+        "{\"ts\":1796252260635,\"seq\":0,\"temperature\":18.94,\"humidity\":52.6,\"battery\":72}",
+        " { \"door_open\" : true ,\"b\":false,\"x\":-0,\"y\":-0.0,\"z\":1e-400,\"w\":-12.5E+3 } \n",
+        "{\"v\":123456789012345678,\"ts\":0}",
+    };
+    for (size_t i = 0; i < sizeof takes / sizeof *takes; i++) {
+        gw_points_t fast = {0}, full = {0};
+        size_t len = strlen(takes[i]);
+        assert_true(gw_telemetry_json_fast(takes[i], len, now, &fast));
+        assert_int_equal(gw_validate_telemetry_json_full(takes[i], len, now, &full, NULL, 0),
+                         GW_OK);
+        assert_int_equal(fast.n, full.n);
+        for (size_t k = 0; k < fast.n; k++) {
+            assert_string_equal(gw_point_metric(&fast, &fast.v[k]),
+                                gw_point_metric(&full, &full.v[k]));
+            assert_int_equal(fast.v[k].ts_ms, full.v[k].ts_ms);
+            assert_memory_equal(&fast.v[k].value, &full.v[k].value, sizeof(double));
+        }
+        gw_points_free(&fast);
+        gw_points_free(&full);
+    }
+    /* left to the full parser: arrays, escapes, null, strings, nesting,
+     * duplicates, overflow, big or leading-zero integers, bad ts/seq,
+     * bad names, no metric, trailing bytes */
+    const char *leaves[] = {
+        "[{\"v\":1}]",
+        "{\"v\\u0041\":1}",
+        "{\"v\":null}",
+        "{\"v\":\"1\"}",
+        "{\"v\":{\"a\":1}}",
+        "{\"v\":1,\"v\":2}",
+        "{\"ts\":1,\"ts\":1,\"v\":1}",
+        "{\"v\":1e999}",
+        "{\"v\":1234567890123456789012}",
+        "{\"v\":01}",
+        "{\"ts\":1.5,\"v\":1}",
+        "{\"ts\":-1,\"v\":1}",
+        "{\"ts\":1900000000000,\"v\":1}",
+        "{\"seq\":-1,\"v\":1}",
+        "{\"bad name\":1}",
+        "{}",
+        "{\"ts\":1}",
+        "{\"v\":1} x",
+        "{\"v\":1,}",
+        "{\"v\":tru}",
+        "",
+    };
+    for (size_t i = 0; i < sizeof leaves / sizeof *leaves; i++) {
+        gw_points_t p = {0};
+        assert_false(gw_telemetry_json_fast(leaves[i], strlen(leaves[i]), now, &p));
+        assert_int_equal(p.n, 0);
+        gw_points_free(&p);
+    }
+}
+
 static void test_json_rejects(void **state)
 {
     (void)state;
@@ -328,8 +389,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_topics),       cmocka_unit_test(test_json_accepts),
-        cmocka_unit_test(test_json_rejects), cmocka_unit_test(test_protobuf),
-        cmocka_unit_test(test_status),       cmocka_unit_test(test_ota_status),
+        cmocka_unit_test(test_json_rejects), cmocka_unit_test(test_json_fast_path),
+        cmocka_unit_test(test_protobuf),     cmocka_unit_test(test_status),
+        cmocka_unit_test(test_ota_status),
     };
     return MHT_RUN(tests);
 }

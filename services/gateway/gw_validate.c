@@ -225,7 +225,7 @@ void gw_points_free(gw_points_t *p)
     *p = (gw_points_t){0};
 }
 
-static int s_push(gw_points_t *p, const char *metric, size_t mlen, int64_t ts, double value)
+int gw_points_push(gw_points_t *p, const char *metric, size_t mlen, int64_t ts, double value)
 {
     if (p->n == p->cap) {
         size_t cap = p->cap ? p->cap * 2 : 256;
@@ -339,7 +339,7 @@ static gw_reason_t s_sample_json(json_t *s, size_t idx, int64_t now_ms, gw_point
             S_DETAIL("sample %zu: metric \"%s\" is not finite", idx, key);
             return GW_BAD_VALUE;
         }
-        if (s_push(out, key, klen, ts, v) < 0) {
+        if (gw_points_push(out, key, klen, ts, v) < 0) {
             S_DETAIL("out of memory");
             return GW_TOO_LARGE;
         }
@@ -354,6 +354,14 @@ static gw_reason_t s_sample_json(json_t *s, size_t idx, int64_t now_ms, gw_point
 
 gw_reason_t gw_validate_telemetry_json(const char *payload, size_t len, int64_t now_ms,
                                        gw_points_t *out, char *detail, size_t detail_len)
+{
+    if (gw_telemetry_json_fast(payload, len, now_ms, out))
+        return GW_OK;
+    return gw_validate_telemetry_json_full(payload, len, now_ms, out, detail, detail_len);
+}
+
+gw_reason_t gw_validate_telemetry_json_full(const char *payload, size_t len, int64_t now_ms,
+                                            gw_points_t *out, char *detail, size_t detail_len)
 {
     gw_reason_t why;
     json_t *root = s_load(payload, len, &why, detail, detail_len);
@@ -437,7 +445,7 @@ gw_reason_t gw_validate_telemetry_pb(const uint8_t *payload, size_t len, int64_t
                 S_DETAIL("sample %zu: metric \"%s\" is not finite", i, m->name);
                 r = GW_BAD_VALUE;
             }
-            if (r == GW_OK && s_push(out, m->name, nlen, ts, v) < 0)
+            if (r == GW_OK && gw_points_push(out, m->name, nlen, ts, v) < 0)
                 r = GW_TOO_LARGE;
         }
     }

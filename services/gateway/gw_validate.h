@@ -122,6 +122,18 @@ static inline const char *gw_point_metric(const gw_points_t *p, const gw_point_t
  * human explanation of a rejection. */
 gw_reason_t gw_validate_telemetry_json(const char *payload, size_t len, int64_t now_ms,
                                        gw_points_t *out, char *detail, size_t detail_len);
+/* The parts of it: gw_telemetry_json_fast takes the common shape — one
+ * flat sample object of numbers and booleans that passes every check —
+ * without building a JSON tree, appends its points and returns true;
+ * anything else (arrays, escapes, null, strings, duplicate keys, any
+ * refusal) returns false with `out` as it was, and the full parser
+ * (jansson) decides. The two agree point for point on what the fast one
+ * takes (tests/fuzz/fuzz_validate.c checks it). */
+bool gw_telemetry_json_fast(const char *payload, size_t len, int64_t now_ms, gw_points_t *out);
+gw_reason_t gw_validate_telemetry_json_full(const char *payload, size_t len, int64_t now_ms,
+                                            gw_points_t *out, char *detail, size_t detail_len);
+/* Appends one point; -1 when out of memory. */
+int gw_points_push(gw_points_t *p, const char *metric, size_t mlen, int64_t ts, double value);
 /* Same for the protobuf form (devices/{id}/telemetry/pb). */
 gw_reason_t gw_validate_telemetry_pb(const uint8_t *payload, size_t len, int64_t now_ms,
                                      gw_points_t *out, char *detail, size_t detail_len);

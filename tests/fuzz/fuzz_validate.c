@@ -37,9 +37,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         break;
     }
-    case 1:
+    case 1: {
         r = gw_validate_telemetry_json((const char *)in, n, now, &p, detail, sizeof detail);
+        /* the fast path takes only what the full parser accepts, with the
+         * same points in the same order, bit for bit */
+        gw_points_t fast = {0}, full = {0};
+        if (gw_telemetry_json_fast((const char *)in, n, now, &fast)) {
+            assert(r == GW_OK);
+            assert(gw_validate_telemetry_json_full((const char *)in, n, now, &full, NULL, 0) ==
+                   GW_OK);
+            assert(fast.n == full.n && fast.n == p.n - 1);
+            for (size_t i = 0; i < fast.n; i++) {
+                assert(strcmp(gw_point_metric(&fast, &fast.v[i]),
+                              gw_point_metric(&full, &full.v[i])) == 0);
+                assert(fast.v[i].ts_ms == full.v[i].ts_ms);
+                assert(memcmp(&fast.v[i].value, &full.v[i].value, sizeof(double)) == 0);
+            }
+        }
+        gw_points_free(&fast);
+        gw_points_free(&full);
         break;
+    }
     case 2:
         r = gw_validate_telemetry_pb(in, n, now, &p, detail, sizeof detail);
         break;
