@@ -371,7 +371,8 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
             "lost": max(0, acked * METRICS - distinct), "dup": rows - distinct,
             # stored, though the publisher had not seen its PUBACK when it stopped
             "unacked_stored": max(0, distinct - acked * METRICS),
-            "rate": distinct / METRICS / max(span, 1e-9), "tail": tail,
+            # stored messages over the time from the first publish to the last commit
+            "rate": distinct / METRICS / max(span + tail, 1e-9), "tail": tail,
             "p50": quantile(merged0, merged1, 0.5), "p99": quantile(merged0, merged1, 0.99),
             "cpu": cpu}
 
