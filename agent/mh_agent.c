@@ -1,3 +1,4 @@
+#include "mh_paho.h"
 #include "mh_agent_internal.h"
 #include "mh_agent_parse.h"
 #include "mh_ota_verify.h"
@@ -371,6 +372,7 @@ static int s_create_client(mh_agent_t *self)
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
     co.MQTTVersion = self->mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
     co.maxBufferedMessages = self->max_inflight;
+    mh_paho_quiet_trace();
     if (MQTTAsync_createWithOptions(&self->client, self->url, self->device_id,
                                     MQTTCLIENT_PERSISTENCE_NONE, NULL, &co) != MQTTASYNC_SUCCESS) {
         self->client = NULL;

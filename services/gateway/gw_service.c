@@ -12,6 +12,7 @@
  * batches stay in the window and are re-sent after ack_timeout (to any ingest
  * replica). On $TERM the gateway unsubscribes, takes what is still in
  * flight, flushes, and waits for every ack before it exits. */
+#include "mh_paho.h"
 #include "gw_internal.h"
 
 #define S_CFG(field) offsetof(gw_config_t, field)
@@ -96,6 +97,7 @@ static int s_mqtt_start(gw_t *self)
     const char *cid = *self->cfg->client_id ? self->cfg->client_id : self->ctx->instance;
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
     co.MQTTVersion = self->cfg->mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
+    mh_paho_quiet_trace();
     int rc = MQTTAsync_createWithOptions(&self->mqtt, self->cfg->mqtt_url, cid,
                                          MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
     if (rc != MQTTASYNC_SUCCESS) {
