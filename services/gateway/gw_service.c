@@ -268,6 +268,8 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     snprintf(ep, sizeof ep, "inproc://gw-in-%p", (void *)self);
     self->in_pull = zsock_new_pull(NULL);
     zsock_set_rcvhwm(self->in_pull, 2000);
+    /* read until nothing is left, without asking ZMQ_EVENTS first */
+    zsock_set_rcvtimeo(self->in_pull, 0);
     if (zsock_bind(self->in_pull, "%s", ep) < 0)
         return self;
     self->in_push = zsock_new_push(ep);
@@ -364,9 +366,7 @@ static bool s_take_messages(gw_t *self, int max)
                 return false;
             gw_flush(self);
         }
-        zmsg_t *m = NULL;
-        if (zsock_events(self->in_pull) & ZMQ_POLLIN)
-            m = zmsg_recv(self->in_pull);
+        zmsg_t *m = zmsg_recv(self->in_pull);
         if (!m)
             break;
         gw_handle(self, m);
