@@ -231,14 +231,17 @@ def run_publishers(stack, broker_port, rate, tag, generator=None):
     return pubs
 
 
-def wait_publishers(pubs):
+def wait_publishers(pubs, tick=None):
     """Waits for the publishers; returns the CPU seconds each used (read
-    while it still runs, as /proc forgets a process once it is reaped)."""
+    while it still runs, as /proc forgets a process once it is reaped).
+    Calls tick() every 0.2 s meanwhile."""
     cpu = {}
     while any(p.poll() is None for p in pubs):
         for p in pubs:
             if p.poll() is None:
                 cpu[p.pid] = cpu_seconds(p.pid)
+        if tick:
+            tick()
         time.sleep(0.2)
     return cpu
 
@@ -338,17 +341,25 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
         c0[f"ingest{i}"] = cpu_seconds(p.pid)
     t0 = time.time()
     pubs = run_publishers(stack, broker_port, rate, f"pipe{rate}")
-    pub_cpu = wait_publishers(pubs)
+    # the points stored, as the ingests count them (not asked of PostgreSQL,
+    # whose CPU is being measured): when the first was stored, when the count
+    # last grew
+    seen = {"first": None, "last": -1, "last_change": time.time()}
+
+    def stored():
+        n = sum(counter(http_get(h, "/metrics"), "mh_ingest_points_stored_total") for _, h in ingests)
+        if n > 0 and seen["first"] is None:
+            seen["first"] = time.time()
+        if n != seen["last"]:
+            seen["last"], seen["last_change"] = n, time.time()
+    pub_cpu = wait_publishers(pubs, stored)
     published, acked, _, _ = publisher_results(stack, pubs, f"pipe{rate}")
     pub_end = time.time()
-    # wait until the points stored stop growing (the pipeline drained); asked of the
-    # ingests, not of PostgreSQL, whose CPU is being measured
-    last, last_change = -1, time.time()
-    while time.time() - last_change < 3 and time.time() - t0 < a.duration + 120:
-        n = sum(counter(http_get(h, "/metrics"), "mh_ingest_points_stored_total") for _, h in ingests)
-        if n != last:
-            last, last_change = n, time.time()
-        time.sleep(0.5)
+    # wait until the points stored stop growing (the pipeline drained)
+    while time.time() - seen["last_change"] < 3 and time.time() - t0 < a.duration + 120:
+        stored()
+        time.sleep(0.2)
+    last_change = seen["last_change"]
     tail = max(0.0, last_change - pub_end)
     cpu = {"mosquitto": cpu_seconds(broker.pid) - c0["mosquitto"], a.generator[0]: sum(pub_cpu.values()),
            "postgres": postgres_cpu(pg0)}
@@ -371,8 +382,8 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
             "lost": max(0, acked * METRICS - distinct), "dup": rows - distinct,
             # stored, though the publisher had not seen its PUBACK when it stopped
             "unacked_stored": max(0, distinct - acked * METRICS),
-            # stored messages over the time from the first publish to the last commit
-            "rate": distinct / METRICS / max(span + tail, 1e-9), "tail": tail,
+            # stored messages over the time from the first stored to the last
+            "rate": distinct / METRICS / max(last_change - (seen["first"] or t0), 1e-9), "tail": tail,
             "p50": quantile(merged0, merged1, 0.5), "p99": quantile(merged0, merged1, 0.99),
             "cpu": cpu}
 
