@@ -283,10 +283,7 @@ static void s_on_message(mh_agent_t *a, const char *sub, const char *payload, si
     json_t *v = mh_json_loadb(payload, len, 0, MH_JSON_MAX_DEPTH, NULL);
     const char *tok = json_string_value(json_object_get(v, "clientToken"));
     if (tok && strncmp(tok, "b", 1) == 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        double now_us = (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-        double ms = (now_us - strtod(tok + 1, NULL)) / 1000.0;
+        double ms = ((double)mh_mono_us() - strtod(tok + 1, NULL)) / 1000.0;
         pthread_mutex_lock(&s_lat_lock);
         if (acc) {
             s_accepted++;
@@ -722,11 +719,8 @@ int main(int argc, char **argv)
                 twin_next = (twin_next + 1) % n;
                 if (!mh_agent_connected(d->agent))
                     continue;
-                struct timespec ts;
-                clock_gettime(CLOCK_MONOTONIC, &ts);
                 char tok[40];
-                snprintf(tok, sizeof tok, "b%.0f",
-                         (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3);
+                snprintf(tok, sizeof tok, "b%" PRId64, mh_mono_us());
                 json_t *rep = json_pack("{s:I}", "counter", (json_int_t)twin_sent);
                 if (mh_agent_report(d->agent, rep, tok) == 0) {
                     twin_sent++;
