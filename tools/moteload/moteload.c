@@ -109,6 +109,8 @@ typedef struct {
     uint8_t *out, *in;
     size_t out_len, out_cap, in_len, in_cap;
     int64_t *sent_us; /* by packet id modulo the in-flight window */
+    char *topic;      /* devices/<id>/telemetry, made once; the id is its middle */
+    size_t topic_len;
 } s_conn_t;
 
 typedef struct {
@@ -136,13 +138,6 @@ static void s_on_signal(int sig)
 {
     (void)sig;
     s_stop = 1;
-}
-
-static int64_t s_mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static uint64_t s_get(const uint64_t *v)
@@ -238,11 +233,13 @@ static void s_on_connected(s_worker_t *w, s_conn_t *c, int64_t now)
     int err = 0;
     socklen_t len = sizeof err;
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(c - w->conns)};
-    char id[128];
-    snprintf(id, sizeof id, "%s-%04" PRIu32, w->cfg->prefix, c->index);
+    char id[128]; /* the topic's middle: devices/<id>/telemetry */
+    size_t id_len = c->topic_len - strlen("devices/") - strlen("/telemetry");
+    memcpy(id, c->topic + strlen("devices/"), id_len);
+    id[id_len] = 0;
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err ||
         epoll_ctl(w->ep, EPOLL_CTL_MOD, c->fd, &ev) < 0 ||
-        !s_reserve(&c->out, &c->out_cap, c->out_len + 200 + strlen(id))) {
+        !s_reserve(&c->out, &c->out_cap, c->out_len + 200 + id_len)) {
         s_add(&w->dropped, 1);
         s_close(w, c, now);
         return;
@@ -331,22 +328,20 @@ static void s_flush(s_worker_t *w, s_conn_t *c, int64_t now)
 /* one message of device c, appended to what it writes this tick */
 static void s_publish(s_worker_t *w, s_conn_t *c, int64_t now_ms, int64_t now_us)
 {
-    char topic[160], payload[512];
+    char payload[512];
     double v[SIM_METRICS];
     int64_t ts = now_ms > c->last_ts ? now_ms : c->last_ts + 1; /* a device's ts increase */
-    int tl = snprintf(topic, sizeof topic, "devices/%s-%04" PRIu32 "/telemetry", w->cfg->prefix,
-                      c->index);
     sim_readings_next(&c->r, ts, &w->rng, v);
     size_t pl = ml_payload(payload, ts, c->seq, v, (size_t)w->cfg->metrics);
-    if (c->out_len > S_OUT_MAX || tl >= (int)sizeof topic ||
-        !s_reserve(&c->out, &c->out_cap, c->out_len + (size_t)tl + pl + 16)) {
+    if (c->out_len > S_OUT_MAX ||
+        !s_reserve(&c->out, &c->out_cap, c->out_len + c->topic_len + pl + 16)) {
         s_add(&w->skipped, 1);
         return;
     }
     if (++c->next_id == 0)
         c->next_id = 1;
-    c->out_len += ml_mqtt_publish(c->out + c->out_len, c->out_cap - c->out_len, topic, (size_t)tl,
-                                  c->next_id, payload, pl);
+    c->out_len += ml_mqtt_publish(c->out + c->out_len, c->out_cap - c->out_len, c->topic,
+                                  c->topic_len, c->next_id, payload, pl);
     c->sent_us[c->next_id % (uint64_t)w->cfg->inflight] = now_us;
     c->inflight++;
     c->last_ts = ts;
@@ -360,7 +355,7 @@ static void s_publish(s_worker_t *w, s_conn_t *c, int64_t now_ms, int64_t now_us
 static void s_tick(s_worker_t *w, struct epoll_event *evs, int nev_max)
 {
     const ml_config_t *cfg = w->cfg;
-    int64_t now = s_mono_us();
+    int64_t now = mh_mono_us();
     int phase = __atomic_load_n(&s_phase, __ATOMIC_ACQUIRE);
     /* connections: the first ones at the connect rate, then those to retry */
     size_t allowed =
@@ -412,16 +407,16 @@ static void *s_worker(void *arg)
 {
     s_worker_t *w = arg;
     struct epoll_event evs[1024];
-    int64_t tick_us = w->cfg->tick_ms * 1000, next = s_mono_us();
+    int64_t tick_us = w->cfg->tick_ms * 1000, next = mh_mono_us();
     while (__atomic_load_n(&s_phase, __ATOMIC_ACQUIRE) != P_STOP) {
         s_tick(w, evs, 1024);
         next += tick_us;
-        int64_t wait = next - s_mono_us();
+        int64_t wait = next - mh_mono_us();
         if (wait > 0) {
             struct timespec ts = {.tv_sec = wait / 1000000, .tv_nsec = (wait % 1000000) * 1000};
             nanosleep(&ts, NULL);
         } else {
-            next = s_mono_us(); /* behind: no catch-up burst of ticks */
+            next = mh_mono_us(); /* behind: no catch-up burst of ticks */
         }
     }
     /* a clean goodbye */
@@ -566,6 +561,12 @@ static int s_run(const ml_config_t *cfg)
             c->fd = -1;
             c->index = (uint32_t)(at + i);
             c->sent_us = sent + (at + i) * (size_t)cfg->inflight;
+            int tl = asprintf(&c->topic, "devices/%s-%04zu/telemetry", cfg->prefix, at + i);
+            if (tl < 0) {
+                mh_error("out of memory for %zu devices", n);
+                exit(1);
+            }
+            c->topic_len = (size_t)tl;
             sim_readings_init(&c->r, &w->rng);
         }
         at += w->n;
@@ -573,17 +574,17 @@ static int s_run(const ml_config_t *cfg)
     }
     mh_info("%zu devices on %zu threads, %.0f msg/s in all for %.1f s, broker %s", n, nt, rate,
             (double)cfg->duration_ms / 1000, cfg->mqtt_url);
-    s_start_us = s_mono_us();
+    s_start_us = mh_mono_us();
     __atomic_store_n(&s_phase, P_CONNECT, __ATOMIC_RELEASE);
     for (size_t t = 0; t < nt; t++)
         pthread_create(&ws[t].th, NULL, s_worker, &ws[t]);
     s_wait(cfg->connect_timeout_ms, s_all_connected, ws, nt);
-    double connect_s = (double)(s_mono_us() - s_start_us) / 1e6;
+    double connect_s = (double)(mh_mono_us() - s_start_us) / 1e6;
     s_totals_t t0 = s_sum(ws, nt);
     mh_info("%" PRIu64 " of %zu devices connected in %.2f s (%.0f a second)", t0.connected, n,
             connect_s, (double)t0.connected / connect_s);
     double cpu0 = s_cpu_s();
-    s_t0_us = s_mono_us();
+    s_t0_us = mh_mono_us();
     __atomic_store_n(&s_phase, P_PUBLISH, __ATOMIC_RELEASE);
     for (int64_t done = 0; done < cfg->duration_ms && !s_stop;) {
         int64_t step = cfg->report_ms > 0 ? cfg->report_ms : cfg->duration_ms;
@@ -598,7 +599,7 @@ static int s_run(const ml_config_t *cfg)
                     (double)done / 1000, t.connected, t.published, t.acked, t.skipped);
         }
     }
-    double publish_s = (double)(s_mono_us() - s_t0_us) / 1e6;
+    double publish_s = (double)(mh_mono_us() - s_t0_us) / 1e6;
     __atomic_store_n(&s_phase, P_DRAIN, __ATOMIC_RELEASE);
     s_wait(cfg->drain_ms, s_all_acked, ws, nt);
     double cpu = s_cpu_s() - cpu0;
@@ -616,7 +617,7 @@ static int s_run(const ml_config_t *cfg)
            tot.published ? cpu * 1e6 / (double)tot.published : 0.0);
     fflush(stdout);
     for (size_t i = 0; i < n; i++)
-        free(conns[i].out), free(conns[i].in);
+        free(conns[i].out), free(conns[i].in), free(conns[i].topic);
     for (size_t t = 0; t < nt; t++)
         close(ws[t].ep);
     free(ws), free(conns), free(sent), free(dirty);
@@ -637,10 +638,12 @@ int main(int argc, char **argv)
     if (cfg.devices < 1 || cfg.devices > 10000000 || cfg.metrics < 1 || cfg.metrics > 5 ||
         cfg.threads < 1 || cfg.threads > 64 || cfg.threads > cfg.devices || cfg.inflight < 1 ||
         cfg.inflight > 65535 || cfg.tick_ms < 1 || cfg.tick_ms > 1000 || cfg.interval_ms < 1 ||
-        cfg.rate < 0 || cfg.connect_rate <= 0 || cfg.keepalive_s < 1 || cfg.keepalive_s > 65535) {
+        cfg.rate < 0 || cfg.connect_rate <= 0 || cfg.keepalive_s < 1 || cfg.keepalive_s > 65535 ||
+        !*cfg.prefix || strlen(cfg.prefix) > 56) {
         mh_error("--devices 1..10000000, --metrics 1..5, --threads 1..64 and at most --devices, "
                  "--inflight 1..65535, --tick 1ms..1s, --interval >= 1ms, --rate >= 0, "
-                 "--connect-rate > 0, --keepalive 1..65535");
+                 "--connect-rate > 0, --keepalive 1..65535, --prefix 1..56 characters (ids are at "
+                 "most 64)");
         mh_config_free(s_options, &cfg);
         return 2;
     }
