@@ -258,11 +258,8 @@ static void test_a_kafka_outage_loses_nothing(void **state)
     assert_true(queued > 0);
     mht_sleep_ms(2000);
     mht_kafka_cmd(&st.k, "up");
-    int64_t deadline = mht_now_ms() + 60000;
-    while (mht_metric(st.ing.http_port, "mh_ingest_kafka_samples_total", "outcome=\"delivered\"") <
-               n &&
-           mht_now_ms() < deadline)
-        mht_sleep_ms(200);
+    mht_wait_metric(st.ing.http_port, "mh_ingest_kafka_samples_total", "outcome=\"delivered\"", n,
+                    60000);
     s_expect_cold_path(&st, "out", n, "after the outage");
     s_down(&st);
 }

@@ -165,10 +165,7 @@ static void test_ingest_sigkill_mid_stream(void **state)
      * on (at least 2.5 s; longer when the gateway runs behind, as under
      * ASan, and sends its first batch to the dead ingest later). */
     mht_sleep_ms(2500);
-    for (int i = 0;
-         i < 300 && !(mht_metric(st.gw[0].http_port, "mh_gateway_batches_resent_total", NULL) > 0);
-         i++)
-        mht_sleep_ms(100);
+    mht_wait_metric(st.gw[0].http_port, "mh_gateway_batches_resent_total", NULL, 1, 30000);
     mht_ingest_start(&st.ing, "ingest-kill-2", &st.db, st.ing.port, NULL);
     pthread_join(th, NULL);
     assert_false(l.failed);

@@ -466,11 +466,8 @@ static void test_fault_matrix(void **state)
      * again (a gateway still ready from before it noticed the restart is
      * not) and are ready */
     for (int i = 0; i < 2; i++) {
-        int64_t until = mht_now_ms() + 60000;
-        while (!(mht_metric(s_gw[i].http_port, "mh_gateway_mqtt_connects_total", NULL) >
-                 connects[i]) &&
-               mht_now_ms() < until)
-            mht_sleep_ms(100);
+        mht_wait_metric(s_gw[i].http_port, "mh_gateway_mqtt_connects_total", NULL, connects[i] + 1,
+                        60000);
         assert_true(mht_wait_ready(s_gw[i].http_port, 30000));
     }
     s_check_round("mosquitto restarted");

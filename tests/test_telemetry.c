@@ -349,13 +349,8 @@ static void test_too_old_dropped_and_counted(void **state)
         s_wait(1, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'old-1'"), 1);
     assert_int_equal(
         mht_db_num(&s_db, "SELECT value FROM ingest.telemetry_raw WHERE device_id = 'old-1'"), 2);
-    int64_t deadline = mht_now_ms() + 5000;
-    while (mht_metric(s_ingest.http_port, "mh_ingest_points_dropped_total", "reason=\"too_old\"") <
-               before + 1 &&
-           mht_now_ms() < deadline)
-        mht_sleep_ms(20);
-    assert_true(mht_metric(s_ingest.http_port, "mh_ingest_points_dropped_total",
-                           "reason=\"too_old\"") == before + 1);
+    assert_true(mht_wait_metric(s_ingest.http_port, "mh_ingest_points_dropped_total",
+                                "reason=\"too_old\"", before + 1, 5000) == before + 1);
 }
 
 /* Sends one batch of one point straight to ingest; its acknowledgement. */

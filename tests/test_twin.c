@@ -138,12 +138,8 @@ static bool s_wait_status(const char *id, const char *want, int timeout_ms)
 /* Waits until the gateway's cache knows `n` devices. */
 static void s_wait_registered(double n)
 {
-    int64_t deadline = mht_now_ms() + 10000;
-    while (mht_metric(s_gw.http_port, "mh_gateway_registry_devices", NULL) < n) {
-        if (mht_now_ms() > deadline)
-            fail_msg("the gateway's registry did not reach %.0f devices", n);
-        mht_sleep_ms(20);
-    }
+    if (!(mht_wait_metric(s_gw.http_port, "mh_gateway_registry_devices", NULL, n, 10000) >= n))
+        fail_msg("the gateway's registry did not reach %.0f devices", n);
 }
 
 static double s_registered_now(void)

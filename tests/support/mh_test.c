@@ -498,6 +498,18 @@ bool mht_wait_ready(int http_port, int timeout_ms)
     return false;
 }
 
+double mht_wait_metric(int http_port, const char *name, const char *labels, double at_least,
+                       int timeout_ms)
+{
+    int64_t deadline = mht_now_ms() + timeout_ms;
+    double v = mht_metric(http_port, name, labels);
+    while (!(v >= at_least) && mht_now_ms() < deadline) {
+        mht_sleep_ms(50);
+        v = mht_metric(http_port, name, labels);
+    }
+    return v;
+}
+
 /* ---- motesim ---- */
 
 pid_t mht_motesim_start(const char *name, const char *mqtt_url, const char *twin_rpc,

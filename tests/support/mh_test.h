@@ -97,6 +97,10 @@ int mht_http_get(int port, const char *path, char **body);
 double mht_metric(int http_port, const char *name, const char *labels);
 /* Waits until /readyz answers 200. */
 bool mht_wait_ready(int http_port, int timeout_ms);
+/* Polls a /metrics sample until it is at least `at_least` or timeout_ms
+ * pass; returns the last value read (NAN if absent). */
+double mht_wait_metric(int http_port, const char *name, const char *labels, double at_least,
+                       int timeout_ms);
 
 /* The services as processes, on free ports. */
 typedef struct {
