@@ -17,7 +17,7 @@ moteload and mosquitto each hold one descriptor per device.
 import argparse, os, re, resource, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from telemetry import free_port, http_get, setup, start_ingest, teardown, wait_ready  # noqa: E402
+from telemetry import counter, free_port, http_get, setup, start_ingest, teardown, wait_ready  # noqa: E402
 from mtls import rss_kib  # noqa: E402
 
 
@@ -50,9 +50,7 @@ def run(stack, broker, broker_port, pg_port, devices, args):
     text = open(log).read()
     m = re.search(r"(\d+) of (\d+) devices connected in ([\d.]+) s", text)
     res = re.search(r"published=(\d+) acked=(\d+)", text)
-    stored = http_get(ihttp, "/metrics")
-    points = sum(float(x) for x in re.findall(r"^mh_ingest_points_stored_total(?:\{[^}]*\})? (\S+)$",
-                                                stored, re.M))
+    points = counter(http_get(ihttp, "/metrics"), "mh_ingest_points_stored_total")
     stack.stop(gateway)
     stack.stop(ingest)
     return {"connected": int(m.group(1)), "connect_s": float(m.group(3)), "published": int(res.group(1)),
