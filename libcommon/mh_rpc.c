@@ -72,6 +72,13 @@ static s_conn_t *s_take(mh_rpc_t *self)
     c->sock = zsock_new(ZMQ_DEALER);
     if (c->sock) {
         zsock_set_linger(c->sock, 0);
+        /* A call goes only to a replica connected now, as mh_relay's
+         * batches do: one handed to a pipe still connecting, or to a replica
+         * that died and is not back, would wait out the caller's whole
+         * deadline while another replica is there to answer. */
+        zsock_set_immediate(c->sock, 1);
+        zsock_set_reconnect_ivl(c->sock, 100);
+        zsock_set_reconnect_ivl_max(c->sock, 2000);
         c->resolver = mh_resolver_new(c->sock, self->endpoint);
     }
     if (!c->sock || !c->resolver) {
@@ -101,6 +108,8 @@ Mh__Envelope *mh_rpc_call(mh_rpc_t *self, const char *type, const ProtobufCMessa
     }
     int64_t deadline = mh_mono_ms() + timeout_ms;
     Mh__Envelope *env = NULL;
+    /* with no replica connected yet, the send waits for one, within the deadline */
+    zsock_set_sndtimeo(c->sock, timeout_ms);
     if (mh_envelope_send(c->sock, NULL, type, NULL, body, false) == 0) {
         for (;;) {
             int64_t left = deadline - mh_mono_ms();

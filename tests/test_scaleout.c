@@ -4,7 +4,8 @@
  * of each goes away mid-stream — ingest and twin SIGKILLed, the gateway
  * SIGTERMed as in a rolling update — and the survivors take its work:
  * every acknowledged message stored exactly once, every device's last
- * status applied. */
+ * status applied, and the operator API answering from the surviving twin
+ * straight away. */
 #include "mh_test.h"
 
 #include <inttypes.h>
@@ -68,6 +69,13 @@ static void test_two_of_each_split_and_take_over(void **state)
                     NULL};
     pid_t load = mht_spawn("motesim-scaleout", argv);
 
+    /* the operator API on both twins */
+    mht_service_t fleet = {0};
+    char token[128];
+    const char *fleet_extra[] = {a_trpc, NULL};
+    mht_fleet_start(&fleet, "fleet-stats-scaleout", &db, &tw[0], NULL, &ing[0], NULL, fleet_extra,
+                    token);
+
     /* the split, before anything goes away */
     mht_sleep_ms(6000);
     double g1 = s_m(&gw[0], "mh_gateway_messages_received_total", "kind=\"telemetry\"");
@@ -82,6 +90,11 @@ static void test_two_of_each_split_and_take_over(void **state)
     assert_true(g1 > 0 && g2 > 0);
     assert_true(i1 > 0 && i2 > 0);
     assert_true(t1 > 0 && t2 > 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(mht_shell("curl -sf -o /dev/null --max-time 10 -H 'Authorization: Bearer"
+                                   " %s' 'http://127.0.0.1:%d/api/v1/devices?limit=1'",
+                                   token, fleet.port),
+                         0);
 
     /* one of each goes away */
     mht_stop(ing[0].pid, SIGKILL, 1000);
@@ -90,6 +103,15 @@ static void test_two_of_each_split_and_take_over(void **state)
     double i2_at_kill = s_m(&ing[1], "mh_ingest_batches_total", "outcome=\"stored\"");
     double t2_at_kill = s_m(&tw[1], "mh_twin_device_messages_total", "kind=\"twin_update\"");
     double g2_at_kill = s_m(&gw[1], "mh_gateway_messages_received_total", "kind=\"telemetry\"");
+
+    /* and the API answers from the surviving twin at once: no call waits
+     * on the dead one (each within 3 s, where the RPC deadline is 10 s) */
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(
+            mht_shell("curl -sf -o /dev/null --max-time 3 -H 'Authorization: Bearer %s'"
+                      " 'http://127.0.0.1:%d/api/v1/devices?limit=1'",
+                      token, fleet.port),
+            0);
 
     int st = mht_stop(load, 0, 60000); /* waits for motesim to finish its 16 s */
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
@@ -125,6 +147,7 @@ static void test_two_of_each_split_and_take_over(void **state)
     assert_true(mht_db_wait_num(&db, "SELECT count(*) FROM twin.devices WHERE NOT online",
                                 S_DEVICES, 30000) == S_DEVICES);
 
+    assert_int_equal(mht_stop(fleet.pid, SIGTERM, 20000), 0);
     assert_int_equal(mht_stop(gw[1].pid, SIGTERM, 30000), 0);
     assert_int_equal(mht_stop(tw[1].pid, SIGTERM, 20000), 0);
     assert_int_equal(mht_stop(ing[1].pid, SIGTERM, 20000), 0);

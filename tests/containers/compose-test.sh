@@ -23,7 +23,7 @@ not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; shift; f
 check() { # check "what" command...: ok when the command succeeds
     local what=$1; shift
     local out
-    if out=$("$@" 2>&1); then ok "$what"; else not_ok "$what" "$(printf '%s' "$out" | tail -5)"; fi
+    if out=$("$@" 2>&1); then ok "$what"; else not_ok "$what" "$(printf '%s' "$out" | tail -12)"; fi
 }
 # polls a command until it succeeds or `secs` pass
 wait_for() {
@@ -114,9 +114,15 @@ check "every service's /readyz answers 200 (gateway, ingest ×2, twin ×2, ota, 
 
 api() { # method path [curl args...]
     local m=$1 p=$2; shift 2
-    curl -fsS -X "$m" -H "Authorization: Bearer $token" "http://127.0.0.1:8080$p" "$@"
+    curl -sS --fail-with-body -X "$m" -H "Authorization: Bearer $token" "http://127.0.0.1:8080$p" "$@"
 }
-check "the API answers with the token through the published port" api GET /api/v1/devices?limit=1
+api_first() { # and on failure, what fleet-stats and the twins said
+    api GET '/api/v1/devices?limit=1' && return 0
+    local c
+    for c in fleet-stats_1 twin_1 twin_2; do podman logs --tail 3 "${project}_$c" 2>&1; done
+    return 1
+}
+check "the API answers with the token through the published port" api_first
 check "the API refuses a request without it" \
     test "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/api/v1/devices)" = 401
 
