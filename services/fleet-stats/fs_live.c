@@ -390,11 +390,10 @@ fs_live_t *fs_live_new(const fs_live_opts_t *opts, mh_metrics_t *m)
     if (self->o.min_frame_ms <= 0)
         self->o.min_frame_ms = 250;
     pthread_mutex_init(&self->lock, NULL);
-    pthread_mutex_init(&self->ws_lock, NULL);
+    fs_live_ws_init(self);
     s_agg_init(&self->agg);
     self->gateways = zhashx_new();
     zhashx_set_destructor(self->gateways, s_free_ptr);
-    self->clients = zlistx_new();
     self->sub = zsock_new(ZMQ_SUB);
     zsock_set_rcvhwm(self->sub, 200000);
     static const char *topics[] = {"device.", "twin.changed", "gateway.stats", "ota."};
@@ -433,16 +432,10 @@ void fs_live_destroy(fs_live_t **self_p)
     zsock_destroy(&self->sub);
     s_agg_free(&self->agg);
     zhashx_destroy(&self->gateways);
-    for (fs_live_client_t *c = zlistx_first(self->clients); c; c = zlistx_next(self->clients))
-        free(c);
-    zlistx_destroy(&self->clients);
-    for (int i = 0; i < 6; i++)
-        free(self->last[i]);
-    free(self->full);
+    fs_live_ws_free(self);
     free(self->summary);
     json_decref(self->rollouts);
     pthread_mutex_destroy(&self->lock);
-    pthread_mutex_destroy(&self->ws_lock);
     free(self);
     *self_p = NULL;
 }

@@ -13,8 +13,8 @@
  *
  * Threads: the owner (fleet-stats' actor) calls fs_live_on_event and
  * fs_live_tick; HTTP threads read with fs_live_summary / fs_live_geo and
- * subscribe WebSockets with fs_live_attach; frames go out from the owner's
- * thread, at most one every `min_frame_ms`. */
+ * serve WebSockets with fs_live_serve. The owner builds at most one frame
+ * every `min_frame_ms`; each client's thread writes it out. */
 #pragma once
 #include "mh_metrics.h"
 #include "mh_rpc.h"
@@ -51,10 +51,20 @@ bool fs_live_ready(fs_live_t *self);
 char *fs_live_summary(fs_live_t *self);
 char *fs_live_geo(fs_live_t *self);
 
-/* A WebSocket connection (opaque, CivetWeb's) joins: it gets the full
- * summary frame at once and every change frame after. `send` writes one
- * text frame and returns <= 0 when the connection is gone. */
+/* WebSocket clients. A connection first reserves a place (false when
+ * `max` are held or the feed is stopping; fs_live_release when it ends,
+ * served or not). Then fs_live_serve writes its frames on the calling
+ * thread until the connection is gone or fs_live_stop: the full summary
+ * first, then each change frame — or the full summary again when the
+ * client missed one, so a slow reader skips ahead instead of falling
+ * behind, and never holds up the others. With no frame for `ping_ms` it
+ * sends a ping, to find a reader that is gone. `send` writes one text frame
+ * (a ping when `text` is NULL) and returns <= 0 when the connection is
+ * gone. */
 typedef int(fs_live_send_fn)(void *conn, const char *text, size_t len);
-void fs_live_attach(fs_live_t *self, void *conn, fs_live_send_fn *send);
-void fs_live_detach(fs_live_t *self, void *conn);
-size_t fs_live_clients(fs_live_t *self);
+bool fs_live_reserve(fs_live_t *self, size_t max);
+void fs_live_release(fs_live_t *self);
+void fs_live_serve(fs_live_t *self, void *conn, fs_live_send_fn *send, int64_t ping_ms);
+/* Ends every fs_live_serve and refuses new places: before the HTTP server
+ * stops, which waits for its workers. */
+void fs_live_stop(fs_live_t *self);

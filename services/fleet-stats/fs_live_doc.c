@@ -1,5 +1,5 @@
-/* fs_live — the documents built from the aggregates (summary, geo) and
- * the WebSocket frames with their clients (fs_live.h; fs_live_internal.h). */
+/* fs_live — the documents built from the aggregates: summary, geo, and
+ * the sections frames are made of (fs_live.h; fs_live_internal.h). */
 #include "fs_live_internal.h"
 #include "mh_json.h"
 #include "mh_log.h"
@@ -48,7 +48,7 @@ static int s_cmp_cell(const void *a, const void *b)
 
 /* The sections, in frame order: devices, firmware, health, rates,
  * rollouts, geo. Under self->lock. */
-static void s_sections(fs_live_t *self, json_t *out[6])
+void fs_live_sections(fs_live_t *self, json_t *out[6])
 {
     fs_live_agg_t *a = &self->agg;
     out[0] = json_pack("{s:I,s:I,s:I}", "total", (json_int_t)a->total, "online",
@@ -94,8 +94,6 @@ static void s_sections(fs_live_t *self, json_t *out[6])
     out[5] = json_pack("{s:f,s:o}", "cellDegrees", self->o.cell_degrees, "cells", cells);
 }
 
-static const char *s_names[6] = {"devices", "firmware", "health", "rates", "rollouts", "geo"};
-
 /* Built at most once per change (and per second, as last-seen ages); under
  * a steady stream of changes at most every 100 ms, so many readers cost one
  * pass over the devices, not one each. */
@@ -109,7 +107,7 @@ char *fs_live_summary(fs_live_t *self)
         text = strdup(self->summary);
     } else if (self->ready) {
         json_t *s[6];
-        s_sections(self, s);
+        fs_live_sections(self, s);
         json_decref(s[5]);
         json_t *o =
             json_pack("{s:o,s:o,s:o,s:o,s:o,s:I}", "devices", s[0], "firmware", s[1], "health",
@@ -131,7 +129,7 @@ char *fs_live_geo(fs_live_t *self)
     char *text = NULL;
     if (self->ready) {
         json_t *s[6];
-        s_sections(self, s);
+        fs_live_sections(self, s);
         for (int i = 0; i < 5; i++)
             json_decref(s[i]);
         text = json_dumps(s[5], JSON_COMPACT | JSON_SORT_KEYS);
@@ -141,7 +139,7 @@ char *fs_live_geo(fs_live_t *self)
     return text;
 }
 
-static json_t *s_history_json(fs_live_t *self, int from)
+json_t *fs_live_history_json(fs_live_t *self, int from)
 {
     json_t *h = json_array();
     for (int i = from; i < self->nhist; i++) {
@@ -150,95 +148,4 @@ static json_t *s_history_json(fs_live_t *self, int from)
             h, json_pack("[I,I,I]", (json_int_t)p[0], (json_int_t)p[1], (json_int_t)p[2]));
     }
     return h;
-}
-
-/* Builds the sections, and sends every client what it lacks: a full
- * frame to a new one, the sections that changed to the others. */
-void fs_live_frame(fs_live_t *self)
-{
-    json_t *s[6];
-    char *text[6];
-    pthread_mutex_lock(&self->lock);
-    self->framed_gen = self->gen;
-    s_sections(self, s);
-    json_t *full = json_pack("{s:s,s:I}", "type", "summary", "ts", (json_int_t)mh_now_ms());
-    json_t *changes = json_pack("{s:s,s:I}", "type", "changes", "ts", (json_int_t)mh_now_ms());
-    bool changed = false;
-    for (int i = 0; i < 6; i++) {
-        text[i] = json_dumps(s[i], JSON_COMPACT | JSON_SORT_KEYS);
-        if (!self->last[i] || !text[i] || strcmp(self->last[i], text[i]) != 0) {
-            json_object_set(changes, s_names[i], s[i]);
-            changed = true;
-        }
-        json_object_set_new(full, s_names[i], s[i]);
-    }
-    json_object_set_new(full, "history", s_history_json(self, 0));
-    if (self->hist_sent < self->nhist) {
-        json_object_set_new(changes, "history", s_history_json(self, self->hist_sent));
-        changed = true;
-    }
-    self->hist_sent = self->nhist;
-    pthread_mutex_unlock(&self->lock);
-
-    char *full_text = json_dumps(full, JSON_COMPACT);
-    char *change_text = changed ? json_dumps(changes, JSON_COMPACT) : NULL;
-    json_decref(full);
-    json_decref(changes);
-    pthread_mutex_lock(&self->ws_lock);
-    for (int i = 0; i < 6; i++) {
-        free(self->last[i]);
-        self->last[i] = text[i];
-    }
-    free(self->full);
-    self->full = full_text;
-    for (fs_live_client_t *c = zlistx_first(self->clients); c; c = zlistx_next(self->clients)) {
-        const char *t = c->need_summary ? full_text : change_text;
-        if (t && full_text) {
-            c->send(c->conn, t, strlen(t));
-            c->need_summary = false;
-            mh_counter_inc(self->m_frames);
-        }
-    }
-    pthread_mutex_unlock(&self->ws_lock);
-    free(change_text);
-}
-
-void fs_live_attach(fs_live_t *self, void *conn, fs_live_send_fn *send)
-{
-    fs_live_client_t *c = calloc(1, sizeof *c);
-    if (!c)
-        return;
-    c->conn = conn;
-    c->send = send;
-    pthread_mutex_lock(&self->ws_lock);
-    if (self->full) {
-        send(conn, self->full, strlen(self->full));
-        mh_counter_inc(self->m_frames);
-    } else {
-        c->need_summary = true;
-    }
-    zlistx_add_end(self->clients, c);
-    mh_gauge_set(self->m_clients, (double)zlistx_size(self->clients));
-    pthread_mutex_unlock(&self->ws_lock);
-}
-
-void fs_live_detach(fs_live_t *self, void *conn)
-{
-    pthread_mutex_lock(&self->ws_lock);
-    for (fs_live_client_t *c = zlistx_first(self->clients); c; c = zlistx_next(self->clients))
-        if (c->conn == conn) {
-            free(c);
-            zlistx_delete(self->clients, zlistx_cursor(self->clients));
-            break;
-        }
-    mh_gauge_set(self->m_clients, (double)zlistx_size(self->clients));
-    pthread_mutex_unlock(&self->ws_lock);
-}
-
-size_t fs_live_clients(fs_live_t *self)
-{
-    pthread_mutex_lock(&self->ws_lock);
-    size_t n = zlistx_size(self->clients);
-    pthread_mutex_unlock(&self->ws_lock);
-    return n;
 }

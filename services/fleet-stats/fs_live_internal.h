@@ -36,11 +36,15 @@ typedef struct {
     double in, out;
 } fs_live_gw_t;
 
+/* A frame as every client may be sent it: `full` to one that is new or
+ * missed a frame, `changes` (NULL: nothing changed) to one that has the
+ * frame before. Shared by reference: a client writing slowly holds its
+ * own. */
 typedef struct {
-    void *conn;
-    fs_live_send_fn *send;
-    bool need_summary;
-} fs_live_client_t;
+    int refs;   /* under ws_lock */
+    uint64_t n; /* 1, 2, … */
+    char *full, *changes;
+} fs_live_frame_t;
 
 struct fs_live_t {
     fs_live_opts_t o;
@@ -60,11 +64,13 @@ struct fs_live_t {
     int64_t seen[FS_SEEN_N];
     int64_t hist[FS_HISTORY][3];
     int nhist, hist_start, hist_sent; /* ring; hist_sent: points already in frames */
-    /* frames */
+    /* frames, and the clients that write them out (fs_live_ws.c) */
     pthread_mutex_t ws_lock;
-    zlistx_t *clients; /* fs_live_client_t */
-    char *last[6];     /* the sections as last framed */
-    char *full;        /* the last full frame */
+    pthread_cond_t ws_cond; /* a new frame, or stopping */
+    fs_live_frame_t *frame; /* the newest */
+    char *last[6];          /* the sections as last framed */
+    size_t nclients, reserved;
+    bool stopping;
     uint64_t seq;
     mh_counter_t *m_events, *m_snapshots, *m_frames, *m_snapshot_errors;
     mh_gauge_t *m_clients, *m_devices;
@@ -72,7 +78,13 @@ struct fs_live_t {
 
 /* fs_live.c: the south-west corner of geographic cell `cell`. */
 void fs_live_cell_corner(const fs_live_t *self, int64_t cell, double *lat, double *lon);
-/* fs_live_doc.c: builds the sections and sends every WebSocket client what
- * it lacks (a full frame to a new one, the changed sections to the
- * others); takes the locks itself. */
+/* fs_live_doc.c: the sections in frame order (devices, firmware, health,
+ * rates, rollouts, geo), under self->lock; and the history from point
+ * `from` on. */
+void fs_live_sections(fs_live_t *self, json_t *out[6]);
+json_t *fs_live_history_json(fs_live_t *self, int from);
+/* fs_live_ws.c: builds the sections into the newest frame and wakes every
+ * client's writer; takes the locks itself and never waits on a client. */
 void fs_live_frame(fs_live_t *self);
+void fs_live_ws_init(fs_live_t *self);
+void fs_live_ws_free(fs_live_t *self);

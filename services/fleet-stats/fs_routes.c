@@ -125,22 +125,27 @@ int fs_ws_connect(const struct mg_connection *cc, void *ud)
     mh_info("api: live connect %d token=%s", denied ? denied : 101, who);
     if (denied)
         return 1; /* answered 401/503; no handshake */
-    if (fs_live_clients(self->live) >= (size_t)self->max_ws) {
+    if (!fs_live_reserve(self->live, (size_t)self->max_ws)) {
         fs_error(self, c, 503, "unavailable", "too many live connections on this replica");
         return 1;
     }
+    mg_set_user_connection_data(c, self); /* a place is held: fs_ws_close gives it back */
     return 0;
 }
 
 static int s_ws_send(void *conn, const char *text, size_t len)
 {
+    if (!text)
+        return mg_websocket_write(conn, MG_WEBSOCKET_OPCODE_PING, "", 0);
     return mg_websocket_write(conn, MG_WEBSOCKET_OPCODE_TEXT, text, len);
 }
 
+/* The connection's worker writes its frames until it is gone (fs_live.h);
+ * a live client sends nothing the feed needs, so nothing reads meanwhile. */
 void fs_ws_ready(struct mg_connection *c, void *ud)
 {
     fs_t *self = ud;
-    fs_live_attach(self->live, c, s_ws_send);
+    fs_live_serve(self->live, c, s_ws_send, 15000);
 }
 
 int fs_ws_data(struct mg_connection *c, int bits, char *data, size_t len, void *ud)
@@ -152,7 +157,10 @@ int fs_ws_data(struct mg_connection *c, int bits, char *data, size_t len, void *
 void fs_ws_close(const struct mg_connection *c, void *ud)
 {
     fs_t *self = ud;
-    fs_live_detach(self->live, (void *)c);
+    if (mg_get_user_connection_data(c)) {
+        fs_live_release(self->live);
+        mg_set_user_connection_data(c, NULL);
+    }
 }
 
 /* ---- the dashboard's files ---- */

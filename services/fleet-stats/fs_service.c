@@ -18,7 +18,9 @@ const mh_cfg_opt_t fs_config_options[] = {
     {"rpc-timeout", "MH_RPC_TIMEOUT", MH_CFG_DURATION, "10s", S_CFG(rpc_timeout_ms),
      "how long an API request waits for the service behind it"},
     {"api-threads", "MH_API_THREADS", MH_CFG_INT, "32", S_CFG(api_threads),
-     "HTTP worker threads (each open WebSocket holds one)"},
+     "HTTP worker threads for API requests"},
+    {"live-max", "MH_LIVE_MAX", MH_CFG_INT, "1000", S_CFG(live_max),
+     "live WebSocket connections (/api/v1/live) a replica holds, each on a thread of its own"},
     {"twin-events-endpoint", "MH_TWIN_EVENTS_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5573",
      S_CFG(twin_events_endpoint), "twin's event PUB(s), for the live aggregates"},
     {"ota-events-endpoint", "MH_OTA_EVENTS_ENDPOINT", MH_CFG_STR, "tcp://127.0.0.1:5574",
@@ -62,6 +64,8 @@ static void s_destroy(fs_t **self_p)
     fs_t *self = *self_p;
     if (!self)
         return;
+    if (self->live)
+        fs_live_stop(self->live);
     if (self->web)
         mg_stop(self->web);
     fs_live_destroy(&self->live);
@@ -113,10 +117,12 @@ void fs_actor(zsock_t *pipe, void *args)
     self->m_request_time = mh_metrics_histogram(ctx->metrics, "mh_api_request_seconds",
                                                 "Operator API request time, in seconds", NULL,
                                                 s_bounds, sizeof s_bounds / sizeof s_bounds[0]);
+    /* a live connection holds its worker while it lasts: the requests get
+     * api_threads of their own beside live_max */
     char threads[32];
-    int64_t nthreads = self->cfg->api_threads > 4 ? self->cfg->api_threads : 4;
+    self->max_ws = self->cfg->live_max > 0 ? self->cfg->live_max : 0;
+    int64_t nthreads = (self->cfg->api_threads > 4 ? self->cfg->api_threads : 4) + self->max_ws;
     snprintf(threads, sizeof threads, "%" PRId64, nthreads);
-    self->max_ws = nthreads / 2; /* the other half keeps serving requests */
     const char *opts[] = {"listening_ports",
                           self->cfg->api_listen,
                           "num_threads",

@@ -18,7 +18,7 @@ typedef struct {
     char *ota_rpc_endpoint;
     int64_t max_image;
     int64_t rpc_timeout_ms;
-    int64_t api_threads;
+    int64_t api_threads, live_max;
     char *twin_events_endpoint;
     char *ota_events_endpoint;
     char *gateway_events_endpoint;
