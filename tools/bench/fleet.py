@@ -4,9 +4,14 @@
 1. Status change -> WebSocket frame: one device at a time publishes
    devices/<id>/status over MQTT; time until /api/v1/live shows it (p50, p99),
    then a burst of 1,000 changes at once (tools/bench/live_bench.c).
-2. API requests per second and p99 for the device list (100 per page) and
+2. Many dashboards at once: --live-clients WebSockets on /api/v1/live (one of
+   them never reads) while --live-rate status changes a second flap devices
+   across the whole registry for --live-duration s: frame latency p50/p99,
+   the longest silence any fast client saw, fleet-stats' CPU and memory
+   (tools/bench/live_clients.c).
+3. API requests per second and p99 for the device list (100 per page) and
    twin get (random devices), with wrk (32 connections, 2 threads, 10 s each).
-3. The start-up snapshot: how long a fresh replica takes to load the fleet.
+4. The start-up snapshot: how long a fresh replica takes to load the fleet.
 
     tools/bench/fleet.py --devices 100000
 
@@ -15,7 +20,8 @@ Everything runs on 127.0.0.1 on free ports and stops at the end.
 import argparse, os, re, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from telemetry import free_port, psql, setup, start_ingest, start_twin, teardown, wait_ready  # noqa: E402
+from telemetry import cpu_seconds, free_port, psql, setup, start_ingest, start_twin, teardown, wait_ready  # noqa: E402
+from mtls import rss_kib  # noqa: E402
 
 LUA_TWIN = """
 math.randomseed(os.time())
@@ -44,6 +50,9 @@ def main():
     ap.add_argument("--devices", type=int, default=100000)
     ap.add_argument("--changes", type=int, default=200)
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--live-clients", type=int, default=1000)
+    ap.add_argument("--live-rate", type=int, default=5000, help="status changes a second while they watch")
+    ap.add_argument("--live-duration", type=int, default=20)
     ap.add_argument("--build", default="build")
     args = ap.parse_args()
     stack, pg_port, broker, broker_port = setup(args, "motehub-bench-fleet-")
@@ -81,7 +90,7 @@ def main():
                                          f"--pg-url={pg_url}"], text=True).strip()
         api, fs_http = free_port(), free_port()
         t0 = time.time()
-        stack.spawn("fleet-stats", [
+        fs = stack.spawn("fleet-stats", [
             b("services/fleet-stats/motehub-fleet-stats"), f"--http-listen=127.0.0.1:{fs_http}",
             f"--api-listen=127.0.0.1:{api}", f"--pg-url={pg_url}",
             f"--twin-rpc-endpoint=tcp://127.0.0.1:{t_rpc}", f"--ota-rpc-endpoint=tcp://127.0.0.1:{o_rpc}",
@@ -99,6 +108,30 @@ def main():
                               f"--api-port={api}", f"--token={token}", "--prefix=bench",
                               f"--changes={args.changes}"], capture_output=True, text=True, timeout=600)
         print(out.stdout.strip(), flush=True)
+        if out.returncode:
+            print(out.stderr, file=sys.stderr)
+        rss0, cpu0, t0 = rss_kib(fs.pid), cpu_seconds(fs.pid), time.time()
+        lc = subprocess.Popen([b("tools/bench/live_clients"), f"--port={api}", f"--token={token}",
+                               f"--clients={args.live_clients}", "--slow=1", f"--duration={args.live_duration}",
+                               f"--mqtt-url=tcp://127.0.0.1:{broker_port}", "--prefix=bench",
+                               f"--devices={args.devices}", f"--rate={args.live_rate}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        rss_max = rss0
+        while lc.poll() is None:  # fleet-stats' memory at its highest while they are held
+            rss_max = max(rss_max, rss_kib(fs.pid))
+            time.sleep(0.5)
+        stdout, stderr = lc.communicate()
+        out = subprocess.CompletedProcess(lc.args, lc.returncode, stdout, stderr)
+        cpu, wall = cpu_seconds(fs.pid) - cpu0, time.time() - t0
+        print(out.stdout.strip(), flush=True)
+        m = re.search(r"connected=(\d+).*changes=(\d+) frames=(\d+) latency_p50_ms=(\S+) latency_p99_ms=(\S+)"
+                      r" latency_max_ms=(\S+) min_frames=(\d+) max_gap_ms=(\d+)", out.stdout)
+        if m:
+            print(f"live: {m.group(1)} dashboards (one never reading) while {int(m.group(2)) / args.live_duration:.0f}"
+                  f" status changes/s flapped {args.devices} devices: frames p50 {m.group(4)} ms, p99 {m.group(5)} ms,"
+                  f" max {m.group(6)} ms; every fast client {m.group(7)}+ frames, longest silence {m.group(8)} ms;"
+                  f" fleet-stats {cpu / wall:.2f} cores, RSS {rss0 / 1024:.1f} MiB before ->"
+                  f" {rss_max / 1024:.1f} MiB while held", flush=True)
         if out.returncode:
             print(out.stderr, file=sys.stderr)
         lua = os.path.join(work, "twin.lua")
