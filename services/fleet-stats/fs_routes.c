@@ -145,7 +145,7 @@ static int s_ws_send(void *conn, const char *text, size_t len)
 void fs_ws_ready(struct mg_connection *c, void *ud)
 {
     fs_t *self = ud;
-    fs_live_serve(self->live, c, s_ws_send, 15000);
+    fs_live_serve(self->live, c, s_ws_send, 5000);
 }
 
 int fs_ws_data(struct mg_connection *c, int bits, char *data, size_t len, void *ud)

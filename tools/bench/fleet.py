@@ -17,7 +17,7 @@
 
 Everything runs on 127.0.0.1 on free ports and stops at the end.
 """
-import argparse, os, re, subprocess, sys, time
+import argparse, os, re, subprocess, sys, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from telemetry import cpu_seconds, free_port, psql, setup, start_ingest, start_twin, teardown, wait_ready  # noqa: E402
@@ -110,6 +110,13 @@ def main():
         print(out.stdout.strip(), flush=True)
         if out.returncode:
             print(out.stderr, file=sys.stderr)
+        # live_bench's connection is given back once a write finds it gone (a ping within 5 s of quiet)
+        for _ in range(60):
+            m = re.search(r"^mh_fleet_live_clients (\S+)", urllib.request.urlopen(
+                f"http://127.0.0.1:{fs_http}/metrics").read().decode(), re.M)
+            if m and float(m.group(1)) == 0:
+                break
+            time.sleep(0.5)
         rss0, cpu0, t0 = rss_kib(fs.pid), cpu_seconds(fs.pid), time.time()
         lc = subprocess.Popen([b("tools/bench/live_clients"), f"--port={api}", f"--token={token}",
                                f"--clients={args.live_clients}", "--slow=1", f"--duration={args.live_duration}",
