@@ -2,7 +2,8 @@
  * mosquitto: what a benchmark relies on — one connection and client id a
  * device, the rate it was asked for, every message acknowledged and
  * received, payloads the gateway accepts (motesim's readings, increasing
- * ts and seq per device) — and its MQTT framing unit by unit. */
+ * ts and seq per device), and with --twin every update answered — and its
+ * MQTT framing unit by unit. */
 #include "mh_test.h"
 #include "ml_mqtt.h"
 #include "gw_validate.h"
@@ -188,6 +189,32 @@ static void test_frames_packets(void **state)
     assert_int_equal(ml_mqtt_parse(long_ack, sizeof long_ack, 1024, &p), -1);
     assert_int_equal(ml_mqtt_parse(short_connack, sizeof short_connack, 1024, &p), -1);
     assert_int_equal(ml_mqtt_parse(zero, sizeof zero, 1024, &p), -1);
+
+    /* a PUBLISH at QoS 0 and at QoS 1: topic, packet id, payload */
+    const uint8_t q0[] = {0x30, 7, 0, 3, 'a', '/', 'b', '{', '}'},
+                  q1[] = {0x32, 9, 0, 3, 'a', '/', 'b', 0x00, 0x2a, '{', '}'};
+    assert_int_equal(ml_mqtt_parse(q0, sizeof q0, 1024, &p), sizeof q0);
+    assert_int_equal(p.type, ML_PUBLISH);
+    assert_int_equal(p.value, 0);
+    assert_int_equal(p.topic_len, 3);
+    assert_memory_equal(p.topic, "a/b", 3);
+    assert_int_equal(p.payload_len, 2);
+    assert_memory_equal(p.payload, "{}", 2);
+    assert_int_equal(ml_mqtt_parse(q1, sizeof q1, 1024, &p), sizeof q1);
+    assert_int_equal(p.value, 42);
+    assert_int_equal(p.payload_len, 2);
+    assert_memory_equal(p.payload, "{}", 2);
+    /* a SUBACK; malformed: QoS 3, a topic longer than the packet, QoS 1 id 0, SUBACK id 0 */
+    const uint8_t suback[] = {0x90, 3, 0, 1, 0}, qos3[] = {0x36, 5, 0, 1, 'a', 0, 1},
+                  long_topic[] = {0x30, 4, 0, 9, 'a', 'b'}, id0[] = {0x32, 5, 0, 1, 'a', 0, 0},
+                  suback0[] = {0x90, 3, 0, 0, 0};
+    assert_int_equal(ml_mqtt_parse(suback, sizeof suback, 1024, &p), sizeof suback);
+    assert_int_equal(p.type, ML_SUBACK);
+    assert_int_equal(p.value, 1);
+    assert_int_equal(ml_mqtt_parse(qos3, sizeof qos3, 1024, &p), -1);
+    assert_int_equal(ml_mqtt_parse(long_topic, sizeof long_topic, 1024, &p), -1);
+    assert_int_equal(ml_mqtt_parse(id0, sizeof id0, 1024, &p), -1);
+    assert_int_equal(ml_mqtt_parse(suback0, sizeof suback0, 1024, &p), -1);
 }
 
 static void test_encodes_packets(void **state)
@@ -213,6 +240,41 @@ static void test_encodes_packets(void **state)
     assert_int_equal(ml_mqtt_pingreq(b, sizeof b), 2);
     assert_int_equal(b[0], 0xc0);
     assert_int_equal(ml_mqtt_disconnect(b, 1), 0);
+    /* SUBSCRIBE (flags 0010) to one filter at QoS 0; PUBACK */
+    const uint8_t sub[] = {0x82, 8, 0, 1, 0, 3, 'a', '/', '+', 0};
+    assert_int_equal(ml_mqtt_subscribe(b, sizeof b, 1, "a/+", 0), sizeof sub);
+    assert_memory_equal(b, sub, sizeof sub);
+    assert_int_equal(ml_mqtt_subscribe(b, sizeof b, 0, "a/+", 0), 0);
+    const uint8_t ack[] = {0x40, 2, 0x01, 0x02};
+    assert_int_equal(ml_mqtt_puback(b, sizeof b, 0x0102), sizeof ack);
+    assert_memory_equal(b, ack, sizeof ack);
+}
+
+/* --twin against the platform: every update answered with update/accepted
+ * carrying its token back, and each device's document holding the last
+ * seq it reported */
+static void test_twin_updates(void **state)
+{
+    (void)state;
+    mht_platform_t p = {0};
+    mht_platform_start(&p);
+    mht_register_devices(p.twin.rpc_endpoint, "lt", 50);
+    char args[600], line[1024];
+    snprintf(args, sizeof args,
+             "--mqtt-url=%s --prefix=lt --devices=50 --twin=true --rate=250 --duration=3s"
+             " --report=0",
+             p.broker.url);
+    assert_int_equal(s_moteload(args, line, sizeof line), 0);
+    uint64_t published = s_field(line, "published");
+    assert_true(published >= 700);
+    assert_int_equal(s_field(line, "accepted"), published);
+    assert_int_equal(s_field(line, "rejected"), 0);
+    assert_non_null(strstr(line, " accepted_p99_ms="));
+    /* seq runs 0.. per device, so the devices' last ones add up to what was sent less 50 */
+    assert_int_equal(mht_db_num(&p.db, "SELECT sum((doc->'state'->'reported'->>'seq')::bigint)"
+                                       " FROM twin.devices WHERE id LIKE 'lt-%%'"),
+                     (double)published - 50);
+    assert_true(mht_platform_stop(&p));
 }
 
 int main(void)
@@ -222,6 +284,7 @@ int main(void)
         cmocka_unit_test(test_encodes_packets),
         cmocka_unit_test(test_publishes_what_was_asked),
         cmocka_unit_test(test_no_broker),
+        cmocka_unit_test(test_twin_updates),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -1,8 +1,8 @@
 /* libFuzzer target for moteload's MQTT framing (ml_mqtt.h): the bytes a
  * broker sends, framed packet by packet as moteload reads them. A packet
  * is never framed past the input, a CONNACK/PUBACK body is always two
- * bytes, and what is framed covers the input exactly up to where framing
- * stopped (needs more, or malformed). */
+ * bytes, a PUBLISH's topic and payload lie inside its body, and what is framed covers the input
+ * exactly up to where framing stopped (needs more, or malformed). */
 #include "ml_mqtt.h"
 
 #include <assert.h>
@@ -21,8 +21,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         assert(p.body >= data + off && p.body + p.len == data + off + (size_t)k);
         if (p.type == ML_CONNACK || p.type == ML_PUBACK)
             assert(p.len == 2);
-        if (p.type == ML_PUBACK)
+        if (p.type == ML_PUBACK || p.type == ML_SUBACK)
             assert(p.value != 0);
+        if (p.type == ML_PUBLISH) { /* topic and payload inside the body, in order */
+            assert(p.topic == p.body + 2 && p.topic + p.topic_len <= p.payload);
+            assert(p.payload + p.payload_len == p.body + p.len);
+        }
         off += (size_t)k;
     }
     return 0;

@@ -39,7 +39,26 @@ ssize_t ml_mqtt_parse(const uint8_t *buf, size_t n, size_t max_len, ml_packet_t 
     p->body = buf + i;
     p->len = len;
     p->value = 0;
-    if (p->type == ML_CONNACK || p->type == ML_PUBACK) {
+    p->topic = p->payload = NULL;
+    p->topic_len = p->payload_len = 0;
+    if (p->type == ML_PUBLISH) {
+        unsigned qos = (p->flags >> 1) & 3;
+        size_t need = 2 + (qos ? 2 : 0);
+        if (qos == 3 || len < need)
+            return -1;
+        p->topic_len = (size_t)p->body[0] << 8 | p->body[1];
+        if (len - need < p->topic_len)
+            return -1;
+        p->topic = p->body + 2;
+        if (qos &&
+            !(p->value = (uint16_t)(p->topic[p->topic_len] << 8 | p->topic[p->topic_len + 1])))
+            return -1;
+        p->payload = p->topic + p->topic_len + (qos ? 2 : 0);
+        p->payload_len = len - need - p->topic_len;
+    } else if (p->type == ML_SUBACK) {
+        if (len < 3 || !(p->value = (uint16_t)(p->body[0] << 8 | p->body[1])))
+            return -1;
+    } else if (p->type == ML_CONNACK || p->type == ML_PUBACK) {
         if (len != 2)
             return -1;
         if (p->type == ML_CONNACK)
@@ -97,6 +116,33 @@ size_t ml_mqtt_publish(uint8_t *out, size_t cap, const char *topic, size_t topic
     out[k++] = (uint8_t)id;
     memcpy(out + k, payload, payload_len);
     return k + payload_len;
+}
+
+size_t ml_mqtt_subscribe(uint8_t *out, size_t cap, uint16_t id, const char *filter, uint8_t qos)
+{
+    size_t flen = strlen(filter);
+    size_t rem = 2 + 2 + flen + 1;
+    if (!id || flen > 65535 || qos > 1 || 1 + 3 + rem > cap)
+        return 0;
+    size_t k = 0;
+    out[k++] = 0x82; /* SUBSCRIBE, its reserved flags 0010 */
+    k += s_varint(out + k, rem);
+    out[k++] = (uint8_t)(id >> 8);
+    out[k++] = (uint8_t)id;
+    k += s_str(out + k, filter, flen);
+    out[k++] = qos;
+    return k;
+}
+
+size_t ml_mqtt_puback(uint8_t *out, size_t cap, uint16_t id)
+{
+    if (cap < 4 || !id)
+        return 0;
+    out[0] = 0x40;
+    out[1] = 2;
+    out[2] = (uint8_t)(id >> 8);
+    out[3] = (uint8_t)id;
+    return 4;
 }
 
 static size_t s_empty(uint8_t *out, size_t cap, uint8_t type)

@@ -80,3 +80,14 @@ size_t ml_payload(char *out, int64_t ts, int64_t seq, const double *values, size
     out[k++] = '}';
     return k;
 }
+
+size_t ml_payload_twin(char *out, int64_t ts, int64_t seq, const double *values, size_t metrics,
+                       uint64_t token)
+{
+    size_t k = s_lit(out, "{\"state\":{\"reported\":");
+    k += ml_payload(out + k, ts, seq, values, metrics);
+    k += s_lit(out + k, "},\"clientToken\":\"");
+    k += s_u64(out + k, token);
+    k += s_lit(out + k, "\"}");
+    return k;
+}

@@ -12,4 +12,10 @@
  * length. values[i] is metric i of sim_readings (metrics <= SIM_METRICS). */
 size_t ml_payload(char *out, int64_t ts, int64_t seq, const double *values, size_t metrics);
 
+/* A twin/update of the same sample as reported state, with `token` as its
+ * clientToken: {"state":{"reported":{…}},"clientToken":"<token>"} (at
+ * least 100 + 40 * metrics bytes). */
+size_t ml_payload_twin(char *out, int64_t ts, int64_t seq, const double *values, size_t metrics,
+                       uint64_t token);
+
 #endif

@@ -11,10 +11,16 @@
  * call. The readings are motesim's (sim_readings), stamped with the time
  * they are built, so ingest's lag histogram measures publish to commit.
  *
+ * With --twin each device instead subscribes to its
+ * devices/<id>/twin/update/+ and sends twin/update (the readings as
+ * reported state, the send time in µs as clientToken); the latency is
+ * then from that send to the update/accepted that carries the token back:
+ * broker → gateway → twin → PostgreSQL commit → gateway → broker → device.
+ *
  * Phases: connect every device (at --connect-rate), publish for
- * --duration, wait up to --drain for the last PUBACKs, disconnect. Prints
- * the connect time, what was published and acknowledged, the PUBACK
- * latency, and its own CPU a message; the last line is
+ * --duration, wait up to --drain for the last PUBACKs (and answers),
+ * disconnect. Prints the connect time, what was published and
+ * acknowledged, the latency, and its own CPU a message; the last line is
  *   moteload: devices=N published=N acked=N ... cpu_us_per_msg=X */
 #include "ml_mqtt.h"
 #include "ml_payload.h"
@@ -56,6 +62,7 @@ typedef struct {
     int64_t keepalive_s;
     int64_t drain_ms;
     int64_t report_ms;
+    bool twin;
 } ml_config_t;
 
 #define S_CFG(f) offsetof(ml_config_t, f)
@@ -88,9 +95,11 @@ static const mh_cfg_opt_t s_options[] = {
      "how long to wait for the last PUBACKs"},
     {"report", "MOTELOAD_REPORT", MH_CFG_DURATION, "10s", S_CFG(report_ms),
      "print progress this often (0: never)"},
+    {"twin", "MOTELOAD_TWIN", MH_CFG_BOOL, "false", S_CFG(twin),
+     "send twin/update instead of telemetry, timed to its update/accepted"},
     MH_CFG_END};
 
-enum { S_DOWN, S_TCP, S_CONNACK, S_UP };
+enum { S_DOWN, S_TCP, S_CONNACK, S_SUBACK, S_UP };
 enum { P_CONNECT, P_PUBLISH, P_DRAIN, P_STOP };
 
 #define S_MAX_PACKET (1 << 20) /* the most a broker's packet may be here */
@@ -109,7 +118,7 @@ typedef struct {
     uint8_t *out, *in;
     size_t out_len, out_cap, in_len, in_cap;
     int64_t *sent_us; /* by packet id modulo the in-flight window */
-    char *topic;      /* devices/<id>/telemetry, made once; the id is its middle */
+    char *topic; /* devices/<id>/telemetry (or /twin/update), made once; the id is its middle */
     size_t topic_len;
 } s_conn_t;
 
@@ -124,9 +133,11 @@ typedef struct {
     int64_t offered;
     /* read by the main thread (relaxed atomics) */
     uint64_t published, acked, skipped, connected, refused, dropped, malformed;
-    uint64_t hist[S_HIST];
+    uint64_t accepted, rejected; /* --twin: the answers */
+    uint64_t hist[S_HIST];       /* PUBACK latency, or --twin's update → accepted */
 } s_worker_t;
 
+static const char *s_suffix = "/telemetry"; /* the topic's end: "/twin/update" with --twin */
 static struct sockaddr_storage s_addr;
 static socklen_t s_addrlen;
 static int s_phase;        /* P_*, set by the main thread */
@@ -234,7 +245,7 @@ static void s_on_connected(s_worker_t *w, s_conn_t *c, int64_t now)
     socklen_t len = sizeof err;
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(c - w->conns)};
     char id[128]; /* the topic's middle: devices/<id>/telemetry */
-    size_t id_len = c->topic_len - strlen("devices/") - strlen("/telemetry");
+    size_t id_len = c->topic_len - strlen("devices/") - strlen(s_suffix);
     memcpy(id, c->topic + strlen("devices/"), id_len);
     id[id_len] = 0;
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err ||
@@ -250,6 +261,44 @@ static void s_on_connected(s_worker_t *w, s_conn_t *c, int64_t now)
     s_mark_dirty(w, c);
 }
 
+static void s_latency_add(s_worker_t *w, int64_t lat)
+{
+    w->hist[s_bucket(lat > 0 ? (uint64_t)lat : 0)]++;
+}
+
+/* --twin: subscribe to the device's answers, devices/<id>/twin/update/+ */
+static bool s_subscribe(s_worker_t *w, s_conn_t *c, int64_t now)
+{
+    char filter[160];
+    if (c->topic_len + 3 > sizeof filter || !s_reserve(&c->out, &c->out_cap, c->out_len + 200)) {
+        s_close(w, c, now);
+        return false;
+    }
+    memcpy(filter, c->topic, c->topic_len);
+    memcpy(filter + c->topic_len, "/+", 3);
+    c->out_len += ml_mqtt_subscribe(c->out + c->out_len, c->out_cap - c->out_len, 1, filter, 0);
+    c->state = S_SUBACK;
+    s_mark_dirty(w, c);
+    return true;
+}
+
+/* --twin: an answer on devices/<id>/twin/update/accepted or /rejected; the
+ * clientToken it carries back is when its update was sent (µs) */
+static void s_on_answer(s_worker_t *w, const ml_packet_t *p, int64_t now)
+{
+    static const char acc[] = "/accepted", key[] = "\"clientToken\":\"";
+    bool accepted = p->topic_len >= sizeof acc - 1 &&
+                    memcmp(p->topic + p->topic_len - (sizeof acc - 1), acc, sizeof acc - 1) == 0;
+    s_add(accepted ? &w->accepted : &w->rejected, 1);
+    const uint8_t *t = memmem(p->payload, p->payload_len, key, sizeof key - 1);
+    if (!accepted || !t)
+        return;
+    int64_t sent = 0;
+    for (t += sizeof key - 1; t < p->payload + p->payload_len && *t >= '0' && *t <= '9'; t++)
+        sent = sent * 10 + (*t - '0');
+    s_latency_add(w, now - sent);
+}
+
 static void s_on_packet(s_worker_t *w, s_conn_t *c, const ml_packet_t *p, int64_t now)
 {
     if (p->type == ML_CONNACK && c->state == S_CONNACK) {
@@ -258,13 +307,27 @@ static void s_on_packet(s_worker_t *w, s_conn_t *c, const ml_packet_t *p, int64_
             s_close(w, c, now);
             return;
         }
+        if (w->cfg->twin) {
+            s_subscribe(w, c, now);
+            return;
+        }
+        c->state = S_UP;
+        s_add(&w->connected, 1);
+    } else if (p->type == ML_SUBACK && c->state == S_SUBACK) {
         c->state = S_UP;
         s_add(&w->connected, 1);
     } else if (p->type == ML_PUBACK && c->inflight) {
         c->inflight--;
         s_add(&w->acked, 1);
-        int64_t lat = now - c->sent_us[p->value % (uint64_t)w->cfg->inflight];
-        w->hist[s_bucket(lat > 0 ? (uint64_t)lat : 0)]++;
+        if (!w->cfg->twin)
+            s_latency_add(w, now - c->sent_us[p->value % (uint64_t)w->cfg->inflight]);
+    } else if (p->type == ML_PUBLISH) {
+        if (p->value && s_reserve(&c->out, &c->out_cap, c->out_len + 4)) {
+            c->out_len += ml_mqtt_puback(c->out + c->out_len, c->out_cap - c->out_len, p->value);
+            s_mark_dirty(w, c);
+        }
+        if (w->cfg->twin)
+            s_on_answer(w, p, now);
     }
 }
 
@@ -328,11 +391,15 @@ static void s_flush(s_worker_t *w, s_conn_t *c, int64_t now)
 /* one message of device c, appended to what it writes this tick */
 static void s_publish(s_worker_t *w, s_conn_t *c, int64_t now_ms, int64_t now_us)
 {
-    char payload[512];
+    char payload[600];
     double v[SIM_METRICS];
     int64_t ts = now_ms > c->last_ts ? now_ms : c->last_ts + 1; /* a device's ts increase */
     sim_readings_next(&c->r, ts, &w->rng, v);
-    size_t pl = ml_payload(payload, ts, c->seq, v, (size_t)w->cfg->metrics);
+    size_t pl;
+    if (w->cfg->twin)
+        pl = ml_payload_twin(payload, ts, c->seq, v, (size_t)w->cfg->metrics, (uint64_t)now_us);
+    else
+        pl = ml_payload(payload, ts, c->seq, v, (size_t)w->cfg->metrics);
     if (c->out_len > S_OUT_MAX ||
         !s_reserve(&c->out, &c->out_cap, c->out_len + c->topic_len + pl + 16)) {
         s_add(&w->skipped, 1);
@@ -465,7 +532,7 @@ static int s_resolve(const char *url)
 }
 
 typedef struct {
-    uint64_t published, acked, skipped, connected, refused, dropped, malformed;
+    uint64_t published, acked, skipped, connected, refused, dropped, malformed, accepted, rejected;
 } s_totals_t;
 
 static s_totals_t s_sum(s_worker_t *ws, size_t n)
@@ -479,6 +546,8 @@ static s_totals_t s_sum(s_worker_t *ws, size_t n)
         t.refused += s_get(&ws[i].refused);
         t.dropped += s_get(&ws[i].dropped);
         t.malformed += s_get(&ws[i].malformed);
+        t.accepted += s_get(&ws[i].accepted);
+        t.rejected += s_get(&ws[i].rejected);
     }
     return t;
 }
@@ -509,7 +578,7 @@ static bool s_all_connected(s_worker_t *ws, size_t n)
 static bool s_all_acked(s_worker_t *ws, size_t n)
 {
     s_totals_t t = s_sum(ws, n);
-    return t.acked >= t.published;
+    return t.acked >= t.published && (!ws[0].cfg->twin || t.accepted + t.rejected >= t.published);
 }
 
 static void s_latency(s_worker_t *ws, size_t n, double *p50, double *p99)
@@ -561,7 +630,7 @@ static int s_run(const ml_config_t *cfg)
             c->fd = -1;
             c->index = (uint32_t)(at + i);
             c->sent_us = sent + (at + i) * (size_t)cfg->inflight;
-            int tl = asprintf(&c->topic, "devices/%s-%04zu/telemetry", cfg->prefix, at + i);
+            int tl = asprintf(&c->topic, "devices/%s-%04zu%s", cfg->prefix, at + i, s_suffix);
             if (tl < 0) {
                 mh_error("out of memory for %zu devices", n);
                 exit(1);
@@ -609,11 +678,18 @@ static int s_run(const ml_config_t *cfg)
     s_totals_t tot = s_sum(ws, nt);
     double p50, p99;
     s_latency(ws, nt, &p50, &p99);
+    char twin[200] = "";
+    if (cfg->twin)
+        snprintf(twin, sizeof twin,
+                 " accepted=%" PRIu64 " rejected=%" PRIu64 " accepted_rate=%.0f"
+                 " accepted_p50_ms=%.2f accepted_p99_ms=%.2f",
+                 tot.accepted, tot.rejected, (double)tot.accepted / publish_s, p50, p99);
     printf("moteload: devices=%zu connected_in_s=%.2f published=%" PRIu64 " acked=%" PRIu64
            " skipped=%" PRIu64 " refused=%" PRIu64 " dropped=%" PRIu64 " malformed=%" PRIu64
-           " rate=%.0f puback_p50_ms=%.2f puback_p99_ms=%.2f cpu_s=%.3f cpu_us_per_msg=%.2f\n",
+           " rate=%.0f puback_p50_ms=%.2f puback_p99_ms=%.2f%s cpu_s=%.3f cpu_us_per_msg=%.2f\n",
            n, connect_s, tot.published, tot.acked, tot.skipped, tot.refused, tot.dropped,
-           tot.malformed, (double)tot.published / publish_s, p50, p99, cpu,
+           tot.malformed, (double)tot.published / publish_s, cfg->twin ? -1.0 : p50,
+           cfg->twin ? -1.0 : p99, twin, cpu,
            tot.published ? cpu * 1e6 / (double)tot.published : 0.0);
     fflush(stdout);
     for (size_t i = 0; i < n; i++)
@@ -621,7 +697,10 @@ static int s_run(const ml_config_t *cfg)
     for (size_t t = 0; t < nt; t++)
         close(ws[t].ep);
     free(ws), free(conns), free(sent), free(dirty);
-    return tot.published && tot.acked == tot.published ? 0 : 1;
+    return tot.published && tot.acked == tot.published &&
+                   (!cfg->twin || tot.accepted == tot.published)
+               ? 0
+               : 1;
 }
 
 int main(int argc, char **argv)
@@ -651,6 +730,8 @@ int main(int argc, char **argv)
         mh_config_free(s_options, &cfg);
         return 2;
     }
+    if (cfg.twin)
+        s_suffix = "/twin/update";
     struct sigaction sa = {.sa_handler = s_on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
