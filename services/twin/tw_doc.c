@@ -155,10 +155,10 @@ static tw_status_t s_patch_section(json_t *doc, const char *section, json_t *pat
             continue; /* an older update arriving late */
         json_object_set(applied, key, value);
     }
-    json_t *before = json_deep_copy(copy);
     tw_merge_patch(&copy, applied);
     tw_status_t st = s_limits(copy, max, section, why, why_len);
-    if (st == TW_OK && !json_equal(before, copy)) {
+    /* the section itself is untouched until the copy replaces it */
+    if (st == TW_OK && !json_equal(json_object_get(parent, section), copy)) {
         json_object_set(parent, section, copy);
         if (meta)
             json_object_foreach(applied, key, value)
@@ -170,7 +170,6 @@ static tw_status_t s_patch_section(json_t *doc, const char *section, json_t *pat
             }
         *changed = true;
     }
-    json_decref(before);
     json_decref(copy);
     json_decref(applied);
     return st;

@@ -322,7 +322,13 @@ void tw_msg_twin_update(tw_t *self, tw_batch_t *b, tw_dev_t *d, const Mh__Device
         return;
     }
     json_t *doc = tw_dev_doc(d);
-    json_t *before = json_deep_copy(doc);
+    /* What the change is measured against: the reported and delta objects
+     * as they are now. Applying replaces them in `doc` and never changes
+     * them, so references are enough — no copy of the document. */
+    json_t *state = json_object_get(doc, "state");
+    json_t *before =
+        json_pack("{s:{s:O?,s:O?}}", "state", "reported", json_object_get(state, "reported"),
+                  "delta", json_object_get(state, "delta"));
     bool changed = false;
     tw_status_t st = tw_apply_reported(doc, reported, ts, version, &changed, why, sizeof why);
     if (st != TW_OK) {
