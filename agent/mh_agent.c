@@ -1,6 +1,7 @@
 #include "mh_paho.h"
 #include "mh_agent_internal.h"
 #include "mh_agent_parse.h"
+#include "mh_json.h"
 #include "mh_ota_verify.h"
 
 #include <MQTTAsync.h>
@@ -175,7 +176,7 @@ static void s_on_lost(void *ctx, char *cause)
 
 void ag_send(mh_agent_t *self, const char *sub, json_t *v)
 {
-    char *text = json_dumps(v, JSON_COMPACT);
+    char *text = mh_json_dumps(v, JSON_COMPACT);
     if (text) {
         char topic[160];
         snprintf(topic, sizeof topic, "devices/%s/%s", self->device_id, sub);
@@ -334,7 +335,7 @@ int mh_agent_report(mh_agent_t *self, json_t *reported, const char *client_token
     json_t *msg = json_pack("{s:{s:O}}", "state", "reported", reported);
     if (client_token)
         json_object_set_new(msg, "clientToken", json_string(client_token));
-    char *text = json_dumps(msg, JSON_COMPACT);
+    char *text = mh_json_dumps(msg, JSON_COMPACT);
     json_decref(msg);
     if (!text)
         return -ENOMEM;
@@ -635,7 +636,7 @@ char *mh_agent_samples_json(const mh_sample_t *samples, size_t n)
             one = o;
     }
     json_t *root = arr ? arr : one;
-    char *s = root ? json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+    char *s = root ? mh_json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
     return s;
 }

@@ -1,6 +1,7 @@
 #include "mh_json.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The scan behind mh_json_depth; *at is the offset of the bracket that went
@@ -72,4 +73,35 @@ json_t *mh_json_loads(const char *text, size_t flags, int max_depth, json_error_
 bool mh_json_too_deep(const json_error_t *err)
 {
     return json_error_code(err) == json_error_stack_overflow;
+}
+
+/* The digits every real under v needs to read back exactly, at least `p`. */
+static int s_precision(const json_t *v, int p)
+{
+    if (p >= 17)
+        return 17;
+    if (json_is_real(v)) {
+        double d = json_real_value(v);
+        char buf[40];
+        for (; p < 17; p++) {
+            snprintf(buf, sizeof buf, "%.*g", p, d);
+            if (strtod(buf, NULL) == d)
+                break;
+        }
+        return p;
+    }
+    const char *key;
+    json_t *child;
+    size_t i;
+    if (json_is_object(v))
+        json_object_foreach((json_t *)v, key, child) p = s_precision(child, p);
+    else if (json_is_array(v))
+        json_array_foreach((json_t *)v, i, child) p = s_precision(child, p);
+    return p;
+}
+
+char *mh_json_dumps(const json_t *v, size_t flags)
+{
+    return json_dumps(v, (flags & ~(size_t)JSON_REAL_PRECISION(31)) |
+                             JSON_REAL_PRECISION(s_precision(v, 15)));
 }

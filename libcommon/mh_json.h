@@ -38,3 +38,10 @@ json_t *mh_json_loads(const char *text, size_t flags, int max_depth, json_error_
 
 /* Whether a failed mh_json_load* failed on depth (not on syntax). */
 bool mh_json_too_deep(const json_error_t *err);
+
+/* json_dumps with every real at the fewest significant digits (15, 16 or
+ * 17, one count for the whole value) at which each reads back as the same
+ * double: a device's 21.37 goes out as 21.37, not jansson's default
+ * 21.370000000000001, and nothing is ever rounded. `flags` as json_dumps'
+ * (a JSON_REAL_PRECISION in them is replaced). The caller frees. */
+char *mh_json_dumps(const json_t *v, size_t flags);

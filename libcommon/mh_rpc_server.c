@@ -1,5 +1,6 @@
 #include "mh_rpc_server.h"
 #include "mh_envelope.h"
+#include "mh_json.h"
 #include "mh_rpc.h"
 #include "mh_log.h"
 #include "mh_time.h"
@@ -32,7 +33,7 @@ void mh_rpc_ok_json(mh_rpc_reply_t *r, uint32_t status, json_t *body)
 {
     r->status = status;
     free(r->body);
-    r->body = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    r->body = body ? mh_json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     json_decref(body);
 }
 

@@ -351,6 +351,36 @@ static Mh__TwinReply *s_test_call(zsock_t *client, zsock_t *router, mh_rpc_serve
     return r;
 }
 
+/* mh_json_dumps: reals as a device wrote them, never rounded */
+static void test_json_dumps_exact(void **state)
+{
+    (void)state;
+    json_t *v = json_loads("{\"t\":21.37,\"b\":0.1,\"r\":-71.5,\"n\":5,\"z\":-0.0,"
+                           "\"a\":[1e300,2.5e-308],\"s\":\"0.1\"}",
+                           0, NULL);
+    assert_non_null(v);
+    char *text = mh_json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(text, "{\"a\":[1e300,2.5e-308],\"b\":0.1,\"n\":5,\"r\":-71.5,"
+                              "\"s\":\"0.1\",\"t\":21.37,\"z\":-0.0}");
+    free(text);
+    json_decref(v);
+    /* values that need 16 and 17 digits: the whole text at the most any
+     * needs, and every one reads back as the same double */
+    double hard[] = {0.1 + 0.2, 1.0 / 3.0, 5e-324, 1.7976931348623157e308, 21.37};
+    json_t *arr = json_array();
+    for (size_t i = 0; i < sizeof hard / sizeof *hard; i++)
+        json_array_append_new(arr, json_real(hard[i]));
+    text = mh_json_dumps(arr, JSON_COMPACT);
+    json_t *back = json_loads(text, 0, NULL);
+    assert_non_null(back);
+    for (size_t i = 0; i < sizeof hard / sizeof *hard; i++)
+        assert_true(json_real_value(json_array_get(back, i)) == hard[i]);
+    assert_non_null(strstr(text, "0.30000000000000004"));
+    free(text);
+    json_decref(back);
+    json_decref(arr);
+}
+
 static void test_rpc_server(void **state)
 {
     (void)state;
@@ -642,6 +672,7 @@ int main(void)
         cmocka_unit_test(test_resolver),
         cmocka_unit_test(test_ratelimit),
         cmocka_unit_test(test_json_depth),
+        cmocka_unit_test(test_json_dumps_exact),
         cmocka_unit_test(test_rpc_server),
         cmocka_unit_test(test_window),
         cmocka_unit_test(test_relay),

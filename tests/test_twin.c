@@ -218,19 +218,20 @@ static size_t s_count(s_dev_t *d, const char *sub)
     return n;
 }
 
-/* Takes the first message on `sub`, waiting up to timeout_ms; NULL if none. */
-static json_t *s_expect(s_dev_t *d, const char *sub, int timeout_ms)
+/* Takes the text of the first message on `sub`, waiting up to timeout_ms;
+ * NULL if none (the caller frees). */
+static char *s_expect_text(s_dev_t *d, const char *sub, int timeout_ms)
 {
     int64_t deadline = mht_now_ms() + timeout_ms;
     for (;;) {
         pthread_mutex_lock(&d->lock);
         for (size_t i = 0; i < d->n; i++) {
             if (d->sub[i] && strcmp(d->sub[i], sub) == 0) {
-                json_t *v = json_loads(d->payload[i], 0, NULL);
+                char *text = strdup(d->payload[i]);
                 free(d->sub[i]);
                 d->sub[i] = NULL;
                 pthread_mutex_unlock(&d->lock);
-                return v;
+                return text;
             }
         }
         pthread_mutex_unlock(&d->lock);
@@ -238,6 +239,15 @@ static json_t *s_expect(s_dev_t *d, const char *sub, int timeout_ms)
             return NULL;
         mht_sleep_ms(10);
     }
+}
+
+/* The same, parsed. */
+static json_t *s_expect(s_dev_t *d, const char *sub, int timeout_ms)
+{
+    char *text = s_expect_text(d, sub, timeout_ms);
+    json_t *v = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    return v;
 }
 
 static void s_pub(s_dev_t *d, const char *sub, const char *payload)
@@ -852,6 +862,34 @@ static void test_unregistered(void **state)
 
 /* ---- two replicas, one device ---- */
 
+/* Numbers come back as the device wrote them (21.37, not jansson's
+ * 21.370000000000001), in the answer and the document. */
+static void test_numbers_as_written(void **state)
+{
+    (void)state;
+    s_register_known("tw-num", NULL);
+    s_dev_t *d = s_dev_new("tw-num");
+    s_dev_connect(d);
+    s_pub(d, "twin/update", "{\"state\":{\"reported\":{\"t2\":21.37,\"b2\":0.1}}}");
+    char *text = s_expect_text(d, "twin/update/accepted", 10000);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "21.37"));
+    assert_null(strstr(text, "21.370000"));
+    assert_null(strstr(text, "0.10000"));
+    free(text);
+    s_pub(d, "twin/get", "{}");
+    text = s_expect_text(d, "twin/get/accepted", 10000);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "21.37"));
+    assert_null(strstr(text, "21.370000"));
+    free(text);
+    json_t *doc = s_get(MH__TWIN_REQUEST__METHOD__GET_TWIN, "tw-num");
+    json_t *rep = json_object_get(json_object_get(doc, "state"), "reported");
+    assert_true(json_real_value(json_object_get(rep, "t2")) == 21.37);
+    json_decref(doc);
+    s_dev_destroy(&d);
+}
+
 static void test_concurrent_updates(void **state)
 {
     (void)state;
@@ -926,6 +964,7 @@ int main(void)
         cmocka_unit_test(test_command_timeout),
         cmocka_unit_test(test_unregistered),
         cmocka_unit_test(test_concurrent_updates),
+        cmocka_unit_test(test_numbers_as_written),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -89,7 +89,7 @@ typedef struct {
 
 static inline char *tw_dumps(json_t *v)
 {
-    return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    return mh_json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
 }
 
 static inline int64_t tw_i64(PGresult *res, int row, int col)

@@ -1,6 +1,7 @@
 #include "tw_template.h"
 
 #include "mh_ids.h"
+#include "mh_json.h"
 
 #include <regex.h>
 #include <stdio.h>
@@ -160,7 +161,7 @@ bool tw_template_check(json_t *body, char *err, size_t errlen)
         snprintf(err, errlen, "a template is a JSON object");
         return false;
     }
-    char *text = json_dumps(body, JSON_COMPACT);
+    char *text = mh_json_dumps(body, JSON_COMPACT);
     size_t size = text ? strlen(text) : 0;
     free(text);
     if (size > TW_TEMPLATE_MAX) {
