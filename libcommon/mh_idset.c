@@ -37,9 +37,7 @@ mh_idset_t *mh_idset_new(const mh_idset_opts_t *o, mh_metrics_t *m)
     snprintf(self->what, sizeof self->what, "%s", o->what ? o->what : "devices");
     self->rl = (mh_ratelimit_t)MH_RATELIMIT_INIT(5000, 2);
     self->live = zhashx_new();
-    self->dealer = zsock_new(ZMQ_DEALER);
-    zsock_set_linger(self->dealer, 0);
-    zsock_set_sndhwm(self->dealer, 16);
+    self->dealer = mh_dealer_new(o->rpc_endpoint, 16, &self->rpc_resolver);
     self->sub = zsock_new(ZMQ_SUB);
     zsock_set_rcvhwm(self->sub, 100000);
     if (self->online_only) {
@@ -59,7 +57,6 @@ mh_idset_t *mh_idset_new(const mh_idset_opts_t *o, mh_metrics_t *m)
         if (self->monitor && zsock_connect(self->monitor, "%s", addr) != 0)
             zsock_destroy(&self->monitor);
     }
-    self->rpc_resolver = mh_resolver_new(self->dealer, o->rpc_endpoint);
     self->ev_resolver = mh_resolver_new(self->sub, o->events_endpoint);
     if (!self->rpc_resolver || !self->ev_resolver) {
         mh_idset_destroy(&self);

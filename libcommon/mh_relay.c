@@ -78,16 +78,10 @@ mh_relay_t *mh_relay_new(const mh_relay_opts_t *opts, mh_metrics_t *metrics)
     self->building = calloc(self->o.batch_max, sizeof *self->building);
     self->building_tags = calloc(self->o.batch_max, sizeof *self->building_tags);
     self->waiting = zlistx_new();
-    self->dealer = zsock_new(ZMQ_DEALER);
+    /* sends only to receivers connected now: a batch handed to a dead
+     * replica's pipe would wait out the whole ack timeout */
+    self->dealer = mh_dealer_new(opts->endpoint, (int)self->o.window + 16, &self->resolver);
     if (self->dealer) {
-        zsock_set_linger(self->dealer, 0);
-        zsock_set_sndhwm(self->dealer, (int)self->o.window + 16);
-        zsock_set_reconnect_ivl(self->dealer, 100);
-        zsock_set_reconnect_ivl_max(self->dealer, 2000);
-        /* send only to receivers connected now: a batch handed to a dead
-         * replica's pipe would wait out the whole ack timeout */
-        zsock_set_immediate(self->dealer, 1);
-        self->resolver = mh_resolver_new(self->dealer, opts->endpoint);
         self->window = mh_window_new(self->dealer,
                                      &(mh_window_opts_t){.name = opts->name,
                                                          .size = self->o.window,

@@ -152,3 +152,20 @@ zsock_t *mh_push_new(const char *spec, mh_resolver_t **resolver_out)
         zsock_set_immediate(push, 1);
     return push;
 }
+
+zsock_t *mh_dealer_new(const char *spec, int sndhwm, mh_resolver_t **resolver_out)
+{
+    zsock_t *dealer = zsock_new(ZMQ_DEALER);
+    if (!dealer)
+        return NULL;
+    zsock_set_linger(dealer, 0);
+    if (sndhwm > 0)
+        zsock_set_sndhwm(dealer, sndhwm);
+    zsock_set_reconnect_ivl(dealer, 100);
+    zsock_set_reconnect_ivl_max(dealer, 2000);
+    zsock_set_immediate(dealer, 1);
+    *resolver_out = mh_resolver_new(dealer, spec);
+    if (!*resolver_out)
+        zsock_destroy(&dealer);
+    return dealer;
+}

@@ -26,3 +26,13 @@ int mh_resolver_refresh(mh_resolver_t *self);
  * (ZMQ_IMMEDIATE: a dead replica strands nothing); for a single one they
  * queue while it restarts. NULL on a bad spec (nothing to free then). */
 zsock_t *mh_push_new(const char *spec, mh_resolver_t **resolver_out);
+
+/* A DEALER for requests to a service's replicas (RPC calls, pages of a
+ * snapshot), with its resolver in *resolver_out: no linger, fast
+ * reconnects, and a request goes only to a replica connected now
+ * (ZMQ_IMMEDIATE) — one handed to a replica that died, or is still
+ * connecting, would wait out the caller's whole deadline while another is
+ * there to answer. With none connected a send waits (up to the socket's
+ * send timeout) or, with dontwait, fails: callers retry on a deadline
+ * anyway. `sndhwm` 0 keeps ZeroMQ's default. NULL on a bad spec. */
+zsock_t *mh_dealer_new(const char *spec, int sndhwm, mh_resolver_t **resolver_out);

@@ -69,18 +69,7 @@ static s_conn_t *s_take(mh_rpc_t *self)
     c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
-    c->sock = zsock_new(ZMQ_DEALER);
-    if (c->sock) {
-        zsock_set_linger(c->sock, 0);
-        /* A call goes only to a replica connected now, as mh_relay's
-         * batches do: one handed to a pipe still connecting, or to a replica
-         * that died and is not back, would wait out the caller's whole
-         * deadline while another replica is there to answer. */
-        zsock_set_immediate(c->sock, 1);
-        zsock_set_reconnect_ivl(c->sock, 100);
-        zsock_set_reconnect_ivl_max(c->sock, 2000);
-        c->resolver = mh_resolver_new(c->sock, self->endpoint);
-    }
+    c->sock = mh_dealer_new(self->endpoint, 0, &c->resolver);
     if (!c->sock || !c->resolver) {
         s_conn_free(c);
         return NULL;

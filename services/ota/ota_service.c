@@ -217,9 +217,7 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
                                                      .delivered = ota_jobs_published,
                                                      .ud = self},
                                   ctx->metrics);
-    self->dealer = zsock_new(ZMQ_DEALER);
-    zsock_set_linger(self->dealer, 0);
-    self->twin_resolver = mh_resolver_new(self->dealer, self->cfg->twin_rpc_endpoint);
+    self->dealer = mh_dealer_new(self->cfg->twin_rpc_endpoint, 0, &self->twin_resolver);
     self->online =
         mh_idset_new(&(mh_idset_opts_t){.rpc_endpoint = self->cfg->twin_rpc_endpoint,
                                         .events_endpoint = self->cfg->twin_events_endpoint,
