@@ -8,6 +8,7 @@
 
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <time.h>
 
 #define S_DEVICES 10
@@ -158,7 +159,13 @@ static void test_ingest_sigkill_mid_stream(void **state)
     pthread_t th;
     pthread_create(&th, NULL, s_publisher, &l);
     s_wait_sent(&l, 1500);
-    /* SIGKILL: no chance to finish anything */
+    /* SIGKILL with batches in flight: ingest is stopped first until the
+     * gateway has batches sent and not acknowledged (otherwise, on a fast
+     * run, every batch may be acknowledged at the moment of the kill and
+     * nothing is left to send again), then killed: no chance to finish
+     * anything */
+    kill(st.ing.pid, SIGSTOP);
+    mht_wait_metric(st.gw[0].http_port, "mh_gateway_window_batches", NULL, 1, 30000);
     mht_stop(st.ing.pid, SIGKILL, 1000);
     s_wait_sent(&l, 3000);
     /* Down until the gateway has re-sent a batch its ack timeout gave up
