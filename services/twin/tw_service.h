@@ -21,6 +21,7 @@ typedef struct {
     char *events_bind;
     char *downlink_endpoint;
     int64_t batch_max;
+    int64_t doc_cache;
     int64_t keepalive_ms;
     int64_t grace_ms;
     int64_t presence_timeout_ms;
