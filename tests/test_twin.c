@@ -941,14 +941,6 @@ static void test_concurrent_updates(void **state)
     /* Both replicas did part of the work... */
     assert_true(mht_metric(s_twin_a.http_port, "mh_twin_updates_changed_total", NULL) > 0);
     assert_true(mht_metric(s_twin_b.http_port, "mh_twin_updates_changed_total", NULL) > 0);
-    /* ...each with documents kept parsed between its batches, found stale
-     * whenever the other replica or the operator had written the row
-     * (tw_doccache.h): a stale one used would lose updates below */
-    print_message("# document cache: %.0f + %.0f hits, %.0f + %.0f misses\n",
-                  mht_metric(s_twin_a.http_port, "mh_twin_doc_cache_total", "result=\"hit\""),
-                  mht_metric(s_twin_b.http_port, "mh_twin_doc_cache_total", "result=\"hit\""),
-                  mht_metric(s_twin_a.http_port, "mh_twin_doc_cache_total", "result=\"miss\""),
-                  mht_metric(s_twin_b.http_port, "mh_twin_doc_cache_total", "result=\"miss\""));
     /* ...and none was lost: version = before + every accepted change. */
     json_t *doc = s_get(MH__TWIN_REQUEST__METHOD__GET_TWIN, "cc-1");
     assert_int_equal(s_ji(doc, "version"), v0 + N + OPS);

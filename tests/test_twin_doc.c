@@ -2,7 +2,6 @@
 #include "mh_test.h"
 
 #include "tw_doc.h"
-#include "tw_doccache.h"
 #include "tw_template.h"
 
 static json_t *J(const char *text)
@@ -337,50 +336,6 @@ static void test_templates(void **state)
     }
 }
 
-/* tw_doccache: a tree is given back only for the row version it was
- * kept as, once; bounded; max 0 keeps nothing. */
-static void test_doc_cache(void **state)
-{
-    (void)state;
-    tw_doccache_t *c = tw_doccache_new(2);
-    json_t *a = json_pack("{s:i}", "version", 1), *b = json_pack("{s:i}", "version", 2);
-    assert_string_equal(tw_doccache_xmin(c, "d1"), "");
-    tw_doccache_put(c, "d1", "100", a);
-    assert_string_equal(tw_doccache_xmin(c, "d1"), "100");
-    /* another version of the row: nothing, and the entry is gone */
-    assert_null(tw_doccache_take(c, "d1", "101"));
-    assert_string_equal(tw_doccache_xmin(c, "d1"), "");
-    /* the same version: the very tree, once */
-    tw_doccache_put(c, "d1", "102", a);
-    json_t *got = tw_doccache_take(c, "d1", "102");
-    assert_ptr_equal(got, a);
-    json_decref(got);
-    assert_null(tw_doccache_take(c, "d1", "102"));
-    /* a version to match is needed */
-    tw_doccache_put(c, "d1", "103", a);
-    assert_null(tw_doccache_take(c, "d1", ""));
-    /* bounded: a third entry drops one of the first two */
-    tw_doccache_put(c, "d1", "104", a);
-    tw_doccache_put(c, "d2", "105", b);
-    tw_doccache_put(c, "d3", "106", b);
-    assert_int_equal(tw_doccache_size(c), 2);
-    /* a new version of a kept row replaces it */
-    tw_doccache_put(c, "d3", "107", a);
-    assert_string_equal(tw_doccache_xmin(c, "d3"), "107");
-    assert_int_equal(tw_doccache_size(c), 2);
-    tw_doccache_destroy(&c);
-    assert_null(c);
-    c = tw_doccache_new(0);
-    tw_doccache_put(c, "d1", "1", a);
-    assert_int_equal(tw_doccache_size(c), 0);
-    tw_doccache_destroy(&c);
-    /* the cache's references are gone: only ours are left */
-    assert_int_equal(a->refcount, 1);
-    assert_int_equal(b->refcount, 1);
-    json_decref(a);
-    json_decref(b);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -394,7 +349,6 @@ int main(void)
         cmocka_unit_test(test_operator_patch_tags_and_desired),
         cmocka_unit_test(test_shadow_update),
         cmocka_unit_test(test_templates),
-        cmocka_unit_test(test_doc_cache),
     };
     return MHT_RUN(tests);
 }

@@ -120,31 +120,15 @@ static bool s_load(tw_t *self, tw_batch_t *b, s_msg_t *v, size_t n, char *err, s
     }
     zlistx_t *keys = zhashx_keys(ids);
     size_t nk = zlistx_size(keys), k = 0;
-    const char **arr = calloc(nk + 1, sizeof *arr), **xs = calloc(nk + 1, sizeof *xs);
-    char *xlit = NULL;
-    if (arr && xs) {
-        for (const char *key = zlistx_first(keys); key; key = zlistx_next(keys), k++) {
-            arr[k] = key;
-            xs[k] = tw_doccache_xmin(self->docs, key);
-        }
-        xlit = mh_pg_text_array(xs, nk);
-    }
-    /* the document's text only where the cache does not hold this very
-     * row version (tw_doccache.h) */
-    PGresult *res =
-        xlit ? mh_pg_exec_ids(self->pg,
-                              "SELECT d.id, CASE WHEN d.xmin::text = c.x THEN NULL ELSE d.doc::text"
-                              " END, d.version, d.online, d.online_source, d.conn_ms,"
-                              " d.last_seen_ms, d.firmware, d.present_ms, d.xmin::text"
-                              " FROM unnest($1::text[], $2::text[]) AS c(id, x)"
-                              " JOIN twin.devices d ON d.id = c.id ORDER BY d.id FOR UPDATE OF d",
-                              arr, nk, xlit, err, errlen)
-             : NULL;
-    if (!xlit)
-        snprintf(err, errlen, "out of memory");
-    free(xlit);
+    const char **arr = calloc(nk + 1, sizeof *arr);
+    for (const char *key = zlistx_first(keys); key; key = zlistx_next(keys))
+        arr[k++] = key;
+    PGresult *res = mh_pg_exec_ids(self->pg,
+                                   "SELECT id, doc::text, version, online, online_source, conn_ms,"
+                                   " last_seen_ms, firmware, present_ms FROM twin.devices"
+                                   " WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+                                   arr, nk, NULL, err, errlen);
     free(arr);
-    free(xs);
     zlistx_destroy(&keys);
     zhashx_destroy(&ids);
     if (!res)
@@ -152,29 +136,7 @@ static bool s_load(tw_t *self, tw_batch_t *b, s_msg_t *v, size_t n, char *err, s
     for (int r = 0; r < PQntuples(res); r++) {
         tw_dev_t *d = calloc(1, sizeof *d);
         snprintf(d->id, sizeof d->id, "%s", PQgetvalue(res, r, 0));
-        snprintf(d->xmin, sizeof d->xmin, "%s", PQgetvalue(res, r, 9));
-        if (PQgetisnull(res, r, 1) && (d->doc = tw_doccache_take(self->docs, d->id, d->xmin))) {
-            mh_counter_inc(self->m_doc_hits);
-        } else if (PQgetisnull(res, r, 1)) {
-            /* the entry aged out between the two looks: read the text */
-            const char *p[] = {d->id};
-            PGresult *t =
-                mh_pg_exec(self->pg, PGRES_TUPLES_OK,
-                           "SELECT doc::text FROM twin.devices WHERE id = $1", 1, p, err, errlen);
-            if (!t || PQntuples(t) != 1) {
-                PQclear(t);
-                free(d);
-                PQclear(res);
-                return false;
-            }
-            d->doc_text = strdup(PQgetvalue(t, 0, 0));
-            PQclear(t);
-            mh_counter_inc(self->m_doc_misses);
-        } else {
-            json_decref(tw_doccache_take(self->docs, d->id, ""));
-            d->doc_text = strdup(PQgetvalue(res, r, 1));
-            mh_counter_inc(self->m_doc_misses);
-        }
+        d->doc_text = strdup(PQgetvalue(res, r, 1));
         d->version = tw_i64(res, r, 2);
         d->online = strcmp(PQgetvalue(res, r, 3), "t") == 0;
         snprintf(d->source, sizeof d->source, "%s", PQgetvalue(res, r, 4));
@@ -213,25 +175,15 @@ static bool s_store(tw_t *self, tw_batch_t *b, char *err, size_t errlen)
     if (json_array_size(rows)) {
         char *text = tw_dumps(rows);
         const char *p[] = {text};
-        PGresult *res = mh_pg_exec(
-            self->pg, PGRES_TUPLES_OK,
-            "UPDATE twin.devices d SET doc = COALESCE(u.doc, d.doc), version = u.version,"
-            " firmware = u.firmware, online = u.online, online_source = u.source,"
-            " conn_ms = u.conn_ms, last_seen_ms = u.last_seen, present_ms = u.present"
-            " FROM jsonb_to_recordset($1::jsonb) AS u(id text, doc jsonb, version bigint,"
-            " firmware text, online boolean, source text, conn_ms bigint,"
-            " last_seen bigint, present bigint) WHERE d.id = u.id RETURNING d.id, d.xmin::text",
-            1, p, err, errlen);
+        ok = mh_pg_ok(self->pg,
+                      "UPDATE twin.devices d SET doc = COALESCE(u.doc, d.doc), version = u.version,"
+                      " firmware = u.firmware, online = u.online, online_source = u.source,"
+                      " conn_ms = u.conn_ms, last_seen_ms = u.last_seen, present_ms = u.present"
+                      " FROM jsonb_to_recordset($1::jsonb) AS u(id text, doc jsonb, version bigint,"
+                      " firmware text, online boolean, source text, conn_ms bigint,"
+                      " last_seen bigint, present bigint) WHERE d.id = u.id",
+                      1, p, err, errlen);
         free(text);
-        ok = res != NULL;
-        /* the row versions this transaction wrote: what the cache keeps
-         * them as after COMMIT */
-        for (int r = 0; res && r < PQntuples(res); r++) {
-            tw_dev_t *d = zhashx_lookup(b->devs, PQgetvalue(res, r, 0));
-            if (d)
-                snprintf(d->xmin, sizeof d->xmin, "%s", PQgetvalue(res, r, 1));
-        }
-        PQclear(res);
     }
     json_decref(rows);
     if (ok && json_array_size(b->acks)) {
@@ -416,10 +368,6 @@ static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_relays_t *rl, tw_out_
              mh_pg_commit(self->pg, err, errlen);
         free(online);
     }
-    /* committed: the documents are what their rows now hold */
-    for (tw_dev_t *d = ok ? zhashx_first(b.devs) : NULL; d; d = zhashx_next(b.devs))
-        if (d->doc)
-            tw_doccache_put(self->docs, d->id, d->xmin, d->doc);
     if (!ok)
         mh_pg_rollback(self->pg);
     *out = b.out;

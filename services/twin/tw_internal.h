@@ -30,7 +30,6 @@
 #include "mh_rpc_pg.h"
 #include "mh_time.h"
 #include "tw_doc.h"
-#include "tw_doccache.h"
 #include "tw_service.h"
 #include "twin.pb-c.h"
 
@@ -68,8 +67,6 @@ typedef struct {
     mh_relay_t *downlink; /* to the gateways, acknowledged once published */
     zlist_t *published;   /* command ids a gateway published, not yet marked sent */
     mh_rpc_server_t *rpc; /* on router */
-    tw_doccache_t *docs;  /* documents kept parsed between batches */
-    mh_counter_t *m_doc_hits, *m_doc_misses;
 
     /* relay batches read but not yet committed (database away); acknowledged
      * once they are */
@@ -194,8 +191,7 @@ void tw_commands_rehand(tw_t *self);
 typedef struct {
     char id[MH_MAX_DEVICE_ID + 1];
     char *doc_text; /* as read; parsed on first need */
-    json_t *doc;    /* parsed, or taken from the cache (tw_doccache.h) */
-    char xmin[16];  /* the row version it was read as; after COMMIT, written as */
+    json_t *doc;
     int64_t version, conn_ms, last_seen, present_ms;
     bool online, doc_dirty, row_dirty, came_online;
     char source[8];

@@ -18,8 +18,6 @@ const mh_cfg_opt_t tw_config_options[] = {
      S_CFG(downlink_endpoint), "the gateways' downlink ROUTER endpoint(s); names resolve to all"},
     {"batch-max", "MH_TWIN_BATCH_MAX", MH_CFG_INT, "1000", S_CFG(batch_max),
      "device messages handled in one transaction at most"},
-    {"doc-cache", "MH_TWIN_DOC_CACHE", MH_CFG_INT, "10000", S_CFG(doc_cache),
-     "twin documents kept parsed between batches (0: none)"},
     {"keepalive", "MH_DEVICE_KEEPALIVE", MH_CFG_DURATION, "60s", S_CFG(keepalive_ms),
      "device keep-alive: a device online only by its messages goes offline after"
      " keep-alive plus grace in silence"},
@@ -142,14 +140,6 @@ static void s_register_metrics(tw_t *self)
 {
     mh_metrics_t *m = self->ctx->metrics;
     char labels[64];
-    self->m_doc_hits = mh_metrics_counter(m, "mh_twin_doc_cache_total",
-                                          "Locked rows whose document was kept parsed (hit) or"
-                                          " read from its text (miss)",
-                                          "result=\"hit\"");
-    self->m_doc_misses = mh_metrics_counter(m, "mh_twin_doc_cache_total",
-                                            "Locked rows whose document was kept parsed (hit) or"
-                                            " read from its text (miss)",
-                                            "result=\"miss\"");
     for (int i = 0; i < TW_NKINDS; i++) {
         snprintf(labels, sizeof labels, "kind=\"%s\"", s_kind_names[i]);
         self->m_messages[i] =
@@ -208,7 +198,6 @@ static void s_destroy(tw_t **self_p)
     mh_pg_destroy(&self->pg);
     zsock_destroy(&self->pull);
     mh_rpc_server_destroy(&self->rpc);
-    tw_doccache_destroy(&self->docs);
     zsock_destroy(&self->router);
     zsock_destroy(&self->pub);
     mh_relay_destroy(&self->downlink);
@@ -245,12 +234,10 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
                                                      .ud = self},
                                   ctx->metrics);
     self->rpc = mh_rpc_server_new(&tw_rpc_def, self, self->pg, ctx->metrics);
-    self->docs = tw_doccache_new(self->cfg->doc_cache > 0 ? (size_t)self->cfg->doc_cache : 0);
     self->published = zlist_new();
     if (self->published)
         zlist_autofree(self->published);
-    if (!self->pending || !self->pg || !self->downlink || !self->rpc || !self->published ||
-        !self->docs) {
+    if (!self->pending || !self->pg || !self->downlink || !self->rpc || !self->published) {
         mh_error("bad settings (downlink endpoint \"%s\")", self->cfg->downlink_endpoint);
         s_destroy(&self);
         return NULL;

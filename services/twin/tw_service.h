@@ -21,7 +21,6 @@ typedef struct {
     char *events_bind;
     char *downlink_endpoint;
     int64_t batch_max;
-    int64_t doc_cache;
     int64_t keepalive_ms;
     int64_t grace_ms;
     int64_t presence_timeout_ms;
