@@ -87,27 +87,41 @@ static void s_give(mh_rpc_t *self, s_conn_t *c)
     pthread_mutex_unlock(&self->lock);
 }
 
-Mh__Envelope *mh_rpc_call(mh_rpc_t *self, const char *type, const ProtobufCMessage *body,
-                          const char *request_id, mh_rpc_match_fn *match, int timeout_ms)
+/* `again`: a request that only reads is sent once more when half the
+ * deadline passed without its answer (see mh_rpc_call_read). */
+static Mh__Envelope *s_call(mh_rpc_t *self, const char *type, const ProtobufCMessage *body,
+                            const char *request_id, mh_rpc_match_fn *match, int timeout_ms,
+                            bool again)
 {
     s_conn_t *c = s_take(self);
     if (!c) {
         errno = EINVAL;
         return NULL;
     }
-    int64_t deadline = mh_mono_ms() + timeout_ms;
+    int64_t start = mh_mono_ms(), deadline = start + timeout_ms;
+    int64_t resend_at = again ? start + timeout_ms / 2 : deadline;
     Mh__Envelope *env = NULL;
     /* with no replica connected yet, the send waits for one, within the deadline */
     zsock_set_sndtimeo(c->sock, timeout_ms);
     if (mh_envelope_send(c->sock, NULL, type, NULL, body, false) == 0) {
         for (;;) {
-            int64_t left = deadline - mh_mono_ms();
-            if (left <= 0)
+            int64_t now = mh_mono_ms(), until = now < resend_at ? resend_at : deadline;
+            if (now >= deadline)
                 break;
-            zsock_set_rcvtimeo(c->sock, (int)left);
+            zsock_set_rcvtimeo(c->sock, (int)(until - now));
             zframe_t *f = zframe_recv(c->sock);
-            if (!f)
-                break;
+            if (!f) {
+                if (errno != EAGAIN || resend_at >= deadline)
+                    break;
+                /* the replica it went to is slow or stuck: the DEALER deals
+                 * the copy to the next one connected (or the same one, if it
+                 * is alone); the first answer wins */
+                resend_at = deadline;
+                zsock_set_sndtimeo(c->sock, (int)(deadline - mh_mono_ms()));
+                if (mh_envelope_send(c->sock, NULL, type, NULL, body, false) != 0)
+                    break;
+                continue;
+            }
             env = mh_envelope_unpack(f);
             zframe_destroy(&f);
             if (env && match(env, request_id))
@@ -116,13 +130,25 @@ Mh__Envelope *mh_rpc_call(mh_rpc_t *self, const char *type, const ProtobufCMessa
         }
     }
     if (env) {
-        s_give(self, c);
+        s_give(self, c); /* a second answer, if any, is dropped by the next call's match */
     } else {
         /* A late reply could still arrive on this socket: do not reuse it. */
         s_conn_free(c);
         errno = ETIMEDOUT;
     }
     return env;
+}
+
+Mh__Envelope *mh_rpc_call(mh_rpc_t *self, const char *type, const ProtobufCMessage *body,
+                          const char *request_id, mh_rpc_match_fn *match, int timeout_ms)
+{
+    return s_call(self, type, body, request_id, match, timeout_ms, false);
+}
+
+Mh__Envelope *mh_rpc_call_read(mh_rpc_t *self, const char *type, const ProtobufCMessage *body,
+                               const char *request_id, mh_rpc_match_fn *match, int timeout_ms)
+{
+    return s_call(self, type, body, request_id, match, timeout_ms, true);
 }
 
 bool mh_rpc_reply_match(const Mh__Envelope *env, const char *rid)
@@ -204,7 +230,7 @@ json_t *mh_rpc_call_json(mh_rpc_t *self, const char *type, ProtobufCMessage *req
         return NULL;
     }
     Mh__Envelope *env =
-        mh_rpc_call(self, type, request, request_id, mh_rpc_reply_match, timeout_ms);
+        mh_rpc_call_read(self, type, request, request_id, mh_rpc_reply_match, timeout_ms);
     if (!env) {
         snprintf(err, errlen, "no answer to %s", type);
         return NULL;

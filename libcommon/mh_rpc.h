@@ -66,7 +66,15 @@ bool mh_rpc_reply_match(const Mh__Envelope *reply, const char *request_id);
 Mh__Envelope *mh_rpc_call(mh_rpc_t *self, const char *type, const ProtobufCMessage *body,
                           const char *request_id, mh_rpc_match_fn *match, int timeout_ms);
 
-/* Calls a service for its reply's JSON body: `request` is stamped with
+/* The same for a request that only reads (any answer to it is as good as
+ * another): when half of timeout_ms passed without its answer, it is sent
+ * once more, which goes to the next replica connected, and the first answer
+ * wins — a replica that is stuck (not dead: its connection stands) costs
+ * half the deadline instead of all of it. */
+Mh__Envelope *mh_rpc_call_read(mh_rpc_t *self, const char *type, const ProtobufCMessage *body,
+                               const char *request_id, mh_rpc_match_fn *match, int timeout_ms);
+
+/* Calls a service for its reply's JSON body (a read: mh_rpc_call_read): `request` is stamped with
  * `request_id` and a deadline timeout_ms from now, the reply read as
  * RpcReply. Returns the body of a 200 reply, parsed with mh_json's depth
  * limit (the caller owns it), or NULL with `err` saying why: no answer, the

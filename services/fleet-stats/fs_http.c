@@ -136,8 +136,10 @@ ProtobufCMessage *fs_call(fs_t *self, struct mg_connection *c, mh_rpc_t *rpc, co
     char rid[48], msg[96];
     snprintf(rid, sizeof rid, "fs-%" PRIu64, __atomic_add_fetch(&self->seq, 1, __ATOMIC_RELAXED));
     mh_rpc_request_stamp(q, rid, mh_now_ms() + self->cfg->rpc_timeout_ms);
-    Mh__Envelope *env =
-        mh_rpc_call(rpc, type, q, rid, mh_rpc_reply_match, (int)self->cfg->rpc_timeout_ms);
+    /* a GET only reads: asked again of another replica if the first is slow */
+    bool read = strcmp(mg_get_request_info(c)->request_method, "GET") == 0;
+    Mh__Envelope *env = (read ? mh_rpc_call_read : mh_rpc_call)(
+        rpc, type, q, rid, mh_rpc_reply_match, (int)self->cfg->rpc_timeout_ms);
     if (!env) {
         snprintf(msg, sizeof msg, "%s did not answer in time", who);
         *status = fs_error(self, c, 504, "deadline_exceeded", msg);
