@@ -6,7 +6,8 @@
  * the first frame whose online count reflects it; then a burst of --burst
  * changes at once, timed until a frame shows all of them. Prints
  * "status->frame p50=… p99=… max=… ms" and the burst time. */
-#include <MQTTAsync.h>
+#include "bench_mqtt.h"
+
 #include <civetweb.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -134,15 +135,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "live_bench: cannot open the feed: %s\n", err);
         return 1;
     }
-    MQTTAsync c;
-    MQTTAsync_create(&c, mqtt, "live-bench", MQTTCLIENT_PERSISTENCE_NONE, NULL);
-    MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer;
-    co.cleansession = 1;
-    co.maxInflight = 65535;
-    MQTTAsync_connect(c, &co);
-    for (int i = 0; i < 100 && !MQTTAsync_isConnected(c); i++)
-        usleep(50000);
-    if (!MQTTAsync_isConnected(c)) {
+    MQTTAsync c = bench_mqtt_connect(mqtt, "live-bench");
+    if (!c) {
         fprintf(stderr, "live_bench: cannot connect to %s\n", mqtt);
         return 1;
     }

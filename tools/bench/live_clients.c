@@ -13,7 +13,8 @@
  *   live_clients: clients=… connected=… slow=… over_limit_status=…
  *   api_status=… changes=… frames=… latency_p50_ms=… latency_p99_ms=…
  *   latency_max_ms=… min_frames=… max_gap_ms=… */
-#include <MQTTAsync.h>
+#include "bench_mqtt.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -171,16 +172,9 @@ typedef struct {
 static void *s_flap(void *arg)
 {
     s_flap_t *f = arg;
-    MQTTAsync m;
-    if (MQTTAsync_create(&m, f->url, "live-clients-flap", MQTTCLIENT_PERSISTENCE_NONE, NULL) !=
-        MQTTASYNC_SUCCESS)
+    MQTTAsync m = bench_mqtt_connect(f->url, "live-clients-flap");
+    if (!m)
         return NULL;
-    MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer;
-    co.cleansession = 1;
-    co.maxInflight = 65535;
-    MQTTAsync_connect(m, &co);
-    for (int i = 0; i < 200 && !MQTTAsync_isConnected(m); i++)
-        usleep(25000);
     uint64_t x = 88172645463325252ull;
     int64_t start = s_wall_ms();
     while (MQTTAsync_isConnected(m) && s_wall_ms() < f->until_ms) {
