@@ -155,6 +155,7 @@ zsock_t *mh_push_new(const char *spec, mh_resolver_t **resolver_out)
 
 zsock_t *mh_dealer_new(const char *spec, int sndhwm, mh_resolver_t **resolver_out)
 {
+    *resolver_out = NULL;
     zsock_t *dealer = zsock_new(ZMQ_DEALER);
     if (!dealer)
         return NULL;
