@@ -98,6 +98,8 @@ static Mh__Envelope *s_call(mh_rpc_t *self, const char *type, const ProtobufCMes
         errno = EINVAL;
         return NULL;
     }
+    if (timeout_ms < 0)
+        timeout_ms = 0;
     int64_t start = mh_mono_ms(), deadline = start + timeout_ms;
     int64_t resend_at = again ? start + timeout_ms / 2 : deadline;
     Mh__Envelope *env = NULL;
@@ -117,7 +119,13 @@ static Mh__Envelope *s_call(mh_rpc_t *self, const char *type, const ProtobufCMes
                  * the copy to the next one connected (or the same one, if it
                  * is alone); the first answer wins */
                 resend_at = deadline;
-                zsock_set_sndtimeo(c->sock, (int)(deadline - mh_mono_ms()));
+                /* the wait can overrun its timeout on a loaded machine: a
+                 * deadline already passed ends the call (a negative send
+                 * timeout other than -1 is refused by ZeroMQ) */
+                int64_t left = deadline - mh_mono_ms();
+                if (left <= 0)
+                    break;
+                zsock_set_sndtimeo(c->sock, (int)left);
                 if (mh_envelope_send(c->sock, NULL, type, NULL, body, false) != 0)
                     break;
                 continue;

@@ -18,6 +18,8 @@
 #include <errno.h>
 #include <math.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 typedef struct {
@@ -468,6 +470,47 @@ static void test_rpc_server(void **state)
     mh_metrics_destroy(&m);
 }
 
+/* A call whose wait overruns its deadline (the process was not scheduled:
+ * here it is stopped for 1.6 s of a 1 s deadline, mid-wait) ends with
+ * ETIMEDOUT. It used to abort: the resend after half the deadline set a
+ * negative send timeout, which ZeroMQ refuses. */
+static void test_rpc_call_overrun(void **state)
+{
+    (void)state;
+    zsock_t *router = zsock_new_router("tcp://127.0.0.1:*");
+    assert_non_null(router);
+    mh_rpc_t *rpc = mh_rpc_new(zsock_endpoint(router));
+    assert_non_null(rpc);
+    pid_t me = getpid(), child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        usleep(200 * 1000);
+        kill(me, SIGSTOP);
+        usleep(1600 * 1000);
+        kill(me, SIGCONT);
+        _exit(0);
+    }
+    Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
+    q.device_id = "d-1";
+    int64_t t0 = mh_mono_ms();
+    errno = 0;
+    Mh__Envelope *env =
+        mh_rpc_call_read(rpc, "twin.request", &q.base, "r-1", mh_rpc_reply_match, 1000);
+    int64_t took = mh_mono_ms() - t0;
+    int err = errno;
+    int st;
+    assert_int_equal(waitpid(child, &st, 0), child);
+    assert_null(env);
+    assert_int_equal(err, ETIMEDOUT);
+    assert_true(took >= 1000 && took < 3000);
+    /* and the request did reach the replica */
+    zmsg_t *m = zmsg_recv(router);
+    assert_non_null(m);
+    zmsg_destroy(&m);
+    mh_rpc_destroy(&rpc);
+    zsock_destroy(&router);
+}
+
 static void test_ratelimit(void **state)
 {
     (void)state;
@@ -674,6 +717,7 @@ int main(void)
         cmocka_unit_test(test_json_depth),
         cmocka_unit_test(test_json_dumps_exact),
         cmocka_unit_test(test_rpc_server),
+        cmocka_unit_test(test_rpc_call_overrun),
         cmocka_unit_test(test_window),
         cmocka_unit_test(test_relay),
     };
