@@ -52,7 +52,10 @@ for mode in "${modes[@]}"; do
     export LSAN_OPTIONS="suppressions=$root/tests/lsan.supp:print_suppressions=0"
     export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
     echo "== $mode build: running the suite"
-    meson test -C "$build" --print-errorlogs --num-processes 2 || status=1
+    if ! meson test -C "$build" --print-errorlogs --num-processes 2; then
+        status=1
+        python3 tests/lib/failed-output.py "$build/meson-logs/testlog.json" || true
+    fi
     logs+=("$build/meson-logs/testlog.json")
 done
 
