@@ -371,6 +371,24 @@ static void test_registry(void **state)
         json_string_value(json_object_get(json_array_get(json_object_get(list, "items"), 0), "id")),
         "reg-1");
     json_decref(list);
+    /* a key alone: the devices that have the tag, whatever its value */
+    char *has[] = {"floor"}, *has2[] = {"site", "model:x1"}, *bad[] = {":x1"};
+    q.tags = has;
+    q.n_tags = 1;
+    list = s_body(s_call(&q));
+    assert_int_equal(json_array_size(json_object_get(list, "items")), 1);
+    json_decref(list);
+    q.tags = has2;
+    q.n_tags = 2;
+    list = s_body(s_call(&q));
+    assert_int_equal(json_array_size(json_object_get(list, "items")), 1);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(json_object_get(list, "items"), 0), "id")),
+        "reg-3");
+    json_decref(list);
+    q.tags = bad;
+    q.n_tags = 1;
+    assert_int_equal(s_status_of(s_call(&q)), 400);
 
     q.n_tags = 0;
     q.prefix = "reg-";

@@ -210,14 +210,17 @@ static void s_rpc_list_devices(tw_t *self, const Mh__TwinRequest *q, s_reply_t *
     }
     json_t *tags = json_array();
     for (size_t i = 0; i < q->n_tags; i++) {
+        /* key:value — the tag has that value; key alone — it has the tag */
         const char *colon = strchr(q->tags[i], ':');
-        if (!colon || colon == q->tags[i]) {
-            mh_rpc_fail(&r->base, 400, "bad_request", "\"tag\" filters are key:value");
+        if (colon == q->tags[i] || !*q->tags[i]) {
+            mh_rpc_fail(&r->base, 400, "bad_request",
+                        "\"tag\" filters are key:value, or a key the devices have");
             json_decref(tags);
             return;
         }
         json_array_append_new(
-            tags, json_pack("[s#,s]", q->tags[i], (int)(colon - q->tags[i]), colon + 1));
+            tags, colon ? json_pack("[s#,s]", q->tags[i], (int)(colon - q->tags[i]), colon + 1)
+                        : json_pack("[s,n]", q->tags[i]));
     }
     char *tags_text = json_array_size(tags) ? tw_dumps(tags) : NULL;
     json_decref(tags);
@@ -235,7 +238,8 @@ static void s_rpc_list_devices(tw_t *self, const Mh__TwinRequest *q, s_reply_t *
         " AND ($3::text IS NULL OR firmware = $3)"
         " AND ($4::text IS NULL OR (id >= $4 AND id < $5))"
         " AND ($6::jsonb IS NULL OR NOT EXISTS (SELECT 1 FROM jsonb_array_elements($6::jsonb) f"
-        "   WHERE (d.doc->'tags')->>(f.value->>0) IS DISTINCT FROM f.value->>1))"
+        "   WHERE CASE WHEN f.value->>1 IS NULL THEN NOT ((d.doc->'tags') ? (f.value->>0))"
+        "   ELSE (d.doc->'tags')->>(f.value->>0) IS DISTINCT FROM f.value->>1 END))"
         " ORDER BY id LIMIT $7::int",
         7, p);
     free(tags_text);
