@@ -20,6 +20,7 @@
 #include "mh_envelope.h"
 #include "mh_log.h"
 #include "mh_time.h"
+#include "sim_fleet.h"
 #include "sim_readings.h"
 #include "twin.pb-c.h"
 
@@ -64,6 +65,7 @@ typedef struct {
     int64_t queue_commands;
     char *ota_key;
     char *ota_fail;
+    char *tags;
     int64_t ota_install_ms;
     int64_t ota_workers;
     char *mqtt_ca, *certs, *issue_certs, *motectl;
@@ -135,6 +137,9 @@ static const mh_cfg_opt_t s_options[] = {
     {"ota-fail", "MOTESIM_OTA_FAIL", MH_CFG_STR, "", S_CFG(ota_fail),
      "VERSION:SHARE[,...]: installing VERSION fails on that share of the devices (the same"
      " devices every run)"},
+    {"tags", "MOTESIM_TAGS", MH_CFG_STR, "", S_CFG(tags),
+     "KEY=VALUE[:WEIGHT],...;KEY2=...: the tags devices register with, one value of each key"
+     " per device, picked by weight (the same devices every run), beside \"sim\": true"},
     {"ota-install-time", "MOTESIM_OTA_INSTALL_TIME", MH_CFG_DURATION, "1s", S_CFG(ota_install_ms),
      "how long installing an image takes"},
     {"ota-workers", "MOTESIM_OTA_WORKERS", MH_CFG_INT, "8", S_CFG(ota_workers),
@@ -322,16 +327,7 @@ static bool s_ota_fails(const char *device, const char *version)
         if (!colon)
             break;
         if ((size_t)(colon - p) == vl && strncmp(p, version, vl) == 0) {
-            double share = strtod(colon + 1, NULL);
-            unsigned h = 2166136261u;
-            for (const char *c = device; *c; c++)
-                h = (h ^ (unsigned char)*c) * 16777619u;
-            for (const char *c = version; *c; c++)
-                h = (h ^ (unsigned char)*c) * 16777619u;
-            h ^= h >> 15;
-            h *= 2246822519u;
-            h ^= h >> 13;
-            return (double)(h % 1000000) / 1e6 < share;
+            return sim_share_of(device, version) < strtod(colon + 1, NULL);
         }
         p = comma ? comma + 1 : NULL;
     }
@@ -459,15 +455,19 @@ static int s_rpc_pipeline(const char *endpoint, size_t total, s_fill_fn *fill, v
 typedef struct {
     const char *prefix;
     size_t n;
+    const char *tags; /* --tags */
+    char *tags_json;  /* the last request's */
 } s_fleet_t;
 
 static void s_fill_register(Mh__TwinRequest *q, size_t i, char *id, size_t idlen, void *ud)
 {
-    const s_fleet_t *f = ud;
+    s_fleet_t *f = ud;
     snprintf(id, idlen, "%s-%04zu", f->prefix, i);
     q->method = MH__TWIN_REQUEST__METHOD__REGISTER;
     q->device_id = id;
-    q->tags_json = "{\"sim\":true}";
+    free(f->tags_json);
+    f->tags_json = sim_tags_json(f->tags, id);
+    q->tags_json = f->tags_json ? f->tags_json : "{\"sim\":true}";
 }
 
 static void s_fill_command(Mh__TwinRequest *q, size_t i, char *id, size_t idlen, void *ud)
@@ -509,11 +509,12 @@ static int s_issue_certs(const sim_config_t *cfg)
     return 0;
 }
 
-static int s_register_all(const char *endpoint, const char *prefix, size_t n)
+static int s_register_all(const char *endpoint, const char *prefix, size_t n, const char *tags)
 {
-    s_fleet_t f = {prefix, n};
+    s_fleet_t f = {prefix, n, tags, NULL};
     size_t created = 0;
     int rc = s_rpc_pipeline(endpoint, n, s_fill_register, &f, 201, 409, &created);
+    free(f.tags_json);
     mh_info("registered %zu devices (%zu new)", n, created);
     return rc;
 }
@@ -545,12 +546,18 @@ int main(int argc, char **argv)
         mh_config_free(s_options, &cfg);
         return 2;
     }
+    char why[200];
+    if (*cfg.tags && sim_tags_check(cfg.tags, why, sizeof why) < 0) {
+        mh_error("--tags: %s", why);
+        mh_config_free(s_options, &cfg);
+        return 2;
+    }
     if (mh_curve_init(cfg.curve_dir, "tools") < 0) {
         mh_config_free(s_options, &cfg);
         return 1;
     }
     if (*cfg.register_rpc &&
-        s_register_all(cfg.register_rpc, cfg.prefix, (size_t)cfg.devices) < 0) {
+        s_register_all(cfg.register_rpc, cfg.prefix, (size_t)cfg.devices, cfg.tags) < 0) {
         mh_config_free(s_options, &cfg);
         return 1;
     }
