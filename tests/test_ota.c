@@ -136,19 +136,27 @@ static int64_t s_wave_num(json_t *rollout, int k, const char *key)
 
 /* ---- devices: motesim ---- */
 
-static pid_t s_fleet(const char *name, const char *prefix, int n, const char *firmware,
-                     const char *fail, const char *install_time)
+/* `tags`: motesim's --tags (NULL: none but "sim") */
+static pid_t s_fleet_tagged(const char *name, const char *prefix, int n, const char *firmware,
+                            const char *fail, const char *install_time, const char *tags)
 {
-    char a_fw[64], a_key[600], a_fail[96], a_it[64];
+    char a_fw[64], a_key[600], a_fail[96], a_it[64], a_tags[300];
     snprintf(a_fw, sizeof a_fw, "--firmware=%s", firmware);
     snprintf(a_key, sizeof a_key, "--ota-key=%s", s_pub);
     snprintf(a_fail, sizeof a_fail, "--ota-fail=%s", fail ? fail : "");
     snprintf(a_it, sizeof a_it, "--ota-install-time=%s", install_time);
-    const char *args[] = {a_fw, a_key, a_fail, a_it, "--interval=60s", "--report=5s", NULL};
+    snprintf(a_tags, sizeof a_tags, "--tags=%s", tags ? tags : "");
+    const char *args[] = {a_fw, a_key, a_fail, a_it, "--interval=60s", "--report=5s", a_tags, NULL};
     pid_t pid = mht_motesim_start(name, s_broker.url, s_twin.rpc_endpoint, prefix, n, args);
     /* Registered, connected and reporting their firmware to the twin. */
     mht_fleet_wait_online(&s_db, prefix, n, firmware);
     return pid;
+}
+
+static pid_t s_fleet(const char *name, const char *prefix, int n, const char *firmware,
+                     const char *fail, const char *install_time)
+{
+    return s_fleet_tagged(name, prefix, n, firmware, fail, install_time, NULL);
 }
 
 /* Stops motesim and returns the OTA repeats it saw (-1 if it said nothing);
@@ -542,6 +550,72 @@ static void test_bad_requests(void **state)
     mh__ota_reply__free_unpacked(r, NULL);
 }
 
+/* A stratified canary: 160 devices, two firmware versions, models and
+ * regions some of which only one or two devices have. Wave 1 at 1 % would
+ * be 2 devices; with stratifyBy it holds every model, region and firmware
+ * present, and nothing else is added. A tag no targeted device has is a 400
+ * and makes nothing. */
+static void test_stratified_canary(void **state)
+{
+    (void)state;
+    s_upload_version("st-2.0", 100);
+    const char *tags = "fleet=strat;model=m1:96,m2:3,m3:1;region=eu:50,us:49,ap:1";
+    pid_t a = s_fleet_tagged("sim-strat-a", "sta", 150, "st-1.0", NULL, "100ms", tags);
+    pid_t b = s_fleet_tagged("sim-strat-b", "stb", 10, "st-0.9", NULL, "100ms", tags);
+    double before = mht_db_num(&s_db, "SELECT count(*) FROM ota.rollouts");
+    Mh__OtaRequest q = MH__OTA_REQUEST__INIT;
+    q.method = MH__OTA_REQUEST__METHOD__CREATE_ROLLOUT;
+    q.body_json = "{\"firmware\":\"st-2.0\",\"target\":{\"tags\":{\"fleet\":\"strat\"}},"
+                  "\"stratifyBy\":[\"model\",\"colour\"]}";
+    Mh__OtaReply *r = s_call(&q);
+    assert_int_equal(r->status, 400);
+    assert_non_null(strstr(r->message, "\"colour\""));
+    mh__ota_reply__free_unpacked(r, NULL);
+    assert_int_equal(mht_db_num(&s_db, "SELECT count(*) FROM ota.rollouts"), before);
+
+    const char *id =
+        s_create("{\"firmware\":\"st-2.0\",\"target\":{\"tags\":{\"fleet\":\"strat\"}},"
+                 "\"waves\":[{\"percent\":1},{\"percent\":100}],\"soakSeconds\":3600,"
+                 "\"stratifyBy\":[\"model\",\"region\"]}");
+    json_t *v = s_wait_state(id, "running", 20000);
+    json_t *spec_by = json_object_get(v, "stratifyBy");
+    assert_int_equal(json_array_size(spec_by), 2);
+    int64_t wave1 = s_wave_num(v, 0, "targeted");
+    json_decref(v);
+    assert_int_equal(mht_db_num(&s_db, "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'", id),
+                     160);
+    static const char *const of[] = {"d.doc->'tags'->>'model'", "d.doc->'tags'->>'region'",
+                                     "j.from_version"};
+    double missing = 0;
+    for (int k = 0; k < 3; k++) {
+        double all = mht_db_num(&s_db,
+                                "SELECT count(DISTINCT %s) FROM ota.jobs j JOIN twin.devices d"
+                                " ON d.id = j.device_id WHERE j.rollout_id = '%s'",
+                                of[k], id);
+        double first = mht_db_num(&s_db,
+                                  "SELECT count(DISTINCT %s) FROM ota.jobs j JOIN twin.devices d"
+                                  " ON d.id = j.device_id WHERE j.rollout_id = '%s' AND j.wave = 0",
+                                  of[k], id);
+        print_message("# %s: %.0f values, wave 1 has %.0f\n", of[k], all, first);
+        assert_true(all >= 2);
+        assert_true(first == all);
+        missing += all - 1;
+    }
+    /* 1 % of 160 is 2 devices; at most one device more for each value
+     * those two lacked */
+    print_message("# wave 1: %lld devices\n", (long long)wave1);
+    assert_true(wave1 >= 2 && wave1 <= 2 + (int64_t)missing);
+    assert_int_equal(mht_db_num(&s_db,
+                                "SELECT count(*) FROM ota.jobs WHERE rollout_id = '%s'"
+                                " AND wave = 0",
+                                id),
+                     wave1);
+    r = s_control(MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT, id);
+    mh__ota_reply__free_unpacked(r, NULL);
+    s_fleet_stop("sim-strat-a", a, NULL);
+    s_fleet_stop("sim-strat-b", b, NULL);
+}
+
 /* Devices download from pre-signed links: the whole image, a range to
  * resume, and nothing without a valid signature or after expiry. */
 static size_t s_collect(char *p, size_t sz, size_t n, void *ud)
@@ -620,6 +694,7 @@ int main(void)
         cmocka_unit_test(test_rollout_completes),   cmocka_unit_test(test_failure_rolls_back),
         cmocka_unit_test(test_tampered_image),      cmocka_unit_test(test_kill_and_resume),
         cmocka_unit_test(test_sent_once_published), cmocka_unit_test(test_handed_jobs_time_out),
+        cmocka_unit_test(test_stratified_canary),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -60,6 +60,15 @@ static void test_spec_rejects(void **state)
         "{\"document\":[1]}",
         "{\"document\":{\"a\":1},\"firmware\":\"1\"}",
         "{\"document\":{\"a\":1},\"onFailure\":\"rollback\"}",
+        /* stratifyBy: tag names, 1 to 8, none twice */
+        "{\"firmware\":\"1\",\"stratifyBy\":[]}",
+        "{\"firmware\":\"1\",\"stratifyBy\":\"model\"}",
+        "{\"firmware\":\"1\",\"stratifyBy\":[\"model\",\"model\"]}",
+        "{\"firmware\":\"1\",\"stratifyBy\":[\"a:b\"]}",
+        "{\"firmware\":\"1\",\"stratifyBy\":[\"\"]}",
+        "{\"firmware\":\"1\",\"stratifyBy\":[1]}",
+        "{\"firmware\":\"1\",\"stratifyBy\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\","
+        "\"i\"]}",
         "{}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -101,12 +110,12 @@ static void test_waves(void **state)
     /* 200 devices with 1/10/100: 2, 18, 180 */
     int sizes[3] = {0};
     for (size_t r = 0; r < 200; r++)
-        sizes[ota_wave_of(&s, r, 200)]++;
+        sizes[ota_wave_of(&s, r, 200, 0)]++;
     assert_int_equal(sizes[0], 2);
     assert_int_equal(sizes[1], 18);
     assert_int_equal(sizes[2], 180);
     /* one device: it is the canary */
-    assert_int_equal(ota_wave_of(&s, 0, 1), 0);
+    assert_int_equal(ota_wave_of(&s, 0, 1, 0), 0);
     assert_int_equal(ota_wave_end(0.1, 1000), 1);
     assert_int_equal(ota_wave_end(1, 10001), 101);
     assert_int_equal(ota_wave_end(100, 7), 7);
@@ -119,6 +128,89 @@ static void test_waves(void **state)
         assert_string_equal(a[i], b[i]);
         if (i)
             assert_true(ota_device_hash(a[i - 1]) <= ota_device_hash(a[i]));
+    }
+}
+
+/* A stratified canary: wave 1 (1 % of 1,000 = 10 devices by hash) grows
+ * to hold every model, every region and every firmware present — the rare
+ * ones by the first device in hash order that has them — and the rest keep
+ * their hash order. */
+static void test_stratify(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    char *ids[N], *fw[N];
+    json_t *tags[N];
+    for (int i = 0; i < N; i++) {
+        assert_true(asprintf(&ids[i], "s-%04d", i) > 0);
+        /* model: m1 mostly, m2 on 3 devices, m3 on 1; region: eu/us, ap on
+         * 2; firmware 1.0 mostly, 0.9 on one, unknown on some */
+        const char *model = i == 500 ? "m3" : i % 300 == 7 ? "m2" : "m1";
+        const char *region = i == 10 || i == 990 ? "ap" : i % 2 ? "eu" : "us";
+        fw[i] = i == 777 ? "0.9" : i % 50 == 3 ? NULL : "1.0";
+        tags[i] = i == 42 ? json_object() /* no tags at all */
+                          : json_pack("{s:s,s:s,s:i}", "model", model, "region", region, "n", i);
+    }
+    char *before[N];
+    ota_order_devices(ids, NULL, 0); /* nothing to order: no crash */
+    size_t perm[N];
+    void *tmp[N];
+    ota_order_perm(ids, N, perm);
+    ota_permute((void **)ids, perm, N, tmp);
+    ota_permute((void **)fw, perm, N, tmp);
+    ota_permute((void **)tags, perm, N, tmp);
+    memcpy(before, ids, sizeof before);
+    ota_spec_t s;
+    char why[256];
+    assert_int_equal(ota_spec_parse("{\"firmware\":\"2\",\"waves\":[{\"percent\":1},"
+                                    "{\"percent\":100}],\"stratifyBy\":[\"model\",\"region\"]}",
+                                    &s, why, sizeof why),
+                     0);
+    json_t *spec = ota_spec_json(&s);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(spec, "stratifyBy"), 1)),
+                        "region");
+    json_decref(spec);
+    size_t head = ota_wave_end(s.percents[0], N);
+    assert_int_equal(head, 10);
+    size_t first = ota_stratify(ids, fw, tags, N, head, s.stratify_by);
+    /* every value present is in wave 1 */
+    const char *want[][2] = {{"model", "m1"},  {"model", "m2"},  {"model", "m3"},
+                             {"region", "eu"}, {"region", "us"}, {"region", "ap"}};
+    for (size_t w = 0; w < 6; w++) {
+        bool has = false;
+        for (size_t i = 0; i < first; i++)
+            has |= json_string_value(json_object_get(tags[i], want[w][0])) &&
+                   strcmp(json_string_value(json_object_get(tags[i], want[w][0])), want[w][1]) == 0;
+        if (!has)
+            fail_msg("wave 1 (%zu devices) has no %s=%s", first, want[w][0], want[w][1]);
+    }
+    bool has09 = false;
+    for (size_t i = 0; i < first; i++)
+        has09 |= fw[i] && strcmp(fw[i], "0.9") == 0;
+    assert_true(has09);
+    /* grown beyond 10 by at most one a missing value (m2, m3, ap, 0.9) */
+    assert_true(first > 10 && first <= 14);
+    /* the first 10 are as they were, and the rest keep their hash order */
+    for (size_t i = 0; i < 10; i++)
+        assert_ptr_equal(ids[i], before[i]);
+    for (size_t i = first + 1; i < N; i++)
+        assert_true(ota_device_hash(ids[i - 1]) <= ota_device_hash(ids[i]));
+    for (size_t i = 11; i < first; i++)
+        assert_true(ota_device_hash(ids[i - 1]) <= ota_device_hash(ids[i]));
+    /* waves: the first holds `first`, the second the rest */
+    int sizes[2] = {0};
+    for (size_t r = 0; r < N; r++)
+        sizes[ota_wave_of(&s, r, N, first)]++;
+    assert_int_equal(sizes[0], (int)first);
+    assert_int_equal(sizes[1], N - (int)first);
+    /* a value the first wave has already brings no one forward */
+    assert_int_equal(ota_stratify(ids, fw, tags, N, first, s.stratify_by), first);
+    /* without tags or firmware known nothing moves */
+    assert_int_equal(ota_stratify(ids, NULL, NULL, N, 10, s.stratify_by), 10);
+    ota_spec_clear(&s);
+    for (int i = 0; i < N; i++) {
+        free(ids[i]);
+        json_decref(tags[i]);
     }
 }
 
@@ -250,7 +342,7 @@ int main(void)
         cmocka_unit_test(test_spec_defaults), cmocka_unit_test(test_spec_rejects),
         cmocka_unit_test(test_waves),         cmocka_unit_test(test_document_job),
         cmocka_unit_test(test_decide),        cmocka_unit_test(test_status_messages),
-        cmocka_unit_test(test_ranges),
+        cmocka_unit_test(test_ranges),        cmocka_unit_test(test_stratify),
     };
     return MHT_RUN(tests);
 }

@@ -61,6 +61,7 @@ typedef struct {
     mh_relay_t *downlink; /* to the gateways, acknowledged once published */
     mh_rpc_server_t *rpc; /* on router */
     mh_resolver_t *twin_resolver;
+    mh_rpc_t *twin_rpc; /* calls that wait for their answer (a rollout's checks) */
     mh_idset_t *online;
     ota_signer_t *signer;
     ota_images_t *images;
@@ -74,6 +75,7 @@ typedef struct {
         int64_t sent_ms;
         ota_spec_t spec;
         char **ids, **fw;
+        json_t **tags; /* kept only when the rollout stratifies */
         size_t n, cap;
     } res;
     uint64_t seq;

@@ -29,6 +29,8 @@ void ota_spec_clear(ota_spec_t *spec)
     spec->target_tags = NULL;
     json_decref(spec->document);
     spec->document = NULL;
+    json_decref(spec->stratify_by);
+    spec->stratify_by = NULL;
 }
 
 /* A number field in [lo, hi]; absent keeps *out. */
@@ -105,6 +107,33 @@ static int s_target(json_t *t, ota_spec_t *out, char *why, size_t whylen)
     return 0;
 }
 
+static int s_stratify(json_t *by, ota_spec_t *out, char *why, size_t whylen)
+{
+    if (!by || json_is_null(by))
+        return 0;
+    if (!json_is_array(by) || json_array_size(by) == 0 || json_array_size(by) > OTA_MAX_STRATA) {
+        S_WHY("\"stratifyBy\" must be an array of 1 to %d tag names", OTA_MAX_STRATA);
+        return -1;
+    }
+    size_t i, j;
+    json_t *e;
+    json_array_foreach(by, i, e)
+    {
+        const char *t = json_string_value(e);
+        if (!t || !*t || strchr(t, ':') || strlen(t) > 128) {
+            S_WHY("stratifyBy[%zu] must be a tag name (1-128 characters, no ':')", i);
+            return -1;
+        }
+        for (j = 0; j < i; j++)
+            if (strcmp(t, json_string_value(json_array_get(by, j))) == 0) {
+                S_WHY("\"stratifyBy\" names tag \"%s\" twice", t);
+                return -1;
+            }
+    }
+    out->stratify_by = json_incref(by);
+    return 0;
+}
+
 static int s_waves(json_t *w, ota_spec_t *out, char *why, size_t whylen)
 {
     if (!w) {
@@ -168,6 +197,7 @@ int ota_spec_from_json(json_t *root, ota_spec_t *out, char *why, size_t whylen)
                                   "jobTimeoutSeconds",
                                   "maxPerMinute",
                                   "onFailure",
+                                  "stratifyBy",
                                   NULL};
     const char *key;
     json_t *v;
@@ -203,6 +233,7 @@ int ota_spec_from_json(json_t *root, ota_spec_t *out, char *why, size_t whylen)
     double min_devices = 1;
     if (s_target(json_object_get(root, "target"), out, why, whylen) < 0 ||
         s_waves(json_object_get(root, "waves"), out, why, whylen) < 0 ||
+        s_stratify(json_object_get(root, "stratifyBy"), out, why, whylen) < 0 ||
         s_number(root, "successThreshold", 0, 1, &out->success_threshold, why, whylen) < 0 ||
         s_number(root, "failureThreshold", 0, 1, &out->failure_threshold, why, whylen) < 0 ||
         s_number(root, "minDevicesPerWave", 1, 1e9, &min_devices, why, whylen) < 0 ||
@@ -268,6 +299,8 @@ json_t *ota_spec_json(const ota_spec_t *s)
         s->failure_threshold, "minDevicesPerWave", (json_int_t)s->min_devices, "soakSeconds",
         (json_int_t)s->soak_s, "jobTimeoutSeconds", (json_int_t)s->job_timeout_s, "maxPerMinute",
         (json_int_t)s->max_per_minute, "onFailure", s->rollback_on_failure ? "rollback" : "pause");
+    if (s->stratify_by)
+        json_object_set(out, "stratifyBy", s->stratify_by);
     if (s->document) {
         json_object_del(out, "firmware");
         json_object_set(out, "document", s->document);
@@ -287,7 +320,8 @@ uint64_t ota_device_hash(const char *id)
 
 typedef struct {
     uint64_t h;
-    char *id, *extra;
+    const char *id;
+    size_t at;
 } s_ord_t;
 
 static int s_ord_cmp(const void *a, const void *b)
@@ -298,20 +332,110 @@ static int s_ord_cmp(const void *a, const void *b)
     return strcmp(x->id, y->id);
 }
 
-void ota_order_devices(char **ids, char **extra, size_t n)
+void ota_order_perm(char *const *ids, size_t n, size_t *perm)
 {
     s_ord_t *v = malloc((n ? n : 1) * sizeof *v);
     if (!v)
         abort(); /* a few bytes per device; nothing sensible to do without them */
     for (size_t i = 0; i < n; i++)
-        v[i] = (s_ord_t){ota_device_hash(ids[i]), ids[i], extra ? extra[i] : NULL};
+        v[i] = (s_ord_t){ota_device_hash(ids[i]), ids[i], i};
     qsort(v, n, sizeof *v, s_ord_cmp);
-    for (size_t i = 0; i < n; i++) {
-        ids[i] = v[i].id;
-        if (extra)
-            extra[i] = v[i].extra;
-    }
+    for (size_t i = 0; i < n; i++)
+        perm[i] = v[i].at;
     free(v);
+}
+
+void ota_permute(void **a, const size_t *perm, size_t n, void **tmp)
+{
+    if (!a)
+        return;
+    for (size_t i = 0; i < n; i++)
+        tmp[i] = a[perm[i]];
+    memcpy(a, tmp, n * sizeof *a);
+}
+
+void ota_order_devices(char **ids, char **extra, size_t n)
+{
+    size_t *perm = malloc((n ? n : 1) * sizeof *perm);
+    void **tmp = malloc((n ? n : 1) * sizeof *tmp);
+    if (!perm || !tmp)
+        abort();
+    ota_order_perm(ids, n, perm);
+    ota_permute((void **)ids, perm, n, tmp);
+    ota_permute((void **)extra, perm, n, tmp);
+    free(perm);
+    free(tmp);
+}
+
+/* Device i's value of stratum k: tag by[k], or the firmware past the tags. */
+static const char *s_stratum(char **fw, json_t **tags, const json_t *by, size_t k, size_t i)
+{
+    if (k == json_array_size(by))
+        return fw ? fw[i] : NULL;
+    json_t *v =
+        tags && tags[i] ? json_object_get(tags[i], json_string_value(json_array_get(by, k))) : NULL;
+    return json_string_value(v); /* a tag that is not a string is no value */
+}
+
+size_t ota_stratify(char **ids, char **fw, json_t **tags, size_t n, size_t head, const json_t *by)
+{
+    size_t nk = json_array_size(by) + 1;
+    if (!by || n == 0)
+        return head;
+    if (head > n)
+        head = n;
+    /* the values wave 1 has, per stratum */
+    json_t **seen = calloc(nk, sizeof *seen);
+    bool *pick = calloc(n, sizeof *pick);
+    if (!seen || !pick)
+        abort();
+    for (size_t k = 0; k < nk; k++) {
+        seen[k] = json_object();
+        for (size_t i = 0; i < head; i++) {
+            const char *v = s_stratum(fw, tags, by, k, i);
+            if (v)
+                json_object_set_new(seen[k], v, json_true());
+        }
+    }
+    size_t picked = 0;
+    for (size_t i = head; i < n; i++)
+        for (size_t k = 0; k < nk; k++) {
+            const char *v = s_stratum(fw, tags, by, k, i);
+            if (v && !json_object_get(seen[k], v)) {
+                json_object_set_new(seen[k], v, json_true());
+                pick[i] = true;
+            }
+        }
+    /* a stable partition of [head, n): the picked first */
+    char **ids2 = malloc(n * sizeof *ids2), **fw2 = malloc(n * sizeof *fw2);
+    json_t **tags2 = malloc(n * sizeof *tags2);
+    if (!ids2 || !fw2 || !tags2)
+        abort();
+    size_t at = head;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = head; i < n; i++)
+            if (pick[i] == (pass == 0)) {
+                ids2[at] = ids[i];
+                fw2[at] = fw ? fw[i] : NULL;
+                tags2[at] = tags ? tags[i] : NULL;
+                picked += pass == 0;
+                at++;
+            }
+    for (size_t i = head; i < n; i++) {
+        ids[i] = ids2[i];
+        if (fw)
+            fw[i] = fw2[i];
+        if (tags)
+            tags[i] = tags2[i];
+    }
+    free(ids2);
+    free(fw2);
+    free(tags2);
+    for (size_t k = 0; k < nk; k++)
+        json_decref(seen[k]);
+    free(seen);
+    free(pick);
+    return head + picked;
 }
 
 size_t ota_wave_end(double percent, size_t n)
@@ -324,8 +448,10 @@ size_t ota_wave_end(double percent, size_t n)
     return end > (double)n ? n : (size_t)end;
 }
 
-int ota_wave_of(const ota_spec_t *spec, size_t rank, size_t n)
+int ota_wave_of(const ota_spec_t *spec, size_t rank, size_t n, size_t first)
 {
+    if (rank < first)
+        return 0;
     for (int k = 0; k < spec->nwaves; k++)
         if (rank < ota_wave_end(spec->percents[k], n))
             return k;

@@ -31,7 +31,10 @@ typedef struct {
     int64_t job_timeout_s;    /* default 3600 */
     int64_t max_per_minute;   /* default 1000 */
     bool rollback_on_failure; /* onFailure "rollback" (firmware's default) or "pause" */
+    json_t *stratify_by;      /* array of tag names, or NULL: wave 1 covers every value */
 } ota_spec_t;
+
+#define OTA_MAX_STRATA 8
 
 /* Parses a rollout request. 0, or -1 with `why` filled (the API's 400). */
 int ota_spec_parse(const char *json, ota_spec_t *out, char *why, size_t whylen);
@@ -49,10 +52,25 @@ bool ota_name_valid(const char *s);
 uint64_t ota_device_hash(const char *device_id);
 /* Sorts ids (and, in step, `extra` when not NULL) by (hash, id). */
 void ota_order_devices(char **ids, char **extra, size_t n);
+/* The same, giving the permutation instead: perm[i] is the index in `ids`
+ * of the device that sorts i-th. */
+void ota_order_perm(char *const *ids, size_t n, size_t *perm);
+/* Puts a[perm[i]] at i in an array of n pointers (nothing when `a` is
+ * NULL); `tmp` has room for n. */
+void ota_permute(void **a, const size_t *perm, size_t n, void **tmp);
+/* Stratified canary. The devices are in hash order and the first `head`
+ * are wave 1 by its percentage; for each tag named in `by` and for the
+ * firmware, every value some device has and none of the first `head` has
+ * brings the first device (in hash order) that has it forward into wave 1,
+ * the others keeping their order. tags[i] is device i's tags object (or
+ * NULL), fw[i] its firmware (or NULL: not known). Returns wave 1's size
+ * now (>= head). */
+size_t ota_stratify(char **ids, char **fw, json_t **tags, size_t n, size_t head, const json_t *by);
 /* Devices in waves 0..k together: ceil(percent_k * n / 100). */
 size_t ota_wave_end(double percent, size_t n);
-/* The wave of the device at position `rank` (0-based) of n. */
-int ota_wave_of(const ota_spec_t *spec, size_t rank, size_t n);
+/* The wave of the device at position `rank` (0-based) of n, wave 1 being
+ * at least `first` devices (a stratified canary's; 0 for none). */
+int ota_wave_of(const ota_spec_t *spec, size_t rank, size_t n, size_t first);
 
 /* What a wave's jobs are doing (install jobs; rollbacks apart). */
 typedef struct {

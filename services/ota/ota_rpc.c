@@ -133,12 +133,64 @@ static void s_reply_rollout(ota_t *self, const char *id, uint32_t status, s_repl
     PQclear(res);
 }
 
+/* A stratified rollout names tags its targeted devices have: each is
+ * asked of twin (one device that matches the target and has the tag).
+ * False with the reply failed: 400 naming a tag no targeted device has,
+ * 503 when twin does not answer. */
+static bool s_strata_present(ota_t *self, const ota_spec_t *spec, s_reply_t *r)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(spec->stratify_by, i, e)
+    {
+        char *filters[66], rid[48], err[300];
+        size_t nf = 0;
+        const char *key;
+        json_t *v;
+        json_object_foreach(spec->target_tags, key, v)
+        {
+            if (nf < 64 && asprintf(&filters[nf], "%s:%s", key, json_string_value(v)) > 0)
+                nf++;
+        }
+        filters[nf++] = (char *)json_string_value(e); /* has the tag */
+        Mh__TwinRequest tq = MH__TWIN_REQUEST__INIT;
+        tq.method = MH__TWIN_REQUEST__METHOD__LIST_DEVICES;
+        tq.firmware = (char *)spec->target_firmware;
+        tq.tags = filters;
+        tq.n_tags = nf;
+        tq.limit = 1;
+        snprintf(rid, sizeof rid, "ota-strata-%" PRIu64, ++self->seq);
+        json_t *page =
+            mh_rpc_call_json(self->twin_rpc, "twin.request", &tq.base, rid, 5000, err, sizeof err);
+        for (size_t k = 0; k + 1 < nf; k++)
+            free(filters[k]);
+        if (!page) {
+            mh_rpc_fail(&r->base, 503, "unavailable", "cannot check \"stratifyBy\" with twin: %s",
+                        err);
+            return false;
+        }
+        bool found = json_array_size(json_object_get(page, "items")) > 0;
+        json_decref(page);
+        if (!found) {
+            mh_rpc_fail(&r->base, 400, "bad_request",
+                        "\"stratifyBy\": no device the rollout targets has tag \"%s\"",
+                        json_string_value(e));
+            return false;
+        }
+    }
+    return true;
+}
+
 static void s_rpc_create_rollout(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 {
     ota_spec_t spec;
     char why[256], err[512], now_s[32];
     if (ota_spec_parse(q->body_json, &spec, why, sizeof why) < 0)
         return mh_rpc_fail(&r->base, 400, "bad_request", "%s", why);
+    if (spec.stratify_by && !s_strata_present(self, &spec, r)) {
+        ota_spec_clear(&spec);
+        return;
+    }
     json_t *norm = ota_spec_json(&spec);
     char *text = ota_dumps(norm);
     json_decref(norm);

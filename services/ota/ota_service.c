@@ -165,6 +165,7 @@ static void s_destroy(ota_t **self_p)
     ota_signer_destroy(&self->signer);
     mh_pg_destroy(&self->pg);
     mh_resolver_destroy(&self->twin_resolver);
+    mh_rpc_destroy(&self->twin_rpc);
     zsock_destroy(&self->pull);
     mh_rpc_server_destroy(&self->rpc);
     zsock_destroy(&self->router);
@@ -218,6 +219,7 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
                                                      .ud = self},
                                   ctx->metrics);
     self->dealer = mh_dealer_new(self->cfg->twin_rpc_endpoint, 0, &self->twin_resolver);
+    self->twin_rpc = mh_rpc_new(self->cfg->twin_rpc_endpoint);
     self->online =
         mh_idset_new(&(mh_idset_opts_t){.rpc_endpoint = self->cfg->twin_rpc_endpoint,
                                         .events_endpoint = self->cfg->twin_events_endpoint,
@@ -228,8 +230,8 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
                      ctx->metrics);
     self->images = ota_images_new(self->cfg->pg_url, ctx->metrics);
     self->rpc = mh_rpc_server_new(&ota_rpc_def, self, self->pg, ctx->metrics);
-    if (!self->rpc || !self->pg || !self->downlink || !self->twin_resolver || !self->online ||
-        !self->images || !self->out || !self->published) {
+    if (!self->rpc || !self->pg || !self->downlink || !self->twin_resolver || !self->twin_rpc ||
+        !self->online || !self->images || !self->out || !self->published) {
         mh_error("bad settings (downlink \"%s\", twin RPC \"%s\", twin events \"%s\")",
                  self->cfg->downlink_endpoint, self->cfg->twin_rpc_endpoint,
                  self->cfg->twin_events_endpoint);

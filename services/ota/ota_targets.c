@@ -9,9 +9,12 @@ void ota_res_clear(ota_t *self)
     for (size_t i = 0; i < self->res.n; i++) {
         free(self->res.ids[i]);
         free(self->res.fw[i]);
+        if (self->res.tags)
+            json_decref(self->res.tags[i]);
     }
     free(self->res.ids);
     free(self->res.fw);
+    free(self->res.tags);
     ota_spec_clear(&self->res.spec);
     memset(&self->res, 0, sizeof self->res);
 }
@@ -88,11 +91,26 @@ static void s_res_finish(ota_t *self)
     ota_fmt_i64(now_s, sizeof now_s, now);
     const char *id = self->res.rollout;
     size_t n = self->res.n;
-    ota_order_devices(self->res.ids, self->res.fw, n);
+    size_t *perm = malloc((n + 1) * sizeof *perm);
+    void **tmp = malloc((n + 1) * sizeof *tmp);
+    if (!perm || !tmp)
+        abort(); /* a few bytes a device */
+    ota_order_perm(self->res.ids, n, perm);
+    ota_permute((void **)self->res.ids, perm, n, tmp);
+    ota_permute((void **)self->res.fw, perm, n, tmp);
+    ota_permute((void **)self->res.tags, perm, n, tmp);
+    free(perm);
+    free(tmp);
+    /* a stratified canary: wave 1 grows to hold every value of the tags
+     * named and every firmware version present */
+    size_t first = ota_wave_end(self->res.spec.percents[0], n);
+    if (self->res.spec.stratify_by)
+        first = ota_stratify(self->res.ids, self->res.fw, self->res.tags, n, first,
+                             self->res.spec.stratify_by);
     int *waves = calloc(n + 1, sizeof *waves), *ranks = calloc(n + 1, sizeof *ranks);
     int64_t sizes[OTA_MAX_WAVES] = {0};
     for (size_t i = 0; i < n && waves && ranks; i++) {
-        waves[i] = ota_wave_of(&self->res.spec, i, n);
+        waves[i] = ota_wave_of(&self->res.spec, i, n, first);
         ranks[i] = (int)i;
         sizes[waves[i]]++;
     }
@@ -208,12 +226,18 @@ void ota_on_twin_reply(ota_t *self)
             char **b = a ? realloc(self->res.fw, cap * sizeof *b) : NULL;
             if (b)
                 self->res.fw = b;
-            if (!a || !b)
+            json_t **t = b && self->res.spec.stratify_by ? realloc(self->res.tags, cap * sizeof *t)
+                                                         : self->res.tags;
+            if (t)
+                self->res.tags = t;
+            if (!a || !b || (self->res.spec.stratify_by && !t))
                 break;
             self->res.cap = cap;
         }
         self->res.ids[self->res.n] = strdup(id);
         self->res.fw[self->res.n] = fw && ota_name_valid(fw) ? strdup(fw) : NULL;
+        if (self->res.tags)
+            self->res.tags[self->res.n] = json_incref(json_object_get(it, "tags"));
         self->res.n++;
     }
     const char *next = json_string_value(json_object_get(body, "next"));
