@@ -3,6 +3,7 @@
  * reference agent, operators through twin's RPC. Each test checks what a
  * firmware writer or an operator would see. */
 #include "mh_test.h"
+#include "mh_time.h"
 
 #include "mh_agent.h"
 #include "mh_envelope.h"
@@ -658,6 +659,7 @@ static void test_bad_input(void **state)
 static void test_connectivity(void **state)
 {
     (void)state;
+    int64_t start = mh_now_ms(); /* wall clock, as the log keeps it */
     s_register_known("cn-1", NULL);
     s_register_known("cn-2", NULL);
     s_dev_t *d = s_dev_new("cn-1");
@@ -682,6 +684,38 @@ static void test_connectivity(void **state)
     dev = s_get(MH__TWIN_REQUEST__METHOD__GET_DEVICE, "cn-2");
     assert_true(s_ji(dev, "lastSeen") > 0);
     json_decref(dev);
+
+    /* Each change is in the connectivity log, and HEALTH_STATS sums it per
+     * cohort over each device's window: cn-1 and cn-2 went offline once
+     * each (last will; silence) and have been offline since; reg-3 never
+     * connected in its window and counts as online. */
+    int64_t now = mh_now_ms();
+    char params[512];
+    snprintf(params, sizeof params,
+             "{\"firmware\":\"1.0.0\",\"cohorts\":{\"a\":[[\"cn-1\",%lld,%lld],"
+             "[\"cn-2\",%lld,%lld]],\"b\":[[\"reg-3\",%lld,%lld]],\"c\":[]}}",
+             (long long)start, (long long)now, (long long)start, (long long)now, (long long)start,
+             (long long)now);
+    Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
+    q.method = MH__TWIN_REQUEST__METHOD__HEALTH_STATS;
+    q.params_json = params;
+    json_t *st = s_body(s_call(&q));
+    json_t *a = json_object_get(st, "a"), *b = json_object_get(st, "b");
+    assert_int_equal(s_ji(a, "devices"), 2);
+    assert_int_equal(s_ji(a, "disconnects"), 2);
+    double hours = json_real_value(json_object_get(a, "deviceHours"));
+    double off = json_real_value(json_object_get(a, "offlineHours"));
+    assert_true(hours > 0 && off > 0 && off < hours);
+    assert_int_equal(s_ji(a, "notOnVersion"), 0); /* both report 1.0.0 */
+    assert_int_equal(s_ji(b, "devices"), 1);
+    assert_int_equal(s_ji(b, "disconnects"), 0);
+    assert_true(json_real_value(json_object_get(b, "offlineHours")) == 0);
+    assert_int_equal(s_ji(json_object_get(st, "c"), "devices"), 0);
+    json_decref(st);
+    q.params_json = "{\"cohorts\":{\"a\":[[\"cn-1\",5,1]]}}";
+    assert_int_equal(s_status_of(s_call(&q)), 400);
+    q.params_json = "[]";
+    assert_int_equal(s_status_of(s_call(&q)), 400);
 }
 
 /* ---- commands ---- */

@@ -186,6 +186,16 @@ static bool s_store(tw_t *self, tw_batch_t *b, char *err, size_t errlen)
         free(text);
     }
     json_decref(rows);
+    if (ok && json_array_size(b->conn)) {
+        char *text = tw_dumps(b->conn);
+        const char *p[] = {text};
+        ok = mh_pg_ok(self->pg,
+                      "INSERT INTO twin.conn_log (device_id, ts_ms, online, reason)"
+                      " SELECT id, ts, online, reason FROM jsonb_to_recordset($1::jsonb)"
+                      " AS u(id text, ts bigint, online boolean, reason text)",
+                      1, p, err, errlen);
+        free(text);
+    }
     if (ok && json_array_size(b->acks)) {
         char *text = tw_dumps(b->acks), now_s[32];
         snprintf(now_s, sizeof now_s, "%" PRId64, b->now);
@@ -289,7 +299,8 @@ static bool s_claim(tw_t *self, s_relays_t *rl, bool claim, int64_t now, char *e
 static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_relays_t *rl, tw_out_t *out, char *err,
                        size_t errlen)
 {
-    tw_batch_t b = {.now = mh_now_ms(), .acks = json_array(), .m_online = self->m_online};
+    tw_batch_t b = {
+        .now = mh_now_ms(), .acks = json_array(), .conn = json_array(), .m_online = self->m_online};
     b.devs = zhashx_new();
     zhashx_set_destructor(b.devs, tw_dev_free);
     b.out = *out;
@@ -373,6 +384,7 @@ static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_relays_t *rl, tw_out_
     *out = b.out;
     zhashx_destroy(&b.devs);
     json_decref(b.acks);
+    json_decref(b.conn);
     return ok ? 0 : mh_pg_lost(self->pg) ? -EIO : mh_pg_retryable(self->pg) ? -EAGAIN : -EINVAL;
 }
 

@@ -12,6 +12,7 @@
  *                  command ack, presence) does to its device
  *   tw_shadow.c    the AWS IoT Device Shadow requests, classic and named
  *   tw_shadow_rpc.c  the operator's named shadows
+ *   tw_health_rpc.c  cohorts' connectivity over windows, for rollout health
  *   tw_provision.c fleet provisioning: certificates and RegisterThing
  *   tw_provision_rpc.c  the operator's provisioning templates
  *   tw_rpc.c       the operator RPC methods (served by mh_rpc_server)
@@ -203,6 +204,7 @@ typedef struct {
 typedef struct {
     zhashx_t *devs; /* id -> tw_dev_t */
     json_t *acks;   /* [{id, device_id, status, result}] */
+    json_t *conn;   /* connectivity changes for twin.conn_log: [{id, ts, online, reason}] */
     tw_out_t out;
     int64_t now;
     mh_counter_t *m_online;
@@ -253,6 +255,12 @@ bool tw_shadow_store(tw_t *self, const char *device, const char *name, json_t *d
  * `doc`; `token` (may be NULL) echoed. */
 void tw_shadow_updated(tw_out_t *o, const char *device, const char *name, json_t *before,
                        json_t *doc, json_t *desired, json_t *reported, json_t *token, bool changed);
+
+/* ---- tw_health_rpc.c ---- */
+
+/* HEALTH_STATS: connectivity of cohorts of devices, each over its own
+ * window, from twin.conn_log (a rollout's health, ota_health.c). */
+void tw_health_rpc(tw_t *self, const Mh__TwinRequest *q, mh_rpc_reply_t *reply);
 
 /* ---- tw_shadow_rpc.c ---- */
 

@@ -34,6 +34,8 @@ static void s_connectivity_event(tw_batch_t *b, tw_dev_t *d, const char *reason,
     ev.firmware = d->firmware ? d->firmware : "";
     ev.reason = (char *)reason;
     tw_out_event(&b->out, d->online ? "device.online" : "device.offline", &ev.base);
+    json_array_append_new(b->conn, json_pack("{s:s,s:I,s:b,s:s}", "id", d->id, "ts", (json_int_t)ts,
+                                             "online", d->online, "reason", reason ? reason : ""));
 }
 
 static void s_set_online(tw_batch_t *b, tw_dev_t *d, const char *source, int64_t ts)

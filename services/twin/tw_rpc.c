@@ -597,6 +597,11 @@ static void s_rpc_template(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
     tw_provision_rpc(self, q, &r->base);
 }
 
+static void s_rpc_health(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r)
+{
+    tw_health_rpc(self, q, &r->base);
+}
+
 /* The methods, typed as tw_t writes them; indexed by Mh__TwinRequest.method like
  * s_methods below. */
 typedef void(s_method_fn)(tw_t *self, const Mh__TwinRequest *q, s_reply_t *r);
@@ -620,6 +625,7 @@ static s_method_fn *const s_typed[] = {
     [MH__TWIN_REQUEST__METHOD__GET_TEMPLATE] = s_rpc_template,
     [MH__TWIN_REQUEST__METHOD__PUT_TEMPLATE] = s_rpc_template,
     [MH__TWIN_REQUEST__METHOD__DELETE_TEMPLATE] = s_rpc_template,
+    [MH__TWIN_REQUEST__METHOD__HEALTH_STATS] = s_rpc_health,
 };
 
 /* The one handler the RPC server knows: the untyped arguments become
@@ -651,6 +657,7 @@ static const mh_rpc_method_t s_methods[] = {
     [MH__TWIN_REQUEST__METHOD__GET_TEMPLATE] = {"get_template", s_call, true},
     [MH__TWIN_REQUEST__METHOD__PUT_TEMPLATE] = {"put_template", s_call, true},
     [MH__TWIN_REQUEST__METHOD__DELETE_TEMPLATE] = {"delete_template", s_call, true},
+    [MH__TWIN_REQUEST__METHOD__HEALTH_STATS] = {"health_stats", s_call, true},
 };
 _Static_assert(sizeof s_methods / sizeof s_methods[0] == sizeof s_typed / sizeof s_typed[0],
                "s_typed and s_methods list the same methods");

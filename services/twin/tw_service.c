@@ -24,6 +24,10 @@ const mh_cfg_opt_t tw_config_options[] = {
     {"presence-timeout", "MH_PRESENCE_TIMEOUT", MH_CFG_DURATION, "2m", S_CFG(presence_timeout_ms),
      "a device online by its status goes offline when the broker has not listed it as connected"
      " for this long (its last will was lost; motehub_acl's presence list, every 30 s)"},
+    {"conn-log-retention", "MH_TWIN_CONN_LOG_RETENTION", MH_CFG_DURATION, "7d",
+     S_CFG(conn_log_retention_ms),
+     "how long each device's connects and disconnects are kept (rollout health looks back over"
+     " its observation windows)"},
     {"grace", "MH_DEVICE_GRACE", MH_CFG_DURATION, "30s", S_CFG(grace_ms),
      "grace added to the keep-alive before a silent device counts as offline"},
     {"command-ttl", "MH_COMMAND_TTL", MH_CFG_DURATION, "1h", S_CFG(command_ttl_ms),
@@ -65,6 +69,13 @@ static const char *s_schema_sql =
     "CREATE INDEX IF NOT EXISTS devices_silent ON twin.devices (last_seen_ms)"
     "  WHERE online AND online_source = 'message';"
     "CREATE INDEX IF NOT EXISTS devices_firmware ON twin.devices (firmware, id);"
+    /* every connectivity change, for rollout health (tw_health_rpc.c);
+     * kept --conn-log-retention */
+    "CREATE TABLE IF NOT EXISTS twin.conn_log ("
+    "  device_id text COLLATE \"C\" NOT NULL, ts_ms bigint NOT NULL, online boolean NOT NULL,"
+    "  reason text NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS conn_log_device ON twin.conn_log (device_id, ts_ms);"
+    "CREATE INDEX IF NOT EXISTS conn_log_ts ON twin.conn_log USING brin (ts_ms);"
     "CREATE TABLE IF NOT EXISTS twin.commands ("
     "  seq bigserial PRIMARY KEY,"
     "  id text NOT NULL UNIQUE,"

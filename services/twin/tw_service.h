@@ -24,6 +24,7 @@ typedef struct {
     int64_t keepalive_ms;
     int64_t grace_ms;
     int64_t presence_timeout_ms;
+    int64_t conn_log_retention_ms;
     int64_t command_ttl_ms;
     int64_t command_timeout_ms;
     int64_t sweep_interval_ms;

@@ -53,31 +53,42 @@ void tw_sweep(tw_t *self)
                       err, sizeof err) &&
             !mh_pg_retryable(self->pg))
             mh_log_limited(&self->rl_db, MH_LOG_ERROR, "relay batch sweep failed: %s", err);
+        char keep_s[32];
+        snprintf(keep_s, sizeof keep_s, "%" PRId64, now - self->cfg->conn_log_retention_ms);
+        const char *kp[] = {keep_s};
+        if (!mh_pg_ok(self->pg, "DELETE FROM twin.conn_log WHERE ts_ms < $1::bigint", 1, kp, err,
+                      sizeof err) &&
+            !mh_pg_retryable(self->pg))
+            mh_log_limited(&self->rl_db, MH_LOG_ERROR, "connectivity log sweep failed: %s", err);
     }
+    /* the devices a sweep takes offline go into the connectivity log too */
+#define S_LOG_OFFLINE                                                                              \
+    " l AS (INSERT INTO twin.conn_log (device_id, ts_ms, online, reason)"                          \
+    "   SELECT id, $2::bigint, false, $3 FROM s) SELECT id, firmware FROM s"
     char absent_s[32];
     snprintf(absent_s, sizeof absent_s, "%" PRId64, now - self->cfg->presence_timeout_ms);
     static const struct {
         const char *sql, *reason;
     } offline_sweeps[] = {
         /* online by its messages alone, and silent past keep-alive + grace */
-        {"UPDATE twin.devices SET online = false, conn_ms = $2::bigint"
+        {"WITH s AS (UPDATE twin.devices SET online = false, conn_ms = $2::bigint"
          " WHERE online AND online_source = 'message'"
-         " AND last_seen_ms < $1::bigint RETURNING id, firmware",
+         " AND last_seen_ms < $1::bigint RETURNING id, firmware)," S_LOG_OFFLINE,
          "silence"},
         /* online by its status, and the broker, which lists the devices
          * connected, has not listed it since before the presence timeout:
          * its last will was lost */
-        {"UPDATE twin.devices SET online = false, conn_ms = $2::bigint"
+        {"WITH s AS (UPDATE twin.devices SET online = false, conn_ms = $2::bigint"
          " WHERE online AND online_source = 'status' AND COALESCE(present_ms, 0) < $1::bigint"
          " AND conn_ms < $1::bigint"
          " AND EXISTS (SELECT 1 FROM twin.presence WHERE at_ms >= $1::bigint)"
-         " RETURNING id, firmware",
+         " RETURNING id, firmware)," S_LOG_OFFLINE,
          "not connected"},
     };
     for (size_t i = 0; i < 2; i++) {
-        const char *sp[] = {i ? absent_s : silent_s, now_s};
+        const char *sp[] = {i ? absent_s : silent_s, now_s, offline_sweeps[i].reason};
         PGresult *res =
-            mh_pg_exec(self->pg, PGRES_TUPLES_OK, offline_sweeps[i].sql, 2, sp, err, sizeof err);
+            mh_pg_exec(self->pg, PGRES_TUPLES_OK, offline_sweeps[i].sql, 3, sp, err, sizeof err);
         if (!res) {
             if (!mh_pg_retryable(self->pg))
                 mh_log_limited(&self->rl_db, MH_LOG_ERROR, "connectivity sweep failed: %s", err);
