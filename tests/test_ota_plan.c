@@ -214,6 +214,115 @@ static void test_stratify(void **state)
     }
 }
 
+/* Health gates: specs checked, and the verdict against control. */
+static void test_health_gate(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *health, *says;
+    } bad[] = {
+        {"{\"signals\":[{\"signal\":\"disconnects\"}]}", "windowSeconds"},
+        {"{\"windowSeconds\":0,\"signals\":[{\"signal\":\"disconnects\"}]}", "windowSeconds"},
+        {"{\"windowSeconds\":1.5,\"signals\":[{\"signal\":\"disconnects\"}]}", "windowSeconds"},
+        {"{\"windowSeconds\":60,\"signals\":[]}", "signals"},
+        {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"vibes\"}]}", "unknown signal \"vibes\""},
+        {"{\"windowSeconds\":60,\"tolerance\":-0.1,\"signals\":[{\"signal\":\"offline\"}]}",
+         "tolerance"},
+        {"{\"windowSeconds\":60,\"tolerance\":11,\"signals\":[{\"signal\":\"offline\"}]}",
+         "tolerance"},
+        {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"metric\"}]}", "metric"},
+        {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"metric\",\"metric\":\"a b\"}]}",
+         "metric"},
+        {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"metric\",\"metric\":\"t\","
+         "\"stat\":\"median\"}]}",
+         "unknown stat \"median\""},
+        {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"offline\",\"margin\":-1}]}", "margin"},
+        {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"offline\",\"stat\":\"p95\"}]}",
+         "belong"},
+        {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"offline\",\"worse\":\"lower\"}]}",
+         "worse"},
+        {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"offline\",\"colour\":1}]}",
+         "unknown field"},
+        {"{\"windowSeconds\":60,\"colour\":1,\"signals\":[{\"signal\":\"offline\"}]}",
+         "unknown field"},
+        {"[]", "health"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char spec[600], why[256] = "";
+        snprintf(spec, sizeof spec, "{\"firmware\":\"1\",\"health\":%s}", bad[i].health);
+        ota_spec_t s;
+        if (ota_spec_parse(spec, &s, why, sizeof why) == 0)
+            fail_msg("accepted %s", spec);
+        if (!strstr(why, bad[i].says))
+            fail_msg("%s: \"%s\" does not mention %s", spec, why, bad[i].says);
+    }
+    ota_spec_t s;
+    char why[256];
+    assert_int_equal(
+        ota_spec_parse("{\"firmware\":\"1\",\"health\":{\"windowSeconds\":600,\"signals\":["
+                       "{\"signal\":\"disconnects\"},{\"signal\":\"firmwareRollback\"},"
+                       "{\"signal\":\"metric\",\"metric\":\"temperature\",\"stat\":\"p95\"},"
+                       "{\"signal\":\"metric\",\"metric\":\"battery\",\"stat\":\"slope\","
+                       "\"worse\":\"lower\",\"margin\":0.5}]}}",
+                       &s, why, sizeof why),
+        0);
+    const ota_health_t *h = &s.health;
+    assert_true(h->on);
+    assert_int_equal(h->nsig, 4);
+    assert_true(ota_health_needs_metrics(h));
+    assert_true(h->tolerance == 0.2);
+    assert_true(h->sig[0].margin == 1);                   /* a disconnect an hour */
+    assert_true(h->sig[1].has_max && h->sig[1].max == 0); /* no device back */
+    json_t *j = ota_spec_json(&s);
+    json_t *hj = json_object_get(j, "health");
+    assert_int_equal(json_integer_value(json_object_get(hj, "windowSeconds")), 600);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(hj, "signals"), 2), "stat")),
+                        "p95");
+    /* the normalised form parses to the same */
+    char *text = json_dumps(j, JSON_COMPACT);
+    ota_spec_t s2;
+    assert_int_equal(ota_spec_parse(text, &s2, why, sizeof why), 0);
+    assert_int_equal(s2.health.nsig, 4);
+    assert_true(s2.health.sig[3].lower_worse && s2.health.sig[3].margin == 0.5);
+    free(text);
+    json_decref(j);
+    ota_spec_clear(&s2);
+
+    char reason[300];
+    const ota_signal_t *temp = &h->sig[2];
+    /* a heat wave: both groups run hot, the updated no hotter than
+     * control allows (45 * 1.2) */
+    assert_false(ota_signal_bad(h, temp, (ota_sample_t){52, 10}, (ota_sample_t){45, 90}, reason,
+                                sizeof reason));
+    /* hotter than control: bad, and the reason has both numbers */
+    assert_true(ota_signal_bad(h, temp, (ota_sample_t){60, 10}, (ota_sample_t){45, 90}, reason,
+                               sizeof reason));
+    assert_non_null(strstr(reason, "60"));
+    assert_non_null(strstr(reason, "45"));
+    assert_non_null(strstr(reason, "temperature p95"));
+    /* a crash loop: 40 disconnects an hour against none */
+    assert_true(ota_signal_bad(h, &h->sig[0], (ota_sample_t){40, 3}, (ota_sample_t){0, 97}, reason,
+                               sizeof reason));
+    /* within the margin of a disconnect an hour */
+    assert_false(ota_signal_bad(h, &h->sig[0], (ota_sample_t){0.9, 3}, (ota_sample_t){0, 97},
+                                reason, sizeof reason));
+    /* lower is worse: a battery draining faster than control */
+    assert_true(ota_signal_bad(h, &h->sig[3], (ota_sample_t){-5, 3}, (ota_sample_t){-1, 97}, reason,
+                               sizeof reason));
+    assert_false(ota_signal_bad(h, &h->sig[3], (ota_sample_t){-1.4, 3}, (ota_sample_t){-1, 97},
+                                reason, sizeof reason));
+    /* one device back on its old version */
+    assert_true(ota_signal_bad(h, &h->sig[1], (ota_sample_t){0.1, 10}, (ota_sample_t){0, 0}, reason,
+                               sizeof reason));
+    /* no control left: only a bound can fail it; nothing observed: nothing */
+    assert_false(ota_signal_bad(h, temp, (ota_sample_t){90, 10}, (ota_sample_t){0, 0}, reason,
+                                sizeof reason));
+    assert_false(ota_signal_bad(h, temp, (ota_sample_t){0, 0}, (ota_sample_t){45, 9}, reason,
+                                sizeof reason));
+    ota_spec_clear(&s);
+}
+
 static void test_decide(void **state)
 {
     (void)state;
@@ -343,6 +452,7 @@ int main(void)
         cmocka_unit_test(test_waves),         cmocka_unit_test(test_document_job),
         cmocka_unit_test(test_decide),        cmocka_unit_test(test_status_messages),
         cmocka_unit_test(test_ranges),        cmocka_unit_test(test_stratify),
+        cmocka_unit_test(test_health_gate),
     };
     return MHT_RUN(tests);
 }

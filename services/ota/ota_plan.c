@@ -198,6 +198,7 @@ int ota_spec_from_json(json_t *root, ota_spec_t *out, char *why, size_t whylen)
                                   "maxPerMinute",
                                   "onFailure",
                                   "stratifyBy",
+                                  "health",
                                   NULL};
     const char *key;
     json_t *v;
@@ -234,6 +235,7 @@ int ota_spec_from_json(json_t *root, ota_spec_t *out, char *why, size_t whylen)
     if (s_target(json_object_get(root, "target"), out, why, whylen) < 0 ||
         s_waves(json_object_get(root, "waves"), out, why, whylen) < 0 ||
         s_stratify(json_object_get(root, "stratifyBy"), out, why, whylen) < 0 ||
+        ota_health_parse(json_object_get(root, "health"), &out->health, why, whylen) < 0 ||
         s_number(root, "successThreshold", 0, 1, &out->success_threshold, why, whylen) < 0 ||
         s_number(root, "failureThreshold", 0, 1, &out->failure_threshold, why, whylen) < 0 ||
         s_number(root, "minDevicesPerWave", 1, 1e9, &min_devices, why, whylen) < 0 ||
@@ -301,6 +303,8 @@ json_t *ota_spec_json(const ota_spec_t *s)
         (json_int_t)s->max_per_minute, "onFailure", s->rollback_on_failure ? "rollback" : "pause");
     if (s->stratify_by)
         json_object_set(out, "stratifyBy", s->stratify_by);
+    if (s->health.on)
+        json_object_set_new(out, "health", ota_health_json(&s->health));
     if (s->document) {
         json_object_del(out, "firmware");
         json_object_set(out, "document", s->document);

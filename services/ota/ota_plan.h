@@ -6,6 +6,7 @@
  *     rollout, a wave reaches its success threshold, the next wave starts,
  *     or the rollout is complete. */
 #pragma once
+#include "ota_gate.h"
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -32,6 +33,7 @@ typedef struct {
     int64_t max_per_minute;   /* default 1000 */
     bool rollback_on_failure; /* onFailure "rollback" (firmware's default) or "pause" */
     json_t *stratify_by;      /* array of tag names, or NULL: wave 1 covers every value */
+    ota_health_t health;      /* the health gate (health.on), ota_gate.h */
 } ota_spec_t;
 
 #define OTA_MAX_STRATA 8
