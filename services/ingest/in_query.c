@@ -1,5 +1,6 @@
 /* in_query — see in_query.h. */
 #include "in_query.h"
+#include "in_cohort.h"
 #include "in_block.h"
 #include "in_compress.h"
 #include "mh_curve.h"
@@ -166,6 +167,8 @@ static bool s_metric_ok(const char *m)
 static void s_answer(mh_pg_t *pg, const Mh__TelemetryQuery *q, int64_t max_limit, s_reply_t *r)
 {
     char err[512];
+    if (*q->cohort_json)
+        return in_cohort_answer(pg, q->cohort_json, &r->base);
     if (!mh_device_id_valid(q->device_id, strlen(q->device_id)))
         return s_fail(r, 404, "not_found", "no such device");
     for (size_t i = 0; i < q->n_metrics; i++)

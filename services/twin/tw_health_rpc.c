@@ -11,43 +11,21 @@
  * is not `firmware` — for devices that installed it, ones that went back
  * to another version on their own. */
 #include "tw_internal.h"
-
-#define S_MAX_DEVICES 200000
+#include "mh_cohort.h"
 
 void tw_health_rpc(tw_t *self, const Mh__TwinRequest *q, mh_rpc_reply_t *r)
 {
     json_error_t jerr;
     json_t *params = mh_json_loads(q->params_json, 0, MH_JSON_MAX_DEPTH, &jerr);
-    json_t *cohorts = json_object_get(params, "cohorts");
-    if (!json_is_object(cohorts)) {
+    json_t *out = json_object();
+    json_t *empty = json_pack("{s:i,s:f,s:i,s:f,s:i}", "devices", 0, "deviceHours", 0.0,
+                              "disconnects", 0, "offlineHours", 0.0, "notOnVersion", 0);
+    json_t *rows = mh_cohort_rows(json_object_get(params, "cohorts"), out, empty);
+    json_decref(empty);
+    if (!rows) {
+        json_decref(out);
         json_decref(params);
-        return mh_rpc_fail(r, 400, "bad_request",
-                           "params_json must be {\"cohorts\": {name: [[device, from, to], ...]}}");
-    }
-    /* flattened rows [cohort, device, from, to], checked */
-    json_t *rows = json_array(), *out = json_object();
-    const char *name;
-    json_t *list;
-    size_t total = 0;
-    json_object_foreach(cohorts, name, list)
-    {
-        size_t i;
-        json_t *e;
-        json_object_set_new(out, name,
-                            json_pack("{s:i,s:f,s:i,s:f,s:i}", "devices", 0, "deviceHours", 0.0,
-                                      "disconnects", 0, "offlineHours", 0.0, "notOnVersion", 0));
-        if (!json_is_array(list))
-            goto bad;
-        json_array_foreach(list, i, e)
-        {
-            const char *id = json_string_value(json_array_get(e, 0));
-            json_t *f = json_array_get(e, 1), *t = json_array_get(e, 2);
-            if (!id || !json_is_integer(f) || !json_is_integer(t) ||
-                json_integer_value(t) < json_integer_value(f) || ++total > S_MAX_DEVICES)
-                goto bad;
-            json_array_append_new(
-                rows, json_pack("{s:s,s:s,s:O,s:O}", "c", name, "id", id, "f", f, "t", t));
-        }
+        return mh_rpc_fail(r, 400, "bad_request", "params_json: %s", MH_COHORT_BAD);
     }
     const char *fw = json_string_value(json_object_get(params, "firmware"));
     char *text = tw_dumps(rows);
@@ -89,13 +67,4 @@ void tw_health_rpc(tw_t *self, const Mh__TwinRequest *q, mh_rpc_reply_t *r)
                                       (json_int_t)tw_i64(res, i, 5)));
     PQclear(res);
     mh_rpc_ok_json(r, 200, out);
-    return;
-bad:
-    json_decref(rows);
-    json_decref(out);
-    json_decref(params);
-    mh_rpc_fail(r, 400, "bad_request",
-                "each cohort is a list of [device, from_ms, to_ms] with from <= to (at most %d"
-                " devices in all)",
-                S_MAX_DEVICES);
 }
