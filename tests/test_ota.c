@@ -21,7 +21,9 @@ static mht_db_t s_db;
 static mht_service_t s_twin, s_gw, s_ingest, s_ota;
 static zsock_t *s_rpc;
 static char s_downlink[64], s_key[512], s_pub[512];
-static const char *const s_ota_extra[] = {"--resend-after=3s", NULL};
+static char s_ingest_ep[128];
+static const char *const s_ota_extra[] = {"--resend-after=3s", "--health-interval=1s", s_ingest_ep,
+                                          NULL};
 
 /* ---- operator side ---- */
 
@@ -136,17 +138,19 @@ static int64_t s_wave_num(json_t *rollout, int k, const char *key)
 
 /* ---- devices: motesim ---- */
 
-/* `tags`: motesim's --tags (NULL: none but "sim") */
-static pid_t s_fleet_tagged(const char *name, const char *prefix, int n, const char *firmware,
-                            const char *fail, const char *install_time, const char *tags)
+/* `more`: motesim options beside these, NULL-terminated (or NULL); the
+ * later of two settings of one option wins */
+static pid_t s_fleet_with(const char *name, const char *prefix, int n, const char *firmware,
+                          const char *fail, const char *install_time, const char *const *more)
 {
-    char a_fw[64], a_key[600], a_fail[96], a_it[64], a_tags[300];
+    char a_fw[64], a_key[600], a_fail[96], a_it[64];
     snprintf(a_fw, sizeof a_fw, "--firmware=%s", firmware);
     snprintf(a_key, sizeof a_key, "--ota-key=%s", s_pub);
     snprintf(a_fail, sizeof a_fail, "--ota-fail=%s", fail ? fail : "");
     snprintf(a_it, sizeof a_it, "--ota-install-time=%s", install_time);
-    snprintf(a_tags, sizeof a_tags, "--tags=%s", tags ? tags : "");
-    const char *args[] = {a_fw, a_key, a_fail, a_it, "--interval=60s", "--report=5s", a_tags, NULL};
+    const char *args[16] = {a_fw, a_key, a_fail, a_it, "--interval=60s", "--report=5s"};
+    for (size_t i = 0, k = 6; more && more[i] && k < 15; i++, k++)
+        args[k] = more[i];
     pid_t pid = mht_motesim_start(name, s_broker.url, s_twin.rpc_endpoint, prefix, n, args);
     /* Registered, connected and reporting their firmware to the twin. */
     mht_fleet_wait_online(&s_db, prefix, n, firmware);
@@ -156,7 +160,7 @@ static pid_t s_fleet_tagged(const char *name, const char *prefix, int n, const c
 static pid_t s_fleet(const char *name, const char *prefix, int n, const char *firmware,
                      const char *fail, const char *install_time)
 {
-    return s_fleet_tagged(name, prefix, n, firmware, fail, install_time, NULL);
+    return s_fleet_with(name, prefix, n, firmware, fail, install_time, NULL);
 }
 
 /* Stops motesim and returns the OTA repeats it saw (-1 if it said nothing);
@@ -191,6 +195,7 @@ static int s_setup(void **state)
     s_ota.port = mht_free_port();
     mht_ingest_start(&s_ingest, "ingest", &s_db, 0, NULL);
     mht_gateway_for_twin(&s_gw, "gateway", &s_broker, &s_ingest, &s_twin, s_downlink, s_ota.port);
+    snprintf(s_ingest_ep, sizeof s_ingest_ep, "--ingest-rpc-endpoint=%s", s_ingest.rpc_endpoint);
     mht_ota_start(&s_ota, "ota", &s_db, s_downlink, &s_twin, s_key, s_ota_extra);
     s_rpc = zsock_new_dealer(s_ota.rpc_endpoint);
     return 0;
@@ -520,6 +525,20 @@ static void test_bad_requests(void **state)
         {"{\"firmware\":\"e-1.0\",\"colour\":\"red\"}", 400, "unknown field"},
         {"{\"firmware\":\"e-1.0\",\"target\":{\"tags\":{\"model\":1}}}", 400, "target.tags"},
         {"{\"firmware\":", 400, "invalid JSON"},
+        /* health gates */
+        {"{\"firmware\":\"e-1.0\",\"health\":{\"windowSeconds\":60,\"signals\":["
+         "{\"signal\":\"vibes\"}]}}",
+         400, "unknown signal \"vibes\""},
+        {"{\"firmware\":\"e-1.0\",\"health\":{\"windowSeconds\":0,\"signals\":["
+         "{\"signal\":\"disconnects\"}]}}",
+         400, "windowSeconds"},
+        {"{\"firmware\":\"e-1.0\",\"health\":{\"windowSeconds\":60,\"tolerance\":42,"
+         "\"signals\":[{\"signal\":\"disconnects\"}]}}",
+         400, "tolerance"},
+        {"{\"firmware\":\"e-1.0\",\"health\":{\"windowSeconds\":120,\"signals\":["
+         "{\"signal\":\"metric\",\"metric\":\"no_such_metric\"}]}}",
+         400, "no device has reported metric \"no_such_metric\""},
+        {"{\"firmware\":\"e-1.0\",\"stratifyBy\":[\"no-such-tag\"]}", 400, "\"no-such-tag\""},
         {"[]", 400, "object"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -559,9 +578,10 @@ static void test_stratified_canary(void **state)
 {
     (void)state;
     s_upload_version("st-2.0", 100);
-    const char *tags = "fleet=strat;model=m1:96,m2:3,m3:1;region=eu:50,us:49,ap:1";
-    pid_t a = s_fleet_tagged("sim-strat-a", "sta", 150, "st-1.0", NULL, "100ms", tags);
-    pid_t b = s_fleet_tagged("sim-strat-b", "stb", 10, "st-0.9", NULL, "100ms", tags);
+    const char *const tags[] = {"--tags=fleet=strat;model=m1:96,m2:3,m3:1;region=eu:50,us:49,ap:1",
+                                NULL};
+    pid_t a = s_fleet_with("sim-strat-a", "sta", 150, "st-1.0", NULL, "100ms", tags);
+    pid_t b = s_fleet_with("sim-strat-b", "stb", 10, "st-0.9", NULL, "100ms", tags);
     double before = mht_db_num(&s_db, "SELECT count(*) FROM ota.rollouts");
     Mh__OtaRequest q = MH__OTA_REQUEST__INIT;
     q.method = MH__OTA_REQUEST__METHOD__CREATE_ROLLOUT;
@@ -614,6 +634,155 @@ static void test_stratified_canary(void **state)
     mh__ota_reply__free_unpacked(r, NULL);
     s_fleet_stop("sim-strat-a", a, NULL);
     s_fleet_stop("sim-strat-b", b, NULL);
+}
+
+/* ---- health gates ---- */
+
+/* The health gate's last evaluation, as the API shows it. */
+static void s_print_health(const char *what, json_t *rollout)
+{
+    char *h = json_dumps(json_object_get(rollout, "healthNow"), JSON_COMPACT);
+    print_message("# %s: %s: %.1500s\n", what,
+                  json_string_value(json_object_get(rollout, "reason")), h ? h : "null");
+    free(h);
+}
+
+/* A version that installs fine and then crash-loops (drops its connection
+ * every few seconds): no install fails, the health gate sees the updated
+ * devices disconnect far more than the control group and rolls back, with
+ * a reason naming the signal and both sides. ota is SIGKILLed while wave
+ * 1 is under observation and the verdict after its restart is the same. */
+static void test_health_crash_loop(void **state)
+{
+    (void)state;
+    s_upload_version("hc-1.0", 100);
+    s_upload_version("hc-2.0", 100);
+    const char *const more[] = {"--misbehave=hc-2.0:1:reconnect", NULL};
+    pid_t sim = s_fleet_with("sim-hc", "hc", 40, "hc-1.0", NULL, "200ms", more);
+    const char *id =
+        s_create("{\"firmware\":\"hc-2.0\",\"target\":{\"firmware\":\"hc-1.0\"},"
+                 "\"waves\":[{\"percent\":10},{\"percent\":100}],\"soakSeconds\":0,"
+                 "\"health\":{\"windowSeconds\":300,\"signals\":[{\"signal\":\"disconnects\"},"
+                 "{\"signal\":\"offline\"}]}}");
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT least(count(*), 1) FROM ota.jobs WHERE rollout_id = '%s'"
+             " AND status = 'succeeded'",
+             id);
+    assert_int_equal(mht_db_wait_num(&s_db, sql, 1, 30000), 1);
+    int64_t first_ok = mht_now_ms();
+    /* under observation (the new version runs 5 s before its first crash):
+     * not promoted, not succeeded yet */
+    json_t *v = s_rollout(id);
+    s_print_health("crash loop, observing", v);
+    assert_string_equal(json_string_value(json_object_get(v, "state")), "running");
+    assert_int_equal(json_integer_value(json_object_get(v, "currentWave")), 0);
+    assert_int_equal(s_wave_num(v, 0, "succeeded"), 0);
+    assert_true(s_wave_num(v, 0, "observing") >= 1);
+    json_decref(v);
+    int st = mht_stop(s_ota.pid, SIGKILL, 5000);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    mht_ota_start(&s_ota, "ota", &s_db, s_downlink, &s_twin, s_key, s_ota_extra);
+    v = s_wait_state(id, "rolled_back", 60000);
+    print_message("# crash loop: rollback decided %.1f s after the first install succeeded\n",
+                  (double)(mht_now_ms() - first_ok) / 1000.0);
+    s_print_health("crash loop", v);
+    const char *reason = json_string_value(json_object_get(v, "reason"));
+    assert_non_null(strstr(reason, "wave 1 health: disconnects"));
+    assert_non_null(strstr(reason, "control group"));
+    json_t *totals = json_object_get(v, "totals");
+    assert_int_equal(json_integer_value(json_object_get(totals, "failed")), 0);
+    assert_int_equal(json_integer_value(json_object_get(totals, "timedOut")), 0);
+    /* wave 2 never started; every updated device goes back to hc-1.0 */
+    assert_int_equal(s_wave_num(v, 1, "sent"), 0);
+    json_decref(v);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FILTER (WHERE action = 'install' AND status = 'succeeded')"
+             " - count(*) FILTER (WHERE action = 'rollback' AND status = 'succeeded')"
+             " FROM ota.jobs WHERE rollout_id = '%s'",
+             id);
+    assert_int_equal(mht_db_wait_num(&s_db, sql, 0, 30000), 0);
+    s_fleet_stop("sim-hc", sim, NULL);
+}
+
+/* Temperature against control, two rollouts at once: in a heat wave every
+ * device runs 15 degrees hotter, updated or not, and wave 1 passes its gate
+ * (wave 2 starts); a version that runs hotter than its control group is
+ * rolled back. Metrics are judged on whole minutes after each install,
+ * so the windows are 120 s. */
+static void test_health_hot_vs_control(void **state)
+{
+    (void)state;
+    static const char *health =
+        "\"health\":{\"windowSeconds\":120,\"signals\":[{\"signal\":\"metric\","
+        "\"metric\":\"temperature\",\"stat\":\"p95\"},{\"signal\":\"disconnects\"}]}";
+    const char *v1[] = {"hw-1.0", "hh-1.0"}, *v2[] = {"hw-2.0", "hh-2.0"};
+    const char *const heat[] = {"--misbehave=hw-1.0:1:hot,hw-2.0:1:hot", "--interval=1s", NULL};
+    const char *const hot[] = {"--misbehave=hh-2.0:1:hot", "--interval=1s", NULL};
+    pid_t sim[2];
+    char ids[2][64], spec[800];
+    for (int k = 0; k < 2; k++) {
+        s_upload_version(v1[k], 100);
+        s_upload_version(v2[k], 100);
+        sim[k] = s_fleet_with(k ? "sim-hh" : "sim-hw", k ? "hh" : "hw", 20, v1[k], NULL, "200ms",
+                              k ? hot : heat);
+    }
+    for (int k = 0; k < 2; k++) {
+        snprintf(spec, sizeof spec,
+                 "{\"firmware\":\"%s\",\"target\":{\"firmware\":\"%s\"},"
+                 "\"waves\":[{\"percent\":20},{\"percent\":100}],\"soakSeconds\":0,%s}",
+                 v2[k], v1[k], health);
+        snprintf(ids[k], sizeof ids[k], "%s", s_create(spec));
+    }
+    /* hotter than control: rolled back, naming the metric and both sides */
+    json_t *v = s_wait_state(ids[1], "rolled_back", 240000);
+    s_print_health("hotter", v);
+    const char *reason = json_string_value(json_object_get(v, "reason"));
+    assert_non_null(strstr(reason, "wave 1 health: temperature p95"));
+    assert_non_null(strstr(reason, "control group"));
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(v, "totals"), "failed")),
+                     0);
+    json_decref(v);
+    /* the heat wave: wave 1 passed its window against a control group as
+     * hot (the last evaluation that compared the two, before wave 2
+     * started), and wave 2 started */
+    int64_t deadline = mht_now_ms() + 240000;
+    json_t *last = NULL;
+    for (;;) {
+        v = s_rollout(ids[0]);
+        const char *st = json_string_value(json_object_get(v, "state"));
+        assert_true(strcmp(st, "running") == 0 || strcmp(st, "completed") == 0);
+        if (json_integer_value(json_object_get(v, "currentWave")) == 1) {
+            json_decref(v);
+            break;
+        }
+        size_t i;
+        json_t *e;
+        json_array_foreach(json_object_get(json_object_get(v, "healthNow"), "signals"), i, e)
+        {
+            if (json_integer_value(json_object_get(e, "wave")) == 1 &&
+                json_string_value(json_object_get(e, "metric")) &&
+                json_integer_value(json_object_get(e, "controlDevices")) > 0 &&
+                json_integer_value(json_object_get(e, "updatedDevices")) > 0) {
+                json_decref(last);
+                last = json_incref(e);
+            }
+        }
+        assert_true(mht_now_ms() < deadline);
+        json_decref(v);
+        mht_sleep_ms(300);
+    }
+    assert_non_null(last);
+    char *text = json_dumps(last, JSON_COMPACT);
+    print_message("# heat wave, wave 1 passed: %s\n", text);
+    free(text);
+    assert_true(json_real_value(json_object_get(last, "control")) > 25); /* both hot */
+    assert_false(json_is_true(json_object_get(last, "worse")));
+    json_decref(last);
+    Mh__OtaReply *r = s_control(MH__OTA_REQUEST__METHOD__ABORT_ROLLOUT, ids[0]);
+    mh__ota_reply__free_unpacked(r, NULL);
+    s_fleet_stop("sim-hw", sim[0], NULL);
+    s_fleet_stop("sim-hh", sim[1], NULL);
 }
 
 /* Devices download from pre-signed links: the whole image, a range to
@@ -690,11 +859,12 @@ static void test_download_links(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_requests),        cmocka_unit_test(test_download_links),
-        cmocka_unit_test(test_rollout_completes),   cmocka_unit_test(test_failure_rolls_back),
-        cmocka_unit_test(test_tampered_image),      cmocka_unit_test(test_kill_and_resume),
-        cmocka_unit_test(test_sent_once_published), cmocka_unit_test(test_handed_jobs_time_out),
-        cmocka_unit_test(test_stratified_canary),
+        cmocka_unit_test(test_bad_requests),          cmocka_unit_test(test_download_links),
+        cmocka_unit_test(test_rollout_completes),     cmocka_unit_test(test_failure_rolls_back),
+        cmocka_unit_test(test_tampered_image),        cmocka_unit_test(test_kill_and_resume),
+        cmocka_unit_test(test_sent_once_published),   cmocka_unit_test(test_handed_jobs_time_out),
+        cmocka_unit_test(test_stratified_canary),     cmocka_unit_test(test_health_crash_loop),
+        cmocka_unit_test(test_health_hot_vs_control),
     };
     cmocka_set_message_output(CM_OUTPUT_TAP);
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

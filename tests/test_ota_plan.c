@@ -245,6 +245,8 @@ static void test_health_gate(void **state)
          "unknown field"},
         {"{\"windowSeconds\":60,\"colour\":1,\"signals\":[{\"signal\":\"offline\"}]}",
          "unknown field"},
+        {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"metric\",\"metric\":\"t\"}]}",
+         "at least 120"},
         {"[]", "health"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

@@ -27,12 +27,11 @@ bool ota_health_needs_metrics(const ota_health_t *h)
     return false;
 }
 
-/* A metric name as devices send them (docs/telemetry.md): 1-128 of
- * A-Z a-z 0-9 _ . - */
+/* A metric name as ingest stores them: 1-64 of A-Z a-z 0-9 _ . - */
 static bool s_metric_name(const char *m)
 {
     size_t n = m ? strlen(m) : 0;
-    if (n == 0 || n > 127)
+    if (n == 0 || n > 64)
         return false;
     for (size_t i = 0; i < n; i++) {
         char c = m[i];
@@ -82,7 +81,7 @@ static int s_signal(json_t *o, size_t i, ota_signal_t *s, char *why, size_t whyl
     json_t *metric = json_object_get(o, "metric"), *stat = json_object_get(o, "stat");
     if (kind == OTA_SIG_METRIC) {
         if (!s_metric_name(json_string_value(metric))) {
-            S_WHY("health.signals[%zu]: \"metric\" must name a telemetry metric (1-127 of"
+            S_WHY("health.signals[%zu]: \"metric\" must name a telemetry metric (1-64 of"
                   " A-Z a-z 0-9 _ . -)",
                   i);
             return -1;
@@ -186,6 +185,11 @@ int ota_health_parse(json_t *v, ota_health_t *out, char *why, size_t whylen)
     }
     out->nsig = (int)json_array_size(sigs);
     out->on = true;
+    if (ota_health_needs_metrics(out) && out->window_s < 120) {
+        S_WHY("\"health.windowSeconds\" must be at least 120 with a metric signal (metrics are"
+              " judged on whole minutes of ingest's rollups)");
+        return -1;
+    }
     return 0;
 }
 

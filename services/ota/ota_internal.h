@@ -7,6 +7,7 @@
  *   ota_rollout.c  the rollout engine: per-wave counts, rollout JSON,
  *                  advancing a rollout (waves, gates, rate, rollback)
  *   ota_targets.c  the devices a rollout covers, from twin; the tick
+ *   ota_health.c   a rollout's health gate: updated devices against control
  *   ota_status.c   jobs a gateway published (sent), and devices' OTA status
  *                  messages, applied in batches
  *   ota_jobs.c     the AWS IoT Jobs device API over the same jobs
@@ -30,6 +31,7 @@
 #include "ota_input.h"
 #include "ota_plan.h"
 #include "ota_service.h"
+#include "telemetry.pb-c.h"
 #include "twin.pb-c.h"
 
 #include <inttypes.h>
@@ -61,7 +63,8 @@ typedef struct {
     mh_relay_t *downlink; /* to the gateways, acknowledged once published */
     mh_rpc_server_t *rpc; /* on router */
     mh_resolver_t *twin_resolver;
-    mh_rpc_t *twin_rpc; /* calls that wait for their answer (a rollout's checks) */
+    mh_rpc_t *twin_rpc;   /* calls that wait for their answer (a rollout's checks) */
+    mh_rpc_t *ingest_rpc; /* health gates on metrics; NULL without --ingest-rpc-endpoint */
     mh_idset_t *online;
     ota_signer_t *signer;
     ota_images_t *images;
@@ -97,7 +100,7 @@ typedef struct {
 
 #define OTA_ROLLOUT_COLS                                                                           \
     "id, firmware, spec::text, state, reason, current_wave, targeted, created_ms, started_ms,"     \
-    " stopped_ms, finished_ms, seq, paused_by"
+    " stopped_ms, finished_ms, seq, paused_by, health::text"
 
 /* small helpers */
 
@@ -173,6 +176,20 @@ void ota_sweep_timeouts(ota_t *self, int64_t now);
 /* The rollouts by state, and those a gate stopped, into the gauges (every
  * replica reports the same database: alert on max, not sum). */
 void ota_rollout_gauges(ota_t *self);
+
+/* ---- ota_health.c ---- */
+
+typedef struct {
+    bool bad;         /* updated devices worse than control: the failure policy applies */
+    bool fresh;       /* a good evaluation recent enough to promote a wave on */
+    char reason[400]; /* the signal and the numbers on both sides */
+} ota_health_verdict_t;
+
+/* The health gate of a rollout whose spec has one, evaluated when due
+ * (--health-interval), inside the caller's transaction. False on a
+ * database error. */
+bool ota_health_check(ota_t *self, const char *id, const ota_spec_t *spec, int accepted,
+                      int current, int64_t now, ota_health_verdict_t *v, char *err, size_t errlen);
 
 /* ---- ota_targets.c ---- */
 

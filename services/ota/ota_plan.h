@@ -82,7 +82,7 @@ typedef struct {
 
 typedef struct {
     int fail_wave; /* -1: no failure; else the wave whose failed share crossed */
-    char reason[200];
+    char reason[400];
     int ok_wave;    /* -1, or the wave that reached its success threshold now */
     int start_wave; /* -1, or the wave to start now */
     bool completed; /* every wave started and every job finished */

@@ -10,13 +10,20 @@ typedef struct {
     int64_t size[OTA_MAX_WAVES];
     int64_t sent[OTA_MAX_WAVES], rolled_back[OTA_MAX_WAVES], rb_queued, rb_in_flight, rb_succeeded,
         rb_failed, in_flight_total;
+    /* succeeded within the health gate's window: still observed */
+    int64_t observing[OTA_MAX_WAVES];
     int n;
 } s_counts_t;
 
-static bool s_load_counts(ota_t *self, const char *id, s_counts_t *c, char *err, size_t errlen)
+/* `observed_after`: installs that succeeded after it are still in their
+ * health window (0: no health gate) */
+static bool s_load_counts(ota_t *self, const char *id, int64_t observed_after, s_counts_t *c,
+                          char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
-    const char *p[] = {id};
+    char after_s[32];
+    ota_fmt_i64(after_s, sizeof after_s, observed_after);
+    const char *p[] = {id, after_s};
     PGresult *res = mh_pg_exec(self->pg, PGRES_TUPLES_OK,
                                "SELECT idx, percent, size, started_ms, ok_ms FROM ota.waves"
                                " WHERE rollout_id = $1 ORDER BY idx",
@@ -52,9 +59,11 @@ static bool s_load_counts(ota_t *self, const char *id, s_counts_t *c, char *err,
         " count(*) FILTER (WHERE action = 'rollback' AND (status IN ('sent', 'downloading',"
         "   'installing') OR (status = 'queued' AND last_sent_ms IS NOT NULL))),"
         " count(*) FILTER (WHERE action = 'rollback' AND status = 'succeeded'),"
-        " count(*) FILTER (WHERE action = 'rollback' AND status IN ('failed', 'timed_out'))"
+        " count(*) FILTER (WHERE action = 'rollback' AND status IN ('failed', 'timed_out')),"
+        " count(*) FILTER (WHERE action = 'install' AND status = 'succeeded'"
+        "   AND $2::bigint > 0 AND finished_ms > $2::bigint)"
         " FROM ota.jobs WHERE rollout_id = $1 GROUP BY wave",
-        1, p, err, errlen);
+        2, p, err, errlen);
     if (!res)
         return false;
     for (int r = 0; r < PQntuples(res); r++) {
@@ -77,6 +86,7 @@ static bool s_load_counts(ota_t *self, const char *id, s_counts_t *c, char *err,
         c->rb_succeeded += ota_i64(res, r, 13);
         c->rb_failed += ota_i64(res, r, 14);
         c->in_flight_total += w->in_flight;
+        c->observing[k] = ota_i64(res, r, 15);
     }
     PQclear(res);
     return true;
@@ -100,16 +110,26 @@ json_t *ota_rollout_json(ota_t *self, PGresult *res, int r, bool with_waves)
     json_object_set_new(o, "startedAt", ota_ms_or_null(res, r, 8));
     json_object_set_new(o, "stoppedAt", ota_ms_or_null(res, r, 9));
     json_object_set_new(o, "finishedAt", ota_ms_or_null(res, r, 10));
+    /* the health gate's last evaluation, when it has one */
+    json_t *hnow = PQgetisnull(res, r, 13) ? NULL : json_loads(PQgetvalue(res, r, 13), 0, &jerr);
+    json_object_set_new(o, "healthNow", hnow ? hnow : json_null());
+    int64_t window_s =
+        json_integer_value(json_object_get(json_object_get(o, "health"), "windowSeconds"));
     s_counts_t c;
     char err[256];
-    if (!with_waves || !s_load_counts(self, PQgetvalue(res, r, 0), &c, err, sizeof err))
+    if (!with_waves ||
+        !s_load_counts(self, PQgetvalue(res, r, 0),
+                       window_s > 0 ? mh_now_ms() - window_s * 1000 : 0, &c, err, sizeof err))
         return o;
     json_t *waves = json_array();
     json_int_t t[6] = {0};
     int current = (int)ota_i64(res, r, 5);
     for (int k = 0; k < c.n; k++) {
         ota_wave_t *w = &c.w[k];
-        const char *ws = k > current                                      ? "pending"
+        /* a device counts as succeeded once its health window passed */
+        w->succeeded -= c.observing[k];
+        const char *ws = c.observing[k] && k <= current                   ? "observing"
+                         : k > current                                    ? "pending"
                          : (w->pending || w->queued || w->in_flight) != 0 ? "running"
                                                                           : "done";
         json_array_append_new(
@@ -121,6 +141,8 @@ json_t *ota_rollout_json(ota_t *self, PGresult *res, int r, bool with_waves)
                       (json_int_t)w->timed_out, "cancelled", (json_int_t)w->cancelled, "rolledBack",
                       (json_int_t)c.rolled_back[k], "state", ws, "startedAt",
                       w->started_ms ? json_integer(w->started_ms) : json_null()));
+        json_object_set_new(json_array_get(waves, json_array_size(waves) - 1), "observing",
+                            json_integer(c.observing[k]));
         t[0] += w->targeted;
         t[1] += c.sent[k];
         t[2] += w->succeeded;
@@ -314,13 +336,34 @@ bool ota_advance(ota_t *self, const char *id, int64_t now)
     if (rolling_back && !ota_insert_rollbacks(self, id, now, err, sizeof err))
         goto fail_spec;
     s_counts_t c;
-    if (!s_load_counts(self, id, &c, err, sizeof err))
+    bool gated = spec.health.on && !rolling_back;
+    if (!s_load_counts(self, id, gated ? now - spec.health.window_s * 1000 : 0, &c, err,
+                       sizeof err))
         goto fail_spec;
     char now_s[32];
     ota_fmt_i64(now_s, sizeof now_s, now);
     if (!rolling_back) {
         ota_decision_t d;
+        ota_health_verdict_t hv = {.fresh = true};
+        if (gated) {
+            /* still observed: neither succeeded nor done yet */
+            for (int k = 0; k < OTA_MAX_WAVES; k++) {
+                c.w[k].succeeded -= c.observing[k];
+                c.w[k].in_flight += c.observing[k];
+            }
+            if (!ota_health_check(self, id, &spec, accepted, current, now, &hv, err, sizeof err))
+                goto fail_spec;
+        }
         ota_decide(&spec, c.w, current, accepted, now, &d);
+        if (hv.bad && d.fail_wave < 0) {
+            d.fail_wave = current;
+            snprintf(d.reason, sizeof d.reason, "%s", hv.reason);
+        }
+        if (!hv.fresh && d.fail_wave < 0) {
+            /* no recent good verdict (twin or ingest away): promote nothing */
+            d.start_wave = -1;
+            d.completed = false;
+        }
         if (d.fail_wave >= 0) {
             if (spec.rollback_on_failure) {
                 if (!ota_cancel_unsent(self, id, now, err, sizeof err) ||
@@ -405,7 +448,7 @@ bool ota_advance(ota_t *self, const char *id, int64_t now)
     if (rolling_back) {
         /* Done once every rollback job is sent and no install is still out
          * (one that succeeds late gets its rollback job on a later tick). */
-        if (!s_load_counts(self, id, &c, err, sizeof err))
+        if (!s_load_counts(self, id, 0, &c, err, sizeof err))
             goto fail_spec;
         if (c.rb_queued == 0 && c.in_flight_total == 0) {
             if (!ota_set_state(self, id, "rolled_back", NULL, NULL, now, err, sizeof err))

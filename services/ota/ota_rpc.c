@@ -181,13 +181,51 @@ static bool s_strata_present(ota_t *self, const ota_spec_t *spec, s_reply_t *r)
     return true;
 }
 
+/* A health gate on a metric needs ingest, and a metric some device has
+ * reported (a misspelt one would never fail the gate). False with the reply
+ * failed: 400 naming the metric, 503 when ingest does not answer. */
+static bool s_metrics_known(ota_t *self, const ota_spec_t *spec, s_reply_t *r)
+{
+    for (int i = 0; i < spec->health.nsig; i++) {
+        const ota_signal_t *s = &spec->health.sig[i];
+        if (s->kind != OTA_SIG_METRIC)
+            continue;
+        if (!self->ingest_rpc) {
+            mh_rpc_fail(&r->base, 400, "bad_request",
+                        "health.signals[%d]: a metric signal needs ota's --ingest-rpc-endpoint", i);
+            return false;
+        }
+        char params[200], rid[48], err[300];
+        snprintf(params, sizeof params, "{\"metric\":\"%s\",\"exists\":true}", s->metric);
+        Mh__TelemetryQuery q = MH__TELEMETRY_QUERY__INIT;
+        q.cohort_json = params;
+        snprintf(rid, sizeof rid, "ota-metric-%" PRIu64, ++self->seq);
+        json_t *ans = mh_rpc_call_json(self->ingest_rpc, "telemetry.query", &q.base, rid, 5000, err,
+                                       sizeof err);
+        if (!ans) {
+            mh_rpc_fail(&r->base, 503, "unavailable", "cannot check metric \"%s\" with ingest: %s",
+                        s->metric, err);
+            return false;
+        }
+        bool known = json_is_true(json_object_get(ans, "exists"));
+        json_decref(ans);
+        if (!known) {
+            mh_rpc_fail(&r->base, 400, "bad_request",
+                        "health.signals[%d]: no device has reported metric \"%s\"", i, s->metric);
+            return false;
+        }
+    }
+    return true;
+}
+
 static void s_rpc_create_rollout(ota_t *self, const Mh__OtaRequest *q, s_reply_t *r)
 {
     ota_spec_t spec;
     char why[256], err[512], now_s[32];
     if (ota_spec_parse(q->body_json, &spec, why, sizeof why) < 0)
         return mh_rpc_fail(&r->base, 400, "bad_request", "%s", why);
-    if (spec.stratify_by && !s_strata_present(self, &spec, r)) {
+    if ((spec.stratify_by && !s_strata_present(self, &spec, r)) ||
+        !s_metrics_known(self, &spec, r)) {
         ota_spec_clear(&spec);
         return;
     }

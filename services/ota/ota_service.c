@@ -30,6 +30,12 @@ const mh_cfg_opt_t ota_config_options[] = {
      "base URL devices download images from (this service's HTTP port, or a proxy to it)"},
     {"tick", "MH_OTA_TICK", MH_CFG_DURATION, "250ms", S_CFG(tick_ms),
      "how often rollouts are advanced"},
+    {"health-interval", "MH_OTA_HEALTH_INTERVAL", MH_CFG_DURATION, "10s", S_CFG(health_interval_ms),
+     "how often a running rollout's health gate compares its updated devices with the control"
+     " group (docs/ota.md)"},
+    {"ingest-rpc-endpoint", "MH_INGEST_RPC_ENDPOINT", MH_CFG_STR, "", S_CFG(ingest_rpc_endpoint),
+     "ingest's RPC ROUTER(s), for health gates on telemetry metrics (empty: such gates are"
+     " refused)"},
     {"resend-after", "MH_OTA_RESEND_AFTER", MH_CFG_DURATION, "30s", S_CFG(resend_ms),
      "a job a device has not answered is sent again after this long while it is online"},
     {"max-image-size", "MH_OTA_MAX_IMAGE", MH_CFG_INT, "67108864", S_CFG(max_image),
@@ -97,7 +103,11 @@ static const char *s_schema_sql =
     "  ADD COLUMN IF NOT EXISTS outcome text;"
     "CREATE INDEX IF NOT EXISTS jobs_by_device ON ota.jobs (device_id, created_ms);"
     "CREATE INDEX IF NOT EXISTS jobs_step_deadline ON ota.jobs (step_deadline_ms)"
-    "  WHERE step_deadline_ms IS NOT NULL;";
+    "  WHERE step_deadline_ms IS NOT NULL;"
+    /* the health gate's last evaluation (ota_health.c) */
+    "ALTER TABLE ota.rollouts ADD COLUMN IF NOT EXISTS health jsonb,"
+    "  ADD COLUMN IF NOT EXISTS health_ms bigint NOT NULL DEFAULT 0,"
+    "  ADD COLUMN IF NOT EXISTS health_bad boolean NOT NULL DEFAULT false;";
 
 /* ---- set-up and the loop ---- */
 
@@ -166,6 +176,7 @@ static void s_destroy(ota_t **self_p)
     mh_pg_destroy(&self->pg);
     mh_resolver_destroy(&self->twin_resolver);
     mh_rpc_destroy(&self->twin_rpc);
+    mh_rpc_destroy(&self->ingest_rpc);
     zsock_destroy(&self->pull);
     mh_rpc_server_destroy(&self->rpc);
     zsock_destroy(&self->router);
@@ -220,6 +231,8 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
                                   ctx->metrics);
     self->dealer = mh_dealer_new(self->cfg->twin_rpc_endpoint, 0, &self->twin_resolver);
     self->twin_rpc = mh_rpc_new(self->cfg->twin_rpc_endpoint);
+    if (*self->cfg->ingest_rpc_endpoint)
+        self->ingest_rpc = mh_rpc_new(self->cfg->ingest_rpc_endpoint);
     self->online =
         mh_idset_new(&(mh_idset_opts_t){.rpc_endpoint = self->cfg->twin_rpc_endpoint,
                                         .events_endpoint = self->cfg->twin_events_endpoint,
@@ -231,7 +244,8 @@ static ota_t *s_new(mh_service_ctx_t *ctx)
     self->images = ota_images_new(self->cfg->pg_url, ctx->metrics);
     self->rpc = mh_rpc_server_new(&ota_rpc_def, self, self->pg, ctx->metrics);
     if (!self->rpc || !self->pg || !self->downlink || !self->twin_resolver || !self->twin_rpc ||
-        !self->online || !self->images || !self->out || !self->published) {
+        (*self->cfg->ingest_rpc_endpoint && !self->ingest_rpc) || !self->online || !self->images ||
+        !self->out || !self->published) {
         mh_error("bad settings (downlink \"%s\", twin RPC \"%s\", twin events \"%s\")",
                  self->cfg->downlink_endpoint, self->cfg->twin_rpc_endpoint,
                  self->cfg->twin_events_endpoint);

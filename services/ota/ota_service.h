@@ -31,6 +31,8 @@ typedef struct {
     char *public_url;
     int64_t tick_ms;
     int64_t resend_ms;
+    int64_t health_interval_ms;
+    char *ingest_rpc_endpoint;
     int64_t max_image;
     int64_t online_refresh_ms;
     int64_t resolve_interval_ms;

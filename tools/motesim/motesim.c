@@ -66,6 +66,7 @@ typedef struct {
     char *ota_key;
     char *ota_fail;
     char *tags;
+    char *misbehave;
     int64_t ota_install_ms;
     int64_t ota_workers;
     char *mqtt_ca, *certs, *issue_certs, *motectl;
@@ -140,6 +141,12 @@ static const mh_cfg_opt_t s_options[] = {
     {"tags", "MOTESIM_TAGS", MH_CFG_STR, "", S_CFG(tags),
      "KEY=VALUE[:WEIGHT],...;KEY2=...: the tags devices register with, one value of each key"
      " per device, picked by weight (the same devices every run), beside \"sim\": true"},
+    {"misbehave", "MOTESIM_MISBEHAVE", MH_CFG_STR, "", S_CFG(misbehave),
+     "VERSION:SHARE:MODE[,...]: after installing VERSION, that share of the devices (the same"
+     " every run) misbehaves — MODE reconnect (runs 5 s, then drops its connection every 6 s),"
+     " hot (+15 degrees),"
+     " drain (battery a hundred times faster) or errors (metric \"errors\", reported as 0 by"
+     " every other device)"},
     {"ota-install-time", "MOTESIM_OTA_INSTALL_TIME", MH_CFG_DURATION, "1s", S_CFG(ota_install_ms),
      "how long installing an image takes"},
     {"ota-workers", "MOTESIM_OTA_WORKERS", MH_CFG_INT, "8", S_CFG(ota_workers),
@@ -153,6 +160,8 @@ typedef struct {
     int led;
     bool was_connected;
     int64_t down_until; /* flapping: reconnect at this time */
+    int64_t up_since;   /* when its connection came up (mono ms) */
+    unsigned bad;       /* --misbehave modes it shows now (SIM_BAD_*) */
     int64_t next_ms;
     int64_t seq, last_ts;
     sim_readings_t r;
@@ -173,10 +182,16 @@ static double s_rand(void)
     return sim_rand(&s_rng);
 }
 
+static bool s_errors_metric; /* --misbehave has an errors mode: every device reports "errors" */
+
 static void s_fill(s_device_t *d, mh_sample_t *s, int64_t ts, size_t metrics)
 {
     double v[SIM_METRICS];
+    if (d->bad & SIM_BAD_DRAIN)
+        d->r.battery = d->r.battery > 2 ? d->r.battery - 2 : 0;
     sim_readings_next(&d->r, ts, &s_rng, v);
+    if (d->bad & SIM_BAD_HOT)
+        v[0] += 15;
     s->ts = ts;
     s->seq = d->seq++;
     for (size_t i = 0; i < SIM_METRICS; i++) {
@@ -185,6 +200,12 @@ static void s_fill(s_device_t *d, mh_sample_t *s, int64_t ts, size_t metrics)
         s->m[i].is_bool = sim_metric_decimals[i] < 0;
     }
     s->n = metrics;
+    if (s_errors_metric) {
+        s->m[metrics].name = "errors";
+        s->m[metrics].value = d->bad & SIM_BAD_ERRORS ? (double)(1 + (int)(s_rand() * 3)) : 0;
+        s->m[metrics].is_bool = false;
+        s->n = metrics + 1;
+    }
 }
 
 /* ---- twin behaviour (Paho's thread for the callbacks) ---- */
@@ -552,6 +573,12 @@ int main(int argc, char **argv)
         mh_config_free(s_options, &cfg);
         return 2;
     }
+    if (*cfg.misbehave && sim_misbehave_check(cfg.misbehave, why, sizeof why) < 0) {
+        mh_error("--misbehave: %s", why);
+        mh_config_free(s_options, &cfg);
+        return 2;
+    }
+    s_errors_metric = sim_misbehave_errors(cfg.misbehave);
     if (mh_curve_init(cfg.curve_dir, "tools") < 0) {
         mh_config_free(s_options, &cfg);
         return 1;
@@ -649,7 +676,7 @@ int main(int argc, char **argv)
     size_t connected_started = 0;
     uint64_t published = 0, failed = 0, last_published = 0, twin_sent = 0;
     int64_t next_report = start + cfg.report_ms, last_report = start;
-    int64_t next_flap = start + cfg.flap_interval_ms;
+    int64_t next_flap = start + cfg.flap_interval_ms, next_bad = start;
     double twin_credit = 0;
     int64_t last_twin = start;
     size_t twin_next = 0;
@@ -681,10 +708,33 @@ int main(int argc, char **argv)
                 char fw[80];
                 s_report_state(d, mh_agent_firmware(d->agent, fw, sizeof fw), true);
             }
+            if (up && !d->was_connected)
+                d->up_since = now;
             d->was_connected = up;
             if (d->down_until && now >= d->down_until) {
                 d->down_until = 0;
                 mh_agent_connect(d->agent);
+            }
+        }
+        /* misbehaving firmware: which devices run a bad version now (once
+         * a second); a crash loop drops its connection 5 s after each
+         * connect and is back a second later */
+        if (*cfg.misbehave && now >= next_bad) {
+            next_bad = now + 1000;
+            for (size_t i = 0; i < connected_started; i++) {
+                s_device_t *d = &devs[i];
+                char fw[80];
+                unsigned was = d->bad;
+                d->bad = sim_misbehaves(cfg.misbehave, mh_agent_id(d->agent),
+                                        mh_agent_firmware(d->agent, fw, sizeof fw));
+                if ((d->bad & SIM_BAD_RECONNECT) && !(was & SIM_BAD_RECONNECT))
+                    d->up_since = now; /* the new version runs 5 s, then crashes */
+                if ((d->bad & SIM_BAD_RECONNECT) && !d->down_until && d->was_connected &&
+                    now - d->up_since >= 5000) {
+                    mh_agent_kill_connection(d->agent);
+                    d->was_connected = false;
+                    d->down_until = now + 1000;
+                }
             }
         }
         if (cfg.flap_fraction > 0 && now >= next_flap) {

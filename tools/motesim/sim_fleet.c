@@ -96,3 +96,84 @@ char *sim_tags_json(const char *spec, const char *device)
     json_decref(p);
     return text;
 }
+
+static const char *const s_modes[] = {"reconnect", "hot", "drain", "errors"};
+
+/* Calls `fn` for each entry; -1 with `why` on a malformed one. */
+static int s_each_bad(const char *spec, char *why, size_t whylen,
+                      bool (*fn)(const char *version, double share, unsigned mode, void *ud),
+                      void *ud)
+{
+    char *copy = strdup(spec ? spec : ""), *save = NULL;
+    int rc = 0;
+    for (char *e = strtok_r(copy, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
+        char *c1 = strchr(e, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL, *end = NULL;
+        if (!c1 || !c2 || c1 == e) {
+            snprintf(why, whylen, "\"%s\" is not VERSION:SHARE:MODE", e);
+            rc = -1;
+            break;
+        }
+        *c1 = *c2 = 0;
+        double share = strtod(c1 + 1, &end);
+        unsigned mode = 0;
+        for (unsigned k = 0; k < 4; k++)
+            if (strcmp(c2 + 1, s_modes[k]) == 0)
+                mode = 1u << k;
+        if (end == c1 + 1 || *end || share < 0 || share > 1 || !mode) {
+            snprintf(why, whylen,
+                     "%s: the share is 0..1 and the mode reconnect, hot, drain or errors", e);
+            rc = -1;
+            break;
+        }
+        if (fn && fn(e, share, mode, ud))
+            break;
+    }
+    free(copy);
+    return rc;
+}
+
+int sim_misbehave_check(const char *spec, char *why, size_t whylen)
+{
+    return s_each_bad(spec, why, whylen, NULL, NULL);
+}
+
+typedef struct {
+    const char *device, *firmware;
+    unsigned mask;
+} s_bad_t;
+
+static bool s_match(const char *version, double share, unsigned mode, void *ud)
+{
+    s_bad_t *b = ud;
+    char salt[200];
+    snprintf(salt, sizeof salt, "misbehave:%s", version);
+    if (strcmp(version, b->firmware) == 0 && sim_share_of(b->device, salt) < share)
+        b->mask |= mode;
+    return false;
+}
+
+unsigned sim_misbehaves(const char *spec, const char *device, const char *firmware)
+{
+    if (!spec || !*spec || !firmware)
+        return 0;
+    char why[200];
+    s_bad_t b = {device, firmware, 0};
+    s_each_bad(spec, why, sizeof why, s_match, &b);
+    return b.mask;
+}
+
+static bool s_errors(const char *version, double share, unsigned mode, void *ud)
+{
+    (void)version, (void)share;
+    if (mode == SIM_BAD_ERRORS)
+        *(bool *)ud = true;
+    return false;
+}
+
+bool sim_misbehave_errors(const char *spec)
+{
+    bool any = false;
+    char why[200];
+    s_each_bad(spec, why, sizeof why, s_errors, &any);
+    return any;
+}

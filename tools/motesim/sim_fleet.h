@@ -2,6 +2,7 @@
  * its id alone, so that every run and every process agrees: which share of
  * the fleet a device falls in, and its tags. */
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 
 /* A number in [0, 1) from the device id and a salt (FNV-1a, mixed). A
@@ -15,3 +16,18 @@ int sim_tags_check(const char *spec, char *why, size_t whylen);
 /* The device's tags as a JSON object's text (malloc'd); NULL on a bad spec
  * or no memory. */
 char *sim_tags_json(const char *spec, const char *device);
+
+/* Firmware that installs fine and then misbehaves, on a share of the
+ * devices running it: "VERSION:SHARE:MODE,..." with MODE one of */
+enum {
+    SIM_BAD_RECONNECT = 1, /* a crash loop: drops its connection every few seconds */
+    SIM_BAD_HOT = 2,       /* runs 15 °C hotter */
+    SIM_BAD_DRAIN = 4,     /* its battery drains a hundred times faster */
+    SIM_BAD_ERRORS = 8,    /* reports errors (metric "errors", otherwise 0) */
+};
+int sim_misbehave_check(const char *spec, char *why, size_t whylen);
+/* The modes (a mask) the device shows running `firmware`; the same
+ * devices every run. */
+unsigned sim_misbehaves(const char *spec, const char *device, const char *firmware);
+/* Does the spec make any device report errors (then all report "errors")? */
+bool sim_misbehave_errors(const char *spec);
