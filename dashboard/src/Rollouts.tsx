@@ -1,6 +1,6 @@
 import { useEffect, useState } from "react";
 import { ApiError, call } from "./api";
-import { controlsFor, Rollout, rolloutOptions, waveShares } from "./logic";
+import { controlsFor, healthRows, Rollout, rolloutOptions, waveShares } from "./logic";
 
 export function RolloutCard({ rollout, onChanged }: { rollout: Rollout; onChanged?: () => void }) {
   const [err, setErr] = useState("");
@@ -37,8 +37,9 @@ export function RolloutCard({ rollout, onChanged }: { rollout: Rollout; onChange
         return (
           <div className="wave" key={w.index} data-testid="wave">
             <span className="wave-label">wave {w.index + 1} · {w.percent}%</span>
-            <div className="progress" title={`${w.succeeded} succeeded, ${w.failed + w.timedOut} failed, ${w.inProgress} installing of ${w.targeted}`}>
+            <div className="progress" title={`${w.succeeded} succeeded, ${w.observing ?? 0} under observation, ${w.failed + w.timedOut} failed, ${w.inProgress} installing of ${w.targeted}`}>
               <div className="p-ok" style={{ width: `${100 * s.succeeded}%` }} />
+              <div className="p-obs" style={{ width: `${100 * s.observing}%` }} />
               <div className="p-bad" style={{ width: `${100 * s.failed}%` }} />
               <div className="p-run" style={{ width: `${100 * s.inProgress}%` }} />
             </div>
@@ -46,6 +47,21 @@ export function RolloutCard({ rollout, onChanged }: { rollout: Rollout; onChange
           </div>
         );
       })}
+      {healthRows(rollout.healthNow).length > 0 && (
+        <table className="health" data-testid="rollout-health">
+          <thead>
+            <tr><th>wave</th><th>signal</th><th>updated (devices)</th><th>control (devices)</th><th /></tr>
+          </thead>
+          <tbody>
+            {healthRows(rollout.healthNow).map((r) => (
+              <tr key={r.key} className={r.worse ? "worse" : ""}>
+                <td>{r.wave}</td><td>{r.name}</td><td className="mono">{r.updated}</td>
+                <td className="mono">{r.control}</td><td>{r.worse ? "worse" : ""}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
       {err && <div className="error">{err}</div>}
     </div>
   );

@@ -4,10 +4,18 @@ export type Counts = { total: number; online: number; offline: number };
 export type Wave = {
   index: number; percent: number; targeted: number; sent: number; inProgress: number;
   succeeded: number; failed: number; timedOut: number; state: string;
+  observing?: number; // succeeded, still inside the health gate's window
 };
+// One signal of one wave in the health gate's last evaluation (docs/ota.md).
+export type HealthSignal = {
+  wave: number; signal: string; metric?: string | null; updated: number; updatedDevices: number;
+  control: number; controlDevices: number; judged: boolean; worse: boolean; detail: string;
+};
+export type HealthNow = { at: number; worse: boolean; reason?: string | null; signals: HealthSignal[] };
 export type Rollout = {
   id: string; firmware: string; state: string; reason: string | null;
   currentWave: number; targeted: number; createdAt: number; waves?: Wave[];
+  healthNow?: HealthNow | null;
 };
 export type Cell = { lat: number; lon: number; count: number };
 export type Summary = {
@@ -134,13 +142,32 @@ export function ago(ms: number | null | undefined, now = Date.now()): string {
 }
 
 // A wave's progress as shares of its targeted devices (0..1 each).
-export function waveShares(w: Wave): { succeeded: number; failed: number; inProgress: number } {
+export function waveShares(w: Wave): { succeeded: number; failed: number; inProgress: number; observing: number } {
   const t = Math.max(1, w.targeted);
   return {
     succeeded: w.succeeded / t,
     failed: (w.failed + w.timedOut) / t,
     inProgress: w.inProgress / t,
+    observing: (w.observing ?? 0) / t,
   };
+}
+
+// The health gate's last evaluation as table rows: per wave and signal,
+// the updated devices against the control group. Numbers keep 3
+// significant digits; a side without devices shows "–".
+export function healthRows(h: HealthNow | null | undefined): {
+  key: string; wave: number; name: string; updated: string; control: string; worse: boolean;
+}[] {
+  if (!h || !Array.isArray(h.signals)) return [];
+  const fmt = (v: number, n: number) => (n > 0 ? `${Number(v.toPrecision(3))} (${n})` : "–");
+  return h.signals.map((s, i) => ({
+    key: `${s.wave}-${s.signal}-${s.metric ?? ""}-${i}`,
+    wave: s.wave,
+    name: s.metric ? `${s.metric}` : s.signal,
+    updated: fmt(s.updated, s.updatedDevices),
+    control: fmt(s.control, s.controlDevices),
+    worse: !!s.worse,
+  }));
 }
 
 // Which operator controls apply in a state (the API answers 409 otherwise).

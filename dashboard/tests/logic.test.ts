@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   applyFrame, cellOpacity, cellRadius, controlsFor, formatRate, HISTORY_MAX, mergePatch, parseDesired,
-  parseTags, parseWaves, pickBucket, waveShares,
+  parseTags, parseWaves, pickBucket, waveShares, healthRows,
 } from "../src/logic";
 
 const summary = {
@@ -81,7 +81,7 @@ describe("display", () => {
   });
   it("shares of a wave", () => {
     const s = waveShares({ index: 0, percent: 10, targeted: 20, sent: 20, inProgress: 2, succeeded: 15, failed: 2, timedOut: 1, state: "running" });
-    expect(s).toEqual({ succeeded: 0.75, failed: 0.15, inProgress: 0.1 });
+    expect(s).toEqual({ succeeded: 0.75, failed: 0.15, inProgress: 0.1, observing: 0 });
   });
   it("offers only the controls the API accepts", () => {
     expect(controlsFor("running")).toContain("pause");
@@ -97,5 +97,26 @@ describe("display", () => {
     expect(cellOpacity(100, 100)).toBe(1);
     expect(cellOpacity(25, 100)).toBeCloseTo(0.625);
     expect(cellOpacity(0, 100)).toBe(0);
+  });
+});
+
+describe("health gate", () => {
+  it("shows each wave's signals against control, the worse marked", () => {
+    const rows = healthRows({
+      at: 1, worse: true, signals: [
+        { wave: 1, signal: "disconnects", metric: null, updated: 12, updatedDevices: 4, control: 0, controlDevices: 36, judged: true, worse: true, detail: "" },
+        { wave: 1, signal: "metric", metric: "temperature", updated: 31.3999, updatedDevices: 4, control: 0, controlDevices: 0, judged: true, worse: false, detail: "" },
+      ],
+    });
+    expect(rows.map((r) => [r.name, r.updated, r.control, r.worse])).toEqual([
+      ["disconnects", "12 (4)", "0 (36)", true],
+      ["temperature", "31.4 (4)", "–", false],
+    ]);
+    expect(healthRows(null)).toEqual([]);
+  });
+  it("counts devices under observation apart", () => {
+    const s = waveShares({ index: 0, percent: 10, targeted: 10, sent: 10, inProgress: 0, succeeded: 4, failed: 0, timedOut: 0, state: "observing", observing: 6 });
+    expect(s.observing).toBeCloseTo(0.6);
+    expect(s.succeeded).toBeCloseTo(0.4);
   });
 });

@@ -38,10 +38,24 @@ void mc_t_rollout(json_t *r)
     size_t i;
     json_t *w;
     json_array_foreach(json_object_get(r, "waves"), i, w) printf(
-        "  wave %zu %5s%% %-8s targeted %-6s sent %-6s succeeded %-6s failed %-6s timed "
-        "out %s\n",
+        "  wave %zu %5s%% %-9s targeted %-6s sent %-6s observing %-6s succeeded %-6s failed %-6s"
+        " timed out %s\n",
         i, mc_str(w, "percent"), mc_str(w, "state"), mc_str(w, "targeted"), mc_str(w, "sent"),
-        mc_str(w, "succeeded"), mc_str(w, "failed"), mc_str(w, "timedOut"));
+        mc_str(w, "observing"), mc_str(w, "succeeded"), mc_str(w, "failed"), mc_str(w, "timedOut"));
+    /* the health gate's last evaluation: each wave's updated devices
+     * against the control group */
+    json_t *h = json_object_get(r, "healthNow");
+    if (json_is_object(h))
+        printf("  health at %s:\n", mc_time(h, "at"));
+    json_array_foreach(json_object_get(h, "signals"), i, w)
+    {
+        const char *m = json_string_value(json_object_get(w, "metric"));
+        printf("    wave %s %-18s updated %-10.4g (%s) control %-10.4g (%s)%s\n", mc_str(w, "wave"),
+               m ? m : mc_str(w, "signal"), json_number_value(json_object_get(w, "updated")),
+               mc_str(w, "updatedDevices"), json_number_value(json_object_get(w, "control")),
+               mc_str(w, "controlDevices"),
+               json_is_true(json_object_get(w, "worse")) ? "  WORSE" : "");
+    }
 }
 
 static void s_t_rollouts(json_t *v)
@@ -131,12 +145,13 @@ int mc_rollout(int argc, char **argv, bool jobs)
     if (strcmp(argv[0], "list") == 0)
         return mc_out(mc_call("GET", base, NULL, NULL, &rc), s_t_rollouts) ? rc : 0;
     if (strcmp(argv[0], "create") == 0) {
-        mc_opt_t o[] = {{"firmware"},   {"waves"},     {"tag"},         {"from-firmware"},
-                        {"success"},    {"failure"},   {"soak"},        {"max-per-minute"},
-                        {"on-failure"}, {"json-spec"}, {"job-timeout"}, {"document"}};
+        mc_opt_t o[] = {{"firmware"},    {"waves"},     {"tag"},         {"from-firmware"},
+                        {"success"},     {"failure"},   {"soak"},        {"max-per-minute"},
+                        {"on-failure"},  {"json-spec"}, {"job-timeout"}, {"document"},
+                        {"stratify-by"}, {"health"}};
         char *pos[4];
         int np;
-        if (mc_opts(argc - 1, argv + 1, o, 12, pos, &np))
+        if (mc_opts(argc - 1, argv + 1, o, 14, pos, &np))
             return 2;
         json_t *doc = NULL;
         if (mc_opt(o, 12, "document") &&
@@ -194,6 +209,24 @@ int mc_rollout(int argc, char **argv, bool jobs)
                     json_object_set_new(spec, num[k][1], mc_number(mc_opt(o, 11, num[k][0])));
             if (mc_opt(o, 11, "on-failure"))
                 json_object_set_new(spec, "onFailure", json_string(mc_opt(o, 11, "on-failure")));
+            if (mc_opt(o, 14, "stratify-by")) {
+                char by[512];
+                snprintf(by, sizeof by, "%s", mc_opt(o, 14, "stratify-by"));
+                json_t *a = json_array();
+                for (char *save = NULL, *t = strtok_r(by, ",", &save); t;
+                     t = strtok_r(NULL, ",", &save))
+                    json_array_append_new(a, json_string(t));
+                json_object_set_new(spec, "stratifyBy", a);
+            }
+            if (mc_opt(o, 14, "health")) {
+                json_t *h = mh_json_loads(mc_opt(o, 14, "health"), 0, MH_JSON_MAX_DEPTH, NULL);
+                if (!h) {
+                    fprintf(stderr, "motectl: --health is not JSON\n");
+                    json_decref(spec);
+                    return 2;
+                }
+                json_object_set_new(spec, "health", h);
+            }
         }
         json_t *v = mc_call("POST", base, spec, NULL, &rc);
         json_decref(spec);
