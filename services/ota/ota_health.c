@@ -100,7 +100,7 @@ bool ota_health_check(ota_t *self, const char *id, const ota_spec_t *spec, int a
     if (last && now - last < self->cfg->health_interval_ms)
         return true; /* not due */
 
-    int64_t window = h->window_s * 1000;
+    int64_t t0 = mh_mono_ms(), window = h->window_s * 1000;
     char acc_s[16];
     snprintf(acc_s, sizeof acc_s, "%d", accepted);
     const char *jp[] = {id, acc_s};
@@ -230,5 +230,6 @@ bool ota_health_check(ota_t *self, const char *id, const ota_spec_t *spec, int a
                          4, up, err, errlen);
     free(text);
     v->fresh = !v->bad;
+    mh_histogram_observe_ms(self->m_health_time, mh_mono_ms() - t0);
     return stored;
 }

@@ -93,7 +93,7 @@ typedef struct {
     mh_rpc_db_t db; /* pg, m_db_errors and rl_db, for the RPC methods */
     mh_counter_t *m_jobs_sent[2], *m_resent, *m_status[3], *m_job_final[4], *m_db_errors,
         *m_downlink_dropped, *m_rollouts[2];
-    mh_histogram_t *m_tick_time;
+    mh_histogram_t *m_tick_time, *m_health_time;
     mh_gauge_t *m_db, *m_online, *m_rollout_states[OTA_NSTATES], *m_stopped_by_gate;
     int64_t next_gauges; /* mono ms */
 } ota_t;

@@ -154,6 +154,11 @@ static void s_register_metrics(ota_t *self)
     self->m_tick_time = mh_metrics_histogram(
         m, "mh_ota_tick_seconds", "Time to advance every active rollout once, in seconds", NULL,
         mh_seconds_bounds, MH_SECONDS_NBOUNDS);
+    self->m_health_time = mh_metrics_histogram(
+        m, "mh_ota_health_evaluation_seconds",
+        "Time to evaluate one rollout's health gate (cohorts, twin's and ingest's answers), in"
+        " seconds",
+        NULL, mh_seconds_bounds, MH_SECONDS_NBOUNDS);
     self->m_db = mh_metrics_gauge(m, "mh_ota_db_connected",
                                   "1 while connected to PostgreSQL with the schema ready", NULL);
 }

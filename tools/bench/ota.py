@@ -10,6 +10,15 @@ and report back through the gateway):
    at most 500, finished):
    time from the failure gate tripping to every rollback job sent.
 
+4. With --health instead: a rollout of 5.0.0, which installs fine and then
+   crash-loops on 30 % of the devices (motesim --misbehave), with a health
+   gate (disconnects, offline, firmwareRollback, temperature p95 against
+   the control group): the time from the first misbehaving device's first
+   disconnect to the rollback decision; then, with a healthy 6.0.0 under
+   observation, what one evaluation costs (ota's wall time per evaluation,
+   and the CPU of ota, twin, ingest and PostgreSQL over 60 s with the gate
+   evaluating against 60 s without it).
+
 3. With --aws-jobs instead: the devices speak the AWS IoT device APIs
    (motesim --aws), and one job of a JSON document goes to all of them in
    one wave: jobs handed, notified (notify-next), answered SUCCEEDED
@@ -18,6 +27,7 @@ and report back through the gateway):
     tools/bench/ota.py --devices 10000
     tools/bench/ota.py --devices 2000 --install-time 500ms
     tools/bench/ota.py --devices 10000 --aws-jobs
+    tools/bench/ota.py --devices 10000 --health
 
 Everything runs on 127.0.0.1 on free ports and stops at the end.
 """
@@ -46,6 +56,88 @@ def settle(gw_http, quiet=3.0, timeout=120):
     print("# warning: the gateway's downlink did not settle", flush=True)
 
 
+def cpu_seconds(pids):
+    """User + system CPU seconds of these processes and their threads."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
+def health_bench(args, stack, pg_port, o_http, common, bench):
+    health = ('"health":{"windowSeconds":600,"signals":[{"signal":"disconnects"},{"signal":"offline"},'
+              '{"signal":"firmwareRollback"},{"signal":"metric","metric":"temperature","stat":"p95"}]}')
+    # 30 % of the devices crash-loop 5 s after installing 5.0.0
+    subprocess.check_call([bench] + common + [
+        f"--upload=1.0.0:{args.image_size},5.0.0:{args.image_size},6.0.0:{args.image_size}",
+        '--rollout={"firmware":"5.0.0","target":{"firmware":"1.0.0"},'
+        '"waves":[{"percent":5},{"percent":100}],"soakSeconds":0,'
+        f'"maxPerMinute":{args.max_per_minute},"jobTimeoutSeconds":600,{health}}}', "--until=rolled_back"])
+    row = psql(pg_port, "SELECT id, stopped_ms, reason FROM ota.rollouts WHERE firmware = '5.0.0'").split("|")
+    rid, stopped, reason = row[0], int(row[1]), row[2]
+    first = int(psql(pg_port, "SELECT min(l.ts_ms) FROM twin.conn_log l JOIN ota.jobs j ON j.device_id = l.device_id"
+                     f" WHERE j.rollout_id = '{rid}' AND j.action = 'install' AND j.status = 'succeeded'"
+                     " AND NOT l.online AND l.ts_ms > j.finished_ms") or 0)
+    ok = psql(pg_port, f"SELECT count(*), min(finished_ms) FROM ota.jobs WHERE rollout_id = '{rid}'"
+                       " AND action = 'install' AND status = 'succeeded'").split("|")
+    failed = psql(pg_port, f"SELECT count(*) FROM ota.jobs WHERE rollout_id = '{rid}' AND action = 'install'"
+                           " AND status IN ('failed', 'timed_out')")
+    print(f"health gate, crash loop: {ok[0]} installs succeeded ({failed} failed); first disconnect of a"
+          f" misbehaving device {(first - int(ok[1])) / 1000:.1f} s after the first success; rollback decided"
+          f" {(stopped - first) / 1000:.1f} s after that first disconnect", flush=True)
+    print(f"  reason: {reason}", flush=True)
+    # the cost of an evaluation: a healthy 6.0.0 under observation (5 % of
+    # the devices, 600 s windows), 60 s with the gate against 60 s before
+    time.sleep(20)  # the rollbacks settle
+    names = ["ota", "twin", "ingest"]
+    pids = {p.args[0].rsplit("/", 1)[-1].replace("motehub-", ""): p.pid for p in stack.procs
+            if any(n in p.args[0] for n in names)}
+    pg_pids = [int(x) for x in subprocess.check_output(["pgrep", "-f", "postgres"], text=True).split()]
+
+    def sample():
+        return {n: cpu_seconds([pid]) for n, pid in pids.items()} | {"postgres": cpu_seconds(pg_pids)}
+
+    def evals():
+        m = re.search(r"^mh_ota_health_evaluation_seconds_count (\S+)$", http_get(o_http, "/metrics"), re.M)
+        s = re.search(r"^mh_ota_health_evaluation_seconds_sum (\S+)$", http_get(o_http, "/metrics"), re.M)
+        return (float(m.group(1)), float(s.group(1))) if m and s else (0.0, 0.0)
+
+    a = sample()
+    time.sleep(60)
+    b = sample()
+    subprocess.Popen([bench] + common + [
+        '--rollout={"firmware":"6.0.0","target":{"firmware":"1.0.0"},'
+        '"waves":[{"percent":5},{"percent":100}],"soakSeconds":0,'
+        f'"maxPerMinute":{args.max_per_minute},"jobTimeoutSeconds":600,{health}}}', "--until=completed"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.time() + 120
+    while int(psql(pg_port, "SELECT count(*) FROM ota.jobs j JOIN ota.rollouts r ON r.id = j.rollout_id"
+                            " WHERE r.firmware = '6.0.0' AND j.status = 'succeeded'") or 0) < args.devices // 20:
+        if time.time() > end:
+            sys.exit("6.0.0's first wave did not install")
+        time.sleep(1)
+    n0, s0 = evals()
+    c = sample()
+    time.sleep(60)
+    d = sample()
+    n1, s1 = evals()
+    n = max(1.0, n1 - n0)
+    print(f"health gate, cost: {n:.0f} evaluations in 60 s over {args.devices // 20} updated devices and"
+          f" {args.devices - args.devices // 20} in the control group; {1000 * (s1 - s0) / n:.0f} ms each"
+          " (ota's wall time: cohorts, twin's and ingest's answers, the update)", flush=True)
+    for k in a:
+        base, gated = b[k] - a[k], d[k] - c[k]
+        print(f"  {k:9s} CPU-s in 60 s: {base:.2f} before, {gated:.2f} with the gate evaluating;"
+              f" {1000 * (gated - base) / n:+.0f} ms an evaluation", flush=True)
+    print("  queries an evaluation: ota 3 (its last time, the jobs, the stored verdict), twin 1"
+          " (HEALTH_STATS), ingest 1 a metric signal", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=10000)
@@ -55,6 +147,7 @@ def main():
     ap.add_argument("--sim-workers", type=int, default=8, help="motesim's download/verify threads")
     ap.add_argument("--build", default="build")
     ap.add_argument("--aws-jobs", action="store_true", help="AWS IoT jobs instead of firmware (3.)")
+    ap.add_argument("--health", action="store_true", help="health gates instead of 1. and 2. (4.)")
     ap.add_argument("--online-timeout", type=int, default=300,
                     help="seconds to wait for every device to come online (motesim connects"
                          " about 50 a second at 10,000 here)")
@@ -66,7 +159,7 @@ def main():
         key, pub = os.path.join(work, "fleet-signing.pem"), os.path.join(work, "fleet-signing.pub.pem")
         subprocess.check_call(["openssl", "genpkey", "-algorithm", "ed25519", "-out", key])
         subprocess.check_call(["openssl", "pkey", "-in", key, "-pubout", "-out", pub])
-        ing_port, _, _ = start_ingest(stack, pg_url)
+        ing_port, ing_rpc, _ = start_ingest(stack, pg_url, rpc=True)
         dl = f"tcp://127.0.0.1:{free_port()}"
         _, (t_port, t_rpc, t_ev, _) = start_twin(stack, pg_url, dl)
         o_port, o_rpc, o_http = free_port(), free_port(), free_port()
@@ -75,7 +168,7 @@ def main():
             f"--public-url=http://127.0.0.1:{o_http}", f"--bind=tcp://127.0.0.1:{o_port}",
             f"--rpc-bind=tcp://127.0.0.1:{o_rpc}", "--events-bind=", f"--downlink-endpoint={dl}",
             f"--twin-rpc-endpoint=tcp://127.0.0.1:{t_rpc}", f"--twin-events-endpoint=tcp://127.0.0.1:{t_ev}",
-            f"--pg-url={pg_url}", f"--signing-key={key}"])
+            f"--pg-url={pg_url}", f"--signing-key={key}", f"--ingest-rpc-endpoint=tcp://127.0.0.1:{ing_rpc}"])
         wait_ready(o_http, "ota")
         gw_http = free_port()
         stack.spawn("gateway", [
@@ -90,7 +183,8 @@ def main():
             f"--devices={args.devices}", "--prefix=o", f"--register=tcp://127.0.0.1:{t_rpc}",
             "--firmware=1.0.0", f"--ota-key={pub}", "--ota-fail=3.0.0:0.08",
             f"--ota-install-time={args.install_time}", f"--ota-workers={args.sim_workers}",
-            "--interval=1h", "--report=30s", f"--aws={'true' if args.aws_jobs else 'false'}",
+            "--interval=60s" if args.health else "--interval=1h", "--report=30s",
+            f"--aws={'true' if args.aws_jobs else 'false'}", "--misbehave=5.0.0:0.3:reconnect",
             # the AWS devices' job path alone: no shadow report on every connect
             f"--twin={'false' if args.aws_jobs else 'true'}",
             "--connect-rate=2000"])
@@ -106,6 +200,9 @@ def main():
         bench = os.path.join(stack.bin, "tools/bench/ota_bench")
         settle(gw_http)
         common = [f"--rpc=tcp://127.0.0.1:{o_rpc}", f"--pg-url={pg_url}"]
+        if args.health:
+            health_bench(args, stack, pg_port, o_http, common, bench)
+            return
         if args.aws_jobs:
             t0 = time.time()
             subprocess.check_call([bench] + common + [
