@@ -247,6 +247,8 @@ static void test_health_gate(void **state)
          "unknown field"},
         {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"metric\",\"metric\":\"t\"}]}",
          "at least 120"},
+        {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"reboots\",\"key\":\"\"}]}", "key"},
+        {"{\"windowSeconds\":60,\"signals\":[{\"signal\":\"offline\",\"key\":\"x\"}]}", "key"},
         {"[]", "health"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -322,6 +324,28 @@ static void test_health_gate(void **state)
                                 sizeof reason));
     assert_false(ota_signal_bad(h, temp, (ota_sample_t){0, 0}, (ota_sample_t){45, 9}, reason,
                                 sizeof reason));
+    ota_spec_clear(&s);
+    /* reboots: the share of devices that reported a boot key in their
+     * window, rebootCount unless named */
+    assert_int_equal(ota_spec_parse("{\"firmware\":\"1\",\"health\":{\"windowSeconds\":60,"
+                                    "\"signals\":[{\"signal\":\"reboots\"},{\"signal\":\"reboots\","
+                                    "\"key\":\"resetReason\"}]}}",
+                                    &s, why, sizeof why),
+                     0);
+    assert_string_equal(s.health.sig[0].metric, "rebootCount");
+    assert_string_equal(s.health.sig[1].metric, "resetReason");
+    assert_true(s.health.sig[0].margin == 0.05);
+    assert_true(ota_signal_bad(&s.health, &s.health.sig[0], (ota_sample_t){0.5, 4},
+                               (ota_sample_t){0.02, 36}, reason, sizeof reason));
+    assert_non_null(strstr(reason, "reboots (rebootCount reported)"));
+    assert_false(ota_signal_bad(&s.health, &s.health.sig[0], (ota_sample_t){0.05, 40},
+                                (ota_sample_t){0.02, 360}, reason, sizeof reason));
+    json_t *j2 = ota_spec_json(&s);
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_array_get(json_object_get(json_object_get(j2, "health"), "signals"), 1), "key")),
+        "resetReason");
+    json_decref(j2);
     ota_spec_clear(&s);
 }
 

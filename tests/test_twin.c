@@ -691,11 +691,12 @@ static void test_connectivity(void **state)
      * connected in its window and counts as online. */
     int64_t now = mh_now_ms();
     char params[512];
-    snprintf(params, sizeof params,
-             "{\"firmware\":\"1.0.0\",\"cohorts\":{\"a\":[[\"cn-1\",%lld,%lld],"
-             "[\"cn-2\",%lld,%lld]],\"b\":[[\"reg-3\",%lld,%lld]],\"c\":[]}}",
-             (long long)start, (long long)now, (long long)start, (long long)now, (long long)start,
-             (long long)now);
+    snprintf(
+        params, sizeof params,
+        "{\"firmware\":\"1.0.0\",\"key\":\"firmware\",\"cohorts\":{\"a\":[[\"cn-1\",%lld,%lld],"
+        "[\"cn-2\",%lld,%lld]],\"b\":[[\"reg-3\",%lld,%lld]],\"c\":[]}}",
+        (long long)start, (long long)now, (long long)start, (long long)now, (long long)start,
+        (long long)now);
     Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
     q.method = MH__TWIN_REQUEST__METHOD__HEALTH_STATS;
     q.params_json = params;
@@ -707,6 +708,9 @@ static void test_connectivity(void **state)
     double off = json_real_value(json_object_get(a, "offlineHours"));
     assert_true(hours > 0 && off > 0 && off < hours);
     assert_int_equal(s_ji(a, "notOnVersion"), 0); /* both report 1.0.0 */
+    /* the key asked for: cn-1's agent reported "firmware" in its window,
+     * cn-2 only sent telemetry */
+    assert_int_equal(s_ji(a, "reported"), 1);
     assert_int_equal(s_ji(b, "devices"), 1);
     assert_int_equal(s_ji(b, "disconnects"), 0);
     assert_true(json_real_value(json_object_get(b, "offlineHours")) == 0);

@@ -7,7 +7,8 @@
 #define S_WHY(...) snprintf(why, whylen, __VA_ARGS__)
 
 static const char *const s_stats[] = {"mean", "p95", "max", "slope", "rate"};
-static const char *const s_kinds[] = {"disconnects", "offline", "firmwareRollback", "metric"};
+static const char *const s_kinds[] = {"disconnects", "offline", "firmwareRollback", "metric",
+                                      "reboots"};
 
 const char *ota_stat_name(ota_stat_t s)
 {
@@ -52,32 +53,50 @@ static int s_signal(json_t *o, size_t i, ota_signal_t *s, char *why, size_t whyl
     json_t *v;
     json_object_foreach(o, key, v)
     {
-        static const char *known[] = {"signal", "metric", "stat", "worse", "margin", "max", NULL};
+        static const char *known[] = {"signal", "metric", "stat", "worse",
+                                      "margin", "max",    "key",  NULL};
         int k = 0;
         while (known[k] && strcmp(known[k], key))
             k++;
         if (!known[k]) {
             S_WHY("unknown field \"health.signals[%zu].%s\" (known: signal, metric, stat, worse,"
-                  " margin, max)",
+                  " margin, max, key)",
                   i, key);
             return -1;
         }
     }
     const char *name = json_string_value(json_object_get(o, "signal"));
     int kind = -1;
-    for (int k = 0; name && k < 4; k++)
+    for (int k = 0; name && k < 5; k++)
         if (strcmp(name, s_kinds[k]) == 0)
             kind = k;
     if (kind < 0) {
         S_WHY("health.signals[%zu]: unknown signal \"%s\" (known: disconnects, offline,"
-              " firmwareRollback, metric)",
+              " firmwareRollback, reboots, metric)",
               i, name ? name : "");
         return -1;
     }
     s->kind = (ota_sig_kind_t)kind;
     /* defaults: a disconnect an hour more than control, 5 points more of
      * the time offline, no device back on another version */
-    s->margin = kind == OTA_SIG_DISCONNECTS ? 1 : kind == OTA_SIG_OFFLINE ? 0.05 : 0;
+    s->margin = kind == OTA_SIG_DISCONNECTS                          ? 1
+                : kind == OTA_SIG_OFFLINE || kind == OTA_SIG_REBOOTS ? 0.05
+                                                                     : 0;
+    json_t *rkey = json_object_get(o, "key");
+    if (kind == OTA_SIG_REBOOTS) {
+        /* a reported key a device sends at boot: a reboot count or reset reason */
+        const char *k = rkey ? json_string_value(rkey) : "rebootCount";
+        if (!k || !*k || strlen(k) >= sizeof s->metric) {
+            S_WHY("health.signals[%zu]: \"key\" must name a reported twin key (a reboot count or"
+                  " reset reason), 1-127 characters",
+                  i);
+            return -1;
+        }
+        snprintf(s->metric, sizeof s->metric, "%s", k);
+    } else if (rkey) {
+        S_WHY("health.signals[%zu]: \"key\" belongs to a \"reboots\" signal", i);
+        return -1;
+    }
     json_t *metric = json_object_get(o, "metric"), *stat = json_object_get(o, "stat");
     if (kind == OTA_SIG_METRIC) {
         if (!s_metric_name(json_string_value(metric))) {
@@ -204,6 +223,8 @@ json_t *ota_health_json(const ota_health_t *h)
             json_object_set_new(o, "metric", json_string(s->metric));
             json_object_set_new(o, "stat", json_string(ota_stat_name(s->stat)));
         }
+        if (s->kind == OTA_SIG_REBOOTS)
+            json_object_set_new(o, "key", json_string(s->metric));
         if (s->has_max)
             json_object_set_new(o, "max", json_real(s->max));
         json_array_append_new(sigs, o);
@@ -219,6 +240,8 @@ bool ota_signal_bad(const ota_health_t *h, const ota_signal_t *s, ota_sample_t t
     char what[160];
     if (s->kind == OTA_SIG_METRIC)
         snprintf(what, sizeof what, "%s %s", name, ota_stat_name(s->stat));
+    else if (s->kind == OTA_SIG_REBOOTS)
+        snprintf(what, sizeof what, "reboots (%s reported)", s->metric);
     else
         snprintf(what, sizeof what, "%s", name);
     if (treated.n == 0) {

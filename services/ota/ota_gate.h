@@ -19,6 +19,7 @@ typedef enum {
     OTA_SIG_OFFLINE,     /* share of the window offline, 0..1 */
     OTA_SIG_FW_ROLLBACK, /* share of installed devices now reporting another version */
     OTA_SIG_METRIC,      /* a telemetry metric's statistic, from ingest's rollups */
+    OTA_SIG_REBOOTS,     /* share of devices that reported twin key `metric` in their window */
 } ota_sig_kind_t;
 
 typedef enum {
@@ -31,7 +32,7 @@ typedef enum {
 
 typedef struct {
     ota_sig_kind_t kind;
-    char metric[128]; /* OTA_SIG_METRIC */
+    char metric[128]; /* OTA_SIG_METRIC; OTA_SIG_REBOOTS: the reported twin key */
     ota_stat_t stat;  /* OTA_SIG_METRIC */
     bool lower_worse; /* "worse": "lower" (e.g. a battery's slope) */
     double margin;    /* absolute slack beyond the tolerance */

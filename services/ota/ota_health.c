@@ -51,6 +51,8 @@ static ota_sample_t s_conn_value(const ota_signal_t *s, json_t *st, double whole
         return v;
     if (s->kind == OTA_SIG_FW_ROLLBACK)
         v.value = (double)json_integer_value(json_object_get(st, "notOnVersion")) / (double)n;
+    else if (s->kind == OTA_SIG_REBOOTS)
+        v.value = (double)json_integer_value(json_object_get(st, "reported")) / (double)n;
     else if (hours <= 0)
         v.n = 0; /* nothing observed yet */
     else if (s->kind == OTA_SIG_DISCONNECTS)
@@ -58,6 +60,26 @@ static ota_sample_t s_conn_value(const ota_signal_t *s, json_t *st, double whole
     else
         v.value = json_real_value(json_object_get(st, "offlineHours")) / hours;
     return v;
+}
+
+/* Twin's HEALTH_STATS for the cohorts (`key`: a reported key to count, or
+ * NULL); NULL with `err`. */
+static json_t *s_twin_stats(ota_t *self, json_t *cohorts, const char *firmware, const char *key,
+                            char *err, size_t errlen)
+{
+    json_t *params =
+        json_pack("{s:O,s:s,s:s?}", "cohorts", cohorts, "firmware", firmware, "key", key);
+    char *text = ota_dumps(params), rid[48];
+    json_decref(params);
+    Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
+    q.method = MH__TWIN_REQUEST__METHOD__HEALTH_STATS;
+    q.params_json = text;
+    snprintf(rid, sizeof rid, "ota-health-%" PRIu64, ++self->seq);
+    json_t *st =
+        text ? mh_rpc_call_json(self->twin_rpc, "twin.request", &q.base, rid, 5000, err, errlen)
+             : NULL;
+    free(text);
+    return st;
 }
 
 /* A metric signal's values per cohort, from ingest; NULL with `err`. */
@@ -146,41 +168,44 @@ bool ota_health_check(ota_t *self, const char *id, const ota_spec_t *spec, int a
     bool ok = true;
     if (first) {
         /* connectivity, once for every signal that needs it */
+        /* twin's answer once for the connectivity signals and the first
+         * reboots signal's key; another reboots key asks again */
         bool conn = false;
-        for (int i = 0; i < h->nsig; i++)
+        const char *key = NULL;
+        for (int i = 0; i < h->nsig; i++) {
             conn |= h->sig[i].kind != OTA_SIG_METRIC;
+            if (h->sig[i].kind == OTA_SIG_REBOOTS && !key)
+                key = h->sig[i].metric;
+        }
         json_t *cst = NULL;
         if (conn) {
-            json_t *params = json_pack("{s:O,s:s}", "cohorts", cohorts, "firmware", spec->firmware);
-            char *text = ota_dumps(params), rid[48];
-            json_decref(params);
-            Mh__TwinRequest q = MH__TWIN_REQUEST__INIT;
-            q.method = MH__TWIN_REQUEST__METHOD__HEALTH_STATS;
-            q.params_json = text;
-            snprintf(rid, sizeof rid, "ota-health-%" PRIu64, ++self->seq);
-            cst = text ? mh_rpc_call_json(self->twin_rpc, "twin.request", &q.base, rid, 5000, err,
-                                          errlen)
-                       : NULL;
-            free(text);
+            cst = s_twin_stats(self, cohorts, spec->firmware, key, err, errlen);
             ok = cst != NULL;
         }
         for (int i = 0; i < h->nsig && ok; i++) {
             const ota_signal_t *s = &h->sig[i];
-            json_t *mst =
-                s->kind == OTA_SIG_METRIC ? s_metric_stats(self, s, cohorts, err, errlen) : NULL;
-            if (s->kind == OTA_SIG_METRIC && !mst) {
+            /* the answer this signal reads: ingest's for a metric, twin's
+             * again for a reboots key other than the first, else cst */
+            bool metric = s->kind == OTA_SIG_METRIC;
+            bool again = s->kind == OTA_SIG_REBOOTS && strcmp(s->metric, key) != 0;
+            json_t *own = metric ? s_metric_stats(self, s, cohorts, err, errlen)
+                          : again
+                              ? s_twin_stats(self, cohorts, spec->firmware, s->metric, err, errlen)
+                              : NULL;
+            if ((metric || again) && !own) {
                 ok = false;
                 break;
             }
+            json_t *tst = again ? own : cst, *mst = metric ? own : NULL;
             ota_sample_t c = mst ? (ota_sample_t){json_number_value(json_object_get(
                                                       json_object_get(mst, "control"), "value")),
                                                   json_integer_value(json_object_get(
                                                       json_object_get(mst, "control"), "devices"))}
-                                 : s_conn_value(s, json_object_get(cst, "control"), 0);
+                                 : s_conn_value(s, json_object_get(tst, "control"), 0);
             for (int k = accepted + 1; k <= current && k < OTA_MAX_WAVES; k++) {
                 if (!waves[k].n)
                     continue;
-                json_t *ws = json_object_get(mst ? mst : cst, waves[k].name);
+                json_t *ws = json_object_get(mst ? mst : tst, waves[k].name);
                 ota_sample_t t =
                     mst ? (ota_sample_t){json_number_value(json_object_get(ws, "value")),
                                          json_integer_value(json_object_get(ws, "devices"))}
@@ -190,18 +215,20 @@ bool ota_health_check(ota_t *self, const char *id, const ota_spec_t *spec, int a
                 bool judged = waves[k].n >= spec->min_devices;
                 bool bad = ota_signal_bad(h, s, t, c, reason, sizeof reason) && judged;
                 json_array_append_new(
-                    eval, json_pack("{s:i,s:s,s:s?,s:f,s:I,s:f,s:I,s:b,s:b,s:s}", "wave", k + 1,
-                                    "signal", ota_signal_name(s), "metric",
-                                    s->kind == OTA_SIG_METRIC ? s->metric : NULL, "updated",
-                                    t.value, "updatedDevices", (json_int_t)t.n, "control", c.value,
-                                    "controlDevices", (json_int_t)c.n, "judged", judged, "worse",
-                                    bad, "detail", reason));
+                    eval,
+                    json_pack("{s:i,s:s,s:s?,s:f,s:I,s:f,s:I,s:b,s:b,s:s}", "wave", k + 1, "signal",
+                              ota_signal_name(s), "metric",
+                              s->kind == OTA_SIG_METRIC || s->kind == OTA_SIG_REBOOTS ? s->metric
+                                                                                      : NULL,
+                              "updated", t.value, "updatedDevices", (json_int_t)t.n, "control",
+                              c.value, "controlDevices", (json_int_t)c.n, "judged", judged, "worse",
+                              bad, "detail", reason));
                 if (bad && !v->bad) {
                     v->bad = true;
                     snprintf(v->reason, sizeof v->reason, "wave %d health: %s", k + 1, reason);
                 }
             }
-            json_decref(mst);
+            json_decref(own);
         }
         json_decref(cst);
     }

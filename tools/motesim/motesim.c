@@ -162,6 +162,8 @@ typedef struct {
     int64_t down_until; /* flapping: reconnect at this time */
     int64_t up_since;   /* when its connection came up (mono ms) */
     unsigned bad;       /* --misbehave modes it shows now (SIM_BAD_*) */
+    int reboots;        /* crashes so far (a crash loop's), reported as rebootCount */
+    bool crashed;       /* the next connect follows a crash: report it */
     int64_t next_ms;
     int64_t seq, last_ts;
     sim_readings_t r;
@@ -228,6 +230,12 @@ static void s_report_state(s_device_t *d, const char *firmware, bool full)
         json_object_set_new(rep, "location",
                             json_pack("{s:f,s:f}", "lat", 40 + (h % 2000) / 100.0, "lon",
                                       -5 + ((h / 2000) % 3000) / 100.0));
+    }
+    if (d->crashed) {
+        /* what a device reports at boot after a crash */
+        json_object_set_new(rep, "rebootCount", json_integer(d->reboots));
+        json_object_set_new(rep, "resetReason", json_string("watchdog"));
+        d->crashed = false;
     }
     json_object_set_new(rep, "battery", json_real(round(d->r.battery * 10) / 10));
     json_object_set_new(rep, "rssi", json_integer((json_int_t)round(d->r.rssi)));
@@ -734,6 +742,8 @@ int main(int argc, char **argv)
                     mh_agent_kill_connection(d->agent);
                     d->was_connected = false;
                     d->down_until = now + 1000;
+                    d->reboots++;
+                    d->crashed = true;
                 }
             }
         }
