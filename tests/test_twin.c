@@ -668,6 +668,9 @@ static void test_connectivity(void **state)
     json_t *dev = s_get(MH__TWIN_REQUEST__METHOD__GET_DEVICE, "cn-1");
     assert_string_equal(json_string_value(json_object_get(dev, "firmware")), "1.0.0");
     json_decref(dev);
+    /* what a device reports at boot */
+    json_decref(
+        s_update(d, "{\"state\":{\"reported\":{\"rebootCount\":3}}}", "twin/update/accepted"));
     /* Power loss: the broker sends the last will. */
     mh_agent_kill_connection(d->agent);
     assert_true(s_wait_status("cn-1", "offline", 10000));
@@ -693,7 +696,7 @@ static void test_connectivity(void **state)
     char params[512];
     snprintf(
         params, sizeof params,
-        "{\"firmware\":\"1.0.0\",\"key\":\"firmware\",\"cohorts\":{\"a\":[[\"cn-1\",%lld,%lld],"
+        "{\"firmware\":\"1.0.0\",\"key\":\"rebootCount\",\"cohorts\":{\"a\":[[\"cn-1\",%lld,%lld],"
         "[\"cn-2\",%lld,%lld]],\"b\":[[\"reg-3\",%lld,%lld]],\"c\":[]}}",
         (long long)start, (long long)now, (long long)start, (long long)now, (long long)start,
         (long long)now);
@@ -708,8 +711,8 @@ static void test_connectivity(void **state)
     double off = json_real_value(json_object_get(a, "offlineHours"));
     assert_true(hours > 0 && off > 0 && off < hours);
     assert_int_equal(s_ji(a, "notOnVersion"), 0); /* both report 1.0.0 */
-    /* the key asked for: cn-1's agent reported "firmware" in its window,
-     * cn-2 only sent telemetry */
+    /* the key asked for: cn-1 reported rebootCount in its window, cn-2
+     * only sent telemetry */
     assert_int_equal(s_ji(a, "reported"), 1);
     assert_int_equal(s_ji(b, "devices"), 1);
     assert_int_equal(s_ji(b, "disconnects"), 0);
