@@ -67,8 +67,9 @@ static void test_spec_rejects(void **state)
         "{\"firmware\":\"1\",\"stratifyBy\":[\"a:b\"]}",
         "{\"firmware\":\"1\",\"stratifyBy\":[\"\"]}",
         "{\"firmware\":\"1\",\"stratifyBy\":[1]}",
-        "{\"firmware\":\"1\",\"stratifyBy\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\","
-        "\"i\"]}",
+        /* nine tags, one too many */
+        ("{\"firmware\":\"1\",\"stratifyBy\":"
+         "[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]}"),
         "{}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
