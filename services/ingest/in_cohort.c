@@ -17,10 +17,29 @@
 
 #include <string.h>
 
-static const char *const s_stat_sql[] = {
-    "mean", "sum(x.sum) / NULLIF(sum(x.count), 0)",
-    "p95",  "percentile_cont(0.95) WITHIN GROUP (ORDER BY x.sum / x.count)",
-    "max",  "max(x.max)",
+/* the minutes of each device's window: x(c, id, f, t, hours, min, max, sum, count) */
+#define S_WITH                                                                                     \
+    "WITH w AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS w(c text, id text, f bigint,"       \
+    "   t bigint)),"                                                                               \
+    " x AS (SELECT w.c, w.id, w.f, w.t,"                                                           \
+    "   extract(epoch FROM r.bucket) / 3600.0 AS hours, r.min, r.max, r.sum, r.count"              \
+    "   FROM w JOIN ingest.rollup_1m r ON r.device_id = w.id AND r.metric = $2"                    \
+    "   AND r.bucket >= to_timestamp(w.f / 1000.0)"                                                \
+    "   AND r.bucket + interval '1 minute' <= to_timestamp(w.t / 1000.0) AND r.count > 0)"
+
+/* each statistic's whole statement: per cohort (name, value, devices) */
+static const char *const s_stat_sql[][2] = {
+    {"mean", S_WITH " SELECT x.c, sum(x.sum) / NULLIF(sum(x.count), 0), count(DISTINCT x.id)"
+                    " FROM x GROUP BY x.c"},
+    {"p95", S_WITH " SELECT x.c, percentile_cont(0.95) WITHIN GROUP (ORDER BY x.sum / x.count),"
+                   " count(DISTINCT x.id) FROM x GROUP BY x.c"},
+    {"max", S_WITH " SELECT x.c, max(x.max), count(DISTINCT x.id) FROM x GROUP BY x.c"},
+    {"slope", S_WITH ", d AS (SELECT c, id, regr_slope(x.sum / x.count, x.hours) AS s FROM x"
+                     "   GROUP BY c, id HAVING count(*) >= 2)"
+                     " SELECT c, avg(s), count(*) FROM d WHERE s IS NOT NULL GROUP BY c"},
+    {"rate", S_WITH ", d AS (SELECT c, id, sum(x.sum) AS n, count(*) / 60.0 AS h FROM x"
+                    "   GROUP BY c, id)"
+                    " SELECT c, sum(n) / NULLIF(sum(h), 0), count(*) FROM d GROUP BY c"},
 };
 
 void in_cohort_answer(mh_pg_t *pg, const char *text, mh_rpc_reply_t *r)
@@ -52,12 +71,11 @@ void in_cohort_answer(mh_pg_t *pg, const char *text, mh_rpc_reply_t *r)
         PQclear(res);
         return;
     }
-    const char *expr = NULL;
-    bool slope = stat && strcmp(stat, "slope") == 0, rate = stat && strcmp(stat, "rate") == 0;
-    for (size_t i = 0; stat && i < sizeof s_stat_sql / sizeof s_stat_sql[0]; i += 2)
-        if (strcmp(stat, s_stat_sql[i]) == 0)
-            expr = s_stat_sql[i + 1];
-    if (!expr && !slope && !rate) {
+    const char *sql = NULL;
+    for (size_t i = 0; stat && i < sizeof s_stat_sql / sizeof s_stat_sql[0]; i++)
+        if (strcmp(stat, s_stat_sql[i][0]) == 0)
+            sql = s_stat_sql[i][1];
+    if (!sql) {
         json_decref(params);
         return mh_rpc_fail(r, 400, "bad_request",
                            "cohort_json needs \"stat\" (mean, p95, max, slope, rate) and"
@@ -71,31 +89,6 @@ void in_cohort_answer(mh_pg_t *pg, const char *text, mh_rpc_reply_t *r)
         json_decref(params);
         return mh_rpc_fail(r, 400, "bad_request", "cohort_json: %s", MH_COHORT_BAD);
     }
-    char sql[2048];
-    /* the minutes of each device's window: x(c, id, f, t, hours, min, max, sum, count) */
-    static const char *with =
-        "WITH w AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS w(c text, id text, f bigint,"
-        "   t bigint)),"
-        " x AS (SELECT w.c, w.id, w.f, w.t,"
-        "   extract(epoch FROM r.bucket) / 3600.0 AS hours, r.min, r.max, r.sum, r.count"
-        "   FROM w JOIN ingest.rollup_1m r ON r.device_id = w.id AND r.metric = $2"
-        "   AND r.bucket >= to_timestamp(w.f / 1000.0)"
-        "   AND r.bucket + interval '1 minute' <= to_timestamp(w.t / 1000.0) AND r.count > 0)";
-    if (slope)
-        snprintf(sql, sizeof sql,
-                 "%s, d AS (SELECT c, id, regr_slope(x.sum / x.count, x.hours) AS s FROM x"
-                 "   GROUP BY c, id HAVING count(*) >= 2)"
-                 " SELECT c, avg(s), count(*) FROM d WHERE s IS NOT NULL GROUP BY c",
-                 with);
-    else if (rate)
-        snprintf(sql, sizeof sql,
-                 "%s, d AS (SELECT c, id, sum(x.sum) AS n, count(*) / 60.0 AS h FROM x"
-                 "   GROUP BY c, id)"
-                 " SELECT c, sum(n) / NULLIF(sum(h), 0), count(*) FROM d GROUP BY c",
-                 with);
-    else
-        snprintf(sql, sizeof sql, "%s SELECT x.c, %s, count(DISTINCT x.id) FROM x GROUP BY x.c",
-                 with, expr);
     char *rows_text = json_dumps(rows, JSON_COMPACT);
     const char *p[] = {rows_text, metric};
     PGresult *res = rows_text ? mh_pg_exec(pg, PGRES_TUPLES_OK, sql, 2, p, err, sizeof err) : NULL;
