@@ -60,6 +60,8 @@ static void test_spec_rejects(void **state)
         "{\"document\":[1]}",
         "{\"document\":{\"a\":1},\"firmware\":\"1\"}",
         "{\"document\":{\"a\":1},\"onFailure\":\"rollback\"}",
+        ("{\"document\":{\"a\":1},\"health\":{\"windowSeconds\":60,\"signals\":"
+         "[{\"signal\":\"firmwareRollback\"}]}}"),
         /* stratifyBy: tag names, 1 to 8, none twice */
         "{\"firmware\":\"1\",\"stratifyBy\":[]}",
         "{\"firmware\":\"1\",\"stratifyBy\":\"model\"}",

@@ -252,6 +252,13 @@ int ota_spec_from_json(json_t *root, ota_spec_t *out, char *why, size_t whylen)
         return -1;
     }
     out->min_devices = (int64_t)min_devices;
+    for (int i = 0; out->document && i < out->health.nsig; i++)
+        if (out->health.sig[i].kind == OTA_SIG_FW_ROLLBACK) {
+            S_WHY("health.signals[%d]: a job of a document installs no version to roll back from",
+                  i);
+            ota_spec_clear(out);
+            return -1;
+        }
     json_t *of = json_object_get(root, "onFailure");
     if (of) {
         const char *s = json_string_value(of);
