@@ -62,6 +62,14 @@ static ota_sample_t s_conn_value(const ota_signal_t *s, json_t *st, double whole
     return v;
 }
 
+/* A call's deadline: half the interval (at most 5 s, at least 200 ms), so
+ * a service that is away blocks the actor for at most half of it. */
+static int s_deadline(ota_t *self)
+{
+    int64_t d = self->cfg->health_interval_ms / 2;
+    return (int)(d < 200 ? 200 : d > 5000 ? 5000 : d);
+}
+
 /* Twin's HEALTH_STATS for the cohorts (`key`: a reported key to count, or
  * NULL); NULL with `err`. */
 static json_t *s_twin_stats(ota_t *self, json_t *cohorts, const char *firmware, const char *key,
@@ -75,9 +83,9 @@ static json_t *s_twin_stats(ota_t *self, json_t *cohorts, const char *firmware, 
     q.method = MH__TWIN_REQUEST__METHOD__HEALTH_STATS;
     q.params_json = text;
     snprintf(rid, sizeof rid, "ota-health-%" PRIu64, ++self->seq);
-    json_t *st =
-        text ? mh_rpc_call_json(self->twin_rpc, "twin.request", &q.base, rid, 5000, err, errlen)
-             : NULL;
+    json_t *st = text ? mh_rpc_call_json(self->twin_rpc, "twin.request", &q.base, rid,
+                                         s_deadline(self), err, errlen)
+                      : NULL;
     free(text);
     return st;
 }
@@ -97,8 +105,8 @@ static json_t *s_metric_stats(ota_t *self, const ota_signal_t *s, json_t *cohort
     Mh__TelemetryQuery q = MH__TELEMETRY_QUERY__INIT;
     q.cohort_json = text;
     snprintf(rid, sizeof rid, "ota-health-%" PRIu64, ++self->seq);
-    json_t *body = text ? mh_rpc_call_json(self->ingest_rpc, "telemetry.query", &q.base, rid, 5000,
-                                           err, errlen)
+    json_t *body = text ? mh_rpc_call_json(self->ingest_rpc, "telemetry.query", &q.base, rid,
+                                           s_deadline(self), err, errlen)
                         : NULL;
     free(text);
     return body;
@@ -119,8 +127,9 @@ bool ota_health_check(ota_t *self, const char *id, const ota_spec_t *spec, int a
     bool last_bad = PQntuples(res) && strcmp(PQgetvalue(res, 0, 1), "t") == 0;
     PQclear(res);
     v->fresh = last && now - last <= 3 * self->cfg->health_interval_ms && !last_bad;
-    if (last && now - last < self->cfg->health_interval_ms)
-        return true; /* not due */
+    if ((last && now - last < self->cfg->health_interval_ms) ||
+        mh_mono_ms() < self->health_retry_mono)
+        return true; /* not due, or the last try found twin or ingest away */
 
     int64_t t0 = mh_mono_ms(), window = h->window_s * 1000;
     char acc_s[16];
@@ -242,6 +251,7 @@ bool ota_health_check(ota_t *self, const char *id, const ota_spec_t *spec, int a
         json_decref(eval);
         mh_log_limited(&self->rl_warn, MH_LOG_WARN, "rollout %s: health not evaluated: %s", id,
                        err);
+        self->health_retry_mono = mh_mono_ms() + self->cfg->health_interval_ms;
         return true;
     }
     json_t *doc = json_pack("{s:I,s:b,s:s?,s:o}", "at", (json_int_t)now, "worse", v->bad, "reason",

@@ -95,7 +95,8 @@ typedef struct {
         *m_downlink_dropped, *m_rollouts[2];
     mh_histogram_t *m_tick_time, *m_health_time;
     mh_gauge_t *m_db, *m_online, *m_rollout_states[OTA_NSTATES], *m_stopped_by_gate;
-    int64_t next_gauges; /* mono ms */
+    int64_t next_gauges;       /* mono ms */
+    int64_t health_retry_mono; /* a health gate's calls failed: none before this */
 } ota_t;
 
 #define OTA_ROLLOUT_COLS                                                                           \
