@@ -125,12 +125,19 @@ def health_bench(args, stack, pg_port, http, common, bench):
         '"waves":[{"percent":5},{"percent":100}],"soakSeconds":0,'
         f'"maxPerMinute":{args.max_per_minute},"jobTimeoutSeconds":600,{health}}}', "--until=completed"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.time() + 120
-    while int(psql(pg_port, "SELECT count(*) FROM ota.jobs j JOIN ota.rollouts r ON r.id = j.rollout_id"
-                            " WHERE r.firmware = '6.0.0' AND j.status = 'succeeded'") or 0) < args.devices // 20:
+    # wave 1 installed: its size is 5 % of the devices on 1.0.0 by then (some
+    # crash-looping ones may still be on their way back from 5.0.0)
+    end = time.time() + 180
+    while psql(pg_port, "SELECT count(*) > 0 AND bool_and(j.status = 'succeeded') FROM ota.jobs j"
+                        " JOIN ota.rollouts r ON r.id = j.rollout_id WHERE r.firmware = '6.0.0'"
+                        " AND j.wave = 0") != "t":
         if time.time() > end:
             sys.exit("6.0.0's first wave did not install")
         time.sleep(1)
+    wave1 = int(psql(pg_port, "SELECT count(*) FROM ota.jobs j JOIN ota.rollouts r ON r.id = j.rollout_id"
+                              " WHERE r.firmware = '6.0.0' AND j.wave = 0"))
+    total = int(psql(pg_port, "SELECT count(*) FROM ota.jobs j JOIN ota.rollouts r ON r.id = j.rollout_id"
+                              " WHERE r.firmware = '6.0.0'"))
     n0, s0 = evals()
     r0 = rpc()
     c = sample()
@@ -139,8 +146,8 @@ def health_bench(args, stack, pg_port, http, common, bench):
     n1, s1 = evals()
     r1 = rpc()
     n = max(1.0, n1 - n0)
-    print(f"health gate, cost: {n:.0f} evaluations in 60 s over {args.devices // 20} updated devices and"
-          f" {args.devices - args.devices // 20} in the control group; {1000 * (s1 - s0) / n:.0f} ms each"
+    print(f"health gate, cost: {n:.0f} evaluations in 60 s over {wave1} updated devices and"
+          f" {total - wave1} in the control group; {1000 * (s1 - s0) / n:.0f} ms each"
           " (ota's wall time: cohorts, twin's and ingest's answers, the update)", flush=True)
     for k in a:
         base, gated = b[k] - a[k], d[k] - c[k]
