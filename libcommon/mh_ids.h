@@ -2,6 +2,7 @@
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 
 #define MH_MAX_DEVICE_ID 64
 
@@ -21,4 +22,11 @@ static inline bool mh_device_id_valid(const char *id, size_t len)
             return false;
     }
     return true;
+}
+
+/* A metric name, as ingest stores it and health gates name it: the same
+ * 1-64 characters as a device id. */
+static inline bool mh_metric_name_valid(const char *name)
+{
+    return name && mh_device_id_valid(name, strlen(name));
 }

@@ -13,6 +13,7 @@
  *          metric that reports how many errors since the last report). */
 #include "in_cohort.h"
 #include "mh_cohort.h"
+#include "mh_ids.h"
 #include "mh_json.h"
 
 #include <string.h>
@@ -50,7 +51,7 @@ void in_cohort_answer(mh_pg_t *pg, const char *text, mh_rpc_reply_t *r)
     const char *stat = json_string_value(json_object_get(params, "stat"));
     json_t *cohorts = json_object_get(params, "cohorts");
     char err[512];
-    if (!metric || !*metric || strlen(metric) > 64) {
+    if (!mh_metric_name_valid(metric)) {
         json_decref(params);
         return mh_rpc_fail(r, 400, "bad_request", "cohort_json needs \"metric\"");
     }

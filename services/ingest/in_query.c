@@ -153,17 +153,6 @@ static void s_ok(s_reply_t *r, json_t *body)
     r->base.status = r->base.body ? 200 : 500;
 }
 
-static bool s_metric_ok(const char *m)
-{
-    size_t n = strlen(m);
-    if (n == 0 || n > 64)
-        return false;
-    for (const char *p = m; *p; p++)
-        if (!(isalnum((unsigned char)*p) || *p == '_' || *p == '-' || *p == '.'))
-            return false;
-    return true;
-}
-
 static void s_answer(mh_pg_t *pg, const Mh__TelemetryQuery *q, int64_t max_limit, s_reply_t *r)
 {
     char err[512];
@@ -172,7 +161,7 @@ static void s_answer(mh_pg_t *pg, const Mh__TelemetryQuery *q, int64_t max_limit
     if (!mh_device_id_valid(q->device_id, strlen(q->device_id)))
         return s_fail(r, 404, "not_found", "no such device");
     for (size_t i = 0; i < q->n_metrics; i++)
-        if (!s_metric_ok(q->metrics[i]))
+        if (!mh_metric_name_valid(q->metrics[i]))
             return s_fail(r, 400, "bad_request",
                           "\"metric\" is 1-64 letters, digits, '_', '-' or '.'");
     if (mh_pg_connect(pg, err, sizeof err) < 0)
@@ -250,7 +239,7 @@ static void s_answer(mh_pg_t *pg, const Mh__TelemetryQuery *q, int64_t max_limit
         const char *colon = strchr(q->cursor, ':');
         char *end;
         long long ms = strtoll(q->cursor, &end, 10);
-        if (!colon || end != colon || !s_metric_ok(colon + 1)) {
+        if (!colon || end != colon || !mh_metric_name_valid(colon + 1)) {
             free(metrics);
             return s_fail(r, 400, "bad_request", "\"cursor\" is not one this API returned");
         }

@@ -1,4 +1,5 @@
 #include "ota_gate.h"
+#include "mh_ids.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -26,21 +27,6 @@ bool ota_health_needs_metrics(const ota_health_t *h)
         if (h->sig[i].kind == OTA_SIG_METRIC)
             return true;
     return false;
-}
-
-/* A metric name as ingest stores them: 1-64 of A-Z a-z 0-9 _ . - */
-static bool s_metric_name(const char *m)
-{
-    size_t n = m ? strlen(m) : 0;
-    if (n == 0 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = m[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '.' || c == '-'))
-            return false;
-    }
-    return true;
 }
 
 static int s_signal(json_t *o, size_t i, ota_signal_t *s, char *why, size_t whylen)
@@ -99,7 +85,7 @@ static int s_signal(json_t *o, size_t i, ota_signal_t *s, char *why, size_t whyl
     }
     json_t *metric = json_object_get(o, "metric"), *stat = json_object_get(o, "stat");
     if (kind == OTA_SIG_METRIC) {
-        if (!s_metric_name(json_string_value(metric))) {
+        if (!mh_metric_name_valid(json_string_value(metric))) {
             S_WHY("health.signals[%zu]: \"metric\" must name a telemetry metric (1-64 of"
                   " A-Z a-z 0-9 _ . -)",
                   i);
