@@ -346,30 +346,14 @@ typedef struct s_install_t {
 } s_install_t;
 static s_install_t *s_installs; /* under s_lat_lock */
 
-/* Does installing `version` fail on this device? The same answer every run. */
-static bool s_ota_fails(const char *device, const char *version)
-{
-    const char *p = s_cfg->ota_fail;
-    size_t vl = strlen(version);
-    while (p && *p) {
-        const char *colon = strchr(p, ':'), *comma = strchr(p, ',');
-        if (!colon)
-            break;
-        if ((size_t)(colon - p) == vl && strncmp(p, version, vl) == 0) {
-            return sim_share_of(device, version) < strtod(colon + 1, NULL);
-        }
-        p = comma ? comma + 1 : NULL;
-    }
-    return false;
-}
-
 static mh_cmd_outcome_t s_on_install(mh_agent_t *a, const mh_ota_job_t *job, const uint8_t *image,
                                      size_t len, char *error, size_t errlen, void *ud)
 {
     (void)image;
     (void)len;
     (void)ud;
-    if (strcmp(job->action, "install") == 0 && s_ota_fails(mh_agent_id(a), job->version)) {
+    if (strcmp(job->action, "install") == 0 &&
+        sim_ota_fails(s_cfg->ota_fail, mh_agent_id(a), job->version)) {
         snprintf(error, errlen, "simulated install failure of %s", job->version);
         __atomic_add_fetch(&s_ota_failed, 1, __ATOMIC_RELAXED);
         return MH_CMD_FAILED;

@@ -97,6 +97,21 @@ char *sim_tags_json(const char *spec, const char *device)
     return text;
 }
 
+bool sim_ota_fails(const char *spec, const char *device, const char *version)
+{
+    const char *p = spec;
+    size_t vl = strlen(version);
+    while (p && *p) {
+        const char *colon = strchr(p, ':'), *comma = strchr(p, ',');
+        if (!colon)
+            break;
+        if ((size_t)(colon - p) == vl && strncmp(p, version, vl) == 0)
+            return sim_share_of(device, version) < strtod(colon + 1, NULL);
+        p = comma ? comma + 1 : NULL;
+    }
+    return false;
+}
+
 static const char *const s_modes[] = {"reconnect", "hot", "drain", "errors"};
 
 /* Calls `fn` for each entry; -1 with `why` on a malformed one. */

@@ -17,6 +17,10 @@ int sim_tags_check(const char *spec, char *why, size_t whylen);
  * or no memory. */
 char *sim_tags_json(const char *spec, const char *device);
 
+/* --ota-fail "VERSION:SHARE,...": does installing `version` fail on this
+ * device? The same answer every run. */
+bool sim_ota_fails(const char *spec, const char *device, const char *version);
+
 /* Firmware that installs fine and then misbehaves, on a share of the
  * devices running it: "VERSION:SHARE:MODE,..." with MODE one of */
 enum {
