@@ -10,7 +10,8 @@ typedef struct {
     int64_t size[OTA_MAX_WAVES];
     int64_t sent[OTA_MAX_WAVES], rolled_back[OTA_MAX_WAVES], rb_queued, rb_in_flight, rb_succeeded,
         rb_failed, in_flight_total;
-    /* succeeded within the health gate's window: still observed */
+    /* succeeded within the health gate's window: still observed, and not
+     * counted in w[].succeeded (a device counts once its window passed) */
     int64_t observing[OTA_MAX_WAVES];
     int n;
 } s_counts_t;
@@ -87,6 +88,7 @@ static bool s_load_counts(ota_t *self, const char *id, int64_t observed_after, s
         c->rb_failed += ota_i64(res, r, 14);
         c->in_flight_total += w->in_flight;
         c->observing[k] = ota_i64(res, r, 15);
+        w->succeeded -= c->observing[k];
     }
     PQclear(res);
     return true;
@@ -126,8 +128,6 @@ json_t *ota_rollout_json(ota_t *self, PGresult *res, int r, bool with_waves)
     int current = (int)ota_i64(res, r, 5);
     for (int k = 0; k < c.n; k++) {
         ota_wave_t *w = &c.w[k];
-        /* a device counts as succeeded once its health window passed */
-        w->succeeded -= c.observing[k];
         const char *ws = c.observing[k] && k <= current                   ? "observing"
                          : k > current                                    ? "pending"
                          : (w->pending || w->queued || w->in_flight) != 0 ? "running"
@@ -346,11 +346,9 @@ bool ota_advance(ota_t *self, const char *id, int64_t now)
         ota_decision_t d;
         ota_health_verdict_t hv = {.fresh = true};
         if (gated) {
-            /* still observed: neither succeeded nor done yet */
-            for (int k = 0; k < OTA_MAX_WAVES; k++) {
-                c.w[k].succeeded -= c.observing[k];
+            /* still observed: not done yet */
+            for (int k = 0; k < OTA_MAX_WAVES; k++)
                 c.w[k].in_flight += c.observing[k];
-            }
             if (!ota_health_check(self, id, &spec, accepted, current, now, &hv, err, sizeof err))
                 goto fail_spec;
         }
