@@ -10,6 +10,7 @@
 struct mh_pg_t {
     PGconn *conn;
     char *url, *schema;
+    char *session; /* run on every connection once migrated (NULL: none) */
     int64_t lock_key;
     bool migrated;
     bool any_result; /* mh_pg_ok: a statement returning rows succeeds too */
@@ -45,8 +46,19 @@ void mh_pg_destroy(mh_pg_t **self_p)
         PQfinish(self->conn);
     free(self->url);
     free(self->schema);
+    free(self->session);
     free(self);
     *self_p = NULL;
+}
+
+int mh_pg_set_session(mh_pg_t *self, const char *sql)
+{
+    char *copy = strdup(sql);
+    if (!copy)
+        return -ENOMEM;
+    free(self->session);
+    self->session = copy;
+    return 0;
 }
 
 bool mh_pg_ready(mh_pg_t *self)
@@ -149,7 +161,13 @@ bool mh_pg_retryable(mh_pg_t *self)
     return strcmp(self->sqlstate, "40P01") == 0 || strcmp(self->sqlstate, "40001") == 0;
 }
 
+bool mh_pg_busy(mh_pg_t *self)
+{
+    return strcmp(self->sqlstate, "55P03") == 0;
+}
+
 static int s_connect(mh_pg_t *self, char *err, size_t errlen);
+static int s_migrate(mh_pg_t *self, char *err, size_t errlen);
 
 int mh_pg_connect(mh_pg_t *self, char *err, size_t errlen)
 {
@@ -193,10 +211,26 @@ static int s_connect(mh_pg_t *self, char *err, size_t errlen)
     }
     if (!mh_pg_ok(self, "SET TIME ZONE 'UTC'", 0, NULL, err, errlen))
         return -EIO;
-    if (!*self->schema) { /* a reader of another service's schema */
-        self->migrated = true;
-        return 0;
+    if (*self->schema && s_migrate(self, err, errlen) != 0)
+        return -EIO;
+    if (self->session) {
+        PGresult *res = PQexec(self->conn, self->session);
+        bool ok = PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK;
+        if (!ok && err) {
+            snprintf(err, errlen, "session settings refused: %s", PQerrorMessage(self->conn));
+            s_trim(err);
+        }
+        PQclear(res);
+        if (!ok)
+            return -EIO;
     }
+    self->migrated = true;
+    return 0;
+}
+
+/* The schema, under the advisory lock that serialises replicas. */
+static int s_migrate(mh_pg_t *self, char *err, size_t errlen)
+{
     char lock[32];
     snprintf(lock, sizeof lock, "%" PRId64, self->lock_key);
     const char *p[] = {lock};
@@ -214,10 +248,7 @@ static int s_connect(mh_pg_t *self, char *err, size_t errlen)
     PQclear(res);
     PQclear(PQexecParams(self->conn, "SELECT pg_advisory_unlock($1::bigint)", 1, NULL, p, NULL,
                          NULL, 0));
-    if (!ok)
-        return -EIO;
-    self->migrated = true;
-    return 0;
+    return ok ? 0 : -EIO;
 }
 
 char *mh_pg_text_array(const char *const *items, size_t n)

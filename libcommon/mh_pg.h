@@ -17,6 +17,10 @@ typedef struct mh_pg_t mh_pg_t;
 mh_pg_t *mh_pg_new(const char *url, const char *schema_sql, int64_t lock_key);
 void mh_pg_destroy(mh_pg_t **self_p);
 
+/* SQL run on every connection after the schema (one or more statements,
+ * e.g. "SET lock_timeout = '250ms'"): a service's session settings. */
+int mh_pg_set_session(mh_pg_t *self, const char *sql);
+
 /* Connected with the schema in place? */
 bool mh_pg_ready(mh_pg_t *self);
 /* Connects and migrates when not ready, at most as often as its backoff
@@ -50,6 +54,9 @@ bool mh_pg_lost(mh_pg_t *self);
 const char *mh_pg_sqlstate(mh_pg_t *self);
 /* Deadlock or serialisation failure: the transaction may simply be retried. */
 bool mh_pg_retryable(mh_pg_t *self);
+/* A lock not had within lock_timeout (55P03): another session holds rows
+ * the statement wants; try again later, after other work. */
+bool mh_pg_busy(mh_pg_t *self);
 
 /* A text[] literal ({"a","b"}) for parameters like `= ANY($1::text[])`.
  * The strings must not contain '"' or '\\' (device ids, UUIDs); a NULL

@@ -10,6 +10,8 @@ void mh_rpc_db_fail(const mh_rpc_db_t *db, mh_rpc_reply_t *r, const char *err)
     mh_log_limited(db->rl, MH_LOG_ERROR, "database error: %s", err);
     if (mh_pg_lost(db->pg))
         mh_rpc_fail(r, 503, "unavailable", "the database is unavailable; try again");
+    else if (mh_pg_busy(db->pg))
+        mh_rpc_fail(r, 503, "unavailable", "another write holds these rows; try again");
     else
         mh_rpc_fail(r, 500, "internal", "database error");
 }

@@ -99,6 +99,9 @@ int mh_service_main(const mh_service_def_t *def, int argc, char **argv)
     char host[64] = "local";
     gethostname(host, sizeof host - 1);
     snprintf(instance, sizeof instance, "%s-%s-%d", def->name, host, (int)getpid());
+    /* PostgreSQL's sessions named after the process (pg_stat_activity's
+     * application_name), unless the environment names them already */
+    setenv("PGAPPNAME", instance, 0);
 
     mh_metrics_t *metrics = mh_metrics_new();
     mh_http_t *http = NULL;

@@ -19,6 +19,31 @@ static double s_m(const mht_service_t *s, const char *name, const char *labels)
     return v != v ? 0 : v; /* NAN: not yet counted */
 }
 
+/* Stops `pid` (SIGSTOP) at a moment it is inside a transaction holding
+ * device rows (its session idle in transaction with a lock on
+ * twin.devices). Daemons name their
+ * sessions by instance ("twin-host-PID"). */
+static void s_stuck_in_transaction(mht_db_t *db, pid_t pid)
+{
+    char q[400];
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l USING (pid) "
+             "WHERE a.datname = current_database() AND a.application_name LIKE '%%-%d' "
+             "AND a.state = 'idle in transaction' AND l.relation = 'twin.devices'::regclass",
+             (int)pid);
+    for (int i = 0; i < 400; i++) {
+        kill(pid, SIGSTOP);
+        mht_sleep_ms(40);
+        if (mht_db_num(db, "%s", q) > 0) {
+            print_message("# twin-1 stopped inside its transaction (try %d)\n", i + 1);
+            return;
+        }
+        kill(pid, SIGCONT);
+        mht_sleep_ms(1 + i % 13);
+    }
+    fail_msg("twin-1 never seen inside a transaction");
+}
+
 static void test_two_of_each_split_and_take_over(void **state)
 {
     (void)state;
@@ -97,15 +122,31 @@ static void test_two_of_each_split_and_take_over(void **state)
                                    token, fleet.port),
                          0);
 
-    /* a twin stuck (stopped: its connections stand, it answers nothing):
-     * reads are asked again of the other after half the 2 s deadline, so
-     * each still answers within it (without that, every other one: 504) */
-    kill(tw[0].pid, SIGSTOP);
+    /* a twin stuck (stopped: its connections stand, it answers nothing)
+     * inside its transaction, holding device rows the other one wants:
+     * reads are asked again of the other after half the 2 s deadline, and
+     * the other waits at most lock_timeout for those rows before serving
+     * them, so each still answers within it */
+    s_stuck_in_transaction(&db, tw[0].pid);
     for (int i = 0; i < 4; i++)
-        assert_int_equal(mht_shell("curl -sf -o /dev/null --max-time 3 -H 'Authorization: Bearer"
+        assert_int_equal(mht_shell("curl -sf -o /dev/null --max-time 3 -w '# %%{http_code} "
+                                   "%%{time_total}s\\n' -H 'Authorization: Bearer"
                                    " %s' 'http://127.0.0.1:%d/api/v1/devices?limit=1'",
                                    token, fleet.port),
                          0);
+    /* and its session ends after idle_in_transaction_session_timeout (5 s):
+     * the rows come free and the other applies device messages again */
+    assert_true(mht_db_wait_num(&db,
+                                "SELECT least(count(*), 1) FROM pg_stat_activity WHERE "
+                                "datname = current_database() AND state = 'idle in transaction'",
+                                0, 15000) == 0);
+    double c2_before = s_m(&tw[1], "mh_twin_commits_total", NULL);
+    int64_t until = mht_now_ms() + 15000;
+    while (s_m(&tw[1], "mh_twin_commits_total", NULL) <= c2_before && mht_now_ms() < until)
+        mht_sleep_ms(200);
+    print_message("# the other twin committed %.0f batches before, %.0f after\n", c2_before,
+                  s_m(&tw[1], "mh_twin_commits_total", NULL));
+    assert_true(s_m(&tw[1], "mh_twin_commits_total", NULL) > c2_before);
 
     /* one of each goes away */
     mht_stop(ing[0].pid, SIGKILL, 1000);

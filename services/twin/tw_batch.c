@@ -304,7 +304,10 @@ static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_relays_t *rl, tw_out_
     b.devs = zhashx_new();
     zhashx_set_destructor(b.devs, tw_dev_free);
     b.out = *out;
+    /* device rows held elsewhere past 250 ms: kept and tried again after
+     * the loop's other work (tw_service.c says why) */
     bool ok = mh_pg_begin(self->pg, err, errlen) &&
+              mh_pg_ok(self->pg, "SET LOCAL lock_timeout = '250ms'", 0, NULL, err, errlen) &&
               (!rl || s_claim(self, rl, true, b.now, err, errlen)) &&
               s_load(self, &b, v, n, err, errlen);
     if (ok) {
@@ -385,11 +388,13 @@ static int s_batch_try(tw_t *self, s_msg_t *v, size_t n, s_relays_t *rl, tw_out_
     zhashx_destroy(&b.devs);
     json_decref(b.acks);
     json_decref(b.conn);
-    return ok ? 0 : mh_pg_lost(self->pg) ? -EIO : mh_pg_retryable(self->pg) ? -EAGAIN : -EINVAL;
+    return ok                          ? 0
+           : mh_pg_lost(self->pg)      ? -EIO
+           : mh_pg_retryable(self->pg) ? -EAGAIN
+           : mh_pg_busy(self->pg)      ? -EBUSY
+                                       : -EINVAL;
 }
 
-/* Handles a batch; returns -EIO when the database is away (the caller keeps
- * the batch and tries again), else 0. */
 /* Acknowledges every relay batch: its effect is committed, or was before. */
 static void s_ack(tw_t *self, s_relays_t *rl)
 {
@@ -411,6 +416,9 @@ static int s_settle(tw_t *self, s_relays_t *rl, char *err, size_t errlen)
     return 0;
 }
 
+/* Handles a batch; returns -EIO when the database is away or -EBUSY when
+ * another session holds its devices' rows (either way the caller keeps the
+ * batch and tries again), else 0. */
 int tw_batch(tw_t *self, mh_relay_batch_t **batches, size_t nb)
 {
     size_t n = 0;
@@ -442,7 +450,16 @@ int tw_batch(tw_t *self, mh_relay_batch_t **batches, size_t nb)
         for (size_t i = 0; i < n && rc != -EIO; i++) {
             if (!rl.fresh[v[i].batch])
                 continue;
-            rc = s_batch_try(self, &v[i], 1, NULL, &out, err, sizeof err);
+            /* rows another replica holds: wait for them here (this path is
+             * rare; a stuck holder's session ends within 5 s) */
+            for (int busy = 0; busy < 40; busy++) {
+                rc = s_batch_try(self, &v[i], 1, NULL, &out, err, sizeof err);
+                if (rc != -EBUSY)
+                    break;
+                tw_out_clear(&out);
+            }
+            if (rc == -EBUSY)
+                rc = -EIO;
             if (rc == 0)
                 tw_out_flush(self, &out);
             else if (rc != -EIO) {
@@ -457,6 +474,13 @@ int tw_batch(tw_t *self, mh_relay_batch_t **batches, size_t nb)
         mh_histogram_observe_ms(self->m_batch_time, mh_mono_ms() - t0);
         tw_out_flush(self, &out);
         s_ack(self, &rl);
+    } else if (rc == -EBUSY) {
+        /* rows another replica holds past lock_timeout: kept, tried again
+         * after the loop has served the API and its other sockets */
+        mh_counter_inc(self->m_retries);
+        mh_log_limited(&self->rl_db, MH_LOG_WARN,
+                       "device messages wait for device rows another session has held past"
+                       " lock_timeout; trying again");
     } else {
         mh_counter_inc(self->m_db_errors);
         mh_log_limited(&self->rl_db, MH_LOG_ERROR, "device messages not applied: %s", err);
@@ -468,5 +492,5 @@ int tw_batch(tw_t *self, mh_relay_batch_t **batches, size_t nb)
     tw_out_destroy(&out);
     s_msgs_free(v, n);
     free(rl.fresh);
-    return rc == -EIO ? -EIO : 0;
+    return rc == -EIO || rc == -EBUSY ? rc : 0;
 }

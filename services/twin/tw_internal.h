@@ -283,6 +283,8 @@ void tw_provision_rpc(tw_t *self, const Mh__TwinRequest *q, mh_rpc_reply_t *repl
 
 /* ---- tw_batch.c ---- */
 
+/* Applies device messages: 0, or -EIO / -EBUSY (database away / rows held
+ * elsewhere: keep the batches and try again). */
 int tw_batch(tw_t *self, mh_relay_batch_t **batches, size_t n);
 
 /* ---- tw_rpc.c ---- */

@@ -232,6 +232,15 @@ static tw_t *s_new(mh_service_ctx_t *ctx)
     s_register_metrics(self);
     self->pending = calloc((size_t)self->cfg->batch_max, sizeof *self->pending);
     self->pg = mh_pg_new(self->cfg->pg_url, s_schema_sql, S_LOCK_MIGRATE);
+    /* A replica stuck inside its transaction (stopped, paused, swapped out)
+     * holds device rows: the others' device batches wait for them at most
+     * 250 ms a try (SET LOCAL in tw_batch.c), serving the API and other
+     * devices in between; an operator's write waits up to 2 s, then 503;
+     * and the stuck session ends after 5 s idle, freeing the rows (it
+     * reconnects and retries, its batches unacknowledged until then). */
+    if (self->pg)
+        mh_pg_set_session(self->pg, "SET lock_timeout = '2s';"
+                                    " SET idle_in_transaction_session_timeout = '5s'");
     self->db = (mh_rpc_db_t){self->pg, self->m_db_errors, &self->rl_db};
     self->pull = zsock_new(ZMQ_ROUTER);
     zsock_set_router_mandatory(self->pull, 0);
@@ -308,12 +317,13 @@ static void s_run_pending(tw_t *self)
 {
     if (!self->npending || !mh_pg_ready(self->pg))
         return;
-    if (tw_batch(self, self->pending, self->npending) == -EIO) {
+    int rc = tw_batch(self, self->pending, self->npending);
+    if (rc == -EIO)
         mh_log_limited(&self->rl_db, MH_LOG_WARN,
                        "database lost; holding %zu device messages until it is back",
                        self->npending_msgs);
+    if (rc == -EIO || rc == -EBUSY)
         return;
-    }
     for (size_t i = 0; i < self->npending; i++)
         mh_relay_batch_destroy(&self->pending[i]);
     self->npending = self->npending_msgs = 0;
