@@ -15,6 +15,7 @@
 
 struct mh_agent_t {
     MQTTAsync client;
+    int64_t disconnect_until; /* mh_agent_disconnect_begin: when its wait ends (0: not begun) */
     char *device_id, *url, *firmware;
     char *ca_file, *cert_file, *key_file;
     uint64_t connect_failures;

@@ -847,9 +847,8 @@ int main(int argc, char **argv)
         ota_jobs += mh_agent_ota_jobs(devs[i].agent);
         ota_repeats += mh_agent_ota_repeats(devs[i].agent);
     }
-    for (size_t i = 0; i < n; i++)
-        mh_agent_destroy(&devs[i].agent);
-    free(ota_pem);
+    /* the figures first: they are final now, and closing the connections
+     * may take a while on a broker that is slow to answer */
     printf("motesim: devices=%zu published=%" PRIu64 " acked=%" PRIu64 " failed=%" PRIu64
            " elapsed_ms=%" PRId64 " rate=%.1f\n",
            n, published, delivered, failed, elapsed,
@@ -877,6 +876,10 @@ int main(int argc, char **argv)
         printf("motesim: ota jobs=%" PRIu64 " installed=%" PRIu64 " simulated_failures=%" PRIu64
                " repeats=%" PRIu64 "\n",
                ota_jobs, s_ota_ok, s_ota_failed, ota_repeats);
+    fflush(stdout);
+    for (size_t i = 0; i < n; i++)
+        mh_agent_destroy(&devs[i].agent);
+    free(ota_pem);
     free(s_lat);
     free(devs);
     free(samples);
