@@ -12,6 +12,7 @@
  *   gw_downlink.c  twin's and ota's publishes to devices, in order
  *   gw_validate.c  the device protocol's rules (pure, fuzzed) */
 #pragma once
+#include "gw_inbox.h"
 #include "gw_service.h"
 #include "mh_json.h"
 #include "mh_idset.h"
@@ -52,8 +53,8 @@ typedef struct {
     zsock_t *pipe;
 
     MQTTAsync mqtt;
-    zsock_t *in_push; /* used only by Paho's thread after start-up */
-    zsock_t *in_pull;
+    gw_inbox_t inbox; /* what Paho's thread hands over */
+    bool inbox_ok;
     int mqtt_connected, mqtt_subscribed, unsubscribed; /* atomics, set by Paho callbacks */
     int may_subscribe;                                 /* atomic: registry loaded (or unchecked) */
     bool bind_failed;
@@ -135,7 +136,7 @@ void gw_on_ack(gw_t *self, zframe_t *frame);
 
 void gw_seen_flush(gw_t *self);
 void gw_seen_prune(gw_t *self);
-void gw_handle(gw_t *self, zmsg_t *m);
+void gw_handle(gw_t *self, const gw_in_t *in);
 /* Where the broker plugin lists the devices connected (motehub_presence.h). */
 #define GW_PRESENT_TOPIC "motehub/present"
 

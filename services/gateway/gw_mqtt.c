@@ -37,12 +37,9 @@ int gw_on_message(void *context, char *topic, int topic_len, MQTTAsync_message *
         MQTTAsync_free(topic);
         return 1;
     }
-    zmsg_t *m = zmsg_new();
-    zmsg_addmem(m, topic, tlen);
-    zmsg_addmem(m, msg->payload, (size_t)msg->payloadlen);
-    /* Blocks up to the socket's send timeout when the actor is behind. */
-    if (zmsg_send(&m, self->in_push) != 0) {
-        zmsg_destroy(&m);
+    /* Waits up to 200 ms for room when the actor is behind. */
+    if (!gw_inbox_put(&self->inbox, topic, tlen, msg->payload,
+                      msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0, 200)) {
         mh_counter_inc(self->m_deferred);
         __atomic_store_n(&self->deferred_ms, mh_mono_ms(), __ATOMIC_RELEASE);
         return 0; /* not taken: Paho will offer it again */

@@ -6,13 +6,12 @@
 
 /* Counts, logs and publishes a refusal. The topic is copied into a string
  * only here, off the path of accepted messages. */
-static void s_reject(gw_t *self, const char *device, zframe_t *topic_frame, gw_reason_t r,
+static void s_reject(gw_t *self, const char *device, const gw_in_t *in, gw_reason_t r,
                      const char *detail)
 {
     char topic[512];
-    size_t tlen =
-        zframe_size(topic_frame) < sizeof topic - 1 ? zframe_size(topic_frame) : sizeof topic - 1;
-    memcpy(topic, zframe_data(topic_frame), tlen);
+    size_t tlen = in->tlen < sizeof topic - 1 ? in->tlen : sizeof topic - 1;
+    memcpy(topic, in->topic, tlen);
     topic[tlen] = 0;
     mh_counter_inc(self->m_rejected[r]);
     mh_log_limited(&self->rl_reject, MH_LOG_WARN,
@@ -157,36 +156,31 @@ static void s_present(gw_t *self, const char *payload, size_t len)
     json_decref(root);
 }
 
-void gw_handle(gw_t *self, zmsg_t *m)
+void gw_handle(gw_t *self, const gw_in_t *in)
 {
-    zframe_t *ft = zmsg_first(m), *fp = zmsg_next(m);
-    if (!ft || !fp) {
-        mh_counter_inc(self->m_bad_internal);
-        return;
-    }
-    if (zframe_size(ft) == strlen(GW_PRESENT_TOPIC) &&
-        memcmp(zframe_data(ft), GW_PRESENT_TOPIC, zframe_size(ft)) == 0) {
-        s_present(self, (const char *)zframe_data(fp), zframe_size(fp));
+    if (in->tlen == strlen(GW_PRESENT_TOPIC) &&
+        memcmp(in->topic, GW_PRESENT_TOPIC, in->tlen) == 0) {
+        s_present(self, in->payload, in->plen);
         return;
     }
     char device[GW_MAX_ID + 1];
     char detail[256];
     device[0] = detail[0] = 0;
     gw_topic_kind_t kind;
-    gw_reason_t r = gw_topic_parse((const char *)zframe_data(ft), zframe_size(ft), device, &kind);
+    gw_reason_t r = gw_topic_parse(in->topic, in->tlen, device, &kind);
     if (r) {
-        s_reject(self, device, ft, r, "topic is not one of the protocol's");
+        s_reject(self, device, in, r, "topic is not one of the protocol's");
         return;
     }
     mh_counter_inc(self->m_received[kind]);
     bool provision = kind >= GW_TOPIC_PROVISION_CREATE && kind <= GW_TOPIC_PROVISION_REGISTER;
     if (self->registry && !provision && !mh_idset_has(self->registry, device)) {
         mh_idset_missed(self->registry);
-        s_reject(self, device, ft, GW_UNREGISTERED, "the device is not registered");
+        s_reject(self, device, in, GW_UNREGISTERED, "the device is not registered");
         return;
     }
-    const char *payload = (const char *)zframe_data(fp);
-    size_t plen = zframe_size(fp);
+    const char *payload = in->payload;
+    size_t plen = in->plen;
     int64_t now = mh_now_ms();
     gw_points_reset(&self->scratch);
     switch (kind) {
@@ -234,7 +228,7 @@ void gw_handle(gw_t *self, zmsg_t *m)
             r = GW_TOO_LARGE;
         } else if (to) {
             char arg[GW_MAX_AWS_ARG + 1];
-            gw_aws_topic_parse((const char *)zframe_data(ft), zframe_size(ft), device, arg, &kind);
+            gw_aws_topic_parse(in->topic, in->tlen, device, arg, &kind);
             s_forward_raw(self, to, jobs ? "ota" : "twin", device,
                           jobs                          ? MH__DEVICE_MESSAGE__KIND__JOBS_REQUEST
                           : kind == GW_TOPIC_SHADOW_GET ? MH__DEVICE_MESSAGE__KIND__SHADOW_GET
@@ -260,8 +254,7 @@ void gw_handle(gw_t *self, zmsg_t *m)
             r = GW_TOO_LARGE;
         } else if (self->twin_relay) {
             char tpl[GW_MAX_AWS_ARG + 1];
-            gw_provision_topic_parse((const char *)zframe_data(ft), zframe_size(ft), device, tpl,
-                                     &kind);
+            gw_provision_topic_parse(in->topic, in->tlen, device, tpl, &kind);
             s_forward_raw(
                 self, self->twin_relay, "twin", device,
                 kind == GW_TOPIC_PROVISION_CREATE ? MH__DEVICE_MESSAGE__KIND__PROVISION_CREATE
@@ -282,7 +275,7 @@ void gw_handle(gw_t *self, zmsg_t *m)
         break;
     }
     if (r) {
-        s_reject(self, device, ft, r, detail);
+        s_reject(self, device, in, r, detail);
         return;
     }
     if (self->scratch.n) {

@@ -168,7 +168,7 @@ static void s_mqtt_stop(gw_t *self)
         while (MQTTAsync_isConnected(self->mqtt) && mh_mono_ms() < deadline)
             zclock_sleep(10);
     }
-    /* After destroy no callback runs, so in_push is ours again. A clean
+    /* After destroy no callback runs, so the inbox is ours alone. A clean
      * disconnect calls no connection-lost callback: say "not connected"
      * ourselves, or the downlink pump would hand publishes to the freed
      * client (the SIGSEGV on SIGTERM while twin was sending downlinks). */
@@ -264,17 +264,9 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
     mh_trace_id_new(tid);
     snprintf(self->id_prefix, sizeof self->id_prefix, "g%.16s", tid);
 
-    char ep[64];
-    snprintf(ep, sizeof ep, "inproc://gw-in-%p", (void *)self);
-    self->in_pull = zsock_new_pull(NULL);
-    zsock_set_rcvhwm(self->in_pull, 2000);
-    /* read until nothing is left, without asking ZMQ_EVENTS first */
-    zsock_set_rcvtimeo(self->in_pull, 0);
-    if (zsock_bind(self->in_pull, "%s", ep) < 0)
+    if (gw_inbox_init(&self->inbox, 2000) != 0)
         return self;
-    self->in_push = zsock_new_push(ep);
-    zsock_set_sndhwm(self->in_push, 2000);
-    zsock_set_sndtimeo(self->in_push, 200);
+    self->inbox_ok = true;
 
     self->dealer = zsock_new(ZMQ_DEALER);
     zsock_set_sndhwm(self->dealer, (int)self->cfg->window + 16);
@@ -336,8 +328,8 @@ static void s_destroy(gw_t **self_p)
     if (!self)
         return;
     s_mqtt_stop(self);
-    zsock_destroy(&self->in_push);
-    zsock_destroy(&self->in_pull);
+    if (self->inbox_ok)
+        gw_inbox_fini(&self->inbox);
     mh_resolver_destroy(&self->resolver);
     zsock_destroy(&self->dealer);
     zsock_destroy(&self->pub);
@@ -366,11 +358,11 @@ static bool s_take_messages(gw_t *self, int max)
                 return false;
             gw_flush(self);
         }
-        zmsg_t *m = zmsg_recv(self->in_pull);
+        gw_in_t *m = gw_inbox_take(&self->inbox);
         if (!m)
             break;
         gw_handle(self, m);
-        zmsg_destroy(&m);
+        free(m);
     }
     return true;
 }
@@ -433,7 +425,7 @@ void gw_actor(zsock_t *pipe, void *args)
 {
     mh_service_ctx_t *ctx = args;
     gw_t *self = s_new(pipe, ctx);
-    if (!self || !self->in_push || !self->resolver || !self->window || self->bind_failed ||
+    if (!self || !self->inbox_ok || !self->resolver || !self->window || self->bind_failed ||
         (*self->cfg->twin_endpoint && !self->twin_relay) ||
         (*self->cfg->ota_endpoint && !self->ota_relay) ||
         (self->cfg->check_registered && !self->registry)) {
@@ -480,7 +472,7 @@ void gw_actor(zsock_t *pipe, void *args)
                 (zmq_pollitem_t){zsock_resolve(mh_relay_socket(self->ota_relay)), 0, ZMQ_POLLIN, 0};
         int in_idx = nitems;
         if (can_take)
-            items[nitems++] = (zmq_pollitem_t){zsock_resolve(self->in_pull), 0, ZMQ_POLLIN, 0};
+            items[nitems++] = (zmq_pollitem_t){NULL, gw_inbox_fd(&self->inbox), ZMQ_POLLIN, 0};
         if (zmq_poll(items, nitems, tick) < 0 && errno != EINTR)
             break;
         for (int i = 0; self->downlink && i < 1000 && (zsock_events(self->downlink) & ZMQ_POLLIN);
@@ -575,12 +567,12 @@ void gw_actor(zsock_t *pipe, void *args)
             if (self->nitems && !mh_window_full(self->window))
                 gw_flush(self);
             /* Messages may still sit in the inproc queue when the batch was full. */
-            if (zsock_events(self->in_pull) & ZMQ_POLLIN && !s_window_full(self))
+            if (gw_inbox_size(&self->inbox) && !s_window_full(self))
                 s_take_messages(self, 2000);
             gw_seen_flush(self);
             s_relays(self, s_relay_flush);
             bool empty = !self->nitems && mh_window_size(self->window) == 0 &&
-                         !s_relay_unacked(self) && !(zsock_events(self->in_pull) & ZMQ_POLLIN);
+                         !s_relay_unacked(self) && !gw_inbox_size(&self->inbox);
             if (empty) {
                 if (zlist_size(self->dl_queue))
                     mh_warn("stopping with %zu downlink messages not published",

@@ -1,0 +1,124 @@
+/* gw_inbox — see gw_inbox.h. */
+#include "gw_inbox.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+int gw_inbox_init(gw_inbox_t *self, size_t cap)
+{
+    memset(self, 0, sizeof *self);
+    self->efd = -1;
+    self->cap = cap ? cap : 1;
+    self->ring = calloc(self->cap, sizeof *self->ring);
+    if (!self->ring)
+        return -ENOMEM;
+    self->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (self->efd < 0) {
+        int e = errno;
+        free(self->ring);
+        self->ring = NULL;
+        return -e;
+    }
+    pthread_mutex_init(&self->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&self->room, &ca);
+    pthread_condattr_destroy(&ca);
+    return 0;
+}
+
+void gw_inbox_fini(gw_inbox_t *self)
+{
+    if (!self->ring)
+        return;
+    for (gw_in_t *m; (m = gw_inbox_take(self));)
+        free(m);
+    free(self->ring);
+    self->ring = NULL;
+    close(self->efd);
+    self->efd = -1;
+    pthread_cond_destroy(&self->room);
+    pthread_mutex_destroy(&self->lock);
+}
+
+bool gw_inbox_put(gw_inbox_t *self, const char *topic, size_t tlen, const void *payload,
+                  size_t plen, int wait_ms)
+{
+    gw_in_t *m = malloc(sizeof *m + tlen + plen + 2);
+    if (!m)
+        return false;
+    m->tlen = tlen;
+    m->plen = plen;
+    m->topic = (char *)(m + 1);
+    m->payload = m->topic + tlen + 1;
+    memcpy(m->topic, topic, tlen);
+    m->topic[tlen] = 0;
+    memcpy(m->payload, payload, plen);
+    m->payload[plen] = 0;
+
+    pthread_mutex_lock(&self->lock);
+    if (self->n == self->cap && wait_ms > 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += wait_ms / 1000;
+        until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (self->n == self->cap &&
+               pthread_cond_timedwait(&self->room, &self->lock, &until) != ETIMEDOUT)
+            ;
+    }
+    bool taken = self->n < self->cap;
+    if (taken) {
+        self->ring[(self->head + self->n) % self->cap] = m;
+        if (self->n++ == 0) {
+            uint64_t one = 1;
+            /* the counter cannot overflow: it is read back to 0 whenever
+             * the queue empties */
+            (void)!write(self->efd, &one, sizeof one);
+        }
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (!taken)
+        free(m);
+    return taken;
+}
+
+gw_in_t *gw_inbox_take(gw_inbox_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    gw_in_t *m = NULL;
+    if (self->n) {
+        m = self->ring[self->head];
+        self->head = (self->head + 1) % self->cap;
+        if (--self->n == 0) {
+            uint64_t v;
+            (void)!read(self->efd, &v, sizeof v);
+        }
+        if (self->n == self->cap - 1)
+            pthread_cond_signal(&self->room);
+    }
+    pthread_mutex_unlock(&self->lock);
+    return m;
+}
+
+size_t gw_inbox_size(gw_inbox_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    size_t n = self->n;
+    pthread_mutex_unlock(&self->lock);
+    return n;
+}
+
+int gw_inbox_fd(const gw_inbox_t *self)
+{
+    return self->efd;
+}

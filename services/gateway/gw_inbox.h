@@ -1,0 +1,40 @@
+/* gw_inbox — what Paho's thread hands the gateway's actor: a bounded queue
+ * of (topic, payload) copies behind a mutex, with an eventfd the actor
+ * polls that is readable exactly while the queue holds something.
+ *
+ * It replaced an inproc PUSH/PULL pair: a message there cost a zmsg, two
+ * frames and their copies on each side (about ten allocations); here it
+ * is one allocation holding both strings, moved by pointer. */
+#pragma once
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct {
+    size_t tlen, plen;
+    char *topic, *payload; /* into the same allocation: free(item) frees all */
+} gw_in_t;
+
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t room;
+    gw_in_t **ring;
+    size_t cap, head, n;
+    int efd; /* readable while n > 0 */
+} gw_inbox_t;
+
+/* 0, or -errno. `cap`: the most messages held before put waits. */
+int gw_inbox_init(gw_inbox_t *self, size_t cap);
+/* Frees what is still held too. */
+void gw_inbox_fini(gw_inbox_t *self);
+
+/* Copies a message in; waits up to `wait_ms` for room. false when there
+ * was none (or no memory): the caller keeps the message. */
+bool gw_inbox_put(gw_inbox_t *self, const char *topic, size_t tlen, const void *payload,
+                  size_t plen, int wait_ms);
+/* The oldest message (the caller frees it with free()), or NULL. */
+gw_in_t *gw_inbox_take(gw_inbox_t *self);
+/* How many are waiting. */
+size_t gw_inbox_size(gw_inbox_t *self);
+/* The descriptor to poll for POLLIN. */
+int gw_inbox_fd(const gw_inbox_t *self);
