@@ -325,6 +325,16 @@ static void test_templates(void **state)
         "{\"parameters\":{},\"thingName\":\"x\",\"desired\":3}",
         "{\"parameters\":{},\"thingName\":\"x\",\"enabled\":\"yes\"}",
         "{\"Resources\":{\"t\":{\"Type\":\"AWS::IoT::Policy\"}}}",
+        /* patterns glibc would compile into gigabytes (the fuzzer's find:
+         * twin out of memory), or match in exponential time */
+        "{\"parameters\":{\"a\":{\"pattern\":\"[A-F]++++++++++++++++++++++++++++++++++++\"}},"
+        "\"thingName\":\"{a}\"}",
+        "{\"parameters\":{\"a\":{\"pattern\":\"(a{999}){999}\"}},\"thingName\":\"{a}\"}",
+        "{\"parameters\":{\"a\":{\"pattern\":\"((((((((((((a*)*)*)*)*)*)*)*)*)*)*)*)*\"}},"
+        "\"thingName\":\"{a}\"}",
+        "{\"parameters\":{\"a\":{\"pattern\":\"a{x++++++++++++++++++++++++++++++++++++}\"}},"
+        "\"thingName\":\"{a}\"}",
+        "{\"parameters\":{\"a\":{\"pattern\":\"(a*)\\\\1\"}},\"thingName\":\"{a}\"}",
     };
     for (size_t i = 0; i < sizeof bad_t / sizeof *bad_t; i++) {
         json_t *t = J(bad_t[i]);
@@ -332,6 +342,23 @@ static void test_templates(void **state)
         if (tw_template_check(t, err, sizeof err))
             fail_msg("template %s accepted", bad_t[i]);
         assert_true(err[0] != 0);
+        json_decref(t);
+    }
+    /* patterns real serial numbers and ids need are taken */
+    const char *good_p[] = {
+        "[0-9]{4}",
+        "[A-Z0-9]{1,64}",
+        "^[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}$",
+        "(SN|sn)-[[:digit:]]{6,10}",
+        "[]a-z]+(_[a-z0-9]+)*",
+        "a{2,}b?c*",
+    };
+    for (size_t i = 0; i < sizeof good_p / sizeof *good_p; i++) {
+        json_t *t = json_pack("{s:{s:{s:s}},s:s}", "parameters", "a", "pattern", good_p[i],
+                              "thingName", "{a}");
+        err[0] = 0;
+        if (!tw_template_check(t, err, sizeof err))
+            fail_msg("pattern %s refused: %s", good_p[i], err);
         json_decref(t);
     }
 }

@@ -154,6 +154,123 @@ static json_t *s_eval_object(json_t *obj, bool braces, const char *what, json_t 
     }
     return out;
 }
+/* Patterns are POSIX extended regexes, compiled by glibc, which copies a
+ * repeated part once per repetition when it compiles: "[A-F]+++…+" or
+ * "(a{999}){999}" takes gigabytes (found by the fuzzer). A pattern is
+ * taken only if the copies it asks for stay under S_PATTERN_COST — sized
+ * for what serial numbers and ids need ("[A-Z0-9]{1,64}" costs 65) — and
+ * without back-references (\1: a glibc extension whose matching can take
+ * exponential time). */
+#define S_PATTERN_MAX  256
+#define S_PATTERN_COST 4096
+static bool s_pattern_ok(const char *p, char *why, size_t whylen)
+{
+    if (strlen(p) > S_PATTERN_MAX) {
+        snprintf(why, whylen, "longer than %d characters", S_PATTERN_MAX);
+        return false;
+    }
+    /* the size of the sequence being read at each open group, and of the
+     * last atom (what a repetition applies to) */
+    double seq[S_PATTERN_MAX + 1], last = 0;
+    int depth = 0;
+    seq[0] = 0;
+    for (const char *c = p; *c; c++) {
+        double times = 0;
+        switch (*c) {
+        case '\\':
+            if (c[1] >= '1' && c[1] <= '9') {
+                snprintf(why, whylen, "back-references are not supported");
+                return false;
+            }
+            if (c[1])
+                c++;
+            last = 1;
+            seq[depth] += 1;
+            break;
+        case '[': {
+            const char *e = c + 1;
+            if (*e == '^')
+                e++;
+            if (*e == ']')
+                e++;
+            while (*e && *e != ']')
+                e +=
+                    e[0] == '[' && (e[1] == ':' || e[1] == '.' || e[1] == '=') && strchr(e + 2, ']')
+                        ? strchr(e + 2, ']') - e + 1
+                        : 1;
+            c = *e ? e : e - 1;
+            last = 1;
+            seq[depth] += 1;
+            break;
+        }
+        case '(':
+            seq[++depth] = 0;
+            last = 0;
+            break;
+        case ')':
+            if (depth == 0) {
+                last = 1;
+                seq[0] += 1;
+                break;
+            }
+            last = seq[depth--];
+            seq[depth] += last;
+            break;
+        case '*':
+        case '+':
+        case '?':
+            times = 2;
+            break;
+        case '{': {
+            /* {m}, {m,} or {m,n}; anything else is read as a plain brace */
+            const char *e = c + 1;
+            double m = 0, n = 0;
+            while (*e >= '0' && *e <= '9' && m < 1e6)
+                m = m * 10 + (*e++ - '0');
+            bool digits = e > c + 1;
+            n = m;
+            if (digits && *e == ',') {
+                e++;
+                if (*e >= '0' && *e <= '9')
+                    for (n = 0; *e >= '0' && *e <= '9' && n < 1e6;)
+                        n = n * 10 + (*e++ - '0');
+            }
+            if (digits && *e == '}') {
+                times = (n > m ? n : m) + 1;
+                c = e;
+                break;
+            }
+            last = 1;
+            seq[depth] += 1;
+            break;
+        }
+        default:
+            last = 1;
+            seq[depth] += 1;
+        }
+        if (times > 0) {
+            seq[depth] += last * (times - 1);
+            last *= times;
+        }
+        if (seq[depth] > S_PATTERN_COST || last > S_PATTERN_COST) {
+            snprintf(why, whylen, "its repetitions expand to more than %d parts", S_PATTERN_COST);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* regcomp after s_pattern_ok; false with `why` filled. */
+static bool s_regcomp(regex_t *re, const char *pat, int flags, char *why, size_t whylen)
+{
+    if (!s_pattern_ok(pat, why, whylen))
+        return false;
+    if (regcomp(re, pat, REG_EXTENDED | flags) != 0) {
+        snprintf(why, whylen, "not a POSIX extended regex");
+        return false;
+    }
+    return true;
+}
 
 bool tw_template_check(json_t *body, char *err, size_t errlen)
 {
@@ -190,8 +307,10 @@ bool tw_template_check(json_t *body, char *err, size_t errlen)
             snprintf(err, errlen, "parameter \"%s\": pattern and default must be strings", name);
             return false;
         }
-        if (pat && regcomp(&re, json_string_value(pat), REG_EXTENDED | REG_NOSUB) != 0) {
-            snprintf(err, errlen, "parameter \"%s\": pattern is not a POSIX extended regex", name);
+        char why[96];
+        if (pat && !s_regcomp(&re, json_string_value(pat), REG_NOSUB, why, sizeof why)) {
+            snprintf(err, errlen, "parameter \"%s\": pattern is %s%s", name,
+                     strncmp(why, "not ", 4) == 0 ? "" : "refused: ", why);
             return false;
         }
         if (pat)
@@ -269,8 +388,9 @@ static json_t *s_values(json_t *body, json_t *given, char *err, size_t errlen)
         regex_t re;
         regmatch_t m;
         if (pat) {
-            if (regcomp(&re, pat, REG_EXTENDED) != 0) {
-                snprintf(err, errlen, "parameter %s: bad pattern", name);
+            char why[96];
+            if (!s_regcomp(&re, pat, 0, why, sizeof why)) {
+                snprintf(err, errlen, "parameter %s: bad pattern (%s)", name, why);
                 goto fail;
             }
             bool whole =
