@@ -18,11 +18,7 @@ static const char *s_names[6] = {"devices", "firmware", "health", "rates", "roll
 void fs_live_ws_init(fs_live_t *self)
 {
     pthread_mutex_init(&self->ws_lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&self->ws_cond, &ca);
-    pthread_condattr_destroy(&ca);
+    mh_cond_init_mono(&self->ws_cond);
 }
 
 /* Under ws_lock. */
@@ -127,14 +123,7 @@ void fs_live_serve(fs_live_t *self, void *conn, fs_live_send_fn *send, int64_t p
     s_clients(self, 1);
     uint64_t had = 0; /* the frame this client has */
     for (;;) {
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += ping_ms / 1000;
-        until.tv_nsec += (ping_ms % 1000) * 1000000;
-        if (until.tv_nsec >= 1000000000) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000;
-        }
+        struct timespec until = mh_mono_after(ping_ms);
         pthread_mutex_lock(&self->ws_lock);
         int waited = 0;
         while (!self->stopping && (!self->frame || self->frame->n == had) && waited == 0)

@@ -1,12 +1,12 @@
 /* gw_inbox — see gw_inbox.h. */
 #include "gw_inbox.h"
+#include "mh_time.h"
 
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 int gw_inbox_init(gw_inbox_t *self, size_t cap)
@@ -25,11 +25,7 @@ int gw_inbox_init(gw_inbox_t *self, size_t cap)
         return -e;
     }
     pthread_mutex_init(&self->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&self->room, &ca);
-    pthread_condattr_destroy(&ca);
+    mh_cond_init_mono(&self->room);
     return 0;
 }
 
@@ -64,14 +60,7 @@ bool gw_inbox_put(gw_inbox_t *self, const char *topic, size_t tlen, const void *
 
     pthread_mutex_lock(&self->lock);
     if (self->n == self->cap && wait_ms > 0) {
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += wait_ms / 1000;
-        until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = mh_mono_after(wait_ms);
         while (self->n == self->cap &&
                pthread_cond_timedwait(&self->room, &self->lock, &until) != ETIMEDOUT)
             ;
