@@ -53,8 +53,7 @@ typedef struct {
     zsock_t *pipe;
 
     MQTTAsync mqtt;
-    gw_inbox_t inbox; /* what Paho's thread hands over */
-    bool inbox_ok;
+    gw_inbox_t inbox; /* what Paho's thread hands over; ring NULL until made */
     int mqtt_connected, mqtt_subscribed, unsubscribed; /* atomics, set by Paho callbacks */
     int may_subscribe;                                 /* atomic: registry loaded (or unchecked) */
     bool bind_failed;

@@ -266,7 +266,6 @@ static gw_t *s_new(zsock_t *pipe, mh_service_ctx_t *ctx)
 
     if (gw_inbox_init(&self->inbox, 2000) != 0)
         return self;
-    self->inbox_ok = true;
 
     self->dealer = zsock_new(ZMQ_DEALER);
     zsock_set_sndhwm(self->dealer, (int)self->cfg->window + 16);
@@ -328,8 +327,7 @@ static void s_destroy(gw_t **self_p)
     if (!self)
         return;
     s_mqtt_stop(self);
-    if (self->inbox_ok)
-        gw_inbox_fini(&self->inbox);
+    gw_inbox_fini(&self->inbox); /* nothing to do if it was never made */
     mh_resolver_destroy(&self->resolver);
     zsock_destroy(&self->dealer);
     zsock_destroy(&self->pub);
@@ -425,7 +423,7 @@ void gw_actor(zsock_t *pipe, void *args)
 {
     mh_service_ctx_t *ctx = args;
     gw_t *self = s_new(pipe, ctx);
-    if (!self || !self->inbox_ok || !self->resolver || !self->window || self->bind_failed ||
+    if (!self || !self->inbox.ring || !self->resolver || !self->window || self->bind_failed ||
         (*self->cfg->twin_endpoint && !self->twin_relay) ||
         (*self->cfg->ota_endpoint && !self->ota_relay) ||
         (self->cfg->check_registered && !self->registry)) {

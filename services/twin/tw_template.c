@@ -154,6 +154,7 @@ static json_t *s_eval_object(json_t *obj, bool braces, const char *what, json_t 
     }
     return out;
 }
+
 /* Patterns are POSIX extended regexes, compiled by glibc, which copies a
  * repeated part once per repetition when it compiles: "[A-F]+++…+" or
  * "(a{999}){999}" takes gigabytes (found by the fuzzer). A pattern is
@@ -166,7 +167,7 @@ static json_t *s_eval_object(json_t *obj, bool braces, const char *what, json_t 
 static bool s_pattern_ok(const char *p, char *why, size_t whylen)
 {
     if (strlen(p) > S_PATTERN_MAX) {
-        snprintf(why, whylen, "longer than %d characters", S_PATTERN_MAX);
+        snprintf(why, whylen, "is longer than %d characters", S_PATTERN_MAX);
         return false;
     }
     /* the size of the sequence being read at each open group, and of the
@@ -179,7 +180,7 @@ static bool s_pattern_ok(const char *p, char *why, size_t whylen)
         switch (*c) {
         case '\\':
             if (c[1] >= '1' && c[1] <= '9') {
-                snprintf(why, whylen, "back-references are not supported");
+                snprintf(why, whylen, "uses a back-reference, which is not supported");
                 return false;
             }
             if (c[1])
@@ -224,11 +225,11 @@ static bool s_pattern_ok(const char *p, char *why, size_t whylen)
         case '{': {
             /* {m}, {m,} or {m,n}; anything else is read as a plain brace */
             const char *e = c + 1;
-            double m = 0, n = 0;
+            double m = 0;
             while (*e >= '0' && *e <= '9' && m < 1e6)
                 m = m * 10 + (*e++ - '0');
             bool digits = e > c + 1;
-            n = m;
+            double n = m;
             if (digits && *e == ',') {
                 e++;
                 if (*e >= '0' && *e <= '9')
@@ -253,20 +254,22 @@ static bool s_pattern_ok(const char *p, char *why, size_t whylen)
             last *= times;
         }
         if (seq[depth] > S_PATTERN_COST || last > S_PATTERN_COST) {
-            snprintf(why, whylen, "its repetitions expand to more than %d parts", S_PATTERN_COST);
+            snprintf(why, whylen, "has repetitions that expand to more than %d parts",
+                     S_PATTERN_COST);
             return false;
         }
     }
     return true;
 }
 
-/* regcomp after s_pattern_ok; false with `why` filled. */
+/* regcomp after s_pattern_ok; false with `why` filled (it reads after
+ * "pattern "). */
 static bool s_regcomp(regex_t *re, const char *pat, int flags, char *why, size_t whylen)
 {
     if (!s_pattern_ok(pat, why, whylen))
         return false;
     if (regcomp(re, pat, REG_EXTENDED | flags) != 0) {
-        snprintf(why, whylen, "not a POSIX extended regex");
+        snprintf(why, whylen, "is not a POSIX extended regex");
         return false;
     }
     return true;
@@ -309,8 +312,7 @@ bool tw_template_check(json_t *body, char *err, size_t errlen)
         }
         char why[96];
         if (pat && !s_regcomp(&re, json_string_value(pat), REG_NOSUB, why, sizeof why)) {
-            snprintf(err, errlen, "parameter \"%s\": pattern is %s%s", name,
-                     strncmp(why, "not ", 4) == 0 ? "" : "refused: ", why);
+            snprintf(err, errlen, "parameter \"%s\": pattern %s", name, why);
             return false;
         }
         if (pat)
@@ -390,7 +392,7 @@ static json_t *s_values(json_t *body, json_t *given, char *err, size_t errlen)
         if (pat) {
             char why[96];
             if (!s_regcomp(&re, pat, 0, why, sizeof why)) {
-                snprintf(err, errlen, "parameter %s: bad pattern (%s)", name, why);
+                snprintf(err, errlen, "parameter %s: the template's pattern %s", name, why);
                 goto fail;
             }
             bool whole =
