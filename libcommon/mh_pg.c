@@ -1,4 +1,5 @@
 #include "mh_pg.h"
+#include "mh_dns.h"
 #include "mh_time.h"
 
 #include <errno.h>
@@ -185,6 +186,28 @@ int mh_pg_connect(mh_pg_t *self, char *err, size_t errlen)
     return -EIO;
 }
 
+/* The address of the URL's host name, looked up through mh_dns (libpq's
+ * own lookup would hold the caller for as long as DNS takes): false for an
+ * address, a socket directory, a list of hosts or a name with no answer
+ * (libpq looks it up itself then). */
+static bool s_host_addr(const char *url, char addr[INET_ADDRSTRLEN])
+{
+    PQconninfoOption *opts = PQconninfoParse(url, NULL);
+    const char *host = NULL;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+    struct in6_addr a;
+    mh_dns_addr_t found;
+    bool ok = host && *host && *host != '/' && !strchr(host, ',') &&
+              inet_pton(AF_INET, host, &a) != 1 && inet_pton(AF_INET6, host, &a) != 1 &&
+              mh_dns_lookup(host, 250, &found, 1) == 1;
+    if (ok)
+        memcpy(addr, found.ip, INET_ADDRSTRLEN);
+    PQconninfoFree(opts);
+    return ok;
+}
+
 static int s_connect(mh_pg_t *self, char *err, size_t errlen)
 {
     if (self->conn)
@@ -194,8 +217,10 @@ static int s_connect(mh_pg_t *self, char *err, size_t errlen)
      * win): Motehub's statements are short, and a row estimate that trips
      * JIT's cost threshold (a set-returning function over an array is
      * guessed at 1,000 rows) spends more compiling than the query takes. */
-    const char *const keys[] = {"options", "dbname", NULL};
-    const char *const values[] = {"-c jit=off", self->url, NULL};
+    char addr[INET_ADDRSTRLEN] = "";
+    const char *const keys[] = {"options", "dbname",
+                                s_host_addr(self->url, addr) ? "hostaddr" : NULL, NULL};
+    const char *const values[] = {"-c jit=off", self->url, addr, NULL};
     self->conn = PQconnectdbParams(keys, values, 1);
     /* "relation … already exists, skipping" from the idempotent schema is
      * not news. */

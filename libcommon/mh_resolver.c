@@ -2,9 +2,16 @@
 
 #include "mh_curve.h"
 
+#include "mh_dns.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
+
+/* How long a refresh waits for a name's new answer before it goes on with
+ * the one before (a loop calls it: an answer from a working server takes a
+ * millisecond), and how long a new socket waits for a first answer. */
+#define S_REFRESH_WAIT_MS 250
+#define S_FIRST_WAIT_MS   1000
 
 struct mh_resolver_t {
     zsock_t *sock;
@@ -15,7 +22,8 @@ struct mh_resolver_t {
 mh_resolver_t *mh_resolver_new(zsock_t *sock, const char *spec)
 {
     /* every connect of the platform goes through here: CURVE when on */
-    mh_curve_client(sock);
+    if (sock)
+        mh_curve_client(sock);
     if (!spec || !*spec)
         return NULL;
     mh_resolver_t *self = calloc(1, sizeof *self);
@@ -54,8 +62,9 @@ void mh_resolver_destroy(mh_resolver_t **self_p)
     *self_p = NULL;
 }
 
-/* Adds the addresses `spec` stands for to `want`. -errno if it can't resolve. */
-static int s_expand(const char *spec, zhashx_t *want)
+/* Adds the addresses `spec` stands for to `want`, waiting up to wait_ms
+ * for a new answer (mh_dns.h). -errno if it can't resolve. */
+static int s_expand(const char *spec, zhashx_t *want, int wait_ms)
 {
     if (strncmp(spec, "tcp://", 6) != 0) {
         zhashx_insert(want, spec, (void *)spec);
@@ -75,16 +84,15 @@ static int s_expand(const char *spec, zhashx_t *want)
         zhashx_insert(want, spec, (void *)spec);
         return 0;
     }
-    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    if (getaddrinfo(host, NULL, &hints, &res) != 0)
-        return -EHOSTUNREACH;
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        char ip[INET_ADDRSTRLEN], ep[300];
-        inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, ip, sizeof ip);
-        snprintf(ep, sizeof ep, "tcp://%s%s", ip, colon);
-        zhashx_insert(want, ep, (void *)spec);
+    mh_dns_addr_t addrs[64];
+    int n = mh_dns_lookup(host, wait_ms, addrs, 64);
+    if (n < 0)
+        return n;
+    for (int i = 0; i < n; i++) {
+        char ep[300];
+        if (snprintf(ep, sizeof ep, "tcp://%s%s", addrs[i].ip, colon) < (int)sizeof ep)
+            zhashx_insert(want, ep, (void *)spec);
     }
-    freeaddrinfo(res);
     return 0;
 }
 
@@ -95,7 +103,7 @@ int mh_resolver_refresh(mh_resolver_t *self)
     zhashx_set_destructor(want, (zhashx_destructor_fn *)zstr_free);
     int failures = 0;
     for (const char *spec = zlist_first(self->specs); spec; spec = zlist_next(self->specs))
-        if (s_expand(spec, want) < 0) {
+        if (s_expand(spec, want, S_REFRESH_WAIT_MS) < 0) {
             failures++;
             /* Keep what this spec had before. */
             for (const char *v = zhashx_first(self->connected); v; v = zhashx_next(self->connected))
@@ -106,13 +114,15 @@ int mh_resolver_refresh(mh_resolver_t *self)
     zlistx_t *gone = zhashx_keys(self->connected);
     for (const char *ep = zlistx_first(gone); ep; ep = zlistx_next(gone))
         if (!zhashx_lookup(want, ep)) {
-            zsock_disconnect(self->sock, "%s", ep);
+            if (self->sock)
+                zsock_disconnect(self->sock, "%s", ep);
             zhashx_delete(self->connected, ep);
         }
     zlistx_destroy(&gone);
     for (const char *spec = zhashx_first(want); spec; spec = zhashx_next(want)) {
         const char *ep = zhashx_cursor(want);
-        if (!zhashx_lookup(self->connected, ep) && zsock_connect(self->sock, "%s", ep) == 0)
+        if (!zhashx_lookup(self->connected, ep) &&
+            (!self->sock || zsock_connect(self->sock, "%s", ep) == 0))
             zhashx_insert(self->connected, ep, (void *)spec);
     }
     zhashx_destroy(&want);
@@ -120,12 +130,25 @@ int mh_resolver_refresh(mh_resolver_t *self)
     return n == 0 && failures ? -EHOSTUNREACH : n;
 }
 
+int mh_resolver_count(const mh_resolver_t *self)
+{
+    return (int)zhashx_size(self->connected);
+}
+
+size_t mh_resolver_endpoints(const mh_resolver_t *self, const char **out, size_t max)
+{
+    size_t n = 0;
+    for (void *v = zhashx_first(self->connected); v && n < max; v = zhashx_next(self->connected))
+        out[n++] = zhashx_cursor(self->connected);
+    return n;
+}
+
 /* How many addresses the spec stands for now. */
 static size_t s_count(mh_resolver_t *self)
 {
     zhashx_t *want = zhashx_new();
     for (const char *spec = zlist_first(self->specs); spec; spec = zlist_next(self->specs))
-        s_expand(spec, want);
+        s_expand(spec, want, S_FIRST_WAIT_MS);
     size_t n = zhashx_size(want);
     zhashx_destroy(&want);
     return n;

@@ -9,15 +9,26 @@
 
 typedef struct mh_resolver_t mh_resolver_t;
 
-/* `sock` is borrowed and must outlive the resolver. NULL on a bad spec. */
+/* `sock` is borrowed and must outlive the resolver; NULL keeps the
+ * addresses only (mh_resolver_endpoints), for a caller that makes a socket
+ * per address. NULL on a bad spec. */
 mh_resolver_t *mh_resolver_new(zsock_t *sock, const char *spec);
 void mh_resolver_destroy(mh_resolver_t **self_p);
 
 /* Resolves every name and connects to new addresses, disconnecting from
- * addresses that are gone. A name that fails to resolve keeps its previous
- * addresses (DNS hiccups must not cut traffic). Returns the number of
+ * addresses that are gone. Lookups run off the caller's thread (mh_dns):
+ * it waits up to 250 ms a name for a new answer, then goes on with the last
+ * one. A name that fails to resolve keeps its previous addresses (DNS
+ * hiccups must not cut traffic). Returns the number of
  * connected endpoints, or a negative errno if none could be resolved yet. */
 int mh_resolver_refresh(mh_resolver_t *self);
+
+/* How many addresses the socket is connected to (connecting, or connected). */
+int mh_resolver_count(const mh_resolver_t *self);
+
+/* The addresses connected to ("tcp://10.89.0.5:5581"), up to `max`, valid
+ * until the next refresh. */
+size_t mh_resolver_endpoints(const mh_resolver_t *self, const char **out, size_t max);
 
 /* A PUSH socket for fan-out to every replica of a service (device messages
  * to twin or ota, downlinks to the gateways): deep send queue, 2 s linger,

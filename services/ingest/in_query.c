@@ -365,6 +365,10 @@ void in_query_actor(zsock_t *pipe, void *args)
     s_query_t q = {mh_pg_new(o.pg_url, NULL, 0), o.max_limit};
     mh_rpc_server_t *server = mh_rpc_server_new(&s_rpc_def, &q, NULL, o.metrics);
     zsock_signal(pipe, 0);
+    /* connected now, not on the first query: that one would wait for the
+     * connection (and a slow DNS) inside its caller's deadline */
+    if (q.pg)
+        mh_pg_connect(q.pg, NULL, 0);
     zpoller_t *poller = zpoller_new(pipe, router, NULL);
     for (;;) {
         void *which = zpoller_wait(poller, -1);
