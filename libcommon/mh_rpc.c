@@ -1,14 +1,25 @@
 #include "mh_rpc.h"
 #include "mh_json.h"
+#include "mh_log.h"
 #include "mh_resolver.h"
 #include "mh_time.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 
+#define S_MAX_PEERS 64
+
+/* A call's sockets: a DEALER per replica, so the call chooses which
+ * replica gets each copy of its request. One DEALER connected to all of
+ * them deals round robin over the connections that are up, and a
+ * connection that came up after the first copy was sent did not get the
+ * second: it went to the same replica (test_rpc_read_asks_another). */
 typedef struct s_conn_t {
-    zsock_t *sock;
-    mh_resolver_t *resolver;
+    mh_resolver_t *resolver; /* the replicas' addresses */
+    size_t n;
+    char *eps[S_MAX_PEERS];
+    zsock_t *socks[S_MAX_PEERS];
     int64_t resolved_ms;
     struct s_conn_t *next;
 } s_conn_t;
@@ -17,6 +28,8 @@ struct mh_rpc_t {
     char *endpoint;
     pthread_mutex_t lock;
     s_conn_t *idle;
+    unsigned next; /* round robin over replicas, for the first copy of a call */
+    mh_ratelimit_t rl;
 };
 
 mh_rpc_t *mh_rpc_new(const char *endpoint)
@@ -25,14 +38,18 @@ mh_rpc_t *mh_rpc_new(const char *endpoint)
     if (!self)
         return NULL;
     self->endpoint = strdup(endpoint);
+    self->rl = (mh_ratelimit_t)MH_RATELIMIT_INIT(10000, 3);
     pthread_mutex_init(&self->lock, NULL);
     return self;
 }
 
 static void s_conn_free(s_conn_t *c)
 {
+    for (size_t i = 0; i < c->n; i++) {
+        zsock_destroy(&c->socks[i]);
+        free(c->eps[i]);
+    }
     mh_resolver_destroy(&c->resolver);
-    zsock_destroy(&c->sock);
     free(c);
 }
 
@@ -52,6 +69,45 @@ void mh_rpc_destroy(mh_rpc_t **self_p)
     *self_p = NULL;
 }
 
+/* Looks the replicas up again: a DEALER for each new address (a copy goes
+ * only to a connection that is up — ZMQ_IMMEDIATE — so one not up yet, or
+ * down, refuses it at once), and none for an address gone. */
+static void s_sync(s_conn_t *c)
+{
+    mh_resolver_refresh(c->resolver);
+    c->resolved_ms = mh_mono_ms();
+    const char *want[S_MAX_PEERS];
+    size_t nw = mh_resolver_endpoints(c->resolver, want, S_MAX_PEERS);
+    for (size_t i = 0; i < c->n;) {
+        bool keep = false;
+        for (size_t k = 0; k < nw && !keep; k++)
+            keep = strcmp(want[k], c->eps[i]) == 0;
+        if (keep) {
+            i++;
+            continue;
+        }
+        zsock_destroy(&c->socks[i]);
+        free(c->eps[i]);
+        c->n--;
+        c->socks[i] = c->socks[c->n];
+        c->eps[i] = c->eps[c->n];
+    }
+    for (size_t k = 0; k < nw && c->n < S_MAX_PEERS; k++) {
+        bool have = false;
+        for (size_t i = 0; i < c->n && !have; i++)
+            have = strcmp(want[k], c->eps[i]) == 0;
+        mh_resolver_t *r = NULL;
+        zsock_t *sock = have ? NULL : mh_dealer_new(want[k], 0, &r);
+        if (sock && mh_resolver_refresh(r) == 1) {
+            c->socks[c->n] = sock;
+            c->eps[c->n++] = strdup(want[k]);
+        } else {
+            zsock_destroy(&sock);
+        }
+        mh_resolver_destroy(&r); /* an address needs no more looking up */
+    }
+}
+
 static s_conn_t *s_take(mh_rpc_t *self)
 {
     pthread_mutex_lock(&self->lock);
@@ -60,22 +116,19 @@ static s_conn_t *s_take(mh_rpc_t *self)
         self->idle = c->next;
     pthread_mutex_unlock(&self->lock);
     if (c) {
-        if (mh_mono_ms() - c->resolved_ms > 10000) {
-            mh_resolver_refresh(c->resolver);
-            c->resolved_ms = mh_mono_ms();
-        }
+        if (mh_mono_ms() - c->resolved_ms > 10000)
+            s_sync(c);
         return c;
     }
     c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
-    c->sock = mh_dealer_new(self->endpoint, 0, &c->resolver);
-    if (!c->sock || !c->resolver) {
+    c->resolver = mh_resolver_new(NULL, self->endpoint);
+    if (!c->resolver) {
         s_conn_free(c);
         return NULL;
     }
-    mh_resolver_refresh(c->resolver);
-    c->resolved_ms = mh_mono_ms();
+    s_sync(c);
     return c;
 }
 
@@ -87,8 +140,54 @@ static void s_give(mh_rpc_t *self, s_conn_t *c)
     pthread_mutex_unlock(&self->lock);
 }
 
-/* `again`: a request that only reads is sent once more when half the
- * deadline passed without its answer (see mh_rpc_call_read). */
+/* Sends a copy of the request to one replica that is connected: first to
+ * one not `tried` yet (from the next in this client's round robin), else
+ * to one tried before. False when none is connected or takes it now. */
+static bool s_send_one(mh_rpc_t *self, s_conn_t *c, const char *type, const ProtobufCMessage *body,
+                       bool *tried)
+{
+    if (!c->n)
+        return false;
+    unsigned first = __atomic_fetch_add(&self->next, 1, __ATOMIC_RELAXED);
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t k = 0; k < c->n; k++) {
+            size_t i = (first + k) % c->n;
+            if (tried[i] != (pass == 1))
+                continue;
+            if (mh_envelope_send(c->socks[i], NULL, type, NULL, body, true) == 0) {
+                tried[i] = true;
+                return true;
+            }
+        }
+    return false;
+}
+
+/* Waits up to `ms` for a frame on any of the call's sockets. */
+static zframe_t *s_recv(s_conn_t *c, int64_t ms)
+{
+    zmq_pollitem_t items[S_MAX_PEERS];
+    for (size_t i = 0; i < c->n; i++)
+        items[i] = (zmq_pollitem_t){zsock_resolve(c->socks[i]), 0, ZMQ_POLLIN, 0};
+    if (!c->n) {
+        zclock_sleep((int)ms);
+        errno = EAGAIN;
+        return NULL;
+    }
+    int rc = zmq_poll(items, (int)c->n, ms);
+    if (rc <= 0) {
+        errno = rc == 0 ? EAGAIN : errno;
+        return NULL;
+    }
+    for (size_t i = 0; i < c->n; i++)
+        if (items[i].revents & ZMQ_POLLIN)
+            return zframe_recv(c->socks[i]);
+    errno = EAGAIN;
+    return NULL;
+}
+
+/* `again`: a request that only reads is sent once more, to another
+ * replica if there is one, when half the deadline passed without its
+ * answer (see mh_rpc_call_read). */
 static Mh__Envelope *s_call(mh_rpc_t *self, const char *type, const ProtobufCMessage *body,
                             const char *request_id, mh_rpc_match_fn *match, int timeout_ms,
                             bool again)
@@ -102,44 +201,44 @@ static Mh__Envelope *s_call(mh_rpc_t *self, const char *type, const ProtobufCMes
         timeout_ms = 0;
     int64_t start = mh_mono_ms(), deadline = start + timeout_ms;
     int64_t resend_at = again ? start + timeout_ms / 2 : deadline;
+    bool tried[S_MAX_PEERS] = {false};
+    int sends = 0;
+    bool to_send = true;
     Mh__Envelope *env = NULL;
-    /* with no replica connected yet, the send waits for one, within the deadline */
-    zsock_set_sndtimeo(c->sock, timeout_ms);
-    if (mh_envelope_send(c->sock, NULL, type, NULL, body, false) == 0) {
-        for (;;) {
-            int64_t now = mh_mono_ms(), until = now < resend_at ? resend_at : deadline;
-            if (now >= deadline)
-                break;
-            zsock_set_rcvtimeo(c->sock, (int)(until - now));
-            zframe_t *f = zframe_recv(c->sock);
-            if (!f) {
-                if (errno != EAGAIN || resend_at >= deadline)
-                    break;
-                /* the replica it went to is slow or stuck: the DEALER deals
-                 * the copy to the next one connected (or the same one, if it
-                 * is alone); the first answer wins */
-                resend_at = deadline;
-                /* the wait can overrun its timeout on a loaded machine: a
-                 * deadline already passed ends the call (a negative send
-                 * timeout other than -1 is refused by ZeroMQ) */
-                int64_t left = deadline - mh_mono_ms();
-                if (left <= 0)
-                    break;
-                zsock_set_sndtimeo(c->sock, (int)left);
-                if (mh_envelope_send(c->sock, NULL, type, NULL, body, false) != 0)
-                    break;
-                continue;
-            }
-            env = mh_envelope_unpack(f);
-            zframe_destroy(&f);
-            if (env && match(env, request_id))
-                break;
-            mh_envelope_free(&env);
+    for (;;) {
+        int64_t now = mh_mono_ms();
+        if (now >= deadline)
+            break;
+        if (to_send && s_send_one(self, c, type, body, tried)) {
+            sends++;
+            to_send = false;
         }
+        /* with no replica connected yet, look again every 10 ms */
+        int64_t until = to_send ? now + 10 : sends == 1 && now < resend_at ? resend_at : deadline;
+        zframe_t *f = s_recv(c, (until < deadline ? until : deadline) - now);
+        if (!f) {
+            if (errno != EAGAIN && errno != EINTR)
+                break;
+            /* the replica it went to is slow or stuck: the first answer wins */
+            if (!to_send && sends == 1 && mh_mono_ms() >= resend_at && resend_at < deadline)
+                to_send = true;
+            continue;
+        }
+        env = mh_envelope_unpack(f);
+        zframe_destroy(&f);
+        if (env && match(env, request_id))
+            break;
+        mh_envelope_free(&env);
     }
     if (env) {
         s_give(self, c); /* a second answer, if any, is dropped by the next call's match */
     } else {
+        /* sent 0 times: no replica was connected; 2: neither answered */
+        mh_log_limited(&self->rl, MH_LOG_WARN,
+                       "%s to %s (%d address%s): no answer in %" PRId64 " ms, sent %d time%s", type,
+                       self->endpoint, mh_resolver_count(c->resolver),
+                       mh_resolver_count(c->resolver) == 1 ? "" : "es", mh_mono_ms() - start, sends,
+                       sends == 1 ? "" : "s");
         /* A late reply could still arrive on this socket: do not reuse it. */
         s_conn_free(c);
         errno = ETIMEDOUT;

@@ -1,6 +1,7 @@
 /* mh_rpc — a blocking RPC client for callers on many threads (fleet-stats'
- * HTTP workers): DEALER sockets to a service's ROUTER(s), one per call in
- * flight, kept in a pool. Each call carries the caller's request id and a
+ * HTTP workers): sockets connected to every replica of a service, one per
+ * call in flight, kept in a pool; each call picks the replica its request
+ * goes to, in turn. Each call carries the caller's request id and a
  * deadline; a reply that is not the caller's (a late answer to a call that
  * gave up) is dropped. */
 #pragma once
@@ -68,9 +69,9 @@ Mh__Envelope *mh_rpc_call(mh_rpc_t *self, const char *type, const ProtobufCMessa
 
 /* The same for a request that only reads (any answer to it is as good as
  * another): when half of timeout_ms passed without its answer, it is sent
- * once more, which goes to the next replica connected, and the first answer
- * wins — a replica that is stuck (not dead: its connection stands) costs
- * half the deadline instead of all of it. */
+ * once more, to a replica it has not gone to (the same one when there is no
+ * other connected), and the first answer wins — a replica that is stuck (not dead: its connection
+ * stands) costs half the deadline instead of all of it. */
 Mh__Envelope *mh_rpc_call_read(mh_rpc_t *self, const char *type, const ProtobufCMessage *body,
                                const char *request_id, mh_rpc_match_fn *match, int timeout_ms);
 

@@ -5,6 +5,7 @@
 #include "mh_log.h"
 #include "mh_time.h"
 
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,7 +133,13 @@ void mh_rpc_server_handle(mh_rpc_server_t *s, zsock_t *router)
         mh_counter_inc(s->errors);
     s_fill_reply(msg, *request_id, r);
     mh_envelope_send(router, routing, def->reply_type, env->trace_id, msg, true);
-    mh_histogram_observe_ms(s->handling_time, mh_mono_ms() - t0);
+    int64_t took = mh_mono_ms() - t0;
+    mh_histogram_observe_ms(s->handling_time, took);
+    /* a caller waits 2-10 s: an answer near that is one it may not see */
+    if (took >= 1000)
+        mh_log_limited(&s->rl, MH_LOG_WARN, "%s %s took %" PRId64 " ms (status %d)",
+                       def->request_type, k < def->n_methods ? def->methods[k].name : "?", took,
+                       (int)r->status);
     if (def->reply_free)
         def->reply_free(reply);
     free(r->body);
