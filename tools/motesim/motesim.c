@@ -577,6 +577,7 @@ int main(int argc, char **argv)
     }
     if (*cfg.register_rpc &&
         s_register_all(cfg.register_rpc, cfg.prefix, (size_t)cfg.devices, cfg.tags) < 0) {
+        mh_curve_shutdown(); /* before exit's zsys shutdown, or its actor asserts */
         mh_config_free(s_options, &cfg);
         return 1;
     }
@@ -590,6 +591,7 @@ int main(int argc, char **argv)
         if (!*cfg.register_rpc || s_queue_commands(cfg.register_rpc, cfg.prefix,
                                                    (size_t)cfg.devices, cfg.queue_commands) < 0) {
             mh_error("--queue-commands needs a working --register endpoint");
+            mh_curve_shutdown();
             mh_config_free(s_options, &cfg);
             return 1;
         }
