@@ -140,25 +140,28 @@ static void s_give(mh_rpc_t *self, s_conn_t *c)
     pthread_mutex_unlock(&self->lock);
 }
 
-/* Sends a copy of the request to one replica that is connected: first to
- * one not `tried` yet (from the next in this client's round robin), else
- * to one tried before. False when none is connected or takes it now. */
+/* Sends a copy of the request to one replica that is connected and has
+ * not had one (from the next in this client's round robin); to one that
+ * had one only when every replica had. False when none takes it now — a
+ * replica not connected yet is waited for rather than the same one asked
+ * twice. */
 static bool s_send_one(mh_rpc_t *self, s_conn_t *c, const char *type, const ProtobufCMessage *body,
                        bool *tried)
 {
+    size_t ntried = 0;
+    for (size_t i = 0; i < c->n; i++)
+        ntried += tried[i];
     if (!c->n)
         return false;
     unsigned first = __atomic_fetch_add(&self->next, 1, __ATOMIC_RELAXED);
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t k = 0; k < c->n; k++) {
-            size_t i = (first + k) % c->n;
-            if (tried[i] != (pass == 1))
-                continue;
-            if (mh_envelope_send(c->socks[i], NULL, type, NULL, body, true) == 0) {
-                tried[i] = true;
-                return true;
-            }
+    bool again = ntried == c->n;
+    for (size_t k = 0; k < c->n; k++) {
+        size_t i = (first + k) % c->n;
+        if (tried[i] == again && mh_envelope_send(c->socks[i], NULL, type, NULL, body, true) == 0) {
+            tried[i] = true;
+            return true;
         }
+    }
     return false;
 }
 
