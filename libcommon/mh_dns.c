@@ -10,7 +10,6 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define S_MAX_ADDRS 64
 #define S_RELOOK_MS 1000
 
 typedef enum { S_NONE, S_OK, S_NXDOMAIN } s_state_t;
@@ -20,7 +19,7 @@ typedef enum { S_NONE, S_OK, S_NXDOMAIN } s_state_t;
 typedef struct s_entry_t {
     char *host;
     s_state_t state;
-    mh_dns_addr_t addrs[S_MAX_ADDRS];
+    mh_dns_addr_t addrs[MH_DNS_MAX_ADDRS];
     size_t n;
     bool busy;          /* a lookup is under way */
     int64_t started_ms; /* when the newest lookup began */
@@ -43,9 +42,9 @@ static void *s_lookup(void *arg)
     s_entry_t *e = arg;
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
     int rc = getaddrinfo(e->host, NULL, &hints, &res);
-    mh_dns_addr_t addrs[S_MAX_ADDRS];
+    mh_dns_addr_t addrs[MH_DNS_MAX_ADDRS];
     size_t n = 0;
-    for (struct addrinfo *ai = rc == 0 ? res : NULL; ai && n < S_MAX_ADDRS; ai = ai->ai_next) {
+    for (struct addrinfo *ai = rc == 0 ? res : NULL; ai && n < MH_DNS_MAX_ADDRS; ai = ai->ai_next) {
         inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, addrs[n].ip,
                   sizeof addrs[n].ip);
         bool dup = false;

@@ -13,6 +13,9 @@
 #include <arpa/inet.h>
 #include <stddef.h>
 
+/* The most addresses a name's answer keeps. */
+#define MH_DNS_MAX_ADDRS 64
+
 typedef struct {
     char ip[INET_ADDRSTRLEN];
 } mh_dns_addr_t;

@@ -84,8 +84,8 @@ static int s_expand(const char *spec, zhashx_t *want, int wait_ms)
         zhashx_insert(want, spec, (void *)spec);
         return 0;
     }
-    mh_dns_addr_t addrs[64];
-    int n = mh_dns_lookup(host, wait_ms, addrs, 64);
+    mh_dns_addr_t addrs[MH_DNS_MAX_ADDRS];
+    int n = mh_dns_lookup(host, wait_ms, addrs, MH_DNS_MAX_ADDRS);
     if (n < 0)
         return n;
     for (int i = 0; i < n; i++) {
@@ -128,11 +128,6 @@ int mh_resolver_refresh(mh_resolver_t *self)
     zhashx_destroy(&want);
     int n = (int)zhashx_size(self->connected);
     return n == 0 && failures ? -EHOSTUNREACH : n;
-}
-
-int mh_resolver_count(const mh_resolver_t *self)
-{
-    return (int)zhashx_size(self->connected);
 }
 
 size_t mh_resolver_endpoints(const mh_resolver_t *self, const char **out, size_t max)

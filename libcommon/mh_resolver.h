@@ -23,9 +23,6 @@ void mh_resolver_destroy(mh_resolver_t **self_p);
  * connected endpoints, or a negative errno if none could be resolved yet. */
 int mh_resolver_refresh(mh_resolver_t *self);
 
-/* How many addresses the socket is connected to (connecting, or connected). */
-int mh_resolver_count(const mh_resolver_t *self);
-
 /* The addresses connected to ("tcp://10.89.0.5:5581"), up to `max`, valid
  * until the next refresh. */
 size_t mh_resolver_endpoints(const mh_resolver_t *self, const char **out, size_t max);

@@ -239,9 +239,8 @@ static Mh__Envelope *s_call(mh_rpc_t *self, const char *type, const ProtobufCMes
         /* sent 0 times: no replica was connected; 2: neither answered */
         mh_log_limited(&self->rl, MH_LOG_WARN,
                        "%s to %s (%d address%s): no answer in %" PRId64 " ms, sent %d time%s", type,
-                       self->endpoint, mh_resolver_count(c->resolver),
-                       mh_resolver_count(c->resolver) == 1 ? "" : "es", mh_mono_ms() - start, sends,
-                       sends == 1 ? "" : "s");
+                       self->endpoint, (int)c->n, c->n == 1 ? "" : "es", mh_mono_ms() - start,
+                       sends, sends == 1 ? "" : "s");
         /* A late reply could still arrive on this socket: do not reuse it. */
         s_conn_free(c);
         errno = ETIMEDOUT;

@@ -69,8 +69,9 @@ Mh__Envelope *mh_rpc_call(mh_rpc_t *self, const char *type, const ProtobufCMessa
 
 /* The same for a request that only reads (any answer to it is as good as
  * another): when half of timeout_ms passed without its answer, it is sent
- * once more, to a replica it has not gone to (the same one when there is no
- * other connected), and the first answer wins — a replica that is stuck (not dead: its connection
+ * once more, to a replica it has not gone to — waiting for one that is not
+ * connected yet; the same one only when the service has no other — and the
+ * first answer wins: a replica that is stuck (not dead: its connection
  * stands) costs half the deadline instead of all of it. */
 Mh__Envelope *mh_rpc_call_read(mh_rpc_t *self, const char *type, const ProtobufCMessage *body,
                                const char *request_id, mh_rpc_match_fn *match, int timeout_ms);
