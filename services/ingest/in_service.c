@@ -1,13 +1,17 @@
-/* The ingest actor. One PostgreSQL connection per process; throughput comes
+/* The ingest actor. One PostgreSQL connection writes; throughput comes
  * from group commit (every batch waiting on the socket goes into one
- * transaction) and from running more replicas. */
+ * transaction) and from running more replicas. The rollup job, the
+ * compression pass and the queries have connections and threads of their
+ * own, so none of them holds a write up. */
 #include "in_service.h"
 #include "in_compress.h"
 #include "in_query.h"
+#include "in_rollup.h"
 #include "in_kafka.h"
 #include "in_store.h"
 #include "mh_curve.h"
 #include "mh_envelope.h"
+#include "mh_pbarena.h"
 #include "mh_time.h"
 #include "telemetry.pb-c.h"
 
@@ -35,6 +39,11 @@ const mh_cfg_opt_t in_config_options[] = {
      "most points one telemetry query returns"},
     {"group-max", "MH_INGEST_GROUP_MAX", MH_CFG_INT, "64", S_CFG(group_max),
      "batches committed together in one transaction at most"},
+    {"commit-interval", "MH_INGEST_COMMIT_INTERVAL", MH_CFG_DURATION, "10ms",
+     S_CFG(commit_interval_ms),
+     "a transaction starts at most this often: batches that arrive sooner after the last one "
+     "wait and are committed together (under load, fewer and larger transactions; after a "
+     "quiet spell a batch is written at once)"},
     {"retention-raw", "MH_RETENTION_RAW", MH_CFG_DURATION, "7d", S_CFG(retention_raw_ms),
      "how long raw points are kept (older samples are dropped on arrival)"},
     {"retention-1m", "MH_RETENTION_1M", MH_CFG_DURATION, "90d", S_CFG(retention_1m_ms),
@@ -89,8 +98,9 @@ typedef struct {
     zsock_t *router, *pub;
     s_req_t *reqs;
     in_item_t *items;
+    mh_pbarena_t *arena; /* the batches of the group being written */
     mh_counter_t *m_stored, *m_duplicate, *m_rejected, *m_points, *m_dropped_old, *m_commits,
-        *m_db_errors, *m_rollups, *m_malformed;
+        *m_db_errors, *m_malformed;
     mh_histogram_t *m_lag, *m_commit_time;
     mh_gauge_t *m_connected;
     mh_ratelimit_t rl;
@@ -109,11 +119,10 @@ static void s_ack(in_t *self, s_req_t *r, Mh__TelemetryAck__Status status, uint3
     mh_envelope_send(self->router, r->routing, "telemetry.ack", r->trace_id, &ack.base, true);
 }
 
+/* The batch stays in the arena until the group's end (mh_pbarena_reset). */
 static void s_release(s_req_t *r)
 {
     zframe_destroy(&r->routing);
-    if (r->batch)
-        mh__telemetry_batch__free_unpacked(r->batch, NULL);
     r->batch = NULL;
 }
 
@@ -130,7 +139,8 @@ static bool s_recv(in_t *self, s_req_t *r)
     zframe_destroy(&body);
     r->batch = NULL;
     if (env && strcmp(env->type, "telemetry.batch") == 0)
-        r->batch = mh__telemetry_batch__unpack(NULL, env->body.len, env->body.data);
+        r->batch = mh__telemetry_batch__unpack(mh_pbarena_allocator(self->arena), env->body.len,
+                                               env->body.data);
     snprintf(r->trace_id, sizeof r->trace_id, "%s", env ? env->trace_id : "");
     mh_envelope_free(&env);
     if (!r->batch || !r->batch->batch_id || !*r->batch->batch_id) {
@@ -238,8 +248,6 @@ static void s_register_metrics(in_t *self)
         mh_metrics_counter(m, "mh_ingest_commits_total", "Transactions committed", NULL);
     self->m_db_errors = mh_metrics_counter(m, "mh_ingest_db_errors_total",
                                            "Failed database writes (retried or refused)", NULL);
-    self->m_rollups =
-        mh_metrics_counter(m, "mh_ingest_rollup_buckets_total", "Rollup buckets recomputed", NULL);
     self->m_malformed = mh_metrics_counter(m, "mh_ingest_malformed_total",
                                            "Malformed messages on the telemetry socket", NULL);
     self->m_lag = mh_metrics_histogram(m, "mh_ingest_point_lag_seconds",
@@ -263,8 +271,15 @@ static void s_destroy(in_t **self_p)
     zsock_destroy(&self->pub);
     free(self->reqs);
     free(self->items);
+    mh_pbarena_destroy(&self->arena);
     free(self);
     *self_p = NULL;
+}
+
+static in_retention_t s_retention(const in_config_t *cfg)
+{
+    return (in_retention_t){cfg->retention_raw_ms, cfg->retention_1m_ms, cfg->retention_1h_ms,
+                            cfg->rollup_grace_ms, cfg->dedupe_ms};
 }
 
 static in_t *s_new(mh_service_ctx_t *ctx)
@@ -280,15 +295,14 @@ static in_t *s_new(mh_service_ctx_t *ctx)
         self->cfg->group_max = 1;
     self->reqs = calloc((size_t)self->cfg->group_max, sizeof *self->reqs);
     self->items = calloc((size_t)self->cfg->group_max, sizeof *self->items);
-    in_retention_t ret = {self->cfg->retention_raw_ms, self->cfg->retention_1m_ms,
-                          self->cfg->retention_1h_ms, self->cfg->rollup_grace_ms,
-                          self->cfg->dedupe_ms};
+    self->arena = mh_pbarena_new();
+    in_retention_t ret = s_retention(self->cfg);
     self->store = in_store_new(self->cfg->pg_url, &ret);
     self->router = zsock_new(ZMQ_ROUTER);
     zsock_set_rcvhwm(self->router, 10000);
     zsock_set_sndhwm(self->router, 10000);
     zsock_set_router_mandatory(self->router, 0);
-    if (!self->reqs || !self->items || !self->store ||
+    if (!self->reqs || !self->items || !self->arena || !self->store ||
         mh_curve_bind(self->router, self->cfg->bind) < 0) {
         mh_error("cannot bind %s: %s", self->cfg->bind, zmq_strerror(zmq_errno()));
         s_destroy(&self);
@@ -330,6 +344,7 @@ static void s_drain_socket(in_t *self)
         s_write_group(self, n);
     for (size_t i = 0; i < n; i++)
         s_release(&self->reqs[i]);
+    mh_pbarena_reset(self->arena);
 }
 
 void in_actor(zsock_t *pipe, void *args)
@@ -359,24 +374,37 @@ void in_actor(zsock_t *pipe, void *args)
             self->cfg->retention_raw_ms, (int)self->cfg->compress_chunk,  self->ctx->metrics};
         compress = zactor_new(in_compress_actor, &co);
     }
+    in_rollup_opts_t ro = {self->cfg->pg_url, s_retention(self->cfg), self->cfg->rollup_interval_ms,
+                           self->ctx->metrics};
+    zactor_t *rollup = zactor_new(in_rollup_actor, &ro);
     s_try_connect(self);
     mh_actor_ready(pipe);
-    int64_t next_rollup = 0, next_maintain = mh_mono_ms() + self->cfg->maintain_interval_ms;
+    int64_t next_maintain = mh_mono_ms() + self->cfg->maintain_interval_ms;
+    /* No transaction starts before this (commit-interval after the last):
+     * what arrives meanwhile waits on the socket and goes in the next. A
+     * commit's cost is mostly fixed (its WAL flush, the statements), so at
+     * 10,000 messages a second 100 transactions cost less than 170. */
+    int64_t next_write = 0;
     bool stopping = false;
     while (!stopping) {
         bool db = in_store_connected(self->store);
+        int64_t wait = next_write - mh_mono_ms();
         zmq_pollitem_t items[] = {
             {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
             {zsock_resolve(self->router), 0, ZMQ_POLLIN, 0},
         };
         /* While the database is away, leave batches queued (or with the
          * gateways, who re-send); reading them would only drop them. */
-        if (zmq_poll(items, db ? 2 : 1, 100) < 0 && errno != EINTR)
+        bool take = db && wait <= 0;
+        long timeout = take || wait <= 0 || wait > 100 ? 100 : (long)wait;
+        if (zmq_poll(items, take ? 2 : 1, timeout) < 0 && errno != EINTR)
             break;
         if (items[0].revents & ZMQ_POLLIN)
             stopping = mh_actor_term(pipe);
-        if (db && (items[1].revents & ZMQ_POLLIN))
+        if (take && (items[1].revents & ZMQ_POLLIN)) {
+            next_write = mh_mono_ms() + self->cfg->commit_interval_ms;
             s_drain_socket(self);
+        }
         s_try_connect(self);
         if (self->kafka)
             in_kafka_poll(self->kafka);
@@ -386,13 +414,6 @@ void in_actor(zsock_t *pipe, void *args)
         mh_http_set_ready(ctx->http, db && !stopping);
         mh_gauge_set(self->m_connected, db);
         char err[512];
-        if (db && now >= next_rollup) {
-            int done = 0;
-            if (in_store_rollup(self->store, &done, err, sizeof err) < 0)
-                mh_log_limited(&self->rl, MH_LOG_WARN, "rollup failed, will retry: %s", err);
-            mh_counter_add(self->m_rollups, (uint64_t)done);
-            next_rollup = mh_mono_ms() + self->cfg->rollup_interval_ms;
-        }
         if (db && now >= next_maintain) {
             if (in_store_maintain(self->store, err, sizeof err) < 0)
                 mh_log_limited(&self->rl, MH_LOG_WARN, "maintenance failed, will retry: %s", err);
@@ -404,6 +425,7 @@ void in_actor(zsock_t *pipe, void *args)
     if (in_store_connected(self->store))
         for (int i = 0; i < 100 && (zsock_events(self->router) & ZMQ_POLLIN); i++)
             s_drain_socket(self);
+    zactor_destroy(&rollup);
     zactor_destroy(&compress);
     zactor_destroy(&query);
     s_destroy(&self);

@@ -13,7 +13,7 @@ typedef struct {
     char *kafka_brokers, *kafka_topic;
     int64_t kafka_queue_max;
     int64_t query_max;
-    int64_t group_max;
+    int64_t group_max, commit_interval_ms;
     int64_t retention_raw_ms, retention_1m_ms, retention_1h_ms;
     int64_t rollup_interval_ms, rollup_grace_ms;
     int64_t maintain_interval_ms;

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,9 @@ struct in_store_t {
     size_t nrows, rows_cap;
     char *key;
     size_t key_cap;
+    /* a write's SQL (in_store_write), reused */
+    char *sql;
+    size_t sql_len, sql_cap;
 };
 
 /* One row of ingest.samples: a run of a batch's points with one device
@@ -50,6 +54,18 @@ typedef struct s_row {
  * fleet's at ~60 bytes each. */
 #define S_DICT_MAX 4000000
 
+/* The write's statements, prepared on every connection (mh_pg_set_session):
+ * a transaction then sends only their names and arguments, and PostgreSQL
+ * parses and plans none of them again. */
+static const char s_prepare[] =
+    "PREPARE in_claim(text[]) AS INSERT INTO ingest.batches (batch_id) "
+    "SELECT unnest($1) ON CONFLICT DO NOTHING RETURNING batch_id;"
+    "PREPARE in_mark(bigint[]) AS INSERT INTO ingest.rollup_dirty (tier, bucket) "
+    "SELECT '1m', to_timestamp(m / 1000.0) FROM unnest($1) m;"
+    "PREPARE in_mark_range(bigint, bigint) AS INSERT INTO ingest.rollup_dirty (tier, bucket) "
+    "SELECT '1m', g FROM generate_series(date_trunc('minute', to_timestamp($1 / 1000.0)), "
+    "to_timestamp($2 / 1000.0), interval '1 minute') g";
+
 in_store_t *in_store_new(const char *pg_url, const in_retention_t *ret)
 {
     in_store_t *self = calloc(1, sizeof *self);
@@ -61,6 +77,10 @@ in_store_t *in_store_new(const char *pg_url, const in_retention_t *ret)
         return NULL;
     }
     self->ret = *ret;
+    if (mh_pg_set_session(self->pg, s_prepare) < 0) {
+        in_store_destroy(&self);
+        return NULL;
+    }
     return self;
 }
 
@@ -74,6 +94,7 @@ void in_store_destroy(in_store_t **self_p)
     free(self->buf);
     free(self->rows);
     free(self->key);
+    free(self->sql);
     free(self);
     *self_p = NULL;
 }
@@ -358,6 +379,141 @@ static void s_minute_add(s_minutes_t *m, int64_t ts_ms)
         m->overflow = true;
 }
 
+/* The write's SQL, growing in self->sql. */
+static bool s_sql(in_store_t *self, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static bool s_sql(in_store_t *self, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        size_t room = self->sql_cap - self->sql_len;
+        int w = vsnprintf(self->sql + self->sql_len, room, fmt, ap);
+        va_end(ap);
+        if (w < 0)
+            return false;
+        if ((size_t)w < room) {
+            self->sql_len += (size_t)w;
+            return true;
+        }
+        size_t cap = self->sql_cap * 2 + (size_t)w + 4096;
+        char *s = realloc(self->sql, cap);
+        if (!s)
+            return false;
+        self->sql = s;
+        self->sql_cap = cap;
+    }
+}
+
+/* An array element for a text[] literal: quoted, '"' and '\\' escaped. */
+static bool s_array_item(in_store_t *self, const char *v)
+{
+    if (!s_sql(self, "\""))
+        return false;
+    for (; *v; v++)
+        if (!s_sql(self, "%s%c", *v == '"' || *v == '\\' ? "\\" : "", *v))
+            return false;
+    return s_sql(self, "\"");
+}
+
+/* The transaction's statements as one simple query — BEGIN, the batch ids
+ * claimed (a conflict is a batch committed before, a re-send), the touched
+ * minutes marked stale, the COPY, COMMIT — so PostgreSQL gets the write in
+ * one round trip besides the COPY's data. */
+static bool s_write_sql(in_store_t *self, in_item_t *items, size_t n)
+{
+    PGconn *conn = mh_pg_conn(self->pg);
+    /* the ids as a text[] literal first, then that as an SQL literal */
+    self->sql_len = 0;
+    if (!s_sql(self, "{"))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((i && !s_sql(self, ",")) || !s_array_item(self, items[i].batch->batch_id))
+            return false;
+    if (!s_sql(self, "}"))
+        return false;
+    char *ids = PQescapeLiteral(conn, self->sql, self->sql_len);
+    self->sql_len = 0;
+    bool ok = ids && s_sql(self, "BEGIN;EXECUTE in_claim(%s);", ids);
+    PQfreemem(ids);
+    if (!ok)
+        return false;
+    /* Minute buckets touched (usually one or two); when there are more than
+     * we track, the whole range of the kept points. */
+    s_minutes_t m = {0};
+    int64_t lo = INT64_MAX, hi = INT64_MIN;
+    for (size_t i = 0; i < self->nrows; i++) {
+        int64_t t = self->rows[i].points[0]->ts_ms;
+        if (!in_store_keeps(self, t))
+            continue;
+        s_minute_add(&m, t);
+        lo = t < lo ? t : lo;
+        hi = t > hi ? t : hi;
+    }
+    if (m.overflow) {
+        if (!s_sql(self, "EXECUTE in_mark_range(%" PRId64 ", %" PRId64 ");", lo, hi))
+            return false;
+    } else if (m.n) {
+        if (!s_sql(self, "EXECUTE in_mark('{"))
+            return false;
+        for (size_t i = 0; i < m.n; i++)
+            if (!s_sql(self, "%s%" PRId64, i ? "," : "", m.v[i]))
+                return false;
+        if (!s_sql(self, "}');"))
+            return false;
+    }
+    return s_sql(self, "COPY ingest.samples (ts, device, metric_set, value) FROM STDIN "
+                       "(FORMAT binary);COMMIT");
+}
+
+/* The batches whose ids the claim returned are stored; the rest (and a
+ * second copy of one in the same group) are duplicates. */
+static void s_claimed(in_item_t *items, size_t n, PGresult *res)
+{
+    for (size_t i = 0; i < n; i++) {
+        items[i].outcome = IN_DUPLICATE;
+        items[i].stored = items[i].dropped = 0;
+    }
+    for (int r = 0; r < PQntuples(res); r++)
+        for (size_t i = 0; i < n; i++)
+            if (items[i].outcome == IN_DUPLICATE &&
+                strcmp(items[i].batch->batch_id, PQgetvalue(res, r, 0)) == 0) {
+                items[i].outcome = IN_STORED;
+                break;
+            }
+}
+
+/* The COPY's data: the stored batches' rows. 0, or -ENOMEM/-EIO. */
+static int s_copy(in_store_t *self, in_item_t *items)
+{
+    self->len = 0;
+    if (s_reserve(self, 19) < 0)
+        return -ENOMEM;
+    memcpy(self->buf, "PGCOPY\n\377\r\n\0", 11);
+    self->len = 11;
+    s_put32(self, 0); /* flags */
+    s_put32(self, 0); /* header extension */
+    int rc = 0;
+    for (size_t i = 0; i < self->nrows && rc == 0; i++) {
+        const s_row_t *r = &self->rows[i];
+        in_item_t *item = &items[r->item];
+        if (item->outcome != IN_STORED)
+            continue;
+        if (!in_store_keeps(self, r->points[0]->ts_ms)) {
+            item->dropped += r->n;
+            continue;
+        }
+        rc = s_copy_row(self, r);
+        item->stored += r->n;
+        if (rc == 0 && self->len > (1 << 20))
+            rc = s_copy_flush(self);
+    }
+    if (rc == 0 && (rc = s_reserve(self, 2)) == 0) {
+        s_put16(self, -1);
+        rc = s_copy_flush(self);
+    }
+    return rc;
+}
+
 int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size_t errlen)
 {
     if (!in_store_connected(self)) {
@@ -370,107 +526,49 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
     int rc = s_rows(self, items, n, err, errlen);
     if (rc < 0)
         return rc;
-    if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN", 0, NULL, err, errlen))
-        return s_fail(self);
-    /* Claim the batch ids first: a conflict means the batch was committed
-     * before (a re-send), and its points must not be written again. */
-    for (size_t i = 0; i < n; i++) {
-        const char *p[] = {items[i].batch->batch_id};
-        PGresult *res = s_exec(self, PGRES_COMMAND_OK,
-                               "INSERT INTO ingest.batches (batch_id) VALUES ($1) "
-                               "ON CONFLICT DO NOTHING",
-                               1, p, err, errlen);
-        if (!res)
-            return s_fail(self);
-        items[i].outcome = strcmp(PQcmdTuples(res), "1") == 0 ? IN_STORED : IN_DUPLICATE;
-        items[i].stored = items[i].dropped = 0;
-        PQclear(res);
+    if (!s_write_sql(self, items, n)) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
     }
-    PGresult *res =
-        PQexec(mh_pg_conn(self->pg), "COPY ingest.samples (ts, device, metric_set, value) "
-                                     "FROM STDIN (FORMAT binary)");
-    if (PQresultStatus(res) != PGRES_COPY_IN) {
-        s_err(err, errlen, "COPY failed to start", mh_pg_conn(self->pg));
-        PQclear(res);
+    PGconn *conn = mh_pg_conn(self->pg);
+    if (!PQsendQuery(conn, self->sql)) {
+        s_err(err, errlen, "write failed", conn);
         return s_fail(self);
     }
-    PQclear(res);
-    self->len = 0;
-    s_reserve(self, 19);
-    memcpy(self->buf, "PGCOPY\n\377\r\n\0", 11);
-    self->len = 11;
-    s_put32(self, 0); /* flags */
-    s_put32(self, 0); /* header extension */
-    s_minutes_t minutes = {0};
-    for (size_t i = 0; i < self->nrows && rc == 0; i++) {
-        const s_row_t *r = &self->rows[i];
-        in_item_t *item = &items[r->item];
-        if (item->outcome != IN_STORED)
-            continue;
-        if (!in_store_keeps(self, r->points[0]->ts_ms)) {
-            item->dropped += r->n;
-            continue;
+    /* BEGIN, the claim, [the marks,] the COPY, COMMIT: every statement's
+     * result must be good; after a failure PostgreSQL skips the rest and
+     * the transaction is rolled back. */
+    bool failed = false;
+    PGresult *res;
+    while ((res = PQgetResult(conn))) {
+        switch (PQresultStatus(res)) {
+        case PGRES_COMMAND_OK:
+            break;
+        case PGRES_TUPLES_OK:
+            s_claimed(items, n, res);
+            break;
+        case PGRES_COPY_IN:
+            rc = s_copy(self, items);
+            if (PQputCopyEnd(conn, rc == 0 ? NULL : "client error") != 1)
+                failed = true;
+            break;
+        default:
+            if (!failed) {
+                const char *m = PQresultErrorMessage(res);
+                snprintf(err, errlen, "write failed: %s", *m ? m : PQerrorMessage(conn));
+                size_t l = strlen(err);
+                while (l && (err[l - 1] == '\n' || err[l - 1] == ' '))
+                    err[--l] = 0;
+            }
+            failed = true;
         }
-        rc = s_copy_row(self, r);
-        item->stored += r->n;
-        s_minute_add(&minutes, r->points[0]->ts_ms);
-        if (rc == 0 && self->len > (1 << 20))
-            rc = s_copy_flush(self);
-    }
-    if (rc == 0 && s_reserve(self, 2) == 0) {
-        s_put16(self, -1);
-        rc = s_copy_flush(self);
-    }
-    if (PQputCopyEnd(mh_pg_conn(self->pg), rc == 0 ? NULL : "client error") != 1) {
-        s_err(err, errlen, "COPY failed", mh_pg_conn(self->pg));
-        return s_fail(self);
-    }
-    res = PQgetResult(mh_pg_conn(self->pg));
-    bool copied = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!copied)
-        s_err(err, errlen, "COPY failed", mh_pg_conn(self->pg));
-    PQclear(res);
-    while ((res = PQgetResult(mh_pg_conn(self->pg))))
         PQclear(res);
-    if (!copied)
-        return s_fail(self);
-    /* Mark the touched minutes stale. When a batch spans more minutes than
-     * we track, mark the whole range of its points instead. */
-    if (minutes.overflow) {
-        int64_t lo = INT64_MAX, hi = INT64_MIN;
-        for (size_t i = 0; i < n; i++)
-            if (items[i].outcome == IN_STORED)
-                for (size_t j = 0; j < items[i].batch->n_points; j++) {
-                    int64_t t = items[i].batch->points[j]->ts_ms;
-                    if (in_store_keeps(self, t)) {
-                        lo = t < lo ? t : lo;
-                        hi = t > hi ? t : hi;
-                    }
-                }
-        char slo[32], shi[32];
-        snprintf(slo, sizeof slo, "%" PRId64, lo);
-        snprintf(shi, sizeof shi, "%" PRId64, hi);
-        const char *p[] = {slo, shi};
-        if (!s_ok(self, PGRES_COMMAND_OK,
-                  "INSERT INTO ingest.rollup_dirty (tier, bucket) SELECT '1m', g FROM "
-                  "generate_series(date_trunc('minute', to_timestamp($1::bigint / 1000.0)),"
-                  " to_timestamp($2::bigint / 1000.0), interval '1 minute') g",
-                  2, p, err, errlen))
-            return s_fail(self);
-    } else {
-        for (size_t i = 0; i < minutes.n; i++) {
-            char b[32];
-            snprintf(b, sizeof b, "%" PRId64, minutes.v[i]);
-            const char *p[] = {b};
-            if (!s_ok(self, PGRES_COMMAND_OK,
-                      "INSERT INTO ingest.rollup_dirty (tier, bucket) "
-                      "VALUES ('1m', to_timestamp($1::bigint / 1000.0))",
-                      1, p, err, errlen))
-                return s_fail(self);
-        }
     }
-    if (!s_ok(self, PGRES_COMMAND_OK, "COMMIT", 0, NULL, err, errlen))
+    if (failed || PQtransactionStatus(conn) != PQTRANS_IDLE) {
+        if (!failed)
+            s_err(err, errlen, "write failed", conn);
         return s_fail(self);
+    }
     return 0;
 }
 
