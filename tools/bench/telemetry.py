@@ -60,6 +60,25 @@ def postgres_cpu(baseline):
     return total
 
 
+def postgres_by_process(pg_port, baseline, per_msg):
+    """PostgreSQL's CPU a message by process: its backend type, and for a
+    client's backend the program's name and the start of its last statement
+    (which of ingest's connections it is)."""
+    what = {}
+    for line in psql(pg_port, "SELECT pid, backend_type, coalesce(application_name, ''), "
+                              "left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 40) "
+                              "FROM pg_stat_activity").splitlines():
+        pid, btype, app, query = (line.split("|", 3) + ["", "", ""])[:4]
+        what[int(pid)] = btype if btype != "client backend" else f"{app.split('-')[0]}: {query}"
+    parts = []
+    for pid in postgres_pids():
+        used = cpu_seconds(pid) - baseline.get(pid, 0.0)
+        if used * 1e6 / per_msg >= 0.1:
+            parts.append((used, what.get(pid, "postmaster" if pid not in what else "?")))
+    parts.sort(reverse=True)
+    return "; ".join(f"{name} {used * 1e6 / per_msg:.1f}" for used, name in parts)
+
+
 def http_get(port, path):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
         return r.read().decode()
@@ -369,6 +388,7 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
         cpu[f"gateway{i}"] = cpu_seconds(p.pid) - c0[f"gateway{i}"]
     for i, (p, _) in enumerate(ingests):
         cpu[f"ingest{i}"] = cpu_seconds(p.pid) - c0[f"ingest{i}"]
+    pg_detail = postgres_by_process(pg_port, pg0, acked or 1)
     hist1 = [histogram(http_get(h, "/metrics"), "mh_ingest_point_lag_seconds") for _, h in ingests]
     merged0 = [(b[0][0], sum(x[i][1] for x in hist0)) for i, b in enumerate(zip(*hist0))] if hist0 else []
     merged1 = [(b[0][0], sum(x[i][1] for x in hist1)) for i, b in enumerate(zip(*hist1))] if hist1 else []
@@ -385,7 +405,7 @@ def pipeline(stack, broker, broker_port, pg_port, rate):
             # stored messages over the time from the first stored to the last
             "rate": distinct / METRICS / max(last_change - (seen["first"] or t0), 1e-9), "tail": tail,
             "p50": quantile(merged0, merged1, 0.5), "p99": quantile(merged0, merged1, 0.99),
-            "cpu": cpu}
+            "cpu": cpu, "pg_detail": pg_detail}
 
 
 def main():
@@ -454,6 +474,7 @@ def main():
                   f"after publishing ended); CPU µs/msg: "
                   + ", ".join(f"{k} {v * 1e6 / per_msg:.1f}" for k, v in r["cpu"].items())
                   + f"; Motehub (gateway + ingest + PostgreSQL) {own * 1e6 / per_msg:.1f}", flush=True)
+            print(f"  PostgreSQL by process, µs/msg: {r['pg_detail']}", flush=True)
         if not args.no_baseline:
             print(f"saturation: bare broker {best['baseline']:.0f} msg/s, pipeline {best['pipeline']:.0f} msg/s "
                   f"({best['pipeline'] / (best['baseline'] or 1):.2f} of the bare broker)", flush=True)
