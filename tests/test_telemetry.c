@@ -428,8 +428,8 @@ static Mh__TelemetryAck__Status s_direct(zsock_t *d, const char *batch_id, const
 
 /* Straight to ingest's socket: a re-sent batch id is stored once and
  * acknowledged as a duplicate; garbage does not hurt it, and a device id
- * PostgreSQL cannot store (not UTF-8) is refused without blocking the
- * batches after it. */
+ * or batch id PostgreSQL cannot store (not UTF-8) is refused without
+ * blocking the batches after it. */
 static void test_ingest_batch_stored_once(void **state)
 {
     (void)state;
@@ -452,6 +452,18 @@ static void test_ingest_batch_stored_once(void **state)
     assert_int_equal(
         mht_db_num(&s_db, "SELECT count(*) FROM ingest.telemetry_raw WHERE device_id = 'direct-3'"),
         1);
+    /* a batch id is data (it goes to PostgreSQL inside an array literal):
+     * quotes, a backslash, braces and a comma are kept as sent */
+    const char *odd = "b'\"\\{x},y";
+    assert_int_equal(s_direct(d, odd, "direct-4"), MH__TELEMETRY_ACK__STATUS__STORED);
+    assert_int_equal(s_direct(d, odd, "direct-4"), MH__TELEMETRY_ACK__STATUS__DUPLICATE);
+    assert_int_equal(
+        mht_db_num(&s_db, "SELECT count(*) FROM ingest.batches WHERE batch_id = 'b''\"\\{x},y'"),
+        1);
+    /* one that is not text is refused alone */
+    assert_int_equal(s_direct(d, "bad-\xff-id", "direct-5"), MH__TELEMETRY_ACK__STATUS__REJECTED);
+    assert_int_equal(s_direct(d, "test-direct-batch-6", "direct-6"),
+                     MH__TELEMETRY_ACK__STATUS__STORED);
     assert_true(mht_alive(s_ingest.pid));
     zsock_destroy(&d);
 }

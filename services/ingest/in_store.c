@@ -38,6 +38,7 @@ struct in_store_t {
     /* a write's SQL (in_store_write), reused */
     char *sql;
     size_t sql_len, sql_cap;
+    bool bad_id; /* the SQL was not built: a batch id PostgreSQL cannot take */
 };
 
 /* One row of ingest.samples: a run of a batch's points with one device
@@ -431,9 +432,16 @@ static bool s_write_sql(in_store_t *self, in_item_t *items, size_t n)
             return false;
     if (!s_sql(self, "}"))
         return false;
+    /* NULL also for text that is not valid in the connection's encoding:
+     * the batch is then refused (in_store_write's caller writes the group
+     * one batch at a time to find it) */
     char *ids = PQescapeLiteral(conn, self->sql, self->sql_len);
     self->sql_len = 0;
-    bool ok = ids && s_sql(self, "BEGIN;EXECUTE in_claim(%s);", ids);
+    if (!ids) {
+        self->bad_id = true;
+        return false;
+    }
+    bool ok = s_sql(self, "BEGIN;EXECUTE in_claim(%s);", ids);
     PQfreemem(ids);
     if (!ok)
         return false;
@@ -526,7 +534,12 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
     int rc = s_rows(self, items, n, err, errlen);
     if (rc < 0)
         return rc;
+    self->bad_id = false;
     if (!s_write_sql(self, items, n)) {
+        if (self->bad_id) {
+            s_err(err, errlen, "a batch id is not valid text", mh_pg_conn(self->pg));
+            return -EINVAL;
+        }
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
