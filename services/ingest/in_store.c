@@ -35,10 +35,9 @@ struct in_store_t {
     size_t nrows, rows_cap;
     char *key;
     size_t key_cap;
-    /* a write's SQL (in_store_write), reused */
-    char *sql;
-    size_t sql_len, sql_cap;
-    bool bad_id; /* the SQL was not built: a batch id PostgreSQL cannot take */
+    /* a write's parameters (in_store_write), reused */
+    char *param;
+    size_t param_len, param_cap;
 };
 
 /* One row of ingest.samples: a run of a batch's points with one device
@@ -55,17 +54,16 @@ typedef struct s_row {
  * fleet's at ~60 bytes each. */
 #define S_DICT_MAX 4000000
 
-/* The write's statements, prepared on every connection (mh_pg_set_session):
- * a transaction then sends only their names and arguments, and PostgreSQL
- * parses and plans none of them again. */
+/* The write's claim and marks in one statement, prepared on every
+ * connection (mh_pg_set_session) so PostgreSQL parses and plans it once:
+ * $1 the batch ids (a conflict is a batch committed before, a re-send: its
+ * id is not returned), $2 the minutes (epoch ms) the batches touch. */
 static const char s_prepare[] =
-    "PREPARE in_claim(text[]) AS INSERT INTO ingest.batches (batch_id) "
-    "SELECT unnest($1) ON CONFLICT DO NOTHING RETURNING batch_id;"
-    "PREPARE in_mark(bigint[]) AS INSERT INTO ingest.rollup_dirty (tier, bucket) "
-    "SELECT '1m', to_timestamp(m / 1000.0) FROM unnest($1) m;"
-    "PREPARE in_mark_range(bigint, bigint) AS INSERT INTO ingest.rollup_dirty (tier, bucket) "
-    "SELECT '1m', g FROM generate_series(date_trunc('minute', to_timestamp($1 / 1000.0)), "
-    "to_timestamp($2 / 1000.0), interval '1 minute') g";
+    "PREPARE in_write(text[], bigint[]) AS WITH c AS (INSERT INTO ingest.batches (batch_id) "
+    "SELECT unnest($1) ON CONFLICT DO NOTHING RETURNING batch_id), "
+    "m AS (INSERT INTO ingest.rollup_dirty (tier, bucket) "
+    "SELECT '1m', to_timestamp(b / 1000.0) FROM unnest($2) b) "
+    "SELECT batch_id FROM c";
 
 in_store_t *in_store_new(const char *pg_url, const in_retention_t *ret)
 {
@@ -95,7 +93,7 @@ void in_store_destroy(in_store_t **self_p)
     free(self->buf);
     free(self->rows);
     free(self->key);
-    free(self->sql);
+    free(self->param);
     free(self);
     *self_p = NULL;
 }
@@ -380,73 +378,57 @@ static void s_minute_add(s_minutes_t *m, int64_t ts_ms)
         m->overflow = true;
 }
 
-/* The write's SQL, growing in self->sql. */
-static bool s_sql(in_store_t *self, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static bool s_sql(in_store_t *self, const char *fmt, ...)
+/* Text appended to the write's parameters (self->param). */
+static bool s_param(in_store_t *self, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static bool s_param(in_store_t *self, const char *fmt, ...)
 {
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
-        size_t room = self->sql_cap - self->sql_len;
-        int w = vsnprintf(self->sql + self->sql_len, room, fmt, ap);
+        size_t room = self->param_cap - self->param_len;
+        int w = vsnprintf(self->param + self->param_len, room, fmt, ap);
         va_end(ap);
         if (w < 0)
             return false;
         if ((size_t)w < room) {
-            self->sql_len += (size_t)w;
+            self->param_len += (size_t)w;
             return true;
         }
-        size_t cap = self->sql_cap * 2 + (size_t)w + 4096;
-        char *s = realloc(self->sql, cap);
+        size_t cap = self->param_cap * 2 + (size_t)w + 4096;
+        char *s = realloc(self->param, cap);
         if (!s)
             return false;
-        self->sql = s;
-        self->sql_cap = cap;
+        self->param = s;
+        self->param_cap = cap;
     }
 }
 
-/* An array element for a text[] literal: quoted, '"' and '\\' escaped. */
+/* An element of an array parameter's text: quoted, '"' and '\\' escaped. */
 static bool s_array_item(in_store_t *self, const char *v)
 {
-    if (!s_sql(self, "\""))
+    if (!s_param(self, "\""))
         return false;
     for (; *v; v++)
-        if (!s_sql(self, "%s%c", *v == '"' || *v == '\\' ? "\\" : "", *v))
+        if (!s_param(self, "%s%c", *v == '"' || *v == '\\' ? "\\" : "", *v))
             return false;
-    return s_sql(self, "\"");
+    return s_param(self, "\"");
 }
 
-/* The transaction's statements as one simple query — BEGIN, the batch ids
- * claimed (a conflict is a batch committed before, a re-send), the touched
- * minutes marked stale, the COPY, COMMIT — so PostgreSQL gets the write in
- * one round trip besides the COPY's data. */
-static bool s_write_sql(in_store_t *self, in_item_t *items, size_t n)
+/* in_write's parameters in self->param: the batch ids as a text[], a NUL,
+ * then the minutes the kept rows touch as a bigint[] (usually one or two;
+ * when there are more than s_minutes_t tracks, every minute of their
+ * range), starting at *minutes_at. */
+static bool s_write_params(in_store_t *self, in_item_t *items, size_t n, size_t *minutes_at)
 {
-    PGconn *conn = mh_pg_conn(self->pg);
-    /* the ids as a text[] literal first, then that as an SQL literal */
-    self->sql_len = 0;
-    if (!s_sql(self, "{"))
+    self->param_len = 0;
+    if (!s_param(self, "{"))
         return false;
     for (size_t i = 0; i < n; i++)
-        if ((i && !s_sql(self, ",")) || !s_array_item(self, items[i].batch->batch_id))
+        if ((i && !s_param(self, ",")) || !s_array_item(self, items[i].batch->batch_id))
             return false;
-    if (!s_sql(self, "}"))
+    if (!s_param(self, "}%c{", 0))
         return false;
-    /* NULL also for text that is not valid in the connection's encoding:
-     * the batch is then refused (in_store_write's caller writes the group
-     * one batch at a time to find it) */
-    char *ids = PQescapeLiteral(conn, self->sql, self->sql_len);
-    self->sql_len = 0;
-    if (!ids) {
-        self->bad_id = true;
-        return false;
-    }
-    bool ok = s_sql(self, "BEGIN;EXECUTE in_claim(%s);", ids);
-    PQfreemem(ids);
-    if (!ok)
-        return false;
-    /* Minute buckets touched (usually one or two); when there are more than
-     * we track, the whole range of the kept points. */
+    *minutes_at = self->param_len - 1;
     s_minutes_t m = {0};
     int64_t lo = INT64_MAX, hi = INT64_MIN;
     for (size_t i = 0; i < self->nrows; i++) {
@@ -458,19 +440,16 @@ static bool s_write_sql(in_store_t *self, in_item_t *items, size_t n)
         hi = t > hi ? t : hi;
     }
     if (m.overflow) {
-        if (!s_sql(self, "EXECUTE in_mark_range(%" PRId64 ", %" PRId64 ");", lo, hi))
-            return false;
-    } else if (m.n) {
-        if (!s_sql(self, "EXECUTE in_mark('{"))
-            return false;
-        for (size_t i = 0; i < m.n; i++)
-            if (!s_sql(self, "%s%" PRId64, i ? "," : "", m.v[i]))
+        m.n = 0;
+        int64_t first = lo - (((lo % 60000) + 60000) % 60000);
+        for (int64_t b = first; b <= hi; b += 60000)
+            if (!s_param(self, "%s%" PRId64, b == first ? "" : ",", b))
                 return false;
-        if (!s_sql(self, "}');"))
-            return false;
     }
-    return s_sql(self, "COPY ingest.samples (ts, device, metric_set, value) FROM STDIN "
-                       "(FORMAT binary);COMMIT");
+    for (size_t i = 0; i < m.n; i++)
+        if (!s_param(self, "%s%" PRId64, i ? "," : "", m.v[i]))
+            return false;
+    return s_param(self, "}");
 }
 
 /* The batches whose ids the claim returned are stored; the rest (and a
@@ -534,54 +513,45 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
     int rc = s_rows(self, items, n, err, errlen);
     if (rc < 0)
         return rc;
-    self->bad_id = false;
-    if (!s_write_sql(self, items, n)) {
-        if (self->bad_id) {
-            s_err(err, errlen, "a batch id is not valid text", mh_pg_conn(self->pg));
-            return -EINVAL;
-        }
+    size_t minutes_at;
+    if (!s_write_params(self, items, n, &minutes_at)) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN", 0, NULL, err, errlen))
+        return s_fail(self);
     PGconn *conn = mh_pg_conn(self->pg);
-    if (!PQsendQuery(conn, self->sql)) {
-        s_err(err, errlen, "write failed", conn);
-        return s_fail(self);
-    }
-    /* BEGIN, the claim, [the marks,] the COPY, COMMIT: every statement's
-     * result must be good; after a failure PostgreSQL skips the rest and
-     * the transaction is rolled back. */
-    bool failed = false;
-    PGresult *res;
-    while ((res = PQgetResult(conn))) {
-        switch (PQresultStatus(res)) {
-        case PGRES_COMMAND_OK:
-            break;
-        case PGRES_TUPLES_OK:
-            s_claimed(items, n, res);
-            break;
-        case PGRES_COPY_IN:
-            rc = s_copy(self, items);
-            if (PQputCopyEnd(conn, rc == 0 ? NULL : "client error") != 1)
-                failed = true;
-            break;
-        default:
-            if (!failed) {
-                const char *m = PQresultErrorMessage(res);
-                snprintf(err, errlen, "write failed: %s", *m ? m : PQerrorMessage(conn));
-                size_t l = strlen(err);
-                while (l && (err[l - 1] == '\n' || err[l - 1] == ' '))
-                    err[--l] = 0;
-            }
-            failed = true;
-        }
+    const char *params[] = {self->param, self->param + minutes_at};
+    PGresult *res = PQexecPrepared(conn, "in_write", 2, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        s_err(err, errlen, "claiming the batch ids failed", conn);
         PQclear(res);
-    }
-    if (failed || PQtransactionStatus(conn) != PQTRANS_IDLE) {
-        if (!failed)
-            s_err(err, errlen, "write failed", conn);
         return s_fail(self);
     }
+    s_claimed(items, n, res);
+    PQclear(res);
+    res = PQexec(conn, "COPY ingest.samples (ts, device, metric_set, value) FROM STDIN "
+                       "(FORMAT binary)");
+    if (PQresultStatus(res) != PGRES_COPY_IN) {
+        s_err(err, errlen, "COPY failed to start", conn);
+        PQclear(res);
+        return s_fail(self);
+    }
+    PQclear(res);
+    rc = s_copy(self, items);
+    if (PQputCopyEnd(conn, rc == 0 ? NULL : "client error") != 1) {
+        s_err(err, errlen, "COPY failed", conn);
+        return s_fail(self);
+    }
+    res = PQgetResult(conn);
+    bool copied = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!copied)
+        s_err(err, errlen, "COPY failed", conn);
+    PQclear(res);
+    while ((res = PQgetResult(conn)))
+        PQclear(res);
+    if (!copied || !s_ok(self, PGRES_COMMAND_OK, "COMMIT", 0, NULL, err, errlen))
+        return s_fail(self);
     return 0;
 }
 

@@ -6,7 +6,7 @@
 # inside PL/pgSQL, which is not C formatting). Prints one TAP line.
 cd "$(dirname "$0")/../.."
 hits=$(git ls-files 'services/*.c' 'libcommon/*.c' 'agent/*.c' 'tools/*.c' | xargs grep -nE \
-    '"[^"]*\b(SELECT|INSERT INTO|UPDATE [a-z_.]+ SET|DELETE FROM|CREATE TABLE|ALTER TABLE|DROP TABLE)\b[^"]*%[-0-9.]*(s|d|u|ld|lld|zu|"PRI)' \
+    '"[^"]*\b(SELECT|INSERT INTO|UPDATE [a-z_.]+ SET|DELETE FROM|CREATE TABLE|ALTER TABLE|DROP TABLE|EXECUTE [a-z_]+|COPY [a-z_.]+)\b[^"]*%[-0-9.]*(s|d|u|ld|lld|zu|"PRI)' \
     | grep -v "format('" || true)
 hits2=$(git ls-files 'services/*.c' 'libcommon/*.c' 'agent/*.c' 'tools/*.c' | xargs grep -nE '(strcat|strncat)\([^)]*(sql|query)' || true)
 if [ -n "$hits$hits2" ]; then
