@@ -1,20 +1,41 @@
 #include "mh_pbarena.h"
 
-#include <obstack.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 
-#define obstack_chunk_alloc malloc
-#define obstack_chunk_free  free
+/* A list of chunks, newest first, each filled from the front. (glibc's
+ * obstack did this until clang's UBSan flagged its alignment macro, which
+ * offsets a null pointer, in the fuzz build.) */
+#define S_CHUNK (64 * 1024)
+#define S_ALIGN (sizeof(max_align_t))
+
+typedef struct s_chunk {
+    struct s_chunk *next;
+    size_t size, used;
+    max_align_t data[];
+} s_chunk_t;
 
 struct mh_pbarena_t {
-    struct obstack ob;
-    void *base; /* the first object: everything after it goes on reset */
+    s_chunk_t *head;
     ProtobufCAllocator pb;
 };
 
 static void *s_alloc(void *data, size_t size)
 {
-    return obstack_alloc(&((mh_pbarena_t *)data)->ob, size);
+    mh_pbarena_t *self = data;
+    size = (size + S_ALIGN - 1) / S_ALIGN * S_ALIGN;
+    s_chunk_t *c = self->head;
+    if (!c || c->size - c->used < size) {
+        size_t room = size > S_CHUNK ? size : S_CHUNK;
+        if (!(c = malloc(sizeof *c + room)))
+            return NULL;
+        *c = (s_chunk_t){self->head, room, 0};
+        self->head = c;
+    }
+    void *p = (char *)c->data + c->used;
+    c->used += size;
+    return p;
 }
 
 static void s_free(void *data, void *ptr)
@@ -26,16 +47,24 @@ static void s_free(void *data, void *ptr)
 mh_pbarena_t *mh_pbarena_new(void)
 {
     mh_pbarena_t *self = calloc(1, sizeof *self);
-    if (!self)
-        return NULL;
-    /* 64 KiB chunks: a group of batches takes a few */
-    if (!obstack_begin(&self->ob, 65536 - 64)) {
-        free(self);
-        return NULL;
-    }
-    self->base = obstack_alloc(&self->ob, 0);
-    self->pb = (ProtobufCAllocator){s_alloc, s_free, self};
+    if (self)
+        self->pb = (ProtobufCAllocator){s_alloc, s_free, self};
     return self;
+}
+
+/* Frees every chunk after `keep` (all when NULL). */
+static void s_free_after(mh_pbarena_t *self, s_chunk_t *keep)
+{
+    s_chunk_t *c = keep ? keep->next : self->head;
+    while (c) {
+        s_chunk_t *next = c->next;
+        free(c);
+        c = next;
+    }
+    if (keep)
+        keep->next = NULL;
+    else
+        self->head = NULL;
 }
 
 void mh_pbarena_destroy(mh_pbarena_t **self_p)
@@ -43,7 +72,7 @@ void mh_pbarena_destroy(mh_pbarena_t **self_p)
     mh_pbarena_t *self = *self_p;
     if (!self)
         return;
-    obstack_free(&self->ob, NULL);
+    s_free_after(self, NULL);
     free(self);
     *self_p = NULL;
 }
@@ -55,6 +84,9 @@ ProtobufCAllocator *mh_pbarena_allocator(mh_pbarena_t *self)
 
 void mh_pbarena_reset(mh_pbarena_t *self)
 {
-    obstack_free(&self->ob, self->base);
-    self->base = obstack_alloc(&self->ob, 0);
+    /* the newest chunk stays for the next group */
+    if (self->head) {
+        s_free_after(self, self->head);
+        self->head->used = 0;
+    }
 }

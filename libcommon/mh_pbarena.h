@@ -1,7 +1,7 @@
 /* mh_pbarena — protobuf-c's allocations for many messages that are freed
- * together (a group of telemetry batches): taken from a glibc obstack
- * (bump allocation; freeing one message is a no-op) and all given back at
- * once by mh_pbarena_reset. A batch of 60 device messages is ~1,300
+ * together (a group of telemetry batches): taken from 64 KiB chunks in
+ * turn (bump allocation; freeing one message is a no-op) and all given
+ * back at once by mh_pbarena_reset. A batch of 60 device messages is ~1,300
  * allocations to unpack and as many to free with malloc. Not thread-safe:
  * one per actor. */
 #pragma once

@@ -828,14 +828,17 @@ static void test_relay(void **state)
 
 /* Batches unpacked into an arena read the same as with malloc; a reset
  * gives everything back (valgrind and ASan check no block is left) and the
- * arena serves the next group. */
+ * arena serves the next group; a message bigger than a chunk gets one of
+ * its own. */
 static void test_pbarena(void **state)
 {
     (void)state;
-    Mh__Point pts[300];
-    Mh__Point *pp[300];
-    char ids[300][16];
-    for (int i = 0; i < 300; i++) {
+    enum { N = 10000 };
+    Mh__Point *pts = calloc(N, sizeof *pts);
+    Mh__Point **pp = calloc(N, sizeof *pp);
+    char(*ids)[16] = calloc(N, sizeof *ids);
+    assert_true(pts && pp && ids);
+    for (int i = 0; i < N; i++) {
         pts[i] = (Mh__Point)MH__POINT__INIT;
         snprintf(ids[i], sizeof ids[i], "dev-%d", i);
         pts[i].device_id = ids[i];
@@ -847,23 +850,33 @@ static void test_pbarena(void **state)
     Mh__TelemetryBatch b = MH__TELEMETRY_BATCH__INIT;
     b.batch_id = "g1-7";
     b.points = pp;
-    b.n_points = 300;
-    size_t len = mh__telemetry_batch__get_packed_size(&b);
-    uint8_t *buf = malloc(len);
-    assert_non_null(buf);
-    mh__telemetry_batch__pack(&b, buf);
+    uint8_t *buf[2];
+    size_t len[2];
+    size_t counts[2] = {300, N}; /* N: its 80 KB pointer array outgrows a 64 KiB chunk */
+    for (int v = 0; v < 2; v++) {
+        b.n_points = counts[v];
+        len[v] = mh__telemetry_batch__get_packed_size(&b);
+        buf[v] = malloc(len[v]);
+        assert_non_null(buf[v]);
+        mh__telemetry_batch__pack(&b, buf[v]);
+    }
     mh_pbarena_t *a = mh_pbarena_new();
     assert_non_null(a);
-    for (int round = 0; round < 3; round++) {
-        /* a group: several batches (more than one 64 KiB chunk) */
+    for (int round = 0; round < 4; round++) {
+        /* a group: several batches (more than one chunk), the big one in
+         * rounds 1 and 3 */
         for (int k = 0; k < 8; k++) {
+            int v = (round % 2 == 1 && k == 3) ? 1 : 0;
             Mh__TelemetryBatch *back =
-                mh__telemetry_batch__unpack(mh_pbarena_allocator(a), len, buf);
+                mh__telemetry_batch__unpack(mh_pbarena_allocator(a), len[v], buf[v]);
             assert_non_null(back);
             assert_string_equal(back->batch_id, "g1-7");
-            assert_int_equal(back->n_points, 300);
-            assert_string_equal(back->points[299]->device_id, "dev-299");
-            assert_true(back->points[299]->value == 149.5);
+            assert_int_equal(back->n_points, counts[v]);
+            size_t last = counts[v] - 1;
+            char want[16];
+            snprintf(want, sizeof want, "dev-%zu", last);
+            assert_string_equal(back->points[last]->device_id, want);
+            assert_true(back->points[last]->value == last * 0.5);
             assert_int_equal(back->points[17]->ts_ms, 1700000000017);
             /* freeing one message is a no-op, harmless */
             if (k == 0)
@@ -876,7 +889,11 @@ static void test_pbarena(void **state)
     }
     mh_pbarena_destroy(&a);
     assert_null(a);
-    free(buf);
+    for (int v = 0; v < 2; v++)
+        free(buf[v]);
+    free(pts);
+    free(pp);
+    free(ids);
 }
 
 int main(void)
