@@ -212,6 +212,11 @@ static Mh__Envelope *s_call(mh_rpc_t *self, const char *type, const ProtobufCMes
         int64_t now = mh_mono_ms();
         if (now >= deadline)
             break;
+        /* no address at all (the name server did not answer the lookup in
+         * time, or the service has none yet): look the name up again
+         * rather than wait out the deadline on an empty list */
+        if (to_send && c->n == 0 && now - c->resolved_ms >= 250)
+            s_sync(c);
         if (to_send && s_send_one(self, c, type, body, tried)) {
             sends++;
             to_send = false;
