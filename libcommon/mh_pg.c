@@ -280,7 +280,7 @@ char *mh_pg_text_array(const char *const *items, size_t n)
 {
     size_t len = 3;
     for (size_t i = 0; i < n; i++)
-        len += (items[i] ? strlen(items[i]) : 4) + 3;
+        len += (items[i] ? 2 * strlen(items[i]) : 4) + 3;
     char *s = malloc(len), *p = s;
     if (!s)
         return NULL;
@@ -294,9 +294,11 @@ char *mh_pg_text_array(const char *const *items, size_t n)
             continue;
         }
         *p++ = '"';
-        size_t l = strlen(items[i]);
-        memcpy(p, items[i], l);
-        p += l;
+        for (const char *c = items[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                *p++ = '\\';
+            *p++ = *c;
+        }
         *p++ = '"';
     }
     *p++ = '}';

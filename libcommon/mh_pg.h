@@ -58,9 +58,9 @@ bool mh_pg_retryable(mh_pg_t *self);
  * the statement wants; try again later, after other work. */
 bool mh_pg_busy(mh_pg_t *self);
 
-/* A text[] literal ({"a","b"}) for parameters like `= ANY($1::text[])`.
- * The strings must not contain '"' or '\\' (device ids, UUIDs); a NULL
- * item is SQL NULL. Caller frees; NULL when out of memory. */
+/* A text[] literal ({"a","b"}) for parameters like `= ANY($1::text[])`;
+ * '"' and '\\' in a string are escaped; a NULL item is SQL NULL. Caller
+ * frees; NULL when out of memory. */
 char *mh_pg_text_array(const char *const *items, size_t n);
 /* Runs `sql`, which returns rows, with $1 = `ids` as text[] (the same
  * rules as mh_pg_text_array) and $2 = `arg2` (NULL: the statement takes $1

@@ -366,9 +366,15 @@ typedef struct {
     bool overflow;
 } s_minutes_t;
 
+/* The minute bucket (epoch ms) of a time. */
+static int64_t s_minute(int64_t ts_ms)
+{
+    return ts_ms - (((ts_ms % 60000) + 60000) % 60000);
+}
+
 static void s_minute_add(s_minutes_t *m, int64_t ts_ms)
 {
-    int64_t b = ts_ms - (((ts_ms % 60000) + 60000) % 60000);
+    int64_t b = s_minute(ts_ms);
     for (size_t i = 0; i < m->n; i++)
         if (m->v[i] == b)
             return;
@@ -403,32 +409,12 @@ static bool s_param(in_store_t *self, const char *fmt, ...)
     }
 }
 
-/* An element of an array parameter's text: quoted, '"' and '\\' escaped. */
-static bool s_array_item(in_store_t *self, const char *v)
-{
-    if (!s_param(self, "\""))
-        return false;
-    for (; *v; v++)
-        if (!s_param(self, "%s%c", *v == '"' || *v == '\\' ? "\\" : "", *v))
-            return false;
-    return s_param(self, "\"");
-}
-
-/* in_write's parameters in self->param: the batch ids as a text[], a NUL,
- * then the minutes the kept rows touch as a bigint[] (usually one or two;
- * when there are more than s_minutes_t tracks, every minute of their
- * range), starting at *minutes_at. */
-static bool s_write_params(in_store_t *self, in_item_t *items, size_t n, size_t *minutes_at)
+/* in_write's $2 in self->param: the minutes the kept rows touch as a
+ * bigint[] (usually one or two; when there are more than s_minutes_t
+ * tracks, every minute of their range). */
+static bool s_minutes_param(in_store_t *self)
 {
     self->param_len = 0;
-    if (!s_param(self, "{"))
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if ((i && !s_param(self, ",")) || !s_array_item(self, items[i].batch->batch_id))
-            return false;
-    if (!s_param(self, "}%c{", 0))
-        return false;
-    *minutes_at = self->param_len - 1;
     s_minutes_t m = {0};
     int64_t lo = INT64_MAX, hi = INT64_MIN;
     for (size_t i = 0; i < self->nrows; i++) {
@@ -439,14 +425,13 @@ static bool s_write_params(in_store_t *self, in_item_t *items, size_t n, size_t 
         lo = t < lo ? t : lo;
         hi = t > hi ? t : hi;
     }
-    if (m.overflow) {
-        m.n = 0;
-        int64_t first = lo - (((lo % 60000) + 60000) % 60000);
-        for (int64_t b = first; b <= hi; b += 60000)
-            if (!s_param(self, "%s%" PRId64, b == first ? "" : ",", b))
+    if (!s_param(self, "{"))
+        return false;
+    if (m.overflow)
+        for (int64_t b = s_minute(lo); b <= hi; b += 60000)
+            if (!s_param(self, "%s%" PRId64, b == s_minute(lo) ? "" : ",", b))
                 return false;
-    }
-    for (size_t i = 0; i < m.n; i++)
+    for (size_t i = 0; i < m.n && !m.overflow; i++)
         if (!s_param(self, "%s%" PRId64, i ? "," : "", m.v[i]))
             return false;
     return s_param(self, "}");
@@ -513,16 +498,25 @@ int in_store_write(in_store_t *self, in_item_t *items, size_t n, char *err, size
     int rc = s_rows(self, items, n, err, errlen);
     if (rc < 0)
         return rc;
-    size_t minutes_at;
-    if (!s_write_params(self, items, n, &minutes_at)) {
+    /* in_write's $1: the batch ids as a text[] */
+    const char **idv = malloc(n * sizeof *idv);
+    for (size_t i = 0; idv && i < n; i++)
+        idv[i] = items[i].batch->batch_id;
+    char *ids = idv ? mh_pg_text_array(idv, n) : NULL;
+    free(idv);
+    if (!ids || !s_minutes_param(self)) {
+        free(ids);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN", 0, NULL, err, errlen))
+    if (!s_ok(self, PGRES_COMMAND_OK, "BEGIN", 0, NULL, err, errlen)) {
+        free(ids);
         return s_fail(self);
+    }
     PGconn *conn = mh_pg_conn(self->pg);
-    const char *params[] = {self->param, self->param + minutes_at};
+    const char *params[] = {ids, self->param};
     PGresult *res = PQexecPrepared(conn, "in_write", 2, params, NULL, NULL, 0);
+    free(ids);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         s_err(err, errlen, "claiming the batch ids failed", conn);
         PQclear(res);
