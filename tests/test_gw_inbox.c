@@ -1,7 +1,8 @@
 /* Unit tests of the gateway's inbox (gw_inbox.h): what Paho's thread hands
  * the actor arrives whole and in order, the descriptor is readable exactly
- * while something waits, and a full inbox makes the producer wait, then
- * refuse. */
+ * while something waits (or, after gw_inbox_signal, once a burst is over or
+ * many wait), what is peeked and not dropped stays, and a full inbox makes
+ * the producer wait, then refuse. */
 #include "mh_test.h"
 
 #include "gw_inbox.h"
@@ -76,6 +77,52 @@ static void test_full_waits_then_refuses(void **state)
     gw_inbox_fini(&in);
 }
 
+/* After gw_inbox_signal(in, 4), a put makes the descriptor readable only
+ * at the 4th message; the next signal makes it readable for fewer. Peeked
+ * messages not dropped stay, first, in order. */
+static void test_signal_a_burst(void **state)
+{
+    (void)state;
+    gw_inbox_t in;
+    assert_int_equal(gw_inbox_init(&in, 8), 0);
+    gw_inbox_signal(&in, 4); /* nothing held: not readable */
+    assert_false(s_readable(&in));
+    for (int i = 0; i < 3; i++) {
+        char p[8];
+        snprintf(p, sizeof p, "%d", i);
+        assert_true(gw_inbox_put(&in, "t", 1, p, strlen(p), 0));
+        assert_false(s_readable(&in));
+    }
+    assert_true(gw_inbox_put(&in, "t", 1, "3", 1, 0));
+    assert_true(s_readable(&in));
+    gw_in_t *v[8];
+    assert_int_equal(gw_inbox_peek(&in, v, 8), 4);
+    assert_string_equal(v[0]->payload, "0");
+    assert_string_equal(v[3]->payload, "3");
+    free(v[0]);
+    free(v[1]);
+    gw_inbox_drop(&in, 2); /* two taken, two stay */
+    assert_true(s_readable(&in));
+    assert_int_equal(gw_inbox_size(&in), 2);
+    assert_int_equal(gw_inbox_peek(&in, v, 1), 1);
+    assert_string_equal(v[0]->payload, "2");
+    assert_int_equal(gw_inbox_peek(&in, v, 8), 2);
+    free(v[0]);
+    free(v[1]);
+    gw_inbox_drop(&in, 2);
+    assert_false(s_readable(&in));
+    /* a burst of one, then the producer goes idle */
+    assert_true(gw_inbox_put(&in, "t", 1, "4", 1, 0));
+    assert_false(s_readable(&in));
+    gw_inbox_signal(&in, 4);
+    assert_true(s_readable(&in));
+    gw_in_t *m = gw_inbox_take(&in);
+    assert_string_equal(m->payload, "4");
+    free(m);
+    assert_false(s_readable(&in));
+    gw_inbox_fini(&in);
+}
+
 enum { S_N = 200000 };
 
 static void *s_producer(void *arg)
@@ -90,33 +137,75 @@ static void *s_producer(void *arg)
     return NULL;
 }
 
-/* A producer thread faster than the consumer: it waits for room, nothing is
- * lost or reordered, and the consumer sleeps in poll() whenever it is empty. */
-static void test_threads(void **state)
+/* The same in bursts of 1 to 40 messages, each ended by gw_inbox_signal
+ * (as Paho's thread does before it sleeps), with the threshold at 16. */
+static void *s_burst_producer(void *arg)
 {
-    (void)state;
+    gw_inbox_t *in = arg;
+    unsigned seed = 7;
+    for (int i = 0; i < S_N;) {
+        int burst = 1 + (int)(rand_r(&seed) % 40);
+        for (int k = 0; k < burst && i < S_N; k++, i++) {
+            char p[16];
+            int n = snprintf(p, sizeof p, "%d", i);
+            while (!gw_inbox_put(in, "t", 1, p, (size_t)n, 200))
+                ;
+        }
+        gw_inbox_signal(in, 16);
+    }
+    return NULL;
+}
+
+/* A producer thread faster than the consumer: it waits for room, nothing is
+ * lost or reordered, and the consumer sleeps in poll() whenever it is empty
+ * — taking one at a time, or many at a lock and some of them left. */
+static void s_consume(void *(*producer)(void *), bool many)
+{
     gw_inbox_t in;
     assert_int_equal(gw_inbox_init(&in, 64), 0);
     pthread_t th;
-    pthread_create(&th, NULL, s_producer, &in);
-    int want = 0;
+    pthread_create(&th, NULL, producer, &in);
+    int want = 0, round = 0;
     while (want < S_N) {
         struct pollfd p = {gw_inbox_fd(&in), POLLIN, 0};
         assert_true(poll(&p, 1, 5000) == 1);
-        for (gw_in_t *m; (m = gw_inbox_take(&in)); free(m))
-            assert_int_equal(atoi(m->payload), want++);
+        if (!many) {
+            for (gw_in_t *m; (m = gw_inbox_take(&in)); free(m))
+                assert_int_equal(atoi(m->payload), want++);
+            continue;
+        }
+        gw_in_t *v[64];
+        size_t k = gw_inbox_peek(&in, v, 64), use = k - (k > 1 && round++ % 3 == 0);
+        for (size_t j = 0; j < use; j++)
+            assert_int_equal(atoi(v[j]->payload), want++);
+        gw_inbox_drop(&in, use);
+        for (size_t j = 0; j < use; j++)
+            free(v[j]);
     }
     pthread_join(th, NULL);
     assert_false(s_readable(&in));
     gw_inbox_fini(&in);
 }
 
+static void test_threads(void **state)
+{
+    (void)state;
+    s_consume(s_producer, false);
+    s_consume(s_producer, true);
+}
+
+static void test_threads_in_bursts(void **state)
+{
+    (void)state;
+    s_consume(s_burst_producer, true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_order_and_readiness),
-        cmocka_unit_test(test_full_waits_then_refuses),
-        cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_order_and_readiness), cmocka_unit_test(test_full_waits_then_refuses),
+        cmocka_unit_test(test_signal_a_burst),      cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_threads_in_bursts),
     };
     return MHT_RUN(tests);
 }

@@ -14,6 +14,7 @@ int gw_inbox_init(gw_inbox_t *self, size_t cap)
     memset(self, 0, sizeof *self);
     self->efd = -1;
     self->cap = cap ? cap : 1;
+    self->signal_at = 1;
     self->ring = calloc(self->cap, sizeof *self->ring);
     if (!self->ring)
         return -ENOMEM;
@@ -43,6 +44,25 @@ void gw_inbox_fini(gw_inbox_t *self)
     pthread_mutex_destroy(&self->lock);
 }
 
+/* Under the lock. The counter cannot overflow: it is written once and read
+ * back to 0 whenever the queue empties. */
+static void s_signal(gw_inbox_t *self)
+{
+    if (self->signalled || !self->n)
+        return;
+    uint64_t one = 1;
+    (void)!write(self->efd, &one, sizeof one);
+    self->signalled = true;
+}
+
+void gw_inbox_signal(gw_inbox_t *self, size_t signal_at)
+{
+    pthread_mutex_lock(&self->lock);
+    self->signal_at = signal_at ? signal_at : 1;
+    s_signal(self);
+    pthread_mutex_unlock(&self->lock);
+}
+
 bool gw_inbox_put(gw_inbox_t *self, const char *topic, size_t tlen, const void *payload,
                   size_t plen, int wait_ms)
 {
@@ -68,12 +88,8 @@ bool gw_inbox_put(gw_inbox_t *self, const char *topic, size_t tlen, const void *
     bool taken = self->n < self->cap;
     if (taken) {
         self->ring[(self->head + self->n) % self->cap] = m;
-        if (self->n++ == 0) {
-            uint64_t one = 1;
-            /* the counter cannot overflow: it is read back to 0 whenever
-             * the queue empties */
-            (void)!write(self->efd, &one, sizeof one);
-        }
+        if (++self->n >= self->signal_at)
+            s_signal(self);
     }
     pthread_mutex_unlock(&self->lock);
     if (!taken)
@@ -81,21 +97,38 @@ bool gw_inbox_put(gw_inbox_t *self, const char *topic, size_t tlen, const void *
     return taken;
 }
 
-gw_in_t *gw_inbox_take(gw_inbox_t *self)
+size_t gw_inbox_peek(gw_inbox_t *self, gw_in_t **v, size_t max)
 {
     pthread_mutex_lock(&self->lock);
-    gw_in_t *m = NULL;
-    if (self->n) {
-        m = self->ring[self->head];
-        self->head = (self->head + 1) % self->cap;
-        if (--self->n == 0) {
-            uint64_t v;
-            (void)!read(self->efd, &v, sizeof v);
-        }
-        if (self->n == self->cap - 1)
-            pthread_cond_signal(&self->room);
-    }
+    size_t k = 0;
+    for (; k < max && k < self->n; k++)
+        v[k] = self->ring[(self->head + k) % self->cap];
     pthread_mutex_unlock(&self->lock);
+    return k;
+}
+
+void gw_inbox_drop(gw_inbox_t *self, size_t k)
+{
+    pthread_mutex_lock(&self->lock);
+    k = k < self->n ? k : self->n;
+    bool was_full = self->n == self->cap;
+    self->head = (self->head + k) % self->cap;
+    self->n -= k;
+    if (!self->n && self->signalled) {
+        uint64_t c;
+        (void)!read(self->efd, &c, sizeof c);
+        self->signalled = false;
+    }
+    if (was_full && k)
+        pthread_cond_broadcast(&self->room);
+    pthread_mutex_unlock(&self->lock);
+}
+
+gw_in_t *gw_inbox_take(gw_inbox_t *self)
+{
+    gw_in_t *m = NULL;
+    if (gw_inbox_peek(self, &m, 1))
+        gw_inbox_drop(self, 1);
     return m;
 }
 

@@ -20,7 +20,9 @@ typedef struct {
     pthread_cond_t room;
     gw_in_t **ring;
     size_t cap, head, n;
-    int efd; /* readable while n > 0 */
+    int efd;          /* readable once signalled, until the queue empties */
+    bool signalled;   /* efd is readable */
+    size_t signal_at; /* put signals when the queue holds this many (1) */
 } gw_inbox_t;
 
 /* 0, or -errno. `cap`: the most messages held before put waits. */
@@ -34,7 +36,18 @@ bool gw_inbox_put(gw_inbox_t *self, const char *topic, size_t tlen, const void *
                   size_t plen, int wait_ms);
 /* The oldest message (the caller frees it with free()), or NULL. */
 gw_in_t *gw_inbox_take(gw_inbox_t *self);
+/* For the one taking thread, a lock for many messages: up to `max` of the
+ * oldest messages into v, still held (how many); then gw_inbox_drop(k)
+ * gives the first k to the caller (who frees them) and keeps the rest. */
+size_t gw_inbox_peek(gw_inbox_t *self, gw_in_t **v, size_t max);
+void gw_inbox_drop(gw_inbox_t *self, size_t k);
+/* Makes the descriptor readable if anything is held, and has later puts
+ * signal only once the queue holds `signal_at` messages: the putting
+ * thread calls it when it is about to sleep (gw_receive_linger.h), so that
+ * the taker wakes once a burst rather than once a message. */
+void gw_inbox_signal(gw_inbox_t *self, size_t signal_at);
 /* How many are waiting. */
 size_t gw_inbox_size(gw_inbox_t *self);
-/* The descriptor to poll for POLLIN. */
+/* The descriptor to poll for POLLIN: readable once the queue holds
+ * `signal_at` messages (1 unless gw_inbox_signal said otherwise). */
 int gw_inbox_fd(const gw_inbox_t *self);

@@ -1,6 +1,20 @@
 /* gateway: the MQTT session — Paho's callbacks, which run on Paho's
  * thread and only hand messages over, TLS, subscriptions (gw_internal.h). */
 #include "gw_internal.h"
+#include "gw_receive_linger.h"
+
+int gw_receive_linger_us;
+_Thread_local bool gw_paho_receiver;
+void (*gw_receive_idle)(void *arg);
+void *gw_receive_idle_arg;
+
+/* The receive thread is about to sleep: the actor takes what it put. From
+ * then on a put wakes the actor only when many messages wait. */
+void gw_on_receive_idle(void *arg)
+{
+    gw_t *self = arg;
+    gw_inbox_signal(&self->inbox, GW_INBOX_SIGNAL_AT);
+}
 
 /* ---- Paho callbacks (Paho's thread) ---- */
 
@@ -30,6 +44,7 @@ static void s_acl_stats(gw_t *self, const MQTTAsync_message *msg)
 int gw_on_message(void *context, char *topic, int topic_len, MQTTAsync_message *msg)
 {
     gw_t *self = context;
+    gw_paho_receiver = true;
     size_t tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic);
     if (tlen == strlen(S_ACL_TOPIC) && memcmp(topic, S_ACL_TOPIC, tlen) == 0) {
         s_acl_stats(self, msg);

@@ -1,9 +1,9 @@
 /* The gateway actor.
  *
  * Threads: Paho's receive thread calls gw_on_message, which copies the topic
- * and payload onto an inproc PUSH socket and returns; everything else happens
- * in the actor thread. When the actor cannot keep up (ingest slow, window
- * full) it stops reading that socket, the inproc queue fills, gw_on_message
+ * and payload into the inbox (gw_inbox.h) and returns; everything else
+ * happens in the actor thread. When the actor cannot keep up (ingest slow,
+ * window full) it stops taking from the inbox, the inbox fills, gw_on_message
  * returns 0 ("not received") and Paho hands the message again later: the
  * broker keeps what we cannot take, nothing is dropped here.
  *
@@ -14,6 +14,7 @@
  * flight, flushes, and waits for every ack before it exits. */
 #include "mh_paho.h"
 #include "gw_internal.h"
+#include "gw_receive_linger.h"
 
 #define S_CFG(field) offsetof(gw_config_t, field)
 
@@ -65,6 +66,10 @@ const mh_cfg_opt_t gw_config_options[] = {
      "how often the registered ids are loaded again in full (events keep them current between)"},
     {"seen-interval", "MH_SEEN_INTERVAL", MH_CFG_DURATION, "10s", S_CFG(seen_interval_ms),
      "a device's telemetry tells twin it was seen at most this often"},
+    {"receive-linger", "MH_GATEWAY_RECEIVE_LINGER", MH_CFG_DURATION, "1ms",
+     S_CFG(receive_linger_ms),
+     "when no MQTT message is waiting, Paho's thread sleeps this long before it polls, so that"
+     " what arrives meanwhile is read in one wake-up (0: off; gw_receive_linger.h)"},
     MH_CFG_END,
 };
 
@@ -104,6 +109,10 @@ static int s_mqtt_start(gw_t *self)
         mh_error("bad MQTT settings (%s): %s", self->cfg->mqtt_url, MQTTAsync_strerror(rc));
         return -1;
     }
+    gw_receive_idle_arg = self;
+    __atomic_store_n(&gw_receive_idle, gw_on_receive_idle, __ATOMIC_RELEASE);
+    __atomic_store_n(&gw_receive_linger_us, (int)(self->cfg->receive_linger_ms * 1000),
+                     __ATOMIC_RELAXED);
     MQTTAsync_setCallbacks(self->mqtt, self, gw_on_connection_lost, gw_on_message, NULL);
     MQTTAsync_setConnected(self->mqtt, self, gw_on_connected);
     MQTTAsync_connectOptions opts;
@@ -171,7 +180,10 @@ static void s_mqtt_stop(gw_t *self)
     /* After destroy no callback runs, so the inbox is ours alone. A clean
      * disconnect calls no connection-lost callback: say "not connected"
      * ourselves, or the downlink pump would hand publishes to the freed
-     * client (the SIGSEGV on SIGTERM while twin was sending downlinks). */
+     * client (the SIGSEGV on SIGTERM while twin was sending downlinks).
+     * The receive thread's idle hook (gw_paho_poll.c) is not a Paho
+     * callback: it is cleared here. */
+    __atomic_store_n(&gw_receive_idle, NULL, __ATOMIC_RELEASE);
     MQTTAsync_destroy(&self->mqtt);
     __atomic_store_n(&self->mqtt_connected, 0, __ATOMIC_RELEASE);
     /* Paho's send and receive threads are detached: destroying the last
@@ -350,17 +362,26 @@ static void s_destroy(gw_t **self_p)
  * (batch full and no room in the window). */
 static bool s_take_messages(gw_t *self, int max)
 {
-    for (int i = 0; i < max; i++) {
-        if ((int64_t)self->nitems >= self->cfg->batch_max_points) {
-            if (mh_window_full(self->window))
-                return false;
-            gw_flush(self);
-        }
-        gw_in_t *m = gw_inbox_take(&self->inbox);
-        if (!m)
+    gw_in_t *v[64];
+    for (int i = 0; i < max;) {
+        size_t k = gw_inbox_peek(&self->inbox, v, (size_t)(max - i) < 64 ? (size_t)(max - i) : 64);
+        if (!k)
             break;
-        gw_handle(self, m);
-        free(m);
+        size_t done = 0;
+        for (; done < k; done++) {
+            if ((int64_t)self->nitems >= self->cfg->batch_max_points) {
+                if (mh_window_full(self->window))
+                    break;
+                gw_flush(self);
+            }
+            gw_handle(self, v[done]);
+        }
+        gw_inbox_drop(&self->inbox, done);
+        for (size_t j = 0; j < done; j++)
+            free(v[j]);
+        if (done < k)
+            return false;
+        i += (int)k;
     }
     return true;
 }
@@ -498,7 +519,9 @@ void gw_actor(zsock_t *pipe, void *args)
             gw_on_ack(self, f);
             zframe_destroy(&f);
         }
-        if (can_take && (items[in_idx].revents & ZMQ_POLLIN)) {
+        /* the inbox signals a burst, not each message (gw_inbox_signal):
+         * what is held is taken on any wake-up */
+        if (can_take && ((items[in_idx].revents & ZMQ_POLLIN) || gw_inbox_size(&self->inbox))) {
             s_take_messages(self, 2000);
             last_message = mh_mono_ms();
         }

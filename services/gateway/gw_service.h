@@ -29,6 +29,7 @@ typedef struct {
     bool check_registered;
     int64_t registry_refresh_ms;
     int64_t seen_interval_ms;
+    int64_t receive_linger_ms;
 } gw_config_t;
 
 extern const mh_cfg_opt_t gw_config_options[];
