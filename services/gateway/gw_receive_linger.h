@@ -5,7 +5,7 @@
  * switch in and out, and the eventfd write that woke the actor, per
  * message — a third of the gateway's CPU in the scheduler (the profile is
  * in docs/benchmarks.md). The gateway links Paho's static archive with
- * poll() wrapped (gw_paho_poll.c): on the thread that delivers messages,
+ * poll() wrapped (gw_paho_io.c): on the thread that delivers messages,
  * when no socket is ready, it first sleeps up to `gw_receive_linger_us`
  * and then polls, so that what arrived meanwhile is read in one go — the
  * interrupt moderation of a network card, for one thread. While messages

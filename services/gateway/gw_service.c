@@ -181,7 +181,7 @@ static void s_mqtt_stop(gw_t *self)
      * disconnect calls no connection-lost callback: say "not connected"
      * ourselves, or the downlink pump would hand publishes to the freed
      * client (the SIGSEGV on SIGTERM while twin was sending downlinks).
-     * The receive thread's idle hook (gw_paho_poll.c) is not a Paho
+     * The receive thread's idle hook (gw_paho_io.c) is not a Paho
      * callback: it is cleared here. */
     __atomic_store_n(&gw_receive_idle, NULL, __ATOMIC_RELEASE);
     MQTTAsync_destroy(&self->mqtt);
