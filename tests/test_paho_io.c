@@ -5,8 +5,8 @@
  * descriptor's buffer does not reach the next socket given its number;
  * small writes on the receive thread are kept until it polls for reads,
  * and leave before any other write, in order; on other threads writes go
- * at once; the linger sleeps only on the receive thread and calls the
- * idle hook first. */
+ * at once; a socket read with recv() is writable without asking; the linger sleeps only on the
+ * receive thread and calls the idle hook first. */
 #include "mh_test.h"
 
 #include "gw_receive_linger.h"
@@ -175,6 +175,47 @@ static void test_writes_kept_for_the_burst(void **state)
     gw_paho_receiver = false;
 }
 
+/* Paho's "is it writable?" before each packet: for a socket it has read
+ * with recv() the answer comes without the kernel; any other socket (still
+ * connecting, or TLS: never read with recv) gets the kernel's. */
+static void test_writable_without_asking(void **state)
+{
+    (void)state;
+    int sv[2];
+    s_pair(sv);
+    /* fill sv[0]'s way out: the kernel says not writable */
+    char junk[4096];
+    memset(junk, 0, sizeof junk);
+    while (write(sv[0], junk, sizeof junk) > 0)
+        ;
+    struct pollfd w = {sv[0], POLLOUT, 0};
+    assert_int_equal(poll(&w, 1, 0), 0); /* never read with recv(): the kernel */
+    /* read once with recv(): Paho's connected plain socket */
+    assert_int_equal(write(sv[1], "x", 1), 1);
+    char c;
+    assert_int_equal(recv(sv[0], &c, 1, 0), 1);
+    w.revents = 0;
+    assert_int_equal(poll(&w, 1, 0), 1);
+    assert_int_equal(w.revents, POLLOUT);
+    /* with a timeout, or asking for more than POLLOUT: the kernel */
+    w.revents = 0;
+    assert_int_equal(poll(&w, 1, 10), 0);
+    struct pollfd both = {sv[0], POLLOUT | POLLIN, 0};
+    assert_int_equal(poll(&both, 1, 0), 0);
+    /* closed: forgotten; the next socket of that number is asked about */
+    int fd = sv[0];
+    close(sv[0]);
+    close(sv[1]);
+    s_pair(sv);
+    assert_int_equal(sv[0], fd);
+    while (write(sv[0], junk, sizeof junk) > 0)
+        ;
+    w = (struct pollfd){sv[0], POLLOUT, 0};
+    assert_int_equal(poll(&w, 1, 0), 0);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 static void *s_write_later(void *arg)
 {
     usleep(5000);
@@ -235,6 +276,7 @@ int main(void)
         cmocka_unit_test(test_reads_from_the_buffer),
         cmocka_unit_test(test_close_forgets),
         cmocka_unit_test(test_writes_kept_for_the_burst),
+        cmocka_unit_test(test_writable_without_asking),
         cmocka_unit_test(test_linger_on_the_receive_thread_only),
     };
     return MHT_RUN(tests);

@@ -13,8 +13,13 @@
  *   buffered.
  * - poll: a socket with buffered bytes is readable without asking the
  *   kernel (it would say "nothing" and Paho would wait for the next packet
- *   with a whole packet in hand). Otherwise, on Paho's receive thread, the
- *   receive linger (gw_receive_linger.h).
+ *   with a whole packet in hand). Before each packet Paho also asks, with
+ *   a zero timeout, whether its sockets are writable (it takes work only
+ *   from a socket that can take the answer); for sockets it reads with
+ *   recv() — plain TCP, connected — the answer is yes without a system
+ *   call: what it then writes is kept or waits for room (below).
+ *   Otherwise, on Paho's receive thread, the receive linger
+ *   (gw_receive_linger.h).
  * - writev: Paho writes a PUBACK (4 bytes) per PUBLISH it took, each a
  *   system call and a TCP segment. On the receive thread a small write is
  *   kept and sent with the others of the burst, in one write() before the
@@ -205,8 +210,31 @@ static int s_buffered_ready(struct pollfd *fds, nfds_t nfds)
     return ready;
 }
 
+/* A zero-timeout poll for POLLOUT only, of sockets that all have a buffer
+ * (they were read with recv(): connected, not TLS): all writable. A socket
+ * still connecting or read through OpenSSL has none and goes to the
+ * kernel. */
+static bool s_writable_known(struct pollfd *fds, nfds_t nfds)
+{
+    if (!nfds)
+        return false;
+    for (nfds_t i = 0; i < nfds; i++)
+        if (fds[i].events != POLLOUT)
+            return false;
+    bool known = true;
+    pthread_mutex_lock(&s_lock);
+    for (nfds_t i = 0; i < nfds && known; i++)
+        known = s_find(fds[i].fd, false) != NULL;
+    pthread_mutex_unlock(&s_lock);
+    for (nfds_t i = 0; i < nfds && known; i++)
+        fds[i].revents = POLLOUT;
+    return known;
+}
+
 int __wrap_poll(struct pollfd *fds, nfds_t nfds, int timeout)
 {
+    if (timeout == 0 && s_writable_known(fds, nfds))
+        return (int)nfds;
     int ready = s_buffered_ready(fds, nfds);
     if (ready)
         return ready;
