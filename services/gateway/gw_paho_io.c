@@ -163,6 +163,8 @@ ssize_t __wrap_writev(int fd, const struct iovec *iov, int iovcnt)
         if (!b->wlen)
             __atomic_add_fetch(&s_nkept, 1, __ATOMIC_RELAXED);
         for (int i = 0; i < iovcnt; i++) {
+            if (!iov[i].iov_len)
+                continue; /* Paho passes {NULL, 0} for an empty part */
             memcpy(b->wdata + b->wlen, iov[i].iov_base, iov[i].iov_len);
             b->wlen += iov[i].iov_len;
         }
