@@ -5,8 +5,8 @@
  * descriptor's buffer does not reach the next socket given its number;
  * small writes on the receive thread are kept until it polls for reads,
  * and leave before any other write, in order; on other threads writes go
- * at once; a socket read with recv() is writable without asking; the linger sleeps only on the
- * receive thread and calls the idle hook first. */
+ * at once; a socket read with recv() is writable without asking; the
+ * linger sleeps only on the receive thread and calls the idle hook first. */
 #include "mh_test.h"
 
 #include "gw_receive_linger.h"

@@ -116,9 +116,6 @@ typedef struct {
 
 bool gw_tls(const gw_config_t *cfg);
 int gw_on_message(void *context, char *topic, int topic_len, MQTTAsync_message *msg);
-/* Messages in the inbox that wake the actor while Paho's thread is busy
- * reading: the rest wait for it to go idle (gw_receive_linger.h). */
-#define GW_INBOX_SIGNAL_AT 128
 void gw_on_receive_idle(void *arg);
 void gw_topics(gw_t *self, gw_topics_t *t);
 void gw_subscribe(gw_t *self);

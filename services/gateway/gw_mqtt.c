@@ -8,12 +8,16 @@ _Thread_local bool gw_paho_receiver;
 void (*gw_receive_idle)(void *arg);
 void *gw_receive_idle_arg;
 
+/* Messages in the inbox that wake the actor while Paho's thread is busy
+ * reading: the rest wait for it to go idle (gw_receive_linger.h). */
+#define S_INBOX_SIGNAL_AT 128
+
 /* The receive thread is about to sleep: the actor takes what it put. From
  * then on a put wakes the actor only when many messages wait. */
 void gw_on_receive_idle(void *arg)
 {
     gw_t *self = arg;
-    gw_inbox_signal(&self->inbox, GW_INBOX_SIGNAL_AT);
+    gw_inbox_signal(&self->inbox, S_INBOX_SIGNAL_AT);
 }
 
 /* ---- Paho callbacks (Paho's thread) ---- */

@@ -53,30 +53,31 @@ ssize_t __wrap_writev(int fd, const struct iovec *iov, int iovcnt);
 #define S_RBUF  32768 /* bytes read at once */
 #define S_WBUF  4096  /* small writes kept for a burst, at most */
 #define S_SMALL 64    /* a write this size or smaller is kept */
-#define S_NRBUF 8     /* sockets buffered; more pass straight through */
+#define S_NSOCK 8     /* sockets with buffers; more pass straight through */
 
+/* a socket's buffers: bytes read ahead, writes kept */
 typedef struct {
     int fd1; /* the descriptor + 1; 0: free */
     size_t off, len;
     char data[S_RBUF];
     size_t wlen; /* kept writes */
     char wdata[S_WBUF];
-} s_rbuf_t;
+} s_sock_t;
 
-static s_rbuf_t s_rbufs[S_NRBUF];
+static s_sock_t s_socks[S_NSOCK];
 static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
 static int s_nbuffered; /* sockets holding bytes: poll looks only then */
 static int s_nkept;     /* sockets holding writes */
 
 /* Under s_lock. */
-static s_rbuf_t *s_find(int fd, bool make)
+static s_sock_t *s_find(int fd, bool make)
 {
-    s_rbuf_t *free_slot = NULL;
-    for (int i = 0; i < S_NRBUF; i++) {
-        if (s_rbufs[i].fd1 == fd + 1)
-            return &s_rbufs[i];
-        if (!s_rbufs[i].fd1 && !free_slot)
-            free_slot = &s_rbufs[i];
+    s_sock_t *free_slot = NULL;
+    for (int i = 0; i < S_NSOCK; i++) {
+        if (s_socks[i].fd1 == fd + 1)
+            return &s_socks[i];
+        if (!s_socks[i].fd1 && !free_slot)
+            free_slot = &s_socks[i];
     }
     if (make && free_slot) {
         free_slot->fd1 = fd + 1;
@@ -90,7 +91,7 @@ ssize_t __wrap_recv(int fd, void *buf, size_t len, int flags)
     if (len == 0 || flags != 0 || fd < 0)
         return __real_recv(fd, buf, len, flags);
     pthread_mutex_lock(&s_lock);
-    s_rbuf_t *b = s_find(fd, true);
+    s_sock_t *b = s_find(fd, true);
     if (b && b->off == b->len && len < S_RBUF / 2) {
         ssize_t r = __real_recv(fd, b->data, S_RBUF, 0);
         if (r <= 0) {
@@ -118,7 +119,7 @@ ssize_t __wrap_recv(int fd, void *buf, size_t len, int flags)
 
 /* Under s_lock: sends the kept writes, waiting (briefly) for room in the
  * socket. A socket that fails drops them: the connection is gone. */
-static void s_send_kept(s_rbuf_t *b)
+static void s_send_kept(s_sock_t *b)
 {
     size_t done = 0;
     for (int tries = 0; done < b->wlen && tries < 50;) {
@@ -143,9 +144,9 @@ static void s_send_all_kept(void)
         return;
     int e = errno;
     pthread_mutex_lock(&s_lock);
-    for (int i = 0; i < S_NRBUF; i++)
-        if (s_rbufs[i].fd1 && s_rbufs[i].wlen)
-            s_send_kept(&s_rbufs[i]);
+    for (int i = 0; i < S_NSOCK; i++)
+        if (s_socks[i].fd1 && s_socks[i].wlen)
+            s_send_kept(&s_socks[i]);
     pthread_mutex_unlock(&s_lock);
     errno = e;
 }
@@ -155,9 +156,10 @@ ssize_t __wrap_writev(int fd, const struct iovec *iov, int iovcnt)
     size_t total = 0;
     for (int i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
+    bool keep = gw_paho_receiver && total <= S_SMALL;
     pthread_mutex_lock(&s_lock);
-    s_rbuf_t *b = s_find(fd, gw_paho_receiver && total <= S_SMALL);
-    if (b && gw_paho_receiver && total <= S_SMALL) {
+    s_sock_t *b = s_find(fd, keep);
+    if (b && keep) {
         if (b->wlen + total > S_WBUF)
             s_send_kept(b);
         if (!b->wlen)
@@ -183,7 +185,7 @@ ssize_t __wrap_writev(int fd, const struct iovec *iov, int iovcnt)
 int __wrap_close(int fd)
 {
     pthread_mutex_lock(&s_lock);
-    s_rbuf_t *b = s_find(fd, false);
+    s_sock_t *b = s_find(fd, false);
     if (b) {
         if (b->wlen)
             s_send_kept(b);
@@ -204,7 +206,7 @@ static int s_buffered_ready(struct pollfd *fds, nfds_t nfds)
     int ready = 0;
     pthread_mutex_lock(&s_lock);
     for (nfds_t i = 0; i < nfds; i++) {
-        s_rbuf_t *b = (fds[i].events & POLLIN) ? s_find(fds[i].fd, false) : NULL;
+        s_sock_t *b = (fds[i].events & POLLIN) ? s_find(fds[i].fd, false) : NULL;
         fds[i].revents = b && b->off < b->len ? POLLIN : 0;
         ready += fds[i].revents != 0;
     }
@@ -259,6 +261,6 @@ int __wrap_poll(struct pollfd *fds, nfds_t nfds, int timeout)
         idle(gw_receive_idle_arg);
     struct timespec t = {linger / 1000000, (long)(linger % 1000000) * 1000};
     nanosleep(&t, NULL);
-    int left = timeout < 0 ? -1 : timeout - linger / 1000;
-    return __real_poll(fds, nfds, left < 0 && timeout >= 0 ? 0 : left);
+    int slept_ms = linger / 1000;
+    return __real_poll(fds, nfds, timeout < 0 ? -1 : timeout > slept_ms ? timeout - slept_ms : 0);
 }
