@@ -59,12 +59,13 @@ void gw_inbox_signal(gw_inbox_t *self, size_t signal_at)
 {
     pthread_mutex_lock(&self->lock);
     self->signal_at = signal_at ? signal_at : 1;
-    s_signal(self);
+    if (self->urgent)
+        s_signal(self);
     pthread_mutex_unlock(&self->lock);
 }
 
 bool gw_inbox_put(gw_inbox_t *self, const char *topic, size_t tlen, const void *payload,
-                  size_t plen, int wait_ms)
+                  size_t plen, bool may_wait, int wait_ms)
 {
     gw_in_t *m = malloc(sizeof *m + tlen + plen + 2);
     if (!m)
@@ -87,6 +88,9 @@ bool gw_inbox_put(gw_inbox_t *self, const char *topic, size_t tlen, const void *
     }
     bool taken = self->n < self->cap;
     if (taken) {
+        if (!self->n)
+            self->since_ms = mh_mono_ms();
+        self->urgent |= !may_wait;
         self->ring[(self->head + self->n) % self->cap] = m;
         if (++self->n >= self->signal_at)
             s_signal(self);
@@ -114,6 +118,8 @@ void gw_inbox_drop(gw_inbox_t *self, size_t k)
     bool was_full = self->n == self->cap;
     self->head = (self->head + k) % self->cap;
     self->n -= k;
+    if (!self->n)
+        self->urgent = false;
     if (!self->n && self->signalled) {
         uint64_t c;
         (void)!read(self->efd, &c, sizeof c);
@@ -138,6 +144,14 @@ size_t gw_inbox_size(gw_inbox_t *self)
     size_t n = self->n;
     pthread_mutex_unlock(&self->lock);
     return n;
+}
+
+int64_t gw_inbox_since(gw_inbox_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    int64_t since = self->n ? self->since_ms : 0;
+    pthread_mutex_unlock(&self->lock);
+    return since;
 }
 
 int gw_inbox_fd(const gw_inbox_t *self)

@@ -56,9 +56,15 @@ int gw_on_message(void *context, char *topic, int topic_len, MQTTAsync_message *
         MQTTAsync_free(topic);
         return 1;
     }
-    /* Waits up to 200 ms for room when the actor is behind. */
+    /* Telemetry waits in a batch anyway: a burst of it alone does not wake
+     * the actor, whose timer takes it (gw_service.c). Waits up to 200 ms
+     * for room when the actor is behind. */
+    char device[GW_MAX_ID + 1];
+    gw_topic_kind_t kind;
+    bool telemetry = gw_topic_parse(topic, tlen, device, &kind) == GW_OK &&
+                     (kind == GW_TOPIC_TELEMETRY || kind == GW_TOPIC_TELEMETRY_PB);
     if (!gw_inbox_put(&self->inbox, topic, tlen, msg->payload,
-                      msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0, 200)) {
+                      msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0, telemetry, 200)) {
         mh_counter_inc(self->m_deferred);
         __atomic_store_n(&self->deferred_ms, mh_mono_ms(), __ATOMIC_RELEASE);
         return 0; /* not taken: Paho will offer it again */

@@ -360,7 +360,7 @@ static void s_destroy(gw_t **self_p)
 
 /* Reads what Paho handed over; returns false when it should stop reading
  * (batch full and no room in the window). */
-static bool s_take_messages(gw_t *self, int max)
+static bool s_take_some(gw_t *self, int max)
 {
     gw_in_t *v[64];
     for (int i = 0; i < max;) {
@@ -384,6 +384,30 @@ static bool s_take_messages(gw_t *self, int max)
         i += (int)k;
     }
     return true;
+}
+
+/* Takes up to `max` messages into the batch (false when it had to stop
+ * for the window); the batch's age counts from the oldest's arrival. */
+static bool s_take_messages(gw_t *self, int max)
+{
+    int64_t since = gw_inbox_since(&self->inbox);
+    bool taken = s_take_some(self, max);
+    if (self->nitems && since && since < self->batch_started_ms)
+        self->batch_started_ms = since;
+    return taken;
+}
+
+/* The actor's poll: a tick, or less when the batch is due sooner. A batch
+ * is as old as its oldest message's arrival in the inbox (s_take_messages),
+ * since telemetry does not wake the actor (gw_inbox_put): the tick takes it
+ * within a linger of its arrival, and it leaves within a linger of the
+ * batch's oldest. */
+static long s_poll_timeout(gw_t *self, int64_t tick)
+{
+    if (!self->nitems || mh_window_full(self->window))
+        return (long)tick;
+    int64_t due = self->batch_started_ms + self->cfg->batch_linger_ms - mh_mono_ms();
+    return due <= 0 ? 0 : due < tick ? (long)due : (long)tick;
 }
 
 static bool s_window_full(gw_t *self)
@@ -492,7 +516,7 @@ void gw_actor(zsock_t *pipe, void *args)
         int in_idx = nitems;
         if (can_take)
             items[nitems++] = (zmq_pollitem_t){NULL, gw_inbox_fd(&self->inbox), ZMQ_POLLIN, 0};
-        if (zmq_poll(items, nitems, tick) < 0 && errno != EINTR)
+        if (zmq_poll(items, nitems, s_poll_timeout(self, tick)) < 0 && errno != EINTR)
             break;
         for (int i = 0; self->downlink && i < 1000 && (zsock_events(self->downlink) & ZMQ_POLLIN);
              i++)
