@@ -10,7 +10,7 @@
  * print where each thread was if it logs a fatal error, and writes entry and
  * exit lines when its trace level is set to minimum. At 10,000 messages a
  * second the profile put 10 % of the gateway's CPU in it (docs/benchmarks.md,
- * "Paho's stack trace (stop 32)").
+ * "Paho's stack trace, and telemetry that does not wake the actor").
  *
  * Paho's own HIGH_PERFORMANCE build defines NOSTACKTRACE, which compiles
  * those calls away; this is the same with Debian's binary: defining every

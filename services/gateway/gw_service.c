@@ -397,6 +397,12 @@ static bool s_take_messages(gw_t *self, int max)
     return taken;
 }
 
+/* Milliseconds until the batch is due to leave (0 or less: due now). */
+static int64_t s_batch_due_in(const gw_t *self, int64_t now)
+{
+    return self->batch_started_ms + self->cfg->batch_linger_ms - now;
+}
+
 /* The actor's poll: a tick, or less when the batch is due sooner. A batch
  * is as old as its oldest message's arrival in the inbox (s_take_messages),
  * since telemetry does not wake the actor (gw_inbox_put): the tick takes it
@@ -406,7 +412,7 @@ static long s_poll_timeout(gw_t *self, int64_t tick)
 {
     if (!self->nitems || mh_window_full(self->window))
         return (long)tick;
-    int64_t due = self->batch_started_ms + self->cfg->batch_linger_ms - mh_mono_ms();
+    int64_t due = s_batch_due_in(self, mh_mono_ms());
     return due <= 0 ? 0 : due < tick ? (long)due : (long)tick;
 }
 
@@ -557,8 +563,7 @@ void gw_actor(zsock_t *pipe, void *args)
         if (zlistx_size(self->dl_batches))
             gw_downlink_settle(self);
         int64_t now = mh_mono_ms();
-        if (self->nitems && now - self->batch_started_ms >= self->cfg->batch_linger_ms &&
-            !mh_window_full(self->window))
+        if (self->nitems && s_batch_due_in(self, now) <= 0 && !mh_window_full(self->window))
             gw_flush(self);
         if (now >= next_stats) {
             next_stats = now + 1000;
